@@ -1,0 +1,1 @@
+"""flashinfer backend: registrations (kernels load flashinfer lazily)."""

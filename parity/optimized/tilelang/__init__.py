@@ -1,0 +1,1 @@
+"""tilelang backend: registrations (kernels load tilelang lazily)."""

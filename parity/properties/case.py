@@ -1,0 +1,185 @@
+"""Cases: a JSON-able description drawn by Hypothesis, and the tensors built from it.
+
+Hypothesis draws structure (shapes, dtype, options, value regime, seed); the tensors are then
+generated on the target device from the seed, never element by element through Hypothesis.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "uint8": torch.uint8,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass
+class Case:
+    """One call: positional tensors, keyword options (which may hold tensors) and the description
+    it was built from (`meta`, JSON-able: shapes, dtype, options, regime, seed)."""
+
+    op: str
+    args: tuple
+    kwargs: dict
+    meta: dict
+    device: str = "cpu"
+
+    def clone(self) -> Case:
+        """Deep copy, so a call can never see another call's (possibly mutated) tensors."""
+        return Case(
+            self.op,
+            tuple(_clone(a) for a in self.args),
+            {k: _clone(v) for k, v in self.kwargs.items()},
+            copy.deepcopy(self.meta),
+            self.device,
+        )
+
+    def call(self, fn):
+        c = self.clone()
+        return fn(*c.args, **c.kwargs)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the call by a stable name (`arg0`, `kw.bias`, ...)."""
+        out = {f"arg{i}": a for i, a in enumerate(self.args) if isinstance(a, torch.Tensor)}
+        out.update({f"kw.{k}": v for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)})
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        for a in self.args:
+            parts.append(_short(a))
+        for k, v in self.kwargs.items():
+            parts.append(f"{k}={_short(v)}")
+        return f"{self.op}({', '.join(parts)})"
+
+
+def _clone(v):
+    if isinstance(v, torch.Tensor):
+        return v.clone()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_clone(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _clone(x) for k, x in v.items()}
+    return v
+
+
+def _short(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{dtype_name(v.dtype)}{list(v.shape)}"
+    return repr(v)
+
+
+def as_tuple(out: Any) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+class Gen:
+    """Seeded tensor generation on a device; every draw advances one torch.Generator."""
+
+    def __init__(self, seed: int, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.g = torch.Generator(device=self.device)
+        self.g.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def normal(self, shape, *, dtype=torch.float32, std: float = 1.0, mean: float = 0.0):
+        t = torch.randn(shape, generator=self.g, device=self.device, dtype=torch.float32)
+        return (t * std + mean).to(dtype)
+
+    def uniform(self, shape, lo: float = 0.0, hi: float = 1.0, *, dtype=torch.float32):
+        t = torch.rand(shape, generator=self.g, device=self.device, dtype=torch.float32)
+        return (t * (hi - lo) + lo).to(dtype)
+
+    def integers(self, shape, lo: int, hi: int, *, dtype=torch.int64):
+        """Uniform in [lo, hi)."""
+        return torch.randint(lo, hi, shape, generator=self.g, device=self.device, dtype=dtype)
+
+    def perm(self, n: int):
+        return torch.randperm(n, generator=self.g, device=self.device)
+
+    def mask(self, shape, p: float):
+        return self.uniform(shape) < p
+
+    def values(self, shape, regime: str, *, dtype=torch.float32, scale: float = 1.0):
+        """Float values in a named regime, rounded to `dtype`.
+
+        normal: N(0, scale); wide: sign * 2**U(-24, 24) * scale (wide dynamic range);
+        large: around and above 448 * scale (fp8 saturation); denormal: subnormals of `dtype`
+        mixed with normals; ties: a coarse grid (exact ties and rounding midpoints);
+        zeros: mostly exact zeros; negative: all negative (routing with all-negative logits).
+        """
+        if regime == "normal":
+            t = self.normal(shape, std=scale)
+        elif regime == "wide":
+            e = self.uniform(shape, -24.0, 24.0)
+            sign = torch.where(self.mask(shape, 0.5), -1.0, 1.0)
+            t = sign * torch.exp2(e) * scale
+        elif regime == "large":
+            t = self.uniform(shape, -600.0, 600.0) * scale
+        elif regime == "denormal":
+            tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 1e-38
+            t = self.uniform(shape, -4.0, 4.0) * tiny
+            t = torch.where(self.mask(shape, 0.2), self.normal(shape), t)
+        elif regime == "ties":
+            t = torch.round(self.uniform(shape, -4.0, 4.0) * 2.0) / 2.0 * scale
+        elif regime == "zeros":
+            t = torch.where(self.mask(shape, 0.9), 0.0, self.normal(shape, std=scale))
+        elif regime == "negative":
+            t = -self.uniform(shape, 0.5, 8.0) * scale
+        else:
+            raise ValueError(f"values: regime: unknown {regime!r}")
+        return t.to(dtype)
+
+    def inject_nan(self, t: torch.Tensor, *, p: float = 0.02, at_least_one: bool = True):
+        """A copy of `t` with NaN at random positions (at least one when `t` is non-empty)."""
+        t = t.clone()
+        if t.numel() == 0:
+            return t
+        m = self.mask(t.shape, p)
+        if at_least_one:
+            flat = m.view(-1)
+            flat[int(self.integers((1,), 0, flat.numel()).item())] = True
+        t[m] = float("nan")
+        return t
+
+
+def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Spacing of `dtype` at |x| (float64), floored at the dtype's smallest subnormal step."""
+    fi = torch.finfo(dtype)
+    x = x.to(torch.float64).abs()
+    # frexp: x = m * 2**e with m in [0.5, 1): the spacing is 2**(e - mantissa_bits - 1)
+    _, e = torch.frexp(torch.where(x > fi.tiny, x, torch.full_like(x, fi.tiny)))
+    mant = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}[dtype]
+    return torch.ldexp(torch.ones_like(x), (e - 1 - mant).to(torch.int32))
+
+
+def eps_of(dtype: torch.dtype) -> float:
+    """Unit roundoff (half the spacing at 1) of a float dtype."""
+    return torch.finfo(dtype).eps / 2.0
+
+
+def log2_int(n: int) -> int:
+    return int(math.log2(n)) if n > 0 else 0
+
+
+__all__ = ["Case", "Gen", "as_tuple", "dtype_name", "dtype_of", "eps_of", "ulp"]

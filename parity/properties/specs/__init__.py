@@ -1,0 +1,3 @@
+"""One OpSpec per op of the contract; importing this package registers them all."""
+
+from parity.properties.specs import swiglu  # noqa: F401

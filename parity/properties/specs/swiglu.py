@@ -1,0 +1,142 @@
+"""OpSpec of swiglu: strategy, builder, tolerance model, bad inputs, relations."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from parity import reference as ref
+from parity.properties import strategies as S
+from parity.properties.case import Case, Gen, dtype_of, eps_of, ulp
+from parity.properties.tolerance import Verdict, check_meta, close
+from parity.registry import OpSpec, Relation, add_spec
+
+# Tolerance: the output is rounded once from a float32 computation: 1 ulp of the output dtype
+# (the rounding, plus the float64 oracle landing across a rounding boundary) plus 16 float32
+# unit roundoffs of |y| for exp, the reciprocal in sigmoid and three products, plus
+# tiny32 * |gate| * |up + beta|: float32 sigmoid underflows to 0 below about -88.
+TOLERANCE = "1 ulp(out) + 16 u32 |y| + tiny32 |gate||up+beta|, against the float64 oracle"
+
+
+def _options() -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries(
+        {
+            "limit": st.sampled_from([None, 10.0, 7.0, 0.5]),
+            "alpha": st.sampled_from([1.0, 1.702]),
+            "beta": st.sampled_from([0.0, 1.0]),
+            "layout": st.sampled_from(["concat", "interleaved"]),
+            "clamp_mode": st.sampled_from(["pre", "post"]),
+        }
+    )
+
+
+def strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries(
+        {
+            "T": S.tokens(size=size),
+            "lead": st.sampled_from([[], [], [2]]),  # extra leading dims: [..., 2N]
+            "N": S.sizes(
+                small=[1, 2, 3, 7, 8, 31, 64, 65], full=S.around(128, 1024, 2048), size=size, lo=1
+            ),
+            "dtype": S.float_dtypes(dtypes),
+            "options": _options(),
+            "regime": st.sampled_from(["normal", "across_limit", "wide", "zeros", "ties"]),
+            "seed": S.seeds(),
+        }
+    )
+
+
+def build(meta: dict, device) -> Case:
+    g = Gen(meta["seed"], device)
+    dtype = dtype_of(meta["dtype"])
+    opts = dict(meta["options"])
+    shape = [meta["T"], *meta["lead"], 2 * meta["N"]]
+    regime = meta["regime"]
+    if regime == "across_limit":  # gate and up straddle +-limit, where the two clamps differ
+        lim = opts["limit"] or 10.0
+        x = g.values(shape, "normal", dtype=dtype, scale=1.5 * lim)
+    else:
+        x = g.values(shape, regime, dtype=dtype, scale=4.0)
+    if meta.get("nan"):
+        x = g.inject_nan(x)
+    bad = meta.get("invalid")
+    if bad == "int_dtype":
+        x = x.to(torch.int32)
+    elif bad == "odd_last_dim":
+        x = x[..., :-1]
+    elif bad == "zero_dim":
+        x = x.reshape(-1)[0] if x.numel() else torch.zeros((), dtype=dtype, device=device)
+    elif bad == "float64":
+        x = x.to(torch.float64)
+    elif bad == "bad_layout":
+        opts["layout"] = "split"
+    elif bad == "bad_clamp_mode":
+        opts["clamp_mode"] = "both"
+    elif bad == "negative_limit":
+        opts["limit"] = -1.0
+    return Case("swiglu", (x,), opts, meta, str(device))
+
+
+def compare(case: Case, outs: tuple) -> Verdict:
+    (x,) = case.args
+    with ref.precision("float64", round_output=False):
+        want = ref.swiglu(x, **case.kwargs)
+    if len(outs) != 1:
+        return Verdict(False, f"expected one output, got {len(outs)}")
+    y = outs[0]
+    meta = check_meta("y", y, torch.empty(want.shape, dtype=x.dtype, device=x.device))
+    if not meta:
+        return meta
+    # where the exact value overflows the output dtype the rounded value is +-inf
+    rounded = want.to(x.dtype).to(torch.float64)
+    want = torch.where(torch.isinf(rounded), rounded, want)
+    tol = ulp(want, x.dtype) + 16 * eps_of(torch.float32) * want.abs() + _underflow(case)
+    return close("y", y, want, tol)
+
+
+def _underflow(case: Case) -> torch.Tensor:
+    """Absolute error of a float32 sigmoid that underflowed: at most tiny32 * |gate * up|."""
+    (x,) = case.args
+    o = case.kwargs
+    n = x.shape[-1] // 2
+    x64 = x.to(torch.float64)
+    if o.get("layout", "concat") == "concat":
+        gate, up = x64[..., :n], x64[..., n:]
+    else:
+        gate, up = x64[..., 0::2], x64[..., 1::2]
+    if o.get("limit") is not None:
+        gate, up = gate.clamp(max=o["limit"]), up.clamp(-o["limit"], o["limit"])
+    return torch.finfo(torch.float32).tiny * gate.abs() * (up + o.get("beta", 0.0)).abs()
+
+
+def invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
+    muts = [
+        "int_dtype",
+        "odd_last_dim",
+        "zero_dim",
+        "float64",
+        "bad_layout",
+        "bad_clamp_mode",
+        "negative_limit",
+    ]
+    return S.invalid_cases(muts, strategy(size=size).filter(lambda m: m["T"] > 0))
+
+
+SPEC = add_spec(
+    OpSpec(
+        name="swiglu",
+        reference=ref.swiglu,
+        strategy=strategy,
+        build=build,
+        compare=compare,
+        tolerance=TOLERANCE,
+        invalid=invalid,
+        nan_strategy=lambda *, size="small", dtypes=None: S.with_nan(
+            strategy(size=size, dtypes=dtypes).filter(lambda m: m["T"] > 0)
+        ),
+        relations=(
+            Relation("token_permutation", S.permute_tokens()),
+            Relation("batch_split", S.split_tokens()),
+        ),
+    )
+)

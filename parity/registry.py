@@ -1,0 +1,273 @@
+"""The op registry: one `OpSpec` per op, and the implementations registered against it.
+
+An `OpSpec` is the single place where an op's reference, input strategy, tolerance model and
+properties meet (in the spirit of PyTorch's OpInfo). A fast path registers with `@register`,
+stating its op, name, backend, devices, dtypes and requirements; a missing requirement makes it
+"unavailable" with a reason, never an import error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+OP_NAMES = (
+    "swiglu",
+    "fp8_quant",
+    "fp8_block_quant",
+    "silu_mul_fp8_quant",
+    "mxfp4_quant",
+    "mxfp4_dequant",
+    "route",
+    "moe_align",
+    "fused_moe",
+    "sinkhorn",
+    "mhc_pre",
+    "mhc_post",
+    "mhc_fused_post_pre",
+    "mhc_head",
+    "decoder_stack",
+)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A metamorphic relation: `transform(case, rng)` returns `(cases, combine)`, or None where
+    it does not apply; the property checks `combine([impl(c) for c in cases]) == impl(case)`."""
+
+    name: str
+    transform: Callable
+    exact: bool = True  # bitwise after `canonical`; else the spec's `compare_pair`
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything the harness knows about one op of the contract.
+
+    strategy(size=, dtypes=) -> Hypothesis strategy of case descriptions (JSON-able dicts);
+    build(meta, device) -> Case (tensors generated from meta["seed"] on `device`);
+    compare(case, outputs) -> Verdict: the tolerance model against the reference;
+    invalid(size=) -> strategy of descriptions that `build` turns into bad input;
+    canonical(case, outputs) -> outputs in a canonical form (free orders sorted, unspecified
+    tails cut), applied before every bitwise comparison.
+    """
+
+    name: str
+    reference: Callable
+    strategy: Callable
+    build: Callable
+    compare: Callable
+    tolerance: str  # one line: what the tolerance is and why
+    invalid: Callable | None = None
+    canonical: Callable | None = None
+    relations: tuple[Relation, ...] = ()
+    properties: tuple[str, ...] = (
+        "matches_reference",
+        "writes_all_outputs",
+        "inputs_unchanged",
+        "deterministic",
+        "nan_policy",
+        "error_parity",
+    )
+    nan_strategy: Callable | None = None  # strategy of NaN-injected cases; None: no NaN policy
+    compare_pair: Callable | None = None  # (case, a, b) -> Verdict, for inexact relations
+
+    def all_properties(self) -> tuple[str, ...]:
+        return self.properties + tuple(r.name for r in self.relations)
+
+
+@dataclass(frozen=True)
+class Impl:
+    op: str
+    name: str
+    backend: str
+    fn: Callable
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] | None = None
+    requires: tuple[str, ...] = ()  # importable modules
+    min_cc: tuple[int, int] | None = None
+    reference: bool = False
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.op}:{self.name}"
+
+    def availability(self, device: str | None = None) -> tuple[bool, str]:
+        """(available, reason) on this machine, for `device` or for any of the impl's devices."""
+        for mod in self.requires:
+            if not _has_module(mod):
+                return False, f"module {mod!r} is not installed"
+        devices = [device] if device else list(self.devices)
+        reasons = []
+        for dev in devices:
+            ok, why = _device_ok(self, dev)
+            if ok:
+                return True, f"runs on {dev}" + (f" ({why})" if why else "")
+            reasons.append(why)
+        return False, "; ".join(reasons)
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module blocked via sys.modules[name] = None
+        return False
+
+
+def _device_ok(impl: Impl, device: str) -> tuple[bool, str]:
+    if device not in impl.devices:
+        return False, f"does not run on {device} (devices: {', '.join(impl.devices)})"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return False, "needs a CUDA GPU, none visible"
+        if impl.min_cc is not None:
+            cc = torch.cuda.get_device_capability()
+            if cc < impl.min_cc:
+                return False, f"needs compute capability >= {impl.min_cc}, device has {cc}"
+        return True, ""
+    if device == "cpu" and impl.backend == "triton":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return False, "Triton on the CPU needs TRITON_INTERPRET=1 set before triton loads"
+        return True, "Triton interpreter"
+    return True, ""
+
+
+_SPECS: dict[str, OpSpec] = {}
+_IMPLS: dict[str, Impl] = {}
+
+
+def add_spec(spec: OpSpec) -> OpSpec:
+    if spec.name not in OP_NAMES:
+        raise ValueError(f"add_spec: name: expected an op of the contract, got {spec.name!r}")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def register(
+    op: str,
+    *,
+    name: str,
+    backend: str,
+    devices: Iterable[str] = ("cuda",),
+    dtypes: Iterable[torch.dtype] | None = None,
+    requires: Iterable[str] = (),
+    min_cc: tuple[int, int] | None = None,
+    note: str = "",
+) -> Callable:
+    """Register a fast path for `op`. Importing the decorated module must not need `requires`:
+    kernels import their backend lazily, inside the function."""
+    if op not in OP_NAMES:
+        raise ValueError(f"register: op: expected one of {', '.join(OP_NAMES)}, got {op!r}")
+
+    def deco(fn: Callable) -> Callable:
+        impl = Impl(
+            op=op,
+            name=name,
+            backend=backend,
+            fn=fn,
+            devices=tuple(devices),
+            dtypes=tuple(dtypes) if dtypes is not None else None,
+            requires=tuple(requires),
+            min_cc=min_cc,
+            note=note,
+        )
+        if impl.key in _IMPLS and _IMPLS[impl.key].fn is not fn:
+            raise ValueError(f"register: {impl.key} is registered twice")
+        _IMPLS[impl.key] = impl
+        fn.parity_impl = impl
+        return fn
+
+    return deco
+
+
+_loaded = False
+
+
+def load_all() -> None:
+    """Import every OpSpec and every backend's registrations (idempotent)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("parity.properties.specs")
+    importlib.import_module("parity.optimized")
+
+
+def specs() -> dict[str, OpSpec]:
+    load_all()
+    return dict(_SPECS)
+
+
+def get_spec(op: str) -> OpSpec:
+    load_all()
+    if op not in _SPECS:
+        raise KeyError(f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
+    return _SPECS[op]
+
+
+def reference_impl(op: str) -> Impl:
+    spec = get_spec(op)
+    return Impl(
+        op=op,
+        name="reference",
+        backend="torch",
+        fn=spec.reference,
+        devices=("cpu", "cuda"),
+        reference=True,
+    )
+
+
+def impls(op: str | None = None, *, include_reference: bool = False) -> list[Impl]:
+    load_all()
+    out = [i for i in _IMPLS.values() if op is None or i.op == op]
+    if include_reference:
+        ops = [op] if op else list(OP_NAMES)
+        out = [reference_impl(o) for o in ops if o in _SPECS] + out
+    return sorted(out, key=lambda i: (OP_NAMES.index(i.op), not i.reference, i.name))
+
+
+def get_impl(op: str, name: str) -> Impl:
+    """A registered implementation, "reference", or an external `module:function`."""
+    if name == "reference":
+        return reference_impl(op)
+    load_all()
+    key = f"{op}:{name}"
+    if key in _IMPLS:
+        return _IMPLS[key]
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        mod = importlib.import_module(mod_name)
+        fn: Any = mod
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        if not callable(fn):
+            raise TypeError(f"{name} is not callable")
+        return Impl(op=op, name=name, backend="external", fn=fn, devices=("cpu", "cuda"))
+    known = ", ".join(i.name for i in impls(op)) or "none"
+    raise KeyError(f"no implementation {name!r} for op {op!r} (registered: {known})")
+
+
+def listing(device: str | None = None) -> list[dict]:
+    """Rows of `parity list --json`."""
+    rows = []
+    for impl in impls(include_reference=True):
+        ok, why = impl.availability(device)
+        rows.append(
+            {
+                "op": impl.op,
+                "impl": impl.name,
+                "backend": impl.backend,
+                "available": ok,
+                "reason": why,
+                "reference": impl.reference,
+                "devices": list(impl.devices),
+            }
+        )
+    return rows

@@ -1,0 +1,147 @@
+"""pytest plugin (entry point `pytest11: parity`): every property against every implementation.
+
+A test requesting the `parity_target` fixture is parametrized over (op, implementation,
+property, device) for every registered implementation, the reference included. Targets that
+cannot run here (no GPU, backend module missing, every case unsupported) are skipped with a
+reason starting "NOT RUN", marked `gpu` where they need one, and counted in the terminal
+summary: a skip never reads as a pass.
+
+Options: --parity-profile pr|nightly|bisect (default $PARITY_PROFILE or pr),
+--parity-op OP (repeatable), --parity-impl NAME (repeatable), --parity-device cpu|cuda.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+
+NOT_RUN = "NOT RUN"
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("parity")
+    g.addoption("--parity-profile", default=os.environ.get("PARITY_PROFILE", "pr"))
+    g.addoption("--parity-op", action="append", default=[])
+    g.addoption("--parity-impl", action="append", default=[])
+    g.addoption("--parity-device", action="append", default=[])
+    g.addoption("--parity-max-examples", type=int, default=None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; reported NOT RUN without one")
+    config.addinivalue_line("markers", "parity: a property of an op against an implementation")
+    config._parity_not_run = []
+
+
+@dataclass
+class Target:
+    op: str
+    impl: str
+    prop: str
+    device: str
+    profile: str
+    max_examples: int | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.impl}-{self.prop}-{self.device}"
+
+    def run(self):
+        """Run the property; fail with the shrunk case and its repro command, or skip NOT RUN."""
+        from parity.properties.runner import run_property
+        from parity.registry import get_impl, get_spec
+
+        spec = get_spec(self.op)
+        impl = get_impl(self.op, self.impl)
+        ok, why = impl.availability(self.device)
+        if not ok:
+            pytest.skip(f"{NOT_RUN}: {impl.key} on {self.device}: {why}")
+        stats = run_property(
+            spec,
+            self.prop,
+            impl.fn,
+            impl_name=self.impl,
+            device=self.device,
+            dtypes=impl.dtypes,
+            profile=self.profile,
+            max_examples=self.max_examples,
+        )
+        if stats.failure is not None:
+            f = stats.failure
+            pytest.fail(
+                f"{self.prop} failed for {impl.key} on {self.device}: {f['message']}\n"
+                f"case: {f['meta']}\nreproduce: {f['repro']}",
+                pytrace=False,
+            )
+        if not stats.tested:
+            pytest.skip(
+                f"{NOT_RUN}: {impl.key}: all {stats.unsupported} cases unsupported, "
+                f"{stats.not_applicable} not applicable ({stats.last_unsupported})"
+            )
+        return stats
+
+
+def _devices_for(impl, wanted: list[str]) -> list[str]:
+    devs = [d for d in impl.devices if not wanted or d in wanted]
+    return devs or list(impl.devices[:1])
+
+
+def pytest_generate_tests(metafunc):
+    if "parity_target" not in metafunc.fixturenames:
+        return
+    from parity.registry import impls, specs
+
+    cfg = metafunc.config
+    ops, names = cfg.getoption("--parity-op"), cfg.getoption("--parity-impl")
+    wanted_dev = cfg.getoption("--parity-device")
+    profile = cfg.getoption("--parity-profile")
+    max_ex = cfg.getoption("--parity-max-examples")
+    params = []
+    all_specs = specs()
+    for impl in impls(include_reference=True):
+        if (ops and impl.op not in ops) or (names and impl.name not in names):
+            continue
+        spec = all_specs[impl.op]
+        for dev in _devices_for(impl, wanted_dev):
+            for prop in spec.all_properties():
+                t = Target(impl.op, impl.name, prop, dev, profile, max_ex)
+                marks = [pytest.mark.parity]
+                if dev == "cuda":
+                    marks.append(pytest.mark.gpu)
+                params.append(pytest.param(t, id=t.id, marks=marks))
+    metafunc.parametrize("parity_target", params)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and report.when in ("setup", "call"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        if NOT_RUN in reason or "gpu" in report.keywords:
+            cfg = getattr(pytest_runtest_logreport, "_config", None)
+            if cfg is not None:
+                cfg._parity_not_run.append((report.nodeid, reason))
+
+
+def pytest_sessionstart(session):
+    pytest_runtest_logreport._config = session.config
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    not_run = getattr(config, "_parity_not_run", [])
+    if not not_run:
+        return
+    gpu = sum(1 for nodeid, reason in not_run if "CUDA" in reason or "cuda" in nodeid)
+    tr = terminalreporter
+    tr.section("parity: checks that did not run")
+    tr.write_line(
+        f"{len(not_run)} checks did NOT RUN on this machine ({gpu} need a CUDA GPU); "
+        "they are not passes."
+    )
+    by_reason: dict[str, int] = {}
+    for _, reason in not_run:
+        key = reason.replace("Skipped: ", "").split(": ", 2)[-1][:110]
+        by_reason[key] = by_reason.get(key, 0) + 1
+    for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1])[:12]:
+        tr.write_line(f"  {n:5d}  {reason}")

@@ -1,0 +1,1 @@
+"""The `parity` command and its subcommands (one module each)."""
