@@ -1,0 +1,534 @@
+"""TileLang kernels for the hyper-connection ops (imported lazily: this module needs tilelang).
+
+Each builder returns a `T.prim_func` for one static specialisation (hc, H, dtypes, split
+counts); the token count `N` is dynamic. `get(name, **spec)` compiles a builder once per
+specialisation and caches the kernel (TileLang also keeps a disk cache under ~/.tilelang).
+
+Kernels:
+
+- `post`: new[t, j, h] = x[t, h] * post[t, j] + sum_i comb[t, i, j] * res[t, i, h], float32
+  math, one rounding. Elementwise and memory bound: one CTA covers one token and a tile of
+  `threads * vec` hidden elements of all streams, 16-byte vector loads and stores.
+- `fma_partials`: split-k partial dot products `part[s, t, m] = sum_k r[t, k] * fn[m, k]` and
+  `sq[s, t] = sum_k r[t, k]^2` over the k range of split `s`, with CUDA-core FMAs (exact
+  float32 products, no tensor cores): the small-T path. With `fused=True` the CTA first
+  computes the post of the previous sublayer for its tile, writes it as the new residual and
+  feeds the rounded values straight into the dot products (vLLM's fused post+pre design).
+- `tc_partials`: the same partials on tensor cores for large T (bfloat16 streams only): `fn`
+  is split per tile into bfloat16 hi + lo parts (`fn = hi + lo + O(2^-17 fn)`), and the two
+  bf16 GEMMs accumulate in float32, so the result keeps about float32 accuracy (the bf16
+  stream values are exact in bf16; TF32 would lose 10 bits and is not used).
+- `finalize`: per token, reduces the split partials, applies the RMS scale, the sigmoids and
+  the Sinkhorn normalisation (mode "pre"), or the head's sigmoid (mode "head"), and forms
+  `sum_i pre[i] * res[t, i]`.
+- `sinkhorn`: batched Sinkhorn of n x n matrices, one thread per matrix.
+
+Divisions by a row or column sum are done as a multiply by the IEEE reciprocal (one rounding
+more than the reference's division: a relative difference of at most about 1 ulp per step).
+"""
+
+import threading
+
+import tilelang
+import tilelang.language as T
+
+F32 = "float32"
+MAX_HC = 8  # Sinkhorn of hc x hc mixes lives in one thread's registers
+MAX_SINKHORN_N = 8
+
+
+def _vec_for(h: int, cap: int) -> int:
+    v = cap
+    while v > 1 and h % v:
+        v //= 2
+    return v
+
+
+def _ceildiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --- mhc_post -----------------------------------------------------------------------------------
+
+
+def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
+    vec = _vec_for(H, 8)
+    blk = threads * vec
+    nb = _ceildiv(H, blk)
+    exact = H % blk == 0
+    N = T.dynamic("N")
+
+    @T.prim_func
+    def mhc_post(
+        x: T.Tensor((N, H), xdt),
+        res: T.Tensor((N, hc, H), rdt),
+        post: T.Tensor((N, hc), F32),
+        comb: T.Tensor((N, hc, hc), F32),
+        out: T.Tensor((N, hc, H), rdt),
+    ):
+        with T.Kernel(nb, N, threads=threads) as (bh, t):
+            tx = T.get_thread_binding()
+            h0 = bh * blk + tx * vec
+            xl = T.alloc_local((vec,), F32)
+            rl = T.alloc_local((hc, vec), F32)
+            ol = T.alloc_local((vec,), F32)
+            pl = T.alloc_local((hc,), F32)
+            cl = T.alloc_local((hc, hc), F32)
+            for i in T.unroll(hc):
+                pl[i] = post[t, i]
+                for j in T.unroll(hc):
+                    cl[i, j] = comb[t, i, j]
+            if exact or h0 < H:
+                for v in T.vectorized(vec):
+                    xl[v] = T.cast(x[t, h0 + v], F32)
+                for i in T.unroll(hc):
+                    for v in T.vectorized(vec):
+                        rl[i, v] = T.cast(res[t, i, h0 + v], F32)
+                for j in T.unroll(hc):
+                    for v in T.unroll(vec):
+                        ol[v] = xl[v] * pl[j]
+                        for i in T.unroll(hc):
+                            ol[v] = ol[v] + cl[i, j] * rl[i, v]
+                    for v in T.vectorized(vec):
+                        out[t, j, h0 + v] = T.cast(ol[v], rdt)
+
+    return mhc_post
+
+
+# --- split-k partial dot products (CUDA cores) ----------------------------------------------------
+
+
+def fma_partials_kernel(
+    hc: int, M: int, H: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
+):
+    """Grid (S, N): split s covers hidden range [s*HS, (s+1)*HS) of every stream."""
+    vec = _vec_for(H, 4)
+    HS = threads * vec
+    S = _ceildiv(H, HS)
+    K = hc * H
+    N = T.dynamic("N")
+    R = M + 1  # M dot products and the square sum
+
+    if fused:
+
+        @T.prim_func
+        def fused_partials(
+            x: T.Tensor((N, H), xdt),
+            res: T.Tensor((N, hc, H), rdt),
+            post: T.Tensor((N, hc), F32),
+            comb: T.Tensor((N, hc, hc), F32),
+            fn: T.Tensor((M, K), F32),
+            out: T.Tensor((N, hc, H), rdt),
+            part: T.Tensor((S, N, M), F32),
+            sq: T.Tensor((S, N), F32),
+        ):
+            with T.Kernel(S, N, threads=threads) as (s, t):
+                tx = T.get_thread_binding()
+                h0 = s * HS + tx * vec
+                acc = T.alloc_local((R,), F32)
+                xl = T.alloc_local((vec,), F32)
+                rl = T.alloc_local((hc, vec), F32)
+                nl = T.alloc_local((hc, vec), F32)
+                fl = T.alloc_local((vec,), F32)
+                ol = T.alloc_local((vec,), F32)
+                pl = T.alloc_local((hc,), F32)
+                cl = T.alloc_local((hc, hc), F32)
+                red = T.alloc_shared((threads, R), F32)
+                for m in T.unroll(R):
+                    acc[m] = 0.0
+                for i in T.unroll(hc):
+                    pl[i] = post[t, i]
+                    for j in T.unroll(hc):
+                        cl[i, j] = comb[t, i, j]
+                if h0 < H:
+                    for v in T.vectorized(vec):
+                        xl[v] = T.cast(x[t, h0 + v], F32)
+                    for i in T.unroll(hc):
+                        for v in T.vectorized(vec):
+                            rl[i, v] = T.cast(res[t, i, h0 + v], F32)
+                    for j in T.unroll(hc):
+                        for v in T.unroll(vec):
+                            ol[v] = xl[v] * pl[j]
+                            for i in T.unroll(hc):
+                                ol[v] = ol[v] + cl[i, j] * rl[i, v]
+                        for v in T.vectorized(vec):
+                            out[t, j, h0 + v] = T.cast(ol[v], rdt)
+                        for v in T.unroll(vec):
+                            # the pre reads the stored (rounded) stream, as the unfused chain
+                            nl[j, v] = T.cast(T.cast(ol[v], rdt), F32)
+                    for i in T.unroll(hc):
+                        for v in T.unroll(vec):
+                            acc[M] = acc[M] + nl[i, v] * nl[i, v]
+                    for m in T.unroll(M):
+                        for i in T.unroll(hc):
+                            for v in T.vectorized(vec):
+                                fl[v] = fn[m, i * H + h0 + v]
+                            for v in T.unroll(vec):
+                                acc[m] = acc[m] + nl[i, v] * fl[v]
+                for m in T.unroll(R):
+                    red[tx, m] = acc[m]
+                T.sync_threads()
+                if tx < R:
+                    total = T.alloc_var(F32, init=0.0)
+                    for j in T.serial(threads):
+                        total = total + red[j, tx]
+                    if tx < M:
+                        part[s, t, tx] = total
+                    else:
+                        sq[s, t] = total
+
+        return fused_partials, S
+
+    @T.prim_func
+    def partials(
+        res: T.Tensor((N, hc, H), rdt),
+        fn: T.Tensor((M, K), F32),
+        part: T.Tensor((S, N, M), F32),
+        sq: T.Tensor((S, N), F32),
+    ):
+        with T.Kernel(S, N, threads=threads) as (s, t):
+            tx = T.get_thread_binding()
+            h0 = s * HS + tx * vec
+            acc = T.alloc_local((R,), F32)
+            rl = T.alloc_local((hc, vec), F32)
+            fl = T.alloc_local((vec,), F32)
+            red = T.alloc_shared((threads, R), F32)
+            for m in T.unroll(R):
+                acc[m] = 0.0
+            if h0 < H:
+                for i in T.unroll(hc):
+                    for v in T.vectorized(vec):
+                        rl[i, v] = T.cast(res[t, i, h0 + v], F32)
+                for i in T.unroll(hc):
+                    for v in T.unroll(vec):
+                        acc[M] = acc[M] + rl[i, v] * rl[i, v]
+                for m in T.unroll(M):
+                    for i in T.unroll(hc):
+                        for v in T.vectorized(vec):
+                            fl[v] = fn[m, i * H + h0 + v]
+                        for v in T.unroll(vec):
+                            acc[m] = acc[m] + rl[i, v] * fl[v]
+            for m in T.unroll(R):
+                red[tx, m] = acc[m]
+            T.sync_threads()
+            if tx < R:
+                total = T.alloc_var(F32, init=0.0)
+                for j in T.serial(threads):
+                    total = total + red[j, tx]
+                if tx < M:
+                    part[s, t, tx] = total
+                else:
+                    sq[s, t] = total
+
+    return partials, S
+
+
+# --- split-k partial dot products (tensor cores, bf16 hi/lo split of fn) ----------------------------
+
+
+def tc_partials_kernel(hc: int, M: int, H: int, S: int, BT: int = 64, BK: int = 64,
+                       threads: int = 128, stages: int = 2):
+    """Grid (S, ceil(N / BT)); requires (hc * H) % (S * BK) == 0 and bfloat16 streams."""
+    K = hc * H
+    KS = K // S
+    assert K % (S * BK) == 0 and M <= 32
+    NB = 32
+    N = T.dynamic("N")
+    BF = "bfloat16"
+
+    @T.prim_func
+    def tc_partials(
+        res: T.Tensor((N, K), BF),
+        fn: T.Tensor((M, K), F32),
+        part: T.Tensor((S, N, M), F32),
+        sq: T.Tensor((S, N), F32),
+    ):
+        with T.Kernel(S, T.ceildiv(N, BT), threads=threads) as (s, bt):
+            r_s = T.alloc_shared((BT, BK), BF)
+            fh_s = T.alloc_shared((NB, BK), BF)
+            fl_s = T.alloc_shared((NB, BK), BF)
+            acc = T.alloc_fragment((BT, NB), F32)
+            r_f = T.alloc_fragment((BT, BK), F32)
+            sq_f = T.alloc_fragment((BT, 4), F32)
+            sq_l = T.alloc_fragment((BT,), F32)
+            T.clear(acc)
+            T.clear(sq_f)
+            for kk in T.Pipelined(KS // BK, num_stages=stages):
+                k0 = s * KS + kk * BK
+                T.copy(res[bt * BT, k0], r_s)
+                for i, k in T.Parallel(NB, BK):
+                    f = T.if_then_else(i < M, fn[T.min(i, M - 1), k0 + k], T.float32(0))
+                    hi = T.cast(f, BF)
+                    fh_s[i, k] = hi
+                    fl_s[i, k] = T.cast(f - T.cast(hi, F32), BF)
+                T.gemm(r_s, fh_s, acc, transpose_B=True)
+                T.gemm(r_s, fl_s, acc, transpose_B=True)
+                T.copy(r_s, r_f)
+                for jj in T.serial(BK // 4):
+                    for i, j in T.Parallel(BT, 4):
+                        sq_f[i, j] += r_f[i, jj * 4 + j] * r_f[i, jj * 4 + j]
+            T.reduce_sum(sq_f, sq_l, dim=1)
+            for i, j in T.Parallel(BT, NB):
+                if j < M and bt * BT + i < N:
+                    part[s, bt * BT + i, j] = acc[i, j]
+            for i in T.Parallel(BT):
+                if bt * BT + i < N:
+                    sq[s, bt * BT + i] = sq_l[i]
+
+    return tc_partials
+
+
+# --- per-token finalisation ---------------------------------------------------------------------
+
+
+@T.macro
+def _sinkhorn_inplace(cm, n: int, iters, eps, rs):
+    """Emit Sinkhorn on local `cm [n, n]` (softmax rows + eps, columns, then iters-1 x
+    rows-then-columns); `rs` is a local scratch of n floats."""
+    for i in T.unroll(n):
+        rs[i] = cm[i, 0]
+        for j in T.unroll(n - 1):
+            rs[i] = T.max(rs[i], cm[i, j + 1])
+    for i in T.unroll(n):
+        for j in T.unroll(n):
+            cm[i, j] = T.exp(cm[i, j] - rs[i])
+    for i in T.unroll(n):
+        rs[i] = cm[i, 0]
+        for j in T.unroll(n - 1):
+            rs[i] = rs[i] + cm[i, j + 1]
+        rs[i] = T.float32(1) / rs[i]
+    for i in T.unroll(n):
+        for j in T.unroll(n):
+            cm[i, j] = cm[i, j] * rs[i] + eps
+    # columns
+    for j in T.unroll(n):
+        rs[j] = cm[0, j]
+        for i in T.unroll(n - 1):
+            rs[j] = rs[j] + cm[i + 1, j]
+        rs[j] = T.float32(1) / (rs[j] + eps)
+    for i in T.unroll(n):
+        for j in T.unroll(n):
+            cm[i, j] = cm[i, j] * rs[j]
+    for _ in T.serial(iters - 1):
+        for i in T.unroll(n):
+            rs[i] = cm[i, 0]
+            for j in T.unroll(n - 1):
+                rs[i] = rs[i] + cm[i, j + 1]
+            rs[i] = T.float32(1) / (rs[i] + eps)
+        for i in T.unroll(n):
+            for j in T.unroll(n):
+                cm[i, j] = cm[i, j] * rs[i]
+        for j in T.unroll(n):
+            rs[j] = cm[0, j]
+            for i in T.unroll(n - 1):
+                rs[j] = rs[j] + cm[i + 1, j]
+            rs[j] = T.float32(1) / (rs[j] + eps)
+        for i in T.unroll(n):
+            for j in T.unroll(n):
+                cm[i, j] = cm[i, j] * rs[j]
+
+
+def finalize_pre_kernel(hc: int, H: int, S: int, rdt: str, threads: int = 128):
+    """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input."""
+    M = hc * (2 + hc)
+    K = hc * H
+    vec = _vec_for(H, 8)
+    step = threads * vec
+    nchunk = _ceildiv(H, step)
+    N = T.dynamic("N")
+    SK_T = 32  # the thread (warp 1) that runs Sinkhorn while warp 0 forms `pre`
+
+    @T.prim_func
+    def finalize_pre(
+        part: T.Tensor((S, N, M), F32),
+        sq: T.Tensor((S, N), F32),
+        hc_scale: T.Tensor((3,), F32),
+        hc_base: T.Tensor((M,), F32),
+        res: T.Tensor((N, hc, H), rdt),
+        post_out: T.Tensor((N, hc), F32),
+        comb_out: T.Tensor((N, hc, hc), F32),
+        li: T.Tensor((N, H), rdt),
+        rms_eps: T.float32,
+        pre_eps: T.float32,
+        sk_eps: T.float32,
+        post_mult: T.float32,
+        iters: T.int32,
+    ):
+        with T.Kernel(N, threads=threads) as t:
+            tx = T.get_thread_binding()
+            mix_s = T.alloc_shared((M + 1,), F32)
+            pre_s = T.alloc_shared((hc,), F32)
+            cm = T.alloc_local((hc, hc), F32)
+            rs = T.alloc_local((hc,), F32)
+            ol = T.alloc_local((vec,), F32)
+            rl = T.alloc_local((vec,), F32)
+            if tx < M + 1:
+                total = T.alloc_var(F32, init=0.0)
+                if tx < M:
+                    for s in T.serial(S):
+                        total = total + part[s, t, tx]
+                else:
+                    for s in T.serial(S):
+                        total = total + sq[s, t]
+                mix_s[tx] = total
+            T.sync_threads()
+            rstd = T.rsqrt(mix_s[M] / T.float32(K) + rms_eps)
+            if tx < hc:
+                pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + pre_eps
+            if tx == SK_T:
+                for i in T.unroll(hc):
+                    post_out[t, i] = (
+                        T.sigmoid(mix_s[hc + i] * rstd * hc_scale[1] + hc_base[hc + i]) * post_mult
+                    )
+                for i in T.unroll(hc):
+                    for j in T.unroll(hc):
+                        cm[i, j] = (
+                            mix_s[2 * hc + i * hc + j] * rstd * hc_scale[2]
+                            + hc_base[2 * hc + i * hc + j]
+                        )
+                _sinkhorn_inplace(cm, hc, iters, sk_eps, rs)
+                for i in T.unroll(hc):
+                    for j in T.unroll(hc):
+                        comb_out[t, i, j] = cm[i, j]
+            T.sync_threads()
+            for c in T.serial(nchunk):
+                h0 = c * step + tx * vec
+                if h0 < H:
+                    for v in T.unroll(vec):
+                        ol[v] = 0.0
+                    for i in T.unroll(hc):
+                        for v in T.vectorized(vec):
+                            rl[v] = T.cast(res[t, i, h0 + v], F32)
+                        for v in T.unroll(vec):
+                            ol[v] = ol[v] + pre_s[i] * rl[v]
+                    for v in T.vectorized(vec):
+                        li[t, h0 + v] = T.cast(ol[v], rdt)
+
+    return finalize_pre
+
+
+def finalize_head_kernel(hc: int, H: int, S: int, rdt: str, threads: int = 128):
+    """Per token: pre = sigmoid(mix * rstd * scale + base) + eps; out = sum_i pre[i] res[i]."""
+    K = hc * H
+    vec = _vec_for(H, 8)
+    step = threads * vec
+    nchunk = _ceildiv(H, step)
+    N = T.dynamic("N")
+
+    @T.prim_func
+    def finalize_head(
+        part: T.Tensor((S, N, hc), F32),
+        sq: T.Tensor((S, N), F32),
+        hc_scale: T.Tensor((1,), F32),
+        hc_base: T.Tensor((hc,), F32),
+        res: T.Tensor((N, hc, H), rdt),
+        out: T.Tensor((N, H), rdt),
+        rms_eps: T.float32,
+        hc_eps: T.float32,
+    ):
+        with T.Kernel(N, threads=threads) as t:
+            tx = T.get_thread_binding()
+            mix_s = T.alloc_shared((hc + 1,), F32)
+            pre_s = T.alloc_shared((hc,), F32)
+            ol = T.alloc_local((vec,), F32)
+            rl = T.alloc_local((vec,), F32)
+            if tx < hc + 1:
+                total = T.alloc_var(F32, init=0.0)
+                if tx < hc:
+                    for s in T.serial(S):
+                        total = total + part[s, t, tx]
+                else:
+                    for s in T.serial(S):
+                        total = total + sq[s, t]
+                mix_s[tx] = total
+            T.sync_threads()
+            rstd = T.rsqrt(mix_s[hc] / T.float32(K) + rms_eps)
+            if tx < hc:
+                pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + hc_eps
+            T.sync_threads()
+            for c in T.serial(nchunk):
+                h0 = c * step + tx * vec
+                if h0 < H:
+                    for v in T.unroll(vec):
+                        ol[v] = 0.0
+                    for i in T.unroll(hc):
+                        for v in T.vectorized(vec):
+                            rl[v] = T.cast(res[t, i, h0 + v], F32)
+                        for v in T.unroll(vec):
+                            ol[v] = ol[v] + pre_s[i] * rl[v]
+                    for v in T.vectorized(vec):
+                        out[t, h0 + v] = T.cast(ol[v], rdt)
+
+    return finalize_head
+
+
+# --- sinkhorn -------------------------------------------------------------------------------------
+
+
+def sinkhorn_kernel(n: int, threads: int = 128):
+    B = T.dynamic("B")
+
+    @T.prim_func
+    def sinkhorn(
+        logits: T.Tensor((B, n, n), F32),
+        out: T.Tensor((B, n, n), F32),
+        eps: T.float32,
+        iters: T.int32,
+    ):
+        with T.Kernel(T.ceildiv(B, threads), threads=threads) as bx:
+            tx = T.get_thread_binding()
+            b = bx * threads + tx
+            cm = T.alloc_local((n, n), F32)
+            rs = T.alloc_local((n,), F32)
+            if b < B:
+                for i in T.unroll(n):
+                    for j in T.unroll(n):
+                        cm[i, j] = logits[b, i, j]
+                _sinkhorn_inplace(cm, n, iters, eps, rs)
+                for i in T.unroll(n):
+                    for j in T.unroll(n):
+                        out[b, i, j] = cm[i, j]
+
+    return sinkhorn
+
+
+# --- compile cache --------------------------------------------------------------------------------
+
+_BUILDERS = {
+    "post": post_kernel,
+    "fma_partials": fma_partials_kernel,
+    "tc_partials": tc_partials_kernel,
+    "finalize_pre": finalize_pre_kernel,
+    "finalize_head": finalize_head_kernel,
+    "sinkhorn": sinkhorn_kernel,
+}
+_CACHE = {}
+_LOCK = threading.Lock()
+PASS_CONFIGS = {
+    tilelang.PassConfigKey.TL_DISABLE_WARP_SPECIALIZED: True,
+}
+
+
+def build(name: str, **spec):
+    """The prim_func (and, for fma_partials, the split count) of one specialisation."""
+    return _BUILDERS[name](**spec)
+
+
+def get(name: str, **spec):
+    """Compiled kernel for one specialisation, compiled on first use and cached."""
+    key = (name, tuple(sorted(spec.items())))
+    kern = _CACHE.get(key)
+    if kern is None:
+        with _LOCK:
+            kern = _CACHE.get(key)
+            if kern is None:
+                func = build(name, **spec)
+                if isinstance(func, tuple):
+                    func = func[0]
+                kern = tilelang.compile(func, target="cuda", pass_configs=PASS_CONFIGS)
+                _CACHE[key] = kern
+    return kern
+
+
+def cache_size() -> int:
+    return len(_CACHE)

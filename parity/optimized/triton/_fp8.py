@@ -1,0 +1,104 @@
+"""Triton device helpers for exact float conversions (FP8 E4M3, bfloat16) by integer
+arithmetic on float32 bits.
+
+No helper relies on a native `.to(tl.float8e4nv)` for rounding: under TRITON_INTERPRET=1
+(triton 3.9) that cast drops the mantissa carry (124.1 -> 64) and turns values above 448 into
+NaN, and on a GPU its overflow behaviour depends on the conversion instruction chosen. Here the
+rounding is done once, exactly, on the float32 bit pattern:
+
+- `e4m3_code(x)`: the 8-bit E4M3 code (int32 in [0, 255]) of float32 `x`: round to nearest,
+  ties to even; |x| >= 448 (inf included) saturates to +-448; E4M3 subnormals (steps of 2**-9
+  below 2**-6) rounded correctly; the sign of zero kept; NaN gives 0x7F (one canonical NaN).
+- `e4m3_decode(code)`: float32 value of a code (exact).
+- `e4m3_round(x)`: `e4m3_decode(e4m3_code(x))`, float32 on the E4M3 grid.
+- `e4m3_to_fp8(x)`: `tl.float8e4nv` tensor holding `e4m3_code(x)` (a bitcast, so exact): for a
+  `tl.dot` on FP8 operands or a store into a float8_e4m3fn tensor.
+- `f32_to_bf16(x)`, `to_dtype_rne(x, dtype)`: round-to-nearest-even output casts; the
+  interpreter's float32 -> bfloat16 cast truncates, so kernels storing bf16 use these.
+
+Imports triton at module level: only the `_kernels_*` modules import this, lazily.
+"""
+
+import triton
+import triton.language as tl
+
+# float32 bit patterns
+_F32_2_POW_M6 = 0x3C800000  # 2**-6, the smallest normal E4M3 value
+_F32_448 = 0x43E00000  # the largest E4M3 value
+_F32_INF = 0x7F800000
+
+
+@triton.jit
+def e4m3_code(x):
+    """E4M3 code (int32 0..255) of float32 `x`: RNE, saturating at +-448, NaN -> 0x7F."""
+    bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+    sign = (bits >> 24) & 0x80  # arithmetic shift: bit 31 lands on bit 7
+    a = bits & 0x7FFFFFFF  # |x| as bits; the order of bits is the order of values
+
+    # Normal E4M3 range [2**-6, 448): drop 20 of the 23 mantissa bits, ties to even; a carry
+    # out of the mantissa correctly bumps the exponent. (exp - 127 + 7) << 3 == bits>>20 - 960.
+    an = tl.minimum(a, _F32_448)  # lanes at or above 448 are replaced below; no int overflow
+    normal = ((an + 0x7FFFF + ((an >> 20) & 1)) >> 20) - 960
+
+    # Subnormal E4M3 range: the code is round(|x| / 2**-9) in [0, 8] (8 is 2**-6, code 0x08).
+    # |x| = sig * 2**(e - 150), so |x| / 2**-9 = sig >> (141 - e); shifts past 30 give 0.
+    e = a >> 23
+    sig = (a & 0x7FFFFF) | 0x800000
+    shift = tl.minimum(tl.maximum(141 - e, 1), 30)  # clamped: lanes that use it have 21..30
+    q = sig >> shift
+    rem = sig - (q << shift)
+    half = 1 << (shift - 1)
+    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
+    sub = q + up.to(tl.int32)
+
+    code = tl.where(a < _F32_2_POW_M6, sub, normal)
+    code = tl.where(a >= _F32_448, 0x7E, code)  # saturate (inf included): 448 is code 0x7E
+    code = code | sign
+    return tl.where(a > _F32_INF, 0x7F, code)
+
+
+@triton.jit
+def e4m3_decode(code):
+    """Float32 value of E4M3 codes (int32 0..255); 0x7F and 0xFF decode to NaN."""
+    code = code.to(tl.int32)
+    mag = code & 0x7F
+    e = mag >> 3
+    m = mag & 7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    val = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)  # subnormal: m * 2**-9
+    val = tl.where(mag == 0x7F, float("nan"), val)
+    return tl.where((code & 0x80) != 0, -val, val)
+
+
+@triton.jit
+def e4m3_round(x):
+    """Float32 `x` rounded onto the E4M3 grid (RNE, saturating at +-448, NaN kept)."""
+    return e4m3_decode(e4m3_code(x))
+
+
+@triton.jit
+def e4m3_to_fp8(x):
+    """`tl.float8e4nv` holding the correctly rounded `x` (bitcast of `e4m3_code`)."""
+    return e4m3_code(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def f32_to_bf16(x):
+    """float32 -> bfloat16, round to nearest even, by integer arithmetic on the bits.
+
+    The triton 3.9 interpreter's `.to(tl.bfloat16)` truncates instead; on a GPU the result is
+    the same as `cvt.rn.bf16.f32`. Overflow rounds to inf; NaN stays NaN (quiet, sign kept).
+    """
+    bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+    r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # arithmetic shift: the sign bits come back
+    r = tl.where((bits & 0x7FFFFFFF) > _F32_INF, (bits >> 16) | 0x40, r)
+    return r.to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def to_dtype_rne(x, dtype: tl.constexpr):
+    """float32 `x` rounded once to `dtype` (bfloat16, float16 or float32), ties to even."""
+    if dtype == tl.bfloat16:
+        return f32_to_bf16(x)
+    else:
+        return x.to(dtype)

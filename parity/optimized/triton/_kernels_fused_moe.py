@@ -1,0 +1,501 @@
+"""Triton kernels of the fused MoE (`fused_moe.py` is the registration and the wrapper).
+
+Pipeline, after the tokens are sorted by expert and padded to `BLOCK_SIZE_M` (moe_align):
+
+1. fp8_block only: `_act_quant_kernel` quantizes x per token group (scaled by the router weight
+   first when it applies on the input), exactly `fp8_quant`'s codes and scales.
+2. `_moe_gemm_kernel` GEMM1: rows of x (by sorted flat index t*k+j) times w13[e].T -> `[T*k, 2N]`
+   in x.dtype (the vLLM rounding the contract's tolerance allows).
+3. `_act_quant_kernel`: SwiGLU in float32 of each `[T*k]` row; rounded to x.dtype, or (fp8_block)
+   quantized per group straight from float32, fused (`silu_mul_fp8_quant`'s fused path).
+4. `_moe_gemm_kernel` GEMM2: activation rows times w2[e].T, times the router weight, in x.dtype
+   -> `[T*k, H]`.
+5. `_reduce_k_kernel`: out[t] = sum over j = 0..k-1 in that order, float32, skipped slots (-1)
+   masked out (never read), so the result is bitwise deterministic: no atomics anywhere.
+
+Exactness of the quantized GEMMs:
+- fp8: an E4M3 value has 4 significant bits, so a product of two is exact in float32; each K
+  tile (inside one scale group) is a float32 sum of exact products, then times a_scale *
+  w_scale. The reference sums dequantized products instead: the two differ only by float32
+  rounding. On a GPU the native fp8 `tl.dot` is used (Hopper WGMMA accumulates a K tile with
+  reduced internal precision, then the tile is promoted to the float32 accumulator per
+  BLOCK_SIZE_K <= 128, as DeepGEMM and vLLM do). Under TRITON_INTERPRET=1 the operands are
+  decoded to float32 by bit arithmetic first (the interpreter's fp8 decode turns NaN codes into
+  +-480), which gives the same float32 math.
+- mxfp4: an E2M1 value times a power of two (E8M0) has at most 2 significant bits, so the
+  dequantized weight is exact in bfloat16 over the whole E8M0 range (bf16 has float32's
+  exponent range): bf16 activations use one dot per K tile on the dequantized tile. fp16 cannot
+  hold 2**+-127, so fp16 activations take BLOCK_SIZE_K = 32 (one MX block per tile), dot with
+  the raw E2M1 values (exact in fp16) and apply the block scale to the float32 partial product.
+- Under the interpreter, bf16 `tl.dot` multiplies the raw bit patterns (triton 3.9), so every
+  dot operand is upcast to float32 there (exact: bf16/fp16 products fit in float32).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from parity.optimized.triton._fp8 import e4m3_code, e4m3_decode
+
+_F32_MAX = 3.4028234663852886e38
+_E4M3_MAX = 448.0
+_FP8_EPS = 1e-10  # fp8_quant's default eps
+
+
+@triton.jit
+def _e2m1_to_f32(nib):
+    """float32 value of E2M1 codes (int32, low 4 bits; bit 3 the sign), by bit construction."""
+    c = nib.to(tl.int32)
+    e = (c >> 1) & 3
+    m = c & 1
+    # e == 0: 0 or 0.5 (0x3F000000); else (1 + m/2) * 2**(e - 1): biased exponent e + 126
+    bits = tl.where(e == 0, m * 0x3F000000, ((e + 126) << 23) | (m << 22))
+    bits = bits | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e8m0_to_f32(code):
+    """float32 `2 ** (code - 127)` of uint8 E8M0 codes; code 0 is the subnormal 2**-127, 255 NaN."""
+    c = code.to(tl.int32)
+    bits = tl.where(c == 0, 0x00400000, tl.where(c == 255, 0x7FC00000, c << 23))
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _fp8_to_f32(v):
+    """float32 value of a float8e4nv tile by bit arithmetic (NaN codes decode to NaN)."""
+    return e4m3_decode(v.to(tl.uint8, bitcast=True).to(tl.int32))
+
+
+@triton.jit
+def _moe_gemm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    a_scale_ptr,
+    b_scale_ptr,
+    topk_w_ptr,
+    sorted_ids_ptr,
+    expert_ids_ptr,
+    num_post_ptr,
+    N,
+    K,
+    num_valid,
+    num_pid_m,
+    stride_am,
+    stride_ak,
+    stride_be,
+    stride_bn,
+    stride_bk,
+    stride_cm,
+    stride_cn,
+    stride_asm,
+    stride_ask,
+    stride_bse,
+    stride_bsn,
+    stride_bsk,
+    group_n,
+    group_k,
+    A_ROW_DIV: tl.constexpr,  # top_k for GEMM1 (row of x = flat index // k), 1 for GEMM2
+    MUL_WEIGHT: tl.constexpr,
+    QUANT: tl.constexpr,  # 0 none, 1 fp8 block, 2 mxfp4
+    MX_SCALE_AFTER_DOT: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    SKIP_LAST_K: tl.constexpr,  # fault injection for the tuner's self-test; 0 in use
+    BLOCK_SIZE_M: tl.constexpr,
+    BLOCK_SIZE_N: tl.constexpr,
+    BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
+):
+    """C[row] = A[row // A_ROW_DIV] @ B[e].T (times the router weight), for the rows of one
+    BLOCK_SIZE_M block of sorted flat indices (all of one expert e) and one BLOCK_SIZE_N block of
+    output columns. B is `[E, N, K]` (mxfp4: `[E, N, K // 2]` packed)."""
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+    # Grouped ordering: GROUP_SIZE_M row blocks share the weight columns in L2.
+    num_pid_in_group = GROUP_SIZE_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_SIZE_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_SIZE_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # The grid is a data-independent upper bound; blocks past the padded total do nothing.
+    num_post = tl.load(num_post_ptr)
+    if pid_m * BLOCK_SIZE_M >= num_post:
+        return
+
+    offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    tok = tl.load(sorted_ids_ptr + offs_m)
+    tok_mask = tok < num_valid  # padding holds T*k
+    a_rows = (tok // A_ROW_DIV).to(tl.int64)
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+
+    # Wrapped column offsets keep the weight loads in bounds; the store masks the tail.
+    offs_n = (pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)) % N
+    b_cols = b_ptr + expert * stride_be + offs_n.to(tl.int64)[None, :] * stride_bn
+    a_base = a_ptr + a_rows[:, None] * stride_am
+
+    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+    num_k = tl.cdiv(K, BLOCK_SIZE_K) - SKIP_LAST_K
+    if QUANT == 2:
+        HALF_K: tl.constexpr = BLOCK_SIZE_K // 2
+        offs_h = tl.arange(0, HALF_K)
+        s_cols = b_scale_ptr + expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        for kb in range(0, num_k):
+            k0 = kb * BLOCK_SIZE_K
+            hmask = offs_h < (K - k0) // 2
+            amask = tok_mask[:, None] & hmask[None, :]
+            # Byte i of the packed row holds elements 2i (low nibble) and 2i + 1 (high): split
+            # A into its even and odd columns instead of interleaving the weight tile.
+            a_even = tl.load(a_base + (k0 + 2 * offs_h)[None, :] * stride_ak, mask=amask, other=0.0)
+            a_odd = tl.load(
+                a_base + (k0 + 2 * offs_h + 1)[None, :] * stride_ak, mask=amask, other=0.0
+            )
+            packed = tl.load(
+                b_cols + (k0 // 2 + offs_h)[:, None] * stride_bk, mask=hmask[:, None], other=0
+            )
+            lo = _e2m1_to_f32(packed & 15)
+            hi = _e2m1_to_f32(packed >> 4)
+            if MX_SCALE_AFTER_DOT:
+                # BLOCK_SIZE_K == 32: one MX block per tile, one scale per output column
+                sc = _e8m0_to_f32(tl.load(s_cols + (k0 // 32) * stride_bsk))
+                if UPCAST_DOT:
+                    part = tl.dot(a_even.to(tl.float32), lo, input_precision="ieee")
+                    part = tl.dot(a_odd.to(tl.float32), hi, part, input_precision="ieee")
+                else:
+                    part = tl.dot(a_even, lo.to(a_even.dtype))
+                    part = tl.dot(a_odd, hi.to(a_odd.dtype), part)
+                acc += part * sc
+            else:
+                sc = _e8m0_to_f32(
+                    tl.load(
+                        s_cols + ((k0 + 2 * offs_h) // 32)[:, None] * stride_bsk,
+                        mask=hmask[:, None],
+                        other=0,
+                    )
+                )
+                w_lo = lo * sc  # exact: <= 2 significant bits times a power of two
+                w_hi = hi * sc
+                if UPCAST_DOT:
+                    acc = tl.dot(a_even.to(tl.float32), w_lo, acc, input_precision="ieee")
+                    acc = tl.dot(a_odd.to(tl.float32), w_hi, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a_even, w_lo.to(a_even.dtype), acc)
+                    acc = tl.dot(a_odd, w_hi.to(a_odd.dtype), acc)
+    else:
+        offs_k = tl.arange(0, BLOCK_SIZE_K)
+        for kb in range(0, num_k):
+            k0 = kb * BLOCK_SIZE_K
+            kmask = offs_k < K - k0
+            a = tl.load(
+                a_base + (k0 + offs_k)[None, :] * stride_ak,
+                mask=tok_mask[:, None] & kmask[None, :],
+                other=0.0,
+            )
+            b = tl.load(b_cols + (k0 + offs_k)[:, None] * stride_bk, mask=kmask[:, None], other=0.0)
+            if QUANT == 1:
+                # BLOCK_SIZE_K divides group_k: the whole tile lies in one scale group.
+                kg = k0 // group_k
+                a_s = tl.load(
+                    a_scale_ptr + a_rows * stride_asm + kg * stride_ask, mask=tok_mask, other=0.0
+                )
+                b_s = tl.load(
+                    b_scale_ptr + expert * stride_bse + (offs_n // group_n) * stride_bsn
+                    + kg * stride_bsk
+                )
+                if UPCAST_DOT:
+                    d = tl.dot(_fp8_to_f32(a), _fp8_to_f32(b), input_precision="ieee")
+                else:
+                    d = tl.dot(a, b)
+                acc += d * a_s[:, None] * b_s[None, :]
+            else:
+                if UPCAST_DOT:
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, b, acc)
+
+    if MUL_WEIGHT:
+        w = tl.load(topk_w_ptr + tok, mask=tok_mask, other=0.0)
+        acc = acc * w[:, None]
+    offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    c_ptrs = c_ptr + tok.to(tl.int64)[:, None] * stride_cm + offs_cn[None, :] * stride_cn
+    tl.store(
+        c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=tok_mask[:, None] & (offs_cn[None, :] < N)
+    )
+
+
+@triton.jit
+def _act_quant_kernel(
+    in_ptr,
+    out_ptr,
+    scale_ptr,
+    ids_ptr,
+    w_ptr,
+    n_cols,
+    stride_in,
+    stride_out,
+    stride_sm,
+    limit,
+    alpha,
+    beta,
+    SWIGLU: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    CLAMP_POST: tl.constexpr,
+    QUANT_FP8: tl.constexpr,
+    SKIP_INVALID: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    GROUPS_PER_PROG: tl.constexpr,
+):
+    """One row, GROUPS_PER_PROG groups of GROUP columns: y = SwiGLU(row) (or the row itself,
+    times the router weight when MUL_WEIGHT), in float32; then either y rounded to the output
+    dtype, or (QUANT_FP8) per group s = max(amax, eps) / 448 and the E4M3 codes of y / s."""
+    row = tl.program_id(0)
+    if SKIP_INVALID:
+        # rows of skipped (-1) slots are never read by GEMM2: do not compute them
+        if tl.load(ids_ptr + row) < 0:
+            return
+    g = tl.program_id(1) * GROUPS_PER_PROG + tl.arange(0, GROUPS_PER_PROG)
+    c = tl.arange(0, BLOCK_G)
+    col = g[:, None] * GROUP + c[None, :]
+    mask = (c[None, :] < GROUP) & (col < n_cols)
+    row64 = row.to(tl.int64)
+    src = in_ptr + row64 * stride_in
+    if SWIGLU:
+        if INTERLEAVED:
+            gate = tl.load(src + 2 * col, mask=mask, other=0.0).to(tl.float32)
+            up = tl.load(src + 2 * col + 1, mask=mask, other=0.0).to(tl.float32)
+        else:
+            gate = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
+            up = tl.load(src + n_cols + col, mask=mask, other=0.0).to(tl.float32)
+        # clamps written with where(): NaN compares false and passes through, as in torch
+        if HAS_LIMIT:
+            up = tl.where(up > limit, limit, tl.where(up < -limit, -limit, up))
+            if not CLAMP_POST:
+                gate = tl.where(gate > limit, limit, gate)
+        y = gate * tl.sigmoid(alpha * gate)
+        if HAS_LIMIT:
+            if CLAMP_POST:
+                y = tl.where(y > limit, limit, y)
+        y = y * (up + beta)
+    else:
+        y = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
+        if MUL_WEIGHT:
+            y = y * tl.load(w_ptr + row)
+    dst = out_ptr + row64 * stride_out + col
+    if QUANT_FP8:
+        # amax with inf counted as the float32 max and NaN propagated (a GPU max drops NaN)
+        a = tl.where(mask, tl.abs(y), 0.0)
+        a = tl.where(a > _F32_MAX, _F32_MAX, a)
+        amax = tl.max(a, axis=1)
+        has_nan = tl.max(tl.where(mask & (y != y), 1, 0), axis=1) > 0
+        amax = tl.where(has_nan, float("nan"), amax)
+        s = tl.div_rn(tl.where(amax < _FP8_EPS, _FP8_EPS, amax), _E4M3_MAX)  # NaN kept
+        code = e4m3_code(tl.div_rn(y, s[:, None]))  # true division, as fp8_quant
+        tl.store(dst, code.to(tl.uint8).to(tl.float8e4nv, bitcast=True), mask=mask)
+        gmask = g * GROUP < n_cols
+        tl.store(scale_ptr + row64 * stride_sm + g, s, mask=gmask)
+    else:
+        tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _reduce_k_kernel(
+    in_ptr, ids_ptr, out_ptr, H, stride_in, stride_out, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr
+):
+    """out[t] = sum_{j=0..k-1} in[t*k + j] in float32, in that order; slots with id -1 are
+    masked (their rows were never written). Every output row is written (zeros if all -1)."""
+    t = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = offs < H
+    acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        flat = t.to(tl.int64) * TOP_K + j
+        valid = tl.load(ids_ptr + flat) >= 0
+        v = tl.load(in_ptr + flat * stride_in + offs, mask=hmask & valid, other=0.0)
+        acc += v.to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * stride_out + offs, acc.to(out_ptr.dtype.element_ty), mask=hmask)
+
+
+# --- launch ---------------------------------------------------------------------------------------
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _launch_gemm(
+    a, b, c, a_scale, b_scale, topk_w, align, *, n, k_dim, row_div, mul_weight, quant, group,
+    cfg, upcast, mx_scale_after_dot, num_valid, num_pid_m,
+):
+    sorted_ids, expert_ids, num_post = align
+    bm, bn = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"]
+    qcode = {"none": 0, "fp8_block": 1, "mxfp4": 2}[quant]
+    dummy = c
+    a_s = a_scale if a_scale is not None else dummy
+    b_s = b_scale if b_scale is not None else dummy
+    a_ss = a_scale.stride() if a_scale is not None else (0, 0)
+    b_ss = b_scale.stride() if b_scale is not None else (0, 0, 0)
+    grid = (num_pid_m * triton.cdiv(n, bn),)
+    _moe_gemm_kernel[grid](
+        a,
+        b,
+        c,
+        a_s,
+        b_s,
+        topk_w,
+        sorted_ids,
+        expert_ids,
+        num_post,
+        n,
+        k_dim,
+        num_valid,
+        num_pid_m,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        c.stride(0),
+        c.stride(1),
+        a_ss[0],
+        a_ss[1],
+        b_ss[0],
+        b_ss[1],
+        b_ss[2],
+        group[0],
+        group[1],
+        A_ROW_DIV=row_div,
+        MUL_WEIGHT=mul_weight,
+        QUANT=qcode,
+        MX_SCALE_AFTER_DOT=mx_scale_after_dot,
+        UPCAST_DOT=upcast,
+        SKIP_LAST_K=int(cfg.get("SKIP_LAST_K", 0)),
+        BLOCK_SIZE_M=bm,
+        BLOCK_SIZE_N=bn,
+        BLOCK_SIZE_K=cfg["BLOCK_SIZE_K"],
+        GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
+        num_warps=cfg.get("num_warps", 4),
+        num_stages=cfg.get("num_stages", 3),
+    )
+
+
+def _launch_act(
+    src, dst, scales, ids, weights, *, n_cols, swiglu, quant_fp8, group, skip_invalid,
+    mul_weight, limit, alpha, beta, interleaved, clamp_post, interpret,
+):
+    rows = src.shape[0]
+    if quant_fp8:
+        block_g = _next_pow2(group)
+    else:
+        group = block_g = min(_next_pow2(n_cols), 1024)
+    n_groups = triton.cdiv(n_cols, group)
+    # Under the interpreter every program costs Python overhead: one program per row there.
+    gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
+    grid = (rows, triton.cdiv(n_groups, gpp))
+    _act_quant_kernel[grid](
+        src,
+        dst,
+        scales if scales is not None else dst,
+        ids,
+        weights,
+        n_cols,
+        src.stride(0),
+        dst.stride(0),
+        scales.stride(0) if scales is not None else 0,
+        float(limit) if limit is not None else 0.0,
+        float(alpha),
+        float(beta),
+        SWIGLU=swiglu,
+        INTERLEAVED=interleaved,
+        HAS_LIMIT=limit is not None,
+        CLAMP_POST=clamp_post,
+        QUANT_FP8=quant_fp8,
+        SKIP_INVALID=skip_invalid,
+        MUL_WEIGHT=mul_weight,
+        GROUP=group,
+        BLOCK_G=block_g,
+        GROUPS_PER_PROG=gpp,
+        num_warps=4,
+    )
+
+
+def run_fused_moe(
+    x, w13, w2, topk_weights, topk_ids, align, *, quant, w13_scale, w2_scale, limit, alpha,
+    beta, interleaved, clamp_post, on_input, block_shape, cfg, interpret,
+):
+    """Launch the pipeline on validated inputs with T > 0; `align` is moe_align's output for
+    BLOCK_SIZE_M. Returns `out [T, H]` in x.dtype."""
+    import torch
+
+    t, h = x.shape
+    k = topk_ids.shape[1]
+    e, two_n = w13.shape[0], w13.shape[1]
+    n = two_n // 2
+    dev, dt = x.device, x.dtype
+    num_valid = t * k
+    bm = cfg["BLOCK_SIZE_M"]
+    # every non-empty block holds at least one valid slot; each expert adds one partial block
+    num_pid_m = min(
+        triton.cdiv(align[0].numel(), bm), triton.cdiv(num_valid, bm) + min(e, num_valid)
+    )
+    topk_w = topk_weights.contiguous()
+    ids = topk_ids.contiguous()
+    x = x.contiguous()
+    fp8 = quant == "fp8_block"
+    mx16 = quant == "mxfp4" and dt == torch.float16
+    group = tuple(block_shape) if fp8 else (1, 1)
+    common = dict(cfg=cfg, upcast=interpret, mx_scale_after_dot=mx16, num_valid=num_valid,
+                  num_pid_m=num_pid_m, quant=quant, group=group)
+
+    if fp8:
+        gk = block_shape[1]
+        a1 = torch.empty((t, h), dtype=torch.float8_e4m3fn, device=dev)
+        a1_s = torch.empty((t, h // gk), dtype=torch.float32, device=dev)
+        _launch_act(
+            x, a1, a1_s, ids, topk_w, n_cols=h, swiglu=False, quant_fp8=True, group=gk,
+            skip_invalid=False, mul_weight=on_input, limit=None, alpha=1.0, beta=0.0,
+            interleaved=False, clamp_post=False, interpret=interpret,
+        )
+    else:
+        a1, a1_s = x, None
+
+    c1 = torch.empty((num_valid, two_n), dtype=dt, device=dev)
+    _launch_gemm(
+        a1, w13, c1, a1_s, w13_scale, topk_w, align, n=two_n, k_dim=h, row_div=k,
+        mul_weight=on_input and not fp8, **common,
+    )
+
+    if fp8:
+        a2 = torch.empty((num_valid, n), dtype=torch.float8_e4m3fn, device=dev)
+        a2_s = torch.empty((num_valid, n // block_shape[1]), dtype=torch.float32, device=dev)
+    else:
+        a2 = torch.empty((num_valid, n), dtype=dt, device=dev)
+        a2_s = None
+    _launch_act(
+        c1, a2, a2_s, ids, topk_w, n_cols=n, swiglu=True, quant_fp8=fp8,
+        group=block_shape[1] if fp8 else 0, skip_invalid=True, mul_weight=False, limit=limit,
+        alpha=alpha, beta=beta, interleaved=interleaved, clamp_post=clamp_post,
+        interpret=interpret,
+    )
+
+    out = torch.empty((t, h), dtype=dt, device=dev)
+    if k == 1:
+        # one slot per token: GEMM2 writes the output rows directly; skipped tokens become 0
+        _launch_gemm(a2, w2, out, a2_s, w2_scale, topk_w, align, n=h, k_dim=n, row_div=1,
+                     mul_weight=not on_input, **common)
+        out.masked_fill_(ids < 0, 0.0)
+        return out
+    c2 = torch.empty((num_valid, h), dtype=dt, device=dev)
+    _launch_gemm(a2, w2, c2, a2_s, w2_scale, topk_w, align, n=h, k_dim=n, row_div=1,
+                 mul_weight=not on_input, **common)
+    block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
+    _reduce_k_kernel[(t, triton.cdiv(h, block_h))](
+        c2, ids, out, h, c2.stride(0), out.stride(0), TOP_K=k, BLOCK_H=block_h, num_warps=4
+    )
+    return out

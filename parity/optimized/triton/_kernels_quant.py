@@ -1,0 +1,248 @@
+"""Triton quantizer kernels: per-token-group FP8 (`fp8_quant`), fused SwiGLU + FP8
+(`silu_mul_fp8_quant`) and MXFP4 dequantization. Imported lazily by `quant.py`.
+
+Both FP8 kernels see the [M, K] activations as a list of groups: group `gi = m * (K/G) + j`
+starts at element `gi * G` of the contiguous output, so one program takes BLOCK_G whole groups
+as a [BLOCK_G, G_PAD] tile (contiguous, vectorised loads), reduces |x| along the row, and writes
+the E4M3 codes through a uint8 view of the float8 output: no native FP8 cast is involved.
+"""
+
+import triton
+import triton.language as tl
+
+from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
+from parity.optimized.triton._kernels_swiglu import swiglu_f32
+
+_F32_MAX = 3.4028234663852886e38
+
+
+@triton.jit
+def _pow2_ceil(s):
+    """2**ceil(log2(s)) for positive float32 s, exact: a power of two stays, anything else
+    goes to the next exponent with a zero mantissa. Subnormals are scaled by 2**64 first (exact
+    both ways); an exponent past 127 gives inf."""
+    sub = s < 1.1754943508222875e-38
+    sn = tl.where(sub, s * 18446744073709551616.0, s)
+    bits = sn.to(tl.int32, bitcast=True)
+    up = tl.where((bits & 0x7FFFFF) != 0, (bits & 0x7F800000) + 0x00800000, bits)
+    p = up.to(tl.float32, bitcast=True)
+    return tl.where(sub, p * 5.421010862427522e-20, p)
+
+
+@triton.jit
+def _quant_groups(v, eps, UE8M0: tl.constexpr):
+    """Per-row FP8 quantization of a float32 [BLOCK_G, G_PAD] tile whose padding lanes are 0.
+
+    Returns (codes int32 [BLOCK_G, G_PAD], scales float32 [BLOCK_G]). amax counts inf as the
+    float32 maximum; a NaN anywhere in a row makes its scale NaN and all its codes NaN (0x7F).
+    tl.max may drop NaN, so NaN is mapped to +inf (above every clamped |x|) before reducing.
+    """
+    a = tl.abs(v)
+    a = tl.where(a > _F32_MAX, _F32_MAX, a)
+    amax = tl.max(tl.where(a != a, float("inf"), a), axis=1)
+    s = tl.where(amax < eps, eps, amax)
+    s = tl.math.div_rn(s, tl.full(s.shape, 448.0, tl.float32))
+    if UE8M0:
+        s = _pow2_ceil(s)
+    s = tl.where(amax == float("inf"), float("nan"), s)
+    # A true division: reciprocal-multiply may move a code by one step near a midpoint.
+    codes = e4m3_code(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v)))
+    return codes, s
+
+
+@triton.jit
+def _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR: tl.constexpr):
+    if COL_MAJOR:  # scales [M, K/G] with strides (1, M): element (m, j) at j * M + m
+        idx = (gi % groups_per_row).to(tl.int64) * M + gi // groups_per_row
+    else:
+        idx = gi.to(tl.int64)
+    tl.store(s_ptr + idx, s, mask=gmask)
+
+
+@triton.jit
+def _fp8_quant_kernel(
+    x_ptr,
+    q_ptr,  # uint8 view of the float8_e4m3fn output
+    s_ptr,
+    n_groups,
+    groups_per_row,
+    M,
+    eps,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    UE8M0: tl.constexpr,
+    COL_MAJOR: tl.constexpr,
+):
+    gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    c = tl.arange(0, G_PAD)
+    gmask = gi < n_groups
+    mask = gmask[:, None] & (c < G)[None, :]
+    offs = gi.to(tl.int64)[:, None] * G + c[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    codes, s = _quant_groups(v, eps, UE8M0)
+    tl.store(q_ptr + offs, codes.to(tl.uint8), mask=mask)
+    _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR)
+
+
+@triton.jit
+def _silu_mul_fp8_quant_kernel(
+    x_ptr,  # [M, 2N]: gate = x[:, :N], up = x[:, N:]
+    q_ptr,  # uint8 view of the float8_e4m3fn [M, N] output
+    s_ptr,
+    n_groups,
+    groups_per_row,
+    M,
+    N,
+    limit,
+    eps,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    POST: tl.constexpr,
+    UE8M0: tl.constexpr,
+    COL_MAJOR: tl.constexpr,
+):
+    gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    c = tl.arange(0, G_PAD)
+    gmask = gi < n_groups
+    mask = gmask[:, None] & (c < G)[None, :]
+    row = (gi // groups_per_row).to(tl.int64)
+    col = (gi % groups_per_row) * G
+    g_offs = (row * (2 * N) + col)[:, None] + c[None, :]
+    g = tl.load(x_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + g_offs + N, mask=mask, other=0.0).to(tl.float32)
+    # The SwiGLU result stays float32 (never rounded to x.dtype) up to the quantization.
+    y = swiglu_f32(g, u, limit, 1.0, 0.0, HAS_LIMIT, POST)
+    y = tl.where(mask, y, 0.0)
+    codes, s = _quant_groups(y, eps, UE8M0)
+    tl.store(q_ptr + gi.to(tl.int64)[:, None] * G + c[None, :], codes.to(tl.uint8), mask=mask)
+    _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR)
+
+
+def _group_blocks(n_groups: int, group_size: int) -> tuple[int, int, int]:
+    """(G_PAD, BLOCK_G, num_warps): ~4096 elements a program (whole groups), 4 warps up to
+    2048 elements, 8 above."""
+    g_pad = triton.next_power_of_2(group_size)
+    block_g = max(1, min(triton.next_power_of_2(n_groups), 4096 // g_pad))
+    return g_pad, block_g, 4 if block_g * g_pad <= 2048 else 8
+
+
+def launch_fp8_quant(x, q_u8, scales, *, group_size, eps, ue8m0, column_major):
+    """x [M, K] contiguous (M, K > 0); q_u8 [M, K] uint8; scales [M, K/G] (any layout flag)."""
+    m, k = x.shape
+    groups_per_row = k // group_size
+    n_groups = m * groups_per_row
+    g_pad, block_g, warps = _group_blocks(n_groups, group_size)
+    _fp8_quant_kernel[(triton.cdiv(n_groups, block_g),)](
+        x,
+        q_u8,
+        scales,
+        n_groups,
+        groups_per_row,
+        m,
+        eps,
+        G=group_size,
+        G_PAD=g_pad,
+        BLOCK_G=block_g,
+        UE8M0=ue8m0,
+        COL_MAJOR=column_major,
+        num_warps=warps,
+    )
+
+
+def launch_silu_mul_fp8_quant(
+    x, q_u8, scales, *, group_size, limit, post, eps, ue8m0, column_major
+):
+    """x [M, 2N] contiguous (M, N > 0); q_u8 [M, N] uint8; scales [M, N/G]."""
+    m, n = q_u8.shape
+    groups_per_row = n // group_size
+    n_groups = m * groups_per_row
+    g_pad, block_g, warps = _group_blocks(n_groups, group_size)
+    _silu_mul_fp8_quant_kernel[(triton.cdiv(n_groups, block_g),)](
+        x,
+        q_u8,
+        scales,
+        n_groups,
+        groups_per_row,
+        m,
+        n,
+        0.0 if limit is None else limit,
+        eps,
+        G=group_size,
+        G_PAD=g_pad,
+        BLOCK_G=block_g,
+        HAS_LIMIT=limit is not None,
+        POST=post,
+        UE8M0=ue8m0,
+        COL_MAJOR=column_major,
+        num_warps=warps,
+    )
+
+
+# --- MXFP4 dequantization --------------------------------------------------------------------
+
+
+@triton.jit
+def _e2m1_value(nib):
+    """Float32 value of E2M1 codes (int32, low 4 bits; bit 3 the sign), built from bits:
+    magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; code 8 is -0.0."""
+    e = (nib >> 1) & 3
+    m = nib & 1
+    normal = (((e + 126) << 23) | (m << 22)).to(tl.float32, bitcast=True)  # (1 + m/2) 2**(e-1)
+    mag = tl.where(e == 0, m.to(tl.float32) * 0.5, normal)
+    return tl.where((nib & 8) != 0, -mag, mag)
+
+
+@triton.jit
+def _mxfp4_dequant_kernel(
+    p_ptr,  # uint8 [R, K/2]
+    s_ptr,  # uint8 [R, K/32]
+    y_ptr,  # [R, K]
+    R,
+    P,  # K / 2
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # scale blocks (32 elements, 16 bytes) a program
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    sb = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    byte = tl.arange(0, 16)
+    n_sb = P // 16
+    rmask = rows < R
+    row64 = rows.to(tl.int64)
+    smask = rmask[:, None] & (sb < n_sb)[None, :]
+    sc = tl.load(s_ptr + row64[:, None] * n_sb + sb[None, :], mask=smask, other=127)
+    sc = sc.to(tl.int32)
+    pcol = sb[:, None] * 16 + byte[None, :]  # [BLOCK_S, 16]
+    pmask = smask[:, :, None]
+    b = tl.load(p_ptr + row64[:, None, None] * P + pcol[None, :, :], mask=pmask, other=0)
+    b = b.to(tl.int32)
+    # value * 2**(code - 127), exactly: code 0 (2**-127, subnormal) as (value / 2) * 2**-126,
+    # so the factor is always a normal power of two; code 255 is NaN for the whole block.
+    pre = tl.where(sc == 0, 0.5, 1.0)[:, :, None]
+    factor = (tl.maximum(sc, 1) << 23).to(tl.float32, bitcast=True)[:, :, None]
+    lo = (_e2m1_value(b & 15) * pre) * factor
+    hi = (_e2m1_value(b >> 4) * pre) * factor
+    nan = (sc == 255)[:, :, None]
+    lo = tl.where(nan, float("nan"), lo)
+    hi = tl.where(nan, float("nan"), hi)
+    # element 2i (low nibble) then 2i + 1 (high nibble): interleave, then store contiguously
+    vals = tl.reshape(tl.join(lo, hi), (BLOCK_R, BLOCK_S * 32))
+    ycol = tl.program_id(1) * (BLOCK_S * 32) + tl.arange(0, BLOCK_S * 32)
+    ymask = rmask[:, None] & (ycol < 2 * P)[None, :]
+    out = to_dtype_rne(vals, y_ptr.dtype.element_ty)
+    tl.store(y_ptr + row64[:, None] * (2 * P) + ycol[None, :], out, mask=ymask)
+
+
+def launch_mxfp4_dequant(packed, scales, y):
+    """packed [R, K/2], scales [R, K/32] uint8 contiguous; y [R, K] (R, K > 0)."""
+    rows, p = packed.shape
+    n_sb = p // 16
+    block_s = min(triton.next_power_of_2(n_sb), 64)  # up to 2048 output elements a row
+    block_r = max(1, min(triton.next_power_of_2(rows), 4096 // (block_s * 32)))
+    warps = 4 if block_r * block_s * 32 <= 2048 else 8
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(n_sb, block_s))
+    _mxfp4_dequant_kernel[grid](
+        packed, scales, y, rows, p, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=warps
+    )

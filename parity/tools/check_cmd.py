@@ -1,0 +1,263 @@
+"""`parity check --op OP --impl IMPL [--golden DIR] [--device D] [--max-examples N]`.
+
+One good/bad verdict for one implementation, in the exit code `git bisect run` expects:
+
+    0    good: every golden case and every property passed
+    1    bad: a golden case or a property failed (the first failure is printed)
+    125  cannot test this commit: no GPU for a cuda run, the implementation does not import or
+         build, the golden folder is missing or corrupt (or disagrees with this commit's
+         reference), every case unsupported, or parity itself broke
+
+No other exit code is used (a usage error is 125 too: `git bisect run` would read 2 as "bad").
+The golden cases (recorded by `parity golden`) are compared under the op's tolerance model
+(`OpSpec.compare`); then every property runs under the `bisect` Hypothesis profile with a fixed
+seed, so every commit sees the same cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+GOOD, BAD, SKIP = 0, 1, 125
+
+
+def add_parser(sub):
+    p = sub.add_parser("check", help="good/bad verdict for git bisect run (exit 0/1/125)")
+    p.add_argument("--op", required=True)
+    p.add_argument("--impl", required=True, help="registered name or module:function")
+    p.add_argument("--golden", metavar="DIR", default=None, help="folder from `parity golden`")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="examples per property (default: the bisect profile's)")
+    p.add_argument("--seed", type=int, default=0, help="Hypothesis seed of the properties")
+    p.add_argument("--property", action="append", default=[], dest="properties",
+                   help="run only these properties (repeatable)")
+    p.add_argument("--no-properties", action="store_true", help="golden cases only")
+    p.add_argument("--size", choices=["small", "full"], default=None)
+    p.add_argument("--ledger", metavar="FILE", default=None,
+                   help="known failures (default: ./parity-ledger.json when present)")
+    _exit_125_on_usage_errors(p)
+    return p
+
+
+def _exit_125_on_usage_errors(p: argparse.ArgumentParser) -> None:
+    """argparse exits 2 on a usage error, which `git bisect run` would take for "bad"."""
+
+    def error(message):
+        p.print_usage(sys.stderr)
+        print(f"parity check: error: {message} (exit 125: cannot test)", file=sys.stderr)
+        sys.exit(SKIP)
+
+    parse_known = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extra = parse_known(args, namespace)
+        if extra:
+            error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+    p.error = error
+    p.parse_known_args = parse_known_args
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - a broken harness must not blame the commit
+        traceback.print_exc()
+        print("parity check: internal error: cannot test (exit 125)", file=sys.stderr)
+        return SKIP
+
+
+def _skip(msg: str) -> int:
+    print(f"parity check: cannot test: {msg}", file=sys.stderr)
+    print("verdict: SKIP (exit 125)")
+    return SKIP
+
+
+def _run(args) -> int:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        return _skip("--device cuda, but no CUDA GPU is visible")
+    try:
+        from parity.registry import get_impl, get_spec
+
+        spec = get_spec(args.op)
+    except Exception as e:  # noqa: BLE001 - parity itself does not import at this commit
+        return _skip(f"cannot load op {args.op!r}: {type(e).__name__}: {e}")
+    try:
+        impl = get_impl(args.op, args.impl)
+    except Exception as e:  # noqa: BLE001 - SyntaxError, ImportError, missing attribute ...
+        return _skip(f"cannot import {args.impl!r}: {type(e).__name__}: {e}")
+    ok, why = impl.availability(device)
+    if not ok:
+        return _skip(f"{impl.key} cannot run on {device}: {why}")
+    if args.max_examples is not None and args.max_examples < 1:
+        return _skip("--max-examples must be >= 1")
+
+    from parity.tools.ledger import load_ledger
+
+    try:
+        ledger = load_ledger(args.ledger)
+    except ValueError as e:
+        return _skip(f"ledger: {e}")
+
+    tested = unsupported = 0
+    failures: list[str] = []
+    errors: list[str] = []
+    print(f"parity check: {impl.key} on {device}")
+
+    if args.golden:
+        from parity.tools.golden_cmd import GoldenError, load_golden
+
+        try:
+            manifest, cases = load_golden(args.golden, device)
+        except GoldenError as e:
+            return _skip(f"golden: {e}")
+        if manifest.get("op") != spec.name:
+            return _skip(f"golden folder holds {manifest.get('op')!r} cases, not {spec.name!r}")
+        g_pass = g_fail = g_uns = g_xf = 0
+        for i, (case, stored, _meta) in enumerate(cases):
+            # the recorded outputs must still pass this commit's tolerance model, or the
+            # golden cannot judge anything here
+            sv = spec.compare(case, stored)
+            if not sv:
+                return _skip(f"golden case {i}: the recorded outputs fail this commit's "
+                             f"tolerance model ({sv.message}): re-record the golden")
+            status, v = _evaluate(spec, impl.fn, case)
+            if status == "unsupported":
+                g_uns += 1
+                continue
+            if status == "pass":
+                entry = ledger.match(spec.name, impl.name, "matches_reference", case.meta)
+                if entry is not None:
+                    ledger.record(entry, False)
+                g_pass += 1
+                continue
+            entry = ledger.match(spec.name, impl.name, "matches_reference", case.meta)
+            if entry is not None:
+                ledger.record(entry, True)
+                g_xf += 1
+                continue
+            g_fail += 1
+            if not failures:
+                failures.append(f"golden case {i} ({case.describe()}): {v.message}")
+        tested += g_pass + g_fail + g_xf
+        unsupported += g_uns
+        xfs = f" {g_xf:4d} xfail" if g_xf else ""
+        print(f"  {'golden':<18} {g_pass:4d} pass {g_fail:4d} fail {g_uns:4d} unsupported{xfs}"
+              f"  ({len(cases)} cases)")
+
+    if not args.no_properties:
+        props = list(spec.all_properties())
+        if args.properties:
+            unknown = [p for p in args.properties if p not in props]
+            if unknown:
+                return _skip(f"unknown properties {unknown} (known: {', '.join(props)})")
+            props = [p for p in props if p in args.properties]
+        for prop in props:
+            if (prop == "error_parity" and spec.invalid is None) or (
+                prop == "nan_policy" and spec.nan_strategy is None
+            ):
+                continue
+            t0 = time.perf_counter()
+            try:
+                st, xf = _run_property(spec, prop, impl, device, args, ledger)
+            except Exception as e:  # noqa: BLE001 - Hypothesis or a spec broke, not the impl
+                errors.append(f"{prop}: {type(e).__name__}: {e}")
+                print(f"  {prop:<18} ERROR {type(e).__name__}: {e}")
+                continue
+            tested += st.run + xf  # a known failure was tested: it is not "nothing tested"
+            unsupported += st.unsupported
+            verdict = st.verdict() if st.run or not xf else "xfail"
+            xfs = f" {xf:4d} xfail" if xf else ""
+            print(f"  {prop:<18} {st.passed:4d} pass {st.failed:4d} fail {st.unsupported:4d} "
+                  f"unsupported{xfs}  {verdict}  ({time.perf_counter() - t0:.1f}s)")
+            if st.failure is not None:
+                f = st.failure
+                failures.append(f"{prop}: {f['message']}\n    case: {f['meta']}\n"
+                                f"    reproduce: {f['repro']}")
+
+    xfailed = sum(e.xfailed for e in ledger.entries)
+    if xfailed:
+        print(f"  known failures (ledger {ledger.path}): {xfailed} cases xfail")
+    # an XPASS is reported but does not make the commit bad: in a bisect, commits from before
+    # a known bug was introduced pass its ledger entry, and must not be blamed for it
+    for line in ledger.xpasses(spec.name, impl.name):
+        print(f"  {line}")
+    if failures:
+        print(f"first failure: {failures[0]}")
+        print(f"verdict: BAD ({len(failures)} failing checks, exit 1)")
+        return BAD
+    if errors:
+        return _skip("the harness raised: " + "; ".join(errors))
+    if tested == 0:
+        return _skip(f"nothing was tested ({unsupported} cases unsupported)")
+    print(f"verdict: GOOD ({tested} cases tested, {unsupported} unsupported, exit 0)")
+    return GOOD
+
+
+def _evaluate(spec, fn, case):
+    from parity.properties.checks import evaluate
+
+    return evaluate(spec, "matches_reference", fn, case)
+
+
+def _run_property(spec, prop, impl, device, args, ledger):
+    """The runner's Hypothesis loop (bisect profile, fixed seed), where a failure that the
+    ledger lists is counted as xfail and the search goes on."""
+    import hypothesis
+    from hypothesis import given, settings
+
+    from parity.properties.checks import evaluate
+    from parity.properties.runner import PropertyFailed, Stats, repro_command, strategy_for
+
+    size = args.size or ("small" if device == "cpu" else "full")
+    st = Stats(spec.name, impl.name, prop, device)
+    over = {} if args.max_examples is None else {"max_examples": args.max_examples}
+    last: dict = {}
+    xfails = [0]
+
+    @settings(settings.get_profile("bisect"), **over)
+    @given(strategy_for(spec, prop, size=size, dtypes=impl.dtypes))
+    def body(meta):
+        case = spec.build(meta, device)
+        status, v = evaluate(spec, prop, impl.fn, case)
+        entry = ledger.match(spec.name, impl.name, prop, meta) if ledger else None
+        if entry is not None and status in ("pass", "fail"):
+            ledger.record(entry, status == "fail")
+            if status == "fail":
+                xfails[0] += 1
+                return  # known failure: xfail, keep searching for unknown ones
+        st.record(status, meta, v)
+        if status == "fail":
+            last.update(meta=meta, verdict=v)
+            raise PropertyFailed(meta, v.message)
+
+    body = hypothesis.seed(args.seed)(body)
+    t0 = time.perf_counter()
+    try:
+        body()
+    except PropertyFailed as e:
+        last["meta"] = e.meta
+    except Exception:  # Flaky and friends: keep the last failing case, if any
+        if not last:
+            raise
+    finally:
+        st.seconds = time.perf_counter() - t0
+    if last:
+        v = last.get("verdict")
+        st.failure = {
+            "meta": last["meta"],
+            "message": v.message if v is not None else "failed",
+            "repro": repro_command(spec.name, impl.name, prop, device, last["meta"]),
+        }
+    return st, xfails[0]

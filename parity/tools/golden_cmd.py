@@ -1,0 +1,238 @@
+"""`parity golden --op OP [--impl reference] --out DIR [--count N] [--device D] [--seed S]`.
+
+Records N fixed cases of an op with the outputs of a trusted implementation (the reference by
+default), for `parity check --golden DIR` to replay at every commit of a bisect. The cases are
+drawn from the op's Hypothesis strategy with a fixed seed (the same seed and strategy give the
+same cases), built on the device, and stored as repro files (`parity.tools.repro`: inputs as
+safetensors + JSON) so a replay never regenerates tensors: the golden stays valid across
+devices, torch versions and changes of the strategy.
+
+Layout of DIR:
+    golden.json                      manifest (format "parity-golden", version 1): op, impl,
+                                     seed, device, tolerance, versions, and per case the repro
+                                     file, the outputs file and its sha256
+    <stem>.json / <stem>.safetensors one repro per case (the inputs)
+    <stem>.out.safetensors           the recorded outputs, named out0, out1, ...
+
+Exit 0 written, 1 the implementation failed on a case, 2 usage (unknown op/impl, bad count).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+MANIFEST = "golden.json"
+FORMAT = "parity-golden"
+VERSION = 1
+
+
+def add_parser(sub):
+    p = sub.add_parser("golden", help="record fixed cases with reference outputs")
+    p.add_argument("--op", required=True)
+    p.add_argument("--impl", default="reference", help="whose outputs to record")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--count", type=int, default=16)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["small", "full"], default=None,
+                   help="strategy size (default: small on cpu, full on cuda)")
+    return p
+
+
+# --- shared with check, report and bench --------------------------------------------------
+
+
+def default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def draw_metas(strategy, count: int, *, seed: int = 0) -> list[dict]:
+    """`count` distinct case descriptions drawn from `strategy`, the same for the same seed.
+
+    A seeded `@given` run (generate phase only, no database) collects what Hypothesis draws:
+    unlike `strategy.example()`, this is deterministic and starts from the simple edge cases
+    (T = 0, smallest sizes) before spreading out."""
+    import hypothesis
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    metas: list[dict] = []
+    seen: set[str] = set()
+
+    @settings(
+        max_examples=max(4 * count, count + 20),
+        database=None,
+        derandomize=False,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @hypothesis.seed(seed)
+    @given(strategy)
+    def collect(meta):
+        if len(metas) >= count:
+            return
+        key = json.dumps(meta, sort_keys=True, default=repr)
+        if key not in seen:
+            seen.add(key)
+            metas.append(json.loads(json.dumps(meta, default=repr)))
+
+    collect()
+    return metas
+
+
+def output_tensors(outs) -> dict:
+    """Outputs as named CPU tensors (out0, out1, ...) for a safetensors file."""
+    import torch
+
+    named = {}
+    for i, o in enumerate(outs):
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"output {i} is a {type(o).__name__}, not a tensor")
+        named[f"out{i}"] = o.detach().to("cpu", copy=True).contiguous()
+    return named
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    from parity.properties.case import as_tuple
+    from parity.properties.runner import strategy_for
+    from parity.registry import get_impl, get_spec
+    from parity.tools import repro
+
+    if args.count < 1:
+        print("parity golden: --count must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        spec = get_spec(args.op)
+        impl = get_impl(args.op, args.impl)
+    except (KeyError, ImportError, AttributeError, TypeError) as e:
+        print(f"parity golden: {e}", file=sys.stderr)
+        return 2
+    device = default_device(args.device)
+    ok, why = impl.availability(device)
+    if not ok:
+        print(f"parity golden: {impl.key} cannot run on {device}: {why}", file=sys.stderr)
+        return 2
+    size = args.size or ("small" if device == "cpu" else "full")
+    metas = draw_metas(
+        strategy_for(spec, "matches_reference", size=size, dtypes=impl.dtypes),
+        args.count,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, meta in enumerate(metas):
+        case = spec.build(meta, device)
+        try:
+            outs = as_tuple(case.call(impl.fn))
+        except Exception as e:  # noqa: BLE001 - a golden must come from a working impl
+            print(f"parity golden: {impl.key} raised on case {i} ({meta}): "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        jpath = repro.save(
+            case, out, impl=impl.name, prop="matches_reference",
+            message=f"golden case {i} of {len(metas)} ({impl.key}, seed {args.seed})",
+            seed=args.seed, extra={"golden": {"index": i, "count": len(metas)}},
+        )
+        from safetensors.torch import save as st_save
+
+        named = output_tensors(outs)
+        blob = st_save(named, metadata={"format": FORMAT})
+        opath = jpath.with_name(jpath.name[: -len(".json")] + ".out.safetensors")
+        repro.atomic_write(opath, blob)
+        entries.append({
+            "repro": jpath.name,
+            "outputs": opath.name,
+            "outputs_sha256": hashlib.sha256(blob).hexdigest(),
+            "outputs_entries": [
+                {"name": n, "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
+                for n, t in named.items()
+            ],
+            "meta": meta,
+        })
+        print(f"  case {i:3d}: {case.describe()}")
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "op": spec.name,
+        "impl": impl.name,
+        "seed": args.seed,
+        "size": size,
+        "device": device,
+        "tolerance": spec.tolerance,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": repro.versions(device),
+        "cases": entries,
+    }
+    text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
+    repro.atomic_write(out / MANIFEST, text.encode())
+    print(f"parity golden: {len(entries)} {spec.name} cases from {impl.key} on {device} "
+          f"-> {out / MANIFEST}")
+    return 0
+
+
+# --- reading a golden folder (used by check) ----------------------------------------------
+
+
+class GoldenError(ValueError):
+    """A golden folder that is missing, malformed or does not match its files."""
+
+
+def load_golden(folder, device: str):
+    """(manifest, [(case, stored_outputs, meta)]) from a golden folder; raises GoldenError."""
+    from safetensors.torch import load as st_load
+
+    from parity.properties.case import DTYPES
+    from parity.tools import repro
+
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GoldenError(f"{mpath}: cannot read the golden manifest: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise GoldenError(f"{mpath}: not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise GoldenError(f"{mpath}: version {manifest.get('version')!r}, this reads {VERSION}")
+    cases = manifest.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise GoldenError(f"{mpath}: no cases")
+    loaded = []
+    for i, e in enumerate(cases):
+        try:
+            r = repro.load(folder / e["repro"])
+            opath = folder / e["outputs"]
+            if Path(e["outputs"]).name != e["outputs"]:
+                raise GoldenError(f"case {i}: outputs must be a plain file name")
+            blob = opath.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != e["outputs_sha256"]:
+                raise GoldenError(f"case {i}: {opath.name}: sha256 mismatch (modified?)")
+            tensors = st_load(blob)
+            outs = []
+            for oe in e["outputs_entries"]:
+                t = tensors[oe["name"]]
+                if t.dtype != DTYPES[oe["dtype"]] or list(t.shape) != oe["shape"]:
+                    raise GoldenError(f"case {i}: output {oe['name']} does not match the manifest")
+                outs.append(t.to(device))
+            if len(tensors) != len(outs):
+                raise GoldenError(f"case {i}: {opath.name} holds unlisted tensors")
+        except GoldenError:
+            raise
+        except (KeyError, TypeError, OSError, ValueError) as err:  # ReproError is a ValueError
+            raise GoldenError(f"{mpath}: case {i}: {type(err).__name__}: {err}") from err
+        if r.op != manifest.get("op"):
+            raise GoldenError(f"case {i}: op {r.op!r} differs from the manifest's")
+        loaded.append((r.case(device), tuple(outs), r.meta))
+    return manifest, loaded

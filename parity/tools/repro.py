@@ -1,0 +1,484 @@
+"""Repro files: one failing case, saved so that it can be replayed without regenerating it.
+
+A repro is a pair of files in one folder (default `parity-repros/`, git-ignored):
+
+- `<stem>.safetensors`: every tensor of the call (positional args and tensor kwargs), named as
+  `Case.tensors()` names them (`arg0`, `kw.bias`, ...); tensors nested in lists, tuples or dicts
+  get a dotted path (`kw.layers.0`). Written from the CPU, contiguous.
+- `<stem>.json`: everything else (see `FORMAT`, version `VERSION`):
+
+      {"format": "parity-repro", "version": 1,
+       "op", "impl", "property", "device", "kind" ("fail" | "crash" | "hang"),
+       "message", "ratio", "worst", "seed", "meta" (the case description, JSON),
+       "args": [value, ...], "kwargs": {name: value},   # tensors as {"__tensor__": name}
+       "tensors": {"file": "<stem>.safetensors", "sha256": hex,
+                   "entries": {name: {"dtype", "shape", "stride"}}},
+       "versions": {"python", "torch", "triton", "hypothesis", "safetensors", "parity",
+                    "gpu"}, "created": ISO time, "command": "parity case ..."}
+
+  Non-JSON option values are tagged: `{"__tuple__": [...]}`, `{"__dtype__": "bfloat16"}`,
+  `{"__float__": "nan" | "inf" | "-inf"}`.
+
+Both files are written atomically (temporary file in the same folder, fsync, `os.replace`),
+tensors first, so a JSON file that exists always names a complete tensor file. Loading never
+executes code (JSON and safetensors only: no pickle, no `torch.load`); a malformed or tampered
+pair (bad JSON, missing keys, wrong types, sha256 mismatch, tensor names or shapes that differ
+from the JSON) raises `ReproError` with a message naming the problem. The CLI maps it to exit 2.
+
+Public API (used by `parity fuzz/case/replay` and by golden/check/bisect/localize/report):
+
+    save(case, out_dir, *, impl, prop, kind="fail", message="", verdict=None, seed=None,
+         extra=None) -> Path        # the JSON path; `case` is a parity.properties.case.Case
+    load(path) -> Repro             # path: the .json, the .safetensors, or the stem
+    Repro.case(device=None) -> Case # tensors from the file, moved to `device`
+    Repro fields: path, op, impl, prop, device, kind, message, meta, seed, ratio, worst,
+                  versions, data (the whole JSON object)
+    atomic_write(path, data: bytes) # the atomic write used for both files
+    versions(device=None) -> dict   # python/torch/triton/... versions and GPU name
+    ReproError                      # ValueError subclass; message names the file and problem
+    DEFAULT_DIR = "parity-repros"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "parity-repro"
+VERSION = 1
+DEFAULT_DIR = "parity-repros"
+KINDS = ("fail", "crash", "hang")
+
+_REQUIRED = {
+    "format": str,
+    "version": int,
+    "op": str,
+    "impl": str,
+    "property": str,
+    "device": str,
+    "meta": dict,
+    "args": list,
+    "kwargs": dict,
+    "tensors": dict,
+}
+
+
+class ReproError(ValueError):
+    """A repro file that cannot be written or read (malformed, tampered, incomplete)."""
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically: a temporary file in the same folder, fsync,
+    `os.replace`, then fsync of the folder. No temporary file is left behind on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable (not on every platform)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path
+
+
+# --- versions ------------------------------------------------------------------------------
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions(device: str | None = None) -> dict:
+    """Versions of the toolchain, and the GPU's name when the case ran on one."""
+    gpu = None
+    if (device or "").startswith("cuda") or torch.cuda.is_initialized():
+        with contextlib.suppress(Exception):
+            gpu = torch.cuda.get_device_name()
+    import parity
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _dist_version("triton"),
+        "hypothesis": _dist_version("hypothesis"),
+        "safetensors": _dist_version("safetensors"),
+        "parity": parity.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": gpu,
+    }
+
+
+# --- value encoding ------------------------------------------------------------------------
+
+
+def _dtype_names() -> dict[str, torch.dtype]:
+    from parity.properties.case import DTYPES
+
+    return DTYPES
+
+
+def _encode(v: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(v, torch.Tensor):
+        tensors[name] = v
+        return {"__tensor__": name}
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return v
+        return {"__float__": "nan" if v != v else ("inf" if v > 0 else "-inf")}
+    if isinstance(v, torch.dtype):
+        return {"__dtype__": str(v).replace("torch.", "")}
+    if isinstance(v, tuple):
+        return {"__tuple__": [_encode(x, f"{name}.{i}", tensors) for i, x in enumerate(v)]}
+    if isinstance(v, list):
+        return [_encode(x, f"{name}.{i}", tensors) for i, x in enumerate(v)]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) and not k.startswith("__") for k in v):
+            raise ReproError(f"{name}: dict keys must be plain strings, got {list(v)}")
+        return {k: _encode(x, f"{name}.{k}", tensors) for k, x in v.items()}
+    raise ReproError(f"{name}: cannot save a value of type {type(v).__name__} ({v!r})")
+
+
+def _decode(v: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, list):
+        return [_decode(x, f"{where}[{i}]", tensors) for i, x in enumerate(v)]
+    if not isinstance(v, dict):
+        raise ReproError(f"{where}: unexpected JSON value {v!r}")
+    if len(v) == 1:
+        ((tag, x),) = v.items()
+        if tag == "__tensor__":
+            if not isinstance(x, str) or x not in tensors:
+                raise ReproError(f"{where}: tensor {x!r} is not in the tensor file")
+            return tensors[x]
+        if tag == "__tuple__":
+            if not isinstance(x, list):
+                raise ReproError(f"{where}: __tuple__ must hold a list")
+            return tuple(_decode(y, f"{where}[{i}]", tensors) for i, y in enumerate(x))
+        if tag == "__dtype__":
+            if x not in _dtype_names():
+                raise ReproError(f"{where}: unknown dtype {x!r}")
+            return _dtype_names()[x]
+        if tag == "__float__":
+            if x not in ("nan", "inf", "-inf"):
+                raise ReproError(f"{where}: __float__ must be nan, inf or -inf, got {x!r}")
+            return float(x)
+    if any(isinstance(k, str) and k.startswith("__") for k in v):
+        raise ReproError(f"{where}: unknown tag in {sorted(v)}")
+    return {k: _decode(x, f"{where}.{k}", tensors) for k, x in v.items()}
+
+
+def _jsonable(x: Any) -> Any:
+    """Verdict details (worst elements) as plain JSON: tuples to lists, non-finite to str."""
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(y) for y in x]
+    if isinstance(x, dict):
+        return {str(k): _jsonable(y) for k, y in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return repr(x)
+    if isinstance(x, (bool, int, float, str)) or x is None:
+        return x
+    return repr(x)
+
+
+# --- save ----------------------------------------------------------------------------------
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_.")[:60] or "impl"
+
+
+def stem_for(op: str, impl: str, prop: str, meta: dict, kind: str = "fail") -> str:
+    """File stem of a repro: readable prefix and a digest of (op, impl, property, meta)."""
+    key = json.dumps([op, impl, prop, meta], sort_keys=True, default=repr)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{op}-{_slug(impl)}-{prop}-{kind}-{digest}"
+
+
+def save(
+    case,
+    out_dir: str | os.PathLike = DEFAULT_DIR,
+    *,
+    impl: str,
+    prop: str,
+    kind: str = "fail",
+    message: str = "",
+    verdict=None,
+    seed: int | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Save `case` (a built `Case`) with the property it failed; returns the JSON path."""
+    from safetensors.torch import save as st_save
+
+    from parity.properties.runner import repro_command
+
+    if kind not in KINDS:
+        raise ReproError(f"save: kind: expected one of {KINDS}, got {kind!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    names = {id(t): n for n, t in case.tensors().items()}
+    args = [_encode(a, names.get(id(a), f"arg{i}"), tensors) for i, a in enumerate(case.args)]
+    kwargs = {k: _encode(v, names.get(id(v), f"kw.{k}"), tensors) for k, v in case.kwargs.items()}
+    entries = {}
+    cpu = {}
+    for n, t in tensors.items():
+        entries[n] = {
+            "dtype": str(t.dtype).replace("torch.", ""),
+            "shape": list(t.shape),
+            "stride": list(t.stride()),
+        }
+        cpu[n] = t.detach().to("cpu", copy=True).contiguous()
+    blob = st_save(cpu, metadata={"format": FORMAT})
+    out_dir = Path(out_dir)
+    stem = stem_for(case.op, impl, prop, case.meta, kind)
+    tpath = out_dir / f"{stem}.safetensors"
+    jpath = out_dir / f"{stem}.json"
+    meta = json.loads(json.dumps(case.meta, default=repr))
+    if verdict is not None:
+        message = message or verdict.message
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "op": case.op,
+        "impl": impl,
+        "property": prop,
+        "device": str(case.device),
+        "kind": kind,
+        "message": message,
+        "ratio": _jsonable(getattr(verdict, "ratio", None)),
+        "worst": _jsonable(getattr(verdict, "worst", [])),
+        "seed": seed,
+        "meta": meta,
+        "args": args,
+        "kwargs": kwargs,
+        "tensors": {
+            "file": tpath.name,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "entries": entries,
+        },
+        "versions": versions(str(case.device)),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": repro_command(case.op, impl, prop, str(case.device), meta),
+        "replay": f"parity replay {jpath}",
+    }
+    if extra:
+        doc["extra"] = _jsonable(extra)
+    text = json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n"
+    atomic_write(tpath, blob)
+    atomic_write(jpath, text.encode())
+    return jpath
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Repro:
+    path: Path
+    op: str
+    impl: str
+    prop: str
+    device: str
+    kind: str
+    message: str
+    meta: dict
+    seed: int | None
+    ratio: Any
+    worst: list
+    versions: dict
+    data: dict = field(repr=False)
+    _tensors: dict = field(repr=False, default_factory=dict)
+
+    def case(self, device: str | None = None):
+        """The saved call as a `Case`, its tensors (from the file) moved to `device`
+        (default: the device it was found on)."""
+        from parity.properties.case import Case
+
+        dev = device or self.device
+        ts = {}
+        for n, t in self._tensors.items():
+            e = self.data["tensors"]["entries"][n]
+            t = _restride(t, e.get("stride"))
+            ts[n] = t.to(dev)
+        args = tuple(_decode(a, f"args[{i}]", ts) for i, a in enumerate(self.data["args"]))
+        kwargs = {k: _decode(v, f"kwargs.{k}", ts) for k, v in self.data["kwargs"].items()}
+        return Case(self.op, args, kwargs, json.loads(json.dumps(self.meta)), str(dev))
+
+    def command(self) -> str:
+        return self.data.get("command", "")
+
+
+def _restride(t: torch.Tensor, stride) -> torch.Tensor:
+    """Give `t` the saved strides when they describe a dense non-overlapping layout."""
+    if not isinstance(stride, list) or len(stride) != t.dim() or list(t.stride()) == stride:
+        return t
+    if t.numel() <= 1 or any(not isinstance(s, int) or s < 0 for s in stride):
+        return t
+    order = sorted(range(t.dim()), key=lambda d: stride[d])
+    expect = 1
+    for d in order:  # dense: the strides, sorted, are the running products of the sizes
+        if t.shape[d] > 1 and stride[d] != expect:
+            return t
+        expect *= t.shape[d]
+    out = torch.empty_strided(tuple(t.shape), tuple(stride), dtype=t.dtype)
+    out.copy_(t)
+    return out
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.json"))
+        if len(found) != 1:
+            raise ReproError(f"{p}: a folder must hold exactly one repro .json, found {len(found)}")
+        return found[0]
+    if p.suffix == ".safetensors":
+        p = p.with_suffix(".json")
+    elif p.suffix != ".json" and not p.exists():
+        p = p.with_name(p.name + ".json")
+    if not p.is_file():
+        raise ReproError(f"{p}: no such repro file")
+    return p
+
+
+def load(path: str | os.PathLike) -> Repro:
+    """Read and verify a repro (JSON + safetensors); never executes code from the files."""
+    from safetensors.torch import load as st_load
+
+    p = _resolve(path)
+    try:
+        raw = p.read_bytes()
+        doc = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReproError(f"{p}: not a readable JSON repro file: {e}") from e
+    if not isinstance(doc, dict):
+        raise ReproError(f"{p}: expected a JSON object, got {type(doc).__name__}")
+    for key, typ in _REQUIRED.items():
+        if key not in doc:
+            raise ReproError(f"{p}: missing key {key!r}")
+        if not isinstance(doc[key], typ) or (typ is int and isinstance(doc[key], bool)):
+            raise ReproError(
+                f"{p}: key {key!r}: expected {typ.__name__}, got {type(doc[key]).__name__}"
+            )
+    if doc["format"] != FORMAT:
+        raise ReproError(f"{p}: format {doc['format']!r} is not {FORMAT!r}")
+    if doc["version"] != VERSION:
+        raise ReproError(f"{p}: format version {doc['version']} (this parity reads {VERSION})")
+    kind = doc.get("kind", "fail")
+    if kind not in KINDS:
+        raise ReproError(f"{p}: kind {kind!r} is not one of {KINDS}")
+    for key in ("message",):
+        if key in doc and not isinstance(doc[key], str):
+            raise ReproError(f"{p}: key {key!r}: expected str")
+    seed = doc.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ReproError(f"{p}: key 'seed': expected an integer or null")
+    tinfo = doc["tensors"]
+    fname, digest, entries = tinfo.get("file"), tinfo.get("sha256"), tinfo.get("entries")
+    plain = isinstance(fname, str) and Path(fname).name == fname
+    if not plain or fname in ("", ".", ".."):
+        raise ReproError(f"{p}: tensors.file must be a plain file name, got {fname!r}")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ReproError(f"{p}: tensors.sha256 must be 64 lowercase hex digits")
+    if not isinstance(entries, dict):
+        raise ReproError(f"{p}: tensors.entries must be an object")
+    dtypes = _dtype_names()
+    for n, e in entries.items():
+        ok = (
+            isinstance(e, dict)
+            and e.get("dtype") in dtypes
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in e["shape"])
+        )
+        if not ok:
+            raise ReproError(f"{p}: tensors.entries[{n!r}]: expected {{dtype, shape}}, got {e!r}")
+    tpath = p.parent / fname
+    try:
+        blob = tpath.read_bytes()
+    except OSError as e:
+        raise ReproError(f"{p}: tensor file {tpath} cannot be read: {e}") from e
+    got = hashlib.sha256(blob).hexdigest()
+    if got != digest:
+        raise ReproError(
+            f"{p}: sha256 mismatch for {tpath.name}: file has {got[:16]}..., the JSON says "
+            f"{digest[:16]}... (modified or truncated)"
+        )
+    try:
+        tensors = st_load(blob)
+    except Exception as e:  # any parse failure is a bad file
+        raise ReproError(f"{p}: {tpath.name} is not a valid safetensors file: {e}") from e
+    if set(tensors) != set(entries):
+        raise ReproError(
+            f"{p}: tensor names {sorted(tensors)} differ from the JSON's {sorted(entries)}"
+        )
+    for n, t in tensors.items():
+        e = entries[n]
+        if dtypes[e["dtype"]] != t.dtype or list(t.shape) != e["shape"]:
+            raise ReproError(
+                f"{p}: tensor {n!r} is {t.dtype}{list(t.shape)}, the JSON says "
+                f"{e['dtype']}{e['shape']}"
+            )
+    repro = Repro(
+        path=p,
+        op=doc["op"],
+        impl=doc["impl"],
+        prop=doc["property"],
+        device=doc["device"],
+        kind=kind,
+        message=doc.get("message", ""),
+        meta=doc["meta"],
+        seed=seed,
+        ratio=doc.get("ratio"),
+        worst=doc.get("worst") or [],
+        versions=doc.get("versions") or {},
+        data=doc,
+        _tensors=tensors,
+    )
+    repro.case("cpu")  # decode args/kwargs now: a dangling tensor reference fails at load
+    return repro
+
+
+__all__ = [
+    "DEFAULT_DIR",
+    "FORMAT",
+    "VERSION",
+    "Repro",
+    "ReproError",
+    "atomic_write",
+    "load",
+    "save",
+    "stem_for",
+    "versions",
+]
