@@ -4,10 +4,12 @@ Median time per call after warm-up, for each implementation and token count, wit
 the first implementation and, for memory-bound ops, the achieved bandwidth (bytes of the inputs
 read once plus the outputs written once, divided by the time; see `MEMORY_BOUND`).
 
-Timing: on a GPU, CUDA events around each call (one synchronize at the end), over several input
-sets that together exceed twice the L2 cache, rotated per iteration so no call finds its inputs
-in L2; on the CPU, time.perf_counter around each call over a few rotated sets. Warm-up runs for
---warmup-ms, then enough calls for --rep-ms (at least 5).
+Timing: on a GPU, CUDA events around each call, over several input sets that together exceed
+twice the L2 cache, rotated per iteration so no call finds its inputs in L2; the calls are
+enqueued in chunks while the GPU sleeps (torch.cuda._sleep), so the events measure the kernels
+and not the host's launch latency; one synchronize per chunk. On the CPU, time.perf_counter
+around each call over a few rotated sets. Warm-up runs for --warmup-ms, then enough calls for
+--rep-ms (at least 5).
 
 Each case is built from a representative description: `BENCH_META[op](T)` where defined here
 (DeepSeek-V4-like sizes), else the first case of the op's strategy with T tokens. --meta JSON
@@ -30,9 +32,11 @@ def add_parser(sub):
     p.add_argument("--op", required=True)
     p.add_argument("--impl", action="append", required=True, help="repeatable; first = baseline")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--tokens", default=None,
-                   help="comma-separated T values (default 1,16,128,1024,4096 on cuda, "
-                        "1,16,128 on cpu)")
+    p.add_argument(
+        "--tokens",
+        default=None,
+        help="comma-separated T values (default 1,16,128,1024,4096 on cuda, 1,16,128 on cpu)",
+    )
     p.add_argument("--dtype", default=None, help="override the case dtype (e.g. float16)")
     p.add_argument("--meta", default=None, help="JSON object merged over the case description")
     p.add_argument("--warmup-ms", type=float, default=25.0)
@@ -45,17 +49,141 @@ def add_parser(sub):
 # --- representative cases ------------------------------------------------------------------
 
 
-def _swiglu(T: int) -> dict:
-    # DeepSeek-V4 expert SwiGLU: gate|up of 2 x 2048, limit 10 (FlashInfer's SM90 settings)
-    return {
-        "T": T, "lead": [], "N": 2048, "dtype": "bfloat16", "regime": "normal",
-        "options": {"limit": 10.0, "alpha": 1.0, "beta": 0.0, "layout": "concat",
-                    "clamp_mode": "pre"},
-    }
+# DeepSeek-V3/V4-like sizes: hidden 7168, expert intermediate 2048, 256 routed experts (top-8,
+# 8 groups, top-4 groups), 4 hyper-connection streams; a rank of an 8-way expert-parallel
+# deployment holds 32 experts. Each function maps T (tokens) to a case description of the op's
+# strategy (the seed is added by `bench_meta`).
+H, N, E, K, HC = 7168, 2048, 256, 8, 4
+_SWIGLU_DSV4 = {"limit": 10.0, "alpha": 1.0, "beta": 0.0, "layout": "concat", "clamp_mode": "pre"}
+_PRE_OPTS = {
+    "rms_eps": 1e-6,
+    "pre_eps": 1e-6,
+    "sinkhorn_eps": 1e-6,
+    "post_mult": 2.0,
+    "sinkhorn_iters": 20,
+}
+_BF16 = "bfloat16"
 
 
 BENCH_META = {
-    "swiglu": _swiglu,
+    "swiglu": lambda T: {
+        "T": T,
+        "lead": [],
+        "N": N,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": dict(_SWIGLU_DSV4),
+    },
+    "fp8_quant": lambda T: {
+        "M": T,
+        "K": H,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": {
+            "group_size": 128,
+            "scale_format": "fp32",
+            "column_major_scales": False,
+            "eps": 1e-10,
+        },
+    },
+    # a weight quantizer: T rows of a [T, 7168] matrix, 128 x 128 blocks
+    "fp8_block_quant": lambda T: {
+        "lead": [],
+        "R": T,
+        "C": H,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": {"block_shape": [128, 128], "scale_format": "fp32"},
+    },
+    "silu_mul_fp8_quant": lambda T: {
+        "M": T,
+        "N": N,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": {
+            "group_size": 128,
+            "limit": 10.0,
+            "clamp_mode": "pre",
+            "scale_format": "fp32",
+            "column_major_scales": False,
+        },
+    },
+    "mxfp4_quant": lambda T: {
+        "lead": [T],
+        "K": H,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": {"scale_rounding": "floor"},
+    },
+    "mxfp4_dequant": lambda T: {"lead": [T], "K": H, "dtype": _BF16, "scale_regime": "typical"},
+    "route": lambda T: {
+        "T": T,
+        "dtype": "float32",
+        "bias_dtype": "float32",
+        "bias_regime": "random",
+        "regime": "normal",
+        "renormalize": True,
+        "routed_scaling_factor": 2.5,
+        "config": {"E": E, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": K},
+    },
+    "moe_align": lambda T: {"T": T, "k": K, "E": E, "block_size": 64, "regime": "uniform"},
+    "fused_moe": lambda T: {
+        "T": T,
+        "dtype": _BF16,
+        "x_regime": "normal",
+        "dims": {"quant": "fp8_block", "block_shape": [128, 128], "H": H, "N": N},
+        "route": {"E": 32, "k": K, "routing": "uniform", "arwi": False},
+        "options": {
+            "swiglu_limit": 10.0,
+            "swiglu_alpha": 1.0,
+            "swiglu_beta": 0.0,
+            "layout": "concat",
+            "swiglu_clamp_mode": "pre",
+        },
+    },
+    "sinkhorn": lambda T: {
+        "T": T,
+        "lead": "T",
+        "n": HC,
+        "iters": 20,
+        "eps": 1e-6,
+        "regime": "normal",
+    },
+    "mhc_pre": lambda T: {
+        "T": T,
+        "H": H,
+        "hc": HC,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": dict(_PRE_OPTS),
+    },
+    "mhc_post": lambda T: {
+        "T": T,
+        "H": H,
+        "hc": HC,
+        "dtype": _BF16,
+        "regime": "normal",
+        "x_dtype": "same",
+        "post_shape": "3d",
+    },
+    "mhc_fused_post_pre": lambda T: {
+        "T": T,
+        "H": H,
+        "hc": HC,
+        "dtype": _BF16,
+        "regime": "normal",
+        "x_dtype": "same",
+        "post_shape": "3d",
+        "options": dict(_PRE_OPTS),
+    },
+    "mhc_head": lambda T: {
+        "T": T,
+        "H": H,
+        "hc": HC,
+        "dtype": _BF16,
+        "regime": "normal",
+        "options": {"rms_eps": 1e-6, "hc_eps": 1e-6},
+    },
 }
 
 # Ops whose speed is bounded by memory traffic: bytes = a function of the case and its outputs,
@@ -71,6 +199,7 @@ MEMORY_BOUND = {
     "mhc_pre": None,
     "mhc_fused_post_pre": None,
     "mhc_head": None,
+    "sinkhorn": None,
     "moe_align": None,
 }
 
@@ -113,9 +242,14 @@ def _n_sets(set_bytes: int, device: str) -> int:
     if device == "cuda":
         l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
         n = math.ceil(2 * l2 / max(set_bytes, 1))
-        n = min(n, max(1, (4 << 30) // max(set_bytes, 1)))  # at most ~4 GiB of inputs
-        return max(2, min(n, 64))
+        # at most ~4 GiB of inputs: one huge set (fused_moe weights) is larger than L2 anyway
+        fit = max(1, (4 << 30) // max(set_bytes, 1))
+        return max(1, min(n, 64, fit))
     return max(1, min(4, math.ceil((32 << 20) / max(set_bytes, 1))))
+
+
+CHUNK = 100  # calls enqueued per GPU sleep
+GPU_CYCLES_PER_S = 2.0e9  # about the SM clock of an H100/H200 under load; only sizes the sleep
 
 
 def time_calls(fn, cases, device: str, warmup_ms: float, rep_ms: float) -> tuple[float, int]:
@@ -146,19 +280,28 @@ def time_calls(fn, cases, device: str, warmup_ms: float, rep_ms: float) -> tuple
     for i in range(min(n, 5)):
         a, k = calls[i % n]
         fn(*a, **k)
+    host = (time.perf_counter() - t0) / min(n, 5)  # host time to enqueue one call
     sync()
     est = max((time.perf_counter() - t0) / min(n, 5), 1e-7)
     reps = int(min(max(5, rep_ms / 1e3 / est), 10_000))
     if cuda:
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for i in range(reps):
-            a, k = calls[i % n]
-            starts[i].record()
-            fn(*a, **k)
-            ends[i].record()
-        torch.cuda.synchronize()
-        times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+        # The GPU sleeps while the host enqueues a chunk of calls, so the events time the
+        # kernels back to back rather than the host's launch latency (small T is launch-bound).
+        sleep = getattr(torch.cuda, "_sleep", None)
+        times = []
+        for c0 in range(0, reps, CHUNK):
+            m = min(CHUNK, reps - c0)
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(m)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(m)]
+            if sleep is not None:
+                sleep(int(min(2.0 * host * m, 0.5) * GPU_CYCLES_PER_S))
+            for j in range(m):
+                a, k = calls[(c0 + j) % n]
+                starts[j].record()
+                fn(*a, **k)
+                ends[j].record()
+            torch.cuda.synchronize()
+            times += [st.elapsed_time(en) / 1e3 for st, en in zip(starts, ends)]
     else:
         times = []
         for i in range(reps):
@@ -190,8 +333,7 @@ def run(args) -> int:
         print(f"parity bench: {e}", file=sys.stderr)
         return 2
     if any(t < 0 for t in tokens) or args.rep_ms <= 0 or args.warmup_ms < 0:
-        print("parity bench: tokens must be >= 0, --rep-ms > 0, --warmup-ms >= 0",
-              file=sys.stderr)
+        print("parity bench: tokens must be >= 0, --rep-ms > 0, --warmup-ms >= 0", file=sys.stderr)
         return 2
     rows, bad = [], False
     for T in tokens:
@@ -202,14 +344,28 @@ def run(args) -> int:
         first = spec.build(meta, device)
         in_bytes = tensor_bytes(first.tensors().values())
         n = _n_sets(in_bytes, device)
-        cases = [first] + [spec.build({**meta, "seed": meta.get("seed", 0) + i + 1}, device)
-                           for i in range(n - 1)]
+        cases = [first] + [
+            spec.build({**meta, "seed": meta.get("seed", 0) + i + 1}, device) for i in range(n - 1)
+        ]
         base = None
         for impl in chosen:
-            row = {"op": spec.name, "T": T, "impl": impl.name, "device": device,
-                   "case": first.describe(), "meta_source": source, "sets": n,
-                   "status": "ok", "median_us": None, "ratio": None, "gbps": None,
-                   "tflops": None, "iters": 0, "bytes": None, "note": ""}
+            row = {
+                "op": spec.name,
+                "T": T,
+                "impl": impl.name,
+                "device": device,
+                "case": first.describe(),
+                "meta_source": source,
+                "sets": n,
+                "status": "ok",
+                "median_us": None,
+                "ratio": None,
+                "gbps": None,
+                "tflops": None,
+                "iters": 0,
+                "bytes": None,
+                "note": "",
+            }
             rows.append(row)
             ok, why = impl.availability(device)
             if not ok:
@@ -222,7 +378,7 @@ def run(args) -> int:
             except NotImplementedError as e:
                 row.update(status="unsupported", note=str(e))
                 continue
-            except Exception as e:  # noqa: BLE001 - report it, time the others
+            except Exception as e:  # report it, time the others
                 row.update(status="error", note=f"{type(e).__name__}: {e}")
                 bad = True
                 continue
@@ -260,16 +416,33 @@ def _table(rows, op, device) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"parity bench: {op} on {device} (median per call)")
-    for col in ("T", "impl", "time (us)", "vs first", "GB/s", "TFLOP/s", "iters", "sets",
-                "status"):
-        t.add_column(col, justify="right" if col not in ("impl", "status") else "left")
-
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
+    cols = [
+        ("T", lambda r: str(r["T"])),
+        ("impl", lambda r: r["impl"]),
+        ("time (us)", lambda r: f(r["median_us"], ".2f")),
+        ("vs first", lambda r: f(r["ratio"], ".3f")),
+    ]
+    if any(r["gbps"] is not None for r in rows):
+        cols.append(("GB/s", lambda r: f(r["gbps"], ".1f")))
+    if any(r["tflops"] is not None for r in rows):
+        cols.append(("TFLOP/s", lambda r: f(r["tflops"], ".2f")))
+    cols += [
+        ("iters", lambda r: str(r["iters"])),
+        ("sets", lambda r: str(r["sets"])),
+        ("status", lambda r: r["status"] + (f": {r['note'][:60]}" if r["note"] else "")),
+    ]
+    t = Table(title=f"parity bench: {op} on {device} (median per call)")
+    for name, _ in cols:
+        t.add_column(
+            name,
+            justify="left" if name in ("impl", "status") else "right",
+            no_wrap=name != "status",
+        )
     for r in rows:
-        t.add_row(str(r["T"]), r["impl"], f(r["median_us"], ".2f"), f(r["ratio"], ".3f"),
-                  f(r["gbps"], ".1f"), f(r["tflops"], ".2f"), str(r["iters"]), str(r["sets"]),
-                  r["status"] + (f": {r['note'][:60]}" if r["note"] else ""))
-    Console().print(t)
+        t.add_row(*(get(r) for _, get in cols))
+    Console(width=max(100, Console().width)).print(t)
+    if rows:
+        print(f"case: {rows[0]['case']} (from {rows[0]['meta_source']}; T varies)")

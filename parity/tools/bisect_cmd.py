@@ -32,21 +32,26 @@ def add_parser(sub):
     p.add_argument("--good", required=True, help="a revision where the check passes")
     p.add_argument("--bad", required=True, help="a revision where the check fails")
     p.add_argument("--repo", default=".", help="the git work tree to bisect (default: .)")
-    p.add_argument("--verify", action="store_true",
-                   help="first run the check at --good and --bad and stop unless 0 and 1")
-    p.add_argument("check_args", nargs=argparse.REMAINDER,
-                   help="arguments of `parity check`, after --")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="first run the check at --good and --bad and stop unless 0 and 1",
+    )
+    p.add_argument(
+        "check_args", nargs=argparse.REMAINDER, help="arguments of `parity check`, after --"
+    )
     return p
 
 
 def _git(repo: Path, *args, check: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          check=check)
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=check
+    )
 
 
 def _check_args(argv: list[str]) -> list[str] | None:
     """Validate the check arguments with check's own parser (None if invalid); make the
-    golden folder absolute, since the check runs with the repository as its cwd."""
+    golden folder and the ledger absolute, since the check runs in the repository."""
     from parity.tools import check_cmd
 
     parser = argparse.ArgumentParser(prog="parity bisect -- ", add_help=False)
@@ -56,13 +61,15 @@ def _check_args(argv: list[str]) -> list[str] | None:
     except SystemExit:
         return None
     out = list(argv)
-    if ns.golden:
-        g = str(Path(ns.golden).resolve())
+    for flag, value in (("--golden", ns.golden), ("--ledger", ns.ledger)):
+        if not value:
+            continue
+        absolute = str(Path(value).resolve())
         for i, a in enumerate(out):
-            if a == "--golden" and i + 1 < len(out):
-                out[i + 1] = g
-            elif a.startswith("--golden="):
-                out[i] = f"--golden={g}"
+            if a == flag and i + 1 < len(out):
+                out[i + 1] = absolute
+            elif a.startswith(flag + "="):
+                out[i] = f"{flag}={absolute}"
     return out
 
 
@@ -86,19 +93,25 @@ def run(args) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("parity bisect: give the check arguments after --, e.g. "
-              "-- --op swiglu --impl mykernel:swiglu --golden DIR", file=sys.stderr)
+        print(
+            "parity bisect: give the check arguments after --, e.g. "
+            "-- --op swiglu --impl mykernel:swiglu --golden DIR",
+            file=sys.stderr,
+        )
         return 2
     check_argv = _check_args(argv)
     if check_argv is None:
-        print("parity bisect: the arguments after -- are not valid `parity check` arguments",
-              file=sys.stderr)
+        print(
+            "parity bisect: the arguments after -- are not valid `parity check` arguments",
+            file=sys.stderr,
+        )
         return 2
     repo = Path(args.repo).resolve()
     top = _git(repo, "rev-parse", "--show-toplevel")
     if top.returncode != 0:
-        print(f"parity bisect: {repo} is not a git work tree: {top.stderr.strip()}",
-              file=sys.stderr)
+        print(
+            f"parity bisect: {repo} is not a git work tree: {top.stderr.strip()}", file=sys.stderr
+        )
         return 2
     repo = Path(top.stdout.strip())
     shas = {}
@@ -109,22 +122,30 @@ def run(args) -> int:
             return 2
         shas[name] = r.stdout.strip()
     if _git(repo, "bisect", "log").returncode == 0:
-        print("parity bisect: a bisect is already in progress in this repository "
-              "(finish it or run `git bisect reset`)", file=sys.stderr)
+        print(
+            "parity bisect: a bisect is already in progress in this repository "
+            "(finish it or run `git bisect reset`)",
+            file=sys.stderr,
+        )
         return 2
     cmd = [sys.executable, "-m", "parity", "check", *check_argv]
     print(f"parity bisect: {repo}: good {shas['good'][:12]}, bad {shas['bad'][:12]}")
     print(f"  test: cd {repo} && PYTHONPATH={repo} {' '.join(cmd)}")
 
-    head = _git(repo, "symbolic-ref", "-q", "--short", "HEAD").stdout.strip() or _git(
-        repo, "rev-parse", "HEAD").stdout.strip()
+    head = (
+        _git(repo, "symbolic-ref", "-q", "--short", "HEAD").stdout.strip()
+        or _git(repo, "rev-parse", "HEAD").stdout.strip()
+    )
     if args.verify:
         try:
             for name, want in (("good", 0), ("bad", 1)):
                 rc = _run_check(repo, cmd, shas[name])
                 if rc != want:
-                    print(f"parity bisect: the check exits {rc} at --{name} "
-                          f"{shas[name][:12]}, expected {want}", file=sys.stderr)
+                    print(
+                        f"parity bisect: the check exits {rc} at --{name} "
+                        f"{shas[name][:12]}, expected {want}",
+                        file=sys.stderr,
+                    )
                     return 1
         finally:
             _git(repo, "checkout", "-q", head)
@@ -132,18 +153,24 @@ def run(args) -> int:
     try:
         start = _git(repo, "bisect", "start", shas["bad"], shas["good"])
         if start.returncode != 0:
-            print(f"parity bisect: git bisect start failed:\n{start.stdout}{start.stderr}",
-                  file=sys.stderr)
+            print(
+                f"parity bisect: git bisect start failed:\n{start.stdout}{start.stderr}",
+                file=sys.stderr,
+            )
             return 1
         proc = subprocess.Popen(
             ["git", "-C", str(repo), "bisect", "run", *cmd],
-            cwd=repo, env=_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1,
+            cwd=repo,
+            env=_env(repo),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            sys.stdout.write("  | " + line)
+            sys.stdout.write("  | " + line.rstrip("\n") + "\n")
         rc = proc.wait()
         output = "".join(lines)
         log = _git(repo, "bisect", "log").stdout

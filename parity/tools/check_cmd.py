@@ -11,7 +11,10 @@ One good/bad verdict for one implementation, in the exit code `git bisect run` e
 No other exit code is used (a usage error is 125 too: `git bisect run` would read 2 as "bad").
 The golden cases (recorded by `parity golden`) are compared under the op's tolerance model
 (`OpSpec.compare`); then every property runs under the `bisect` Hypothesis profile with a fixed
-seed, so every commit sees the same cases.
+seed, so every commit sees the same cases. The run stops at the first failing check and does
+not shrink (a bisect needs the verdict; --keep-going and --shrink for a full diagnosis).
+Failures listed in the known-failure ledger (`parity.tools.ledger`) count as xfail; an XPASS is
+printed but does not make the commit bad (commits from before a known bug pass its entry).
 """
 
 from __future__ import annotations
@@ -29,17 +32,44 @@ def add_parser(sub):
     p.add_argument("--op", required=True)
     p.add_argument("--impl", required=True, help="registered name or module:function")
     p.add_argument("--golden", metavar="DIR", default=None, help="folder from `parity golden`")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--max-examples", type=int, default=None,
-                   help="examples per property (default: the bisect profile's)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="default: cuda when a GPU is visible, else cpu",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="examples per property (default: the bisect profile's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed of the properties")
-    p.add_argument("--property", action="append", default=[], dest="properties",
-                   help="run only these properties (repeatable)")
+    p.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        dest="properties",
+        help="run only these properties (repeatable)",
+    )
     p.add_argument("--no-properties", action="store_true", help="golden cases only")
     p.add_argument("--size", choices=["small", "full"], default=None)
-    p.add_argument("--ledger", metavar="FILE", default=None,
-                   help="known failures (default: ./parity-ledger.json when present)")
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every check after a failure (default: stop at the first)",
+    )
+    p.add_argument(
+        "--shrink",
+        action="store_true",
+        help="shrink a failing property case (slower; the verdict is the same)",
+    )
+    p.add_argument(
+        "--ledger",
+        metavar="FILE",
+        default=None,
+        help="known failures (default: ./parity-ledger.json when present)",
+    )
     _exit_125_on_usage_errors(p)
     return p
 
@@ -69,7 +99,7 @@ def run(args) -> int:
         return _run(args)
     except KeyboardInterrupt:
         raise
-    except BaseException:  # noqa: BLE001 - a broken harness must not blame the commit
+    except BaseException:  # a broken harness must not blame the commit
         traceback.print_exc()
         print("parity check: internal error: cannot test (exit 125)", file=sys.stderr)
         return SKIP
@@ -91,11 +121,11 @@ def _run(args) -> int:
         from parity.registry import get_impl, get_spec
 
         spec = get_spec(args.op)
-    except Exception as e:  # noqa: BLE001 - parity itself does not import at this commit
+    except Exception as e:  # parity itself does not import at this commit
         return _skip(f"cannot load op {args.op!r}: {type(e).__name__}: {e}")
     try:
         impl = get_impl(args.op, args.impl)
-    except Exception as e:  # noqa: BLE001 - SyntaxError, ImportError, missing attribute ...
+    except Exception as e:  # SyntaxError, ImportError, missing attribute ...
         return _skip(f"cannot import {args.impl!r}: {type(e).__name__}: {e}")
     ok, why = impl.availability(device)
     if not ok:
@@ -124,14 +154,22 @@ def _run(args) -> int:
             return _skip(f"golden: {e}")
         if manifest.get("op") != spec.name:
             return _skip(f"golden folder holds {manifest.get('op')!r} cases, not {spec.name!r}")
+        from parity.properties.case import dtype_name
+
         g_pass = g_fail = g_uns = g_xf = 0
-        for i, (case, stored, _meta) in enumerate(cases):
+        allowed = None if impl.dtypes is None else {dtype_name(d) for d in impl.dtypes}
+        for i, (case, stored, meta) in enumerate(cases):
+            if allowed is not None and meta.get("dtype") not in (None, *allowed):
+                g_uns += 1  # a dtype the implementation is not registered for
+                continue
             # the recorded outputs must still pass this commit's tolerance model, or the
             # golden cannot judge anything here
             sv = spec.compare(case, stored)
             if not sv:
-                return _skip(f"golden case {i}: the recorded outputs fail this commit's "
-                             f"tolerance model ({sv.message}): re-record the golden")
+                return _skip(
+                    f"golden case {i}: the recorded outputs fail this commit's "
+                    f"tolerance model ({sv.message}): re-record the golden"
+                )
             status, v = _evaluate(spec, impl.fn, case)
             if status == "unsupported":
                 g_uns += 1
@@ -153,10 +191,12 @@ def _run(args) -> int:
         tested += g_pass + g_fail + g_xf
         unsupported += g_uns
         xfs = f" {g_xf:4d} xfail" if g_xf else ""
-        print(f"  {'golden':<18} {g_pass:4d} pass {g_fail:4d} fail {g_uns:4d} unsupported{xfs}"
-              f"  ({len(cases)} cases)")
+        print(
+            f"  {'golden':<18} {g_pass:4d} pass {g_fail:4d} fail {g_uns:4d} unsupported{xfs}"
+            f"  ({len(cases)} cases)"
+        )
 
-    if not args.no_properties:
+    if not args.no_properties and not (failures and not args.keep_going):
         props = list(spec.all_properties())
         if args.properties:
             unknown = [p for p in args.properties if p not in props]
@@ -164,6 +204,8 @@ def _run(args) -> int:
                 return _skip(f"unknown properties {unknown} (known: {', '.join(props)})")
             props = [p for p in props if p in args.properties]
         for prop in props:
+            if failures and not args.keep_going:
+                break
             if (prop == "error_parity" and spec.invalid is None) or (
                 prop == "nan_policy" and spec.nan_strategy is None
             ):
@@ -171,7 +213,7 @@ def _run(args) -> int:
             t0 = time.perf_counter()
             try:
                 st, xf = _run_property(spec, prop, impl, device, args, ledger)
-            except Exception as e:  # noqa: BLE001 - Hypothesis or a spec broke, not the impl
+            except Exception as e:  # Hypothesis or a spec broke, not the impl
                 errors.append(f"{prop}: {type(e).__name__}: {e}")
                 print(f"  {prop:<18} ERROR {type(e).__name__}: {e}")
                 continue
@@ -179,12 +221,15 @@ def _run(args) -> int:
             unsupported += st.unsupported
             verdict = st.verdict() if st.run or not xf else "xfail"
             xfs = f" {xf:4d} xfail" if xf else ""
-            print(f"  {prop:<18} {st.passed:4d} pass {st.failed:4d} fail {st.unsupported:4d} "
-                  f"unsupported{xfs}  {verdict}  ({time.perf_counter() - t0:.1f}s)")
+            print(
+                f"  {prop:<18} {st.passed:4d} pass {st.failed:4d} fail {st.unsupported:4d} "
+                f"unsupported{xfs}  {verdict}  ({time.perf_counter() - t0:.1f}s)"
+            )
             if st.failure is not None:
                 f = st.failure
-                failures.append(f"{prop}: {f['message']}\n    case: {f['meta']}\n"
-                                f"    reproduce: {f['repro']}")
+                failures.append(
+                    f"{prop}: {f['message']}\n    case: {f['meta']}\n    reproduce: {f['repro']}"
+                )
 
     xfailed = sum(e.xfailed for e in ledger.entries)
     if xfailed:
@@ -215,7 +260,7 @@ def _run_property(spec, prop, impl, device, args, ledger):
     """The runner's Hypothesis loop (bisect profile, fixed seed), where a failure that the
     ledger lists is counted as xfail and the search goes on."""
     import hypothesis
-    from hypothesis import given, settings
+    from hypothesis import Phase, given, settings
 
     from parity.properties.checks import evaluate
     from parity.properties.runner import PropertyFailed, Stats, repro_command, strategy_for
@@ -223,6 +268,8 @@ def _run_property(spec, prop, impl, device, args, ledger):
     size = args.size or ("small" if device == "cpu" else "full")
     st = Stats(spec.name, impl.name, prop, device)
     over = {} if args.max_examples is None else {"max_examples": args.max_examples}
+    if not args.shrink:  # a bisect needs the verdict, not the minimal case
+        over["phases"] = [p for p in settings.get_profile("bisect").phases if p != Phase.shrink]
     last: dict = {}
     xfails = [0]
 

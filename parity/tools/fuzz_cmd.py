@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.properties.runner import Stats
@@ -51,14 +51,22 @@ class BudgetSpent(BaseException):
     BaseException that is not a test failure through at once, without shrinking."""
 
 
+class ShrinkSpent(BaseException):
+    """Raised inside the body when the shrinking time is spent: stops Hypothesis at once; the
+    last (smallest) failing case seen is the result."""
+
+
 @dataclass
 class FuzzStats(Stats):
     crashes: int = 0
     hangs: int = 0
     errors: int = 0
     xfailed: int = 0
-    repro_file: str | None = None
+    repro_file: str | None = None  # the repro of `failure`
+    repro_files: list = field(default_factory=list)  # every repro saved (--workers: several)
     stopped: str = ""
+    seconds_to_failure: float | None = None  # from the property's start to its first failure
+    cases_to_failure: int | None = None  # cases evaluated until then (the failing one included)
 
     def record(self, status: str, meta: dict, verdict) -> None:
         if status == "xfail":
@@ -96,6 +104,7 @@ def merge_stats(parts: list[FuzzStats]) -> FuzzStats:
         out.max_ratio = max(out.max_ratio, p.max_ratio)
         out.last_unsupported = out.last_unsupported or p.last_unsupported
         out.stopped = out.stopped or p.stopped
+        out.repro_files += [f for f in p.repro_files if f not in out.repro_files]
         if out.failure is None and p.failure is not None:
             out.failure = p.failure
             out.repro_file = p.repro_file
@@ -151,6 +160,9 @@ class InProcess:
         except Exception as e:
             return None, f"{type(e).__name__}: {e}"
         return str(path), case.describe()
+
+    def start(self) -> None:
+        _warm_up()
 
     def close(self) -> None:
         pass
@@ -211,6 +223,7 @@ def fuzz_property(
     """
     import hypothesis
     from hypothesis import Verbosity, given, settings
+    from hypothesis.errors import Unsatisfiable
 
     from parity.properties.runner import PropertyFailed, repro_command
     from parity.properties.tolerance import Verdict
@@ -227,6 +240,7 @@ def fuzz_property(
     s = settings(settings.get_profile(profile), **overrides)
     targeted = profile == "nightly"
     fails: dict[str, tuple] = {}
+    t0 = time.perf_counter()
     state: dict = {"first": None, "shrink_until": None, "provisional": None, "last": None}
 
     def save(meta, status, v):
@@ -244,10 +258,7 @@ def fuzz_property(
         now = time.monotonic()
         key = _key(meta)
         if state["shrink_until"] is not None and now > state["shrink_until"]:
-            if key in fails:  # Hypothesis replaying the smallest failure found
-                state["last"] = (meta, *fails[key])
-                raise PropertyFailed(meta, fails[key][1].message)
-            return  # shrinking time spent: untried candidates are not evaluated
+            raise ShrinkSpent
         if state["first"] is None and deadline is not None and now > deadline:
             raise BudgetSpent
         if key in fails and fails[key][0] in ("crash", "hang"):
@@ -275,16 +286,17 @@ def fuzz_property(
             state["last"] = (meta, status, v)
             if state["first"] is None:
                 state["first"] = meta
+                stats.seconds_to_failure = time.perf_counter() - t0
+                stats.cases_to_failure = stats.run + stats.unsupported + stats.not_applicable
                 until = time.monotonic() + shrink_time
                 if hard_deadline is not None:
                     until = min(until, hard_deadline)
                 state["shrink_until"] = until
-                state["provisional"] = save(meta, status, v)[0]  # written as soon as found
+                state["provisional"] = save(meta, status, v)  # written as soon as found
             raise PropertyFailed(meta, v.message if v is not None else status)
 
     if seed is not None:
         body = hypothesis.seed(seed)(body)
-    t0 = time.perf_counter()
     final = None
     try:
         body()
@@ -292,6 +304,11 @@ def fuzz_property(
         final = e.meta
     except BudgetSpent:
         stats.stopped = "time budget spent"
+    except ShrinkSpent:
+        final = state["last"][0]
+        stats.stopped = "shrinking time spent"
+    except Unsatisfiable:
+        stats.stopped = "no case can be drawn (dtypes of the implementation?)"
     except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
@@ -316,7 +333,9 @@ def fuzz_property(
         stats.seconds = time.perf_counter() - t0
     if final is not None:
         status, v = fails.get(_key(final), (state["last"][1], state["last"][2]))
-        path, describe = state["provisional"], ""
+        path, describe = state["provisional"] or (None, "")
+        if path is None:
+            describe = ""
         if _key(final) != _key(state["first"]) or path is None:
             new, describe = save(final, status, v)
             if new is not None:
@@ -324,6 +343,7 @@ def fuzz_property(
                     _remove_repro(path)
                 path = new
         stats.repro_file = path
+        stats.repro_files = [path] if path else []
         stats.failure = {
             "meta": final,
             "kind": status,
@@ -332,7 +352,7 @@ def fuzz_property(
             "worst": [list(w) for w in getattr(v, "worst", []) or []],
             "repro": repro_command(spec.name, impl_name, prop, device, final),
             "repro_file": path,
-            "describe": describe or getattr(evaluator, "last_describe", None) or "",
+            "describe": describe or "",
         }
     return stats
 
@@ -449,9 +469,19 @@ def run_parallel(
     properties it had left."""
     from parity.properties.runner import repro_command
     from parity.properties.tolerance import Verdict
-    from parity.tools.worker import Isolated, Proc, gpu_env
+    from parity.tools.worker import (
+        Child,
+        Isolated,
+        WorkerDied,
+        WorkerTimeout,
+        _campaign_main,
+        gpu_env,
+    )
 
     per = None if max_examples is None else max(1, math.ceil(max_examples / n))
+    from parity.tools.worker import warm_forkserver
+
+    warm_forkserver()  # before the clock: --max-time measures testing
     start = time.monotonic()
     parts: dict[str, list[FuzzStats]] = {p: [] for p in props}
     ledger_rows: list[list[dict]] = []
@@ -459,9 +489,9 @@ def run_parallel(
     class W:
         def __init__(self, i: int, todo: list[str]):
             self.i, self.todo = i, list(todo)
-            self.env = gpu_env(i, device) if n > 1 else None
+            self.env = gpu_env(i, device)
             self.proc = None
-            self.current = None  # (prop, meta, t)
+            self.current = None  # (prop, meta, t): the case being evaluated
             self.partial: dict[str, FuzzStats] = {}
             self.done = False
             self.launch()
@@ -485,20 +515,19 @@ def run_parallel(
                 "out": out_dir,
                 "sys_path": [os.getcwd(), *sys.path],
             }
-            self.proc = Proc(["--campaign"], env=self.env)
-            self.proc.send(cfg)
+            self.proc = Child(target=_campaign_main, args=(cfg,), env=self.env)
             self.current = None
 
-        def lost(self, kind: str, why: str):
-            """The process died or hung: record it against the case it was running."""
+        def lost(self, kind: str, why: str, tail: str):
+            """The process died or hung: record it against the case it was running, restart
+            on the properties left."""
             self.proc.kill()
-            if self.current is None:  # died between cases: restart after its last property
-                prop = self.todo[0]
-                meta, msg = None, f"{kind}: campaign process {why} outside a case"
+            if self.current is None:  # outside a case: charge the property it was on
+                prop, meta = self.todo[0], None
+                msg = f"{kind}: campaign process {why} outside a case"
             else:
                 prop, meta, _ = self.current
                 msg = f"{kind}: {why}"
-            tail = self.proc.stderr_tail()
             if tail:
                 msg += "\n" + "\n".join("    " + ln for ln in tail.splitlines())
             st = self.partial.pop(prop, None) or FuzzStats(spec.name, impl_name, prop, device)
@@ -517,6 +546,7 @@ def run_parallel(
                     finally:
                         iso.close()
                 st.repro_file = path
+                st.repro_files = [path] if path else []
                 st.failure = {
                     "meta": meta,
                     "kind": kind,
@@ -531,22 +561,19 @@ def run_parallel(
             self.todo.remove(prop)
             self.launch()
 
-        def poll(self):
+        def poll(self) -> bool:
             if self.done:
                 return False
             busy = False
             while True:
                 try:
-                    ev = self.proc.replies.get_nowait()
-                except Exception:  # queue.Empty
+                    ev = self.proc.recv(0)
+                except WorkerDied as e:
+                    self.lost("crash", f"process died ({str(e).split('(', 1)[-1]}", e.stderr_tail)
+                    return True
+                except WorkerTimeout:  # nothing to read now
                     break
                 busy = True
-                if ev is None:
-                    rc = self.proc.popen.wait()
-                    from parity.tools.worker import _signal_name
-
-                    self.lost("crash", f"process died ({_signal_name(rc)})")
-                    return True
                 kind = ev.get("event")
                 if kind == "start":
                     self.current = (ev["prop"], ev["meta"], time.monotonic())
@@ -570,7 +597,8 @@ def run_parallel(
                     self.done = True
                     return True
             if self.current is not None and time.monotonic() - self.current[2] > timeout:
-                self.lost("hang", f"no result within {timeout:g} s (process killed)")
+                tail = self.proc.stderr_tail()
+                self.lost("hang", f"no result within {timeout:g} s (process killed)", tail)
                 return True
             return busy
 
@@ -747,6 +775,7 @@ def run(args) -> int:
 
                     evaluator = Isolated(spec.name, args.impl, device, timeout=args.timeout)
                 try:
+                    evaluator.start()  # before the clock: --max-time measures testing
                     results = run_campaign(
                         spec,
                         props,
@@ -779,7 +808,7 @@ def run(args) -> int:
     seconds = time.monotonic() - t0
     xpasses = ledger.xpasses(spec.name, args.impl) if ledger else []
     code = exit_code(results, xpasses)
-    repro_files = [st.repro_file for st in results if st.repro_file]
+    repro_files = [f for st in results for f in st.repro_files]
     if args.json:
         doc = {
             "op": spec.name,
@@ -810,6 +839,14 @@ def run(args) -> int:
     return code
 
 
+def _warm_up() -> None:
+    """Imports a property pays for on its first case, done before the clock starts so that
+    --max-time measures testing: `torch.use_deterministic_algorithms` (writes_all_outputs)
+    imports torch._inductor, seconds on a small machine. Workers get it from the forkserver."""
+    with contextlib.suppress(Exception):
+        import torch._inductor.config  # noqa: F401
+
+
 def exit_code(results: list[FuzzStats], xpasses: list[str]) -> int:
     if any(st.failure is not None or st.failed for st in results) or xpasses:
         return 1
@@ -825,6 +862,11 @@ def print_failure(st: FuzzStats, file=None) -> None:
     title = {"crash": "CRASH", "hang": "HANG", "error": "ERROR"}.get(kind, "FAIL")
     w = lambda s="": print(s, file=out)  # noqa: E731
     w(f"{title} {st.op} / {st.impl} / {st.prop} on {st.device}: counterexample (shrunk)")
+    if st.seconds_to_failure is not None:
+        w(
+            f"  found    after {st.cases_to_failure} case(s) in {st.seconds_to_failure:.2f} s; "
+            f"shrunk in {max(0.0, st.seconds - st.seconds_to_failure):.2f} s"
+        )
     if f.get("describe"):
         w(f"  case     {f['describe']}")
     if f.get("meta") is not None:
@@ -864,7 +906,8 @@ def print_summary(op: str, impl: str, device: str, results: list[FuzzStats], sec
     t = Table(title=f"parity fuzz: {op} / {impl} on {device} ({seconds:.1f} s)")
     cols = ("property", "run", "passed", "unsupported", "n/a", "failed", "xfail", "crashes")
     for c in (*cols, "hangs", "seconds", "verdict"):
-        t.add_column(c, justify="left" if c in ("property", "verdict") else "right")
+        left = c in ("property", "verdict")
+        t.add_column(c, justify="left" if left else "right", no_wrap=True)
     for st in results:
         t.add_row(
             Text(st.prop),
@@ -877,9 +920,13 @@ def print_summary(op: str, impl: str, device: str, results: list[FuzzStats], sec
             str(st.crashes),
             str(st.hangs),
             f"{st.seconds:.2f}",
-            Text(st.verdict() + (f" ({st.stopped})" if st.stopped and st.run == 0 else "")),
+            Text(st.verdict()),
         )
-    Console(width=max(120, Console().width), soft_wrap=True).print(t)
+    console = Console(width=max(132, Console().width))
+    console.print(t)
+    for st in results:
+        if st.stopped:
+            console.print(Text(f"  {st.prop}: {st.stopped}"))
 
 
 class _Progress:
@@ -917,7 +964,8 @@ class _Progress:
             transient=False,
         )
         self.progress.__enter__()
-        self.task = self.progress.add_task(self.label, total=self.total, rate="0.0", counts="")
+        self.progress.console.print(f"parity fuzz: {self.label}")
+        self.task = self.progress.add_task("starting", total=self.total, rate="0.0", counts="")
         return self
 
     def __exit__(self, *exc):
@@ -928,7 +976,7 @@ class _Progress:
     def prop_start(self, prop: str) -> None:
         self.in_prop = 0
         if self.progress is not None:
-            self.progress.update(self.task, description=f"{self.label} / {prop}")
+            self.progress.update(self.task, description=prop)
 
     def example(self, prop: str, status: str) -> None:
         self.n += 1

@@ -2,10 +2,10 @@
 
 Records N fixed cases of an op with the outputs of a trusted implementation (the reference by
 default), for `parity check --golden DIR` to replay at every commit of a bisect. The cases are
-drawn from the op's Hypothesis strategy with a fixed seed (the same seed and strategy give the
-same cases), built on the device, and stored as repro files (`parity.tools.repro`: inputs as
-safetensors + JSON) so a replay never regenerates tensors: the golden stays valid across
-devices, torch versions and changes of the strategy.
+drawn from the op's Hypothesis strategy with a fixed seed (the same seed, count and strategy
+give the same cases), built on the device, and stored as repro files (`parity.tools.repro`:
+inputs as safetensors + JSON) so a replay never regenerates tensors: the golden stays valid
+across devices, torch versions and changes of the strategy.
 
 Layout of DIR:
     golden.json                      manifest (format "parity-golden", version 1): op, impl,
@@ -14,7 +14,11 @@ Layout of DIR:
     <stem>.json / <stem>.safetensors one repro per case (the inputs)
     <stem>.out.safetensors           the recorded outputs, named out0, out1, ...
 
-Exit 0 written, 1 the implementation failed on a case, 2 usage (unknown op/impl, bad count).
+The recorded outputs must pass the op's tolerance model: a golden from a fast path that is out
+of tolerance is refused; a case where the reference fails its own tolerance model (an OpSpec
+bug) is left out with a warning and replaced by the next draw. Exit 0 written, 1 the
+implementation raised or was out of tolerance, or no case could be recorded, 2 usage (unknown
+op or implementation, bad count, unavailable here).
 """
 
 from __future__ import annotations
@@ -36,11 +40,19 @@ def add_parser(sub):
     p.add_argument("--impl", default="reference", help="whose outputs to record")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--count", type=int, default=16)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="default: cuda when a GPU is visible, else cpu",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["small", "full"], default=None,
-                   help="strategy size (default: small on cpu, full on cuda)")
+    p.add_argument(
+        "--size",
+        choices=["small", "full"],
+        default=None,
+        help="strategy size (default: small on cpu, full on cuda)",
+    )
     return p
 
 
@@ -54,7 +66,8 @@ def default_device(device: str | None) -> str:
 
 
 def draw_metas(strategy, count: int, *, seed: int = 0) -> list[dict]:
-    """`count` distinct case descriptions drawn from `strategy`, the same for the same seed.
+    """`count` distinct case descriptions drawn from `strategy`, the same for the same seed and
+    count (Hypothesis adapts its generation to the number of examples).
 
     A seeded `@given` run (generate phase only, no database) collects what Hypothesis draws:
     unlike `strategy.example()`, this is deterministic and starts from the simple edge cases
@@ -104,6 +117,8 @@ def output_tensors(outs) -> dict:
 
 
 def run(args) -> int:
+    from safetensors.torch import save as st_save
+
     from parity.properties.case import as_tuple
     from parity.properties.runner import strategy_for
     from parity.registry import get_impl, get_spec
@@ -124,43 +139,72 @@ def run(args) -> int:
         print(f"parity golden: {impl.key} cannot run on {device}: {why}", file=sys.stderr)
         return 2
     size = args.size or ("small" if device == "cpu" else "full")
+    # extra draws replace cases the reference itself fails (see below)
     metas = draw_metas(
         strategy_for(spec, "matches_reference", size=size, dtypes=impl.dtypes),
-        args.count,
+        2 * args.count + 8,
         seed=args.seed,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for i, meta in enumerate(metas):
+    skipped = 0
+    for meta in metas:
+        if len(entries) == args.count:
+            break
+        i = len(entries)
         case = spec.build(meta, device)
         try:
             outs = as_tuple(case.call(impl.fn))
-        except Exception as e:  # noqa: BLE001 - a golden must come from a working impl
-            print(f"parity golden: {impl.key} raised on case {i} ({meta}): "
-                  f"{type(e).__name__}: {e}", file=sys.stderr)
+        except Exception as e:  # a golden must come from a working impl
+            print(
+                f"parity golden: {impl.key} raised on {meta}: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
+            return 1
+        v = spec.compare(case, outs)
+        if not v and impl.reference:
+            # the reference out of its own tolerance model is a bug of the OpSpec or the
+            # reference: such a case could never judge an implementation, so it is left out
+            skipped += 1
+            print(
+                f"parity golden: warning: the reference fails its own tolerance model on "
+                f"{json.dumps(meta, sort_keys=True)}: {v.message}; case left out",
+                file=sys.stderr,
+            )
+            continue
+        if not v:  # check would refuse such a golden (exit 125) at every commit
+            print(
+                f"parity golden: {impl.key} is out of tolerance on {meta}: {v.message}; "
+                f"not recording it",
+                file=sys.stderr,
+            )
             return 1
         jpath = repro.save(
-            case, out, impl=impl.name, prop="matches_reference",
-            message=f"golden case {i} of {len(metas)} ({impl.key}, seed {args.seed})",
-            seed=args.seed, extra={"golden": {"index": i, "count": len(metas)}},
+            case,
+            out,
+            impl=impl.name,
+            prop="matches_reference",
+            message=f"golden case {i} of {args.count} ({impl.key}, seed {args.seed})",
+            seed=args.seed,
+            extra={"golden": {"index": i, "count": args.count}},
         )
-        from safetensors.torch import save as st_save
-
         named = output_tensors(outs)
         blob = st_save(named, metadata={"format": FORMAT})
         opath = jpath.with_name(jpath.name[: -len(".json")] + ".out.safetensors")
         repro.atomic_write(opath, blob)
-        entries.append({
-            "repro": jpath.name,
-            "outputs": opath.name,
-            "outputs_sha256": hashlib.sha256(blob).hexdigest(),
-            "outputs_entries": [
-                {"name": n, "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
-                for n, t in named.items()
-            ],
-            "meta": meta,
-        })
+        entries.append(
+            {
+                "repro": jpath.name,
+                "outputs": opath.name,
+                "outputs_sha256": hashlib.sha256(blob).hexdigest(),
+                "outputs_entries": [
+                    {"name": n, "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
+                    for n, t in named.items()
+                ],
+                "meta": meta,
+            }
+        )
         print(f"  case {i:3d}: {case.describe()}")
     manifest = {
         "format": FORMAT,
@@ -175,10 +219,20 @@ def run(args) -> int:
         "versions": repro.versions(device),
         "cases": entries,
     }
+    if len(entries) < args.count:
+        print(
+            f"parity golden: only {len(entries)} of {args.count} cases could be recorded "
+            f"({skipped} left out)",
+            file=sys.stderr,
+        )
+        if not entries:
+            return 1
     text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
     repro.atomic_write(out / MANIFEST, text.encode())
-    print(f"parity golden: {len(entries)} {spec.name} cases from {impl.key} on {device} "
-          f"-> {out / MANIFEST}")
+    print(
+        f"parity golden: {len(entries)} {spec.name} cases from {impl.key} on {device} "
+        f"-> {out / MANIFEST}"
+    )
     return 0
 
 

@@ -31,8 +31,12 @@ FLOOR = {"rel": 1e-12, "ulp": 1e-4}  # zero errors are drawn in the lowest bin
 def add_parser(sub):
     p = sub.add_parser("report", help="error distributions vs the float64 oracle (PNG + HTML)")
     p.add_argument("--op", action="append", required=True, help="repeatable")
-    p.add_argument("--impl", action="append", default=[],
-                   help="repeatable (default: the reference and every registered impl)")
+    p.add_argument(
+        "--impl",
+        action="append",
+        default=[],
+        help="repeatable (default: the reference and every registered impl)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--examples", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -106,12 +110,20 @@ def _stats(t) -> dict:
     import torch
 
     if t is None or t.numel() == 0:
-        return {"max": float("nan"), "p99": float("nan"), "median": float("nan"),
-                "mean": float("nan")}
+        return {
+            "max": float("nan"),
+            "p99": float("nan"),
+            "median": float("nan"),
+            "mean": float("nan"),
+        }
     t = t.to(torch.float64)
     q = torch.quantile(t, torch.tensor([0.5, 0.99], dtype=torch.float64))
-    return {"max": float(t.max()), "p99": float(q[1]), "median": float(q[0]),
-            "mean": float(t.mean())}
+    return {
+        "max": float(t.max()),
+        "p99": float(q[1]),
+        "median": float(q[0]),
+        "mean": float(t.mean()),
+    }
 
 
 def _cat(parts):
@@ -147,8 +159,10 @@ def measure(spec, impl_list, device: str, n: int, seed: int, size: str):
         oracle = canonical(spec, case, oracle)
         for impl in impl_list:
             tally = tallies[impl.name]
-            if impl.dtypes is not None and "dtype" in meta and all(
-                dtype_name(d) != meta["dtype"] for d in impl.dtypes
+            if (
+                impl.dtypes is not None
+                and "dtype" in meta
+                and all(dtype_name(d) != meta["dtype"] for d in impl.dtypes)
             ):
                 tally.skipped_dtype += 1
                 continue
@@ -192,8 +206,8 @@ def _png(path: Path, title: str, per_impl: dict) -> bytes:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, kind, xlabel in (
-        (axes[0], "rel", "log10 relative error"),
-        (axes[1], "ulp", "log10 error in ulps of the output dtype"),
+        (axes[0], "rel", "log10 relative error (leftmost bin: exact)"),
+        (axes[1], "ulp", "log10 error in ulps of the output dtype (leftmost bin: exact)"),
     ):
         data = {}
         for name, (rel, ulp) in per_impl.items():
@@ -205,8 +219,14 @@ def _png(path: Path, title: str, per_impl: dict) -> bytes:
             hi = max(float(d.max()) for d in data.values())
             bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
             for name, d in data.items():
-                ax.hist(d, bins=bins, histtype="step", linewidth=1.5, label=name,
-                        weights=np.full(d.shape, 1.0 / d.size))
+                ax.hist(
+                    d,
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.5,
+                    label=name,
+                    weights=np.full(d.shape, 1.0 / d.size),
+                )
             if kind == "ulp":
                 ax.axvline(0.0, color="gray", linestyle=":", linewidth=1)  # 1 ulp
             ax.legend(fontsize=8)
@@ -259,8 +279,10 @@ def run(args) -> int:
                 not_run.append(f"{impl.key} on {device}: {why}")
         if not usable:
             continue
-        print(f"parity report: {op}: {', '.join(i.name for i in usable)} on {device}, "
-              f"{args.examples} cases")
+        print(
+            f"parity report: {op}: {', '.join(i.name for i in usable)} on {device}, "
+            f"{args.examples} cases"
+        )
         groups, tallies = measure(spec, usable, device, args.examples, args.seed, size)
         images, rows = [], []
         for (oname, dtype), per_impl in sorted(groups.items()):
@@ -268,15 +290,26 @@ def run(args) -> int:
             for name, g in per_impl.items():
                 rel, ulp = cat[name]
                 rs, us = _stats(rel), _stats(ulp)
-                rows.append({
-                    "op": op, "impl": name, "output": oname, "dtype": dtype,
-                    "cases": g.cases, "elements": g.elements,
-                    "rel_max": rs["max"], "rel_p99": rs["p99"], "rel_median": rs["median"],
-                    "ulp_max": us["max"], "ulp_p99": us["p99"], "ulp_mean": us["mean"],
-                    "nonfinite_mismatch": g.nonfinite_mismatch,
-                    "mismatch_frac": (g.mismatches / g.elements) if not g.float_out and
-                    g.elements else float("nan"),
-                })
+                rows.append(
+                    {
+                        "op": op,
+                        "impl": name,
+                        "output": oname,
+                        "dtype": dtype,
+                        "cases": g.cases,
+                        "elements": g.elements,
+                        "rel_max": rs["max"],
+                        "rel_p99": rs["p99"],
+                        "rel_median": rs["median"],
+                        "ulp_max": us["max"],
+                        "ulp_p99": us["p99"],
+                        "ulp_mean": us["mean"],
+                        "nonfinite_mismatch": g.nonfinite_mismatch,
+                        "mismatch_frac": (g.mismatches / g.elements)
+                        if not g.float_out and g.elements
+                        else float("nan"),
+                    }
+                )
             if any(g.float_out for g in per_impl.values()) and any(
                 r is not None for r, _ in cat.values()
             ):
@@ -286,8 +319,7 @@ def run(args) -> int:
         rows_all += rows
         sections.append(_section(spec, tallies, rows, images))
     if not sections:
-        print("parity report: no implementation could run: " + "; ".join(not_run),
-              file=sys.stderr)
+        print("parity report: no implementation could run: " + "; ".join(not_run), file=sys.stderr)
         return 1
     page = _page(sections, device, args, not_run, torch.__version__)
     (out / "index.html").write_text(page, encoding="utf-8")
@@ -295,23 +327,37 @@ def run(args) -> int:
     return 0
 
 
-_COLS = [("impl", "impl"), ("output", "output"), ("dtype", "dtype"), ("cases", "cases"),
-         ("elements", "elements"), ("rel_max", "max rel"), ("rel_p99", "p99 rel"),
-         ("rel_median", "median rel"), ("ulp_max", "max ulp"), ("ulp_p99", "p99 ulp"),
-         ("ulp_mean", "mean ulp"), ("nonfinite_mismatch", "NaN/inf mismatches"),
-         ("mismatch_frac", "mismatch (int)")]
+_COLS = [
+    ("impl", "impl"),
+    ("output", "output"),
+    ("dtype", "dtype"),
+    ("cases", "cases"),
+    ("elements", "elements"),
+    ("rel_max", "max rel"),
+    ("rel_p99", "p99 rel"),
+    ("rel_median", "median rel"),
+    ("ulp_max", "max ulp"),
+    ("ulp_p99", "p99 ulp"),
+    ("ulp_mean", "mean ulp"),
+    ("nonfinite_mismatch", "NaN/inf mismatches"),
+    ("mismatch_frac", "mismatch (int)"),
+]
 
 
 def _section(spec, tallies, rows, images) -> tuple[str, list]:
     e = html.escape
-    parts = [f"<h2 id='{e(spec.name)}'>{e(spec.name)}</h2>",
-             f"<p class='tol'>Tolerance model: {e(spec.tolerance)}</p>",
-             "<table><tr><th>impl</th><th>within tolerance</th><th>out of tolerance</th>"
-             "<th>unsupported</th><th>raised</th><th>first failure</th></tr>"]
+    parts = [
+        f"<h2 id='{e(spec.name)}'>{e(spec.name)}</h2>",
+        f"<p class='tol'>Tolerance model: {e(spec.tolerance)}</p>",
+        "<table><tr><th>impl</th><th>within tolerance</th><th>out of tolerance</th>"
+        "<th>unsupported</th><th>raised</th><th>first failure</th></tr>",
+    ]
     for name, t in tallies.items():
-        parts.append(f"<tr><td>{e(name)}</td><td>{t.passed}</td><td>{t.failed}</td>"
-                     f"<td>{t.unsupported}</td><td>{t.raised}</td>"
-                     f"<td class='msg'>{e(t.first_failure[:300])}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(name)}</td><td>{t.passed}</td><td>{t.failed}</td>"
+            f"<td>{t.unsupported}</td><td>{t.raised}</td>"
+            f"<td class='msg'>{e(t.first_failure[:300])}</td></tr>"
+        )
     parts.append("</table><h3>errors against the float64 oracle</h3><table><tr>")
     parts += [f"<th>{e(h)}</th>" for _, h in _COLS]
     parts.append("</tr>")
@@ -324,8 +370,10 @@ def _section(spec, tallies, rows, images) -> tuple[str, list]:
     parts.append("</table>")
     for fname, png in images:
         b64 = base64.b64encode(png).decode("ascii")
-        parts.append(f"<figure><img alt='{e(fname)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{e(fname)}</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{e(fname)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{e(fname)}</figcaption></figure>"
+        )
     return "\n".join(parts), images
 
 

@@ -1,30 +1,32 @@
-"""Crash isolation: candidate kernels run in a worker subprocess, never in the harness.
+"""Crash isolation: candidate kernels run in a worker process, never in the harness.
 
-`python -m parity.tools.worker` is a long-lived process that imports the implementation itself,
-builds each case from its JSON description (`spec.build(meta, device)`) and evaluates it with
-`parity.properties.checks.evaluate`. The parent (`Isolated`, used by `parity fuzz`, `case`,
-`replay`) talks to it over pipes, one JSON object per line: requests on the worker's stdin,
-replies on a private copy of its stdout (the worker points fd 1 at stderr so that whatever a
-kernel prints cannot corrupt the protocol). Its stderr is kept (last lines) for crash reports;
-`faulthandler` is on, so a segfault leaves the Python stack there.
+A worker imports the implementation itself, builds each case from its JSON description
+(`spec.build(meta, device)`) and evaluates it with `parity.properties.checks.evaluate`. Workers
+are forked from a multiprocessing "forkserver" (a clean process started once, that has imported
+torch and parity but never initialises CUDA), so a restart after a crash costs tens of
+milliseconds; each worker starts its own session (a kill reaches whatever it started) and writes
+its stdout/stderr to a log file whose tail goes into crash reports (`faulthandler` is on, so a
+segfault leaves the Python stack there). Requests and replies are small JSON-able dicts over a
+multiprocessing pipe. `python -m parity.tools.worker` serves the same requests as JSON lines on
+stdin/stdout, for driving a worker by hand.
 
 Requests (`cmd`): `init` (op, impl, device, sys_path), `eval` (prop, meta), `save` (prop, meta,
 out, kind, message, verdict, seed: writes a repro with `parity.tools.repro.save`), `replay`
-(path, props, device), `quit`.
+(path, impl, device), `quit`.
 
 What counts as what (`Isolated.evaluate` returns `(status, Verdict)`):
-- the process dies (segfault, abort, `os._exit`): "crash", with the signal and the stderr tail;
-  the next call starts a fresh worker (a spare one is kept warm once a crash has happened, so
-  that shrinking a crash does not wait for `import torch` each time);
+- the process dies (segfault, abort, `os._exit`): "crash", with the signal and the log tail;
+  the next call gets a fresh worker;
 - a `RuntimeError` (or any exception) mentioning a CUDA error (illegal address, launch failure,
   device-side assert), raised by the kernel or surfacing later (the worker synchronizes after
   each case): "crash"; the worker exits, its CUDA context being poisoned;
 - no reply within `timeout` seconds: "hang"; the worker's process group is killed;
 - an exception outside the implementation (in parity's own reference or checks): "error".
 
-`--campaign` mode runs whole `parity fuzz` campaigns in-process (used by `--workers N`: N such
-processes, each pinned to one GPU through CUDA_VISIBLE_DEVICES, seeds base+i), streaming events
-(`start` before each case, `example` after it, `prop` with each property's stats, `done`).
+`--workers N` campaigns (`_campaign_main`) are forked the same way: N processes, each with
+CUDA_VISIBLE_DEVICES set to one GPU before CUDA initialises, each running a whole `parity fuzz`
+campaign in-process and sending events (`start` before each case, `example` after it, `prop`
+with each property's stats, `done`).
 
 `pin_gpu_for_xdist_worker()` pins the current process to one GPU from PYTEST_XDIST_WORKER
 (gw0, gw1, ...) before CUDA initialises (for the pytest plugin under pytest-xdist).
@@ -32,16 +34,14 @@ processes, each pinned to one GPU through CUDA_VISIBLE_DEVICES, seeds base+i), s
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
+import math
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 
@@ -77,14 +77,13 @@ def visible_gpus() -> list[str]:
     return []
 
 
-def gpu_env(index: int, device: str, env: dict | None = None) -> dict:
-    """The environment of worker `index`: pinned to one GPU, round-robin, when on cuda."""
-    env = dict(os.environ if env is None else env)
+def gpu_env(index: int, device: str) -> dict:
+    """Environment updates for worker `index`: one GPU, round-robin, when on cuda."""
     if device.startswith("cuda"):
         gpus = visible_gpus()
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    return env
+            return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
+    return {}
 
 
 def pin_gpu_for_xdist_worker() -> str | None:
@@ -228,23 +227,12 @@ def _handle(st: _State, req: dict) -> tuple[dict, bool]:
             return {"ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}"}, False
         return {"ok": True, "path": str(path), "describe": case.describe()}, False
     if cmd == "replay":
-        from parity.tools import repro
-
         _add_sys_path(req.get("sys_path"))
         try:
             results = replay_in_process(req["path"], req.get("impl"), req.get("device"))
-        except repro.ReproError as e:
-            return {"ok": False, "kind": "usage", "error": str(e)}, True
-        except Exception as e:
-            text = f"{type(e).__name__}: {e}"
-            if _is_cuda_error(text):
-                return _crash(e), True
-            return {"ok": False, "kind": "usage", "error": text}, True
-        out = []
-        for prop, status, v in results:
-            if status == "fail" and v is not None and _is_cuda_error(v.message):
-                status = "crash"
-            out.append([prop, status, verdict_to_json(v)])
+        except Exception as e:  # a bad file, an unknown or unimportable implementation
+            return {"ok": False, "kind": "usage", "error": f"{type(e).__name__}: {e}"}, True
+        out = [[prop, status, verdict_to_json(v)] for prop, status, v in results]
         return {"ok": True, "results": out}, any(s == "crash" for _, s, _ in out)
     if cmd == "quit":
         return {"ok": True}, True
@@ -275,11 +263,22 @@ def replay_in_process(path, impl_name: str | None, device: str | None):
     props = replay_properties(spec, r)
     impl = get_impl(r.op, impl_name or r.impl)
     case = r.case(device or r.device)
+    from parity.properties.tolerance import Verdict
+
     out = []
     for prop in props:
-        status, v = evaluate(spec, prop, impl.fn, case)
-        _sync(case.device)
+        try:
+            status, v = evaluate(spec, prop, impl.fn, case)
+            _sync(case.device)
+        except Exception as e:  # outside the implementation (or a poisoned CUDA context)
+            text = f"{type(e).__name__}: {e}"
+            status = "crash" if _is_cuda_error(text) else "error"
+            v = Verdict(False, text if status == "crash" else traceback.format_exc(limit=8))
+        if status == "fail" and v is not None and _is_cuda_error(v.message):
+            status = "crash"
         out.append((prop, status, v))
+        if status == "crash":
+            break
     return out
 
 
@@ -296,8 +295,11 @@ def replay_properties(spec, r) -> list[str]:
 
 
 def _serve() -> int:
+    """`python -m parity.tools.worker`: the same requests as JSON lines on stdin, replies on
+    stdout (fd 1 is pointed at stderr first, so that what a kernel prints cannot corrupt them).
+    For driving a worker by hand; the harness uses `Child`."""
     proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    os.dup2(2, 1)  # anything a kernel prints goes to stderr
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     import faulthandler
 
@@ -307,8 +309,7 @@ def _serve() -> int:
         if not line.strip():
             continue
         try:
-            req = json.loads(line)
-            reply, done = _handle(st, req)
+            reply, done = _handle(st, json.loads(line))
         except Exception:
             reply, done = {"ok": False, "kind": "error", "error": traceback.format_exc()}, False
         proto.write(json.dumps(reply) + "\n")
@@ -347,91 +348,179 @@ def _signal_name(rc: int | None) -> str:
     return f"exit code {rc}"
 
 
-class Proc:
-    """One worker subprocess: a reader thread per pipe, requests with a timeout."""
+_CTX = None
+# torch._inductor.config: `torch.use_deterministic_algorithms` (writes_all_outputs) imports it
+# on first use, seconds per fresh worker otherwise. None of these initialises CUDA.
+PRELOAD = [
+    "torch",
+    "torch._inductor.config",
+    "hypothesis",
+    "parity.properties.runner",
+    "parity.properties.checks",
+]
 
-    def __init__(self, args: list[str], env: dict | None = None, keep_stderr: int = 60):
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "parity.tools.worker", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: a kill reaches its children
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        self.replies: queue.Queue = queue.Queue()
-        self.stderr: collections.deque = collections.deque(maxlen=keep_stderr)
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
 
-    def _read_out(self) -> None:
-        for line in self.popen.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                self.replies.put(json.loads(line))
-        self.replies.put(None)
+def _context():
+    """The multiprocessing "forkserver" context: one server process, started fresh (never
+    forked from the harness), imports torch and parity once; each worker is a fork of it, so a
+    restart after a crash takes a fraction of a second instead of an `import torch`. The server
+    never initialises CUDA (only the workers do), so forking it is safe."""
+    global _CTX
+    if _CTX is None:
+        import multiprocessing as mp
 
-    def _read_err(self) -> None:
-        for line in self.popen.stderr:
-            self.stderr.append(line.rstrip("\n"))
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        _CTX = ctx
+    return _CTX
+
+
+@contextlib.contextmanager
+def _no_main_fixup():
+    """Hide the harness's `__main__` while a worker starts: multiprocessing would otherwise
+    re-run the calling script in the forkserver and in each worker (a script without an
+    `if __name__ == "__main__"` guard would start a campaign there)."""
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _child_setup(log_path: str, env: dict | None) -> None:
+    """In a fresh worker: its own session (a kill reaches whatever it starts), the environment
+    updates (CUDA_VISIBLE_DEVICES: CUDA is not initialised yet), fd 1 and 2 into the log."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    os.environ.update(env or {})
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    import faulthandler
+
+    faulthandler.enable()
+
+
+def _child_main(conn, log_path: str, env: dict | None) -> None:
+    """A worker: requests on `conn`, one reply each."""
+    _child_setup(log_path, env)
+    st = _State()
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            break
+        try:
+            reply, done = _handle(st, req)
+        except Exception:
+            reply, done = {"ok": False, "kind": "error", "error": traceback.format_exc()}, False
+        conn.send(reply)
+        if done:
+            break
+    conn.close()
+
+
+def _campaign_main(conn, log_path: str, env: dict | None, cfg: dict) -> None:
+    """A `--workers` process: a whole campaign in-process, events sent on `conn`."""
+    _child_setup(log_path, env)
+    _add_sys_path(cfg.get("sys_path"))
+    from parity.tools import fuzz_cmd
+
+    fuzz_cmd.campaign_process(cfg, conn.send)
+    conn.close()
+
+
+def _noop(conn, log_path: str, env: dict | None) -> None:
+    conn.close()
+
+
+def warm_forkserver() -> None:
+    """Start the forkserver (it imports torch and parity: seconds) and fork one process that
+    exits at once, so that a time budget measured after this call measures testing."""
+    c = Child(target=_noop)
+    c.proc.join(STARTUP_TIMEOUT)
+    c.kill()
+
+
+class Child:
+    """One worker process forked from the forkserver, running `target(conn, log, env, *args)`;
+    its death reads as `WorkerDied` (with the signal and the tail of its log)."""
+
+    def __init__(self, target=_child_main, args: tuple = (), env: dict | None = None):
+        import tempfile
+
+        ctx = _context()
+        fd, self.log = tempfile.mkstemp(prefix="parity-worker-", suffix=".log")
+        os.close(fd)
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child_conn, self.log, env, *args), daemon=True)
+        with _no_main_fixup():
+            self.proc.start()
+        child_conn.close()  # so that its death reads as EOF here
 
     def send(self, msg: dict) -> None:
-        try:
-            self.popen.stdin.write(json.dumps(msg) + "\n")
-            self.popen.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # it died; the reply wait reports how
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            self.conn.send(msg)
 
     def recv(self, timeout: float | None) -> dict:
         try:
-            reply = self.replies.get(timeout=timeout)
-        except queue.Empty:
-            raise WorkerTimeout(f"no reply within {timeout:g} s") from None
-        if reply is None:
-            try:
-                rc = self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                rc = None
-            time.sleep(0.05)  # let the stderr reader catch up
-            raise WorkerDied(f"worker died ({_signal_name(rc)})", self.stderr_tail())
-        return reply
+            ready = self.conn.poll(timeout)
+        except (OSError, ValueError):
+            ready = True
+        if not ready:
+            raise WorkerTimeout(f"no reply within {timeout:g} s")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError, ValueError):
+            self.proc.join(10)
+            raise WorkerDied(
+                f"worker died ({_signal_name(self.proc.exitcode)})", self.stderr_tail()
+            ) from None
 
     def request(self, msg: dict, timeout: float | None) -> dict:
         self.send(msg)
         return self.recv(timeout)
 
     def stderr_tail(self, n: int = 12) -> str:
-        lines = [ln for ln in self.stderr if ln.strip()]
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         return "\n".join(lines[-n:])
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-        for f in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+        if self.proc.pid is not None and self.proc.exitcode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
-                f.close()
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.join(10)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log)
 
     def close(self, timeout: float = 5.0) -> None:
-        if self.popen.poll() is None:
+        if self.proc.exitcode is None:
             self.send({"cmd": "quit"})
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=timeout)
+            self.proc.join(timeout)
         self.kill()
 
 
 class Isolated:
-    """Evaluate cases of one (op, impl, device) in a worker subprocess; restart it after a
-    crash or a hang. Same interface as `parity.tools.fuzz_cmd.InProcess`."""
+    """Evaluate cases of one (op, impl, device) in a worker process; a fresh one after a crash
+    or a hang. Same interface as `parity.tools.fuzz_cmd.InProcess`. `env`: variables set in
+    each worker before anything else (e.g. a pinned CUDA_VISIBLE_DEVICES)."""
 
     def __init__(
         self,
@@ -444,32 +533,20 @@ class Isolated:
     ):
         self.op, self.impl, self.device, self.timeout = op, impl, device, timeout
         self.env = env
-        self.proc: Proc | None = None
-        self.spare: Proc | None = None
+        self.proc: Child | None = None
         self.restarts = 0
-        self.keep_spare = False
+        self.last_describe = None
 
-    def _spawn(self) -> Proc:
-        p = Proc([], env=self.env)
-        p.send(
-            {
-                "cmd": "init",
-                "op": self.op,
-                "impl": self.impl,
-                "device": self.device,
-                "sys_path": [os.getcwd(), *sys.path],
-            }
-        )
-        return p
+    def start(self) -> None:
+        """Start a worker now (before a time budget starts)."""
+        self._ready()
 
-    def _ready(self) -> Proc:
-        while self.proc is None:
-            if self.spare is not None:
-                p, self.spare = self.spare, None
-            else:
-                p = self._spawn()
+    def _ready(self) -> Child:
+        if self.proc is None:
+            p = Child(env=self.env)
+            msg = {"cmd": "init", "op": self.op, "impl": self.impl, "device": self.device}
             try:
-                reply = p.recv(STARTUP_TIMEOUT)
+                reply = p.request({**msg, "sys_path": [os.getcwd(), *sys.path]}, STARTUP_TIMEOUT)
             except (WorkerDied, WorkerTimeout) as e:
                 tail = p.stderr_tail()
                 p.kill()
@@ -478,20 +555,19 @@ class Isolated:
                 p.kill()
                 raise WorkerUsageError(reply.get("error", "the worker did not start"))
             self.proc = p
-        if self.keep_spare and self.spare is None:
-            self.spare = self._spawn()
         return self.proc
 
     def _lost(self) -> None:
-        """The current worker is gone (or must go): kill it, keep a spare from now on."""
+        """The current worker is gone (or must go): kill it; the next call forks a new one."""
         if self.proc is not None:
             self.proc.kill()
         self.proc = None
         self.restarts += 1
-        self.keep_spare = True
 
     def evaluate(self, prop: str, meta: dict):
-        """(status, Verdict | None): pass, fail, unsupported, n/a, crash, hang or error."""
+        """(status, Verdict | None): pass, fail, unsupported, n/a, crash, hang or error.
+        Raises ValueError for a description `build` rejects, WorkerUsageError when the
+        worker cannot import the implementation."""
         from parity.properties.tolerance import Verdict
 
         p = self._ready()
@@ -500,18 +576,18 @@ class Isolated:
         except WorkerTimeout:
             self._lost()
             return "hang", Verdict(
-                False, f"hang: no result within {self.timeout:g} s (worker killed)", float("inf")
+                False, f"hang: no result within {self.timeout:g} s (worker killed)", math.inf
             )
         except WorkerDied as e:
             self._lost()
             msg = f"crash: {e}"
             if e.stderr_tail:
                 msg += "\n" + _indent(e.stderr_tail)
-            return "crash", Verdict(False, msg, float("inf"))
+            return "crash", Verdict(False, msg, math.inf)
         if not reply.get("ok"):
             if reply.get("kind") == "bad_meta":
                 raise ValueError(reply.get("error", "bad case description"))
-            return "error", Verdict(False, "parity error: " + reply.get("error", ""), float("inf"))
+            return "error", Verdict(False, "parity error: " + reply.get("error", ""), math.inf)
         status = reply["status"]
         v = verdict_from_json(reply.get("verdict"))
         if status == "crash":
@@ -522,23 +598,20 @@ class Isolated:
         return status, v
 
     def save(self, prop: str, meta: dict, *, out, kind: str, verdict=None, seed=None):
-        """Write the repro of one case (built by a worker, which never calls the kernel for
+        """Write the repro of one case (a worker builds it and never calls the kernel for
         it); returns (path, describe) or (None, error message)."""
+        msg = {
+            "cmd": "save",
+            "prop": prop,
+            "meta": meta,
+            "out": str(out),
+            "kind": kind,
+            "verdict": verdict_to_json(verdict),
+            "seed": seed,
+        }
         for _ in range(2):
             try:
-                p = self._ready()
-                reply = p.request(
-                    {
-                        "cmd": "save",
-                        "prop": prop,
-                        "meta": meta,
-                        "out": str(out),
-                        "kind": kind,
-                        "verdict": verdict_to_json(verdict),
-                        "seed": seed,
-                    },
-                    max(self.timeout, 120.0),
-                )
+                reply = self._ready().request(msg, max(self.timeout, 120.0))
             except (WorkerDied, WorkerTimeout):
                 self._lost()
                 continue
@@ -548,10 +621,9 @@ class Isolated:
         return None, "the worker died twice while saving the repro"
 
     def close(self) -> None:
-        for p in (self.proc, self.spare):
-            if p is not None:
-                p.close()
-        self.proc = self.spare = None
+        if self.proc is not None:
+            self.proc.close()
+        self.proc = None
 
 
 def _indent(text: str, pre: str = "    ") -> str:
@@ -560,31 +632,29 @@ def _indent(text: str, pre: str = "    ") -> str:
 
 def replay_isolated(path, impl: str | None, device: str | None, *, timeout: float, env=None):
     """`replay_in_process` in a fresh worker: [(prop, status, verdict)]; a crash or hang is
-    one ("<prop>", "crash"|"hang", verdict) row. Raises WorkerUsageError for a bad file or
-    impl."""
+    one ("*", "crash"|"hang", verdict) row. Raises WorkerUsageError for a bad file or impl."""
     from parity.properties.tolerance import Verdict
 
-    p = Proc([], env=env)
+    p = Child(env=env)
+    msg = {
+        "cmd": "replay",
+        "path": str(path),
+        "impl": impl,
+        "device": device,
+        "sys_path": [os.getcwd(), *sys.path],
+    }
     try:
-        msg = {
-            "cmd": "replay",
-            "path": str(path),
-            "impl": impl,
-            "device": device,
-            "sys_path": [os.getcwd(), *sys.path],
-        }
         try:
-            p.send(msg)
-            reply = p.recv(STARTUP_TIMEOUT + timeout)
+            reply = p.request(msg, STARTUP_TIMEOUT + timeout)
         except WorkerTimeout:
             return [("*", "hang", Verdict(False, f"hang: no result within {timeout:g} s"))]
         except WorkerDied as e:
             text = f"crash: {e}" + ("\n" + _indent(e.stderr_tail) if e.stderr_tail else "")
-            return [("*", "crash", Verdict(False, text, float("inf")))]
+            return [("*", "crash", Verdict(False, text, math.inf))]
         if not reply.get("ok"):
             if reply.get("kind") == "usage":
                 raise WorkerUsageError(reply.get("error", ""))
-            return [("*", "error", Verdict(False, reply.get("error", ""), float("inf")))]
+            return [("*", "error", Verdict(False, reply.get("error", ""), math.inf))]
         if reply.get("status") == "crash":
             return [("*", "crash", verdict_from_json(reply["verdict"]))]
         return [(pr, s, verdict_from_json(v)) for pr, s, v in reply["results"]]
@@ -592,33 +662,7 @@ def replay_isolated(path, impl: str | None, device: str | None, *, timeout: floa
         p.kill()
 
 
-# --- campaign mode (--workers N) -----------------------------------------------------------
-
-
-def _campaign() -> int:
-    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    import faulthandler
-
-    faulthandler.enable()
-    cfg = json.loads(sys.stdin.readline())
-    _add_sys_path(cfg.get("sys_path"))
-    from parity.tools import fuzz_cmd
-
-    def emit(event: dict) -> None:
-        proto.write(json.dumps(event) + "\n")
-        proto.flush()
-
-    fuzz_cmd.campaign_process(cfg, emit)
-    proto.close()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--campaign"]:
-        return _campaign()
     return _serve()
 
 

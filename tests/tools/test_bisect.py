@@ -46,8 +46,9 @@ BAD = KERNEL.replace("UP_CLAMP", "up  # the clamp is folded into the GEMM epilog
 
 
 def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def commit(repo, subject, source, extra=None):
@@ -78,20 +79,45 @@ def history(tmp_path_factory):
     shas["after1"] = commit(repo, "bump version", BAD + "\n\nVERSION = 3\n")
     shas["after2"] = commit(repo, "more docs", BAD + "\n\nVERSION = 3\n", {"README": "k 2\n"})
     golden = tmp_path_factory.mktemp("golden")
-    assert main(["golden", "--op", "swiglu", "--out", str(golden), "--count", "8",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["golden", "--op", "swiglu", "--out", str(golden), "--count", "8", "--device", "cpu"])
+        == 0
+    )
     return repo, shas, golden
 
 
 def check_args(golden):
-    return ["--", "--op", "swiglu", "--impl", "mykernel:swiglu", "--golden", str(golden),
-            "--device", "cpu", "--max-examples", "4"]
+    return [
+        "--",
+        "--op",
+        "swiglu",
+        "--impl",
+        "mykernel:swiglu",
+        "--golden",
+        str(golden),
+        "--device",
+        "cpu",
+        "--property",
+        "matches_reference",
+        "--max-examples",
+        "4",
+    ]
 
 
 def test_bisect_names_the_planted_commit(history, capsys):
     repo, shas, golden = history
-    rc = main(["bisect", "--good", shas["base"], "--bad", shas["after2"], "--repo", str(repo),
-               *check_args(golden)])
+    rc = main(
+        [
+            "bisect",
+            "--good",
+            shas["base"],
+            "--bad",
+            shas["after2"],
+            "--repo",
+            str(repo),
+            *check_args(golden),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     m = re.search(r"^first bad commit: ([0-9a-f]{40}) (.*)$", out, re.M)
@@ -99,8 +125,9 @@ def test_bisect_names_the_planted_commit(history, capsys):
     assert m.group(1) == shas["bug"]
     assert m.group(2) == "fold the up clamp into the epilogue"
     # the unimportable commit, where tested, was skipped (exit 125), never blamed
-    steps = dict((sha, v) for v, sha in re.findall(r"^  (good|bad|skip) +([0-9a-f]{12}) ", out,
-                                                     re.M))
+    steps = dict(
+        (sha, v) for v, sha in re.findall(r"^  (good|bad|skip) +([0-9a-f]{12}) ", out, re.M)
+    )
     assert steps.get(shas["broken"][:12], "skip") == "skip"
     assert "skip" in steps.values(), out  # the history is laid out so that it is tested
     # bisect was reset: back on the branch, no bisect in progress
@@ -109,22 +136,52 @@ def test_bisect_names_the_planted_commit(history, capsys):
     assert r.returncode != 0
 
 
-def test_bisect_verify_refuses_a_good_bad_endpoint(history, capsys):
+def test_bisect_verify_refuses_a_wrong_endpoint(history, capsys):
     repo, shas, golden = history
-    rc = main(["bisect", "--good", shas["base"], "--bad", shas["fixed"], "--verify",
-               "--repo", str(repo), *check_args(golden)])
+    # --good names a commit where the check fails: refused after one check, no bisect
+    rc = main(
+        [
+            "bisect",
+            "--good",
+            shas["bug"],
+            "--bad",
+            shas["after2"],
+            "--verify",
+            "--repo",
+            str(repo),
+            *check_args(golden),
+        ]
+    )
     assert rc == 1
-    assert "expected 1" in capsys.readouterr().err
+    assert "exits 1 at --good" in capsys.readouterr().err
     assert git(repo, "rev-parse", "HEAD") == shas["after2"]
 
 
 def test_bisect_usage_errors(history, tmp_path):
     repo, shas, golden = history
     args = check_args(golden)
-    assert main(["bisect", "--good", "nope", "--bad", shas["after2"], "--repo", str(repo),
-                 *args]) == 2
-    assert main(["bisect", "--good", shas["base"], "--bad", "HEAD", "--repo", str(tmp_path),
-                 *args]) == 2
+    assert (
+        main(["bisect", "--good", "nope", "--bad", shas["after2"], "--repo", str(repo), *args]) == 2
+    )
+    assert (
+        main(["bisect", "--good", shas["base"], "--bad", "HEAD", "--repo", str(tmp_path), *args])
+        == 2
+    )
     assert main(["bisect", "--good", shas["base"], "--bad", "HEAD", "--repo", str(repo)]) == 2
-    assert main(["bisect", "--good", shas["base"], "--bad", "HEAD", "--repo", str(repo),
-                 "--", "--op", "swiglu"]) == 2  # check needs --impl
+    assert (
+        main(
+            [
+                "bisect",
+                "--good",
+                shas["base"],
+                "--bad",
+                "HEAD",
+                "--repo",
+                str(repo),
+                "--",
+                "--op",
+                "swiglu",
+            ]
+        )
+        == 2
+    )  # check needs --impl

@@ -7,7 +7,7 @@ import torch
 
 from parity.tools.cli import main
 
-GOOD_KERNEL = '''
+GOOD_KERNEL = """
 import torch
 
 
@@ -38,7 +38,7 @@ def swiglu(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="p
 
 def unsupported(x, **kw):
     raise NotImplementedError("no case supported")
-'''
+"""
 
 
 def kernel_source(*, bug: bool = False) -> str:
@@ -60,8 +60,24 @@ def kernels(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory):
     out = tmp_path_factory.mktemp("golden")
-    assert main(["golden", "--op", "swiglu", "--out", str(out), "--count", "6",
-                 "--device", "cpu", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "golden",
+                "--op",
+                "swiglu",
+                "--out",
+                str(out),
+                "--count",
+                "6",
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -84,10 +100,42 @@ def test_golden_writes_repro_files_and_manifest(golden):
 
 def test_golden_is_deterministic(golden, tmp_path):
     again, other = tmp_path / "again", tmp_path / "other"
-    assert main(["golden", "--op", "swiglu", "--out", str(again), "--count", "6",
-                 "--device", "cpu", "--seed", "3"]) == 0
-    assert main(["golden", "--op", "swiglu", "--out", str(other), "--count", "6",
-                 "--device", "cpu", "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "golden",
+                "--op",
+                "swiglu",
+                "--out",
+                str(again),
+                "--count",
+                "6",
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "golden",
+                "--op",
+                "swiglu",
+                "--out",
+                str(other),
+                "--count",
+                "6",
+                "--device",
+                "cpu",
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
 
     def metas(d):
         return [e["meta"] for e in json.loads((d / "golden.json").read_text())["cases"]]
@@ -98,8 +146,9 @@ def test_golden_is_deterministic(golden, tmp_path):
 
 def test_check_good_exits_0(golden, kernels, capsys):
     assert check("--impl", "reference", "--golden", str(golden), "--max-examples", "3") == 0
-    assert check("--impl", "good_kernel:swiglu", "--golden", str(golden),
-                 "--max-examples", "3") == 0
+    assert (
+        check("--impl", "good_kernel:swiglu", "--golden", str(golden), "--max-examples", "3") == 0
+    )
     assert "verdict: GOOD" in capsys.readouterr().out
 
 
@@ -107,8 +156,12 @@ def test_check_bad_exits_1(golden, kernels, capsys):
     # golden cases alone catch it, and so do the properties alone
     assert check("--impl", "bad_kernel:swiglu", "--golden", str(golden), "--no-properties") == 1
     assert "first failure: golden case" in capsys.readouterr().out
-    assert check("--impl", "bad_kernel:swiglu", "--property", "matches_reference",
-                 "--max-examples", "20") == 1
+    assert (
+        check(
+            "--impl", "bad_kernel:swiglu", "--property", "matches_reference", "--max-examples", "20"
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert "verdict: BAD" in out and "reproduce: parity case" in out
 
@@ -117,8 +170,10 @@ def test_check_cannot_test_exits_125(golden, kernels, tmp_path, capsys):
     assert check("--impl", "broken_kernel:swiglu", "--golden", str(golden)) == 125
     assert check("--impl", "no_such_module:swiglu", "--golden", str(golden)) == 125
     assert check("--impl", "good_kernel:nope", "--golden", str(golden)) == 125
-    assert check("--impl", "good_kernel:unsupported", "--golden", str(golden),
-                 "--max-examples", "2") == 125
+    assert (
+        check("--impl", "good_kernel:unsupported", "--golden", str(golden), "--max-examples", "2")
+        == 125
+    )
     assert check("--impl", "reference", "--golden", str(tmp_path / "missing")) == 125
     assert main(["check", "--op", "swiglu"]) == 125  # usage errors too: never 2
     assert main(["check", "--op", "swiglu", "--impl", "reference", "--bogus"]) == 125
@@ -143,18 +198,71 @@ def test_check_corrupt_golden_exits_125(golden, tmp_path):
 
 def test_check_ledger_known_failure_is_not_bad(golden, kernels, tmp_path, capsys):
     ledger = tmp_path / "ledger.json"
-    ledger.write_text(json.dumps({"entries": [{
-        "op": "swiglu", "impl": "bad_kernel:swiglu", "property": "*",
-        "reason": "example/kernels#7: up is not clamped"}]}))
-    assert check("--impl", "bad_kernel:swiglu", "--golden", str(golden), "--no-properties",
-                 "--ledger", str(ledger)) == 0
+    ledger.write_text(
+        json.dumps(
+            {
+                "entries": [
+                    {
+                        "op": "swiglu",
+                        "impl": "bad_kernel:swiglu",
+                        "property": "*",
+                        "reason": "example/kernels#7: up is not clamped",
+                    }
+                ]
+            }
+        )
+    )
+    assert (
+        check(
+            "--impl",
+            "bad_kernel:swiglu",
+            "--golden",
+            str(golden),
+            "--no-properties",
+            "--ledger",
+            str(ledger),
+        )
+        == 0
+    )
     assert "xfail" in capsys.readouterr().out
-    ledger.write_text("{\"entries\": [{\"op\": \"swiglu\"}]}")  # a bad ledger: cannot judge
-    assert check("--impl", "bad_kernel:swiglu", "--golden", str(golden), "--no-properties",
-                 "--ledger", str(ledger)) == 125
+    ledger.write_text('{"entries": [{"op": "swiglu"}]}')  # a bad ledger: cannot judge
+    assert (
+        check(
+            "--impl",
+            "bad_kernel:swiglu",
+            "--golden",
+            str(golden),
+            "--no-properties",
+            "--ledger",
+            str(ledger),
+        )
+        == 125
+    )
 
 
 def test_golden_usage_errors(tmp_path):
     assert main(["golden", "--op", "no_such_op", "--out", str(tmp_path)]) == 2
     assert main(["golden", "--op", "swiglu", "--out", str(tmp_path), "--count", "0"]) == 2
 
+
+def test_golden_refuses_out_of_tolerance_outputs(kernels, tmp_path, capsys):
+    rc = main(
+        [
+            "golden",
+            "--op",
+            "swiglu",
+            "--impl",
+            "bad_kernel:swiglu",
+            "--count",
+            "6",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
+    assert rc == 1
+    assert "out of tolerance" in capsys.readouterr().err
+    assert not (tmp_path / "g" / "golden.json").exists()

@@ -17,16 +17,23 @@ META = {
     "lead": [],
     "N": 4,
     "dtype": "bfloat16",
-    "options": {"limit": 7.0, "alpha": 1.702, "beta": 1.0, "layout": "interleaved",
-                "clamp_mode": "pre"},
+    "options": {
+        "limit": 7.0,
+        "alpha": 1.702,
+        "beta": 1.0,
+        "layout": "interleaved",
+        "clamp_mode": "pre",
+    },
     "regime": "normal",
     "seed": 1234,
 }
 
 
 def _same(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
     )
 
 
@@ -41,8 +48,13 @@ def test_round_trip_keeps_tensors_options_and_description(tmp_path):
     case, path = _save(tmp_path, seed=7)
     assert path.suffix == ".json" and path.with_suffix(".safetensors").is_file()
     r = repro.load(path)
-    assert (r.op, r.impl, r.prop, r.kind, r.seed) == ("swiglu", "mod:fn", "matches_reference",
-                                                      "fail", 7)
+    assert (r.op, r.impl, r.prop, r.kind, r.seed) == (
+        "swiglu",
+        "mod:fn",
+        "matches_reference",
+        "fail",
+        7,
+    )
     assert r.meta == META
     got = r.case()
     assert _same(got.args[0], case.args[0])
@@ -62,8 +74,13 @@ def test_non_json_values_fp8_and_strides_round_trip(tmp_path):
     case = Case(
         "fp8_quant",
         (x, q, 3, None),
-        {"block_shape": (128, 64), "dtype": torch.bfloat16, "eps": float("inf"),
-         "pair": [torch.arange(3, dtype=torch.int32), "s"], "empty": torch.zeros(0, 5)},
+        {
+            "block_shape": (128, 64),
+            "dtype": torch.bfloat16,
+            "eps": float("inf"),
+            "pair": [torch.arange(3, dtype=torch.int32), "s"],
+            "empty": torch.zeros(0, 5),
+        },
         {"seed": 1, "nan": True},
     )
     _, path = _save(tmp_path, case, prop="matches_reference")

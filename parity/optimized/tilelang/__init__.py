@@ -1,1 +1,3 @@
 """tilelang backend: registrations (kernels load tilelang lazily)."""
+
+from parity.optimized.tilelang import mhc  # noqa: F401

@@ -10,14 +10,16 @@ Kernels:
   math, one rounding. Elementwise and memory bound: one CTA covers one token and a tile of
   `threads * vec` hidden elements of all streams, 16-byte vector loads and stores.
 - `fma_partials`: split-k partial dot products `part[s, t, m] = sum_k r[t, k] * fn[m, k]` and
-  `sq[s, t] = sum_k r[t, k]^2` over the k range of split `s`, with CUDA-core FMAs (exact
-  float32 products, no tensor cores): the small-T path. With `fused=True` the CTA first
-  computes the post of the previous sublayer for its tile, writes it as the new residual and
-  feeds the rounded values straight into the dot products (vLLM's fused post+pre design).
+  `sq[s, t] = sum_k r[t, k]^2` over the k range of split `s` (one stream, 512 hidden elements),
+  with CUDA-core FMAs (float32, no tensor cores): the small-T path. With `fused=True` the CTA
+  first computes its stream of the post of the previous sublayer, writes it as the new residual
+  and feeds the rounded values straight into the dot products (vLLM's fused post+pre design).
 - `tc_partials`: the same partials on tensor cores for large T (bfloat16 streams only): `fn`
-  is split per tile into bfloat16 hi + lo parts (`fn = hi + lo + O(2^-17 fn)`), and the two
-  bf16 GEMMs accumulate in float32, so the result keeps about float32 accuracy (the bf16
-  stream values are exact in bf16; TF32 would lose 10 bits and is not used).
+  is split per tile into three bfloat16 parts (`fn = hi + mid + lo + O(2^-25 fn)`), and the
+  three bf16 GEMMs accumulate in float32: every product is exact (bf16 x bf16), so the result
+  keeps float32-level accuracy (TF32 would lose 13 bits of fn and is not used). Each k-tile is
+  accumulated on the tensor cores (small parts first) and then added to the running float32
+  sum with an ordinary add, since the tensor cores' internal accumulation truncates.
 - `finalize`: per token, reduces the split partials, applies the RMS scale, the sigmoids and
   the Sinkhorn normalisation (mode "pre"), or the head's sigmoid (mode "head"), and forms
   `sum_i pre[i] * res[t, i]`.
@@ -95,19 +97,49 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
     return mhc_post
 
 
+def fma_splits(hc: int, H: int, threads: int = 128) -> int:
+    """Split count of `fma_partials`: one split per (stream, threads*vec hidden elements)."""
+    return hc * _ceildiv(H, threads * _vec_for(H, 4))
+
+
 # --- split-k partial dot products (CUDA cores) ----------------------------------------------------
+
+
+@T.macro
+def _block_reduce_store(acc, red, part, sq, s, t, tx, M: int, R: int, nwarps: int):
+    """Sum each of the R per-thread values over the CTA (warp shuffles, then one value per
+    warp through shared memory, fixed order: deterministic) and store them."""
+    for m in T.unroll(R):
+        acc[m] = T.warp_reduce_sum(acc[m])
+    if tx % 32 == 0:
+        for m in T.unroll(R):
+            red[tx // 32, m] = acc[m]
+    T.sync_threads()
+    if tx < R:
+        total = T.alloc_var(F32, init=0.0)
+        for w in T.unroll(nwarps):
+            total = total + red[w, tx]
+        if tx < M:
+            part[s, t, tx] = total
+        else:
+            sq[s, t] = total
 
 
 def fma_partials_kernel(
     hc: int, M: int, H: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
 ):
-    """Grid (S, N): split s covers hidden range [s*HS, (s+1)*HS) of every stream."""
+    """Grid (NH, hc, N): CTA (hb, j, t) covers stream j, hidden range [hb*HS, (hb+1)*HS) of
+    token t (split s = j*NH + hb): each CTA reads an M x HS slice of fn, so a single token
+    already spreads fn over hc*NH CTAs. With `fused`, the CTA first forms new stream j (which
+    needs all hc old streams at its h), stores it and dots its rounded value."""
     vec = _vec_for(H, 4)
     HS = threads * vec
-    S = _ceildiv(H, HS)
+    NH = _ceildiv(H, HS)
+    S = hc * NH
     K = hc * H
     N = T.dynamic("N")
     R = M + 1  # M dot products and the square sum
+    NW = threads // 32
 
     if fused:
 
@@ -122,62 +154,45 @@ def fma_partials_kernel(
             part: T.Tensor((S, N, M), F32),
             sq: T.Tensor((S, N), F32),
         ):
-            with T.Kernel(S, N, threads=threads) as (s, t):
+            with T.Kernel(NH, hc, N, threads=threads) as (hb, j, t):
                 tx = T.get_thread_binding()
-                h0 = s * HS + tx * vec
+                h0 = hb * HS + tx * vec
                 acc = T.alloc_local((R,), F32)
                 xl = T.alloc_local((vec,), F32)
                 rl = T.alloc_local((hc, vec), F32)
-                nl = T.alloc_local((hc, vec), F32)
+                nl = T.alloc_local((vec,), F32)
                 fl = T.alloc_local((vec,), F32)
-                ol = T.alloc_local((vec,), F32)
-                pl = T.alloc_local((hc,), F32)
-                cl = T.alloc_local((hc, hc), F32)
-                red = T.alloc_shared((threads, R), F32)
+                cl = T.alloc_local((hc,), F32)
+                red = T.alloc_shared((NW, R), F32)
                 for m in T.unroll(R):
                     acc[m] = 0.0
+                pj = post[t, j]
                 for i in T.unroll(hc):
-                    pl[i] = post[t, i]
-                    for j in T.unroll(hc):
-                        cl[i, j] = comb[t, i, j]
+                    cl[i] = comb[t, i, j]
                 if h0 < H:
                     for v in T.vectorized(vec):
                         xl[v] = T.cast(x[t, h0 + v], F32)
                     for i in T.unroll(hc):
                         for v in T.vectorized(vec):
                             rl[i, v] = T.cast(res[t, i, h0 + v], F32)
-                    for j in T.unroll(hc):
-                        for v in T.unroll(vec):
-                            ol[v] = xl[v] * pl[j]
-                            for i in T.unroll(hc):
-                                ol[v] = ol[v] + cl[i, j] * rl[i, v]
-                        for v in T.vectorized(vec):
-                            out[t, j, h0 + v] = T.cast(ol[v], rdt)
-                        for v in T.unroll(vec):
-                            # the pre reads the stored (rounded) stream, as the unfused chain
-                            nl[j, v] = T.cast(T.cast(ol[v], rdt), F32)
-                    for i in T.unroll(hc):
-                        for v in T.unroll(vec):
-                            acc[M] = acc[M] + nl[i, v] * nl[i, v]
-                    for m in T.unroll(M):
+                    for v in T.unroll(vec):
+                        nl[v] = xl[v] * pj
                         for i in T.unroll(hc):
-                            for v in T.vectorized(vec):
-                                fl[v] = fn[m, i * H + h0 + v]
-                            for v in T.unroll(vec):
-                                acc[m] = acc[m] + nl[i, v] * fl[v]
-                for m in T.unroll(R):
-                    red[tx, m] = acc[m]
-                T.sync_threads()
-                if tx < R:
-                    total = T.alloc_var(F32, init=0.0)
-                    for j in T.serial(threads):
-                        total = total + red[j, tx]
-                    if tx < M:
-                        part[s, t, tx] = total
-                    else:
-                        sq[s, t] = total
+                            nl[v] = nl[v] + cl[i] * rl[i, v]
+                    for v in T.vectorized(vec):
+                        out[t, j, h0 + v] = T.cast(nl[v], rdt)
+                    for v in T.unroll(vec):
+                        # the pre reads the stored (rounded) stream, as the unfused chain
+                        nl[v] = T.cast(T.cast(nl[v], rdt), F32)
+                        acc[M] = acc[M] + nl[v] * nl[v]
+                    for m in T.unroll(M):
+                        for v in T.vectorized(vec):
+                            fl[v] = fn[m, j * H + h0 + v]
+                        for v in T.unroll(vec):
+                            acc[m] = acc[m] + nl[v] * fl[v]
+                _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
 
-        return fused_partials, S
+        return fused_partials
 
     @T.prim_func
     def partials(
@@ -186,48 +201,36 @@ def fma_partials_kernel(
         part: T.Tensor((S, N, M), F32),
         sq: T.Tensor((S, N), F32),
     ):
-        with T.Kernel(S, N, threads=threads) as (s, t):
+        with T.Kernel(NH, hc, N, threads=threads) as (hb, j, t):
             tx = T.get_thread_binding()
-            h0 = s * HS + tx * vec
+            h0 = hb * HS + tx * vec
             acc = T.alloc_local((R,), F32)
-            rl = T.alloc_local((hc, vec), F32)
+            rl = T.alloc_local((vec,), F32)
             fl = T.alloc_local((vec,), F32)
-            red = T.alloc_shared((threads, R), F32)
+            red = T.alloc_shared((NW, R), F32)
             for m in T.unroll(R):
                 acc[m] = 0.0
             if h0 < H:
-                for i in T.unroll(hc):
-                    for v in T.vectorized(vec):
-                        rl[i, v] = T.cast(res[t, i, h0 + v], F32)
-                for i in T.unroll(hc):
-                    for v in T.unroll(vec):
-                        acc[M] = acc[M] + rl[i, v] * rl[i, v]
+                for v in T.vectorized(vec):
+                    rl[v] = T.cast(res[t, j, h0 + v], F32)
+                for v in T.unroll(vec):
+                    acc[M] = acc[M] + rl[v] * rl[v]
                 for m in T.unroll(M):
-                    for i in T.unroll(hc):
-                        for v in T.vectorized(vec):
-                            fl[v] = fn[m, i * H + h0 + v]
-                        for v in T.unroll(vec):
-                            acc[m] = acc[m] + rl[i, v] * fl[v]
-            for m in T.unroll(R):
-                red[tx, m] = acc[m]
-            T.sync_threads()
-            if tx < R:
-                total = T.alloc_var(F32, init=0.0)
-                for j in T.serial(threads):
-                    total = total + red[j, tx]
-                if tx < M:
-                    part[s, t, tx] = total
-                else:
-                    sq[s, t] = total
+                    for v in T.vectorized(vec):
+                        fl[v] = fn[m, j * H + h0 + v]
+                    for v in T.unroll(vec):
+                        acc[m] = acc[m] + rl[v] * fl[v]
+            _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
 
-    return partials, S
+    return partials
 
 
-# --- split-k partial dot products (tensor cores, bf16 hi/lo split of fn) ----------------------------
+# --- split-k partial dot products (tensor cores, bf16 3-way split of fn) --------------------------
 
 
-def tc_partials_kernel(hc: int, M: int, H: int, S: int, BT: int = 64, BK: int = 64,
-                       threads: int = 128, stages: int = 2):
+def tc_partials_kernel(
+    hc: int, M: int, H: int, S: int, BT: int = 64, BK: int = 64, threads: int = 128, stages: int = 2
+):
     """Grid (S, ceil(N / BT)); requires (hc * H) % (S * BK) == 0 and bfloat16 streams."""
     K = hc * H
     KS = K // S
@@ -246,28 +249,35 @@ def tc_partials_kernel(hc: int, M: int, H: int, S: int, BT: int = 64, BK: int = 
         with T.Kernel(S, T.ceildiv(N, BT), threads=threads) as (s, bt):
             r_s = T.alloc_shared((BT, BK), BF)
             fh_s = T.alloc_shared((NB, BK), BF)
+            fm_s = T.alloc_shared((NB, BK), BF)
             fl_s = T.alloc_shared((NB, BK), BF)
             acc = T.alloc_fragment((BT, NB), F32)
+            acc_t = T.alloc_fragment((BT, NB), F32)
             r_f = T.alloc_fragment((BT, BK), F32)
-            sq_f = T.alloc_fragment((BT, 4), F32)
             sq_l = T.alloc_fragment((BT,), F32)
             T.clear(acc)
-            T.clear(sq_f)
+            T.clear(sq_l)
             for kk in T.Pipelined(KS // BK, num_stages=stages):
                 k0 = s * KS + kk * BK
                 T.copy(res[bt * BT, k0], r_s)
                 for i, k in T.Parallel(NB, BK):
                     f = T.if_then_else(i < M, fn[T.min(i, M - 1), k0 + k], T.float32(0))
                     hi = T.cast(f, BF)
+                    r1 = f - T.cast(hi, F32)
+                    mid = T.cast(r1, BF)
                     fh_s[i, k] = hi
-                    fl_s[i, k] = T.cast(f - T.cast(hi, F32), BF)
-                T.gemm(r_s, fh_s, acc, transpose_B=True)
-                T.gemm(r_s, fl_s, acc, transpose_B=True)
-                T.copy(r_s, r_f)
-                for jj in T.serial(BK // 4):
-                    for i, j in T.Parallel(BT, 4):
-                        sq_f[i, j] += r_f[i, jj * 4 + j] * r_f[i, jj * 4 + j]
-            T.reduce_sum(sq_f, sq_l, dim=1)
+                    fm_s[i, k] = mid
+                    fl_s[i, k] = T.cast(r1 - T.cast(mid, F32), BF)
+                # small parts first into a per-tile accumulator, then one float32 add per
+                # tile on CUDA cores (the tensor cores' own accumulation truncates)
+                T.gemm(r_s, fl_s, acc_t, transpose_B=True, clear_accum=True)
+                T.gemm(r_s, fm_s, acc_t, transpose_B=True)
+                T.gemm(r_s, fh_s, acc_t, transpose_B=True)
+                for i, j in T.Parallel(BT, NB):
+                    acc[i, j] = acc[i, j] + acc_t[i, j]
+                for i, k in T.Parallel(BT, BK):
+                    r_f[i, k] = T.cast(r_s[i, k], F32) * T.cast(r_s[i, k], F32)
+                T.reduce_sum(r_f, sq_l, dim=1, clear=False)
             for i, j in T.Parallel(BT, NB):
                 if j < M and bt * BT + i < N:
                     part[s, bt * BT + i, j] = acc[i, j]
@@ -328,9 +338,11 @@ def _sinkhorn_inplace(cm, n: int, iters, eps, rs):
                 cm[i, j] = cm[i, j] * rs[j]
 
 
-def finalize_pre_kernel(hc: int, H: int, S: int, rdt: str, threads: int = 128):
-    """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input."""
+def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
+    """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input.
+    The split count S is a runtime dimension."""
     M = hc * (2 + hc)
+    S = T.dynamic("S")
     K = hc * H
     vec = _vec_for(H, 8)
     step = threads * vec
@@ -407,9 +419,10 @@ def finalize_pre_kernel(hc: int, H: int, S: int, rdt: str, threads: int = 128):
     return finalize_pre
 
 
-def finalize_head_kernel(hc: int, H: int, S: int, rdt: str, threads: int = 128):
+def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
     """Per token: pre = sigmoid(mix * rstd * scale + base) + eps; out = sum_i pre[i] res[i]."""
     K = hc * H
+    S = T.dynamic("S")
     vec = _vec_for(H, 8)
     step = threads * vec
     nchunk = _ceildiv(H, step)
@@ -503,6 +516,7 @@ _BUILDERS = {
     "sinkhorn": sinkhorn_kernel,
 }
 _CACHE = {}
+_LOCKS: dict = {}
 _LOCK = threading.Lock()
 PASS_CONFIGS = {
     tilelang.PassConfigKey.TL_DISABLE_WARP_SPECIALIZED: True,
@@ -520,6 +534,8 @@ def get(name: str, **spec):
     kern = _CACHE.get(key)
     if kern is None:
         with _LOCK:
+            lock = _LOCKS.setdefault(key, threading.Lock())
+        with lock:  # one compile per specialisation; different ones compile concurrently
             kern = _CACHE.get(key)
             if kern is None:
                 func = build(name, **spec)

@@ -22,10 +22,10 @@ Imports triton at module level: only the `_kernels_*` modules import this, lazil
 import triton
 import triton.language as tl
 
-# float32 bit patterns
-_F32_2_POW_M6 = 0x3C800000  # 2**-6, the smallest normal E4M3 value
-_F32_448 = 0x43E00000  # the largest E4M3 value
-_F32_INF = 0x7F800000
+# float32 bit patterns (constexpr: a compiled kernel may read only constexpr globals)
+_F32_2_POW_M6 = tl.constexpr(0x3C800000)  # 2**-6, the smallest normal E4M3 value
+_F32_448 = tl.constexpr(0x43E00000)  # the largest E4M3 value
+_F32_INF = tl.constexpr(0x7F800000)
 
 
 @triton.jit

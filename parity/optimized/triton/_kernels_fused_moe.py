@@ -22,11 +22,13 @@ Exactness of the quantized GEMMs:
   BLOCK_SIZE_K <= 128, as DeepGEMM and vLLM do). Under TRITON_INTERPRET=1 the operands are
   decoded to float32 by bit arithmetic first (the interpreter's fp8 decode turns NaN codes into
   +-480), which gives the same float32 math.
-- mxfp4: an E2M1 value times a power of two (E8M0) has at most 2 significant bits, so the
-  dequantized weight is exact in bfloat16 over the whole E8M0 range (bf16 has float32's
-  exponent range): bf16 activations use one dot per K tile on the dequantized tile. fp16 cannot
-  hold 2**+-127, so fp16 activations take BLOCK_SIZE_K = 32 (one MX block per tile), dot with
-  the raw E2M1 values (exact in fp16) and apply the block scale to the float32 partial product.
+- mxfp4: two exact variants. (a) Scale after the dot: per MX block of 32, a dot on the raw
+  E2M1 values (exact in bf16 and fp16, built as bit patterns) and the block's scale applied to
+  the float32 partial product: no per-element multiply, the choice for small BLOCK_SIZE_M and
+  the only one for fp16 (which cannot hold 2**+-127). (b) Dequantize the tile: an E2M1 value
+  times a power of two has at most 2 significant bits, so it is exact in bfloat16 over the whole
+  E8M0 range (bf16 has float32's exponent range); one dot per K tile, the multiply amortized
+  over BLOCK_SIZE_M rows (bf16, BLOCK_SIZE_M > 32, or the config's MX_SCALE_AFTER_DOT = 0).
 - Under the interpreter, bf16 `tl.dot` multiplies the raw bit patterns (triton 3.9), so every
   dot operand is upcast to float32 there (exact: bf16/fp16 products fit in float32).
 """
@@ -36,11 +38,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._fp8 import e4m3_code, e4m3_decode
+from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
+from parity.optimized.triton._kernels_swiglu import swiglu_f32
 
-_F32_MAX = 3.4028234663852886e38
-_E4M3_MAX = 448.0
-_FP8_EPS = 1e-10  # fp8_quant's default eps
+_F32_MAX = tl.constexpr(3.4028234663852886e38)
+_E4M3_MAX = tl.constexpr(448.0)
+_FP8_EPS = tl.constexpr(1e-10)  # fp8_quant's default eps
 
 
 @triton.jit
@@ -56,6 +59,20 @@ def _e2m1_to_f32(nib):
 
 
 @triton.jit
+def _e2m1_to(nib, dtype: tl.constexpr):
+    """E2M1 codes as `dtype` (bfloat16 or float16) values, built directly as 16-bit patterns."""
+    c = nib.to(tl.int32)
+    e = (c >> 1) & 3
+    m = c & 1
+    if dtype == tl.bfloat16:  # bias 127, 7 mantissa bits: 0.5 = 0x3F00
+        bits = tl.where(e == 0, m * 0x3F00, ((e + 126) << 7) | (m << 6))
+    else:  # float16: bias 15, 10 mantissa bits: 0.5 = 0x3800
+        bits = tl.where(e == 0, m * 0x3800, ((e + 14) << 10) | (m << 9))
+    bits = bits | ((c & 8) << 12)
+    return bits.to(tl.int16).to(dtype, bitcast=True)
+
+
+@triton.jit
 def _e8m0_to_f32(code):
     """float32 `2 ** (code - 127)` of uint8 E8M0 codes; code 0 is the subnormal 2**-127, 255 NaN."""
     c = code.to(tl.int32)
@@ -65,8 +82,10 @@ def _e8m0_to_f32(code):
 
 @triton.jit
 def _fp8_to_f32(v):
-    """float32 value of a float8e4nv tile by bit arithmetic (NaN codes decode to NaN)."""
-    return e4m3_decode(v.to(tl.uint8, bitcast=True).to(tl.int32))
+    """float32 value of a float8e4nv tile, for the interpreter: its cast decodes the NaN codes
+    0x7F/0xFF as +-480, so those are patched to NaN (the other 254 codes cast exactly)."""
+    bits = v.to(tl.uint8, bitcast=True)
+    return tl.where((bits & 0x7F) == 0x7F, float("nan"), v.to(tl.float32))
 
 
 @triton.jit
@@ -141,44 +160,72 @@ def _moe_gemm_kernel(
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     num_k = tl.cdiv(K, BLOCK_SIZE_K) - SKIP_LAST_K
     if QUANT == 2:
-        HALF_K: tl.constexpr = BLOCK_SIZE_K // 2
-        offs_h = tl.arange(0, HALF_K)
         s_cols = b_scale_ptr + expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
-        for kb in range(0, num_k):
-            k0 = kb * BLOCK_SIZE_K
-            hmask = offs_h < (K - k0) // 2
-            amask = tok_mask[:, None] & hmask[None, :]
-            # Byte i of the packed row holds elements 2i (low nibble) and 2i + 1 (high): split
-            # A into its even and odd columns instead of interleaving the weight tile.
-            a_even = tl.load(a_base + (k0 + 2 * offs_h)[None, :] * stride_ak, mask=amask, other=0.0)
-            a_odd = tl.load(
-                a_base + (k0 + 2 * offs_h + 1)[None, :] * stride_ak, mask=amask, other=0.0
-            )
-            packed = tl.load(
-                b_cols + (k0 // 2 + offs_h)[:, None] * stride_bk, mask=hmask[:, None], other=0
-            )
-            lo = _e2m1_to_f32(packed & 15)
-            hi = _e2m1_to_f32(packed >> 4)
-            if MX_SCALE_AFTER_DOT:
-                # BLOCK_SIZE_K == 32: one MX block per tile, one scale per output column
-                sc = _e8m0_to_f32(tl.load(s_cols + (k0 // 32) * stride_bsk))
-                if UPCAST_DOT:
-                    part = tl.dot(a_even.to(tl.float32), lo, input_precision="ieee")
-                    part = tl.dot(a_odd.to(tl.float32), hi, part, input_precision="ieee")
-                else:
-                    part = tl.dot(a_even, lo.to(a_even.dtype))
-                    part = tl.dot(a_odd, hi.to(a_odd.dtype), part)
-                acc += part * sc
-            else:
-                sc = _e8m0_to_f32(
-                    tl.load(
-                        s_cols + ((k0 + 2 * offs_h) // 32)[:, None] * stride_bsk,
+        if MX_SCALE_AFTER_DOT:
+            # One dot per MX block of 32 on the raw E2M1 values (exact in bf16 and fp16), its
+            # scale applied to the float32 partial product: no per-element multiply, so cheap
+            # for small BLOCK_SIZE_M; the only exact way for fp16 (2**+-127 is out of its range).
+            offs16 = tl.arange(0, 16)
+            for kb in range(0, num_k):
+                for g in tl.static_range(BLOCK_SIZE_K // 32):
+                    kg = kb * BLOCK_SIZE_K + 32 * g
+                    hmask = offs16 < (K - kg) // 2
+                    amask = tok_mask[:, None] & hmask[None, :]
+                    # byte i holds elements 2i (low nibble) and 2i + 1 (high nibble): A is split
+                    # into its even and odd columns instead of interleaving the weight tile
+                    a_even = tl.load(
+                        a_base + (kg + 2 * offs16)[None, :] * stride_ak, mask=amask, other=0.0
+                    )
+                    a_odd = tl.load(
+                        a_base + (kg + 2 * offs16 + 1)[None, :] * stride_ak, mask=amask, other=0.0
+                    )
+                    packed = tl.load(
+                        b_cols + (kg // 2 + offs16)[:, None] * stride_bk,
                         mask=hmask[:, None],
                         other=0,
                     )
+                    smask = (tl.zeros((1, BLOCK_SIZE_N), tl.int32) + kg) < K  # not scalar:
+                    sc = _e8m0_to_f32(  # the interpreter rejects scalar masks
+                        tl.load(s_cols + (kg // 32) * stride_bsk, mask=smask, other=0)
+                    )
+                    lo = _e2m1_to(packed & 15, a_even.dtype)
+                    hi = _e2m1_to(packed >> 4, a_even.dtype)
+                    if UPCAST_DOT:
+                        part = tl.dot(a_even.to(tl.float32), lo.to(tl.float32))
+                        part = tl.dot(a_odd.to(tl.float32), hi.to(tl.float32), part)
+                    else:
+                        part = tl.dot(a_even, lo)
+                        part = tl.dot(a_odd, hi, part)
+                    acc += part * sc
+        else:
+            # Dequantize the weight tile (value times scale: exact in bf16 over the whole E8M0
+            # range), one dot per K tile: the per-element multiply is amortized over BLOCK_M.
+            HALF_K: tl.constexpr = BLOCK_SIZE_K // 2
+            NUM_G: tl.constexpr = BLOCK_SIZE_K // 32
+            offs_h = tl.arange(0, HALF_K)
+            offs_g = tl.arange(0, NUM_G)
+            for kb in range(0, num_k):
+                k0 = kb * BLOCK_SIZE_K
+                hmask = offs_h < (K - k0) // 2
+                amask = tok_mask[:, None] & hmask[None, :]
+                a_even = tl.load(
+                    a_base + (k0 + 2 * offs_h)[None, :] * stride_ak, mask=amask, other=0.0
                 )
-                w_lo = lo * sc  # exact: <= 2 significant bits times a power of two
-                w_hi = hi * sc
+                a_odd = tl.load(
+                    a_base + (k0 + 2 * offs_h + 1)[None, :] * stride_ak, mask=amask, other=0.0
+                )
+                packed = tl.load(
+                    b_cols + (k0 // 2 + offs_h)[:, None] * stride_bk, mask=hmask[:, None], other=0
+                )
+                # one scale per (32 elements of K, column), broadcast over its 16 packed rows
+                gmask = offs_g < (K - k0) // 32
+                sc = tl.load(
+                    s_cols + (k0 // 32 + offs_g)[:, None] * stride_bsk, mask=gmask[:, None], other=0
+                )
+                sc = tl.broadcast_to(_e8m0_to_f32(sc)[:, None, :], (NUM_G, 16, BLOCK_SIZE_N))
+                sc = tl.reshape(sc, (HALF_K, BLOCK_SIZE_N))
+                w_lo = _e2m1_to_f32(packed & 15) * sc  # exact: <= 2 significant bits * 2**e
+                w_hi = _e2m1_to_f32(packed >> 4) * sc
                 if UPCAST_DOT:
                     acc = tl.dot(a_even.to(tl.float32), w_lo, acc, input_precision="ieee")
                     acc = tl.dot(a_odd.to(tl.float32), w_hi, acc, input_precision="ieee")
@@ -203,7 +250,9 @@ def _moe_gemm_kernel(
                     a_scale_ptr + a_rows * stride_asm + kg * stride_ask, mask=tok_mask, other=0.0
                 )
                 b_s = tl.load(
-                    b_scale_ptr + expert * stride_bse + (offs_n // group_n) * stride_bsn
+                    b_scale_ptr
+                    + expert * stride_bse
+                    + (offs_n // group_n) * stride_bsn
                     + kg * stride_bsk
                 )
                 if UPCAST_DOT:
@@ -222,9 +271,8 @@ def _moe_gemm_kernel(
         acc = acc * w[:, None]
     offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     c_ptrs = c_ptr + tok.to(tl.int64)[:, None] * stride_cm + offs_cn[None, :] * stride_cn
-    tl.store(
-        c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=tok_mask[:, None] & (offs_cn[None, :] < N)
-    )
+    c = to_dtype_rne(acc, c_ptr.dtype.element_ty)
+    tl.store(c_ptrs, c, mask=tok_mask[:, None] & (offs_cn[None, :] < N))
 
 
 @triton.jit
@@ -273,16 +321,7 @@ def _act_quant_kernel(
         else:
             gate = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
             up = tl.load(src + n_cols + col, mask=mask, other=0.0).to(tl.float32)
-        # clamps written with where(): NaN compares false and passes through, as in torch
-        if HAS_LIMIT:
-            up = tl.where(up > limit, limit, tl.where(up < -limit, -limit, up))
-            if not CLAMP_POST:
-                gate = tl.where(gate > limit, limit, gate)
-        y = gate * tl.sigmoid(alpha * gate)
-        if HAS_LIMIT:
-            if CLAMP_POST:
-                y = tl.where(y > limit, limit, y)
-        y = y * (up + beta)
+        y = swiglu_f32(gate, up, limit, alpha, beta, HAS_LIMIT, CLAMP_POST)
     else:
         y = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
         if MUL_WEIGHT:
@@ -295,13 +334,14 @@ def _act_quant_kernel(
         amax = tl.max(a, axis=1)
         has_nan = tl.max(tl.where(mask & (y != y), 1, 0), axis=1) > 0
         amax = tl.where(has_nan, float("nan"), amax)
-        s = tl.div_rn(tl.where(amax < _FP8_EPS, _FP8_EPS, amax), _E4M3_MAX)  # NaN kept
-        code = e4m3_code(tl.div_rn(y, s[:, None]))  # true division, as fp8_quant
+        amax = tl.where(amax < _FP8_EPS, _FP8_EPS, amax)  # NaN compares false: kept
+        s = tl.math.div_rn(amax, tl.full(amax.shape, _E4M3_MAX, tl.float32))
+        code = e4m3_code(tl.math.div_rn(y, s[:, None]))  # true division, as fp8_quant
         tl.store(dst, code.to(tl.uint8).to(tl.float8e4nv, bitcast=True), mask=mask)
         gmask = g * GROUP < n_cols
         tl.store(scale_ptr + row64 * stride_sm + g, s, mask=gmask)
     else:
-        tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst, to_dtype_rne(y, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -316,10 +356,12 @@ def _reduce_k_kernel(
     acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         flat = t.to(tl.int64) * TOP_K + j
-        valid = tl.load(ids_ptr + flat) >= 0
+        expert = tl.load(ids_ptr + flat)
+        valid = (offs * 0 + expert) >= 0  # as a vector: the interpreter rejects scalar masks
         v = tl.load(in_ptr + flat * stride_in + offs, mask=hmask & valid, other=0.0)
         acc += v.to(tl.float32)
-    tl.store(out_ptr + t.to(tl.int64) * stride_out + offs, acc.to(out_ptr.dtype.element_ty), mask=hmask)
+    out = to_dtype_rne(acc, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + t.to(tl.int64) * stride_out + offs, out, mask=hmask)
 
 
 # --- launch ---------------------------------------------------------------------------------------
@@ -330,8 +372,25 @@ def _next_pow2(n: int) -> int:
 
 
 def _launch_gemm(
-    a, b, c, a_scale, b_scale, topk_w, align, *, n, k_dim, row_div, mul_weight, quant, group,
-    cfg, upcast, mx_scale_after_dot, num_valid, num_pid_m,
+    a,
+    b,
+    c,
+    a_scale,
+    b_scale,
+    topk_w,
+    align,
+    *,
+    n,
+    k_dim,
+    row_div,
+    mul_weight,
+    quant,
+    group,
+    cfg,
+    upcast,
+    mx_scale_after_dot,
+    num_valid,
+    num_pid_m,
 ):
     sorted_ids, expert_ids, num_post = align
     bm, bn = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"]
@@ -386,8 +445,24 @@ def _launch_gemm(
 
 
 def _launch_act(
-    src, dst, scales, ids, weights, *, n_cols, swiglu, quant_fp8, group, skip_invalid,
-    mul_weight, limit, alpha, beta, interleaved, clamp_post, interpret,
+    src,
+    dst,
+    scales,
+    ids,
+    weights,
+    *,
+    n_cols,
+    swiglu,
+    quant_fp8,
+    group,
+    skip_invalid,
+    mul_weight,
+    limit,
+    alpha,
+    beta,
+    interleaved,
+    clamp_post,
+    interpret,
 ):
     rows = src.shape[0]
     if quant_fp8:
@@ -426,8 +501,25 @@ def _launch_act(
 
 
 def run_fused_moe(
-    x, w13, w2, topk_weights, topk_ids, align, *, quant, w13_scale, w2_scale, limit, alpha,
-    beta, interleaved, clamp_post, on_input, block_shape, cfg, interpret,
+    x,
+    w13,
+    w2,
+    topk_weights,
+    topk_ids,
+    align,
+    *,
+    quant,
+    w13_scale,
+    w2_scale,
+    limit,
+    alpha,
+    beta,
+    interleaved,
+    clamp_post,
+    on_input,
+    block_shape,
+    cfg,
+    interpret,
 ):
     """Launch the pipeline on validated inputs with T > 0; `align` is moe_align's output for
     BLOCK_SIZE_M. Returns `out [T, H]` in x.dtype."""
@@ -448,27 +540,63 @@ def run_fused_moe(
     ids = topk_ids.contiguous()
     x = x.contiguous()
     fp8 = quant == "fp8_block"
-    mx16 = quant == "mxfp4" and dt == torch.float16
+    # mxfp4: scales after the dot for fp16 (required) and for small M tiles (cheaper), unless
+    # the config says otherwise (bf16 only)
+    after = cfg.get("MX_SCALE_AFTER_DOT")
+    if after is None:
+        after = cfg["BLOCK_SIZE_M"] <= 32
+    mx_after = quant == "mxfp4" and (dt == torch.float16 or bool(after))
     group = tuple(block_shape) if fp8 else (1, 1)
-    common = dict(cfg=cfg, upcast=interpret, mx_scale_after_dot=mx16, num_valid=num_valid,
-                  num_pid_m=num_pid_m, quant=quant, group=group)
+    common = dict(
+        cfg=cfg,
+        upcast=interpret,
+        mx_scale_after_dot=mx_after,
+        num_valid=num_valid,
+        num_pid_m=num_pid_m,
+        quant=quant,
+        group=group,
+    )
 
     if fp8:
         gk = block_shape[1]
         a1 = torch.empty((t, h), dtype=torch.float8_e4m3fn, device=dev)
         a1_s = torch.empty((t, h // gk), dtype=torch.float32, device=dev)
         _launch_act(
-            x, a1, a1_s, ids, topk_w, n_cols=h, swiglu=False, quant_fp8=True, group=gk,
-            skip_invalid=False, mul_weight=on_input, limit=None, alpha=1.0, beta=0.0,
-            interleaved=False, clamp_post=False, interpret=interpret,
+            x,
+            a1,
+            a1_s,
+            ids,
+            topk_w,
+            n_cols=h,
+            swiglu=False,
+            quant_fp8=True,
+            group=gk,
+            skip_invalid=False,
+            mul_weight=on_input,
+            limit=None,
+            alpha=1.0,
+            beta=0.0,
+            interleaved=False,
+            clamp_post=False,
+            interpret=interpret,
         )
     else:
         a1, a1_s = x, None
 
     c1 = torch.empty((num_valid, two_n), dtype=dt, device=dev)
     _launch_gemm(
-        a1, w13, c1, a1_s, w13_scale, topk_w, align, n=two_n, k_dim=h, row_div=k,
-        mul_weight=on_input and not fp8, **common,
+        a1,
+        w13,
+        c1,
+        a1_s,
+        w13_scale,
+        topk_w,
+        align,
+        n=two_n,
+        k_dim=h,
+        row_div=k,
+        mul_weight=on_input and not fp8,
+        **common,
     )
 
     if fp8:
@@ -478,22 +606,59 @@ def run_fused_moe(
         a2 = torch.empty((num_valid, n), dtype=dt, device=dev)
         a2_s = None
     _launch_act(
-        c1, a2, a2_s, ids, topk_w, n_cols=n, swiglu=True, quant_fp8=fp8,
-        group=block_shape[1] if fp8 else 0, skip_invalid=True, mul_weight=False, limit=limit,
-        alpha=alpha, beta=beta, interleaved=interleaved, clamp_post=clamp_post,
+        c1,
+        a2,
+        a2_s,
+        ids,
+        topk_w,
+        n_cols=n,
+        swiglu=True,
+        quant_fp8=fp8,
+        group=block_shape[1] if fp8 else 0,
+        skip_invalid=True,
+        mul_weight=False,
+        limit=limit,
+        alpha=alpha,
+        beta=beta,
+        interleaved=interleaved,
+        clamp_post=clamp_post,
         interpret=interpret,
     )
 
     out = torch.empty((t, h), dtype=dt, device=dev)
     if k == 1:
         # one slot per token: GEMM2 writes the output rows directly; skipped tokens become 0
-        _launch_gemm(a2, w2, out, a2_s, w2_scale, topk_w, align, n=h, k_dim=n, row_div=1,
-                     mul_weight=not on_input, **common)
+        _launch_gemm(
+            a2,
+            w2,
+            out,
+            a2_s,
+            w2_scale,
+            topk_w,
+            align,
+            n=h,
+            k_dim=n,
+            row_div=1,
+            mul_weight=not on_input,
+            **common,
+        )
         out.masked_fill_(ids < 0, 0.0)
         return out
     c2 = torch.empty((num_valid, h), dtype=dt, device=dev)
-    _launch_gemm(a2, w2, c2, a2_s, w2_scale, topk_w, align, n=h, k_dim=n, row_div=1,
-                 mul_weight=not on_input, **common)
+    _launch_gemm(
+        a2,
+        w2,
+        c2,
+        a2_s,
+        w2_scale,
+        topk_w,
+        align,
+        n=h,
+        k_dim=n,
+        row_div=1,
+        mul_weight=not on_input,
+        **common,
+    )
     block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
     _reduce_k_kernel[(t, triton.cdiv(h, block_h))](
         c2, ids, out, h, c2.stride(0), out.stride(0), TOP_K=k, BLOCK_H=block_h, num_warps=4

@@ -13,7 +13,7 @@ import triton.language as tl
 from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
 
-_F32_MAX = 3.4028234663852886e38
+_F32_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -121,12 +121,17 @@ def _silu_mul_fp8_quant_kernel(
     _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR)
 
 
+# Tile sizes (elements a program; num_warps, None: 4 up to 2048 elements, else 8). A dict so a
+# tuning script can try others without editing the kernels.
+TILE = {"elems": 4096, "warps": None}
+
+
 def _group_blocks(n_groups: int, group_size: int) -> tuple[int, int, int]:
-    """(G_PAD, BLOCK_G, num_warps): ~4096 elements a program (whole groups), 4 warps up to
-    2048 elements, 8 above."""
+    """(G_PAD, BLOCK_G, num_warps): ~TILE["elems"] elements a program, in whole groups."""
     g_pad = triton.next_power_of_2(group_size)
-    block_g = max(1, min(triton.next_power_of_2(n_groups), 4096 // g_pad))
-    return g_pad, block_g, 4 if block_g * g_pad <= 2048 else 8
+    block_g = max(1, min(triton.next_power_of_2(n_groups), TILE["elems"] // g_pad))
+    warps = TILE["warps"] or (4 if block_g * g_pad <= 2048 else 8)
+    return g_pad, block_g, warps
 
 
 def launch_fp8_quant(x, q_u8, scales, *, group_size, eps, ue8m0, column_major):
@@ -240,8 +245,8 @@ def launch_mxfp4_dequant(packed, scales, y):
     rows, p = packed.shape
     n_sb = p // 16
     block_s = min(triton.next_power_of_2(n_sb), 64)  # up to 2048 output elements a row
-    block_r = max(1, min(triton.next_power_of_2(rows), 4096 // (block_s * 32)))
-    warps = 4 if block_r * block_s * 32 <= 2048 else 8
+    block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_s * 32)))
+    warps = TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(n_sb, block_s))
     _mxfp4_dequant_kernel[grid](
         packed, scales, y, rows, p, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=warps

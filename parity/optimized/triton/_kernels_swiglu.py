@@ -1,40 +1,36 @@
 """Triton SwiGLU kernel and its device helpers (imported lazily by `swiglu.py` and by the
 quantizer kernels, which reuse `swiglu_f32`).
 
-All math is float32. `exp_f32` is accurate to a few ulps over the whole range: a plain
-`tl.exp` on a GPU is `ex2.approx(z * log2e)`, whose rounding of the product costs about
-|z|/2 ulps, too much for a float32 output at |gate| ~ 30 against a 16-ulp tolerance.
+All math is float32, in the order of the reference (`gate * sigmoid(alpha * gate) * (up +
+beta)`, sigmoid as `1 / (1 + exp(-z))` with a correctly rounded division), with an accurate
+exp (`exp_f32`).
 Clamps are `tl.where` on comparisons, so NaN propagates as with `torch.clamp`
 (`tl.minimum`/`tl.maximum` may drop NaN).
 """
 
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from parity.optimized.triton._fp8 import to_dtype_rne
 
-_LOG2E_HI = 1.4426950216293335  # float32(log2(e))
-_LOG2E_LO = 1.925963033500011e-08  # log2(e) - _LOG2E_HI
+# Chosen when this module is imported (after TRITON_INTERPRET is set, as triton.jit reads it).
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
 def exp_f32(z):
-    """exp(z) in float32: 2**t with t = z*log2(e) split as n + f, the product's rounding error
-    recovered by an fma, f in [-0.5, 0.5], and 2**n applied exactly from exponent bits."""
-    # exp overflows float32 above 89 and underflows to 0 below -104: clamping keeps t and its
-    # error term finite (no inf - inf); NaN passes both comparisons unchanged.
-    z = tl.where(z > 150.0, 150.0, tl.where(z < -150.0, -150.0, z))
-    t = z * _LOG2E_HI
-    err = tl.fma(z, _LOG2E_HI, -t) + z * _LOG2E_LO
-    n = tl.floor(t + 0.5)
-    f = (t - n) + err  # t - n is exact
-    p = tl.exp2(f)
-    ni = tl.where(n == n, n, 0.0).to(tl.int32)  # NaN lanes: any n, p is NaN already
-    n1 = ni >> 1
-    n2 = ni - n1  # two factors, each a normal power of two (|n| <= 217)
-    s1 = ((n1 + 127) << 23).to(tl.float32, bitcast=True)
-    s2 = ((n2 + 127) << 23).to(tl.float32, bitcast=True)
-    return (p * s1) * s2  # p * s1 is exact; one rounding at most (under/overflow)
+    """exp(z) in float32, accurate over the whole range: libdevice's expf on a GPU (the
+    function torch's CUDA sigmoid calls, so the two agree bit for bit), numpy's in the
+    interpreter. Not `tl.exp`, which on a GPU is ex2.approx(z * log2e): the rounding of the
+    product costs ~|z|/2 ulps, too much at |z| ~ 30 for a 16-ulp float32 tolerance."""
+    if _INTERPRET:
+        e = tl.exp(z)
+    else:
+        e = libdevice.exp(z)
+    return e
 
 
 @triton.jit
@@ -93,7 +89,11 @@ def _swiglu_kernel(
         u = tl.load(x_row + N + cols[None, :], mask=mask).to(tl.float32)
     y = swiglu_f32(g, u, limit, alpha, beta, HAS_LIMIT, POST)
     omask = rmask[:, None] & (cols < N)[None, :]
-    tl.store(y_ptr + row64[:, None] * N + cols[None, :], to_dtype_rne(y, y_ptr.dtype.element_ty), mask=omask)
+    tl.store(
+        y_ptr + row64[:, None] * N + cols[None, :],
+        to_dtype_rne(y, y_ptr.dtype.element_ty),
+        mask=omask,
+    )
 
 
 def _blocks(rows: int, cols: int, target: int) -> tuple[int, int, int]:

@@ -24,8 +24,14 @@ from pathlib import Path
 import torch
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",
-               "num_stages")
+CONFIG_KEYS = (
+    "BLOCK_SIZE_M",
+    "BLOCK_SIZE_N",
+    "BLOCK_SIZE_K",
+    "GROUP_SIZE_M",
+    "num_warps",
+    "num_stages",
+)
 _state = threading.local()
 
 
@@ -91,24 +97,59 @@ def override_config(cfg: dict | None) -> Iterator[None]:
 def default_config(m: int, e: int, n: int, quant: str, block_shape, interpret: bool) -> dict:
     if interpret:
         # the interpreter pays per program and per op, not per FLOP: few, mid-sized tiles
-        return {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1,
-                "num_warps": 4, "num_stages": 1}
+        return {
+            "BLOCK_SIZE_M": 16,
+            "BLOCK_SIZE_N": 128,
+            "BLOCK_SIZE_K": 128,
+            "GROUP_SIZE_M": 1,
+            "num_warps": 4,
+            "num_stages": 1,
+        }
     if quant == "fp8_block":
         # vLLM's block-FP8 default: one weight-scale block per N and K tile
-        return {"BLOCK_SIZE_M": 16 if m <= 64 else 64, "BLOCK_SIZE_N": 128,
-                "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1 if m <= 16 else 32, "num_warps": 4,
-                "num_stages": 3}
+        return {
+            "BLOCK_SIZE_M": 16 if m <= 64 else 64,
+            "BLOCK_SIZE_N": 128,
+            "BLOCK_SIZE_K": 128,
+            "GROUP_SIZE_M": 1 if m <= 16 else 32,
+            "num_warps": 4,
+            "num_stages": 3,
+        }
     if quant == "mxfp4":
         if m <= e:
-            return {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128,
-                    "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
-        return {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8,
-                "num_warps": 4, "num_stages": 3}
+            return {
+                "BLOCK_SIZE_M": 16,
+                "BLOCK_SIZE_N": 64,
+                "BLOCK_SIZE_K": 128,
+                "GROUP_SIZE_M": 1,
+                "num_warps": 4,
+                "num_stages": 3,
+            }
+        return {
+            "BLOCK_SIZE_M": 64,
+            "BLOCK_SIZE_N": 128,
+            "BLOCK_SIZE_K": 64,
+            "GROUP_SIZE_M": 8,
+            "num_warps": 4,
+            "num_stages": 3,
+        }
     if m <= e:
-        return {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1,
-                "num_warps": 4, "num_stages": 4}
-    return {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8,
-            "num_warps": 4, "num_stages": 3}
+        return {
+            "BLOCK_SIZE_M": 16,
+            "BLOCK_SIZE_N": 64,
+            "BLOCK_SIZE_K": 128,
+            "GROUP_SIZE_M": 1,
+            "num_warps": 4,
+            "num_stages": 4,
+        }
+    return {
+        "BLOCK_SIZE_M": 64,
+        "BLOCK_SIZE_N": 128,
+        "BLOCK_SIZE_K": 64,
+        "GROUP_SIZE_M": 8,
+        "num_warps": 4,
+        "num_stages": 3,
+    }
 
 
 def _pow2_floor(v: int) -> int:
@@ -118,7 +159,7 @@ def _pow2_floor(v: int) -> int:
 def fit_config(cfg: dict, quant: str, x_dtype: torch.dtype, block_shape) -> dict:
     """Bring a config within the kernel's constraints (a tuned file may come from elsewhere):
     tiles are powers of two >= 16; fp8_block: BLOCK_SIZE_K divides block_shape[1] (one scale
-    group per K tile); mxfp4: BLOCK_SIZE_K >= 32 (whole MX blocks), exactly 32 for fp16."""
+    group per K tile); mxfp4: BLOCK_SIZE_K >= 32 (whole MX blocks)."""
     out = dict(cfg)
     for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
         out[key] = max(16, _pow2_floor(int(out[key])))
@@ -130,12 +171,18 @@ def fit_config(cfg: dict, quant: str, x_dtype: torch.dtype, block_shape) -> dict
         largest = gk & -gk  # the largest power of two dividing gk
         out["BLOCK_SIZE_K"] = min(out["BLOCK_SIZE_K"], largest)
     elif quant == "mxfp4":
-        out["BLOCK_SIZE_K"] = 32 if x_dtype == torch.float16 else max(32, out["BLOCK_SIZE_K"])
+        out["BLOCK_SIZE_K"] = max(32, out["BLOCK_SIZE_K"])
     return out
 
 
 def get_config(
-    m: int, e: int, n: int, quant: str, x_dtype: torch.dtype, block_shape, device: torch.device,
+    m: int,
+    e: int,
+    n: int,
+    quant: str,
+    x_dtype: torch.dtype,
+    block_shape,
+    device: torch.device,
     interpret: bool,
 ) -> dict:
     """The tile config for `m` tokens: the override, else the file's entry for the nearest M,

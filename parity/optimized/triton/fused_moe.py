@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
-from parity.registry import register
+from parity.optimized.triton.swiglu import check_f32_scalar, launch_context
 from parity.reference._common import (
     FLOAT_DTYPES,
     FP8,
@@ -31,6 +32,7 @@ from parity.reference._common import (
     fail,
 )
 from parity.reference.swiglu import check_swiglu_options
+from parity.registry import register
 
 QUANT_MODES = ("none", "fp8_block", "mxfp4")
 MX_BLOCK = 32
@@ -61,8 +63,20 @@ def _check_scale(name: str, scale, quant: str, shape, dev) -> None:
 
 
 def _validate(
-    x, w13, w2, topk_weights, topk_ids, quant, w13_scale, w2_scale, swiglu_limit,
-    swiglu_alpha, swiglu_beta, layout, swiglu_clamp_mode, apply_router_weight_on_input,
+    x,
+    w13,
+    w2,
+    topk_weights,
+    topk_ids,
+    quant,
+    w13_scale,
+    w2_scale,
+    swiglu_limit,
+    swiglu_alpha,
+    swiglu_beta,
+    layout,
+    swiglu_clamp_mode,
+    apply_router_weight_on_input,
     block_shape,
 ) -> tuple[int, int, int, int, tuple[int, int]]:
     """Validate every argument before any work; returns (T, H, E, N, block_shape)."""
@@ -153,15 +167,41 @@ def _align_torch(topk_ids: torch.Tensor, num_experts: int, block_size: int):
     sorted_ids = buf[:length]
     n_blocks = length // block_size + 1
     block_end = torch.cumsum(padded // block_size, 0)
-    expert_ids = torch.searchsorted(
-        block_end, torch.arange(n_blocks, device=dev), right=True
-    ).to(torch.int32)
+    expert_ids = torch.searchsorted(block_end, torch.arange(n_blocks, device=dev), right=True).to(
+        torch.int32
+    )
     num_post = padded.sum().to(torch.int32).reshape(1)
     return sorted_ids, expert_ids, num_post
 
 
+_ALIGN_CHUNK = 128  # flat indices per ranking program of the Triton moe_align
+_ALIGN_MAX_COUNTS = 1 << 28  # its per-(chunk, expert) scratch limit
+
+
 def _align(topk_ids: torch.Tensor, num_experts: int, block_size: int):
-    return _align_torch(topk_ids, num_experts, block_size)
+    """moe_align for the GEMMs: the Triton counting sort of `moe_align.py` (deterministic, no
+    host sync), or the torch version where its int32 indexing or scratch would not fit."""
+    flat = topk_ids.reshape(-1).contiguous()
+    n = flat.numel()
+    size = n + num_experts * (block_size - 1)
+    if size >= 2**31 or -(-n // _ALIGN_CHUNK) * num_experts > _ALIGN_MAX_COUNTS:
+        return _align_torch(topk_ids, num_experts, block_size)
+    from parity.optimized.triton._kernels_moe_align import launch_moe_align
+
+    dev = topk_ids.device
+    sorted_ids = torch.full((size,), n, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty((size // block_size + 1,), dtype=torch.int32, device=dev)
+    num_post = torch.zeros(1, dtype=torch.int32, device=dev)
+    launch_moe_align(
+        flat,
+        sorted_ids,
+        expert_ids,
+        num_post,
+        num_experts=num_experts,
+        block_size=block_size,
+        chunk=_ALIGN_CHUNK,
+    )
+    return sorted_ids, expert_ids, num_post
 
 
 # --- the op -------------------------------------------------------------------------------------
@@ -199,8 +239,20 @@ def fused_moe(
     block_shape=(128, 128),
 ) -> torch.Tensor:
     t, h, e, n, block_shape = _validate(
-        x, w13, w2, topk_weights, topk_ids, quant, w13_scale, w2_scale, swiglu_limit,
-        swiglu_alpha, swiglu_beta, layout, swiglu_clamp_mode, apply_router_weight_on_input,
+        x,
+        w13,
+        w2,
+        topk_weights,
+        topk_ids,
+        quant,
+        w13_scale,
+        w2_scale,
+        swiglu_limit,
+        swiglu_alpha,
+        swiglu_beta,
+        layout,
+        swiglu_clamp_mode,
+        apply_router_weight_on_input,
         block_shape,
     )
     if x.dtype not in (torch.bfloat16, torch.float16):
@@ -209,11 +261,15 @@ def fused_moe(
         raise NotImplementedError(
             f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 16"
         )
+    for name, value in (
+        ("swiglu_limit", swiglu_limit),
+        ("swiglu_alpha", swiglu_alpha),
+        ("swiglu_beta", swiglu_beta),
+    ):
+        if value is not None:
+            check_f32_scalar(OP, name, float(value))
     interpret = _interpret()
-    if x.device.type == "cpu" and not interpret:
-        raise NotImplementedError("fused_moe:triton: CPU tensors need TRITON_INTERPRET=1")
-    if x.device.type not in ("cpu", "cuda"):
-        raise NotImplementedError(f"fused_moe:triton: device {x.device.type}")
+    ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
 
@@ -221,24 +277,27 @@ def fused_moe(
     from parity.optimized.triton._moe_configs import get_config
 
     cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpret)
-    align = _align(topk_ids, e, cfg["BLOCK_SIZE_M"])
-    return kern.run_fused_moe(
-        x,
-        w13,
-        w2,
-        topk_weights,
-        topk_ids,
-        align,
-        quant=quant,
-        w13_scale=w13_scale,
-        w2_scale=w2_scale,
-        limit=swiglu_limit,
-        alpha=swiglu_alpha,
-        beta=swiglu_beta,
-        interleaved=layout == "interleaved",
-        clamp_post=swiglu_clamp_mode == "post",
-        on_input=apply_router_weight_on_input,
-        block_shape=block_shape,
-        cfg=cfg,
-        interpret=interpret,
-    )
+    with ctx, warnings.catch_warnings():
+        if interpret:  # numpy's reductions warn on the NaN a NaN-policy case feeds them
+            warnings.simplefilter("ignore", RuntimeWarning)
+        align = _align(topk_ids, e, cfg["BLOCK_SIZE_M"])
+        return kern.run_fused_moe(
+            x,
+            w13,
+            w2,
+            topk_weights,
+            topk_ids,
+            align,
+            quant=quant,
+            w13_scale=w13_scale,
+            w2_scale=w2_scale,
+            limit=swiglu_limit,
+            alpha=swiglu_alpha,
+            beta=swiglu_beta,
+            interleaved=layout == "interleaved",
+            clamp_post=swiglu_clamp_mode == "post",
+            on_input=apply_router_weight_on_input,
+            block_shape=block_shape,
+            cfg=cfg,
+            interpret=interpret,
+        )

@@ -1,0 +1,271 @@
+"""FlashInfer 0.7 adapters onto the parity contract (`docs/ops.md`): registrations and thin
+wrappers. flashinfer is imported inside each wrapper, on the first call (it JIT-compiles each
+kernel module with nvcc on first use).
+
+Each adapter validates its input with the reference's helpers (so bad input raises the same
+errors) and raises `NotImplementedError` (`parity.Unsupported`) for every option FlashInfer does
+not implement. What each supports, and why the others are left out:
+
+- `mhc_post` -> `flashinfer.mhc.mhc_post`: bfloat16 `x`/`residual`, hc == 4. FlashInfer's
+  `comb_res_mix` is indexed `[old stream, new stream]` (`out[new] = sum_old residual[old] *
+  comb[old, new]`, mhc.py docstring and `load_hc4_mix` in csrc/mhc/mhc_post.cu), which is the
+  contract's `[i, j]`: no transpose.
+- `mhc_pre` -> torch float32 GEMM for `dot_mix = r @ fn.T` + `flashinfer.mhc.
+  mhc_pre_big_fuse_with_prenorm` (it computes sum r^2 itself, `rstd = rsqrt(sqsum / (hc*H) +
+  rms_eps)`, `mixes = dot * rstd * scale + base`, pre/post sigmoids, Sinkhorn ending on columns,
+  `layer_input = sum pre_i r_i`): the contract's definition. bfloat16 residual, hc == 4,
+  H % 8 == 0, and every epsilon > 0 (FlashInfer rejects pre_eps == 0, which the contract allows).
+- `swiglu` -> `flashinfer.silu_and_mul`: only `limit=None, alpha=1, beta=0, layout="concat"`
+  (clamp_mode is then ignored by the contract), bfloat16/float16 (FlashInfer's FP16 dispatch).
+- `route` -> `flashinfer.fused_topk_deepseek` (the NoAuxTc kernel): `method="dsv3"` with
+  `renormalize=True` (the kernel always renormalizes) and the kernel's limits: k <= 8;
+  n_group == 1 with E <= 384, or 2 <= n_group <= 8 with E <= 256, 2 <= E / n_group <= 32,
+  topk_group <= 4 and (E / n_group) * topk_group <= 128. The kernel runs 256 threads (8 warps,
+  one per group) and keeps at most 4 top groups (`MaxNumTopGroups`), although its Python check
+  lets n_group go to 32 and topk_group to n_group; scripts/gpu_issue5.py probes those cases.
+  Logits and bias are upcast exactly to float32 before the call, so the weights come back in
+  float32 (with bfloat16 logits the kernel would return bfloat16 weights).
+
+Left out: `mxfp4_quant` / `mxfp4_dequant`. On the H100 (SM90, 2026-11-23, scripts/gpu_issue5.py)
+`flashinfer.mxfp4_quantize(x, sfLayout=layout_linear)` builds the fp4_quantization_90 module
+and returns wrong output: scale codes 222, 191, 203, 191 where the contract gives 128, 128,
+127, 127, 0.35% of the codes equal to the reference's, a NaN round trip (its E2M1 conversion,
+`cvt.rn.satfinite.e2m1x2.f32`, is compiled only for `__CUDA_ARCH__ >= 1000`; below it the
+helper returns 0). `flashinfer.mxfp4_dequantize` is a host (CPU) loop, not a GPU kernel, and
+maps scale code 0 to 0.0 (the bits `code << 23`) instead of 2^-127 and code 255 to +inf
+instead of NaN (measured); its nibble order (element 2i in the low nibble) and its linear scale
+layout would match the contract.
+
+Measured FlashInfer behaviour the adapters do not hide (the property suite reports it):
+`fused_topk_deepseek` scores with `0.5 tanh(x/2) + 0.5`, exactly 0 in float32 below x ~ -17, so
+very negative logits give all-zero weights (`0 / (0 + 1e-20)`); see docs/router-dtype-study.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from parity._errors import Unsupported
+from parity.reference._common import check_float, fail
+from parity.reference.mhc import (
+    _check_post_inputs,
+    _check_pre_options,
+    _check_pre_weights,
+    _check_streams,
+)
+from parity.reference.routing import _check_route_args
+from parity.reference.swiglu import _check_x, check_swiglu_options
+from parity.registry import register
+
+_F32_MAX = torch.finfo(torch.float32).max
+_BASE = dict(backend="flashinfer", devices=("cuda",), requires=("flashinfer",))
+
+
+def _cuda(op: str, t: torch.Tensor) -> None:
+    if t.device.type != "cuda":
+        raise Unsupported(f"{op}: FlashInfer runs on CUDA tensors, got {t.device}")
+
+
+def _bf16(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype != torch.bfloat16:
+        raise Unsupported(f"{op}: FlashInfer takes bfloat16 {name}, got {t.dtype}")
+
+
+# --- mHC ------------------------------------------------------------------------------------------
+
+
+@register(
+    "mhc_post",
+    name="flashinfer",
+    dtypes=(torch.bfloat16,),
+    min_cc=(9, 0),
+    note="flashinfer.mhc.mhc_post (bf16, hc=4); comb indexed [old, new] as the contract",
+    **_BASE,
+)
+def mhc_post(x, residual, post_mix, comb_res_mix):
+    op = "mhc_post"
+    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
+    _cuda(op, residual)
+    _bf16(op, "residual", residual)
+    _bf16(op, "x", x)
+    t, hc, h = residual.shape
+    if hc != 4:
+        raise Unsupported(f"{op}: FlashInfer's mHC kernels are hard-wired to hc=4, got {hc}")
+    if t == 0:
+        return torch.empty((0, hc, h), dtype=residual.dtype, device=residual.device)
+    from flashinfer.mhc import mhc_post as fi_mhc_post
+
+    out = fi_mhc_post(
+        x.contiguous(),
+        residual.contiguous(),
+        post_mix.reshape(t, hc).contiguous(),
+        comb_res_mix.contiguous(),
+    )
+    return out.contiguous()
+
+
+@register(
+    "mhc_pre",
+    name="flashinfer",
+    dtypes=(torch.bfloat16,),
+    min_cc=(9, 0),
+    note="torch fp32 GEMM (dot_mix) + flashinfer.mhc.mhc_pre_big_fuse_with_prenorm (bf16, hc=4)",
+    **_BASE,
+)
+def mhc_pre(
+    residual,
+    fn,
+    hc_scale,
+    hc_base,
+    *,
+    rms_eps=1e-6,
+    pre_eps=1e-6,
+    sinkhorn_eps=1e-6,
+    post_mult=1.0,
+    sinkhorn_iters=20,
+):
+    op = "mhc_pre"
+    t, hc, h = _check_streams(op, residual)
+    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    _cuda(op, residual)
+    _bf16(op, "residual", residual)
+    if hc != 4:
+        raise Unsupported(f"{op}: FlashInfer's mHC kernels are hard-wired to hc=4, got {hc}")
+    if h % 8:
+        raise Unsupported(f"{op}: FlashInfer's mhc_pre needs H % 8 == 0, got H={h}")
+    for name, v in (("rms_eps", rms_eps), ("pre_eps", pre_eps), ("sinkhorn_eps", sinkhorn_eps)):
+        if not float(v) > 0.0 or float(v) < torch.finfo(torch.float32).tiny:
+            raise Unsupported(f"{op}: FlashInfer needs {name} > 0 in float32, got {v}")
+    if abs(float(post_mult)) > _F32_MAX or sinkhorn_iters > 2**31 - 1:
+        raise Unsupported(f"{op}: options must fit float32 / int32 kernel arguments")
+    dev = residual.device
+    if t == 0:
+        return (
+            torch.empty((0, hc, 1), dtype=torch.float32, device=dev),
+            torch.empty((0, hc, hc), dtype=torch.float32, device=dev),
+            torch.empty((0, h), dtype=residual.dtype, device=dev),
+        )
+    from flashinfer.mhc import mhc_pre_big_fuse_with_prenorm
+
+    r = residual.contiguous()
+    dot_mix = torch.matmul(r.view(t, hc * h).float(), fn.t())  # float32 (TF32 only if enabled)
+    post, comb, li = mhc_pre_big_fuse_with_prenorm(
+        dot_mix.contiguous(),
+        r,
+        hc_scale.contiguous(),
+        hc_base.contiguous(),
+        rms_eps=float(rms_eps),
+        mhc_pre_eps=float(pre_eps),
+        mhc_sinkhorn_eps=float(sinkhorn_eps),
+        mhc_post_mult_value=float(post_mult),
+        sinkhorn_repeat=int(sinkhorn_iters),
+    )
+    return post.contiguous(), comb.contiguous(), li.contiguous()
+
+
+# --- swiglu ---------------------------------------------------------------------------------------
+
+
+@register(
+    "swiglu",
+    name="flashinfer",
+    dtypes=(torch.bfloat16, torch.float16),
+    note="flashinfer.silu_and_mul: limit=None, alpha=1, beta=0, concat only",
+    **_BASE,
+)
+def swiglu(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="pre"):
+    op = "swiglu"
+    _check_x(op, x)
+    check_swiglu_options(op, limit, alpha, beta, layout, clamp_mode)
+    if limit is not None or float(alpha) != 1.0 or float(beta) != 0.0 or layout != "concat":
+        raise Unsupported(
+            f"{op}: flashinfer.silu_and_mul is plain SiLU-and-mul on the concat layout "
+            f"(limit=None, alpha=1, beta=0); got limit={limit}, alpha={alpha}, beta={beta}, "
+            f"layout={layout!r}"
+        )
+    _cuda(op, x)
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise Unsupported(f"{op}: flashinfer.silu_and_mul takes bfloat16/float16, got {x.dtype}")
+    n = x.shape[-1] // 2
+    if x.numel() == 0 or n == 0:
+        return torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    import flashinfer
+
+    return flashinfer.silu_and_mul(x.contiguous()).contiguous()
+
+
+# --- route ----------------------------------------------------------------------------------------
+
+
+def route_support(e: int, k: int, n_group: int, topk_group: int) -> str | None:
+    """Why fused_topk_deepseek cannot run this configuration (None: it can)."""
+    if k > 8:
+        return f"k={k} > 8"
+    if n_group == 1:
+        return None if e <= 384 else f"E={e} > 384 with n_group=1"
+    size = e // n_group
+    if n_group > 8:
+        return f"n_group={n_group} > 8 (the kernel has one warp per group, 8 warps)"
+    if e > 256:
+        return f"E={e} > 256 with groups"
+    if size < 2 or size > 32:
+        return f"E/n_group={size} outside [2, 32]"
+    if topk_group > 4:
+        return f"topk_group={topk_group} > 4 (the kernel keeps at most 4 groups)"
+    if size * topk_group > 128:
+        return f"(E/n_group)*topk_group={size * topk_group} > 128"
+    return None
+
+
+@register(
+    "route",
+    name="flashinfer",
+    min_cc=(9, 0),
+    note="flashinfer.fused_topk_deepseek: dsv3, renormalize=True, kernel limits (see module)",
+    **_BASE,
+)
+def route(
+    logits,
+    *,
+    k,
+    method="softmax",
+    bias=None,
+    n_group=1,
+    topk_group=1,
+    renormalize=True,
+    routed_scaling_factor=1.0,
+):
+    op = "route"
+    _check_route_args(op, logits, k, method, bias, n_group, topk_group)
+    if not isinstance(renormalize, bool):
+        fail(op, "renormalize", "a bool", type(renormalize).__name__, kind=TypeError)
+    scale = check_float(op, "routed_scaling_factor", routed_scaling_factor, positive=True)
+    if method != "dsv3":
+        raise Unsupported(f"{op}: fused_topk_deepseek implements method='dsv3' only")
+    if not renormalize:
+        raise Unsupported(f"{op}: fused_topk_deepseek always renormalizes")
+    if scale > _F32_MAX:
+        raise Unsupported(f"{op}: routed_scaling_factor={scale} beyond float32")
+    _cuda(op, logits)
+    t, e = logits.shape
+    why = route_support(e, k, n_group, topk_group)
+    if why:
+        raise Unsupported(f"{op}: fused_topk_deepseek limit: {why}")
+    weights = torch.empty((t, k), dtype=torch.float32, device=logits.device)
+    ids = torch.empty((t, k), dtype=torch.int32, device=logits.device)
+    if t == 0:
+        return weights, ids
+    from flashinfer.fused_moe import fused_topk_deepseek
+
+    fused_topk_deepseek(
+        logits.to(torch.float32).contiguous(),
+        bias.to(torch.float32).contiguous(),
+        n_group,
+        topk_group,
+        k,
+        scale,
+        weights,
+        ids,
+    )
+    return weights, ids

@@ -1,0 +1,383 @@
+"""TileLang hyper-connection ops (`docs/ops.md`, "Hyper-connections"): registrations and
+wrappers. The kernels live in `_kernels_mhc.py`, imported (with tilelang) on the first call and
+compiled once per specialisation (hc, H, dtypes, split count), then cached.
+
+Paths:
+
+- `mhc_post`: one elementwise kernel (16-byte vector loads/stores, float32 math, one rounding).
+- `mhc_pre` / `mhc_head`: split-k partial dot products `r @ fn.T` and `sum r^2`, then a per-token
+  finalisation kernel (RMS scale, sigmoids, Sinkhorn, the weighted stream sum). The partials use
+  CUDA-core FMAs (float32) for `T < PRE_TC_MIN_TOKENS`, and from there on, for bfloat16
+  streams, bf16 tensor cores on a three-way bf16 split of `fn` (float32-level accuracy).
+- `mhc_fused_post_pre`: for `T <= FUSED_MAX_TOKENS` one kernel computes the post, writes the new
+  residual and feeds its rounded values straight into the FMA partials (vLLM's small-T design),
+  then the finalisation; above the threshold the unfused chain `mhc_post` + `mhc_pre`. Both read
+  the new residual rounded to `residual.dtype`, as the contract's unfused chain does.
+- `sinkhorn`: one thread per matrix (n <= 8).
+
+Supported: CUDA tensors; residual/x in bfloat16, float16 or float32; hc <= 8 (Sinkhorn in
+registers) for the ops with mixes; float options that fit float32 kernel arguments. Anything
+else raises `NotImplementedError` (`parity.Unsupported`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from parity._errors import Unsupported
+from parity.reference._common import FLOAT_DTYPES, check_int, check_tensor, fail
+from parity.reference.mhc import (
+    F32,
+    _check_post_inputs,
+    _check_pre_options,
+    _check_pre_weights,
+    _check_streams,
+    _finite,
+)
+from parity.registry import register
+
+MAX_HC = 8
+MAX_SINKHORN_N = 8
+# Path thresholds (tokens), from the H100 crossover measured by scripts/gpu_issue5.py on
+# 2026-11-23 (hc=4, H in {4096, 7168}): the FMA partials win up to T ~ 128, the tensor-core
+# partials from there on (T=1024: 55 vs 191 us at H=4096), and the fused post+pre kernel rides
+# on the FMA partials, so it switches at the same point.
+FUSED_MAX_TOKENS = 128  # fused post+pre kernel for T <= this, else mhc_post + mhc_pre
+PRE_TC_MIN_TOKENS = 128  # tensor-core partials for T >= this (bfloat16 streams)
+TC_BK = 64
+_F32_MAX = torch.finfo(torch.float32).max
+_F32_TINY = torch.finfo(torch.float32).tiny
+_DT = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+_COMMON = dict(
+    backend="tilelang",
+    devices=("cuda",),
+    dtypes=FLOAT_DTYPES,
+    requires=("tilelang",),
+    min_cc=(9, 0),
+)
+
+
+def _km():
+    from parity.optimized.tilelang import _kernels_mhc
+
+    return _kernels_mhc
+
+
+def _cuda(op: str, t: torch.Tensor) -> None:
+    if t.device.type != "cuda":
+        raise Unsupported(f"{op}: the TileLang kernels run on CUDA tensors, got {t.device}")
+
+
+def _f32_arg(op: str, name: str, value: float, *, divides: bool = False) -> float:
+    """Kernel float arguments are float32: a value outside its range is not supported."""
+    value = float(value)
+    if abs(value) > _F32_MAX or (divides and value < _F32_TINY):
+        raise Unsupported(f"{op}: {name}={value} does not fit a float32 kernel argument")
+    return value
+
+
+def _max_hc(op: str, hc: int) -> None:
+    if hc > MAX_HC:
+        raise Unsupported(f"{op}: hc={hc} > {MAX_HC} (the Sinkhorn runs in registers)")
+
+
+# --- partial dot products -------------------------------------------------------------------------
+
+
+def _tc_splits(t: int, k: int) -> int | None:
+    """Split count for the tensor-core partials, one of 1, 4, 16 (few specialisations): enough
+    CTAs for ~4 per SM, each with at least 4 k-tiles. None: the shape does not tile."""
+    if k % TC_BK:
+        return None
+    blocks_t = -(-t // 64)
+    s = 1
+    while s < 16 and blocks_t * s < 528 and k % (4 * s * TC_BK) == 0 and k // (4 * s) >= 4 * TC_BK:
+        s *= 4
+    return s
+
+
+def partials(residual: torch.Tensor, fn: torch.Tensor, path: str | None = None):
+    """(part [S, T, M], sq [S, T], path) for `residual [T, hc, H]`, `fn [M, hc*H]`.
+
+    `path`: "fma", "tc" or None (by T and dtype). Exposed for the GPU script's path checks.
+    """
+    km = _km()
+    t, hc, h = residual.shape
+    m = fn.shape[0]
+    k = hc * h
+    s_tc = _tc_splits(t, k) if residual.dtype == torch.bfloat16 and m <= 32 else None
+    if path is None:
+        path = "tc" if (t >= PRE_TC_MIN_TOKENS and s_tc is not None) else "fma"
+    if path == "tc":
+        if s_tc is None:
+            raise Unsupported("tensor-core partials need bfloat16 streams and hc*H % 64 == 0")
+        part = torch.empty((s_tc, t, m), dtype=torch.float32, device=residual.device)
+        sq = torch.empty((s_tc, t), dtype=torch.float32, device=residual.device)
+        kern = km.get("tc_partials", hc=hc, M=m, H=h, S=s_tc, BK=TC_BK)
+        kern(residual.view(t, k), fn, part, sq)
+        return part, sq, path
+    s = km.fma_splits(hc, h)
+    part = torch.empty((s, t, m), dtype=torch.float32, device=residual.device)
+    sq = torch.empty((s, t), dtype=torch.float32, device=residual.device)
+    kern = km.get("fma_partials", hc=hc, M=m, H=h, rdt=_DT[residual.dtype], fused=False)
+    kern(residual, fn, part, sq)
+    return part, sq, path
+
+
+def _finalize_pre(part, sq, hc_scale, hc_base, residual, opts):
+    t, hc, h = residual.shape
+    rms_eps, pre_eps, sinkhorn_eps, post_mult, iters = opts
+    post = torch.empty((t, hc, 1), dtype=torch.float32, device=residual.device)
+    comb = torch.empty((t, hc, hc), dtype=torch.float32, device=residual.device)
+    li = torch.empty((t, h), dtype=residual.dtype, device=residual.device)
+    kern = _km().get("finalize_pre", hc=hc, H=h, rdt=_DT[residual.dtype])
+    kern(
+        part,
+        sq,
+        hc_scale,
+        hc_base,
+        residual,
+        post.view(t, hc),
+        comb,
+        li,
+        rms_eps,
+        pre_eps,
+        sinkhorn_eps,
+        post_mult,
+        iters,
+    )
+    return post, comb, li
+
+
+def _pre_opts(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters):
+    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    if sinkhorn_iters > 2**31 - 1:
+        raise Unsupported(f"{op}: sinkhorn_iters={sinkhorn_iters} does not fit an int32")
+    return (
+        _f32_arg(op, "rms_eps", rms_eps, divides=True),
+        _f32_arg(op, "pre_eps", pre_eps),
+        _f32_arg(op, "sinkhorn_eps", sinkhorn_eps, divides=True),
+        _f32_arg(op, "post_mult", post_mult),
+        int(sinkhorn_iters),
+    )
+
+
+def _empty_pre(residual):
+    t, hc, h = residual.shape
+    dev = residual.device
+    return (
+        torch.empty((t, hc, 1), dtype=torch.float32, device=dev),
+        torch.empty((t, hc, hc), dtype=torch.float32, device=dev),
+        torch.empty((t, h), dtype=residual.dtype, device=dev),
+    )
+
+
+def pre_impl(residual, fn, hc_scale, hc_base, opts, path=None):
+    """mhc_pre on validated inputs, on the given partials path (None: by T)."""
+    residual = residual.contiguous()
+    part, sq, _ = partials(residual, fn.contiguous(), path)
+    return _finalize_pre(part, sq, hc_scale.contiguous(), hc_base.contiguous(), residual, opts)
+
+
+# --- ops ----------------------------------------------------------------------------------------
+
+
+@register("sinkhorn", name="tilelang", note="one thread per matrix, n <= 8", **_COMMON)
+def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
+    op = "sinkhorn"
+    check_tensor(op, "logits", logits, dtypes=F32, min_ndim=2)
+    n = logits.shape[-1]
+    if logits.shape[-2] != n or n < 1:
+        fail(op, "logits", "square last two dimensions [..., n, n], n >= 1", list(logits.shape))
+    check_int(op, "iters", iters, lo=1)
+    eps = _finite(op, "eps", eps, positive=True)
+    _cuda(op, logits)
+    if n > MAX_SINKHORN_N:
+        raise Unsupported(f"{op}: n={n} > {MAX_SINKHORN_N} (one thread per matrix)")
+    if iters > 2**31 - 1:
+        raise Unsupported(f"{op}: iters={iters} does not fit an int32")
+    eps = _f32_arg(op, "eps", eps, divides=True)
+    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    b = logits.numel() // (n * n)
+    if b == 0:
+        return out
+    kern = _km().get("sinkhorn", n=n)
+    kern(logits.contiguous().view(b, n, n), out.view(b, n, n), eps, int(iters))
+    return out
+
+
+def _post(x, residual, post_mix, comb_res_mix):
+    """mhc_post on validated inputs: the new residual."""
+    t, hc, h = residual.shape
+    out = torch.empty((t, hc, h), dtype=residual.dtype, device=residual.device)
+    if t == 0:
+        return out
+    kern = _km().get("post", hc=hc, H=h, xdt=_DT[x.dtype], rdt=_DT[residual.dtype])
+    kern(
+        x.contiguous(),
+        residual.contiguous(),
+        post_mix.reshape(t, hc).contiguous(),
+        comb_res_mix.contiguous(),
+        out,
+    )
+    return out
+
+
+post_impl = _post  # for the GPU script
+
+
+@register(
+    "mhc_post",
+    name="tilelang",
+    note="elementwise, one CTA per (token, 1024-element tile), 16-byte vectors",
+    **_COMMON,
+)
+def mhc_post(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    post_mix: torch.Tensor,
+    comb_res_mix: torch.Tensor,
+) -> torch.Tensor:
+    op = "mhc_post"
+    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
+    _cuda(op, residual)
+    if residual.shape[1] > 16:
+        raise Unsupported(f"{op}: hc={residual.shape[1]} > 16 (streams unrolled in registers)")
+    return _post(x, residual, post_mix, comb_res_mix)
+
+
+@register(
+    "mhc_pre",
+    name="tilelang",
+    note=f"FMA split-k partials below {PRE_TC_MIN_TOKENS} tokens, then bf16 tensor cores on a "
+    "3-way split of fn",
+    **_COMMON,
+)
+def mhc_pre(
+    residual: torch.Tensor,
+    fn: torch.Tensor,
+    hc_scale: torch.Tensor,
+    hc_base: torch.Tensor,
+    *,
+    rms_eps: float = 1e-6,
+    pre_eps: float = 1e-6,
+    sinkhorn_eps: float = 1e-6,
+    post_mult: float = 1.0,
+    sinkhorn_iters: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    op = "mhc_pre"
+    _, hc, _ = _check_streams(op, residual)
+    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    opts = _pre_opts(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    _cuda(op, residual)
+    _max_hc(op, hc)
+    if residual.shape[0] == 0:
+        return _empty_pre(residual)
+    return pre_impl(residual, fn, hc_scale, hc_base, opts)
+
+
+def fused_impl(x, residual, post_mix, comb_res_mix, fn, hc_scale, hc_base, opts, path=None):
+    """mhc_fused_post_pre on validated, non-empty inputs. `path`: "fused" (one post+partials
+    kernel), "unfused" (mhc_post then mhc_pre) or None (by T)."""
+    t, hc, h = residual.shape
+    if path is None:
+        path = "fused" if t <= FUSED_MAX_TOKENS else "unfused"
+    if path == "unfused":
+        new = _post(x, residual, post_mix, comb_res_mix)
+        return (new, *pre_impl(new, fn, hc_scale, hc_base, opts))
+    km = _km()
+    new = torch.empty((t, hc, h), dtype=residual.dtype, device=residual.device)
+    s = km.fma_splits(hc, h)
+    part = torch.empty((s, t, fn.shape[0]), dtype=torch.float32, device=residual.device)
+    sq = torch.empty((s, t), dtype=torch.float32, device=residual.device)
+    kern = km.get(
+        "fma_partials",
+        hc=hc,
+        M=fn.shape[0],
+        H=h,
+        rdt=_DT[residual.dtype],
+        fused=True,
+        xdt=_DT[x.dtype],
+    )
+    kern(
+        x.contiguous(),
+        residual.contiguous(),
+        post_mix.reshape(t, hc).contiguous(),
+        comb_res_mix.contiguous(),
+        fn.contiguous(),
+        new,
+        part,
+        sq,
+    )
+    return (new, *_finalize_pre(part, sq, hc_scale.contiguous(), hc_base.contiguous(), new, opts))
+
+
+@register(
+    "mhc_fused_post_pre",
+    name="tilelang",
+    note=f"fused post+FMA partials for T <= {FUSED_MAX_TOKENS}, mhc_post + mhc_pre above",
+    **_COMMON,
+)
+def mhc_fused_post_pre(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    post_mix: torch.Tensor,
+    comb_res_mix: torch.Tensor,
+    fn: torch.Tensor,
+    hc_scale: torch.Tensor,
+    hc_base: torch.Tensor,
+    *,
+    rms_eps: float = 1e-6,
+    pre_eps: float = 1e-6,
+    sinkhorn_eps: float = 1e-6,
+    post_mult: float = 1.0,
+    sinkhorn_iters: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    op = "mhc_fused_post_pre"
+    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
+    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    opts = _pre_opts(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    _cuda(op, residual)
+    _max_hc(op, residual.shape[1])
+    if residual.shape[0] == 0:
+        new = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
+        return (new, *_empty_pre(residual))
+    return fused_impl(x, residual, post_mix, comb_res_mix, fn, hc_scale, hc_base, opts)
+
+
+def head_impl(residual, fn, hc_scale, hc_base, rms_eps, hc_eps, path=None):
+    t, hc, h = residual.shape
+    residual = residual.contiguous()
+    part, sq, _ = partials(residual, fn.contiguous(), path)
+    out = torch.empty((t, h), dtype=residual.dtype, device=residual.device)
+    kern = _km().get("finalize_head", hc=hc, H=h, rdt=_DT[residual.dtype])
+    kern(part, sq, hc_scale.contiguous(), hc_base.contiguous(), residual, out, rms_eps, hc_eps)
+    return out
+
+
+@register("mhc_head", name="tilelang", note="split-k partials + per-token collapse", **_COMMON)
+def mhc_head(
+    residual: torch.Tensor,
+    fn: torch.Tensor,
+    hc_scale: torch.Tensor,
+    hc_base: torch.Tensor,
+    *,
+    rms_eps: float = 1e-6,
+    hc_eps: float = 1e-6,
+) -> torch.Tensor:
+    op = "mhc_head"
+    _, hc, h = _check_streams(op, residual)
+    dev = residual.device
+    check_tensor(op, "fn", fn, dtypes=F32, shape=(hc, hc * h), device=dev)
+    check_tensor(op, "hc_scale", hc_scale, dtypes=F32, shape=(1,), device=dev)
+    check_tensor(op, "hc_base", hc_base, dtypes=F32, shape=(hc,), device=dev)
+    rms_eps = _finite(op, "rms_eps", rms_eps, positive=True)
+    hc_eps = _finite(op, "hc_eps", hc_eps, lo=0.0)
+    _cuda(op, residual)
+    if hc > 32:
+        raise Unsupported(f"{op}: hc={hc} > 32")
+    rms_eps = _f32_arg(op, "rms_eps", rms_eps, divides=True)
+    hc_eps = _f32_arg(op, "hc_eps", hc_eps)
+    if residual.shape[0] == 0:
+        return torch.empty((0, h), dtype=residual.dtype, device=dev)
+    return head_impl(residual, fn, hc_scale, hc_base, rms_eps, hc_eps)

@@ -1,0 +1,586 @@
+"""OpSpecs of route (router top-k) and moe_align (token sort for the grouped GEMM).
+
+route: the selection is checked with the reference's `check_route_selection` (any choice within
+the rounding of the logit dtype is accepted, ties included), and the weights against the
+weights the contract gives FOR THE IMPLEMENTATION'S OWN SELECTION, recomputed in float64, so a
+valid tie choice is never punished. moe_align: the specified prefix exactly, up to the free order
+within each expert's segment (`canonical` sorts it).
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from parity import reference as ref
+from parity.properties import strategies as S
+from parity.properties.case import Case, Gen, dtype_of, eps_of
+from parity.properties.tolerance import Verdict, check_meta, close, combine, exact
+from parity.reference.routing import check_route_selection
+from parity.registry import OpSpec, Relation, add_spec
+
+_U32 = eps_of(torch.float32)
+
+# --- route ----------------------------------------------------------------------------------------
+
+# Weights against the float64 contract value for the impl's own ids, per element:
+#   (16 + 2k + A_j + max_sel A + [softmax, no renormalize] (E + max A)) u32 |w_j| + 4 f tiny32
+# A is the float32 error of one score in units of u32: sigmoid through a fast exp (ex2.approx:
+# 2 ulps plus the rounding of l * log2(e), |l| ulps) 4 (1 + |l|); softmax exp(l - m) the same
+# with |l - m| <= |l| + max|l| (a kernel may subtract a float32 log-sum-exp instead of the max).
+# 2k covers the k-term sum and 16 the divisions, the scaling factor and the final rounding; a
+# softmax without renormalization keeps the (E - 1)-term normalizer's error. The absolute term is
+# the subnormal floor of float32 (scores that underflow).
+ROUTE_TOLERANCE = (
+    "ids: check_route_selection (any choice within the logit dtype's rounding); weights vs the "
+    "float64 contract weights of the impl's own ids: (16 + 2k + A_j + max A [+ E]) u32 |w| + "
+    "4 f tiny32, A = float32 score error in u32 (4 (1 + |l|) sigmoid, 4 (1 + |l| + max|l|) softmax)"
+)
+
+_E_SMALL = [4, 8, 16, 32, 64]
+_E_FULL = [128, 256]
+_LOGIT_REGIMES = ("normal", "negative", "ties", "hot", "wide")
+_BIAS_REGIMES = ("zero", "dsv4", "random", "negative")
+
+
+def _groupings(e: int) -> list[int]:
+    """n_group values dividing E with groups of at least two experts (the contract's group score
+    is the sum of the two largest keys; a one-expert group is a reference choice, not contract)."""
+    return [g for g in (1, 2, 4, 8) if e % g == 0 and e // g >= 2]
+
+
+@st.composite
+def _route_config(draw, size: str) -> dict:
+    if size == "full" and draw(st.booleans()):  # the DeepSeek-V3/V4 router: 256 experts, 8 groups
+        return {"E": 256, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": 8}
+    e = draw(st.sampled_from(_E_SMALL + (_E_FULL if size == "full" else [])))
+    method = draw(st.sampled_from(["dsv3", "softmax"]))
+    if method == "dsv3":
+        n_group = draw(st.sampled_from(_groupings(e)))
+        topk_group = draw(st.integers(1, n_group))
+        most = topk_group * (e // n_group)
+    else:
+        n_group, topk_group, most = 1, 1, e
+    k = draw(st.integers(1, min(8, most)))
+    return {"E": e, "method": method, "n_group": n_group, "topk_group": topk_group, "k": k}
+
+
+def route_strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries(
+        {
+            "T": S.tokens(size=size),
+            "config": _route_config(size),
+            "renormalize": st.booleans(),
+            "routed_scaling_factor": st.sampled_from([1.0, 2.5]),
+            "dtype": S.float_dtypes(dtypes),
+            "bias_dtype": st.sampled_from(["float32", "bfloat16"]),
+            "regime": st.sampled_from(_LOGIT_REGIMES),
+            "bias_regime": st.sampled_from(_BIAS_REGIMES),
+            "seed": S.seeds(),
+        }
+    )
+
+
+def _logits(g: Gen, t: int, e: int, regime: str, dtype) -> torch.Tensor:
+    if regime == "normal":
+        x = g.normal((t, e), std=2.0)
+    elif regime == "negative":  # all logits negative (the masking-with-zero bug class)
+        x = g.values((t, e), "negative")
+    elif regime == "ties":  # a coarse grid: many exact ties at the k-th key
+        x = g.values((t, e), "ties")
+    elif regime == "hot":  # one expert far above the rest for every token
+        x = g.normal((t, e))
+        x[:, int(g.integers((1,), 0, e).item())] += 8.0
+    elif regime == "wide":  # |l| in [2**-10, 32]: wide but no float32 underflow of the scores
+        sign = torch.where(g.mask((t, e), 0.5), -1.0, 1.0)
+        x = sign * torch.exp2(g.uniform((t, e), -10.0, 5.0))
+    else:
+        raise ValueError(f"route: regime: unknown {regime!r}")
+    return x.to(dtype)
+
+
+def _bias(g: Gen, e: int, regime: str, dtype) -> torch.Tensor:
+    if regime == "zero":
+        b = torch.zeros(e, device=g.device)
+    elif regime == "dsv4":  # DeepSeek-V4-like correction biases: ~8.08, tiny spread
+        b = 8.08 + g.normal((e,), std=1e-3)
+    elif regime == "random":
+        b = g.normal((e,), std=0.1)
+    elif regime == "negative":  # every biased key b = s + bias below zero
+        b = -g.uniform((e,), 1.1, 2.0)
+    else:
+        raise ValueError(f"route: bias_regime: unknown {regime!r}")
+    return b.to(dtype)
+
+
+def route_build(meta: dict, device) -> Case:
+    g = Gen(meta["seed"], device)
+    cfg = dict(meta["config"])
+    t, e = meta["T"], cfg["E"]
+    logits = _logits(g, t, e, meta["regime"], dtype_of(meta["dtype"]))
+    kw = {
+        "k": cfg["k"],
+        "method": cfg["method"],
+        "bias": None,
+        "n_group": cfg["n_group"],
+        "topk_group": cfg["topk_group"],
+        "renormalize": meta["renormalize"],
+        "routed_scaling_factor": meta["routed_scaling_factor"],
+    }
+    if cfg["method"] == "dsv3":
+        kw["bias"] = _bias(g, e, meta["bias_regime"], dtype_of(meta["bias_dtype"]))
+    if meta.get("nan"):
+        logits = g.inject_nan(logits)
+    bad = meta.get("invalid")
+    if bad is not None:
+        logits, kw = _route_mutate(bad, logits, kw, device)
+    return Case("route", (logits,), kw, meta, str(device))
+
+
+def _route_mutate(bad: str, logits, kw: dict, device):
+    e = logits.shape[1]
+    kw = dict(kw)
+    if bad == "int_logits":
+        logits = logits.to(torch.int32)
+    elif bad == "float64_logits":
+        logits = logits.to(torch.float64)
+    elif bad == "logits_1d":
+        logits = logits.reshape(-1)
+    elif bad == "k_zero":
+        kw["k"] = 0
+    elif bad == "k_too_big":
+        most = kw["topk_group"] * (e // kw["n_group"]) if kw["method"] == "dsv3" else e
+        kw["k"] = most + 1
+    elif bad == "k_float":
+        kw["k"] = float(kw["k"])
+    elif bad == "bad_method":
+        kw["method"] = "sigmoid"
+    elif bad == "softmax_with_bias":
+        kw.update(method="softmax", bias=torch.zeros(e, device=device), n_group=1, topk_group=1)
+    elif bad == "dsv3_without_bias":
+        kw.update(method="dsv3", bias=None)
+    elif bad == "bias_wrong_shape":
+        kw.update(method="dsv3", bias=torch.zeros(e + 1, device=device))
+    elif bad == "int_bias":
+        kw.update(method="dsv3", bias=torch.zeros(e, dtype=torch.int32, device=device))
+    elif bad == "group_not_divisor":  # E is a power of two
+        kw.update(method="dsv3", bias=torch.zeros(e, device=device), n_group=3, topk_group=1)
+    elif bad == "topk_group_too_big":
+        kw["topk_group"] = kw["n_group"] + 1
+    elif bad == "softmax_groups":
+        kw.update(method="softmax", bias=None, n_group=2, topk_group=1)
+    elif bad == "nonpositive_factor":
+        kw["routed_scaling_factor"] = 0.0
+    elif bad == "renormalize_int":
+        kw["renormalize"] = 1
+    else:
+        raise ValueError(f"route: invalid: unknown mutation {bad!r}")
+    return logits, kw
+
+
+_ROUTE_MUTATIONS = [
+    "int_logits",
+    "float64_logits",
+    "logits_1d",
+    "k_zero",
+    "k_too_big",
+    "k_float",
+    "bad_method",
+    "softmax_with_bias",
+    "dsv3_without_bias",
+    "bias_wrong_shape",
+    "int_bias",
+    "group_not_divisor",
+    "topk_group_too_big",
+    "softmax_groups",
+    "nonpositive_factor",
+    "renormalize_int",
+]
+
+
+def route_invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
+    return S.invalid_cases(_ROUTE_MUTATIONS, route_strategy(size=size))
+
+
+def _nan_rows(case: Case) -> torch.Tensor:
+    logits = case.args[0]
+    rows = torch.isnan(logits).any(-1)
+    bias = case.kwargs.get("bias")
+    if bias is not None and bool(torch.isnan(bias).any()):
+        rows = torch.ones_like(rows)
+    return rows
+
+
+def expected_route_weights(case: Case, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contract's weights for the selection `ids [T, k]` (any valid ids), in float64, and
+    their tolerance (see ROUTE_TOLERANCE). Rows with a NaN key are NaN."""
+    logits = case.args[0]
+    kw = case.kwargs
+    t, e = logits.shape
+    k = ids.shape[1]
+    f = float(kw.get("routed_scaling_factor", 1.0))
+    x = logits.to(torch.float64)
+    ids = ids.long().clamp(0, max(e - 1, 0))
+    softmax = kw.get("method", "softmax") == "softmax"
+    if softmax:
+        score = torch.softmax(x, dim=-1)
+        big = torch.nan_to_num(x.abs(), nan=0.0).amax(-1, keepdim=True) if e else x[:, :0]
+        a = 4 * (1 + x.abs() + big)
+    else:
+        score = torch.sigmoid(x)
+        a = 4 * (1 + x.abs())
+    a = torch.nan_to_num(a, nan=0.0)
+    v = score.gather(1, ids) if t else score[:, :k]
+    a_sel = a.gather(1, ids) if t else a[:, :k]
+    if kw.get("renormalize", True):
+        v = v / v.sum(-1, keepdim=True)
+    w = v * f
+    units = 16 + 2 * k + a_sel + a_sel.amax(-1, keepdim=True) if k else a_sel
+    if softmax and not kw.get("renormalize", True):
+        units = units + e + a.amax(-1, keepdim=True)
+    tol = units * _U32 * w.abs() + 4 * f * torch.finfo(torch.float32).tiny
+    w = torch.where(_nan_rows(case).unsqueeze(-1), float("nan"), w)
+    return w, tol
+
+
+def _selection_ok(case: Case, ids: torch.Tensor) -> torch.Tensor:
+    """bool [T]: an acceptable selection (rows with a NaN key: any distinct in-range ids)."""
+    kw = case.kwargs
+    return check_route_selection(
+        case.args[0],
+        ids,
+        k=kw["k"],
+        method=kw.get("method", "softmax"),
+        bias=kw.get("bias"),
+        n_group=kw.get("n_group", 1),
+        topk_group=kw.get("topk_group", 1),
+    )
+
+
+def _route_meta(case: Case, outs: tuple) -> Verdict:
+    if len(outs) != 2:
+        return Verdict(False, f"expected (weights, ids), got {len(outs)} outputs")
+    t = case.args[0].shape[0]
+    k = case.kwargs["k"]
+    dev = case.args[0].device
+    return combine(
+        [
+            check_meta("weights", outs[0], torch.empty((t, k), dtype=torch.float32, device=dev)),
+            check_meta("ids", outs[1], torch.empty((t, k), dtype=torch.int32, device=dev)),
+        ]
+    )
+
+
+def _bad_rows(case: Case, ids: torch.Tensor) -> Verdict:
+    ok = _selection_ok(case, ids)
+    if bool(ok.all()):
+        return Verdict.passed()
+    row = int((~ok).nonzero()[0])
+    _, want = ref.route(*case.clone().args, **case.clone().kwargs)
+    return Verdict(
+        False,
+        f"ids: {int((~ok).sum())} of {ok.numel()} rows are not an acceptable top-k, e.g. row "
+        f"{row}: {sorted(ids[row].tolist())} (reference {sorted(want[row].tolist())})",
+        float("inf"),
+    )
+
+
+def route_compare(case: Case, outs: tuple) -> Verdict:
+    v = _route_meta(case, outs)
+    if not v:
+        return v
+    w, ids = outs
+    v = _bad_rows(case, ids)
+    if not v:
+        return v
+    want, tol = expected_route_weights(case, ids)
+    return close("weights", w, want, tol)
+
+
+def route_canonical(case: Case, outs: tuple) -> tuple:
+    """Each row's entries sorted by expert id (the order of the k entries is free)."""
+    if len(outs) != 2 or not all(isinstance(o, torch.Tensor) for o in outs):
+        return outs
+    w, ids = outs
+    if ids.dim() != 2 or w.shape != ids.shape or ids.is_floating_point():
+        return outs
+    order = torch.sort(ids.long(), dim=-1, stable=True).indices
+    return w.gather(1, order), ids.gather(1, order)
+
+
+def route_compare_pair(case: Case, a: tuple, b: tuple) -> Verdict:
+    """Relabelled (a) against base (b), both canonical: each an acceptable selection with the
+    contract's weights for its own ids; where they selected the same set the weights agree
+    within twice the tolerance (the two may tie-break differently after relabelling)."""
+    checks = []
+    for name, out in (("relabelled", a), ("base", b)):
+        v = route_compare(case, out)
+        if not v:
+            return Verdict(False, f"{name}: {v.message}", v.ratio, v.worst)
+        checks.append(v)
+    same = (a[1] == b[1]).all(-1, keepdim=True)
+    _, tol = expected_route_weights(case, b[1])
+    diff = torch.where(same, a[0].double(), b[0].double())
+    checks.append(close("weights (same selection)", diff, b[0].double(), 2 * tol))
+    return combine(checks)
+
+
+def _expert_relabel(case: Case, rng):
+    """Permute experts within groups and groups among themselves (the group structure stays),
+    with the logits' columns and the bias; the ids map back through the permutation."""
+    logits = case.args[0]
+    t, e = logits.shape
+    if t == 0 or e < 2:
+        return None
+    n_group = case.kwargs.get("n_group", 1)
+    size = e // n_group
+    groups = list(range(n_group))
+    rng.shuffle(groups)
+    perm = []
+    for grp in groups:
+        inner = list(range(size))
+        rng.shuffle(inner)
+        perm += [grp * size + i for i in inner]
+    p = torch.tensor(perm, dtype=torch.long, device=logits.device)
+    kw = dict(case.kwargs)
+    if kw.get("bias") is not None:
+        kw["bias"] = kw["bias"][p].contiguous()
+    new = Case(
+        case.op, (logits[:, p].contiguous(),), kw, {**case.meta, "relabel": perm}, case.device
+    )
+
+    def combine_(results):
+        ((w, ids),) = results
+        i = ids.long()
+        inr = (i >= 0) & (i < e)
+        old = torch.where(inr, p[i.clamp(0, e - 1)], -1)
+        return w, old.to(ids.dtype)
+
+    return [new], combine_
+
+
+ROUTE = add_spec(
+    OpSpec(
+        name="route",
+        reference=ref.route,
+        strategy=route_strategy,
+        build=route_build,
+        compare=route_compare,
+        tolerance=ROUTE_TOLERANCE,
+        invalid=route_invalid,
+        canonical=route_canonical,
+        nan_strategy=lambda *, size="small", dtypes=None: S.with_nan(
+            route_strategy(size=size, dtypes=dtypes).filter(lambda m: m["T"] > 0)
+        ),
+        compare_pair=route_compare_pair,
+        relations=(
+            Relation("token_permutation", S.permute_tokens()),
+            Relation("batch_split", S.split_tokens()),
+            Relation("expert_relabel", _expert_relabel, exact=False),
+        ),
+    )
+)
+
+
+# --- moe_align ------------------------------------------------------------------------------------
+
+ALIGN_TOLERANCE = (
+    "exact: num_post_padded, the expert_ids prefix and each expert's multiset of flat indices "
+    "and pads in the sorted_ids prefix (order within an expert free); tails unspecified"
+)
+
+_ALIGN_REGIMES = ("uniform", "hot", "sparse", "some_neg", "all_neg")
+
+
+def align_strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries(
+        {
+            "T": S.tokens(size=size),
+            "k": S.sizes(small=[1, 2, 3, 4, 8], size=size, lo=1, hi=8),
+            "E": S.sizes(small=[1, 2, 3, 4, 8, 16, 64], full=[128, 256], size=size, lo=1),
+            "block_size": st.sampled_from([16, 32, 64, 128, 1, 3, 5]),
+            "regime": st.sampled_from(_ALIGN_REGIMES),
+            "seed": S.seeds(),
+        }
+    )
+
+
+def _align_ids(g: Gen, t: int, k: int, e: int, regime: str) -> torch.Tensor:
+    shape = (t, k)
+    ids = g.integers(shape, 0, e)
+    if regime == "hot":  # most slots on one expert
+        hot = g.integers((1,), 0, e)
+        ids = torch.where(g.mask(shape, 0.7), hot, ids)
+    elif regime == "sparse":  # only a few experts get tokens: the rest are empty
+        used = g.perm(e)[: min(e, 3)]
+        ids = used[g.integers(shape, 0, used.numel())]
+    elif regime == "some_neg":
+        ids = torch.where(g.mask(shape, 0.3), -1, ids)
+    elif regime == "all_neg":
+        ids = torch.full(shape, -1, dtype=torch.int64, device=g.device)
+    elif regime != "uniform":
+        raise ValueError(f"moe_align: regime: unknown {regime!r}")
+    return ids.to(torch.int32)
+
+
+def align_build(meta: dict, device) -> Case:
+    g = Gen(meta["seed"], device)
+    e = meta["E"]
+    ids = _align_ids(g, meta["T"], meta["k"], e, meta["regime"])
+    kw = {"num_experts": e, "block_size": meta["block_size"]}
+    bad = meta.get("invalid")
+    if bad == "int64_ids":
+        ids = ids.to(torch.int64)
+    elif bad == "float_ids":
+        ids = ids.to(torch.float32)
+    elif bad == "ids_1d":
+        ids = ids.reshape(-1)
+    elif bad == "id_too_large":
+        ids = ids.clone()
+        ids.view(-1)[-1] = e
+    elif bad == "id_below_minus_one":
+        ids = ids.clone()
+        ids.view(-1)[0] = -2
+    elif bad == "zero_experts":
+        kw["num_experts"] = 0
+    elif bad == "zero_block":
+        kw["block_size"] = 0
+    elif bad == "float_block":
+        kw["block_size"] = float(kw["block_size"])
+    elif bad is not None:
+        raise ValueError(f"moe_align: invalid: unknown mutation {bad!r}")
+    return Case("moe_align", (ids,), kw, meta, str(device))
+
+
+def align_invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
+    muts = [
+        "int64_ids",
+        "float_ids",
+        "ids_1d",
+        "id_too_large",
+        "id_below_minus_one",
+        "zero_experts",
+        "zero_block",
+        "float_block",
+    ]
+    return S.invalid_cases(muts, align_strategy(size=size).filter(lambda m: m["T"] > 0))
+
+
+def align_canonical(case: Case, outs: tuple) -> tuple:
+    """Cut to the specified prefix (num_post_padded entries of sorted_ids, num_post_padded //
+    block_size of expert_ids) and sort within each expert's segment (a run of blocks with the
+    same expert id): the order within an expert is free."""
+    if len(outs) != 3 or not all(isinstance(o, torch.Tensor) for o in outs):
+        return outs
+    sids, eids, num = outs
+    if sids.dim() != 1 or eids.dim() != 1 or num.numel() != 1 or sids.is_floating_point():
+        return outs
+    bs = case.kwargs["block_size"]
+    p = min(max(int(num.reshape(-1)[0]), 0), sids.numel())
+    nb = min(p // bs, eids.numel())
+    eids = eids[:nb]
+    vals = sids[:p].long()
+    if nb:
+        seg = torch.cumsum(torch.cat([eids.new_ones(1), (eids[1:] != eids[:-1]).int()]), 0)
+        seg = seg.repeat_interleave(bs)[: vals.numel()].long()
+        seg = torch.cat([seg, seg.new_full((vals.numel() - seg.numel(),), nb + 1)])
+        order = torch.sort(vals, stable=True).indices
+        order = order[torch.sort(seg[order], stable=True).indices]
+        vals = vals[order]
+    return vals.to(sids.dtype), eids, num
+
+
+def align_compare(case: Case, outs: tuple) -> Verdict:
+    want = ref.moe_align(*case.clone().args, **case.kwargs)
+    if len(outs) != 3:
+        return Verdict(
+            False, f"expected (sorted_ids, expert_ids, num_post_padded), got {len(outs)}"
+        )
+    names = ("sorted_ids", "expert_ids", "num_post_padded")
+    v = combine([check_meta(n, o, w) for n, o, w in zip(names, outs, want)])
+    if not v:
+        return v
+    v = exact("num_post_padded", outs[2], want[2])
+    if not v:
+        return v
+    got_c, want_c = align_canonical(case, outs), align_canonical(case, want)
+    v = exact("expert_ids (prefix)", got_c[1], want_c[1])
+    if not v:
+        return v
+    v = _block_contents(case, outs)
+    if not v:
+        return v
+    return exact("sorted_ids (prefix, sorted within each expert)", got_c[0], want_c[0])
+
+
+def _block_contents(case: Case, outs: tuple) -> Verdict:
+    """Every entry of a block is the pad value or a flat index routed to the block's expert."""
+    (ids,) = case.args
+    bs = case.kwargs["block_size"]
+    flat = ids.reshape(-1).long()
+    n = flat.numel()
+    sids, eids, num = outs
+    p = int(num[0])
+    nb = p // bs
+    vals = sids[:p].long()
+    expert = eids[:nb].long().repeat_interleave(bs)
+    real = vals != n
+    inr = (vals >= 0) & (vals < n)
+    owner = torch.where(inr, flat[vals.clamp(0, max(n - 1, 0))] if n else vals, -2)
+    bad = real & (~inr | (owner != expert))
+    if not bool(bad.any()):
+        return Verdict.passed()
+    i = int(bad.nonzero()[0])
+    return Verdict(
+        False,
+        f"sorted_ids: {int(bad.sum())} entries of the prefix are neither the pad {n} nor a flat "
+        f"index of their block's expert, e.g. position {i}: {int(vals[i])} in a block of expert "
+        f"{int(expert[i])}",
+        float(bad.sum()),
+    )
+
+
+def _align_permute(case: Case, rng):
+    """Permuting the tokens permutes the flat indices: mapped back, the canonical form is equal."""
+    (ids,) = case.args
+    t, k = ids.shape
+    if t < 2:
+        return None
+    perm = list(range(t))
+    rng.shuffle(perm)
+    p = torch.tensor(perm, dtype=torch.long, device=ids.device)
+    meta = {**case.meta, "permuted": True}
+    new = Case(case.op, (ids[p].contiguous(),), dict(case.kwargs), meta, case.device)
+    n = t * k
+
+    def combine_(results):
+        ((sids, eids, num),) = results
+        v = sids.long()
+        inr = (v >= 0) & (v < n)
+        c = v.clamp(0, n - 1)
+        back = torch.where(inr, p[c // k] * k + c % k, v)
+        return back.to(sids.dtype), eids, num
+
+    return [new], combine_
+
+
+ALIGN = add_spec(
+    OpSpec(
+        name="moe_align",
+        reference=ref.moe_align,
+        strategy=align_strategy,
+        build=align_build,
+        compare=align_compare,
+        tolerance=ALIGN_TOLERANCE,
+        invalid=align_invalid,
+        canonical=align_canonical,
+        properties=(
+            "matches_reference",
+            "writes_all_outputs",
+            "inputs_unchanged",
+            "deterministic",
+            "error_parity",
+        ),  # integer outputs: no NaN policy
+        relations=(Relation("token_permutation", _align_permute),),
+    )
+)

@@ -1,0 +1,526 @@
+"""The Triton fused MoE against the reference, at tiny shapes (the Triton interpreter on a CPU).
+
+Two comparisons per case: against `parity.reference.fused_moe` with a tolerance covering the
+roundings the contract allows (GEMM1 output, activation, each expert's output in x.dtype), and
+against `vllm_chain`, a float64 emulation that rounds at exactly those points, with a tolerance
+of a few output ulps: a dropped K block, a wrong scale or a misrouted row fails both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+pytest.importorskip("triton")
+
+from parity.optimized.triton import fused_moe as mod
+from parity.optimized.triton._moe_configs import (
+    config_file_name,
+    get_config,
+    override_config,
+)
+from parity.reference import fused_moe as reference
+from parity.reference.quant import (
+    _fp8_quant_f32,
+    fp8_block_dequant,
+    fp8_block_quant,
+    fp8_quant,
+    mxfp4_dequant,
+    mxfp4_quant,
+)
+from parity.reference.routing import moe_align
+from parity.reference.swiglu import swiglu_math
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+kernel = mod.fused_moe
+
+GPT_OSS = dict(swiglu_limit=7.0, swiglu_alpha=1.702, swiglu_beta=1.0, layout="interleaved")
+DSV4 = dict(swiglu_limit=10.0)
+# small tiles so that every dimension has several blocks and a tail
+SMALL = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 2}
+
+
+def make(t, h, n, e, k, dtype, seed=0, minus_one=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, h, generator=g).to(dtype)
+    w13 = torch.randn(e, 2 * n, h, generator=g) / h**0.5 * 2
+    w2 = torch.randn(e, h, n, generator=g) / n**0.5
+    weights = torch.rand(t, k, generator=g) + 0.1
+    ids = torch.zeros(t, k, dtype=torch.int32)
+    for i in range(t):
+        ids[i] = torch.randperm(e, generator=g)[:k].to(torch.int32)
+    if minus_one and t >= 3:
+        ids[0, 0] = -1  # one skipped slot
+        ids[2, :] = -1  # a token with no expert on this rank
+        weights[2, :] = float("nan")  # ignored: every slot of the token is skipped
+    return x, w13, w2, weights, ids
+
+
+def quantize(w13, w2, quant, dtype, block_shape=(128, 128)):
+    """Weights in the mode's format, plus the float64 values the format represents."""
+    if quant == "none":
+        a, b = w13.to(dtype), w2.to(dtype)
+        return a, b, None, None, a.double(), b.double()
+    if quant == "fp8_block":
+        q13, s13 = fp8_block_quant(w13, block_shape=block_shape)
+        q2, s2 = fp8_block_quant(w2, block_shape=block_shape)
+        d13 = fp8_block_dequant(q13, s13, block_shape).double()
+        d2 = fp8_block_dequant(q2, s2, block_shape).double()
+        return q13, q2, s13, s2, d13, d2
+    p13, s13 = mxfp4_quant(w13)
+    p2, s2 = mxfp4_quant(w2)
+    d13 = mxfp4_dequant(p13, s13, dtype=torch.float32).double()
+    d2 = mxfp4_dequant(p2, s2, dtype=torch.float32).double()
+    return p13, p2, s13, s2, d13, d2
+
+
+def _fake_fp8(v, group):
+    q, s = _fp8_quant_f32(v.to(torch.float32), group, "fp32", 1e-10)
+    return (q.double() * s.double().repeat_interleave(group, dim=-1)).to(torch.float64)
+
+
+def vllm_chain(x, d13, d2, weights, ids, *, quant, opts, on_input=False, group=128):
+    """Float64 math rounded where the kernel rounds: GEMM1 output and activation (or its FP8
+    codes) and each expert's weighted output to x.dtype; the k-sum in float32."""
+    dt = x.dtype
+    t, k = ids.shape
+    xin = x.double()
+    if on_input:
+        xin = (x.float() * torch.where(ids >= 0, weights, 0.0)).double()
+    if quant == "fp8_block":
+        xin = _fake_fp8(xin, group)
+    sw = dict(
+        limit=opts.get("swiglu_limit"),
+        alpha=opts.get("swiglu_alpha", 1.0),
+        beta=opts.get("swiglu_beta", 0.0),
+        layout=opts.get("layout", "concat"),
+        clamp_mode=opts.get("swiglu_clamp_mode", "pre"),
+    )
+    out = torch.zeros(t, x.shape[1], dtype=torch.float32)
+    for ti in range(t):
+        for j in range(k):
+            e = int(ids[ti, j])
+            if e < 0:
+                continue
+            h1 = (xin[ti] @ d13[e].T).to(dt)
+            act = swiglu_math(h1, dtype=torch.float32, **sw)
+            act = _fake_fp8(act, group) if quant == "fp8_block" else act.to(dt).double()
+            y = act.double() @ d2[e].T
+            if not on_input:
+                y = y * float(weights[ti, j])
+            out[ti] += y.to(dt).float()
+    return out.to(dt)
+
+
+def ulp(dtype):
+    return torch.finfo(dtype).eps
+
+
+def check(
+    out,
+    x,
+    w13q,
+    w2q,
+    weights,
+    ids,
+    *,
+    quant,
+    s13,
+    s2,
+    d13,
+    d2,
+    opts,
+    on_input=False,
+    block_shape=(128, 128),
+):
+    dt = x.dtype
+    assert out.shape == x.shape and out.dtype == dt and out.device.type == DEVICE
+    out = out.cpu().float()
+    kw = dict(
+        quant=quant,
+        w13_scale=s13,
+        w2_scale=s2,
+        apply_router_weight_on_input=on_input,
+        block_shape=block_shape,
+        **opts,
+    )
+    ref = reference(x, w13q, w2q, weights, ids, **kw).float()
+    chain = vllm_chain(
+        x, d13, d2, weights, ids, quant=quant, opts=opts, on_input=on_input, group=block_shape[1]
+    ).float()
+    scale = max(ref.abs().max().item(), 1e-3)
+    # emulation of the same roundings: a few output ulps (tie flips of intermediate roundings)
+    torch.testing.assert_close(out, chain, rtol=4 * ulp(dt), atol=4 * ulp(dt) * scale)
+    # the reference (float32 intermediates): the allowed roundings, each up to half an ulp and
+    # amplified by at most the next GEMM's norm; FP8 code flips of the activation on top
+    loose = 24 if quant == "fp8_block" else 8
+    torch.testing.assert_close(out, ref, rtol=loose * ulp(dt), atol=loose * ulp(dt) * scale)
+    # skipped tokens: exact zero rows
+    dead = (ids < 0).all(1)
+    assert (out[dead] == 0).all()
+
+
+def run_case(
+    t,
+    h,
+    n,
+    e,
+    k,
+    dtype,
+    quant,
+    opts,
+    *,
+    cfg=None,
+    on_input=False,
+    seed=0,
+    block_shape=(128, 128),
+    minus_one=True,
+):
+    x, w13, w2, weights, ids = make(t, h, n, e, k, dtype, seed=seed, minus_one=minus_one)
+    if on_input:
+        weights = torch.rand(t, k, generator=torch.Generator().manual_seed(seed + 1)) + 0.5
+    w13q, w2q, s13, s2, d13, d2 = quantize(w13, w2, quant, dtype, block_shape)
+    dev = [v.to(DEVICE) if v is not None else None for v in (x, w13q, w2q, weights, ids, s13, s2)]
+    with override_config(cfg):
+        out = kernel(
+            *dev[:5],
+            quant=quant,
+            w13_scale=dev[5],
+            w2_scale=dev[6],
+            apply_router_weight_on_input=on_input,
+            block_shape=block_shape,
+            **opts,
+        )
+    check(
+        out,
+        x,
+        w13q,
+        w2q,
+        weights,
+        ids,
+        quant=quant,
+        s13=s13,
+        s2=s2,
+        d13=d13,
+        d2=d2,
+        opts=opts,
+        on_input=on_input,
+        block_shape=block_shape,
+    )
+    return out
+
+
+# --- the three modes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_none_tails_and_skipped(dtype):
+    # H = 80 and 2N = 96 are not multiples of the 32-wide tiles; 8 tokens * 2 slots over 5
+    # experts give partial M blocks
+    run_case(8, 80, 48, 5, 2, dtype, "none", DSV4, cfg=SMALL)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_block_dsv4(dtype):
+    run_case(6, 256, 128, 4, 3, dtype, "fp8_block", DSV4)
+
+
+def test_fp8_block_partial_weight_blocks():
+    # block_shape (48, 32): 2N = 128 and H = 96 rows give partial 48-row weight blocks; K tiles
+    # of 32 = one scale group each; N tiles of 32 straddle the 48-row scale blocks
+    run_case(7, 96, 64, 3, 2, torch.bfloat16, "fp8_block", {}, cfg=SMALL, block_shape=(48, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mxfp4_gpt_oss(dtype):
+    run_case(6, 64, 96, 4, 2, dtype, "mxfp4", GPT_OSS)
+
+
+@pytest.mark.parametrize("after", [1, 0], ids=["scale-after-dot", "dequant-tile"])
+def test_mxfp4_tails_small_tiles(after):
+    # K = H = 96 with 64-wide K tiles: the last tile is half masked (whole MX blocks); both
+    # kernel variants (per-block scale after the dot, dequantized bf16 tile)
+    cfg = dict(SMALL, BLOCK_SIZE_K=64, MX_SCALE_AFTER_DOT=after)
+    run_case(5, 96, 32, 3, 2, torch.bfloat16, "mxfp4", DSV4, cfg=cfg)
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", ["none", "fp8_block", "mxfp4"])
+def test_apply_router_weight_on_input(quant):
+    h, n = (128, 128) if quant == "fp8_block" else (64, 32)
+    run_case(6, h, n, 3, 1, torch.bfloat16, quant, DSV4, on_input=True)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},  # plain SiLU-and-mul
+        dict(swiglu_limit=0.5, swiglu_clamp_mode="pre"),
+        dict(swiglu_limit=0.5, swiglu_clamp_mode="post"),
+        dict(
+            swiglu_limit=1.0,
+            swiglu_alpha=1.702,
+            swiglu_beta=1.0,
+            layout="interleaved",
+            swiglu_clamp_mode="post",
+        ),
+    ],
+    ids=["silu", "pre", "post", "interleaved-post"],
+)
+def test_swiglu_options(opts):
+    run_case(5, 64, 32, 3, 2, torch.bfloat16, "none", opts, seed=3)
+
+
+def test_clamp_modes_differ():
+    # limit small enough that gates exceed it: "pre" and "post" must give different outputs
+    x, w13, w2, weights, ids = make(4, 64, 32, 2, 1, torch.float16, minus_one=False)
+    args = [v.to(DEVICE) for v in (x, w13.to(torch.float16), w2.to(torch.float16), weights, ids)]
+    pre = kernel(*args, swiglu_limit=0.25, swiglu_clamp_mode="pre")
+    post = kernel(*args, swiglu_limit=0.25, swiglu_clamp_mode="post")
+    assert not torch.equal(pre, post)
+
+
+def test_many_experts_top8():
+    # E = 256, k = 8 (DeepSeek routing width) at a tiny hidden size
+    run_case(4, 32, 16, 256, 8, torch.bfloat16, "none", DSV4, minus_one=True)
+
+
+# --- edge cases ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", ["none", "fp8_block", "mxfp4"])
+def test_zero_tokens(quant):
+    h, n = (128, 128) if quant == "fp8_block" else (64, 32)
+    x, w13, w2, weights, ids = make(0, h, n, 3, 2, torch.bfloat16)
+    w13q, w2q, s13, s2, _, _ = quantize(w13, w2, quant, torch.bfloat16)
+    out = kernel(
+        x.to(DEVICE),
+        w13q.to(DEVICE),
+        w2q.to(DEVICE),
+        weights.to(DEVICE),
+        ids.to(DEVICE),
+        quant=quant,
+        w13_scale=s13.to(DEVICE) if s13 is not None else None,
+        w2_scale=s2.to(DEVICE) if s2 is not None else None,
+    )
+    assert out.shape == (0, h) and out.dtype == torch.bfloat16 and out.device.type == DEVICE
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_all_skipped_rows_written_as_zero(k):
+    x, w13, w2, weights, ids = make(5, 64, 32, 3, k, torch.bfloat16, minus_one=False)
+    ids[1] = -1
+    ids[3] = -1
+    weights[1] = float("nan")
+    args = [v.to(DEVICE) for v in (x, w13.bfloat16(), w2.bfloat16(), weights, ids)]
+    for _ in range(2):  # fresh garbage in the output buffers each call
+        out = kernel(*args).cpu()
+        assert (out[1] == 0).all() and (out[3] == 0).all()
+        assert out[[0, 2, 4]].abs().sum(1).gt(0).all()
+    every = torch.full_like(ids, -1)
+    out = kernel(*args[:4], every.to(DEVICE)).cpu()
+    assert (out == 0).all()
+
+
+def test_deterministic_and_inputs_unchanged():
+    x, w13, w2, weights, ids = make(9, 256, 128, 4, 3, torch.bfloat16)
+    w13q, w2q, s13, s2, _, _ = quantize(w13, w2, "fp8_block", torch.bfloat16)
+    args = [v.to(DEVICE) for v in (x, w13q, w2q, weights, ids, s13, s2)]
+    before = [a.clone() for a in args]
+    outs = [
+        kernel(*args[:5], quant="fp8_block", w13_scale=args[5], w2_scale=args[6], **DSV4)
+        for _ in range(2)
+    ]
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+    for a, b in zip(args, before):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_nan_stays_in_its_token():
+    x, w13, w2, weights, ids = make(5, 64, 32, 3, 2, torch.bfloat16, minus_one=False)
+    x[1, 7] = float("nan")
+    args = [v.to(DEVICE) for v in (x, w13.bfloat16(), w2.bfloat16(), weights, ids)]
+    out = kernel(*args).cpu()
+    assert out[1].isnan().all()
+    assert not out[[0, 2, 3, 4]].isnan().any()
+
+
+# --- the FP8 activation quantization is exactly fp8_quant's ------------------------------------
+
+
+def test_fp8_activation_quant_bitwise():
+    from parity.optimized.triton import _kernels_fused_moe as kern
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 256, generator=g) * torch.logspace(-3, 3, 256)
+    x[0, :128] = 0.0  # all-zero group: eps scale
+    x[1, 3] = float("inf")
+    x[2, 130] = float("nan")
+    x[3, :128] = torch.linspace(-1, 1, 128) * 448  # codes at the saturation edge
+    x[4] = torch.randn(256, generator=g) * 1e-6  # subnormal codes
+    x = x.bfloat16().float()
+    q_dev = torch.empty(6, 256, dtype=torch.float8_e4m3fn, device=DEVICE)
+    s_dev = torch.empty(6, 2, dtype=torch.float32, device=DEVICE)
+    ids = torch.zeros(6, 1, dtype=torch.int32, device=DEVICE)
+    kern._launch_act(
+        x.to(DEVICE),
+        q_dev,
+        s_dev,
+        ids,
+        torch.ones(6, 1, device=DEVICE),
+        n_cols=256,
+        swiglu=False,
+        quant_fp8=True,
+        group=128,
+        skip_invalid=False,
+        mul_weight=False,
+        limit=None,
+        alpha=1.0,
+        beta=0.0,
+        interleaved=False,
+        clamp_post=False,
+        interpret=DEVICE == "cpu",
+    )
+    want_q, want_s = fp8_quant(x, group_size=128)
+    got_q, got_s = q_dev.cpu(), s_dev.cpu()
+    assert torch.equal(got_s.isnan(), want_s.isnan())
+    assert torch.equal(got_s.nan_to_num(), want_s.nan_to_num())
+    nan_rows = want_q.float().isnan()
+    assert torch.equal(got_q.float().isnan(), nan_rows)
+    assert torch.equal(got_q.view(torch.uint8)[~nan_rows], want_q.view(torch.uint8)[~nan_rows])
+
+
+# --- moe_align, config, validation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 4, 16])
+def test_align_matches_reference_prefix(block):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(-1, 6, (11, 3), generator=g, dtype=torch.int32)
+    got = mod._align_torch(ids, 6, block)
+    want = moe_align(ids, num_experts=6, block_size=block)
+    n = int(want[2])
+    assert int(got[2]) == n and got[0].shape == want[0].shape and got[1].shape == want[1].shape
+    assert torch.equal(got[0][:n], want[0][:n])
+    assert torch.equal(got[1][: n // block], want[1][: n // block])
+
+
+def test_config_file_lookup(tmp_path, monkeypatch):
+    name = config_file_name(8, 64, "fp8_block", (128, 128), "NVIDIA_H100_80GB_HBM3")
+    assert (
+        name
+        == "E=8,N=64,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json"
+    )
+    assert (
+        config_file_name(8, 64, "mxfp4", None, "X")
+        == "E=8,N=64,device_name=X,dtype=mxfp4_w4a16.json"
+    )
+    assert config_file_name(8, 64, "none", None, "X") == "E=8,N=64,device_name=X.json"
+    table = {
+        "triton_version": "3.6.0",
+        "1": {
+            "BLOCK_SIZE_M": 16,
+            "BLOCK_SIZE_N": 32,
+            "BLOCK_SIZE_K": 64,
+            "GROUP_SIZE_M": 1,
+            "num_warps": 4,
+            "num_stages": 2,
+        },
+        "64": {
+            "BLOCK_SIZE_M": 64,
+            "BLOCK_SIZE_N": 64,
+            "BLOCK_SIZE_K": 256,
+            "GROUP_SIZE_M": 8,
+            "num_warps": 8,
+            "num_stages": 3,
+        },
+    }
+    import json
+
+    (tmp_path / config_file_name(8, 64, "fp8_block", (128, 128), "cpu")).write_text(
+        json.dumps(table)
+    )
+    monkeypatch.setenv("PARITY_MOE_CONFIG_DIR", str(tmp_path))
+    small = get_config(3, 8, 64, "fp8_block", torch.bfloat16, (128, 128), "cpu", True)
+    big = get_config(50, 8, 64, "fp8_block", torch.bfloat16, (128, 128), "cpu", True)
+    assert small["BLOCK_SIZE_M"] == 16 and big["BLOCK_SIZE_M"] == 64
+    assert big["BLOCK_SIZE_K"] == 128  # clipped to one FP8 scale group
+    with override_config({**table["1"], "BLOCK_SIZE_K": 16}):
+        mx = get_config(50, 8, 64, "mxfp4", torch.float16, None, "cpu", True)
+    assert mx["BLOCK_SIZE_K"] == 32  # whole MX blocks
+
+
+def _bad_inputs():
+    x, w13, w2, weights, ids = make(4, 64, 32, 3, 2, torch.bfloat16, minus_one=False)
+    w13, w2 = w13.bfloat16(), w2.bfloat16()
+    q13, s13 = fp8_block_quant(torch.randn(3, 64, 64), block_shape=(32, 32))
+    q2, s2 = fp8_block_quant(torch.randn(3, 64, 32), block_shape=(32, 32))
+    base = (x, w13, w2, weights, ids)
+    yield base, dict(quant="bogus")
+    yield (x.float(), w13, w2, weights, ids), {}
+    yield (x, w13.float(), w2, weights, ids), {}
+    yield (x, w13, w2[:, :, :16], weights, ids), {}
+    yield (x, w13, w2, weights.double(), ids), {}
+    yield (x, w13, w2, weights, ids.long()), {}
+    yield (x, w13, w2, weights, ids + 5), {}
+    yield (x, w13, w2, weights, ids - 2), {}
+    yield base, dict(apply_router_weight_on_input=True)
+    yield base, dict(apply_router_weight_on_input=1)
+    yield base, dict(swiglu_limit=-1.0)
+    yield base, dict(layout="rows")
+    yield base, dict(swiglu_clamp_mode="mid")
+    yield base, dict(block_shape=(128,))
+    yield base, dict(w13_scale=torch.ones(1))
+    yield (
+        (x[:, :48], w13[:, :, :48], w2[:, :48], weights, ids),
+        dict(quant="fp8_block", block_shape=(32, 32)),
+    )
+    yield (x, q13, q2, weights, ids), dict(quant="fp8_block", block_shape=(32, 32))
+    yield (
+        (x, q13, q2, weights, ids),
+        dict(quant="fp8_block", block_shape=(32, 32), w13_scale=s13, w2_scale=s2.double()),
+    )
+    yield (
+        (x, q13, q2, weights, ids),
+        dict(quant="fp8_block", block_shape=(32, 32), w13_scale=s13, w2_scale=s2[:, :1]),
+    )
+    yield (x[:, :40], w13, w2, weights, ids), dict(quant="mxfp4")
+    yield (x, w13[:, :30], w2, weights, ids), {}
+
+
+def test_errors_match_reference():
+    for args, kw in _bad_inputs():
+        with pytest.raises((TypeError, ValueError)) as want:
+            reference(*args, **kw)
+        with pytest.raises(want.type) as got:
+            kernel(*args, **kw)
+        assert str(got.value) == str(want.value)
+
+
+def test_unsupported_is_not_implemented():
+    x, w13, w2, weights, ids = make(3, 64, 32, 2, 1, torch.float32)
+    with pytest.raises(NotImplementedError):
+        kernel(x, w13, w2, weights, ids)
+    x = x.bfloat16()
+    q13, s13 = fp8_block_quant(w13, block_shape=(8, 8))
+    q2, s2 = fp8_block_quant(w2, block_shape=(8, 8))
+    with pytest.raises(NotImplementedError):
+        kernel(
+            x,
+            q13,
+            q2,
+            weights,
+            ids,
+            quant="fp8_block",
+            w13_scale=s13,
+            w2_scale=s2,
+            block_shape=(8, 8),
+        )

@@ -1,0 +1,599 @@
+"""Known-answer and reference-comparison tests of the Triton kernels (swiglu, fp8_quant,
+silu_mul_fp8_quant, mxfp4_dequant, moe_align) and of the `_fp8` device helpers.
+
+Without a CUDA GPU the kernels run in the Triton interpreter: TRITON_INTERPRET must be set
+before triton first defines a kernel, so it is set here, before any import of triton.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import itertools
+
+import pytest
+
+pytest.importorskip("triton")
+
+import triton
+import triton.language as tl
+
+from parity import reference as ref
+from parity.optimized.triton._fp8 import (
+    e4m3_code,
+    e4m3_round,
+    e4m3_to_fp8,
+    f32_to_bf16,
+)
+from parity.optimized.triton.moe_align import moe_align
+from parity.optimized.triton.quant import (
+    fp8_quant,
+    mxfp4_dequant,
+    silu_mul_fp8_quant,
+)
+from parity.optimized.triton.swiglu import swiglu
+from parity.reference.numerics import round_to_e4m3
+from tests.witnesses.triton_naive_fp8 import fp8_quant_naive_cast
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+FP8 = torch.float8_e4m3fn
+FLOATS = (torch.bfloat16, torch.float16, torch.float32)
+U32 = 2.0**-23  # float32 machine epsilon
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(shape, seed, dtype=torch.float32, scale=1.0):
+    return (torch.randn(shape, generator=_gen(seed)) * scale).to(dtype).to(DEV)
+
+
+def _bits_equal(a, b):
+    """Same shape, dtype, strides and bits; every NaN counts as equal to every NaN."""
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    assert a.stride() == b.stride(), (a.stride(), b.stride())
+    if a.dtype == FP8:
+        a, b = a.float(), b.float()
+    nan = a.isnan()
+    assert torch.equal(nan, b.isnan())
+    assert torch.equal(a[~nan], b[~nan])
+    assert torch.equal(torch.signbit(a[~nan]), torch.signbit(b[~nan]))
+
+
+def _same_error(impl, refn, *args, **kw):
+    with pytest.raises((TypeError, ValueError)) as want:
+        refn(*args, **kw)
+    with pytest.raises(type(want.value)) as got:
+        impl(*args, **kw)
+    assert str(got.value) == str(want.value)
+
+
+# --- _fp8 device helpers ----------------------------------------------------------------------
+
+
+@triton.jit
+def _helpers_kernel(x_ptr, code_ptr, round_ptr, fp8_ptr, bf16_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m)
+    tl.store(code_ptr + offs, e4m3_code(x).to(tl.uint8), mask=m)
+    tl.store(round_ptr + offs, e4m3_round(x), mask=m)
+    tl.store(fp8_ptr + offs, e4m3_to_fp8(x), mask=m)
+    tl.store(bf16_ptr + offs, f32_to_bf16(x), mask=m)
+
+
+def _run_helpers(x):
+    n = x.numel()
+    code = torch.empty(n, dtype=torch.uint8, device=DEV)
+    rounded = torch.empty(n, dtype=torch.float32, device=DEV)
+    f8 = torch.empty(n, dtype=FP8, device=DEV)
+    bf = torch.empty(n, dtype=torch.bfloat16, device=DEV)
+    block = 8192
+    _helpers_kernel[(triton.cdiv(n, block),)](x, code, rounded, f8, bf, n, BLOCK=block)
+    return code, rounded, f8, bf
+
+
+def _e4m3_probe_values():
+    grid = torch.arange(256).to(torch.uint8).view(FP8).float()
+    grid = grid[~grid.isnan()].unique()
+    mids = (grid[1:] + grid[:-1]) / 2
+    big, small = torch.tensor(1e30), torch.tensor(-1e30)
+    specials = torch.tensor(
+        [448.0, 449.0, 463.9, 464.0, 465.0, 1e30, float("inf"), -float("inf"), float("nan"),
+         -float("nan"), 0.0, -0.0, 124.1, -124.1, 2.0**-10, 3 * 2.0**-11, 2.0**-9, 1e-45,
+         -1e-45, 2.0**-126, 3.4e38]
+    )  # fmt: skip
+    # a float32 from every 2**16-wide slice of bit patterns (all exponents, both signs)
+    sweep = (torch.arange(2**16, dtype=torch.int64) << 16) | 0x5A5A
+    sweep = sweep.to(torch.int32).view(torch.float32)
+    return torch.cat(
+        [grid, mids, torch.nextafter(mids, big), torch.nextafter(mids, small), specials, sweep]
+    ).to(DEV)
+
+
+def test_e4m3_helpers_match_torch_cast():
+    """e4m3_code rounds like torch's (RNE) cast of the clamped value, on every midpoint, its
+    neighbours, the subnormals, 448 and above, inf, -0.0 and a sweep of all exponents."""
+    x = _e4m3_probe_values()
+    code, rounded, f8, _ = _run_helpers(x)
+    code, rounded, f8, x = code.cpu(), rounded.cpu(), f8.cpu(), x.cpu()
+    # torch's CPU cast: the CUDA one flushes float32 subnormal inputs (-1e-45 -> +0.0)
+    want = x.clamp(-448, 448).to(FP8)
+    nan = x.isnan()
+    assert torch.equal(code[~nan], want.view(torch.uint8)[~nan])
+    assert (code[nan] == 0x7F).all()  # one canonical NaN
+    assert torch.equal(f8.view(torch.uint8), code)
+    assert torch.equal(rounded[~nan], want.float()[~nan])
+    assert torch.equal(torch.signbit(rounded[~nan]), torch.signbit(want.float()[~nan]))
+    assert rounded[nan].isnan().all()
+
+
+def test_e4m3_helper_known_answers():
+    x = torch.tensor([124.1, 124.0, 132.0, 448.0, 1000.0, -float("inf"), 2.0**-10, 3 * 2.0**-10])
+    _, rounded, _, _ = _run_helpers(x.to(DEV))
+    # 124 is the midpoint of 120 and 128 (ties to even: 128); 132 ties 128/136 -> 128;
+    # 2**-10 ties 0 / 2**-9 -> 0; 3 * 2**-10 ties 2**-9 / 2**-8 -> 2**-8.
+    want = [128.0, 128.0, 128.0, 448.0, 448.0, -448.0, 0.0, 2.0**-8]
+    assert rounded.cpu().tolist() == want
+
+
+def test_f32_to_bf16_is_round_to_nearest_even():
+    x = _e4m3_probe_values()
+    ties = torch.tensor([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 3 * 2.0**-8), 129.5, 3.4e38])
+    x = torch.cat([x, ties.to(DEV)])
+    *_, bf = _run_helpers(x)
+    bf, x = bf.cpu(), x.cpu()
+    want = x.to(torch.bfloat16)
+    nan = x.isnan()
+    assert torch.equal(bf.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
+    assert bf[nan].isnan().all()
+
+
+# --- swiglu -----------------------------------------------------------------------------------
+
+
+def _swiglu_close(y, x, **kw):
+    """The OpSpec's tolerance: 1 ulp of the output dtype + 16 u32 |y| against float64."""
+    with ref.precision("float64", round_output=False):
+        want = ref.swiglu(x, **kw)
+    assert y.shape == want.shape and y.dtype == x.dtype and y.is_contiguous()
+    y64 = y.double()
+    nan = want.isnan()
+    assert torch.equal(y64.isnan(), nan)
+    inf = torch.isinf(want.to(x.dtype).double())
+    want = torch.where(inf, want.to(x.dtype).double(), want)
+    info = torch.finfo(x.dtype)
+    ulp = torch.maximum(want.abs(), torch.tensor(info.tiny, dtype=torch.float64)) * info.eps
+    tol = ulp + 16 * U32 * want.abs()
+    ok = (y64 == want) | ((y64 - want).abs() <= tol)
+    assert ok[~nan].all(), (y64[~nan][~ok[~nan]][:5], want[~nan][~ok[~nan]][:5])
+
+
+OPTIONS = [
+    dict(limit=lim, alpha=a, beta=b, layout=lay, clamp_mode=cm)
+    for lim, a, b, lay, cm in itertools.product(
+        [None, 10.0, 0.5], [1.0, 1.702], [0.0, 1.0], ["concat", "interleaved"], ["pre", "post"]
+    )
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_swiglu_all_options_match_reference(dtype):
+    for i, kw in enumerate(OPTIONS):
+        x = _randn((7, 2 * 33), seed=i, dtype=dtype, scale=4.0)
+        _swiglu_close(swiglu(x, **kw), x, **kw)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 2), (3, 2, 2 * 65), (2, 3, 4, 2 * 7), (2 * 5,), (17, 2 * 1025), (1, 2 * 2049)]
+)
+def test_swiglu_leading_dims_and_tails(shape):
+    for layout in ("concat", "interleaved"):
+        x = _randn(shape, seed=len(shape), scale=3.0)
+        _swiglu_close(swiglu(x, limit=7.0, layout=layout), x, limit=7.0, layout=layout)
+
+
+def test_swiglu_wide_range_float32():
+    """The accurate exp: every gate in [-87, 88] within the float32 tolerance (a plain
+    ex2.approx(z * log2e) loses ~|z|/2 ulps there)."""
+    # alpha != 1: float32 rounds z = alpha * gate by up to |z| 2**-24, which moves exp(z) by
+    # |z|/2 ulps in any float32 evaluation (torch's included): keep |z| small there.
+    for alpha, lo, hi in [(1.0, -87.0, 88.0), (1.702, -10.0, 10.0)]:
+        g = torch.linspace(lo, hi, 20001)
+        x = torch.stack([g, torch.full_like(g, 1.5)], -1).reshape(1, -1).to(DEV)
+        y = swiglu(x, layout="interleaved", alpha=alpha)
+        _swiglu_close(y, x, layout="interleaved", alpha=alpha)
+
+
+def test_swiglu_pre_and_post_differ_in_float32():
+    x = torch.tensor([[12.0, 15.0, 1.0, 1.0]], device=DEV)  # gates above limit=10
+    pre = swiglu(x, limit=10.0, clamp_mode="pre")
+    post = swiglu(x, limit=10.0, clamp_mode="post")
+    assert (pre != post).all()
+    _swiglu_close(pre, x, limit=10.0, clamp_mode="pre")
+    _bits_equal(post.cpu(), torch.full_like(post.cpu(), 10.0))  # act clamped to exactly 10
+
+
+def test_swiglu_rounds_bf16_to_nearest_even():
+    # gate 128: sigmoid is exactly 1.0 in float32, so y = 128 * (u + beta) exactly: 129.5 is a
+    # bfloat16 tie (129 / 130): ties-to-even gives 130, truncation 129.
+    x = torch.tensor([[128.0, 1.0]], dtype=torch.bfloat16, device=DEV)
+    y = swiglu(x, beta=3 * 2.0**-8)
+    assert y.item() == 130.0
+    assert ref.swiglu(x.cpu(), beta=3 * 2.0**-8).item() == 130.0
+
+
+def test_swiglu_nan_inf_policy():
+    nan, inf = float("nan"), float("inf")
+    gate = [nan, 1.0, inf, -inf, 2.0, 30.0, -30.0, 0.0]
+    up = [1.0, nan, 1.0, 1.0, inf, -inf, -0.0, -0.0]
+    x = torch.tensor([gate + up], device=DEV)
+    for kw in ({}, {"limit": 7.0}, {"limit": 7.0, "clamp_mode": "post"}, {"beta": 1.0}):
+        y = swiglu(x, **kw).cpu()
+        _bits_equal(y[..., :2], ref.swiglu(x.cpu(), **kw)[..., :2])  # NaN stays where it was
+        want = ref.swiglu(x.cpu(), **kw)
+        assert torch.equal(y.isnan(), want.isnan()), kw
+        assert torch.equal(torch.isinf(y), torch.isinf(want)), kw
+
+
+def test_swiglu_empty_and_noncontiguous_inputs_unchanged():
+    for shape in [(0, 8), (0, 2, 4), (3, 0), (2, 0, 6)]:
+        x = torch.zeros(shape, dtype=torch.bfloat16, device=DEV)
+        y, r = swiglu(x), ref.swiglu(x.cpu())
+        assert y.shape == r.shape and y.dtype == r.dtype and y.device == x.device
+    base = _randn((6, 40), seed=3, scale=3.0)
+    x = base[:, ::2]  # [6, 20], stride 2
+    before = x.clone()
+    _swiglu_close(swiglu(x, limit=10.0), x, limit=10.0)
+    assert torch.equal(x, before)
+
+
+def test_swiglu_error_parity():
+    x = torch.zeros(2, 8, device=DEV)
+    _same_error(swiglu, ref.swiglu, torch.zeros(2, 7))
+    _same_error(swiglu, ref.swiglu, torch.zeros(2, 8, dtype=torch.int32))
+    _same_error(swiglu, ref.swiglu, torch.zeros(2, 8, dtype=torch.float64))
+    _same_error(swiglu, ref.swiglu, torch.tensor(1.0))
+    _same_error(swiglu, ref.swiglu, x, layout="split")
+    _same_error(swiglu, ref.swiglu, x, clamp_mode="both")
+    _same_error(swiglu, ref.swiglu, x, limit=-1.0)
+    _same_error(swiglu, ref.swiglu, x, alpha="1")
+    _same_error(swiglu, ref.swiglu, [1.0, 2.0])
+
+
+# --- fp8_quant --------------------------------------------------------------------------------
+
+
+def _e4m3_midpoints():
+    grid = torch.arange(128).to(torch.uint8).view(FP8).float()
+    grid = grid[~grid.isnan()].unique()
+    return (grid[1:] + grid[:-1]) / 2
+
+
+@pytest.mark.parametrize("scale_format", ["fp32", "ue8m0"])
+def test_fp8_quant_midpoints_ties_to_even(scale_format):
+    """A group whose amax is 448 has s = 1 exactly (fp32 and ue8m0): x / s is x, so every
+    E4M3 midpoint must round to its even neighbour."""
+    mids = _e4m3_midpoints()
+    row = torch.zeros(256)
+    row[: mids.numel()] = mids
+    row[mids.numel()] = 448.0
+    row[128:] = -row[:128]
+    x = row.reshape(2, 128).to(DEV)
+    q, s = fp8_quant(x, scale_format=scale_format)
+    assert s.cpu().tolist() == [[1.0], [1.0]]
+    assert torch.equal(q.float().cpu(), round_to_e4m3(x.cpu()))
+    _bits_equal(q.cpu(), ref.fp8_quant(x.cpu(), scale_format=scale_format)[0])
+
+
+def test_fp8_quant_saturation_inf_and_zero_groups():
+    x = torch.zeros(4, 64)
+    x[0, :3] = torch.tensor([448.0, 124.1, -447.9])
+    x[1, 0], x[1, 1], x[1, 2] = float("inf"), 1.0, -float("inf")  # amax is the float32 max
+    x[2, :2] = torch.tensor([1e30, -3e38])
+    x = x.to(DEV)  # row 3: all zero
+    for fmt in ("fp32", "ue8m0"):
+        q, s = fp8_quant(x, group_size=32, scale_format=fmt)
+        rq, rs = ref.fp8_quant(x.cpu(), group_size=32, scale_format=fmt)
+        _bits_equal(q.cpu(), rq)
+        _bits_equal(s.cpu(), rs)
+        assert s[0, 0].item() == 1.0 and q.float()[0, 1].item() == 128.0  # 124.1 -> 128
+        assert q.float()[1, 0].item() == 448.0 and q.float()[1, 2].item() == -448.0
+        assert (q.float()[3] == 0).all()
+    _, s = fp8_quant(x, group_size=32)
+    assert s[3, 0].item() == torch.tensor(1e-10).div(448.0).item()  # all-zero: eps / 448
+
+
+def test_fp8_quant_ue8m0_scales_are_exact_powers_of_two():
+    x = _randn((9, 256), seed=5) * torch.logspace(-30, 30, 9, device=DEV)[:, None]
+    x[0, :128] = 448.0 * 2.0**-3  # amax / 448 is already a power of two: kept
+    q, s = fp8_quant(x, scale_format="ue8m0")
+    rq, rs = ref.fp8_quant(x.cpu(), scale_format="ue8m0")
+    _bits_equal(s.cpu(), rs)
+    _bits_equal(q.cpu(), rq)
+    assert ((s.view(torch.int32) & 0x7FFFFF) == 0).all()
+    assert s[0, 0].item() == 2.0**-3
+    # a tiny eps gives a subnormal scale: still rounded up to a power of two exactly
+    z = torch.zeros(1, 128, device=DEV)
+    for eps in (1e-40, 3e-42):
+        _, s = fp8_quant(z, scale_format="ue8m0", eps=eps)
+        _bits_equal(s.cpu(), ref.fp8_quant(z.cpu(), scale_format="ue8m0", eps=eps)[1])
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize(
+    "m,k,g", [(1, 128, 128), (5, 384, 128), (17, 96, 32), (3, 96, 96), (2, 6, 3), (33, 64, 1)]
+)
+def test_fp8_quant_matches_reference(dtype, m, k, g):
+    x = _randn((m, k), seed=m * k + g, dtype=dtype, scale=3.0)
+    x = x * torch.logspace(-4, 4, m, device=DEV)[:, None].to(dtype)
+    before = x.clone()
+    for fmt, cm in itertools.product(("fp32", "ue8m0"), (False, True)):
+        q, s = fp8_quant(x, group_size=g, scale_format=fmt, column_major_scales=cm)
+        rq, rs = ref.fp8_quant(x.cpu(), group_size=g, scale_format=fmt, column_major_scales=cm)
+        _bits_equal(q.cpu(), rq)
+        _bits_equal(s.cpu(), rs)
+        assert q.is_contiguous()
+        if cm:
+            assert s.stride() == (1, m)
+    assert torch.equal(x, before)
+
+
+def test_fp8_quant_column_major_and_empty_shapes():
+    for m, k in [(0, 256), (0, 0), (3, 0), (1, 128), (4, 256)]:
+        x = torch.ones(m, k, device=DEV)
+        for cm in (False, True):
+            q, s = fp8_quant(x, column_major_scales=cm)
+            rq, rs = ref.fp8_quant(x.cpu(), column_major_scales=cm)
+            assert q.shape == rq.shape and q.dtype == FP8 and q.device == x.device
+            assert s.shape == rs.shape and s.stride() == rs.stride() and s.dtype == torch.float32
+            if m and k:
+                _bits_equal(s.cpu(), rs)
+
+
+def test_fp8_quant_nan_group_only():
+    x = _randn((3, 256), seed=9, scale=2.0)
+    x[1, 130] = float("nan")
+    q, s = fp8_quant(x)
+    rq, rs = ref.fp8_quant(x.cpu())
+    assert s[1, 1].isnan() and not s[1, 0].isnan() and not s[0].isnan().any()
+    assert q.float()[1, 128:].isnan().all() and not q.float()[1, :128].isnan().any()
+    assert (q.view(torch.uint8)[1, 128:] == 0x7F).all()
+    _bits_equal(q.cpu(), rq)
+    _bits_equal(s.cpu(), rs)
+
+
+def test_fp8_quant_error_parity():
+    x = torch.zeros(2, 256, device=DEV)
+    _same_error(fp8_quant, ref.fp8_quant, torch.zeros(2, 250))
+    _same_error(fp8_quant, ref.fp8_quant, torch.zeros(2, 256, dtype=torch.int8))
+    _same_error(fp8_quant, ref.fp8_quant, torch.zeros(2, 2, 128))
+    _same_error(fp8_quant, ref.fp8_quant, x, group_size=0)
+    _same_error(fp8_quant, ref.fp8_quant, x, group_size=128.0)
+    _same_error(fp8_quant, ref.fp8_quant, x, scale_format="e8m0")
+    _same_error(fp8_quant, ref.fp8_quant, x, column_major_scales=1)
+    _same_error(fp8_quant, ref.fp8_quant, x, eps=0.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cast trap is the interpreter's")
+def test_naive_cast_witness_is_wrong_under_the_interpreter():
+    """The native x.to(tl.float8e4nv) cast (interpreter) drops the mantissa carry: 124.1 (with
+    s = 1) comes out 64, not 128. The real kernel gets it right on the same input."""
+    x = torch.zeros(1, 128)
+    x[0, 0], x[0, 1] = 448.0, 124.1
+    want_q, want_s = ref.fp8_quant(x)
+    nq, ns = fp8_quant_naive_cast(x)
+    assert torch.equal(ns, want_s)
+    assert nq.float()[0, 1].item() != 128.0
+    assert not torch.equal(nq.float(), want_q.float())
+    q, _ = fp8_quant(x)
+    _bits_equal(q, want_q)
+
+
+# --- silu_mul_fp8_quant -----------------------------------------------------------------------
+
+
+def _intermediate_matters():
+    """bf16 (gate, up) pairs with gate >= 24 (sigmoid is 1.0 in float32, so the float32
+    intermediate is gate * up exactly) where quantizing the float32 product and its bf16
+    rounding give different codes, with s = 1 (a 448 in the group)."""
+    g = torch.arange(24, 200, dtype=torch.float32).to(torch.bfloat16).float()
+    u = torch.linspace(1.01, 1.99, 50).to(torch.bfloat16).float()
+    gg, uu = torch.meshgrid(g, u, indexing="ij")
+    prod = (gg * uu).flatten()
+    keep = (prod < 448) & (round_to_e4m3(prod) != round_to_e4m3(prod.to(torch.bfloat16).float()))
+    return gg.flatten()[keep], uu.flatten()[keep]
+
+
+def test_silu_mul_fp8_quant_keeps_the_float32_intermediate():
+    g, u = _intermediate_matters()
+    n = 128
+    assert g.numel() > 10
+    gate, up = torch.zeros(n), torch.zeros(n)
+    gate[: min(n - 1, g.numel())] = g[: n - 1]
+    up[: min(n - 1, u.numel())] = u[: n - 1]
+    gate[-1], up[-1] = 448.0, 1.0  # amax 448: s = 1
+    x = torch.cat([gate, up]).reshape(1, 2 * n).to(torch.bfloat16).to(DEV)
+    q, s = silu_mul_fp8_quant(x)
+    assert s.item() == 1.0
+    _bits_equal(q.cpu(), ref.silu_mul_fp8_quant(x.cpu())[0])
+    fp32_path = round_to_e4m3(gate.bfloat16().float() * up.bfloat16().float())
+    bf16_path = round_to_e4m3((gate.bfloat16().float() * up.bfloat16().float()).bfloat16().float())
+    assert torch.equal(q.float().cpu()[0], fp32_path)
+    assert not torch.equal(q.float().cpu()[0], bf16_path)
+
+
+def _silu_codes_close(q, s, x, **kw):
+    """Equal to the reference, or (where the float32 SwiGLU differs from torch's by an ulp)
+    dequantizing within one E4M3 step and the scale within 4 float32 ulps."""
+    rq, rs = ref.silu_mul_fp8_quant(x.cpu(), **kw)
+    assert q.shape == rq.shape and s.shape == rs.shape and s.stride() == rs.stride()
+    q, s = q.cpu(), s.cpu()
+    assert torch.equal(s.isnan(), rs.isnan())
+    fin = ~rs.isnan()
+    assert ((s[fin] - rs[fin]).abs() <= 4 * U32 * rs[fin].abs()).all()
+    a, b = q.float(), rq.float()
+    assert torch.equal(a.isnan(), b.isnan())
+    both = ~a.isnan()
+    step = torch.maximum(b.abs() / 8, torch.tensor(2.0**-9))
+    assert ((a - b).abs()[both] <= step[both]).all()
+    return (a[both] == b[both]).float().mean().item()
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_silu_mul_fp8_quant_matches_reference(dtype):
+    agree = []
+    for i, (lim, mode, fmt, cm, g) in enumerate(
+        itertools.product(
+            [None, 10.0], ["pre", "post"], ["fp32", "ue8m0"], [False, True], [128, 32]
+        )
+    ):
+        x = _randn((5, 2 * 256), seed=100 + i, dtype=dtype, scale=5.0)
+        kw = dict(group_size=g, limit=lim, clamp_mode=mode, scale_format=fmt,
+                  column_major_scales=cm)  # fmt: skip
+        before = x.clone()
+        q, s = silu_mul_fp8_quant(x, **kw)
+        assert torch.equal(x, before)
+        agree.append(_silu_codes_close(q, s, x, **kw))
+    assert min(agree) > 0.99
+
+
+def test_silu_mul_fp8_quant_edges():
+    for m, n in [(0, 256), (0, 0), (1, 128), (3, 384)]:
+        x = _randn((m, 2 * n), seed=m + n, scale=4.0)
+        for cm in (False, True):
+            q, s = silu_mul_fp8_quant(x, column_major_scales=cm)
+            rq, rs = ref.silu_mul_fp8_quant(x.cpu(), column_major_scales=cm)
+            assert q.shape == rq.shape and s.shape == rs.shape and s.stride() == rs.stride()
+            assert q.dtype == FP8 and s.dtype == torch.float32
+    # NaN in one gate: that group only; the all-zero group gets s = eps / 448
+    x = torch.zeros(2, 512, device=DEV)
+    x[0, 5] = float("nan")
+    x[1, 128:256] = 3.0
+    q, s = silu_mul_fp8_quant(x)
+    assert s[0, 0].isnan() and not s[0, 1].isnan() and not s[1].isnan().any()
+    assert s[0, 1].item() == torch.tensor(1e-10).div(448.0).item()
+    _silu_codes_close(q, s, x)
+
+
+def test_silu_mul_fp8_quant_error_parity():
+    x = torch.zeros(2, 512, device=DEV)
+    f, r = silu_mul_fp8_quant, ref.silu_mul_fp8_quant
+    _same_error(f, r, torch.zeros(2, 511))
+    _same_error(f, r, torch.zeros(2, 384))  # N = 192 not divisible by 128
+    _same_error(f, r, torch.zeros(2, 512, dtype=torch.float64))
+    _same_error(f, r, torch.zeros(512))
+    _same_error(f, r, x, limit=0.0)
+    _same_error(f, r, x, clamp_mode="mid")
+    _same_error(f, r, x, scale_format="fp16")
+    _same_error(f, r, x, column_major_scales="yes")
+    _same_error(f, r, x, group_size=-128)
+
+
+# --- mxfp4_dequant ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_mxfp4_dequant_every_code_and_scale(dtype):
+    # every byte (both nibbles) under the extreme and ordinary scale codes
+    codes = torch.tensor([0, 1, 2, 100, 127, 128, 200, 253, 254, 255], dtype=torch.uint8)
+    packed = torch.arange(256, dtype=torch.int32).to(torch.uint8).repeat(codes.numel(), 1)
+    scales = codes[:, None].repeat(1, 256 // 16)
+    y = mxfp4_dequant(packed.to(DEV), scales.to(DEV), dtype=dtype)
+    _bits_equal(y.cpu(), ref.mxfp4_dequant(packed, scales, dtype=dtype))
+    assert y[-1].isnan().all()  # scale code 255
+    assert torch.signbit(y[4, 16]).item() and y[4, 16].item() == 0  # byte 8, low nibble: -0.0
+
+
+def test_mxfp4_dequant_shapes():
+    for shape in [(3, 16), (2, 5, 48), (7, 1440), (1, 2048), (48,)]:
+        g = _gen(sum(shape))
+        p = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        sc = torch.randint(100, 150, (*shape[:-1], shape[-1] // 16), dtype=torch.uint8, generator=g)
+        before = p.clone(), sc.clone()
+        y = mxfp4_dequant(p.to(DEV), sc.to(DEV))
+        _bits_equal(y.cpu(), ref.mxfp4_dequant(p, sc))
+        assert torch.equal(p, before[0]) and torch.equal(sc, before[1])
+    for shape in [(0, 16), (4, 0), (0, 3, 32)]:
+        p = torch.zeros(shape, dtype=torch.uint8, device=DEV)
+        sc = torch.zeros((*shape[:-1], shape[-1] // 16), dtype=torch.uint8, device=DEV)
+        y, r = (
+            mxfp4_dequant(p, sc, dtype=torch.float16),
+            ref.mxfp4_dequant(p.cpu(), sc.cpu(), dtype=torch.float16),
+        )
+        assert y.shape == r.shape and y.dtype == r.dtype
+
+
+def test_mxfp4_dequant_error_parity():
+    p = torch.zeros(2, 16, dtype=torch.uint8)
+    s = torch.zeros(2, 1, dtype=torch.uint8)
+    f, r = mxfp4_dequant, ref.mxfp4_dequant
+    _same_error(f, r, torch.zeros(2, 15, dtype=torch.uint8), s)
+    _same_error(f, r, p.float(), s)
+    _same_error(f, r, p, torch.zeros(2, 2, dtype=torch.uint8))
+    _same_error(f, r, p, s.to(torch.int32))
+    _same_error(f, r, p, s, dtype=torch.int8)
+
+
+# --- moe_align --------------------------------------------------------------------------------
+
+
+def _align_case(t, k, e, seed, skip=0.1):
+    g = _gen(seed)
+    ids = torch.randint(0, e, (t, k), dtype=torch.int32, generator=g)
+    ids[torch.rand((t, k), generator=g) < skip] = -1
+    return ids.to(DEV)
+
+
+@pytest.mark.parametrize(
+    "t,k,e,bs",
+    [(1, 1, 1, 1), (5, 2, 8, 4), (33, 6, 16, 16), (300, 8, 64, 16), (100, 4, 3, 128),
+     (40, 8, 1500, 8), (7, 3, 5, 1), (129, 1, 2, 64), (16, 8, 256, 64)],
+)  # fmt: skip
+def test_moe_align_matches_reference(t, k, e, bs):
+    ids = _align_case(t, k, e, seed=t * k + e)
+    before = ids.clone()
+    out = moe_align(ids, num_experts=e, block_size=bs)
+    want = ref.moe_align(ids.cpu(), num_experts=e, block_size=bs)
+    # the Triton sort is stable, so even the unspecified tails equal the reference's
+    for a, b in zip(out, want):
+        assert a.dtype == torch.int32 and a.device == ids.device
+        assert torch.equal(a.cpu(), b)
+    again = moe_align(ids, num_experts=e, block_size=bs)
+    assert all(torch.equal(a, b) for a, b in zip(out, again))
+    assert torch.equal(ids, before)
+
+
+def test_moe_align_known_answer_and_empty():
+    ids = torch.tensor([[2, 0], [2, -1], [0, 2]], dtype=torch.int32, device=DEV)
+    s, e, n = moe_align(ids, num_experts=4, block_size=2)
+    assert n.tolist() == [6]
+    assert s[:6].tolist() == [1, 4, 0, 2, 5, 6]  # expert 0: 1, 4; expert 2: 0, 2, 5 + pad 6
+    assert e[:3].tolist() == [0, 2, 2]
+    assert s.numel() == 6 + 4 * 1 and e.numel() == s.numel() // 2 + 1
+    for t, k in [(0, 4), (3, 0)]:
+        ids = torch.zeros(t, k, dtype=torch.int32, device=DEV)
+        out = moe_align(ids, num_experts=8, block_size=16)
+        want = ref.moe_align(ids.cpu(), num_experts=8, block_size=16)
+        for a, b in zip(out, want):
+            assert a.shape == b.shape and a.dtype == b.dtype
+        assert out[2].item() == 0
+    all_skipped = torch.full((4, 2), -1, dtype=torch.int32, device=DEV)
+    s, e, n = moe_align(all_skipped, num_experts=3, block_size=4)
+    assert n.item() == 0
+
+
+def test_moe_align_error_parity():
+    f, r = moe_align, ref.moe_align
+    ids = torch.zeros(2, 2, dtype=torch.int32)
+    _same_error(f, r, ids.long(), num_experts=4, block_size=4)
+    _same_error(f, r, ids[0], num_experts=4, block_size=4)
+    _same_error(f, r, ids, num_experts=0, block_size=4)
+    _same_error(f, r, ids, num_experts=4, block_size=0)
+    _same_error(f, r, ids, num_experts=4.0, block_size=4)
+    _same_error(f, r, torch.tensor([[0, 4]], dtype=torch.int32), num_experts=4, block_size=4)
+    _same_error(f, r, torch.tensor([[0, -2]], dtype=torch.int32), num_experts=4, block_size=4)
