@@ -30,6 +30,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # under pytest-xdist, one GPU per worker, chosen before anything initialises CUDA
+    from parity.tools.worker import pin_gpu_for_xdist_worker
+
+    pin_gpu_for_xdist_worker()
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; reported NOT RUN without one")
     config.addinivalue_line("markers", "parity: a property of an op against an implementation")
     config._parity_not_run = []

@@ -10,14 +10,18 @@ or PYTHONPATH. Each property of the op (`OpSpec.all_properties()`, or `--propert
 Hypothesis under the profile's settings; a failure is shrunk (at most `--shrink-time` seconds),
 printed with its error against the tolerance and the worst elements, saved as a repro
 (`parity-repros/` or `--out`, see `parity.tools.repro`) and given as a one-line `parity case`
-command. `--max-time` is a wall-clock budget split across the properties (unused time passes to
-the next); drawing stops when it is spent.
+command. `--max-time` is a wall-clock budget for testing (counted once the worker is up) split
+across the properties (unused time passes to the next); no case is drawn once it is spent, and
+shrinking stops at it too.
 
 Crash isolation (default; `--no-isolate` runs in-process): the candidate runs in a worker
-subprocess (`parity.tools.worker`); a segfault/abort or a CUDA error is a "crash", a case past
-`--timeout` seconds a "hang"; both are failing cases, saved with their input, and the campaign
-goes on with a fresh worker. `--workers N` runs N independent in-process campaigns in N
-processes (seeds base..base+N-1, max_examples/N each, one GPU each on cuda) and merges them.
+process (`parity.tools.worker`, forked from a forkserver that has imported torch); a
+segfault/abort or a CUDA error is a "crash", a case past `--timeout` seconds a "hang"; both are
+failing cases, shrunk like any other (each step on a fresh worker), saved with their input, and
+the campaign goes on with a fresh worker. `--workers N` runs N independent in-process campaigns
+in N processes (seeds base..base+N-1, max_examples/N each, one GPU each on cuda) and merges their
+stats; a crash or hang there is recorded (unshrunk) and that process restarts on the properties
+it had left. A `--ledger` entry turns a matching failure into "xfail" (see `parity.tools.ledger`).
 
 Exit codes: 0 no counterexample within the budget; 1 counterexample (or crash, hang, or an
 XPASS of a ledger entry); 2 usage error (unknown op or property, IMPL not importable or not
@@ -162,7 +166,7 @@ class InProcess:
         return str(path), case.describe()
 
     def start(self) -> None:
-        _warm_up()
+        _warm_up(self.device)
 
     def close(self) -> None:
         pass
@@ -426,7 +430,7 @@ def campaign_process(cfg: dict, emit: Callable[[dict], None]) -> None:
         dtypes=impl.dtypes,
         on_start=lambda prop, meta: emit({"event": "start", "prop": prop, "meta": meta}),
         on_example=lambda st, status: emit({"event": "example", "prop": st.prop, "status": status}),
-        on_prop_done=lambda st: emit({"event": "prop", "stats": _jsonable(st.as_dict())}),
+        on_prop_done=lambda st: emit({"event": "prop", "stats": st.as_dict()}),
     )
     emit({"event": "done", "ledger": ledger.summary() if ledger else []})
 
@@ -757,7 +761,7 @@ def run(args) -> int:
                     impl_name=args.impl,
                     device=device,
                     profile=args.profile,
-                    max_examples=max_examples,
+                    max_examples=max_examples or per_prop,
                     seed=seed,
                     max_time=args.max_time,
                     shrink_time=args.shrink_time,
@@ -839,12 +843,17 @@ def run(args) -> int:
     return code
 
 
-def _warm_up() -> None:
-    """Imports a property pays for on its first case, done before the clock starts so that
-    --max-time measures testing: `torch.use_deterministic_algorithms` (writes_all_outputs)
-    imports torch._inductor, seconds on a small machine. Workers get it from the forkserver."""
+def _warm_up(device: str = "cpu") -> None:
+    """What the first case would pay for, done before the clock starts so that --max-time
+    measures testing: the CUDA context, and `torch.use_deterministic_algorithms`
+    (writes_all_outputs) importing torch._inductor (seconds on a small machine)."""
+    import torch
+
     with contextlib.suppress(Exception):
-        import torch._inductor.config  # noqa: F401
+        import torch._inductor.config
+    if device.startswith("cuda"):
+        torch.empty(1, device=device)
+        torch.cuda.synchronize()
 
 
 def exit_code(results: list[FuzzStats], xpasses: list[str]) -> int:

@@ -179,6 +179,11 @@ def _handle(st: _State, req: dict) -> tuple[dict, bool]:
         except Exception as e:
             return {"ok": False, "kind": "usage", "error": f"{type(e).__name__}: {e}"}, True
         st.op, st.device = req["op"], req.get("device", "cpu")
+        if st.device.startswith("cuda"):  # the context now, not inside the first case's time
+            import torch
+
+            torch.empty(1, device=st.device)
+            _sync(st.device)
         return {"ok": True, "pid": os.getpid()}, False
     if cmd == "eval":
         from parity.properties.checks import evaluate

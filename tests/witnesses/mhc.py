@@ -102,12 +102,8 @@ def sinkhorn_col0_sum(logits, *, iters=20, eps=1e-6):
     return _sinkhorn_math(logits, iters, eps, bug="col0_sum")
 
 
-witness("sinkhorn", "writes_all_outputs", why="last matrix never written")(
-    _skip_last_row(sinkhorn)
-)
-witness("sinkhorn", "deterministic", why="perturbs one element every other call")(
-    _flaky(sinkhorn)
-)
+witness("sinkhorn", "writes_all_outputs", why="last matrix never written")(_skip_last_row(sinkhorn))
+witness("sinkhorn", "deterministic", why="perturbs one element every other call")(_flaky(sinkhorn))
 witness(
     "sinkhorn",
     "token_permutation",
@@ -207,9 +203,7 @@ def pre_comb_transposed(*args, **kw):
 witness("mhc_pre", "writes_all_outputs", why="last token row never written")(
     _skip_last_row(mhc_pre)
 )
-witness("mhc_pre", "deterministic", why="perturbs one element every other call")(
-    _flaky(mhc_pre)
-)
+witness("mhc_pre", "deterministic", why="perturbs one element every other call")(_flaky(mhc_pre))
 witness("mhc_pre", "token_permutation", "batch_split", why="token 0 copies the last token")(
     _row0_from_last(mhc_pre)
 )
@@ -284,9 +278,7 @@ def post_rounded_twice(x, residual, post_mix, comb):
 witness("mhc_post", "writes_all_outputs", why="last token row never written")(
     _skip_last_row(mhc_post)
 )
-witness("mhc_post", "deterministic", why="perturbs one element every other call")(
-    _flaky(mhc_post)
-)
+witness("mhc_post", "deterministic", why="perturbs one element every other call")(_flaky(mhc_post))
 witness("mhc_post", "token_permutation", "batch_split", why="token 0 copies the last token")(
     _row0_from_last(mhc_post)
 )
@@ -383,9 +375,7 @@ def head_no_hc_eps(*args, **kw):
 witness("mhc_head", "writes_all_outputs", why="last token row never written")(
     _skip_last_row(mhc_head)
 )
-witness("mhc_head", "deterministic", why="perturbs one element every other call")(
-    _flaky(mhc_head)
-)
+witness("mhc_head", "deterministic", why="perturbs one element every other call")(_flaky(mhc_head))
 witness("mhc_head", "token_permutation", "batch_split", why="token 0 copies the last token")(
     _row0_from_last(mhc_head)
 )

@@ -68,8 +68,7 @@ def moe_fp8_no_scale(x, w13, w2, topk_weights, topk_ids, *, quant="none", **kw):
     if quant != "fp8_block":
         raise NotImplementedError
     ref_moe(x, w13, w2, topk_weights, topk_ids, quant=quant, **kw)
-    bc = tuple(kw.get("block_shape", (128, 128)))[1]
-    br = tuple(kw.get("block_shape", (128, 128)))[0]
+    br, bc = tuple(kw.get("block_shape", (128, 128)))
     ids = topk_ids.long()
     valid = ids >= 0
     w = torch.where(valid, topk_weights, 0.0)

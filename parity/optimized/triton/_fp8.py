@@ -40,16 +40,11 @@ def e4m3_code(x):
     an = tl.minimum(a, _F32_448)  # lanes at or above 448 are replaced below; no int overflow
     normal = ((an + 0x7FFFF + ((an >> 20) & 1)) >> 20) - 960
 
-    # Subnormal E4M3 range: the code is round(|x| / 2**-9) in [0, 8] (8 is 2**-6, code 0x08).
-    # |x| = sig * 2**(e - 150), so |x| / 2**-9 = sig >> (141 - e); shifts past 30 give 0.
-    e = a >> 23
-    sig = (a & 0x7FFFFF) | 0x800000
-    shift = tl.minimum(tl.maximum(141 - e, 1), 30)  # clamped: lanes that use it have 21..30
-    q = sig >> shift
-    rem = sig - (q << shift)
-    half = 1 << (shift - 1)
-    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    sub = q + up.to(tl.int32)
+    # Subnormal E4M3 range: the code is round(|x| * 2**9) in [0, 8] (8 is 2**-6, code 0x08).
+    # The product is exact and below 8, so adding 2**23 rounds it to an integer, ties to even
+    # (the same if the compiler fuses the two into an fma). Other lanes' junk is discarded.
+    t = a.to(tl.float32, bitcast=True) * 512.0 + 8388608.0
+    sub = t.to(tl.int32, bitcast=True) - 0x4B000000  # bits of 2**23
 
     code = tl.where(a < _F32_2_POW_M6, sub, normal)
     code = tl.where(a >= _F32_448, 0x7E, code)  # saturate (inf included): 448 is code 0x7E
@@ -67,7 +62,9 @@ def e4m3_decode(code):
     normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
     val = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)  # subnormal: m * 2**-9
     val = tl.where(mag == 0x7F, float("nan"), val)
-    return tl.where((code & 0x80) != 0, -val, val)
+    # The sign as a bit: a float negation may compile to 0 - x, which loses -0.0.
+    sign = (code & 0x80) << 24
+    return (val.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit

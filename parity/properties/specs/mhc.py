@@ -218,7 +218,7 @@ def _pre_tol(r3, fn, hc_scale, hc_base, kw, *, dr=None, exact_dot=False):
 
 def _post_err(x, residual, post_mix, comb):
     """Float32 error bound of mhc_post before its rounding: gamma(hc+1) * sum of |terms|."""
-    t, hc, h = residual.shape
+    t, hc, _ = residual.shape
     pm = post_mix.to(F64).reshape(t, hc, 1).abs()
     terms = x.to(F64).abs().unsqueeze(1) * pm
     terms = terms + torch.einsum("tij,tih->tjh", comb.to(F64).abs(), residual.to(F64).abs())
@@ -562,7 +562,11 @@ def _post_mixes(g: Gen, t: int, hc: int, regime: str, shape: str):
         post = torch.sigmoid(g.normal((t, hc, 1))) * 2.0
         if regime == "one_hot":
             # old stream i -> new stream (i + 1) % hc (hc = 2: both -> 1): never symmetric
-            j = (torch.arange(hc, device=g.device) + 1) % hc if hc > 2 else torch.full((hc,), hc - 1)
+            j = (
+                (torch.arange(hc, device=g.device) + 1) % hc
+                if hc > 2
+                else torch.full((hc,), hc - 1)
+            )
             one = torch.zeros(hc, hc, device=g.device)
             one[torch.arange(hc), j.to(g.device)] = 1.0
             comb = one.expand(t, hc, hc).contiguous()
@@ -589,7 +593,9 @@ def build_sinkhorn(meta: dict, device) -> Case:
         x = g.uniform(shape, -80.0, 80.0)
     elif regime == "one_hot":  # one dominant entry per row
         x = g.normal(shape)
-        x = x + 40.0 * (g.uniform(shape).argmax(-1, keepdim=True) == torch.arange(n, device=x.device))
+        x = x + 40.0 * (
+            g.uniform(shape).argmax(-1, keepdim=True) == torch.arange(n, device=x.device)
+        )
     elif regime == "near_uniform":
         x = g.normal(shape, std=1e-3)
     else:

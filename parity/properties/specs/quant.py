@@ -1040,12 +1040,16 @@ def silu_invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
 
 
 def _mx_lead(size: str) -> st.SearchStrategy[list]:
+    """Leading dims of an MX tensor: [M] mostly, [E, M] (experts) or none (a 1-D vector)."""
     t = S.tokens(size=size)
-    return st.one_of(
-        t.map(lambda m: [m]),
-        t.map(lambda m: [m]),
-        st.tuples(st.sampled_from([2, 3]), t).map(list),
-        st.just([]),
+    return st.sampled_from(["tokens", "experts", "tokens", "vector"]).flatmap(
+        lambda kind: (
+            t.map(lambda m: [m])
+            if kind == "tokens"
+            else st.tuples(st.sampled_from([2, 3]), t).map(list)
+            if kind == "experts"
+            else st.just([])
+        )
     )
 
 
