@@ -63,7 +63,9 @@ def _amax(groups: torch.Tensor, dim) -> torch.Tensor:
 
 
 def _fp8_scales(amax: torch.Tensor, scale_format: str, eps: float) -> torch.Tensor:
-    s = amax.clamp(min=eps) / E4M3_MAX  # clamp keeps NaN
+    # a tensor divisor: torch on CUDA turns division by a Python scalar into a reciprocal
+    # multiply, which is one ulp off the true quotient for about half of all amax values
+    s = amax.clamp(min=eps) / torch.full_like(amax, E4M3_MAX)  # clamp keeps NaN
     return ue8m0_pow2_ceil(s) if scale_format == "ue8m0" else s
 
 

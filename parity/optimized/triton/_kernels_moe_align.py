@@ -143,7 +143,8 @@ def launch_moe_align(
     _rank_kernel[(num_chunks,)](
         flat_ids, rank, counts, totals, n, num_experts, CHUNK=chunk, num_warps=4
     )
-    eb = min(triton.next_power_of_2(num_experts), 32)
+    e_pad = triton.next_power_of_2(num_experts)
+    eb = min(e_pad, max(32, e_pad // 8))  # up to ~8 scan programs of at least 32 experts
     ct = max(1, min(triton.next_power_of_2(num_chunks), 4096 // eb))
     _scan_kernel[(triton.cdiv(num_experts, eb),)](
         counts,

@@ -42,7 +42,7 @@ def _check_group(op: str, group_size: int) -> None:
     devices=("cuda", "cpu"),
     dtypes=FLOAT_DTYPES,
     requires=("triton",),
-    note="whole groups per program (~4096 elements), true division, integer E4M3 rounding",
+    note="whole groups per program (~2048 elements), true division, integer E4M3 rounding",
 )
 def fp8_quant(
     x: torch.Tensor,

@@ -17,23 +17,28 @@ implementation gets a fresh list, see `_CaptureList`), the reference runs with c
    pre read, the next pre (or the head) the post's output; the router logits are the stack's
    own float32 GEMM `normed @ router_w.T` (within its error bound, not an op of the table);
 4. output: the returned tensor is bitwise the captured mhc_head output (checked by 2);
-5. end to end, for the tokens whose top-k sets equal the reference's at every layer (and the
-   float64-internal run's, where the bound is measured): per token, ||out - oracle|| <=
-   GATE x ||ref32 - oracle|| + ||ulp(oracle)|| (Frobenius over H), the oracle being the
-   stack run with float64 arithmetic inside every op (outputs still rounded as kernels do) and
-   GATE = 4, the aggregate gate of the fused_moe spec: an implementation whose every op is
-   within tolerance stays within a few times the float32 reference's own distance. It is a
-   sanity bound on error growth across layers; 1-4 carry the precision.
+5. end to end, over the tokens whose top-k sets equal the reference's at every layer:
+   ||out - ref32||_F <= GATE x spread + ||ulp(ref32)||_F, where `spread` is the larger
+   distance from ref32 of two runs the contract accepts as just as correct: the stack with
+   float64 arithmetic inside every op (outputs still rounded, as kernels do), and the stack
+   on the other fused chain (post+pre reading float32 streams). GATE = 4 is the fused_moe
+   spec's aggregate gate. One rounding difference of a bf16 residual element, or of an fp8
+   activation code, moves everything downstream, so no per-element bound is sound here: the
+   accepted variants' spread is the yardstick (measured: a candidate built from either
+   variant sits at 1/4 of the allowance; the float32-reference-vs-oracle distance alone was
+   3x too small for the float32-chain variant, 20-130x with fp8_block). It is a sanity bound
+   on error growth across layers; 1-4 carry the precision.
 
 Without a capture (a tool comparing stored outputs) only 5 can be checked, for all tokens.
-Relations (rows are independent: no attention): token_permutation and batch_split, inexact: per
-token whose top-k sets agree between the two runs at every layer, the outputs agree within
-twice the bound of 5 (routing flips between batch sizes are legitimate).
+Relations (rows are independent: no attention): token_permutation and batch_split, inexact: over
+the tokens whose top-k sets agree between the two runs at every layer, the outputs agree within
+twice the allowance of 5 (routing flips between batch sizes are legitimate).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
@@ -42,16 +47,25 @@ from parity import reference as ref
 from parity.properties import strategies as S
 from parity.properties.case import Case, Gen, as_tuple, dtype_of, ulp
 from parity.properties.tolerance import Verdict, check_meta, close, combine, same_bits
-from parity.reference.stack import REFERENCE_OPS, StackConfig, rms_norm, stack_weights
+from parity.reference.mhc import mhc_fused_post_pre_f32
+from parity.reference.stack import (
+    FUSED_REFERENCE_OPS,
+    REFERENCE_OPS,
+    StackConfig,
+    rms_norm,
+    stack_weights,
+)
 from parity.registry import OpSpec, Relation, add_spec, specs
 
 U = 2.0**-24
 F64 = torch.float64
 GATE = 4.0  # the fused_moe spec's aggregate gate factor (see 5. above)
+# The reference stack on the other chain the contract accepts: fused post+pre on float32 streams.
+F32_CHAIN_OPS = {**FUSED_REFERENCE_OPS, "mhc_fused_post_pre": mhc_fused_post_pre_f32}
 TOLERANCE = (
     "per captured op call: that op's OpSpec tolerance on the candidate's own inputs; wiring "
-    "bitwise; same (op, layer) sequence; end to end (equal routes) per token ||out - oracle|| "
-    "<= 4 ||ref32 - oracle|| + ||ulp||"
+    "bitwise; same (op, layer) sequence; end to end over tokens routed alike ||out - ref32||_F "
+    "<= 4 x the spread of the accepted variants (float64-inside ops, float32 fused chain) + ulp"
 )
 
 # Positional inputs that are weights (compared bitwise with the reference's) per op.
@@ -311,9 +325,29 @@ def _same_routes(a: list, b: list, t: int, device) -> torch.Tensor:
     return ok
 
 
-def _e2e(case: Case):
-    """(the reference run's capture, the oracle output, the per-token bound [T], the tokens
-    where the bound is measured: the float32 and float64-internal runs routed alike)."""
+@dataclass
+class _E2E:
+    """The reference runs of a case: the float32 one (and its capture), and the spread of the
+    contract-accepted variants around it, per token (Frobenius over H)."""
+
+    ref_calls: list
+    out32: torch.Tensor
+    spread_oracle: torch.Tensor  # ||oracle - ref32||: float64 arithmetic inside every op
+    spread_chain: torch.Tensor  # ||f32-chain - ref32||: fused post+pre on float32 streams
+    floor: torch.Tensor  # ||ulp(ref32)||
+    measured: torch.Tensor  # bool [T]: the three runs routed alike at every layer
+
+    def bound(self, tokens: torch.Tensor) -> tuple[float, float]:
+        """(allowed distance from ref32 over `tokens`, the larger spread)."""
+
+        def agg(v):
+            return float(torch.linalg.vector_norm(v[tokens]))
+
+        spread = max(agg(self.spread_oracle), agg(self.spread_chain))
+        return GATE * spread + agg(self.floor), spread
+
+
+def _e2e(case: Case) -> _E2E:
     x = case.args[0]
     kw = _stack_kwargs(case)
     ref_calls: list = []
@@ -321,26 +355,44 @@ def _e2e(case: Case):
     orc_calls: list = []
     with ref.precision("float64", round_output=False):
         oracle = ref.decoder_stack(x, **kw, capture=orc_calls)
+    chain_calls: list = []
+    chain = ref.decoder_stack(x, **kw, ops=F32_CHAIN_OPS, capture=chain_calls)
     t = x.shape[0]
-    measured = _same_routes(_route_sets(ref_calls), _route_sets(orc_calls), t, x.device)
-    e_ref = torch.linalg.vector_norm(out32.to(F64) - oracle, dim=-1)
-    floor = torch.linalg.vector_norm(ulp(oracle, x.dtype), dim=-1)
-    return ref_calls, oracle, GATE * e_ref + floor, measured
+    routes = _route_sets(ref_calls)
+    measured = _same_routes(routes, _route_sets(orc_calls), t, x.device)
+    measured &= _same_routes(routes, _route_sets(chain_calls), t, x.device)
+    r64 = out32.to(F64)
+
+    def per_token(v):
+        return torch.linalg.vector_norm(v, dim=-1)
+
+    return _E2E(
+        ref_calls,
+        out32,
+        per_token(oracle - r64),
+        per_token(chain.to(F64) - r64),
+        per_token(ulp(r64, x.dtype)),
+        measured,
+    )
 
 
-def _check_e2e(out, oracle, bound, tokens) -> Verdict:
-    err = torch.linalg.vector_norm(out.to(F64) - oracle, dim=-1)
-    err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
-    bad = tokens & (err > bound)
-    ratio = float((err / bound.clamp_min(1e-300))[tokens].max()) if bool(tokens.any()) else 0.0
-    if not bool(bad.any()):
+def _check_e2e(out: torch.Tensor, e: _E2E, tokens: torch.Tensor) -> Verdict:
+    """Over the tokens routed alike: ||out - ref32||_F <= GATE x spread + ||ulp||_F."""
+    if not bool(tokens.any()):
+        return Verdict.passed()
+    d = out.to(F64) - e.out32.to(F64)
+    both_nan = torch.isnan(out) & torch.isnan(e.out32)
+    d = torch.where(both_nan, torch.zeros_like(d), torch.nan_to_num(d, nan=math.inf))
+    dist = float(torch.linalg.vector_norm(d[tokens]))
+    allow, spread = e.bound(tokens)
+    ratio = dist / allow if allow > 0 else (0.0 if dist == 0 else math.inf)
+    if dist <= allow:
         return Verdict(True, "", ratio)
-    i = int(bad.nonzero()[0])
     return Verdict(
         False,
-        f"end to end: {int(bad.sum())} of {int(tokens.sum())} tokens routed like the reference "
-        f"are off, e.g. token {i}: ||out - oracle|| {float(err[i]):.4g} > {GATE:g} x the float32 "
-        f"reference's {float((bound[i]) / GATE):.4g} (+ ulp floor)",
+        f"end to end, over the {int(tokens.sum())} tokens routed like the reference: "
+        f"||out - ref32|| = {dist:.4g} > {GATE:g} x {spread:.4g} (the accepted variants' spread) "
+        f"+ ulp floor",
         ratio,
     )
 
@@ -353,10 +405,11 @@ def compare(case: Case, outs: tuple) -> Verdict:
     v = check_meta("out", out, torch.empty(x.shape, dtype=x.dtype, device=x.device))
     if not v:
         return v
-    ref_calls, oracle, bound, measured = _e2e(case)
+    e = _e2e(case)
+    ref_calls = e.ref_calls
     cand = latest_capture(case)
-    if cand is None:  # no capture to judge: the end-to-end bound for every token
-        return _check_e2e(out, oracle, bound, measured)
+    if cand is None:  # no capture to judge: the end-to-end bound over every token
+        return _check_e2e(out, e, e.measured)
     if not cand:
         return Verdict(False, "captured no op call: every op call must be capturable", math.inf)
     v = _check_sequence(cand, ref_calls)
@@ -371,9 +424,9 @@ def compare(case: Case, outs: tuple) -> Verdict:
     head = cand[-1]
     if not same_bits(out, as_tuple(head.outputs)[0]):
         return Verdict(False, "out: not the captured mhc_head output", math.inf)
-    tokens = measured & _same_routes(_route_sets(cand), _route_sets(ref_calls), *_td(x))
-    e = _check_e2e(out, oracle, bound, tokens)
-    return e if not e else Verdict(True, "", max(v.ratio, e.ratio))
+    tokens = e.measured & _same_routes(_route_sets(cand), _route_sets(ref_calls), *_td(x))
+    g = _check_e2e(out, e, tokens)
+    return g if not g else Verdict(True, "", max(v.ratio, g.ratio))
 
 
 def _td(x):
@@ -427,31 +480,35 @@ def _relation(kind: str):
 
 
 def compare_pair(case: Case, derived: tuple, base: tuple) -> Verdict:
-    """Per token routed alike in both runs (every token if a run was not captured): the two
-    outputs within twice the end-to-end bound (each within it of the oracle)."""
+    """Over the tokens routed alike in both runs (all of them if a run was not captured) and
+    in the reference's accepted variants: ||derived - base||_F within twice the end-to-end
+    allowance (each run within it of ref32)."""
     x = case.args[0]
     out_d = derived[0]
     v = check_meta("out", out_d, torch.empty(x.shape, dtype=x.dtype, device=x.device))
     if not v:
         return v
-    _, _, bound, _ = _e2e(case)
+    e = _e2e(case)
     sets_d = derived[1] if len(derived) > 1 else None
     sets_b = _routes_of(case)
-    tokens = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    tokens = e.measured.clone()
     if sets_d is not None and sets_b is not None:
-        tokens = _same_routes(sets_d, sets_b, *_td(x))
-    err = torch.linalg.vector_norm(out_d.to(F64) - base[0].to(F64), dim=-1)
-    both_nan = torch.isnan(out_d).all(-1) & torch.isnan(base[0]).all(-1)
-    err = torch.where(both_nan, torch.zeros_like(err), torch.nan_to_num(err, nan=math.inf))
-    bad = tokens & (err > 2 * bound)
-    if not bool(bad.any()):
+        tokens &= _same_routes(sets_d, sets_b, *_td(x))
+    if not bool(tokens.any()):
         return Verdict.passed()
-    i = int(bad.nonzero()[0])
+    d = out_d.to(F64) - base[0].to(F64)
+    both_nan = torch.isnan(out_d) & torch.isnan(base[0])
+    d = torch.where(both_nan, torch.zeros_like(d), torch.nan_to_num(d, nan=math.inf))
+    dist = float(torch.linalg.vector_norm(d[tokens]))
+    allow, _ = e.bound(tokens)
+    ratio = dist / (2 * allow) if allow > 0 else (0.0 if dist == 0 else math.inf)
+    if ratio <= 1:
+        return Verdict(True, "", ratio)
     return Verdict(
         False,
-        f"{int(bad.sum())} of {int(tokens.sum())} tokens routed alike differ between the two "
-        f"runs, e.g. token {i}: {float(err[i]):.4g} > 2 x bound {float(bound[i]):.4g}",
-        float(err[i] / max(float(bound[i]), 1e-300)),
+        f"over the {int(tokens.sum())} tokens routed alike, the two runs differ by "
+        f"{dist:.4g} > 2 x the end-to-end allowance {allow:.4g}",
+        ratio,
     )
 
 
