@@ -15,4 +15,4 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from parity.optimized import flashinfer, tilelang, triton  # noqa: F401
+from parity.optimized import flashinfer, stack, tilelang, triton  # noqa: F401

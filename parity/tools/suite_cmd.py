@@ -20,6 +20,7 @@ def add_parser(sub):
     )
     p.add_argument("--op", action="append", default=[], help="restrict to these ops")
     p.add_argument("--impl", action="append", default=[], help="restrict to these impl names")
+    p.add_argument("--backend", action="append", default=[], help="restrict to these backends")
     p.add_argument("--profile", default="pr", choices=["pr", "nightly", "bisect"])
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
@@ -40,6 +41,8 @@ def run(args) -> int:
     t_all = time.perf_counter()
     for impl in impls(include_reference=True):
         if (args.op and impl.op not in args.op) or (args.impl and impl.name not in args.impl):
+            continue
+        if args.backend and impl.backend not in args.backend:
             continue
         ok, why = impl.availability(device)
         if not ok:
