@@ -239,7 +239,9 @@ def fp8_row0_uses_last_scale(
     return q, _layout(s, column_major_scales)
 
 
-@witness("fp8_quant", "pow2_scaling", why="ue8m0 as exp2(ceil(log2(s))) in float32")
+@witness(
+    "fp8_quant", "pow2_scaling", why="ue8m0 as exp2(ceil(log2(s))) in float32", max_examples=600
+)
 def fp8_log2_ue8m0(x, *, group_size=128, scale_format="fp32", column_major_scales=False, eps=1e-10):
     def scale(a):
         s = a.clamp(min=eps) / 448.0
@@ -640,7 +642,7 @@ def mx_row_mixup(x, **kw):
     return p, s
 
 
-@witness("mxfp4_quant", "pow2_scaling", why="block exponent from a float32 log2")
+@witness("mxfp4_quant", "pow2_scaling", why="block exponent from a float32 log2", max_examples=600)
 def mx_log2_exponent(x, *, block=32, scale_rounding="floor"):
     def exponent(amax):
         if scale_rounding == "floor":

@@ -11,7 +11,8 @@ Pipeline, after the tokens are sorted by expert and padded to `BLOCK_SIZE_M` (mo
 4. `_moe_gemm_kernel` GEMM2: activation rows times w2[e].T, times the router weight, in x.dtype
    -> `[T*k, H]`.
 5. `_reduce_k_kernel`: out[t] = sum over j = 0..k-1 in that order, float32, skipped slots (-1)
-   masked out (never read), so the result is bitwise deterministic: no atomics anywhere.
+   masked out (never read), so the result is bitwise deterministic: no atomics anywhere. With
+   k == 1, GEMM2 writes the output rows directly and skipped tokens are zero-filled.
 
 Exactness of the quantized GEMMs:
 - fp8: an E4M3 value has 4 significant bits, so a product of two is exact in float32; each K
@@ -20,8 +21,8 @@ Exactness of the quantized GEMMs:
   rounding. On a GPU the native fp8 `tl.dot` is used (Hopper WGMMA accumulates a K tile with
   reduced internal precision, then the tile is promoted to the float32 accumulator per
   BLOCK_SIZE_K <= 128, as DeepGEMM and vLLM do). Under TRITON_INTERPRET=1 the operands are
-  decoded to float32 by bit arithmetic first (the interpreter's fp8 decode turns NaN codes into
-  +-480), which gives the same float32 math.
+  upcast to float32 first (the interpreter's cast, with the NaN codes it decodes as +-480
+  patched back to NaN), which gives the same float32 math.
 - mxfp4: two exact variants. (a) Scale after the dot: per MX block of 32, a dot on the raw
   E2M1 values (exact in bf16 and fp16, built as bit patterns) and the block's scale applied to
   the float32 partial product: no per-element multiply, the choice for small BLOCK_SIZE_M and

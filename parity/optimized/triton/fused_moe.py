@@ -11,7 +11,8 @@ exactly inside the GEMM). Kernels: `_kernels_fused_moe.py` (imported lazily); ti
 
 Unsupported (NotImplementedError): float32 activations (the registered dtypes are bf16 and
 fp16), fp8_block with `block_shape[1]` not a multiple of 16 (a K tile must lie inside one scale
-group and `tl.dot` needs K >= 16), CPU tensors without TRITON_INTERPRET=1.
+group and `tl.dot` needs K >= 16), SwiGLU options beyond the float32 range (kernel scalars are
+float32), CPU tensors without TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations

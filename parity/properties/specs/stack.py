@@ -327,10 +327,9 @@ def _same_routes(a: list, b: list, t: int, device) -> torch.Tensor:
 
 @dataclass
 class _E2E:
-    """The reference runs of a case: the float32 one (and its capture), and the spread of the
-    contract-accepted variants around it, per token (Frobenius over H)."""
+    """The spread of the contract-accepted variants around the float32 reference run, per
+    token (Frobenius over H)."""
 
-    ref_calls: list
     out32: torch.Tensor
     spread_oracle: torch.Tensor  # ||oracle - ref32||: float64 arithmetic inside every op
     spread_chain: torch.Tensor  # ||f32-chain - ref32||: fused post+pre on float32 streams
@@ -347,11 +346,17 @@ class _E2E:
         return GATE * spread + agg(self.floor), spread
 
 
-def _e2e(case: Case) -> _E2E:
+def _reference_run(case: Case) -> tuple[torch.Tensor, list]:
+    """The float32 reference stack on the case, with its captured calls."""
+    calls: list = []
+    out = ref.decoder_stack(case.args[0], **_stack_kwargs(case), capture=calls)
+    return out, calls
+
+
+def _e2e(case: Case, run: tuple | None = None) -> _E2E:
     x = case.args[0]
     kw = _stack_kwargs(case)
-    ref_calls: list = []
-    out32 = ref.decoder_stack(x, **kw, capture=ref_calls)
+    out32, ref_calls = run if run is not None else _reference_run(case)
     orc_calls: list = []
     with ref.precision("float64", round_output=False):
         oracle = ref.decoder_stack(x, **kw, capture=orc_calls)
@@ -367,7 +372,6 @@ def _e2e(case: Case) -> _E2E:
         return torch.linalg.vector_norm(v, dim=-1)
 
     return _E2E(
-        ref_calls,
         out32,
         per_token(oracle - r64),
         per_token(chain.to(F64) - r64),
@@ -405,11 +409,12 @@ def compare(case: Case, outs: tuple) -> Verdict:
     v = check_meta("out", out, torch.empty(x.shape, dtype=x.dtype, device=x.device))
     if not v:
         return v
-    e = _e2e(case)
-    ref_calls = e.ref_calls
     cand = latest_capture(case)
     if cand is None:  # no capture to judge: the end-to-end bound over every token
+        e = _e2e(case)
         return _check_e2e(out, e, e.measured)
+    run = _reference_run(case)
+    ref_calls = run[1]
     if not cand:
         return Verdict(False, "captured no op call: every op call must be capturable", math.inf)
     v = _check_sequence(cand, ref_calls)
@@ -424,6 +429,7 @@ def compare(case: Case, outs: tuple) -> Verdict:
     head = cand[-1]
     if not same_bits(out, as_tuple(head.outputs)[0]):
         return Verdict(False, "out: not the captured mhc_head output", math.inf)
+    e = _e2e(case, run)  # the two other reference runs only once everything else passed
     tokens = e.measured & _same_routes(_route_sets(cand), _route_sets(ref_calls), *_td(x))
     g = _check_e2e(out, e, tokens)
     return g if not g else Verdict(True, "", max(v.ratio, g.ratio))
@@ -526,7 +532,7 @@ def _meta(draw, size: str, dtypes) -> dict:
         "num_layers": nl,
         "start": start,
         "end": draw(st.integers(start, nl)),
-        "quant": draw(st.sampled_from(["none", "fp8_block", "mxfp4"])),
+        "quant": draw(st.sampled_from(["none", "none", "fp8_block", "mxfp4"])),  # none: cheapest
         "hc": draw(st.sampled_from([4, 4, 2])),
         "regime": draw(st.sampled_from(["normal", "large", "small"])),
         "seed": draw(st.integers(0, 2**20)),
