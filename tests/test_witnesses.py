@@ -19,6 +19,7 @@ def test_witness_is_caught(w):
         device="cpu",
         profile="pr",
         max_examples=w.max_examples,
+        shrink=False,  # detection is what a witness proves; shrinking only costs time
     )
     assert stats.failure is not None, (
         f"{w.prop} did not catch the witness {w.fn.__name__} ({w.why}) in {stats.run} cases "

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import hypothesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
 from parity.properties.checks import evaluate
 from parity.registry import OpSpec
 
 _SUPPRESS = list(HealthCheck)
 
+# no explain phase in pr/bisect: it re-runs a found failure many times only to annotate it
+_NO_EXPLAIN = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
 settings.register_profile(
     "pr",
     max_examples=20,
@@ -28,6 +30,7 @@ settings.register_profile(
     deadline=None,
     database=None,
     print_blob=False,
+    phases=_NO_EXPLAIN,
     suppress_health_check=_SUPPRESS,
 )
 settings.register_profile(
@@ -43,6 +46,7 @@ settings.register_profile(
     derandomize=True,
     deadline=None,
     database=None,
+    phases=_NO_EXPLAIN,
     suppress_health_check=_SUPPRESS,
 )
 PROFILES = ("pr", "nightly", "bisect")
@@ -132,6 +136,7 @@ def run_property(
     seed: int | None = None,
     on_example: Callable[[Stats], None] | None = None,
     on_failure: Callable[[dict, object], None] | None = None,
+    shrink: bool = True,
 ) -> Stats:
     """Run `prop` for `fn`; returns the counts and the shrunk failure (if any)."""
     size = size or ("small" if device == "cpu" else "full")
@@ -140,6 +145,10 @@ def run_property(
     if max_examples is not None:
         overrides["max_examples"] = max_examples
     base = settings.get_profile(profile)
+    if not shrink:  # detection only (the witness tests): a found failure is not minimised
+        overrides["phases"] = tuple(
+            p for p in base.phases if p not in (Phase.shrink, Phase.explain)
+        )
     s = settings(base, **overrides)
     targeted = profile == "nightly"
     strat = strategy_for(spec, prop, size=size, dtypes=dtypes)

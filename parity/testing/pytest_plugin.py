@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import pytest
 
 NOT_RUN = "NOT RUN"
+# examples per property for Triton kernels under the interpreter (pr profile, CPU)
+INTERPRETER_EXAMPLES = {"*": 10, "fused_moe": 4, "decoder_stack": 3}
 
 
 def pytest_addoption(parser):
@@ -34,6 +36,12 @@ def pytest_configure(config):
     from parity.tools.worker import pin_gpu_for_xdist_worker
 
     pin_gpu_for_xdist_worker()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one intra-op thread per xdist worker: the workers already use every core, and tiny
+        # float64 matmuls run far slower when threads oversubscribe them
+        import torch
+
+        torch.set_num_threads(1)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; reported NOT RUN without one")
     config.addinivalue_line("markers", "parity: a property of an op against an implementation")
     config._parity_not_run = []
@@ -51,6 +59,17 @@ class Target:
     @property
     def id(self) -> str:
         return f"{self.op}-{self.impl}-{self.prop}-{self.device}"
+
+    def _max_examples(self, impl) -> int | None:
+        """An explicit --parity-max-examples wins. Otherwise the profile's count, except for
+        Triton kernels in the Triton interpreter under the pr profile: it runs them about a
+        thousand times slower than a GPU, so they get INTERPRETER_EXAMPLES per property there
+        (the GPU run, `scripts/gpu_all.sh`, draws the full count)."""
+        if self.max_examples is not None:
+            return self.max_examples
+        if self.device == "cpu" and self.profile == "pr" and "triton" in impl.requires:
+            return INTERPRETER_EXAMPLES.get(self.op, INTERPRETER_EXAMPLES["*"])
+        return None
 
     def run(self):
         """Run the property; fail with the shrunk case and its repro command, or skip NOT RUN."""
@@ -70,7 +89,7 @@ class Target:
             device=self.device,
             dtypes=impl.dtypes,
             profile=self.profile,
-            max_examples=self.max_examples,
+            max_examples=self._max_examples(impl),
         )
         if stats.failure is not None:
             f = stats.failure
