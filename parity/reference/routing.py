@@ -7,10 +7,17 @@ tolerance checks, not a contract op) decides that for an implementation's ids.
 
 Choices where the contract is silent:
 
-- `bias` is required for "dsv3" (DeepSeek's noaux_tc gate always has `e_score_correction_bias`)
-  and must be None for "softmax"; it may be bf16, fp16 or fp32, upcast exactly.
-- Grouping is defined for "dsv3" only: "softmax" requires `n_group == 1` (vLLM's DeepSeek-V2
-  softmax-with-groups scores a group by its max instead; the contract does not define that).
+- `bias` is required for "dsv3" and "sqrtsoftplus" (DeepSeek's noaux_tc gate always has
+  `e_score_correction_bias`) and must be None for "softmax"; it may be bf16, fp16 or fp32,
+  upcast exactly.
+- "sqrtsoftplus" (not in the contract's text; DeepSeek-V4, see docs/contract-notes.md item 1) is
+  "dsv3" with the score `s = sqrt(softplus(logits))` in place of `sigmoid(logits)`. softplus is
+  the exact `log(1 + exp(l))`, computed as `logaddexp(l, 0)` (torch's `F.softplus` returns `l`
+  itself above its threshold 20, an error below float32 rounding but not float64's).
+- Grouping is defined for "dsv3" and "sqrtsoftplus" (the grouped top-k of the key, as dsv3;
+  vLLM's V4 router has no groups, i.e. `n_group == 1`): "softmax" requires `n_group == 1`
+  (vLLM's DeepSeek-V2 softmax-with-groups scores a group by its max instead; the contract does
+  not define that).
 - A group of one expert scores that expert's key ("the two largest" of one). vLLM's torch
   `grouped_topk` raises there (`topk(2)` on a size-1 dim) and its CUDA `topk_with_k2` returns
   -inf for every group, so neither defines it.
@@ -35,7 +42,7 @@ from parity.reference._common import (
     finish,
 )
 
-METHODS = ("softmax", "dsv3")
+METHODS = ("softmax", "dsv3", "sqrtsoftplus")
 _U32 = 2.0**-24  # float32 unit roundoff
 
 
@@ -52,7 +59,7 @@ def _check_route_args(op: str, logits, k, method, bias, n_group, topk_group) -> 
         if bias is not None:
             fail(op, "bias", "None with method='softmax'", type(bias).__name__)
         if n_group != 1:
-            fail(op, "n_group", "1 with method='softmax' (groups are defined for 'dsv3')", n_group)
+            fail(op, "n_group", "1 with method='softmax' (groups need a biased method)", n_group)
         most = e
     else:
         check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES, shape=(e,), device=logits.device)
@@ -71,8 +78,14 @@ def _keys(logits, method: str, bias, dtype) -> tuple[torch.Tensor, torch.Tensor]
         # softmax is increasing in the logit, so the exact logit ranks as the exact p does
         # (a rounded p could tie two different logits).
         return x, torch.softmax(x, dim=-1)
-    s = torch.sigmoid(x)
+    s = _sqrt_softplus(x) if method == "sqrtsoftplus" else torch.sigmoid(x)
     return s + bias.to(dtype), s
+
+
+def _sqrt_softplus(x: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V4's score `sqrt(softplus(x))`, softplus the exact `log1p(exp(x))` (no linear
+    regime above a threshold as in `F.softplus`); 0 at -inf, inf at inf, NaN at NaN."""
+    return torch.sqrt(torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device)))
 
 
 def _group_scores(key: torch.Tensor, n_group: int) -> torch.Tensor:
@@ -121,9 +134,11 @@ def route(
     "softmax": top-k of `p = softmax(logits)`, weights the selected p. "dsv3": `s =
     sigmoid(logits)`, `b = s + bias`; keep the `topk_group` groups (of `n_group` equal groups)
     with the largest sum of their two largest b, take the top-k of b among their experts;
-    weights the selected s. Then divide by the sum of the k weights if `renormalize`, and
-    multiply by `routed_scaling_factor`. Computed in `compute_dtype()`; ties go to the lowest
-    index. The order of the k entries is by decreasing key.
+    weights the selected s. "sqrtsoftplus" (DeepSeek-V4): as "dsv3" with `s =
+    sqrt(softplus(logits))`, softplus exactly `log(1 + exp(l))`. Then divide by the sum of the
+    k weights if `renormalize`, and multiply by `routed_scaling_factor`. Computed in
+    `compute_dtype()`; ties go to the lowest index. The order of the k entries is by decreasing
+    key.
     """
     op = "route"
     _check_route_args(op, logits, k, method, bias, n_group, topk_group)
@@ -156,7 +171,14 @@ def route_key_bounds(logits, *, method: str = "softmax", bias=None) -> tuple[tor
     through the monotone key function; plus 8 float32 unit roundoffs of the magnitudes the key
     is computed from, for a kernel's own float32 evaluation. "dsv3": the key is `sigmoid(l) +
     bias`, slack `8 u32 (|s| + |b|)` (sigmoid's few-ulp error and the rounding of the bias sum,
-    which dominates for DeepSeek-V4's biases near 8). "softmax": the key is the logit itself (p
+    which dominates for DeepSeek-V4's biases near 8). "sqrtsoftplus": the key is
+    `sqrt(softplus(l)) + bias`, increasing in l (derivative `sigmoid(l) / (2 s)`, at most 0.32,
+    near l = 0.92), so the logit margin goes through it exactly as for sigmoid; slack
+    `8 u32 ((1 + |l|) s + |s + bias|)`: a float32 softplus through a fast exp has a relative
+    error of at most the exp's `(2 + |l|) u32` (`log1p(y)`'s condition in y is at most 1),
+    halved by the sqrt, plus the bias sum's rounding. (A kernel that rounds `1 + exp(l)` before
+    a plain log loses the whole score below l ~ -16, far beyond this, and is rejected.)
+    "softmax": the key is the logit itself (p
     ranks as the logit does), slack `8 u32 (1 + |l| + max|l|)` for the rounding of `l - max` and
     of `exp`. Infinite logits get no margin.
     """
@@ -170,6 +192,10 @@ def route_key_bounds(logits, *, method: str = "softmax", bias=None) -> tuple[tor
         slack = _finite_or_zero(8 * _U32 * (1 + x.abs() + biggest))
         return x - half_ulp - slack, x + half_ulp + slack
     b = bias.to(torch.float64)
+    if method == "sqrtsoftplus":
+        s_lo, s_hi = _sqrt_softplus(x - half_ulp), _sqrt_softplus(x + half_ulp)
+        slack = _finite_or_zero(8 * _U32 * ((1 + x.abs()) * s_hi + (s_hi + b).abs()))
+        return s_lo + b - slack, s_hi + b + slack
     s_lo, s_hi = torch.sigmoid(x - half_ulp), torch.sigmoid(x + half_ulp)
     slack = _finite_or_zero(8 * _U32 * (s_hi + (s_hi + b).abs()))
     return s_lo + b - slack, s_hi + b + slack

@@ -23,6 +23,66 @@ def weights_by_id(w: torch.Tensor, ids: torch.Tensor) -> list[dict[int, float]]:
     return [dict(zip(i.tolist(), v.tolist())) for i, v in zip(ids, w)]
 
 
+def ssp(v: float) -> float:
+    """DeepSeek-V4's score sqrt(softplus(v)) = sqrt(log(1 + e**v))."""
+    return math.sqrt(math.log1p(math.exp(v)))
+
+
+# --- route: sqrtsoftplus (DeepSeek-V4) ------------------------------------------------------------
+
+
+def test_sqrtsoftplus_bias_changes_choice_weights_are_unbiased():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -2.0]])
+    # s = sqrt(log1p(exp(l))) = [1.74602, 1.14598, 0.83256, 0.35627]; with the bias the keys are
+    # [1.74602, 1.14598, 1.33256, 0.35627]: expert 2 displaces expert 1.
+    bias = torch.tensor([0.0, 0.0, 0.5, 0.0])
+    w, ids = route(logits, k=2, method="sqrtsoftplus", bias=bias, routed_scaling_factor=2.5)
+    assert w.dtype == torch.float32 and ids.dtype == torch.int32
+    assert ids.tolist() == [[0, 2]]  # by decreasing key
+    s0, s2 = ssp(3.0), ssp(0.0)
+    assert (s0, s2) == (pytest.approx(1.746020, abs=1e-6), pytest.approx(0.832555, abs=1e-6))
+    got = weights_by_id(w, ids)[0]  # the unbiased scores, renormalized, times the factor
+    assert got[0] == pytest.approx(2.5 * s0 / (s0 + s2), rel=1e-6)  # 1.69282
+    assert got[2] == pytest.approx(2.5 * s2 / (s0 + s2), rel=1e-6)  # 0.80718
+    assert got[0] == pytest.approx(1.692815, abs=1e-5)
+    # Without the bias the plain top-2 of the scores wins; no renormalization keeps s itself.
+    w0, ids0 = route(logits, k=2, method="sqrtsoftplus", bias=torch.zeros(4), renormalize=False)
+    assert ids0.tolist() == [[0, 1]]
+    assert w0[0].tolist() == pytest.approx([s0, ssp(1.0)], rel=1e-6)
+
+
+def test_sqrtsoftplus_is_the_exact_softplus_and_v4_biases():
+    # softplus is log1p(exp(l)) exactly, also above F.softplus's threshold 20 and far below 0.
+    # (F.softplus gives 25.0 at 25: a relative 5.6e-13 off, visible in the float64 oracle.)
+    logits = torch.tensor([[25.0, -30.0, 0.0]])
+    with precision("float64", round_output=False):
+        w, ids = route(logits, k=3, method="sqrtsoftplus", bias=torch.zeros(3), renormalize=False)
+    want = {0: math.sqrt(25.0 + math.log1p(math.exp(-25.0))), 1: ssp(-30.0), 2: ssp(0.0)}
+    assert want[1] == pytest.approx(math.exp(-15.0), rel=1e-6)
+    for i, v in weights_by_id(w, ids)[0].items():
+        assert v == pytest.approx(want[i], rel=1e-14)
+    # DeepSeek-V4-Flash-like biases near 8.08 shift the choice between close experts.
+    bias = torch.tensor([8.08, 8.08, 8.081])  # +1e-3 beats s(0.001) - s(-0.001) ~ 6e-4
+    _, ids = route(torch.tensor([[0.0, 0.001, -0.001]]), k=1, method="sqrtsoftplus", bias=bias)
+    assert ids.tolist() == [[2]]
+
+
+def test_checker_accepts_a_float32_vllm_style_sqrtsoftplus():
+    # vLLM's torch fallback: float32 F.softplus (linear above 20), sqrt, + bias, top-k.
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(128, 256, generator=g) * 3).to(torch.bfloat16)
+    bias = 8.08 + torch.randn(256, generator=g) * 1e-3
+    kw = dict(k=6, method="sqrtsoftplus", bias=bias)
+    s = torch.sqrt(torch.nn.functional.softplus(logits.float()))
+    ids = (s + bias).topk(6, -1).indices
+    assert check_route_selection(logits, ids, **kw).all()
+    _, ref_ids = route(logits, **kw)
+    assert check_route_selection(logits, ref_ids, **kw).all()
+    # Softplus without the sqrt ranks the same, but sigmoid scores do not.
+    sig_ids = (torch.sigmoid(logits.float()) + bias).topk(6, -1).indices
+    assert not check_route_selection(logits, sig_ids, **kw).all()
+
+
 # --- route: dsv3 ----------------------------------------------------------------------------------
 
 
@@ -245,6 +305,8 @@ def test_route_inputs_unchanged():
         (dict(k=2, method="sigmoid"), ValueError, "method"),
         (dict(k=2, method="dsv3", bias=torch.zeros(7)), ValueError, "bias"),
         (dict(k=2, method="dsv3", bias=torch.zeros(8, dtype=torch.int32)), TypeError, "bias"),
+        (dict(k=2, method="sqrtsoftplus"), TypeError, "bias"),  # required as for dsv3
+        (dict(k=2, method="sqrtsoftplus", bias=torch.zeros(8), n_group=3), ValueError, "n_group"),
         (dict(k=2, renormalize=1), TypeError, "renormalize"),
         (dict(k=2, routed_scaling_factor=0.0), ValueError, "routed_scaling_factor"),
     ],

@@ -223,7 +223,7 @@ def pre_drops_nan(residual, *args, **kw):
 
 @witness("mhc_pre", "error_parity", why="no input validation")
 def pre_no_validation(residual, fn, hc_scale, hc_base, **kw):
-    kw = {k: v for k, v in kw.items()}
+    kw = dict(kw)
     kw["sinkhorn_iters"] = int(kw.get("sinkhorn_iters", 20))
     return _pre_math(residual.float(), fn.float(), hc_scale.float(), hc_base.float(), **kw)
 

@@ -25,13 +25,18 @@ def _route(
     skip_renormalize=False,
     zero_init_topk=False,
     never_last=False,
+    softplus_no_sqrt=False,
 ):
     """A float32 torch router with switchable bugs (no validation: callers validate)."""
     x = logits.float()
     if method == "softmax":
         key, score = x, torch.softmax(x, -1)
     else:
-        score = torch.sigmoid(x)
+        if method == "sqrtsoftplus":  # as vLLM's torch fallback: F.softplus, then sqrt
+            score = torch.nn.functional.softplus(x)
+            score = score if softplus_no_sqrt else score.sqrt()
+        else:
+            score = torch.sigmoid(x)
         key = score + bias.float()
     t, e = key.shape
     if n_group > 1:
@@ -67,6 +72,22 @@ def _valid(logits, **kw):
 def route_weights_from_bias(logits, **kw):
     _valid(logits, **kw)
     return _route(logits, weights_from_key=kw.get("method") == "dsv3", **kw)
+
+
+@witness(
+    "route",
+    "matches_reference",
+    why="sqrtsoftplus scores with softplus, no sqrt (ranks the same, wrong weights)",
+)
+def route_softplus_no_sqrt(logits, **kw):
+    _valid(logits, **kw)
+    return _route(logits, softplus_no_sqrt=kw.get("method") == "sqrtsoftplus", **kw)
+
+
+@witness("route", "matches_reference", why="sqrtsoftplus weights taken from the biased key")
+def route_sqrtsoftplus_weights_from_bias(logits, **kw):
+    _valid(logits, **kw)
+    return _route(logits, weights_from_key=kw.get("method") == "sqrtsoftplus", **kw)
 
 
 @witness("route", "matches_reference", why="forgets to renormalize")

@@ -27,14 +27,17 @@ _U32 = eps_of(torch.float32)
 #   (16 + 2k + A_j + max_sel A + [softmax, no renormalize] (E + max A)) u32 |w_j| + 4 f tiny32
 # A is the float32 error of one score in units of u32: sigmoid through a fast exp (ex2.approx:
 # 2 ulps plus the rounding of l * log2(e), |l| ulps) 4 (1 + |l|); softmax exp(l - m) the same
-# with |l - m| <= |l| + max|l| (a kernel may subtract a float32 log-sum-exp instead of the max).
+# with |l - m| <= |l| + max|l| (a kernel may subtract a float32 log-sum-exp instead of the max);
+# sqrtsoftplus 4 (1 + |l|) as sigmoid: log1p(exp(l)) keeps the fast exp's relative error (2 + |l|)
+# (log1p(y)'s condition in y is <= 1), the sqrt halves it and adds one rounding.
 # 2k covers the k-term sum and 16 the divisions, the scaling factor and the final rounding; a
 # softmax without renormalization keeps the (E - 1)-term normalizer's error. The absolute term is
 # the subnormal floor of float32 (scores that underflow).
 ROUTE_TOLERANCE = (
     "ids: check_route_selection (any choice within the logit dtype's rounding); weights vs the "
     "float64 contract weights of the impl's own ids: (16 + 2k + A_j + max A [+ E]) u32 |w| + "
-    "4 f tiny32, A = float32 score error in u32 (4 (1 + |l|) sigmoid, 4 (1 + |l| + max|l|) softmax)"
+    "4 f tiny32, A = float32 score error in u32 (4 (1 + |l|) sigmoid and sqrtsoftplus, "
+    "4 (1 + |l| + max|l|) softmax)"
 )
 
 _E_SMALL = [4, 8, 16, 32, 64]
@@ -51,10 +54,22 @@ def _groupings(e: int) -> list[int]:
 
 @st.composite
 def _route_config(draw, size: str) -> dict:
-    if size == "full" and draw(st.booleans()):  # the DeepSeek-V3/V4 router: 256 experts, 8 groups
-        return {"E": 256, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": 8}
+    if size == "full" and draw(st.booleans()):
+        # The DeepSeek-V3 router (256 experts, 8 groups, top-8) or V4-Flash's (256, no groups,
+        # top-6, sqrt(softplus) scores).
+        return draw(
+            st.sampled_from(
+                [
+                    {"E": 256, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": 8},
+                    {"E": 256, "method": "sqrtsoftplus", "n_group": 1, "topk_group": 1, "k": 6},
+                ]
+            )
+        )
     e = draw(st.sampled_from(_E_SMALL + (_E_FULL if size == "full" else [])))
-    method = draw(st.sampled_from(["dsv3", "softmax"]))
+    method = draw(st.sampled_from(["dsv3", "softmax", "sqrtsoftplus"]))
+    if method == "sqrtsoftplus":  # DeepSeek-V4: no groups, top-6 or top-8 (all of E=4)
+        k = min(draw(st.sampled_from([6, 8])), e)
+        return {"E": e, "method": method, "n_group": 1, "topk_group": 1, "k": k}
     if method == "dsv3":
         n_group = draw(st.sampled_from(_groupings(e)))
         topk_group = draw(st.integers(1, n_group))
@@ -106,7 +121,7 @@ def _bias(g: Gen, e: int, regime: str, dtype) -> torch.Tensor:
         b = 8.08 + g.normal((e,), std=1e-3)
     elif regime == "random":
         b = g.normal((e,), std=0.1)
-    elif regime == "negative":  # every biased key b = s + bias below zero
+    elif regime == "negative":  # dsv3: every biased key b = s + bias below zero
         b = -g.uniform((e,), 1.1, 2.0)
     else:
         raise ValueError(f"route: bias_regime: unknown {regime!r}")
@@ -127,7 +142,7 @@ def route_build(meta: dict, device) -> Case:
         "renormalize": meta["renormalize"],
         "routed_scaling_factor": meta["routed_scaling_factor"],
     }
-    if cfg["method"] == "dsv3":
+    if cfg["method"] in ("dsv3", "sqrtsoftplus"):
         kw["bias"] = _bias(g, e, meta["bias_regime"], dtype_of(meta["bias_dtype"]))
     if meta.get("nan"):
         logits = g.inject_nan(logits)
@@ -149,7 +164,7 @@ def _route_mutate(bad: str, logits, kw: dict, device):
     elif bad == "k_zero":
         kw["k"] = 0
     elif bad == "k_too_big":
-        most = kw["topk_group"] * (e // kw["n_group"]) if kw["method"] == "dsv3" else e
+        most = kw["topk_group"] * (e // kw["n_group"]) if kw["method"] != "softmax" else e
         kw["k"] = most + 1
     elif bad == "k_float":
         kw["k"] = float(kw["k"])
@@ -159,6 +174,8 @@ def _route_mutate(bad: str, logits, kw: dict, device):
         kw.update(method="softmax", bias=torch.zeros(e, device=device), n_group=1, topk_group=1)
     elif bad == "dsv3_without_bias":
         kw.update(method="dsv3", bias=None)
+    elif bad == "sqrtsoftplus_without_bias":
+        kw.update(method="sqrtsoftplus", bias=None, n_group=1, topk_group=1)
     elif bad == "bias_wrong_shape":
         kw.update(method="dsv3", bias=torch.zeros(e + 1, device=device))
     elif bad == "int_bias":
@@ -188,6 +205,7 @@ _ROUTE_MUTATIONS = [
     "bad_method",
     "softmax_with_bias",
     "dsv3_without_bias",
+    "sqrtsoftplus_without_bias",
     "bias_wrong_shape",
     "int_bias",
     "group_not_divisor",
@@ -221,13 +239,18 @@ def expected_route_weights(case: Case, ids: torch.Tensor) -> tuple[torch.Tensor,
     f = float(kw.get("routed_scaling_factor", 1.0))
     x = logits.to(torch.float64)
     ids = ids.long().clamp(0, max(e - 1, 0))
-    softmax = kw.get("method", "softmax") == "softmax"
+    method = kw.get("method", "softmax")
+    softmax = method == "softmax"
     if softmax:
         score = torch.softmax(x, dim=-1)
         big = torch.nan_to_num(x.abs(), nan=0.0).amax(-1, keepdim=True) if e else x[:, :0]
         a = 4 * (1 + x.abs() + big)
     else:
-        score = torch.sigmoid(x)
+        # sqrt(softplus) exactly (logaddexp, as the reference); its A is sigmoid's (see above).
+        if method == "sqrtsoftplus":
+            score = torch.sqrt(torch.logaddexp(x, x.new_zeros(())))
+        else:
+            score = torch.sigmoid(x)
         a = 4 * (1 + x.abs())
     a = torch.nan_to_num(a, nan=0.0)
     v = score.gather(1, ids) if t else score[:, :k]

@@ -17,22 +17,27 @@ implementation gets a fresh list, see `_CaptureList`), the reference runs with c
    pre read, the next pre (or the head) the post's output; the router logits are the stack's
    own float32 GEMM `normed @ router_w.T` (within its error bound, not an op of the table);
 4. output: the returned tensor is bitwise the captured mhc_head output (checked by 2);
-5. end to end, over the tokens whose top-k sets equal the reference's at every layer:
-   ||out - ref32||_F <= GATE x spread + ||ulp(ref32)||_F, where `spread` is the larger
-   distance from ref32 of two runs the contract accepts as just as correct: the stack with
-   float64 arithmetic inside every op (outputs still rounded, as kernels do), and the stack
-   on the other fused chain (post+pre reading float32 streams). GATE = 4 is the fused_moe
-   spec's aggregate gate. One rounding difference of a bf16 residual element, or of an fp8
-   activation code, moves everything downstream, so no per-element bound is sound here: the
-   accepted variants' spread is the yardstick (measured: a candidate built from either
-   variant sits at 1/4 of the allowance; the float32-reference-vs-oracle distance alone was
-   3x too small for the float32-chain variant, 20-130x with fp8_block). It is a sanity bound
-   on error growth across layers; 1-4 carry the precision.
+5. end to end (quant "none" and "mxfp4"), over the tokens whose top-k sets equal the
+   reference's at every layer: ||out - ref32||_F <= GATE x spread + ||ulp(ref32)||_F, where
+   `spread` is the larger distance from ref32 of two runs the contract accepts as just as
+   correct: the stack with float64 arithmetic inside every op (outputs still rounded, as
+   kernels do), and the stack on the other fused chain (post+pre reading float32 streams).
+   GATE = 4 is the fused_moe spec's aggregate gate. One rounding difference of a bf16 residual
+   element moves everything downstream, so no per-element bound is sound here: the accepted
+   variants' spread is the yardstick (measured: candidates built from either variant sit at
+   1/4 of the allowance, the Triton fused_moe stack at most 0.46 over 96 short runs; the
+   float32-reference-vs-oracle distance alone was 3x too small for the float32-chain
+   variant). Not with "fp8_block": a one-step flip of an fp8 activation code (which the
+   fused_moe tolerance allows where a value sits near a code midpoint) is discrete like a
+   routing flip, and the Triton stack reached 3.7x the allowance on 3 tokens over 2 layers.
+   It is a sanity bound on error growth across layers; 1-4 carry the precision.
 
-Without a capture (a tool comparing stored outputs) only 5 can be checked, for all tokens.
+Without a capture (a tool comparing stored outputs) only 5 can be checked, over all tokens the
+reference variants route alike, fp8_block included (there it may reject a correct run).
 Relations (rows are independent: no attention): token_permutation and batch_split, inexact: over
 the tokens whose top-k sets agree between the two runs at every layer, the outputs agree within
-twice the allowance of 5 (routing flips between batch sizes are legitimate).
+twice the allowance of 5 (routing flips between batch sizes are legitimate); not applicable with
+"fp8_block", where 5 has no bound.
 """
 
 from __future__ import annotations
@@ -64,8 +69,9 @@ GATE = 4.0  # the fused_moe spec's aggregate gate factor (see 5. above)
 F32_CHAIN_OPS = {**FUSED_REFERENCE_OPS, "mhc_fused_post_pre": mhc_fused_post_pre_f32}
 TOLERANCE = (
     "per captured op call: that op's OpSpec tolerance on the candidate's own inputs; wiring "
-    "bitwise; same (op, layer) sequence; end to end over tokens routed alike ||out - ref32||_F "
-    "<= 4 x the spread of the accepted variants (float64-inside ops, float32 fused chain) + ulp"
+    "bitwise; same (op, layer) sequence; end to end (not fp8_block) over tokens routed alike "
+    "||out - ref32||_F <= 4 x the spread of the accepted variants (float64-inside ops, float32 "
+    "fused chain) + ulp"
 )
 
 # Positional inputs that are weights (compared bitwise with the reference's) per op.
@@ -410,8 +416,8 @@ def compare(case: Case, outs: tuple) -> Verdict:
     if not v:
         return v
     cand = latest_capture(case)
-    if cand is None:  # no capture to judge: the end-to-end bound over every token
-        e = _e2e(case)
+    if cand is None:  # no capture to judge: the end-to-end bound over every token (the best
+        e = _e2e(case)  # there is; with fp8_block it may reject a correct run, see 5.)
         return _check_e2e(out, e, e.measured)
     run = _reference_run(case)
     ref_calls = run[1]
@@ -429,10 +435,17 @@ def compare(case: Case, outs: tuple) -> Verdict:
     head = cand[-1]
     if not same_bits(out, as_tuple(head.outputs)[0]):
         return Verdict(False, "out: not the captured mhc_head output", math.inf)
+    if not _bounded(case):
+        return v
     e = _e2e(case, run)  # the two other reference runs only once everything else passed
     tokens = e.measured & _same_routes(_route_sets(cand), _route_sets(ref_calls), *_td(x))
     g = _check_e2e(out, e, tokens)
     return g if not g else Verdict(True, "", max(v.ratio, g.ratio))
+
+
+def _bounded(case: Case) -> bool:
+    """Whether the end-to-end check applies: not with fp8 activation codes (see 5.)."""
+    return case.kwargs.get("quant", "none") != "fp8_block"
 
 
 def _td(x):
@@ -454,7 +467,7 @@ def _relation(kind: str):
     def transform(case: Case, rng):
         x = case.args[0]
         t = x.shape[0]
-        if t < 2:
+        if t < 2 or not _bounded(case):
             return None
         if kind == "perm":
             perm = list(range(t))
