@@ -599,3 +599,22 @@ def test_moe_align_error_parity():
     _same_error(f, r, ids, num_experts=4.0, block_size=4)
     _same_error(f, r, torch.tensor([[0, 4]], dtype=torch.int32), num_experts=4, block_size=4)
     _same_error(f, r, torch.tensor([[0, -2]], dtype=torch.int32), num_experts=4, block_size=4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cast trap is the interpreter's")
+def test_property_suite_catches_the_naive_cast_under_the_interpreter():
+    """The fp8_quant matches_reference property, as the suite runs it, fails the naive cast."""
+    from parity.properties.runner import run_property
+    from parity.registry import get_spec
+
+    stats = run_property(
+        get_spec("fp8_quant"),
+        "matches_reference",
+        fp8_quant_naive_cast,
+        impl_name="tests.witnesses.triton_naive_fp8:fp8_quant_naive_cast",
+        device="cpu",
+        max_examples=200,
+        shrink=False,
+    )
+    assert stats.failure is not None, f"not caught in {stats.run} cases"
+    assert stats.run > 0

@@ -1,7 +1,8 @@
 """A naive Triton fp8_quant that rounds with the native `x.to(tl.float8e4nv)` cast.
 
-Not a registered implementation and not a `@witness` of any property: a plain function that
-`tests/test_triton_kernels.py` runs to show the cast trap the real kernels avoid. Under
+Not a registered implementation: a plain function that `tests/test_triton_kernels.py` runs to
+show the cast trap the real kernels avoid, and asserts the fp8_quant matches_reference property
+catches under the interpreter. Under
 TRITON_INTERPRET=1 (triton 3.9) the cast drops the mantissa carry (124.1 -> 64) and turns
 values above 448 into NaN; on a GPU the cast rounds correctly but has its own overflow rule.
 The scale is computed as in the contract (fp32 scales, row-major only).
