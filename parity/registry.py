@@ -132,7 +132,7 @@ def _device_ok(impl: Impl, device: str) -> tuple[bool, str]:
             if cc < impl.min_cc:
                 return False, f"needs compute capability >= {impl.min_cc}, device has {cc}"
         return True, ""
-    if device == "cpu" and impl.backend == "triton":
+    if device == "cpu" and "triton" in impl.requires:
         if os.environ.get("TRITON_INTERPRET") != "1":
             return False, "Triton on the CPU needs TRITON_INTERPRET=1 set before triton loads"
         return True, "Triton interpreter"
