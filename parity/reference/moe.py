@@ -75,37 +75,27 @@ def _block_dequant(q: torch.Tensor, scales: torch.Tensor, block_shape, dtype) ->
     return q.to(dtype) * s[:rows, :cols]
 
 
-def fused_moe(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
+def validate_fused_moe(
+    x,
+    w13,
+    w2,
+    topk_weights,
+    topk_ids,
     *,
-    quant: str = "none",
-    w13_scale: torch.Tensor | None = None,
-    w2_scale: torch.Tensor | None = None,
-    swiglu_limit: float | None = None,
-    swiglu_alpha: float = 1.0,
-    swiglu_beta: float = 0.0,
-    layout: str = "concat",
-    swiglu_clamp_mode: str = "pre",
-    apply_router_weight_on_input: bool = False,
-    block_shape=(128, 128),
-) -> torch.Tensor:
-    """`out[t] = sum_j topk_weights[t, j] * (swiglu(x[t] @ w13[e].T) @ w2[e].T)`, `e =
-    topk_ids[t, j]` (-1: skipped), in `x.dtype`; intermediates in `compute_dtype()`.
-
-    `x [T, H]`, `w13 [E, 2N, H]` (gate rows then up rows for `"concat"`, alternating for
-    `"interleaved"`), `w2 [E, H, N]`, `topk_weights [T, k]` float32, `topk_ids [T, k]` int32.
-    `quant`: `"none"` (weights in x.dtype), `"fp8_block"` (float8_e4m3fn weights with float32
-    block scales `[E, ceil(2N/br), ceil(H/bc)]` and `[E, ceil(H/br), ceil(N/bc)]`; activations
-    fp8-quantized per group of `bc` before each GEMM, emulated exactly), `"mxfp4"` (uint8 packed
-    `[E, 2N, H/2]`, `[E, H, N/2]` with uint8 E8M0 scales `[E, 2N, H/32]`, `[E, H, N/32]`;
-    weights dequantized exactly, activations unquantized). `apply_router_weight_on_input` (k ==
-    1 only) scales x before the first GEMM instead of the output.
-    """
-    op = "fused_moe"
+    quant,
+    w13_scale,
+    w2_scale,
+    swiglu_limit,
+    swiglu_alpha,
+    swiglu_beta,
+    layout,
+    swiglu_clamp_mode,
+    apply_router_weight_on_input,
+    block_shape,
+    op: str = "fused_moe",
+) -> tuple[int, int, int, int, tuple[int, int]]:
+    """Every check of fused_moe's input, before any work (shared with the fast paths so their
+    errors match): returns (T, H, E, N, block_shape)."""
     check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
     t, h = x.shape
     dev = x.device
@@ -162,6 +152,58 @@ def fused_moe(
     if bool(bad.any()):
         fail(op, "topk_ids", f"values in [-1, {e})", int(ids[bad][0]))
 
+    return t, h, e, n, (br, bc)
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    quant: str = "none",
+    w13_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    swiglu_limit: float | None = None,
+    swiglu_alpha: float = 1.0,
+    swiglu_beta: float = 0.0,
+    layout: str = "concat",
+    swiglu_clamp_mode: str = "pre",
+    apply_router_weight_on_input: bool = False,
+    block_shape=(128, 128),
+) -> torch.Tensor:
+    """`out[t] = sum_j topk_weights[t, j] * (swiglu(x[t] @ w13[e].T) @ w2[e].T)`, `e =
+    topk_ids[t, j]` (-1: skipped), in `x.dtype`; intermediates in `compute_dtype()`.
+
+    `x [T, H]`, `w13 [E, 2N, H]` (gate rows then up rows for `"concat"`, alternating for
+    `"interleaved"`), `w2 [E, H, N]`, `topk_weights [T, k]` float32, `topk_ids [T, k]` int32.
+    `quant`: `"none"` (weights in x.dtype), `"fp8_block"` (float8_e4m3fn weights with float32
+    block scales `[E, ceil(2N/br), ceil(H/bc)]` and `[E, ceil(H/br), ceil(N/bc)]`; activations
+    fp8-quantized per group of `bc` before each GEMM, emulated exactly), `"mxfp4"` (uint8 packed
+    `[E, 2N, H/2]`, `[E, H, N/2]` with uint8 E8M0 scales `[E, 2N, H/32]`, `[E, H, N/32]`;
+    weights dequantized exactly, activations unquantized). `apply_router_weight_on_input` (k ==
+    1 only) scales x before the first GEMM instead of the output.
+    """
+    t, h, _, _, (br, bc) = validate_fused_moe(
+        x,
+        w13,
+        w2,
+        topk_weights,
+        topk_ids,
+        quant=quant,
+        w13_scale=w13_scale,
+        w2_scale=w2_scale,
+        swiglu_limit=swiglu_limit,
+        swiglu_alpha=swiglu_alpha,
+        swiglu_beta=swiglu_beta,
+        layout=layout,
+        swiglu_clamp_mode=swiglu_clamp_mode,
+        apply_router_weight_on_input=apply_router_weight_on_input,
+        block_shape=block_shape,
+    )
+    dev, k = x.device, topk_ids.shape[1]
+    ids = topk_ids.long()
     cd = compute_dtype()
     valid = ids >= 0
     w = torch.where(valid, topk_weights.to(cd), 0.0)  # a skipped slot's weight is ignored

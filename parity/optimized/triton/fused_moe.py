@@ -17,126 +17,16 @@ float32), CPU tensors without TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 
 import torch
 
 from parity.optimized.triton.swiglu import check_f32_scalar, launch_context
-from parity.reference._common import (
-    FLOAT_DTYPES,
-    FP8,
-    check_choice,
-    check_int,
-    check_tensor,
-    fail,
-)
-from parity.reference.swiglu import check_swiglu_options
+from parity.reference.moe import validate_fused_moe
 from parity.registry import register
 
-QUANT_MODES = ("none", "fp8_block", "mxfp4")
-MX_BLOCK = 32
 OP = "fused_moe"
-
-
-# --- validation (mirrors parity.reference.moe.fused_moe: same checks, order and messages) -------
-
-
-def _check_block_shape(block_shape) -> tuple[int, int]:
-    if not isinstance(block_shape, (tuple, list)):
-        fail(OP, "block_shape", "a pair of ints", type(block_shape).__name__, kind=TypeError)
-    if len(block_shape) != 2:
-        fail(OP, "block_shape", "a pair of ints", repr(block_shape))
-    return (
-        check_int(OP, "block_shape[0]", block_shape[0], lo=1),
-        check_int(OP, "block_shape[1]", block_shape[1], lo=1),
-    )
-
-
-def _check_scale(name: str, scale, quant: str, shape, dev) -> None:
-    if quant == "none":
-        if scale is not None:
-            fail(OP, name, "None with quant='none'", type(scale).__name__)
-        return
-    dtype = torch.float32 if quant == "fp8_block" else torch.uint8
-    check_tensor(OP, name, scale, dtypes=(dtype,), shape=shape, device=dev)
-
-
-def _validate(
-    x,
-    w13,
-    w2,
-    topk_weights,
-    topk_ids,
-    quant,
-    w13_scale,
-    w2_scale,
-    swiglu_limit,
-    swiglu_alpha,
-    swiglu_beta,
-    layout,
-    swiglu_clamp_mode,
-    apply_router_weight_on_input,
-    block_shape,
-) -> tuple[int, int, int, int, tuple[int, int]]:
-    """Validate every argument before any work; returns (T, H, E, N, block_shape)."""
-    check_tensor(OP, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
-    t, h = x.shape
-    dev = x.device
-    check_choice(OP, "quant", quant, QUANT_MODES)
-    check_swiglu_options(
-        OP, swiglu_limit, swiglu_alpha, swiglu_beta, layout, swiglu_clamp_mode, prefix="swiglu_"
-    )
-    if not isinstance(apply_router_weight_on_input, bool):
-        fail(
-            OP,
-            "apply_router_weight_on_input",
-            "a bool",
-            type(apply_router_weight_on_input).__name__,
-            kind=TypeError,
-        )
-    br, bc = _check_block_shape(block_shape)
-
-    w_dtype = {"none": x.dtype, "fp8_block": FP8, "mxfp4": torch.uint8}[quant]
-    pack = 2 if quant == "mxfp4" else 1
-    check_tensor(OP, "w13", w13, dtypes=(w_dtype,), ndim=3, device=dev)
-    e, two_n = w13.shape[:2]
-    if e < 1 or two_n < 2 or two_n % 2 != 0:
-        fail(OP, "w13", "[E, 2N, *] with E >= 1 and 2N a positive even number", list(w13.shape))
-    n = two_n // 2
-    if quant == "mxfp4":
-        if h % MX_BLOCK != 0:
-            fail(OP, "x", f"H (dim 1) divisible by {MX_BLOCK} for quant='mxfp4'", list(x.shape))
-        if n % MX_BLOCK != 0:
-            fail(OP, "w13", f"N = dim 1 / 2 divisible by {MX_BLOCK} for quant='mxfp4'", n)
-    if quant == "fp8_block":
-        if h % bc != 0:
-            fail(OP, "x", f"H (dim 1) divisible by block_shape[1]={bc}", list(x.shape))
-        if n % bc != 0:
-            fail(OP, "w13", f"N = dim 1 / 2 divisible by block_shape[1]={bc}", n)
-    check_tensor(OP, "w13", w13, shape=(e, two_n, h // pack))
-    check_tensor(OP, "w2", w2, dtypes=(w_dtype,), shape=(e, h, n // pack), device=dev)
-    if quant == "fp8_block":
-        s13, s2 = (e, math.ceil(two_n / br), h // bc), (e, math.ceil(h / br), n // bc)
-    else:
-        s13, s2 = (e, two_n, h // MX_BLOCK), (e, h, n // MX_BLOCK)
-    _check_scale("w13_scale", w13_scale, quant, s13, dev)
-    _check_scale("w2_scale", w2_scale, quant, s2, dev)
-
-    check_tensor(OP, "topk_weights", topk_weights, dtypes=(torch.float32,), ndim=2, device=dev)
-    k = topk_weights.shape[1]
-    check_tensor(OP, "topk_weights", topk_weights, shape=(t, None))
-    if k < 1:
-        fail(OP, "topk_weights", "at least 1 column (k >= 1)", list(topk_weights.shape))
-    check_tensor(OP, "topk_ids", topk_ids, dtypes=(torch.int32,), shape=(t, k), device=dev)
-    if apply_router_weight_on_input and k != 1:
-        fail(OP, "apply_router_weight_on_input", "False when k != 1", f"True with k={k}")
-    ids = topk_ids.long()
-    bad = (ids < -1) | (ids >= e)
-    if bool(bad.any()):
-        fail(OP, "topk_ids", f"values in [-1, {e})", int(ids[bad][0]))
-    return t, h, e, n, (br, bc)
 
 
 # --- moe_align ----------------------------------------------------------------------------------
@@ -239,22 +129,23 @@ def fused_moe(
     apply_router_weight_on_input: bool = False,
     block_shape=(128, 128),
 ) -> torch.Tensor:
-    t, h, e, n, block_shape = _validate(
+    # the reference's own checks, so the errors are the reference's
+    t, h, e, n, block_shape = validate_fused_moe(
         x,
         w13,
         w2,
         topk_weights,
         topk_ids,
-        quant,
-        w13_scale,
-        w2_scale,
-        swiglu_limit,
-        swiglu_alpha,
-        swiglu_beta,
-        layout,
-        swiglu_clamp_mode,
-        apply_router_weight_on_input,
-        block_shape,
+        quant=quant,
+        w13_scale=w13_scale,
+        w2_scale=w2_scale,
+        swiglu_limit=swiglu_limit,
+        swiglu_alpha=swiglu_alpha,
+        swiglu_beta=swiglu_beta,
+        layout=layout,
+        swiglu_clamp_mode=swiglu_clamp_mode,
+        apply_router_weight_on_input=apply_router_weight_on_input,
+        block_shape=block_shape,
     )
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise NotImplementedError(f"fused_moe:triton: x dtype {x.dtype} (bf16 and fp16 only)")
