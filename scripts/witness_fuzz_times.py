@@ -51,11 +51,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--op", action="append", default=[], help="only these ops' witnesses")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.witnesses import load
 
-    ws = load()
+    ws = [w for w in load() if not args.op or w.op in args.op]
     with ThreadPoolExecutor(args.jobs) as ex:
         rows = list(ex.map(one, ws))
     secs = [r["seconds"] for r in rows]

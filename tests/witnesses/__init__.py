@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,11 +33,26 @@ def witness(op: str, *props: str, why: str, max_examples: int = 300):
     """Register the decorated broken implementation as a witness for each of `props`."""
 
     def deco(fn):
+        _importable(fn, f"{op}_{props[0]}")
         for p in props:
             WITNESSES.append(Witness(op, p, fn, why, max_examples))
         return fn
 
     return deco
+
+
+def _importable(fn, stem: str) -> None:
+    """Make `fn` reachable as `module:name`, so `parity fuzz --impl` can name it too; closures
+    from a factory get a unique name from their op and property."""
+    if "<locals>" not in fn.__qualname__:
+        return  # a module-level function: importable under its own name once defined
+    mod = sys.modules[fn.__module__]
+    name, i = f"{stem}_{fn.__name__}", 0
+    while getattr(mod, name if i == 0 else f"{name}_{i}", None) is not None:
+        i += 1
+    name = name if i == 0 else f"{name}_{i}"
+    fn.__name__ = fn.__qualname__ = name
+    setattr(mod, name, fn)
 
 
 def load() -> list[Witness]:
