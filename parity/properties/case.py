@@ -7,7 +7,6 @@ generated on the target device from the seed, never element by element through H
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,10 +175,6 @@ def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def eps_of(dtype: torch.dtype) -> float:
     """Unit roundoff (half the spacing at 1) of a float dtype."""
     return torch.finfo(dtype).eps / 2.0
-
-
-def log2_int(n: int) -> int:
-    return int(math.log2(n)) if n > 0 else 0
 
 
 __all__ = ["Case", "Gen", "as_tuple", "dtype_name", "dtype_of", "eps_of", "ulp"]
