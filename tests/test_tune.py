@@ -122,3 +122,60 @@ def test_fault_candidate_is_rejected_even_if_fastest(monkeypatch):
     assert faulty and all(r["status"] == "rejected" for r in faulty)
     assert "SKIP_LAST_K" not in best[2]
     assert all(r["status"] == "ok" for r in records if not r["config"].get("SKIP_LAST_K"))
+
+
+_FAKE_SHAPE = {
+    "arch": "fake",
+    "E": 3,
+    "k": 1,
+    "H": 64,
+    "N": 32,
+    "quant": "none",
+    "block_shape": [128, 128],
+    "swiglu": {},
+}
+
+
+def test_check_only_times_nothing_and_still_rejects(monkeypatch):
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("runs in the Triton interpreter")
+
+    def no_timing(fn):
+        raise AssertionError("check-only must not time")
+
+    monkeypatch.setenv(tune_cmd.FAULT_ENV, "skip_last_k")
+    monkeypatch.setattr(tune_cmd, "_time_cpu", no_timing)
+    best, records = tune_cmd.tune(
+        _FAKE_SHAPE,
+        [2],
+        device="cpu",
+        dtype=torch.bfloat16,
+        grid="tiny",
+        log=lambda *_: None,
+        check_only=True,
+    )
+    assert best == {}
+    assert all(r["us"] is None for r in records)
+    faulty = [r for r in records if r["config"].get("SKIP_LAST_K")]
+    assert faulty and all(r["status"] == "rejected" for r in faulty)
+    assert sum(r["status"] == "ok" for r in records) == len(records) - len(faulty)
+
+
+def test_each_finished_batch_size_is_reported_for_saving(monkeypatch):
+    """A run cut short keeps what it verified: on_batch sees the table after every M."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("runs in the Triton interpreter")
+    monkeypatch.setattr(tune_cmd, "_time_cpu", lambda fn: 1.0)
+    seen = []
+    tune_cmd.tune(
+        _FAKE_SHAPE,
+        [1, 2],
+        device="cpu",
+        dtype=torch.bfloat16,
+        grid="tiny",
+        log=lambda *_: None,
+        on_batch=lambda best: seen.append(sorted(best)),
+    )
+    assert seen == [[1], [1, 2]]

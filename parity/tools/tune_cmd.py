@@ -21,8 +21,11 @@ one call in the CPU interpreter) and the fastest is kept. The output is a vLLM
 style JSON file `E=..,N=..,device_name=..[,dtype=..][,block_shape=[..]].json` in --out.
 
 `PARITY_TUNE_INJECT_FAULT=skip_last_k` adds a candidate whose kernel skips the last K block (the
-tuner's self-test: it must be rejected). Exit 0 a file was written, 1 no candidate passed for
-some batch size, 2 usage (bad config.json or options).
+tuner's self-test: it must be rejected). The file is rewritten after each batch size, so a run
+cut short keeps what it verified. `--check-only` checks (and so compiles) every candidate and
+times nothing: a warm-up of Triton's cache that may share the GPU with other work. Exit 0 a
+file was written (check-only: every batch size had a passing candidate), 1 no candidate passed
+for some batch size, 2 usage (bad config.json or options).
 """
 
 from __future__ import annotations
@@ -76,6 +79,12 @@ def add_parser(sub):
         help="candidate grid (default: full on cuda, a tiny one on cpu)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--check-only",
+        action="store_true",
+        help="check (and so compile) every candidate against the reference; time nothing, "
+        "write nothing (a warm-up that can share the GPU with other work)",
+    )
     return p
 
 
@@ -271,13 +280,24 @@ def compare(out, ref, quant: str, dtype) -> tuple[bool, float]:
 # --- timing ---------------------------------------------------------------------------------------
 
 
-def _time_cuda(fn, reps: int = 10, iters: int = 20) -> float:
+def _time_cuda(fn, reps: int = 10, iters: int = 20, budget_s: float = 0.25) -> float:
     """Median microseconds per call of a CUDA graph holding `reps` calls (vLLM's method: no
-    launch overhead); plain CUDA events if the graph cannot be captured."""
+    launch overhead); plain CUDA events if the graph cannot be captured. Slow candidates (a
+    bad tile at M = 8192 takes 100 ms a call) get fewer reps and iterations, at least 3 timed
+    replays, so one candidate costs about `budget_s` of device time, not seconds."""
     import torch
 
     fn()
     torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    one_s = max(start.elapsed_time(end) * 1e-3, 1e-6)
+    reps = max(1, min(reps, int(budget_s / (4 * one_s))))
+    iters = max(3, min(iters, int(budget_s / (reps * one_s))))
     try:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -324,10 +344,21 @@ def _time_cpu(fn, iters: int = 1) -> float:
 
 
 def tune(
-    shape: dict, batch_sizes, *, device: str, dtype, grid: str, seed: int = 0, log=print
+    shape: dict,
+    batch_sizes,
+    *,
+    device: str,
+    dtype,
+    grid: str,
+    seed: int = 0,
+    log=print,
+    check_only: bool = False,
+    on_batch=None,
 ) -> tuple[dict[int, dict], list[dict]]:
     """(best config per batch size, one record per (M, candidate)). A record: M, config,
-    status "ok" / "rejected" / "error", err (error / scale at the worst checked T), us."""
+    status "ok" / "rejected" / "error", err (error / scale at the worst checked T), us.
+    check_only: no timing and no best (every passing candidate has us None). on_batch(best)
+    is called after each batch size (the caller saves what is done so far)."""
     import torch
 
     from parity.optimized.triton import _kernels_fused_moe as kern
@@ -366,6 +397,8 @@ def tune(
                 if rec["status"] != "ok":
                     log(f"M={m}: rejected {_short(cfg)} (error {rec['err']:.3g} of scale)")
                     continue
+                if check_only:
+                    continue
                 run = _bound_call(kern, mod, args, kwargs, cfg, interpret)
                 rec["us"] = _time_cuda(run) if device == "cuda" else _time_cpu(run)
             except Exception as exc:
@@ -377,8 +410,13 @@ def tune(
                 continue
             if rec["us"] < best_us:
                 best_us, best[m] = rec["us"], cfg
-        if m in best:
+        if check_only:
+            passed = sum(r["M"] == m and r["status"] == "ok" for r in records)
+            log(f"M={m}: {passed} of {len(cands)} candidates passed the reference check")
+        elif m in best:
             log(f"M={m}: best {_short(best[m])} {best_us:.1f} us")
+            if on_batch is not None:
+                on_batch(best)
         else:
             log(f"M={m}: no candidate passed the reference check")
     return best, records
@@ -480,16 +518,35 @@ def run(args) -> int:
         f"N={shape['N']} quant={shape['quant']} {args.dtype} on {device}, "
         f"batch sizes {sizes}, grid {grid}"
     )
+
+    def save_so_far(best):  # a run cut short by a time limit keeps the batch sizes it finished
+        save(best, shape, args.out, device)
+
     try:
-        best, _ = tune(shape, sizes, device=device, dtype=dtype, grid=grid, seed=args.seed)
+        best, records = tune(
+            shape,
+            sizes,
+            device=device,
+            dtype=dtype,
+            grid=grid,
+            seed=args.seed,
+            check_only=args.check_only,
+            on_batch=None if args.check_only else save_so_far,
+        )
     except UsageError as exc:
         print(f"parity tune: {exc}", file=sys.stderr)
         return 2
+    if args.check_only:
+        bad = [m for m in sizes if not any(r["M"] == m and r["status"] == "ok" for r in records)]
+        if bad:
+            print(f"parity tune: no candidate passed for M in {bad}", file=sys.stderr)
+            return 1
+        print("parity tune: --check-only: nothing timed, nothing written")
+        return 0
     missing = [m for m in sizes if m not in best]
     if missing:
-        print(
-            f"parity tune: no candidate passed for M in {missing}; nothing written", file=sys.stderr
-        )
+        done = f"; {args.out} holds the verified batch sizes {sorted(best)}" if best else ""
+        print(f"parity tune: no candidate passed for M in {missing}{done}", file=sys.stderr)
         return 1
     path = save(best, shape, args.out, device)
     print(f"parity tune: wrote {path}")
