@@ -181,6 +181,12 @@ def bench_moe(Ts, dev):
     torch.cuda.empty_cache()
     triton_moe = get_impl("fused_moe", "triton").fn
     rows = []
+    from parity.optimized.triton._moe_configs import config_file_name, device_name, load_configs
+
+    for quant in weights:  # say which tile configs the kernel runs with: tuned file or defaults
+        name = config_file_name(E, N, quant, (128, 128), device_name(dev))
+        used = "tuned" if load_configs(E, N, quant, (128, 128), device_name(dev)) else "DEFAULTS"
+        print(f"fused_moe[{quant}] configs: {used} ({name})", flush=True)
 
     def dequant(quant, a, b, sa, sb):
         if quant == "none":

@@ -19,6 +19,10 @@ import pytest
 
 pytest.importorskip("triton")
 
+import triton
+import triton.language as tl
+
+from parity.optimized.triton import _kernels_fused_moe as kern
 from parity.optimized.triton import fused_moe as mod
 from parity.optimized.triton._moe_configs import (
     config_file_name,
@@ -250,6 +254,183 @@ def test_mxfp4_tails_small_tiles(after):
     run_case(5, 96, 32, 3, 2, torch.bfloat16, "mxfp4", DSV4, cfg=cfg)
 
 
+# --- mxfp4: dequantize first vs in the GEMM -------------------------------------------------------
+
+
+def _bits(v):
+    """Bit patterns (int16 for 16-bit floats), every NaN as one pattern."""
+    b = v.view(torch.int16) if v.element_size() == 2 else v.view(torch.int32)
+    return torch.where(v.isnan(), -1, b)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # scale 254 -> inf
+def test_mxfp4_dequant_kernel_every_code_and_scale():
+    # row r has scale code r in every MX block (0: 2**-127 subnormal, 254: overflow to inf for
+    # values above 1.99, 255: NaN); its 128 bytes hold every byte value, shifted per row
+    rows = torch.arange(256)
+    packed = ((torch.arange(128)[None, :] * 2 + rows[:, None]) % 256).to(torch.uint8)
+    packed = torch.cat([packed, packed.flip(1)], 1).reshape(2, 128, 256)  # [E=2, R=128, K/2]
+    scales = rows.to(torch.uint8)[:, None].expand(256, 16).reshape(2, 128, 16).contiguous()
+    want = mxfp4_dequant(packed, scales, dtype=torch.bfloat16)
+    got = kern.dequant_mxfp4(
+        packed.to(DEVICE), scales.to(DEVICE), torch.bfloat16, interpret=DEVICE == "cpu"
+    ).cpu()
+    assert got.shape == (2, 128, 512) and got.dtype == torch.bfloat16
+    assert torch.equal(_bits(got), _bits(want))
+    # non-contiguous inputs (an expert slice of a larger tensor)
+    got2 = kern.dequant_mxfp4(
+        packed[:, ::2].to(DEVICE), scales[:, ::2].to(DEVICE), torch.bfloat16, interpret=True
+    ).cpu()
+    assert torch.equal(_bits(got2), _bits(want[:, ::2]))
+    with pytest.raises(ValueError):
+        kern.dequant_mxfp4(packed, scales, torch.float16, interpret=True)
+
+
+@triton.jit
+def _e2m1_probe(out32, out_bf, out_h):
+    c = tl.arange(0, 16)
+    tl.store(out32 + c, kern._e2m1_to_f32(c))
+    tl.store(out_bf + c, kern._e2m1_to(c, tl.bfloat16))
+    tl.store(out_h + c, kern._e2m1_to(c, tl.float16))
+
+
+def test_e2m1_decoders_bitwise():
+    bufs = [torch.empty(16, dtype=d, device=DEVICE) for d in (torch.float32, torch.bfloat16)]
+    bufs.append(torch.empty(16, dtype=torch.float16, device=DEVICE))
+    _e2m1_probe[(1,)](*bufs)
+    table = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6])
+    want = torch.cat([table, -table])  # code 8 is -0.0
+    for got in bufs:
+        w = want.to(got.dtype)
+        assert torch.equal(_bits(got.cpu()), _bits(w)), got.dtype
+
+
+def _mx_inputs(t, h, n, e, k, seed, exact):
+    """mxfp4 inputs built from codes. exact: integer x, scales 2**-1..2**1 and one nonzero w2
+    element per row, so that every float32 sum of both GEMMs is exact and any summation order
+    gives the same bits."""
+    g = torch.Generator().manual_seed(seed)
+    x, _, _, weights, ids = make(t, h, n, e, k, torch.bfloat16, seed=seed)
+    if exact:
+        x = torch.randint(-2, 3, (t, h), generator=g).to(torch.bfloat16)
+
+    def codes(shape, one_per_row=False):
+        c = torch.randint(0, 16, shape, generator=g)
+        if one_per_row:
+            keep = torch.arange(shape[-1])[None, :] == torch.arange(shape[-2])[:, None] % shape[-1]
+            c = torch.where(keep, c, 0)
+        packed = (c[..., 0::2] | (c[..., 1::2] << 4)).to(torch.uint8)
+        lo, hi = (126, 129) if exact else (118, 131)
+        s = torch.randint(lo, hi, (*shape[:-1], shape[-1] // 32), generator=g).to(torch.uint8)
+        return packed, s
+
+    p13, s13 = codes((e, 2 * n, h))
+    p2, s2 = codes((e, h, n), one_per_row=exact)
+    d13 = mxfp4_dequant(p13, s13, dtype=torch.float32).double()
+    d2 = mxfp4_dequant(p2, s2, dtype=torch.float32).double()
+    return x, p13, p2, weights, ids, s13, s2, d13, d2
+
+
+def _mx_run(inputs, cfg, opts):
+    x, p13, p2, weights, ids, s13, s2, _, _ = inputs
+    dev = [v.to(DEVICE) for v in (x, p13, p2, weights, ids, s13, s2)]
+    with override_config(cfg):
+        return kernel(*dev[:5], quant="mxfp4", w13_scale=dev[5], w2_scale=dev[6], **opts).cpu()
+
+
+def _mx_check(out, inputs, opts):
+    x, p13, p2, weights, ids, s13, s2, d13, d2 = inputs
+    check(out, x, p13, p2, weights, ids, quant="mxfp4", s13=s13, s2=s2, d13=d13, d2=d2, opts=opts)
+
+
+@pytest.fixture
+def dequant_calls(monkeypatch):
+    calls = []
+    real = kern.dequant_mxfp4
+
+    def spy(w, scale, dtype, **kw):
+        calls.append(dtype)
+        return real(w, scale, dtype, **kw)
+
+    monkeypatch.setattr(kern, "dequant_mxfp4", spy)
+    return calls
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-sums", "random"])
+def test_mxfp4_dequant_first_matches_in_gemm(exact, dequant_calls):
+    # H = 96: the last 64-wide K tile of the in-GEMM path is half masked; 2N = 64, N = 32
+    inputs = _mx_inputs(7, 96, 32, 3, 2, seed=4, exact=exact)
+    base = dict(SMALL, BLOCK_SIZE_K=64)
+    first = _mx_run(inputs, dict(base, MX_DEQUANT_MIN_ROWS=1), DSV4)
+    assert dequant_calls == [torch.bfloat16, torch.bfloat16]
+    outs = [first]
+    for after in (1, 0):
+        cfg = dict(base, MX_DEQUANT_MIN_ROWS=0, MX_SCALE_AFTER_DOT=after)
+        outs.append(_mx_run(inputs, cfg, DSV4))
+    assert len(dequant_calls) == 2  # the in-GEMM runs dequantized nothing
+    for out in outs:
+        _mx_check(out, inputs, DSV4)
+    assert first.float().abs().sum() > 0
+    if exact:  # every sum exact: the paths differ only in summation order, so bitwise equal
+        for out in outs[1:]:
+            assert torch.equal(_bits(out), _bits(first))
+    else:  # float32 summation order only
+        for out in outs[1:]:
+            torch.testing.assert_close(out.float(), first.float(), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("t", [5, 6], ids=["below", "at"])
+def test_mxfp4_dequant_threshold_neighbours(t, dequant_calls):
+    # E = 4, k = 2, threshold 3 rows per expert: t * k >= 12 from t = 6 on
+    inputs = _mx_inputs(t, 64, 32, 4, 2, seed=t, exact=False)
+    out = _mx_run(inputs, dict(SMALL, MX_DEQUANT_MIN_ROWS=3), GPT_OSS)
+    assert len(dequant_calls) == (2 if t == 6 else 0)
+    _mx_check(out, inputs, GPT_OSS)
+
+
+def test_mxfp4_float16_never_dequantizes_first(dequant_calls):
+    x, p13, p2, weights, ids, s13, s2, d13, d2 = _mx_inputs(8, 64, 32, 2, 2, seed=9, exact=False)
+    x = x.to(torch.float16)
+    inputs = (x, p13, p2, weights, ids, s13, s2, d13, d2)
+    outs = [
+        _mx_run(inputs, dict(SMALL, MX_DEQUANT_MIN_ROWS=thr, MX_SCALE_AFTER_DOT=0), DSV4)
+        for thr in (1, 0)
+    ]
+    assert dequant_calls == []  # fp16 cannot hold 2**+-127: the scale-after-dot GEMM only
+    assert torch.equal(_bits(outs[0]), _bits(outs[1]))
+    _mx_check(outs[0], inputs, DSV4)
+    # and the default config (interpreter: dequantize first from 2 rows per expert) as well
+    _mx_check(_mx_run(inputs, None, DSV4), inputs, DSV4)
+    assert dequant_calls == []
+
+
+def test_mxfp4_dequant_threshold_config():
+    from parity.optimized.triton._moe_configs import (
+        DEFAULT_MX_DEQUANT_MIN_ROWS,
+        default_config,
+        fit_config,
+    )
+
+    bf, h = torch.bfloat16, torch.float16
+    assert fit_config(SMALL, "mxfp4", bf, None)["MX_DEQUANT_MIN_ROWS"] == (
+        DEFAULT_MX_DEQUANT_MIN_ROWS
+    )
+    assert (
+        fit_config(dict(SMALL, MX_DEQUANT_MIN_ROWS=0), "mxfp4", bf, None)["MX_DEQUANT_MIN_ROWS"]
+        == 0
+    )
+    assert "MX_DEQUANT_MIN_ROWS" not in fit_config(SMALL, "none", bf, None)
+    with override_config(dict(SMALL, MX_DEQUANT_MIN_ROWS=16)):
+        assert get_config(8, 4, 32, "mxfp4", bf, None, "cpu", True)["MX_DEQUANT_MIN_ROWS"] == 16
+    gpu_big = fit_config(default_config(8192, 32, 2048, "mxfp4", None, False), "mxfp4", bf, None)
+    use = kern.use_dequant_first
+    assert use(gpu_big, "mxfp4", bf, 8192, 8, 32) and use(gpu_big, "mxfp4", bf, 1024, 8, 32)
+    assert not use(gpu_big, "mxfp4", bf, 128, 8, 32)  # 32 rows per expert: in the GEMM
+    assert not use(gpu_big, "mxfp4", h, 8192, 8, 32)
+    assert not use(gpu_big, "none", bf, 8192, 8, 32)
+    assert not use(dict(gpu_big, MX_DEQUANT_MIN_ROWS=0), "mxfp4", bf, 8192, 8, 32)
+
+
 # --- options ------------------------------------------------------------------------------------
 
 
@@ -357,8 +538,6 @@ def test_nan_stays_in_its_token():
 
 
 def test_fp8_activation_quant_bitwise():
-    from parity.optimized.triton import _kernels_fused_moe as kern
-
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 256, generator=g) * torch.logspace(-3, 3, 256)
     x[0, :128] = 0.0  # all-zero group: eps scale

@@ -198,13 +198,17 @@ def candidate_grid(grid: str, quant: str, block_shape, x_dtype) -> list[dict]:
         "num_warps",
         "num_stages",
     )
+    # mxfp4: each tile config on both paths, in-GEMM dequantization (MX_DEQUANT_MIN_ROWS 0)
+    # and dequantize-first (1: from one row per expert on), so the timing picks the path per M
+    paths = [{"MX_DEQUANT_MIN_ROWS": 0}, {"MX_DEQUANT_MIN_ROWS": 1}] if quant == "mxfp4" else [{}]
     seen, out = set(), []
     for values in space:
-        cfg = fit_config(dict(zip(keys, values)), quant, x_dtype, block_shape)
-        key = tuple(cfg[k] for k in keys)
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
+        for extra in paths:
+            cfg = fit_config(dict(zip(keys, values), **extra), quant, x_dtype, block_shape)
+            key = tuple(sorted(cfg.items()))
+            if key not in seen:
+                seen.add(key)
+                out.append(cfg)
     return out
 
 
@@ -459,12 +463,15 @@ def _short(cfg: dict) -> str:
         "num_stages",
     )
     s = "/".join(str(cfg[k]) for k in keys)
+    if "MX_DEQUANT_MIN_ROWS" in cfg:
+        s += " dequant-first" if cfg["MX_DEQUANT_MIN_ROWS"] else " in-GEMM"
     return s + (" +SKIP_LAST_K" if cfg.get("SKIP_LAST_K") else "")
 
 
 def save(best: dict[int, dict], shape: dict, out_dir: str, device: str) -> Path:
     from parity.optimized.triton._moe_configs import (
         CONFIG_KEYS,
+        EXTRA_CONFIG_KEYS,
         config_file_name,
         device_name,
     )
@@ -482,7 +489,9 @@ def save(best: dict[int, dict], shape: dict, out_dir: str, device: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = {"triton_version": version}
     for m in sorted(best):
-        table[str(m)] = {k: int(best[m][k]) for k in CONFIG_KEYS}
+        # vLLM's keys, then ours where the candidate set them (mxfp4's path choice)
+        keys = (*CONFIG_KEYS, *(k for k in EXTRA_CONFIG_KEYS if k in best[m]))
+        table[str(m)] = {k: int(best[m][k]) for k in keys}
     path.write_text(json.dumps(table, indent=4) + "\n")
     return path
 

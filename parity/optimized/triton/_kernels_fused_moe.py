@@ -30,6 +30,11 @@ Exactness of the quantized GEMMs:
   times a power of two has at most 2 significant bits, so it is exact in bfloat16 over the whole
   E8M0 range (bf16 has float32's exponent range); one dot per K tile, the multiply amortized
   over BLOCK_SIZE_M rows (bf16, BLOCK_SIZE_M > 32, or the config's MX_SCALE_AFTER_DOT = 0).
+  (c) Dequantize first (bf16 only, from MX_DEQUANT_MIN_ROWS rows per expert on average):
+  `_mx_dequant_kernel` writes every expert's weights in bf16 (the same exact value * scale),
+  then the quant "none" GEMMs run on them: the decode happens once per weight element instead
+  of once per element and M block. All three give every product exactly and differ only in
+  the float32 summation order; the E2M1 decode is pure bit construction (`_e2m1_f32_tiny`).
 - Under the interpreter, bf16 `tl.dot` multiplies the raw bit patterns (triton 3.9), so every
   dot operand is upcast to float32 there (exact: bf16/fp16 products fit in float32).
 """
@@ -47,30 +52,41 @@ _E4M3_MAX = tl.constexpr(448.0)
 _FP8_EPS = tl.constexpr(1e-10)  # fp8_quant's default eps
 
 
+_TWO_126 = tl.constexpr(2.0**126)  # exact in float32
+_TWO_14 = tl.constexpr(2.0**14)
+
+
 @triton.jit
-def _e2m1_to_f32(nib):
-    """float32 value of E2M1 codes (int32, low 4 bits; bit 3 the sign), by bit construction."""
+def _e2m1_f32_tiny(nib):
+    """E2M1 codes (int, low 4 bits; bit 3 the sign) as float32 `value * 2**-126`, exactly: the
+    code's 3 magnitude bits are the float32 exponent's low 2 bits and the top mantissa bit, so
+    the normal codes come out as (1 + m/2) * 2**(e - 127) and code 1 (0.5) as the subnormal
+    2**-127. Five integer ops, no compare or select."""
     c = nib.to(tl.int32)
-    e = (c >> 1) & 3
-    m = c & 1
-    # e == 0: 0 or 0.5 (0x3F000000); else (1 + m/2) * 2**(e - 1): biased exponent e + 126
-    bits = tl.where(e == 0, m * 0x3F000000, ((e + 126) << 23) | (m << 22))
-    bits = bits | ((c & 8) << 28)
+    bits = ((c & 7) << 22) | ((c & 8) << 28)
     return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
+def _e2m1_to_f32(nib):
+    """float32 value of E2M1 codes: `_e2m1_f32_tiny * 2**126`, an exact multiply by a power of
+    two (the result is in [0.5, 6] or +-0: normal), so bitwise the E2M1 value, -0 for code 8."""
+    return _e2m1_f32_tiny(nib) * _TWO_126
+
+
+@triton.jit
 def _e2m1_to(nib, dtype: tl.constexpr):
-    """E2M1 codes as `dtype` (bfloat16 or float16) values, built directly as 16-bit patterns."""
-    c = nib.to(tl.int32)
-    e = (c >> 1) & 3
-    m = c & 1
-    if dtype == tl.bfloat16:  # bias 127, 7 mantissa bits: 0.5 = 0x3F00
-        bits = tl.where(e == 0, m * 0x3F00, ((e + 126) << 7) | (m << 6))
-    else:  # float16: bias 15, 10 mantissa bits: 0.5 = 0x3800
-        bits = tl.where(e == 0, m * 0x3800, ((e + 14) << 10) | (m << 9))
-    bits = bits | ((c & 8) << 12)
-    return bits.to(tl.int16).to(dtype, bitcast=True)
+    """E2M1 codes as `dtype` (bfloat16 or float16) values, exactly. bfloat16: the top half of
+    the float32 value (its low 16 bits are zero: at most 2 significant bits). float16: the
+    float16 pattern `((c & 7) << 9) | ((c & 8) << 12)` is value * 2**-14 (code 1 the float16
+    subnormal 2**-15), times 2**14 in float16: exact."""
+    if dtype == tl.bfloat16:
+        bits = _e2m1_to_f32(nib).to(tl.int32, bitcast=True) >> 16
+        return bits.to(tl.int16).to(dtype, bitcast=True)
+    else:
+        c = nib.to(tl.int32)
+        bits = ((c & 7) << 9) | ((c & 8) << 12)
+        return (bits.to(tl.int16).to(tl.float16, bitcast=True) * _TWO_14).to(tl.float16)
 
 
 @triton.jit
@@ -274,6 +290,57 @@ def _moe_gemm_kernel(
     c_ptrs = c_ptr + tok.to(tl.int64)[:, None] * stride_cm + offs_cn[None, :] * stride_cn
     c = to_dtype_rne(acc, c_ptr.dtype.element_ty)
     tl.store(c_ptrs, c, mask=tok_mask[:, None] & (offs_cn[None, :] < N))
+
+
+@triton.jit
+def _mx_dequant_kernel(
+    q_ptr,
+    s_ptr,
+    out_ptr,
+    n_rows,
+    rows_per_e,
+    KH,
+    stride_qe,
+    stride_qr,
+    stride_qk,
+    stride_se,
+    stride_sr,
+    stride_sk,
+    stride_o,
+    BLOCK_R: tl.constexpr,
+    BLOCK_KH: tl.constexpr,
+):
+    """Dequantize MXFP4 weights `[E, R, K // 2]` (scales `[E, R, K // 32]`) to a contiguous
+    `[E * R, K]` bfloat16 buffer: value * 2**(s - 127) in float32 (exact: at most 2 significant
+    bits, float32's exponent range), then to bfloat16 (exact for the same reason; inf/NaN kept).
+    One program: BLOCK_R rows times BLOCK_KH packed bytes (2 * BLOCK_KH outputs)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_h = tl.program_id(1) * BLOCK_KH + tl.arange(0, BLOCK_KH)
+    rmask = offs_r < n_rows
+    hmask = offs_h < KH
+    mask = rmask[:, None] & hmask[None, :]
+    r64 = offs_r.to(tl.int64)
+    e = r64 // rows_per_e
+    rr = r64 % rows_per_e
+    q = tl.load(
+        q_ptr + (e * stride_qe + rr * stride_qr)[:, None] + offs_h[None, :] * stride_qk,
+        mask=mask,
+        other=0,
+    )
+    sc = tl.load(  # byte j lies in MX block j // 16 (elements 2j, 2j + 1)
+        s_ptr + (e * stride_se + rr * stride_sr)[:, None] + (offs_h // 16)[None, :] * stride_sk,
+        mask=mask,
+        other=0,
+    )
+    sc = _e8m0_to_f32(sc)
+    q = q.to(tl.int32)
+    lo = to_dtype_rne(_e2m1_to_f32(q & 15) * sc, out_ptr.dtype.element_ty)
+    hi = to_dtype_rne(_e2m1_to_f32((q >> 4) & 15) * sc, out_ptr.dtype.element_ty)
+    # element 2j is the low nibble of byte j, 2j + 1 the high one: interleave the two tiles
+    w = tl.reshape(tl.join(lo, hi), (BLOCK_R, 2 * BLOCK_KH))
+    offs_k = tl.program_id(1) * (2 * BLOCK_KH) + tl.arange(0, 2 * BLOCK_KH)
+    kmask = rmask[:, None] & (offs_k < 2 * KH)[None, :]
+    tl.store(out_ptr + r64[:, None] * stride_o + offs_k[None, :], w, mask=kmask)
 
 
 @triton.jit
@@ -501,6 +568,53 @@ def _launch_act(
     )
 
 
+def dequant_mxfp4(w, scale, dtype, *, interpret):
+    """MXFP4 weights `[E, R, K // 2]` uint8 with E8M0 scales `[E, R, K // 32]` as a new
+    `[E, R, K]` tensor of `dtype` (bfloat16 only: exact), one kernel launch."""
+    import torch
+
+    if dtype != torch.bfloat16:
+        raise ValueError(f"dequant_mxfp4: {dtype} cannot hold every MXFP4 value exactly")
+    e, r, kh = w.shape
+    out = torch.empty((e, r, 2 * kh), dtype=dtype, device=w.device)
+    if out.numel() == 0:
+        return out
+    rows = e * r
+    # interpreter: few programs (it pays per program); GPU: 16 rows x 256 bytes (8 KiB out)
+    block_r = min(_next_pow2(rows), 64) if interpret else 16
+    block_kh = min(max(_next_pow2(kh), 16), 1024 if interpret else 256)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(kh, block_kh))
+    _mx_dequant_kernel[grid](
+        w,
+        scale,
+        out,
+        rows,
+        r,
+        kh,
+        w.stride(0),
+        w.stride(1),
+        w.stride(2),
+        scale.stride(0),
+        scale.stride(1),
+        scale.stride(2),
+        2 * kh,
+        BLOCK_R=block_r,
+        BLOCK_KH=block_kh,
+        num_warps=4,
+    )
+    return out
+
+
+def use_dequant_first(cfg, quant, dtype, t, k, e) -> bool:
+    """Whether mxfp4 dequantizes the weights first: bfloat16 activations (float16 cannot hold
+    2**+-127: it keeps the exact scale-after-dot GEMM), and on average at least
+    MX_DEQUANT_MIN_ROWS rows per expert (t * k >= threshold * e; 0 disables)."""
+    import torch
+
+    thr = int(cfg.get("MX_DEQUANT_MIN_ROWS", 0))
+    return quant == "mxfp4" and dtype == torch.bfloat16 and thr > 0 and t * k >= thr * e
+
+
 def run_fused_moe(
     x,
     w13,
@@ -540,6 +654,13 @@ def run_fused_moe(
     topk_w = topk_weights.contiguous()
     ids = topk_ids.contiguous()
     x = x.contiguous()
+    if use_dequant_first(cfg, quant, dt, t, k, e):
+        # many rows per expert: dequantize every expert's weights once (exact in bf16, one
+        # launch each) and run the plain bf16 GEMMs, instead of dequantizing each weight tile
+        # once per M block inside the GEMM
+        w13 = dequant_mxfp4(w13, w13_scale, dt, interpret=interpret)
+        w2 = dequant_mxfp4(w2, w2_scale, dt, interpret=interpret)
+        quant, w13_scale, w2_scale = "none", None, None
     fp8 = quant == "fp8_block"
     # mxfp4: scales after the dot for fp16 (required) and for small M tiles (cheaper), unless
     # the config says otherwise (bf16 only)

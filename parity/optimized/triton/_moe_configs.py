@@ -6,9 +6,10 @@ intermediate size per expert after sharding (w2.shape[2]), device is
 `torch.cuda.get_device_name()` with spaces replaced by `_` (the H200 family as `NVIDIA_H200`),
 dtype is `fp8_w8a8` (fp8_block), `mxfp4_w4a16` (mxfp4, SGLang's name) or absent (bf16/fp16).
 Each file maps a batch size M (tokens) to `{BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K,
-GROUP_SIZE_M, num_warps, num_stages}`; a `triton_version` key is ignored. The kernel takes the
-entry of the nearest M. Lookup order: `$PARITY_MOE_CONFIG_DIR`, then `configs/` next to this file,
-then a default. Pure Python: no triton import.
+GROUP_SIZE_M, num_warps, num_stages}`, optionally with our `EXTRA_CONFIG_KEYS`; a
+`triton_version` key is ignored. The kernel takes the entry of the nearest M. Lookup order:
+`$PARITY_MOE_CONFIG_DIR`, then `configs/` next to this file, then a default. Pure Python: no
+triton import.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ CONFIG_KEYS = (
     "num_warps",
     "num_stages",
 )
+# Keys of ours a config may carry besides vLLM's CONFIG_KEYS (our loader keeps every key; vLLM
+# hands a config's keys to its kernel, so a file meant for vLLM should not carry them):
+# - MX_DEQUANT_MIN_ROWS (mxfp4, bf16 activations): dequantize every expert's weights to bf16
+#   first (one launch per weight) and run the bf16 GEMMs when the average rows per expert
+#   T * k / E is at least this; 0 never. Missing: DEFAULT_MX_DEQUANT_MIN_ROWS.
+# - MX_SCALE_AFTER_DOT (mxfp4, in-GEMM path): 1 scale after the dot, 0 dequantize the tile;
+#   missing: BLOCK_SIZE_M <= 32 (float16 always scales after the dot).
+EXTRA_CONFIG_KEYS = ("MX_DEQUANT_MIN_ROWS", "MX_SCALE_AFTER_DOT")
+# Dequantizing first costs about one pass over the bf16 weights (2 bytes written and read per
+# element, against half a byte read in the GEMM); dequantizing in the GEMM costs a per-element
+# decode per M block of each expert. At 64 rows per expert (one or two 64-row blocks) the two
+# are about even; above, the in-GEMM decode repeats per block. The tuner may set it per M.
+DEFAULT_MX_DEQUANT_MIN_ROWS = 64
 _state = threading.local()
 
 
@@ -96,8 +110,10 @@ def override_config(cfg: dict | None) -> Iterator[None]:
 
 def default_config(m: int, e: int, n: int, quant: str, block_shape, interpret: bool) -> dict:
     if interpret:
-        # the interpreter pays per program and per op, not per FLOP: few, mid-sized tiles
-        return {
+        # the interpreter pays per program and per op, not per FLOP: few, mid-sized tiles;
+        # mxfp4 dequantizes first from 2 rows per expert, so that the property suite's small
+        # cases run both mxfp4 paths
+        cfg = {
             "BLOCK_SIZE_M": 16,
             "BLOCK_SIZE_N": 128,
             "BLOCK_SIZE_K": 128,
@@ -105,6 +121,9 @@ def default_config(m: int, e: int, n: int, quant: str, block_shape, interpret: b
             "num_warps": 4,
             "num_stages": 1,
         }
+        if quant == "mxfp4":
+            cfg["MX_DEQUANT_MIN_ROWS"] = 2
+        return cfg
     if quant == "fp8_block":
         # vLLM's block-FP8 default (K tile = one scale group); narrower N tiles for few tokens,
         # where only k experts' blocks exist and 128-wide tiles left most H100 SMs idle
@@ -160,7 +179,8 @@ def _pow2_floor(v: int) -> int:
 def fit_config(cfg: dict, quant: str, x_dtype: torch.dtype, block_shape) -> dict:
     """Bring a config within the kernel's constraints (a tuned file may come from elsewhere):
     tiles are powers of two >= 16; fp8_block: BLOCK_SIZE_K divides block_shape[1] (one scale
-    group per K tile); mxfp4: BLOCK_SIZE_K >= 32 (whole MX blocks)."""
+    group per K tile); mxfp4: BLOCK_SIZE_K >= 32 (whole MX blocks), MX_DEQUANT_MIN_ROWS set
+    (the default where missing, >= 0)."""
     out = dict(cfg)
     for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
         out[key] = max(16, _pow2_floor(int(out[key])))
@@ -173,6 +193,9 @@ def fit_config(cfg: dict, quant: str, x_dtype: torch.dtype, block_shape) -> dict
         out["BLOCK_SIZE_K"] = min(out["BLOCK_SIZE_K"], largest)
     elif quant == "mxfp4":
         out["BLOCK_SIZE_K"] = max(32, out["BLOCK_SIZE_K"])
+        out["MX_DEQUANT_MIN_ROWS"] = max(
+            0, int(out.get("MX_DEQUANT_MIN_ROWS", DEFAULT_MX_DEQUANT_MIN_ROWS))
+        )
     return out
 
 

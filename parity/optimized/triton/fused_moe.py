@@ -6,8 +6,9 @@ for fp8_block, quantized per group in the same kernel; GEMM2 with the router wei
 row per (token, slot) in x.dtype; a last kernel sums the k rows of each token in a fixed order.
 No atomics: bitwise deterministic. Quant modes: "none", "fp8_block" (W8A8 DeepSeek block FP8,
 activation codes and scales exactly `fp8_quant`'s), "mxfp4" (W4A16, E2M1 weights dequantized
-exactly inside the GEMM). Kernels: `_kernels_fused_moe.py` (imported lazily); tile configs:
-`_moe_configs.py` and `configs/`.
+exactly inside the GEMM or, bf16 with many rows per expert, to a bf16 scratch copy first).
+Kernels: `_kernels_fused_moe.py` (imported lazily); tile configs: `_moe_configs.py` and
+`configs/`.
 
 Unsupported (NotImplementedError): float32 activations (the registered dtypes are bf16 and
 fp16), fp8_block with `block_shape[1]` not a multiple of 16 (a K tile must lie inside one scale
