@@ -23,9 +23,11 @@ import triton
 import triton.language as tl
 
 from parity import reference as ref
+from parity.optimized.triton._caps import native_fp8_ok
 from parity.optimized.triton._fp8 import (
     e4m3_code,
     e4m3_round,
+    e4m3_store_value,
     e4m3_to_fp8,
     f32_to_bf16,
 )
@@ -153,6 +155,107 @@ def test_f32_to_bf16_is_round_to_nearest_even():
     nan = x.isnan()
     assert torch.equal(bf.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
     assert bf[nan].isnan().all()
+
+
+@triton.jit
+def _store_value_kernel(x_ptr, out_ptr, n, NATIVE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m)
+    tl.store(out_ptr + offs, e4m3_store_value(x, NATIVE), mask=m)
+
+
+def _run_store_value(x, native):
+    out = torch.empty(x.numel(), dtype=FP8, device=x.device)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _store_value_kernel[(triton.cdiv(x.numel(), 8192),)](
+            x, out, x.numel(), NATIVE=native, BLOCK=8192
+        )
+    return out.view(torch.uint8)
+
+
+def _exact_e4m3_specials():
+    """Inputs whose E4M3 code needs no rounding (grid values, both zeros, float32 subnormals)
+    or only the clamp (above 448, inf) or the NaN rule: what the interpreter's native cast
+    gets right, so the NATIVE branch's own logic can be checked on the CPU."""
+    grid = torch.arange(256).to(torch.uint8).view(FP8).float()
+    grid = grid[~grid.isnan()]
+    specials = torch.tensor(
+        [449.0, 1e30, 3.4e38, float("inf"), -449.0, -1e30, -float("inf"), float("nan"),
+         -float("nan"), 1e-45, -1e-45, 2.0**-127, -(2.0**-127)]
+    )  # fmt: skip
+    return torch.cat([grid, specials]).to(DEV)
+
+
+def test_e4m3_store_value_explicit_is_e4m3_code():
+    x = _e4m3_probe_values()
+    code, *_ = _run_helpers(x)
+    assert torch.equal(_run_store_value(x, False).cpu(), code.cpu())
+
+
+@pytest.mark.skipif(
+    DEV != "cpu" and not native_fp8_ok(DEV), reason="the native cast: sm_90 (or this CPU test)"
+)
+def test_e4m3_store_value_native_clamp_nan_and_signed_zero():
+    """The NATIVE branch on inputs that need no rounding (the interpreter's cast is exact on
+    them): saturation to +-448 (0x7E / 0xFE), NaN of either sign 0x7F, -1e-45 keeps its sign."""
+    x = _exact_e4m3_specials()
+    code, *_ = _run_helpers(x)
+    got = _run_store_value(x, True).cpu()
+    assert torch.equal(got, code.cpu())
+    assert got[-6:-4].tolist() == [0x7F, 0x7F] and got[-3].item() == 0x80
+
+
+@pytest.mark.skipif(not native_fp8_ok(DEV), reason="the native E4M3 cast is trusted on sm_90 only")
+def test_e4m3_store_value_native_matches_explicit_on_sm90():
+    """Where the wrappers use it, the native branch gives e4m3_code's bits on every midpoint,
+    its neighbours, the specials and a sweep of all exponents, and on every float32 pattern
+    with |x| in [2**-12, 512) (all mantissas of the exponents that round)."""
+    lo, hi = 0x39800000, 0x44000000  # 2**-12 and 512 as bits
+    sweep = torch.arange(lo, hi, dtype=torch.int64, device=DEV).to(torch.int32).view(torch.float32)
+    for x in (_e4m3_probe_values(), sweep, -sweep):
+        code, *_ = _run_helpers(x)
+        assert torch.equal(_run_store_value(x, True), code)
+
+
+def test_native_fp8_selection(monkeypatch):
+    """False for the interpreter and for a CPU tensor; PARITY_TRITON_FP8_CAST forces either."""
+    monkeypatch.delenv("PARITY_TRITON_FP8_CAST", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert native_fp8_ok(torch.device("cpu")) is False
+    assert native_fp8_ok("cuda:0") is False  # the interpreter never casts natively
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert native_fp8_ok(torch.device("cpu")) is False
+    assert native_fp8_ok("cpu") is False
+    if torch.cuda.is_available():
+        major = torch.cuda.get_device_capability(0)[0]
+        assert native_fp8_ok(torch.device("cuda", 0)) is (major == 9)
+    monkeypatch.setenv("PARITY_TRITON_FP8_CAST", "explicit")
+    assert native_fp8_ok(torch.device("cpu")) is False
+    monkeypatch.setenv("PARITY_TRITON_FP8_CAST", "native")
+    assert native_fp8_ok(torch.device("cpu")) is True
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert native_fp8_ok(torch.device("cpu")) is True  # forced, even where it is wrong
+    monkeypatch.setenv("PARITY_TRITON_FP8_CAST", "fast")
+    with pytest.raises(ValueError, match="PARITY_TRITON_FP8_CAST"):
+        native_fp8_ok(torch.device("cpu"))
+    monkeypatch.setenv("PARITY_TRITON_FP8_CAST", "")
+    assert native_fp8_ok(torch.device("cpu")) is False
+
+
+@pytest.mark.skipif(not native_fp8_ok(DEV), reason="the native E4M3 cast is trusted on sm_90 only")
+@pytest.mark.parametrize("fmt", ["fp32", "ue8m0"])
+def test_fp8_kernels_native_and_explicit_agree_on_sm90(monkeypatch, fmt):
+    x = _randn((64, 1024), seed=3, scale=5.0) * torch.logspace(-6, 6, 64, device=DEV)[:, None]
+    x[1, 5], x[2, 7], x[3, 0] = float("nan"), -float("inf"), -1e-45
+    x[4, 128:256] = -float("nan")
+    got = {}
+    for mode in ("native", "explicit"):
+        monkeypatch.setenv("PARITY_TRITON_FP8_CAST", mode)
+        got[mode] = (fp8_quant(x, scale_format=fmt), silu_mul_fp8_quant(x, scale_format=fmt))
+    for (qa, sa), (qb, sb) in zip(got["native"], got["explicit"]):
+        assert torch.equal(qa.view(torch.uint8), qb.view(torch.uint8))
+        assert torch.equal(sa.view(torch.int32), sb.view(torch.int32))
 
 
 # --- swiglu -----------------------------------------------------------------------------------
@@ -324,6 +427,19 @@ def test_fp8_quant_ue8m0_scales_are_exact_powers_of_two():
     for eps in (1e-40, 3e-42):
         _, s = fp8_quant(z, scale_format="ue8m0", eps=eps)
         _bits_equal(s.cpu(), ref.fp8_quant(z.cpu(), scale_format="ue8m0", eps=eps)[1])
+
+
+def test_fp8_quant_ue8m0_reciprocal_and_division_paths_agree_with_reference():
+    """ue8m0 multiplies by the exact reciprocal when eps >= RECIP_MIN_EPS, else divides: both
+    bit-exact, on tiny groups (scale eps / 448), float32 subnormal inputs and huge groups."""
+    x = _randn((6, 128), seed=11) * torch.logspace(-40, 37, 6, device=DEV)[:, None]
+    x[0, :4] = torch.tensor([1e-45, -1e-45, 2.0**-127, -(2.0**-130)])
+    x[5, 0] = float("inf")
+    for eps in (1e-10, 1e-20, 1e-30, 1e-44):
+        q, s = fp8_quant(x, scale_format="ue8m0", eps=eps)
+        rq, rs = ref.fp8_quant(x.cpu(), scale_format="ue8m0", eps=eps)
+        _bits_equal(q.cpu(), rq)
+        _bits_equal(s.cpu(), rs)
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)

@@ -1,7 +1,8 @@
 """Triton device helpers for exact float conversions (FP8 E4M3, bfloat16) by integer
 arithmetic on float32 bits.
 
-No helper relies on a native `.to(tl.float8e4nv)` for rounding: under TRITON_INTERPRET=1
+No helper relies on a native `.to(tl.float8e4nv)` for rounding unless asked to (NATIVE of
+`e4m3_store_value`, where the caller has checked the device): under TRITON_INTERPRET=1
 (triton 3.9) that cast drops the mantissa carry (124.1 -> 64) and turns values above 448 into
 NaN, and on a GPU its overflow behaviour depends on the conversion instruction chosen. Here the
 rounding is done once, exactly, on the float32 bit pattern:
@@ -13,14 +14,25 @@ rounding is done once, exactly, on the float32 bit pattern:
 - `e4m3_round(x)`: `e4m3_decode(e4m3_code(x))`, float32 on the E4M3 grid.
 - `e4m3_to_fp8(x)`: `tl.float8e4nv` tensor holding `e4m3_code(x)` (a bitcast, so exact): for a
   `tl.dot` on FP8 operands or a store into a float8_e4m3fn tensor.
+- `e4m3_store_value(x, NATIVE)`: the same `tl.float8e4nv` as `e4m3_to_fp8(x)`; with NATIVE
+  (only where `_caps.native_fp8_ok` says the native cast is trusted: CUDA capability 9.x) by a
+  clamp to +-448 and the native `.to(tl.float8e4nv)` (cvt.rn.satfinite.e4m3x2.f32), ~8 ops an
+  element instead of ~18; NaN forced to code 0x7F, the sign of zero kept.
 - `f32_to_bf16(x)`, `to_dtype_rne(x, dtype)`: round-to-nearest-even output casts; the
-  interpreter's float32 -> bfloat16 cast truncates, so kernels storing bf16 use these.
+  interpreter's float32 -> bfloat16 cast truncates, so kernels storing bf16 use these
+  (`to_dtype_rne` uses the integer form under the interpreter only: on a GPU the native cast
+  is cvt.rn.bf16.f32, the same rounding in one instruction).
 
 Imports triton at module level: only the `_kernels_*` modules import this, lazily.
 """
 
+import os
+
 import triton
 import triton.language as tl
+
+# Chosen when this module is imported (after TRITON_INTERPRET is set, as triton.jit reads it).
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 # float32 bit patterns (constexpr: a compiled kernel may read only constexpr globals)
 _F32_2_POW_M6 = tl.constexpr(0x3C800000)  # 2**-6, the smallest normal E4M3 value
@@ -80,6 +92,29 @@ def e4m3_to_fp8(x):
 
 
 @triton.jit
+def e4m3_store_value(x, NATIVE: tl.constexpr):
+    """`tl.float8e4nv` holding `e4m3_code(x)` (RNE, saturating at +-448, NaN -> 0x7F).
+
+    NATIVE (trusted on sm_90 only, see `_caps.py`): the clamp to +-448 is explicit (the result
+    does not rely on satfinite), float32 subnormals (E4M3 code +-0 anyway) become signed zeros
+    first (a cast that flushes its input may lose the sign), then one native cast rounds; NaN
+    lanes are forced to the canonical code 0x7F (the cast may keep a negative NaN's sign,
+    0xFF). The clamp works on |x| as bits, where the order is that of the values: ~8 ops an
+    element (one cvt per two) instead of ~18. Otherwise the exact integer rounding."""
+    if NATIVE:
+        bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+        a = bits & 0x7FFFFFFF
+        m = tl.minimum(a, _F32_448)  # inf and NaN too (NaN is fixed below)
+        m = tl.where(a < 0x00800000, 0, m)  # below 2**-126: an exact zero
+        y = (m | (bits ^ a)).to(tl.float32, bitcast=True)  # bits ^ a: the sign bit
+        code = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        code = tl.where(a > _F32_INF, 0x7F, code).to(tl.uint8)
+        return code.to(tl.float8e4nv, bitcast=True)
+    else:
+        return e4m3_to_fp8(x)
+
+
+@triton.jit
 def f32_to_bf16(x):
     """float32 -> bfloat16, round to nearest even, by integer arithmetic on the bits.
 
@@ -95,7 +130,7 @@ def f32_to_bf16(x):
 @triton.jit
 def to_dtype_rne(x, dtype: tl.constexpr):
     """float32 `x` rounded once to `dtype` (bfloat16, float16 or float32), ties to even."""
-    if dtype == tl.bfloat16:
+    if dtype == tl.bfloat16 and _INTERPRET:
         return f32_to_bf16(x)
     else:
         return x.to(dtype)

@@ -4,16 +4,31 @@
 Both FP8 kernels see the [M, K] activations as a list of groups: group `gi = m * (K/G) + j`
 starts at element `gi * G` of the contiguous output, so one program takes BLOCK_G whole groups
 as a [BLOCK_G, G_PAD] tile (contiguous, vectorised loads), reduces |x| along the row, and writes
-the E4M3 codes through a uint8 view of the float8 output: no native FP8 cast is involved.
+the E4M3 codes straight into the float8 output. NATIVE_FP8 (set by the wrapper from
+`_caps.native_fp8_ok`, i.e. sm_90 only) rounds with the clamped native cast, otherwise with the
+exact integer rounding of `_fp8.e4m3_code`; both give the same codes.
+
+Per element (after the bf16 -> float32 load): amax is an integer max over the |x| bits (2 ops),
+the quotient `x / s` a correctly rounded division, or for ue8m0 scales (powers of two whose
+reciprocal is a normal float, see `RECIP_MIN_EPS`) one multiply by the exact per-group
+reciprocal, then the E4M3 rounding (~7 ops native, ~18 explicit).
 """
 
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
+from parity.optimized.triton._fp8 import e4m3_store_value, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
+_F32_INF_BITS = tl.constexpr(0x7F800000)
+
+# ue8m0 scales are s = 2**ceil(log2(max(amax, eps) / 448)) with amax <= float32 max, so
+# 2**-100 <= s <= 2**120 once eps >= 2**-90 (eps / 448 > 2**-100): then 1/s is an exact normal
+# power of two and x * (1/s) is the same real number as x / s, rounded once, bit for bit the
+# true division (even if a multiply flushed subnormals: |x / s| < 2**-26 for a subnormal x or a
+# subnormal result, E4M3 code +-0 either way). A smaller eps keeps the division.
+RECIP_MIN_EPS = 2.0**-90
 
 
 @triton.jit
@@ -30,24 +45,31 @@ def _pow2_ceil(s):
 
 
 @triton.jit
-def _quant_groups(v, eps, UE8M0: tl.constexpr):
+def _quant_groups(v, eps, UE8M0: tl.constexpr, RECIP: tl.constexpr, NATIVE_FP8: tl.constexpr):
     """Per-row FP8 quantization of a float32 [BLOCK_G, G_PAD] tile whose padding lanes are 0.
 
-    Returns (codes int32 [BLOCK_G, G_PAD], scales float32 [BLOCK_G]). amax counts inf as the
-    float32 maximum; a NaN anywhere in a row makes its scale NaN and all its codes NaN (0x7F).
-    tl.max may drop NaN, so NaN is mapped to +inf (above every clamped |x|) before reducing.
+    Returns (codes tl.float8e4nv [BLOCK_G, G_PAD], scales float32 [BLOCK_G]). amax counts inf
+    as the float32 maximum; a NaN anywhere in a row makes its scale NaN and all its codes NaN
+    (0x7F). amax is an integer max over the |x| bit patterns: for non-negative floats the order
+    of the bits is the order of the values, and every NaN is above inf, so the reduction is
+    exact and cannot drop a NaN (as a float tl.max may).
     """
-    a = tl.abs(v)
-    a = tl.where(a > _F32_MAX, _F32_MAX, a)
-    amax = tl.max(tl.where(a != a, float("inf"), a), axis=1)
+    mb = tl.max(v.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
+    nan_row = mb > _F32_INF_BITS
+    amax = tl.where(mb >= _F32_INF_BITS, _F32_MAX, mb.to(tl.float32, bitcast=True))
     s = tl.where(amax < eps, eps, amax)
     s = tl.math.div_rn(s, tl.full(s.shape, 448.0, tl.float32))
     if UE8M0:
         s = _pow2_ceil(s)
-    s = tl.where(amax == float("inf"), float("nan"), s)
-    # A true division: reciprocal-multiply may move a code by one step near a midpoint.
-    codes = e4m3_code(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v)))
-    return codes, s
+    s = tl.where(nan_row, float("nan"), s)
+    if RECIP:
+        # ue8m0 with eps >= RECIP_MIN_EPS (host-checked): 1/s exact, x * (1/s) == x / s.
+        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+        q = v * r[:, None]
+    else:
+        # A true division: reciprocal-multiply may move a code by one step near a midpoint.
+        q = tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))
+    return e4m3_store_value(q, NATIVE_FP8), s
 
 
 @triton.jit
@@ -62,7 +84,7 @@ def _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR: tl.constexp
 @triton.jit
 def _fp8_quant_kernel(
     x_ptr,
-    q_ptr,  # uint8 view of the float8_e4m3fn output
+    q_ptr,  # float8_e4m3fn output (or a uint8 view of it)
     s_ptr,
     n_groups,
     groups_per_row,
@@ -73,6 +95,8 @@ def _fp8_quant_kernel(
     BLOCK_G: tl.constexpr,
     UE8M0: tl.constexpr,
     COL_MAJOR: tl.constexpr,
+    RECIP: tl.constexpr,
+    NATIVE_FP8: tl.constexpr,
 ):
     gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     c = tl.arange(0, G_PAD)
@@ -80,15 +104,15 @@ def _fp8_quant_kernel(
     mask = gmask[:, None] & (c < G)[None, :]
     offs = gi.to(tl.int64)[:, None] * G + c[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    codes, s = _quant_groups(v, eps, UE8M0)
-    tl.store(q_ptr + offs, codes.to(tl.uint8), mask=mask)
+    codes, s = _quant_groups(v, eps, UE8M0, RECIP, NATIVE_FP8)
+    tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
     _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR)
 
 
 @triton.jit
 def _silu_mul_fp8_quant_kernel(
     x_ptr,  # [M, 2N]: gate = x[:, :N], up = x[:, N:]
-    q_ptr,  # uint8 view of the float8_e4m3fn [M, N] output
+    q_ptr,  # float8_e4m3fn [M, N] output (or a uint8 view of it)
     s_ptr,
     n_groups,
     groups_per_row,
@@ -103,6 +127,8 @@ def _silu_mul_fp8_quant_kernel(
     POST: tl.constexpr,
     UE8M0: tl.constexpr,
     COL_MAJOR: tl.constexpr,
+    RECIP: tl.constexpr,
+    NATIVE_FP8: tl.constexpr,
 ):
     gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     c = tl.arange(0, G_PAD)
@@ -116,8 +142,9 @@ def _silu_mul_fp8_quant_kernel(
     # The SwiGLU result stays float32 (never rounded to x.dtype) up to the quantization.
     y = swiglu_f32(g, u, limit, 1.0, 0.0, HAS_LIMIT, POST)
     y = tl.where(mask, y, 0.0)
-    codes, s = _quant_groups(y, eps, UE8M0)
-    tl.store(q_ptr + gi.to(tl.int64)[:, None] * G + c[None, :], codes.to(tl.uint8), mask=mask)
+    codes, s = _quant_groups(y, eps, UE8M0, RECIP, NATIVE_FP8)
+    q_offs = gi.to(tl.int64)[:, None] * G + c[None, :]
+    tl.store(q_ptr + q_offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
     _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR)
 
 
@@ -136,15 +163,16 @@ def _group_blocks(n_groups: int, group_size: int) -> tuple[int, int, int]:
     return g_pad, block_g, warps
 
 
-def launch_fp8_quant(x, q_u8, scales, *, group_size, eps, ue8m0, column_major):
-    """x [M, K] contiguous (M, K > 0); q_u8 [M, K] uint8; scales [M, K/G] (any layout flag)."""
+def launch_fp8_quant(x, q, scales, *, group_size, eps, ue8m0, column_major, native_fp8=False):
+    """x [M, K] contiguous (M, K > 0); q [M, K] float8_e4m3fn (or uint8); scales [M, K/G].
+    native_fp8: round with the native E4M3 cast (only where `_caps.native_fp8_ok`)."""
     m, k = x.shape
     groups_per_row = k // group_size
     n_groups = m * groups_per_row
     g_pad, block_g, warps = _group_blocks(n_groups, group_size)
     _fp8_quant_kernel[(triton.cdiv(n_groups, block_g),)](
         x,
-        q_u8,
+        q,
         scales,
         n_groups,
         groups_per_row,
@@ -155,21 +183,23 @@ def launch_fp8_quant(x, q_u8, scales, *, group_size, eps, ue8m0, column_major):
         BLOCK_G=block_g,
         UE8M0=ue8m0,
         COL_MAJOR=column_major,
+        RECIP=ue8m0 and eps >= RECIP_MIN_EPS,
+        NATIVE_FP8=native_fp8,
         num_warps=warps,
     )
 
 
 def launch_silu_mul_fp8_quant(
-    x, q_u8, scales, *, group_size, limit, post, eps, ue8m0, column_major
+    x, q, scales, *, group_size, limit, post, eps, ue8m0, column_major, native_fp8=False
 ):
-    """x [M, 2N] contiguous (M, N > 0); q_u8 [M, N] uint8; scales [M, N/G]."""
-    m, n = q_u8.shape
+    """x [M, 2N] contiguous (M, N > 0); q [M, N] float8_e4m3fn (or uint8); scales [M, N/G]."""
+    m, n = q.shape
     groups_per_row = n // group_size
     n_groups = m * groups_per_row
     g_pad, block_g, warps = _group_blocks(n_groups, group_size)
     _silu_mul_fp8_quant_kernel[(triton.cdiv(n_groups, block_g),)](
         x,
-        q_u8,
+        q,
         scales,
         n_groups,
         groups_per_row,
@@ -184,6 +214,8 @@ def launch_silu_mul_fp8_quant(
         POST=post,
         UE8M0=ue8m0,
         COL_MAJOR=column_major,
+        RECIP=ue8m0 and eps >= RECIP_MIN_EPS,
+        NATIVE_FP8=native_fp8,
         num_warps=warps,
     )
 
@@ -192,15 +224,12 @@ def launch_silu_mul_fp8_quant(
 
 
 @triton.jit
-def _e2m1_value(nib):
-    """Float32 value of E2M1 codes (int32, low 4 bits; bit 3 the sign), built from bits:
-    magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; code 8 is -0.0."""
-    e = (nib >> 1) & 3
-    m = nib & 1
-    normal = (((e + 126) << 23) | (m << 22)).to(tl.float32, bitcast=True)  # (1 + m/2) 2**(e-1)
-    mag = tl.where(e == 0, m.to(tl.float32) * 0.5, normal)
-    sign = (nib & 8) << 28  # as a bit: a float negation may compile to 0 - x, losing -0.0
-    return (mag.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+def _e2m1_scaled_bits(b, SHIFT: tl.constexpr):
+    """The E2M1 nibble at bit SHIFT (0 or 4) of int32 bytes `b` as float32 bits whose value is
+    e2m1_value * 2**-126 exactly: magnitude bits m2 m1 m0 at bits 24..22 (code 1 is the
+    subnormal 0.5 * 2**-126, codes 2..7 the normals 1, 1.5, 2, 3, 4, 6 times 2**-126), the sign
+    bit 3 at bit 31 (code 8 is -0.0). 5 integer ops."""
+    return ((b & (7 << SHIFT)) << (22 - SHIFT)) | ((b & (8 << SHIFT)) << (28 - SHIFT))
 
 
 @triton.jit
@@ -226,26 +255,33 @@ def _mxfp4_dequant_kernel(
     pmask = smask[:, :, None]
     b = tl.load(p_ptr + row64[:, None, None] * P + pcol[None, :, :], mask=pmask, other=0)
     b = b.to(tl.int32)
-    # value * 2**(code - 127), exactly: code 0 (2**-127, subnormal) as (value / 2) * 2**-126,
-    # so the factor is always a normal power of two; code 255 is NaN for the whole block.
-    pre = tl.where(sc == 0, 0.5, 1.0)[:, :, None]
+    # value * 2**(code - 127), exactly, as (value * 2**-126) * m1 * factor: m1 = 2**126 gives
+    # the value (exact), factor = 2**(code - 127) is a normal power of two; code 0 (2**-127,
+    # subnormal) takes m1 = 2**125 and factor 2**-126. Code 255 is NaN for the whole block.
+    m1 = tl.where(sc == 0, 2.0**125, 2.0**126)[:, :, None]
     factor = (tl.maximum(sc, 1) << 23).to(tl.float32, bitcast=True)[:, :, None]
-    lo = (_e2m1_value(b & 15) * pre) * factor
-    hi = (_e2m1_value(b >> 4) * pre) * factor
     nan = (sc == 255)[:, :, None]
+    lo = (_e2m1_scaled_bits(b, 0).to(tl.float32, bitcast=True) * m1) * factor
+    hi = (_e2m1_scaled_bits(b, 4).to(tl.float32, bitcast=True) * m1) * factor
     lo = tl.where(nan, float("nan"), lo)
     hi = tl.where(nan, float("nan"), hi)
     # element 2i (low nibble) then 2i + 1 (high nibble): interleave, then store contiguously
     vals = tl.reshape(tl.join(lo, hi), (BLOCK_R, BLOCK_S * 32))
     ycol = tl.program_id(1) * (BLOCK_S * 32) + tl.arange(0, BLOCK_S * 32)
     ymask = rmask[:, None] & (ycol < 2 * P)[None, :]
-    out = to_dtype_rne(vals, y_ptr.dtype.element_ty)
+    if y_ptr.dtype.element_ty == tl.bfloat16:
+        # Every value (at most 2 significant bits, float32's exponent range, NaN 0x7FC00000) is
+        # exact in bfloat16: the high half of its bits is the correctly rounded result.
+        out = (vals.to(tl.int32, bitcast=True) >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        out = to_dtype_rne(vals, y_ptr.dtype.element_ty)
     tl.store(y_ptr + row64[:, None] * (2 * P) + ycol[None, :], out, mask=ymask)
 
 
-def launch_mxfp4_dequant(packed, scales, y):
-    """packed [R, K/2], scales [R, K/32] uint8 contiguous; y [R, K] (R, K > 0)."""
-    rows, p = packed.shape
+def launch_mxfp4_dequant(packed, scales, y, rows, k):
+    """packed [..., K/2], scales [..., K/32] uint8 contiguous, read as `rows` rows; y [..., K]
+    contiguous (rows, K > 0)."""
+    p = k // 2
     n_sb = p // 16
     block_s = min(triton.next_power_of_2(n_sb), 64)  # up to 2048 output elements a row
     block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_s * 32)))

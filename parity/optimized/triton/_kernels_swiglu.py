@@ -104,9 +104,9 @@ def _blocks(rows: int, cols: int, target: int) -> tuple[int, int, int]:
     return block_r, block_n, 4 if block_r * block_n <= 2048 else 8
 
 
-def launch_swiglu(x2, y2, *, limit, alpha, beta, interleaved, post):
-    """x2 [R, 2N] contiguous -> y2 [R, N] contiguous (preallocated, R and N > 0)."""
-    rows, n = y2.shape
+def launch_swiglu(x2, y2, rows, n, *, limit, alpha, beta, interleaved, post):
+    """x2 contiguous, read as [rows, 2n] -> y2 contiguous, written as [rows, n] (preallocated,
+    rows and n > 0; any leading shape: only the data pointers are used)."""
     block_r, block_n, warps = _blocks(rows, n, 4096)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(n, block_n))
     _swiglu_kernel[grid](

@@ -1,12 +1,18 @@
 """Triton quantizers (`docs/ops.md`): fp8_quant, silu_mul_fp8_quant (one fused kernel) and
 mxfp4_dequant. Registrations and wrappers only; kernels in `_kernels_quant.py`, imported on the
-first call. Validation is the reference's own, so the errors are the same."""
+first call (then kept in a module global). Validation is the reference's own, so the errors are
+the same.
+
+The FP8 kernels round with the native E4M3 cast where `_caps.native_fp8_ok` trusts it (CUDA
+capability 9.x; override with PARITY_TRITON_FP8_CAST=explicit|native, see `_caps.py`), else
+with the exact integer rounding; the codes are the same."""
 
 from __future__ import annotations
 
 import torch
 
 from parity._errors import Unsupported
+from parity.optimized.triton._caps import native_fp8_ok
 from parity.optimized.triton.swiglu import check_f32_scalar, launch_context
 from parity.reference._common import (
     FLOAT_DTYPES,
@@ -22,6 +28,16 @@ from parity.registry import register
 
 _SILU_EPS = 1e-10  # silu_mul_fp8_quant quantizes with fp8_quant's default eps
 _MAX_GROUP = 16384  # one group is one row of a program's tile
+_kernels = None  # parity.optimized.triton._kernels_quant, imported on the first launch
+
+
+def _kq():
+    global _kernels
+    if _kernels is None:
+        from parity.optimized.triton import _kernels_quant
+
+        _kernels = _kernels_quant
+    return _kernels
 
 
 def _scales(m: int, groups: int, column_major: bool, device) -> torch.Tensor:
@@ -67,16 +83,15 @@ def fp8_quant(
     if q.numel() == 0:
         return q, s
     with launch_context(op, x):
-        from parity.optimized.triton._kernels_quant import launch_fp8_quant
-
-        launch_fp8_quant(
+        _kq().launch_fp8_quant(
             x.contiguous(),
-            q.view(torch.uint8),
+            q,
             s,
             group_size=group_size,
             eps=eps,
             ue8m0=scale_format == "ue8m0",
             column_major=column_major_scales,
+            native_fp8=native_fp8_ok(x.device),
         )
     return q, s
 
@@ -119,11 +134,9 @@ def silu_mul_fp8_quant(
     if q.numel() == 0:
         return q, s
     with launch_context(op, x):
-        from parity.optimized.triton._kernels_quant import launch_silu_mul_fp8_quant
-
-        launch_silu_mul_fp8_quant(
+        _kq().launch_silu_mul_fp8_quant(
             x.contiguous(),
-            q.view(torch.uint8),
+            q,
             s,
             group_size=group_size,
             limit=limit,
@@ -131,6 +144,7 @@ def silu_mul_fp8_quant(
             eps=_SILU_EPS,
             ue8m0=scale_format == "ue8m0",
             column_major=column_major_scales,
+            native_fp8=native_fp8_ok(x.device),
         )
     return q, s
 
@@ -164,14 +178,10 @@ def mxfp4_dequant(
         fail(op, "dtype", "one of bfloat16, float16, float32", dtype, kind=TypeError)
 
     y = torch.empty((*packed.shape[:-1], k), dtype=dtype, device=packed.device)
-    if y.numel() == 0:
+    numel = y.numel()
+    if numel == 0:
         return y
     with launch_context(op, packed):
-        from parity.optimized.triton._kernels_quant import launch_mxfp4_dequant
-
-        launch_mxfp4_dequant(
-            packed.contiguous().view(-1, k // 2),
-            scales.contiguous().view(-1, k // MX_BLOCK),
-            y.view(-1, k),
-        )
+        # read as [rows, K/2] and [rows, K/32], written as [rows, K]: contiguous, no views
+        _kq().launch_mxfp4_dequant(packed.contiguous(), scales.contiguous(), y, numel // k, k)
     return y

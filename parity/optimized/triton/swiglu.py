@@ -1,8 +1,16 @@
 """Triton SwiGLU (`docs/ops.md`, "swiglu"): registration and wrapper; the kernel lives in
-`_kernels_swiglu.py` and is imported on the first call."""
+`_kernels_swiglu.py` and is imported on the first call (then kept in a module global: an import
+statement costs ~1 us a call).
+
+The wrappers here and in `quant.py` are on the critical path at small T, so they avoid work
+beyond validation and the output allocation: no `.view` (the launchers take flat row counts;
+the kernels only need the data pointers), no per-call imports, and no device switch when the
+tensor's device is already current.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -13,6 +21,9 @@ from parity.reference.swiglu import _check_x, check_swiglu_options
 from parity.registry import register
 
 _F32_MAX = torch.finfo(torch.float32).max
+_NO_SWITCH = contextlib.nullcontext()  # stateless, so one instance serves every call
+_kernels = None  # parity.optimized.triton._kernels_swiglu, imported on the first launch
+_np = None  # numpy, imported on the first interpreter launch
 
 
 def launch_context(op: str, t: torch.Tensor):
@@ -20,12 +31,18 @@ def launch_context(op: str, t: torch.Tensor):
     interpreter for a CPU tensor (Unsupported without it: the kernel cannot run there). The
     interpreter runs kernels in numpy, which warns on the overflow to inf and the NaN
     arithmetic the kernels mean to do (a GPU does them silently): those warnings are muted."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        import numpy as np
+    device = t.device
+    if device.type == "cuda":
+        if device.index == torch.cuda.current_device():
+            return _NO_SWITCH  # already current: skip the two device exchanges
+        return torch.cuda.device(device)
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        global _np
+        if _np is None:
+            import numpy
 
-        return np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore")
+            _np = numpy
+        return _np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore")
     raise Unsupported(f"{op}: Triton runs on CUDA, or on the CPU with TRITON_INTERPRET=1")
 
 
@@ -61,16 +78,23 @@ def swiglu(
     alpha = check_f32_scalar(op, "alpha", float(alpha))
     beta = check_f32_scalar(op, "beta", float(beta))
 
-    n = x.shape[-1] // 2
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
+    shape = x.shape
+    n = shape[-1] // 2
+    y = torch.empty((*shape[:-1], n), dtype=x.dtype, device=x.device)
+    numel = y.numel()
+    if numel == 0:
         return y
+    global _kernels
     with launch_context(op, x):
-        from parity.optimized.triton._kernels_swiglu import launch_swiglu
+        if _kernels is None:
+            from parity.optimized.triton import _kernels_swiglu
 
-        launch_swiglu(
-            x.contiguous().view(-1, 2 * n),
-            y.view(-1, n),
+            _kernels = _kernels_swiglu
+        _kernels.launch_swiglu(
+            x.contiguous(),  # read as [rows, 2N], y as [rows, N]: both contiguous
+            y,
+            numel // n,
+            n,
             limit=limit,
             alpha=alpha,
             beta=beta,
