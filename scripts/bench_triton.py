@@ -143,24 +143,27 @@ def main() -> int:
                 )
             del sets
 
+    def save():  # after each section: a run cut short by its time limit keeps what it measured
+        with open(args.out, "w") as fh:
+            json.dump(
+                {
+                    "device": torch.cuda.get_device_name(),
+                    "copy_TBps": bw,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "rows": rows,
+                },
+                fh,
+                indent=1,
+            )
+
+    save()
     if not args.skip_moe:
-        rows += bench_moe(Ts, dev)
-    with open(args.out, "w") as fh:
-        json.dump(
-            {
-                "device": torch.cuda.get_device_name(),
-                "copy_TBps": bw,
-                "date": time.strftime("%Y-%m-%d"),
-                "rows": rows,
-            },
-            fh,
-            indent=1,
-        )
+        bench_moe(Ts, dev, rows, save)
     print_table(rows, bw)
     return 0
 
 
-def bench_moe(Ts, dev):
+def bench_moe(Ts, dev, rows, save):
     """fused_moe, DeepSeek-V4-like layer: H 7168, N 2048, 32 local experts, top-8."""
     from parity import reference as ref
     from parity.reference.quant import fp8_block_dequant
@@ -180,7 +183,6 @@ def bench_moe(Ts, dev):
     del w13, w2
     torch.cuda.empty_cache()
     triton_moe = get_impl("fused_moe", "triton").fn
-    rows = []
     from parity.optimized.triton._moe_configs import config_file_name, device_name, load_configs
 
     for quant in weights:  # say which tile configs the kernel runs with: tuned file or defaults
@@ -263,7 +265,7 @@ def bench_moe(Ts, dev):
             if quant != "none":
                 del da, db
                 torch.cuda.empty_cache()
-    return rows
+            save()
 
 
 def print_table(rows, bw):

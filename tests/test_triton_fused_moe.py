@@ -335,7 +335,7 @@ def _mx_run(inputs, cfg, opts):
     x, p13, p2, weights, ids, s13, s2, _, _ = inputs
     dev = [v.to(DEVICE) for v in (x, p13, p2, weights, ids, s13, s2)]
     with override_config(cfg):
-        return kernel(*dev[:5], quant="mxfp4", w13_scale=dev[5], w2_scale=dev[6], **opts).cpu()
+        return kernel(*dev[:5], quant="mxfp4", w13_scale=dev[5], w2_scale=dev[6], **opts)
 
 
 def _mx_check(out, inputs, opts):

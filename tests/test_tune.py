@@ -179,3 +179,27 @@ def test_each_finished_batch_size_is_reported_for_saving(monkeypatch):
         on_batch=lambda best: seen.append(sorted(best)),
     )
     assert seen == [[1], [1, 2]]
+
+
+def test_merge_keeps_other_batch_sizes(tmp_path):
+    shape = dict(_FAKE_SHAPE)
+    cfg = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32}
+    cfg.update(GROUP_SIZE_M=1, num_warps=4, num_stages=1)
+    path = tune_cmd.save({1: cfg, 4: cfg}, shape, str(tmp_path), "cpu")
+    tune_cmd.save({4: dict(cfg, BLOCK_SIZE_M=64), 8: cfg}, shape, str(tmp_path), "cpu", merge=True)
+    table = json.loads(path.read_text())
+    assert sorted(k for k in table if k != "triton_version") == ["1", "4", "8"]
+    assert table["4"]["BLOCK_SIZE_M"] == 64 and table["1"]["BLOCK_SIZE_M"] == 16
+    tune_cmd.save({8: cfg}, shape, str(tmp_path), "cpu")  # without merge: replaced
+    assert sorted(json.loads(path.read_text())) == ["8", "triton_version"]
+
+
+def test_mxfp4_threshold_a_batch_size_does_not_reach_is_the_in_gemm_path():
+    pytest.importorskip("triton")
+    shape = dict(_FAKE_SHAPE, quant="mxfp4", E=32, k=6)
+    cands = tune_cmd.candidate_grid("tiny", "mxfp4", (128, 128), torch.bfloat16)
+    assert {c["MX_DEQUANT_MIN_ROWS"] for c in cands} == {0, 1}
+    low = tune_cmd._effective(cands, shape, 1, torch.bfloat16)  # 6 rows < 32 experts
+    assert {c["MX_DEQUANT_MIN_ROWS"] for c in low} == {0} and len(low) == len(cands) // 2
+    high = tune_cmd._effective(cands, shape, 16, torch.bfloat16)
+    assert high == cands

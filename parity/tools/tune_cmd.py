@@ -74,11 +74,17 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     p.add_argument(
         "--grid",
-        choices=["full", "small"],
+        choices=["full", "small", "large"],
         default=None,
-        help="candidate grid (default: full on cuda, a tiny one on cpu)",
+        help="candidate grid (default: full on cuda, a tiny one on cpu; large: big-M tiles "
+        "only, for batch sizes of thousands of tokens)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the entries of an existing file in --out for the batch sizes not tuned now",
+    )
     p.add_argument(
         "--check-only",
         action="store_true",
@@ -181,6 +187,8 @@ def candidate_grid(grid: str, quant: str, block_shape, x_dtype) -> list[dict]:
         space = [(16, 32, 32, 1, 4, 1), (16, 64, 64, 1, 4, 1)]
     elif grid == "small":
         space = product([16, 64], [64, 128], [64, 128], [1, 16], [4], [3, 4])
+    elif grid == "large":  # many tokens per expert: large M tiles only
+        space = product([64, 128], [128], [64, 128], [8], [4, 8], [3])
     else:
         space = product(
             [16, 32, 64, 128, 256],
@@ -387,7 +395,7 @@ def tune(
             sl = tuple(a[:t] if i in (0, 3, 4) else a for i, a in enumerate(args))
             checks.append((sl, reference(*sl, **kwargs)))
         best_us = math.inf
-        for cfg in cands:
+        for cfg in _effective(cands, shape, m, dtype):
             rec = {"M": m, "config": cfg, "status": "ok", "err": 0.0, "us": None}
             records.append(rec)
             try:
@@ -424,6 +432,25 @@ def tune(
         else:
             log(f"M={m}: no candidate passed the reference check")
     return best, records
+
+
+def _effective(cands: list[dict], shape: dict, m: int, dtype) -> list[dict]:
+    """The candidates as they run at M tokens: an mxfp4 dequantize-first threshold that M does
+    not reach is the in-GEMM path (0), so it is neither timed twice nor saved as a choice that
+    was never measured (the file's entry also serves the batch sizes nearest to M)."""
+    from parity.optimized.triton._kernels_fused_moe import use_dequant_first
+
+    out, seen = [], set()
+    for cfg in cands:
+        if "MX_DEQUANT_MIN_ROWS" in cfg and not use_dequant_first(
+            cfg, shape["quant"], dtype, m, shape["k"], shape["E"]
+        ):
+            cfg = dict(cfg, MX_DEQUANT_MIN_ROWS=0)
+        key = tuple(sorted(cfg.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    return out
 
 
 def _bound_call(kern, mod, args, kwargs, cfg, interpret):
@@ -463,12 +490,14 @@ def _short(cfg: dict) -> str:
         "num_stages",
     )
     s = "/".join(str(cfg[k]) for k in keys)
-    if "MX_DEQUANT_MIN_ROWS" in cfg:
+    if "MX_DEQUANT_MIN_ROWS" in cfg:  # as run at the batch size (see _effective)
         s += " dequant-first" if cfg["MX_DEQUANT_MIN_ROWS"] else " in-GEMM"
     return s + (" +SKIP_LAST_K" if cfg.get("SKIP_LAST_K") else "")
 
 
-def save(best: dict[int, dict], shape: dict, out_dir: str, device: str) -> Path:
+def save(
+    best: dict[int, dict], shape: dict, out_dir: str, device: str, *, merge: bool = False
+) -> Path:
     from parity.optimized.triton._moe_configs import (
         CONFIG_KEYS,
         EXTRA_CONFIG_KEYS,
@@ -488,6 +517,10 @@ def save(best: dict[int, dict], shape: dict, out_dir: str, device: str) -> Path:
     path = Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     table = {"triton_version": version}
+    if merge and path.exists():  # earlier entries first; the batch sizes tuned now replace theirs
+        old = json.loads(path.read_text())
+        old.pop("triton_version", None)
+        best = {**{int(m): c for m, c in old.items()}, **best}
     for m in sorted(best):
         # vLLM's keys, then ours where the candidate set them (mxfp4's path choice)
         keys = (*CONFIG_KEYS, *(k for k in EXTRA_CONFIG_KEYS if k in best[m]))
@@ -529,7 +562,7 @@ def run(args) -> int:
     )
 
     def save_so_far(best):  # a run cut short by a time limit keeps the batch sizes it finished
-        save(best, shape, args.out, device)
+        save(best, shape, args.out, device, merge=args.merge)
 
     try:
         best, records = tune(
@@ -557,6 +590,6 @@ def run(args) -> int:
         done = f"; {args.out} holds the verified batch sizes {sorted(best)}" if best else ""
         print(f"parity tune: no candidate passed for M in {missing}{done}", file=sys.stderr)
         return 1
-    path = save(best, shape, args.out, device)
+    path = save(best, shape, args.out, device, merge=args.merge)
     print(f"parity tune: wrote {path}")
     return 0
