@@ -78,24 +78,25 @@ else
   CFG=parity/optimized/triton/configs
   for q in mxfp4 fp8_block none; do
     m=8192; [ "$q" = mxfp4 ] && m=1024,8192
-    job "tunecheck_$q" 100 python3 -m parity tune --check-only --config "$V4" --ep 8 \
+    job "tunecheck_$q" 80 python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
   for q in mxfp4 fp8_block none; do
     m=8192; [ "$q" = mxfp4 ] && m=1024,8192
     t0=$SECONDS
-    timeout 60 python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
+    lim=35; [ "$q" = mxfp4 ] && lim=50
+    timeout "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
       --grid large --merge --out "$CFG" --device cuda >"$LOG/tune_$q.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
     tail -n 3 "$LOG/tune_$q.log"
   done
   mkdir -p "$LOG/configs" && cp "$CFG"/*.json "$LOG/configs/"
   t0=$SECONDS
-  timeout 240 python3 scripts/bench_triton.py --out "$LOG/bench_triton.json" >"$LOG/bench_triton.log" 2>&1
+  timeout 210 python3 scripts/bench_triton.py --out "$LOG/bench_triton.json" >"$LOG/bench_triton.log" 2>&1
   echo "$? $((SECONDS - t0))s" >"$LOG/bench_triton.rc"; JOBS+=(bench_triton)
   t0=$SECONDS
-  timeout "$((575 - (SECONDS - T_START)))" python3 scripts/gpu_issue5.py --out "$LOG" --budget 150 \
+  timeout "$((560 - (SECONDS - T_START)))" python3 scripts/gpu_issue5.py --out "$LOG" --budget 120 \
     --ts 1,16,128,1024,8192 --skip tilelang,flashinfer,mxfp4 \
     >"$LOG/issue5.log" 2>&1
   echo "$? $((SECONDS - t0))s" >"$LOG/issue5.rc"; JOBS+=(issue5)
