@@ -1,0 +1,97 @@
+"""Sweep the tiles (elements a program, warps) of the memory-bound Triton kernels on the GPU:
+swiglu at T = 1024 and 8192, N = 2048, against FlashInfer's silu_and_mul, and fp8_quant,
+silu_mul_fp8_quant and mxfp4_dequant at T = 8192 (`_kernels_quant.TILE`): which default to
+ship. The kernels and their math are unchanged; only the tile choice is replaced.
+
+    source .gpu/activate.sh && python3 scripts/sweep_tiles.py
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import triton
+import triton.testing
+
+from parity.optimized.triton import _kernels_swiglu as ks
+from parity.registry import get_impl
+
+
+def timed(f, sets) -> float:
+    """Median ms of f over rotating input sets."""
+    i = [0]
+
+    def call():
+        f(sets[i[0] % len(sets)])
+        i[0] += 1
+
+    return triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
+
+
+def main() -> None:
+    n = 2048
+    fn = get_impl("swiglu", "triton").fn
+    real = ks._blocks
+    try:
+        import flashinfer
+
+        fi = flashinfer.activation.silu_and_mul
+    except Exception as exc:  # the bundle is missing
+        print(f"flashinfer unavailable: {exc}")
+        fi = None
+    for t in (1024, 8192):
+        sets = [torch.randn(t, 2 * n, device="cuda").bfloat16() for _ in range(8)]
+        moved = sets[0].numel() * 2 * 3 // 2
+        if fi is not None:
+            ms = timed(fi, sets)
+            print(f"T={t:5d} flashinfer           {ms * 1e3:7.1f} us {moved / ms / 1e9:5.2f} TB/s")
+        for elems, warps in itertools.product((1024, 2048, 4096, 8192), (2, 4, 8, 16)):
+
+            def blocks(rows, cols, target, elems=elems, warps=warps):
+                br, bn, _ = real(rows, cols, elems)
+                return br, bn, warps
+
+            ks._blocks = blocks
+            ms = timed(fn, sets)
+            ks._blocks = real
+            print(
+                f"T={t:5d} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us "
+                f"{moved / ms / 1e9:5.2f} TB/s",
+                flush=True,
+            )
+
+
+def sweep_quant() -> None:
+    from parity import reference as ref
+    from parity.optimized.triton import _kernels_quant as kq
+
+    t, h = 8192, 7168
+    x = [torch.randn(t, h, device="cuda").bfloat16() for _ in range(4)]
+    x2 = [torch.randn(t, 4096, device="cuda").bfloat16() for _ in range(4)]
+    mx = [ref.mxfp4_quant(v.float()) for v in x[:2]]
+    cases = {
+        "fp8_quant": (get_impl("fp8_quant", "triton").fn, [(v,) for v in x], t * h * 3),
+        "silu_mul_fp8_quant": (
+            get_impl("silu_mul_fp8_quant", "triton").fn,
+            [(v,) for v in x2],
+            t * 4096 * 2 + t * 2048,
+        ),
+        "mxfp4_dequant": (get_impl("mxfp4_dequant", "triton").fn, mx, t * h * 2 + t * h // 2),
+    }
+    old = dict(kq.TILE)
+    for op, (fn, sets, moved) in cases.items():
+        for elems, warps in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16)):
+            kq.TILE.update(elems=elems, warps=warps)
+            ms = timed(lambda a, fn=fn: fn(*a), sets)
+            print(
+                f"{op:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us "
+                f"{moved / ms / 1e9:5.2f} TB/s",
+                flush=True,
+            )
+        kq.TILE.update(old)
+
+
+if __name__ == "__main__":
+    main()
+    sweep_quant()
