@@ -98,32 +98,6 @@ def test_cpu_tuning_writes_file_and_rejects_wrong_candidate(tmp_path, monkeypatc
         ), log
 
 
-def test_fault_candidate_is_rejected_even_if_fastest(monkeypatch):
-    """The check runs before the timing: a wrong config cannot win on speed."""
-    pytest.importorskip("triton")
-    if torch.cuda.is_available():
-        pytest.skip("runs in the Triton interpreter")
-    shape = {
-        "arch": "fake",
-        "E": 3,
-        "k": 1,
-        "H": 64,
-        "N": 32,
-        "quant": "none",
-        "block_shape": [128, 128],
-        "swiglu": {},
-    }
-    monkeypatch.setenv(tune_cmd.FAULT_ENV, "skip_last_k")
-    monkeypatch.setattr(tune_cmd, "_time_cpu", lambda fn: 1.0)  # every candidate "as fast"
-    best, records = tune_cmd.tune(
-        shape, [2], device="cpu", dtype=torch.bfloat16, grid="tiny", log=lambda *_: None
-    )
-    faulty = [r for r in records if r["config"].get("SKIP_LAST_K")]
-    assert faulty and all(r["status"] == "rejected" for r in faulty)
-    assert "SKIP_LAST_K" not in best[2]
-    assert all(r["status"] == "ok" for r in records if not r["config"].get("SKIP_LAST_K"))
-
-
 _FAKE_SHAPE = {
     "arch": "fake",
     "E": 3,
@@ -134,6 +108,22 @@ _FAKE_SHAPE = {
     "block_shape": [128, 128],
     "swiglu": {},
 }
+
+
+def test_fault_candidate_is_rejected_even_if_fastest(monkeypatch):
+    """The check runs before the timing: a wrong config cannot win on speed."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("runs in the Triton interpreter")
+    monkeypatch.setenv(tune_cmd.FAULT_ENV, "skip_last_k")
+    monkeypatch.setattr(tune_cmd, "_time_cpu", lambda fn: 1.0)  # every candidate "as fast"
+    best, records = tune_cmd.tune(
+        _FAKE_SHAPE, [2], device="cpu", dtype=torch.bfloat16, grid="tiny", log=lambda *_: None
+    )
+    faulty = [r for r in records if r["config"].get("SKIP_LAST_K")]
+    assert faulty and all(r["status"] == "rejected" for r in faulty)
+    assert "SKIP_LAST_K" not in best[2]
+    assert all(r["status"] == "ok" for r in records if not r["config"].get("SKIP_LAST_K"))
 
 
 def test_check_only_times_nothing_and_still_rejects(monkeypatch):
