@@ -272,18 +272,15 @@ def test_mxfp4_dequant_kernel_every_code_and_scale():
     packed = torch.cat([packed, packed.flip(1)], 1).reshape(2, 128, 256)  # [E=2, R=128, K/2]
     scales = rows.to(torch.uint8)[:, None].expand(256, 16).reshape(2, 128, 16).contiguous()
     want = mxfp4_dequant(packed, scales, dtype=torch.bfloat16)
-    got = kern.dequant_mxfp4(
-        packed.to(DEVICE), scales.to(DEVICE), torch.bfloat16, interpret=DEVICE == "cpu"
-    ).cpu()
+    got = kern.dequant_mxfp4(packed.to(DEVICE), scales.to(DEVICE), torch.bfloat16).cpu()
     assert got.shape == (2, 128, 512) and got.dtype == torch.bfloat16
     assert torch.equal(_bits(got), _bits(want))
     # non-contiguous inputs (an expert slice of a larger tensor)
-    got2 = kern.dequant_mxfp4(
-        packed[:, ::2].to(DEVICE), scales[:, ::2].to(DEVICE), torch.bfloat16, interpret=True
-    ).cpu()
+    got2 = kern.dequant_mxfp4(packed[:, ::2].to(DEVICE), scales[:, ::2].to(DEVICE), torch.bfloat16)
+    got2 = got2.cpu()
     assert torch.equal(_bits(got2), _bits(want[:, ::2]))
     with pytest.raises(ValueError):
-        kern.dequant_mxfp4(packed, scales, torch.float16, interpret=True)
+        kern.dequant_mxfp4(packed, scales, torch.float16)
 
 
 @triton.jit
@@ -348,9 +345,9 @@ def dequant_calls(monkeypatch):
     calls = []
     real = kern.dequant_mxfp4
 
-    def spy(w, scale, dtype, **kw):
+    def spy(w, scale, dtype):
         calls.append(dtype)
-        return real(w, scale, dtype, **kw)
+        return real(w, scale, dtype)
 
     monkeypatch.setattr(kern, "dequant_mxfp4", spy)
     return calls

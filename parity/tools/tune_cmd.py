@@ -299,15 +299,18 @@ def _time_cuda(fn, reps: int = 10, iters: int = 20, budget_s: float = 0.25) -> f
     replays, so one candidate costs about `budget_s` of device time, not seconds."""
     import torch
 
+    def event_ms(call) -> float:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
     fn()
     torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    one_s = max(start.elapsed_time(end) * 1e-3, 1e-6)
+    one_s = max(event_ms(fn) * 1e-3, 1e-6)
     reps = max(1, min(reps, int(budget_s / (4 * one_s))))
     iters = max(3, min(iters, int(budget_s / (reps * one_s))))
     try:
@@ -330,16 +333,7 @@ def _time_cuda(fn, reps: int = 10, iters: int = 20, budget_s: float = 0.25) -> f
         per = 1
     for _ in range(3):
         step()
-    times = []
-    for _ in range(iters):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / per)
-    times.sort()
+    times = sorted(event_ms(step) * 1e3 / per for _ in range(iters))
     return times[len(times) // 2]
 
 

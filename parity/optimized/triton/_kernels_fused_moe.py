@@ -31,7 +31,7 @@ Exactness of the quantized GEMMs:
   E8M0 range (bf16 has float32's exponent range); one dot per K tile, the multiply amortized
   over BLOCK_SIZE_M rows (bf16, BLOCK_SIZE_M > 32, or the config's MX_SCALE_AFTER_DOT = 0).
   (c) Dequantize first (bf16 only, from MX_DEQUANT_MIN_ROWS rows per expert on average):
-  `_mx_dequant_kernel` writes every expert's weights in bf16 (the same exact value * scale),
+  the `mxfp4_dequant` kernel writes every expert's weights in bf16 (the exact value * scale),
   then the quant "none" GEMMs run on them: the decode happens once per weight element instead
   of once per element and M block. All three give every product exactly and differ only in
   the float32 summation order; the E2M1 decode is pure bit construction (`_e2m1_f32_tiny`).
@@ -293,57 +293,6 @@ def _moe_gemm_kernel(
 
 
 @triton.jit
-def _mx_dequant_kernel(
-    q_ptr,
-    s_ptr,
-    out_ptr,
-    n_rows,
-    rows_per_e,
-    KH,
-    stride_qe,
-    stride_qr,
-    stride_qk,
-    stride_se,
-    stride_sr,
-    stride_sk,
-    stride_o,
-    BLOCK_R: tl.constexpr,
-    BLOCK_KH: tl.constexpr,
-):
-    """Dequantize MXFP4 weights `[E, R, K // 2]` (scales `[E, R, K // 32]`) to a contiguous
-    `[E * R, K]` bfloat16 buffer: value * 2**(s - 127) in float32 (exact: at most 2 significant
-    bits, float32's exponent range), then to bfloat16 (exact for the same reason; inf/NaN kept).
-    One program: BLOCK_R rows times BLOCK_KH packed bytes (2 * BLOCK_KH outputs)."""
-    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_h = tl.program_id(1) * BLOCK_KH + tl.arange(0, BLOCK_KH)
-    rmask = offs_r < n_rows
-    hmask = offs_h < KH
-    mask = rmask[:, None] & hmask[None, :]
-    r64 = offs_r.to(tl.int64)
-    e = r64 // rows_per_e
-    rr = r64 % rows_per_e
-    q = tl.load(
-        q_ptr + (e * stride_qe + rr * stride_qr)[:, None] + offs_h[None, :] * stride_qk,
-        mask=mask,
-        other=0,
-    )
-    sc = tl.load(  # byte j lies in MX block j // 16 (elements 2j, 2j + 1)
-        s_ptr + (e * stride_se + rr * stride_sr)[:, None] + (offs_h // 16)[None, :] * stride_sk,
-        mask=mask,
-        other=0,
-    )
-    sc = _e8m0_to_f32(sc)
-    q = q.to(tl.int32)
-    lo = to_dtype_rne(_e2m1_to_f32(q & 15) * sc, out_ptr.dtype.element_ty)
-    hi = to_dtype_rne(_e2m1_to_f32((q >> 4) & 15) * sc, out_ptr.dtype.element_ty)
-    # element 2j is the low nibble of byte j, 2j + 1 the high one: interleave the two tiles
-    w = tl.reshape(tl.join(lo, hi), (BLOCK_R, 2 * BLOCK_KH))
-    offs_k = tl.program_id(1) * (2 * BLOCK_KH) + tl.arange(0, 2 * BLOCK_KH)
-    kmask = rmask[:, None] & (offs_k < 2 * KH)[None, :]
-    tl.store(out_ptr + r64[:, None] * stride_o + offs_k[None, :], w, mask=kmask)
-
-
-@triton.jit
 def _act_quant_kernel(
     in_ptr,
     out_ptr,
@@ -568,10 +517,13 @@ def _launch_act(
     )
 
 
-def dequant_mxfp4(w, scale, dtype, *, interpret):
+def dequant_mxfp4(w, scale, dtype):
     """MXFP4 weights `[E, R, K // 2]` uint8 with E8M0 scales `[E, R, K // 32]` as a new
-    `[E, R, K]` tensor of `dtype` (bfloat16 only: exact), one kernel launch."""
+    `[E, R, K]` tensor of `dtype` (bfloat16 only: exact), one launch of the `mxfp4_dequant`
+    kernel (the op's own, bit-exact to the reference)."""
     import torch
+
+    from parity.optimized.triton._kernels_quant import launch_mxfp4_dequant
 
     if dtype != torch.bfloat16:
         raise ValueError(f"dequant_mxfp4: {dtype} cannot hold every MXFP4 value exactly")
@@ -579,29 +531,7 @@ def dequant_mxfp4(w, scale, dtype, *, interpret):
     out = torch.empty((e, r, 2 * kh), dtype=dtype, device=w.device)
     if out.numel() == 0:
         return out
-    rows = e * r
-    # interpreter: few programs (it pays per program); GPU: 16 rows x 256 bytes (8 KiB out)
-    block_r = min(_next_pow2(rows), 64) if interpret else 16
-    block_kh = min(max(_next_pow2(kh), 16), 1024 if interpret else 256)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(kh, block_kh))
-    _mx_dequant_kernel[grid](
-        w,
-        scale,
-        out,
-        rows,
-        r,
-        kh,
-        w.stride(0),
-        w.stride(1),
-        w.stride(2),
-        scale.stride(0),
-        scale.stride(1),
-        scale.stride(2),
-        2 * kh,
-        BLOCK_R=block_r,
-        BLOCK_KH=block_kh,
-        num_warps=4,
-    )
+    launch_mxfp4_dequant(w.contiguous(), scale.contiguous(), out, e * r, 2 * kh)
     return out
 
 
@@ -658,8 +588,8 @@ def run_fused_moe(
         # many rows per expert: dequantize every expert's weights once (exact in bf16, one
         # launch each) and run the plain bf16 GEMMs, instead of dequantizing each weight tile
         # once per M block inside the GEMM
-        w13 = dequant_mxfp4(w13, w13_scale, dt, interpret=interpret)
-        w2 = dequant_mxfp4(w2, w2_scale, dt, interpret=interpret)
+        w13 = dequant_mxfp4(w13, w13_scale, dt)
+        w2 = dequant_mxfp4(w2, w2_scale, dt)
         quant, w13_scale, w2_scale = "none", None, None
     fp8 = quant == "fp8_block"
     # mxfp4: scales after the dot for fp16 (required) and for small M tiles (cheaper), unless
