@@ -1,19 +1,20 @@
-"""The op registry: one `OpSpec` per op, and the implementations registered against it.
+"""The op registry: the types (`OpSpec`, `Impl`, ...) and the tables they are registered in.
 
 An `OpSpec` is the single place where an op's reference, input strategy, tolerance model and
 properties meet (in the spirit of PyTorch's OpInfo). A fast path registers with `@register`,
 stating its op, name, backend, devices, dtypes and requirements; a missing requirement makes it
 "unavailable" with a reason, never an import error.
+
+This module imports no spec and no backend: `parity.catalog` loads them all and answers the
+questions (`get_spec`, `impls`, `get_impl`, `listing`). Tools ask the catalog.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -187,87 +188,19 @@ def register(
     return deco
 
 
-_loaded = False
+def registered_spec(op: str) -> OpSpec | None:
+    """The spec registered for `op` so far (no loading: see `parity.catalog`)."""
+    return _SPECS.get(op)
 
 
-def load_all() -> None:
-    """Import every OpSpec and every backend's registrations (idempotent)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    importlib.import_module("parity.properties.specs")
-    importlib.import_module("parity.optimized")
+def registered_impl(op: str, name: str) -> Impl | None:
+    """The implementation registered as `op:name` so far (no loading: see `parity.catalog`)."""
+    return _IMPLS.get(f"{op}:{name}")
 
 
-def specs() -> dict[str, OpSpec]:
-    load_all()
+def registered_impls() -> list[Impl]:
+    return list(_IMPLS.values())
+
+
+def registered_specs() -> dict[str, OpSpec]:
     return dict(_SPECS)
-
-
-def get_spec(op: str) -> OpSpec:
-    load_all()
-    if op not in _SPECS:
-        raise KeyError(f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
-    return _SPECS[op]
-
-
-def reference_impl(op: str) -> Impl:
-    spec = get_spec(op)
-    return Impl(
-        op=op,
-        name="reference",
-        backend="torch",
-        fn=spec.reference,
-        devices=("cpu", "cuda"),
-        reference=True,
-    )
-
-
-def impls(op: str | None = None, *, include_reference: bool = False) -> list[Impl]:
-    load_all()
-    out = [i for i in _IMPLS.values() if op is None or i.op == op]
-    if include_reference:
-        ops = [op] if op else list(OP_NAMES)
-        out = [reference_impl(o) for o in ops if o in _SPECS] + out
-    return sorted(out, key=lambda i: (OP_NAMES.index(i.op), not i.reference, i.name))
-
-
-def get_impl(op: str, name: str) -> Impl:
-    """A registered implementation, "reference", or an external `module:function`."""
-    if name == "reference":
-        return reference_impl(op)
-    load_all()
-    key = f"{op}:{name}"
-    if key in _IMPLS:
-        return _IMPLS[key]
-    if ":" in name:
-        mod_name, _, attr = name.partition(":")
-        mod = importlib.import_module(mod_name)
-        fn: Any = mod
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        if not callable(fn):
-            raise TypeError(f"{name} is not callable")
-        return Impl(op=op, name=name, backend="external", fn=fn, devices=("cpu", "cuda"))
-    known = ", ".join(i.name for i in impls(op)) or "none"
-    raise KeyError(f"no implementation {name!r} for op {op!r} (registered: {known})")
-
-
-def listing(device: str | None = None) -> list[dict]:
-    """Rows of `parity list --json`."""
-    rows = []
-    for impl in impls(include_reference=True):
-        ok, why = impl.availability(device)
-        rows.append(
-            {
-                "op": impl.op,
-                "impl": impl.name,
-                "backend": impl.backend,
-                "available": ok,
-                "reason": why,
-                "reference": impl.reference,
-                "devices": list(impl.devices),
-            }
-        )
-    return rows

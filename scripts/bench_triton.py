@@ -67,7 +67,7 @@ def main() -> int:
         print("NOT RUN: bench_triton needs a CUDA GPU")
         return 0
     from parity import reference as ref
-    from parity.registry import get_impl
+    from parity.catalog import get_impl
 
     Ts = [int(t) for t in args.tokens.split(",")]
     dev = "cuda"
@@ -170,8 +170,8 @@ def main() -> int:
 def bench_moe(Ts, dev, rows, save):
     """fused_moe, DeepSeek-V4-like layer: H 7168, N 2048, 32 local experts, top-8."""
     from parity import reference as ref
+    from parity.catalog import get_impl
     from parity.reference.quant import fp8_block_dequant
-    from parity.registry import get_impl
 
     H, N, E, k = 7168, 2048, 32, 8
     g = torch.Generator(device=dev).manual_seed(1)

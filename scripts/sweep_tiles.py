@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.testing
 
+from parity.catalog import get_impl
 from parity.optimized.triton import _kernels_swiglu as ks
-from parity.registry import get_impl
 
 
 def timed(f, sets) -> float:

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from parity import reference as ref
+from parity.catalog import listing
 from parity.reference._common import precision
-from parity.registry import listing
 
 CUDA = torch.cuda.is_available()
 
@@ -54,7 +54,7 @@ def test_registration_imports_without_backends():
         "import sys\n"
         "for m in ('tilelang', 'flashinfer'): sys.modules[m] = None\n"
         "import parity.optimized.tilelang, parity.optimized.flashinfer\n"
-        "from parity.registry import listing\n"
+        "from parity.catalog import listing\n"
         "rows = [r for r in listing() if r['backend'] in ('tilelang', 'flashinfer')]\n"
         "assert rows, 'nothing registered'\n"
         "for r in rows:\n"

@@ -4,7 +4,8 @@ references import without any GPU backend."""
 import subprocess
 import sys
 
-from parity.registry import OP_NAMES, listing, specs
+from parity.catalog import listing, specs
+from parity.registry import OP_NAMES
 from tests.witnesses import load
 
 
@@ -36,9 +37,9 @@ def test_references_import_without_gpu_backends():
     code = (
         "import sys\n"
         "for m in ('triton', 'tilelang', 'flashinfer'): sys.modules[m] = None\n"
-        "import parity.reference, parity.registry\n"
-        "parity.registry.load_all()\n"
-        "print(len(parity.registry.listing()))\n"
+        "import parity.reference, parity.catalog\n"
+        "parity.catalog.load_all()\n"
+        "print(len(parity.catalog.listing()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

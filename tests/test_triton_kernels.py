@@ -720,8 +720,8 @@ def test_moe_align_error_parity():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cast trap is the interpreter's")
 def test_property_suite_catches_the_naive_cast_under_the_interpreter():
     """The fp8_quant matches_reference property, as the suite runs it, fails the naive cast."""
+    from parity.catalog import get_spec
     from parity.properties.runner import run_property
-    from parity.registry import get_spec
 
     stats = run_property(
         get_spec("fp8_quant"),

@@ -2,8 +2,8 @@
 
 import pytest
 
+from parity.catalog import get_spec
 from parity.properties.runner import run_property
-from parity.registry import get_spec
 from tests.witnesses import load
 
 WITNESSES = load()

@@ -1,6 +1,7 @@
 """decoder_stack fast paths: the reference stack driven by an ops table of fast kernels.
 
-The table takes each op from the registry (never by importing another backend), and always
+The table takes each op from the registry's table (never by importing another backend; the
+catalog has loaded every backend before a stack runs), and always
 includes the fused post+pre between layers, passing residual, post_mix and comb_res_mix from
 layer to layer as vLLM's DeepseekV4Model does.
 """
@@ -11,7 +12,7 @@ import functools
 
 import torch
 
-from parity.registry import get_impl, register
+from parity.registry import register, registered_impl
 
 _GPU_TABLE = {
     "mhc_pre": "tilelang",
@@ -24,7 +25,13 @@ _GPU_TABLE = {
 
 @functools.cache
 def _table(names: tuple[tuple[str, str], ...]) -> dict:
-    return {op: get_impl(op, name).fn for op, name in names}
+    table = {}
+    for op, name in names:
+        impl = registered_impl(op, name)
+        if impl is None:
+            raise RuntimeError(f"decoder_stack: {op}:{name} is not registered")
+        table[op] = impl.fn
+    return table
 
 
 def _run(x, table: dict, kwargs: dict):

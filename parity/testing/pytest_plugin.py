@@ -73,8 +73,8 @@ class Target:
 
     def run(self):
         """Run the property; fail with the shrunk case and its repro command, or skip NOT RUN."""
+        from parity.catalog import get_impl, get_spec
         from parity.properties.runner import run_property
-        from parity.registry import get_impl, get_spec
 
         spec = get_spec(self.op)
         impl = get_impl(self.op, self.impl)
@@ -114,7 +114,7 @@ def _devices_for(impl, wanted: list[str]) -> list[str]:
 def pytest_generate_tests(metafunc):
     if "parity_target" not in metafunc.fixturenames:
         return
-    from parity.registry import impls, specs
+    from parity.catalog import impls, specs
 
     cfg = metafunc.config
     ops, names = cfg.getoption("--parity-op"), cfg.getoption("--parity-impl")

@@ -316,8 +316,8 @@ def time_calls(fn, cases, device: str, warmup_ms: float, rep_ms: float) -> tuple
 
 
 def run(args) -> int:
+    from parity.catalog import get_impl, get_spec
     from parity.properties.case import as_tuple
-    from parity.registry import get_impl, get_spec
     from parity.tools.golden_cmd import default_device
 
     device = default_device(args.device)

@@ -118,7 +118,7 @@ def _run(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         return _skip("--device cuda, but no CUDA GPU is visible")
     try:
-        from parity.registry import get_impl, get_spec
+        from parity.catalog import get_impl, get_spec
 
         spec = get_spec(args.op)
     except Exception as e:  # parity itself does not import at this commit

@@ -407,7 +407,7 @@ def run_campaign(
 
 def campaign_process(cfg: dict, emit: Callable[[dict], None]) -> None:
     """Body of one `--workers` process (`python -m parity.tools.worker --campaign`)."""
-    from parity.registry import get_impl, get_spec
+    from parity.catalog import get_impl, get_spec
     from parity.tools.ledger import Ledger
 
     spec = get_spec(cfg["op"])
@@ -673,7 +673,8 @@ def resolve(cmd: str, op: str, impl_name: str, device: str | None):
     """(spec, impl, device) or an exit code: 2 usage error, 3 unavailable here."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    from parity.registry import OP_NAMES, get_impl, get_spec
+    from parity.catalog import get_impl, get_spec
+    from parity.registry import OP_NAMES
 
     if op not in OP_NAMES:
         return usage_error(cmd, f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")

@@ -119,9 +119,9 @@ def output_tensors(outs) -> dict:
 def run(args) -> int:
     from safetensors.torch import save as st_save
 
+    from parity.catalog import get_impl, get_spec
     from parity.properties.case import as_tuple
     from parity.properties.runner import strategy_for
-    from parity.registry import get_impl, get_spec
     from parity.tools import repro
 
     if args.count < 1:

@@ -13,7 +13,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from parity.registry import listing
+    from parity.catalog import listing
 
     rows = listing(args.device)
     if args.json:

@@ -98,8 +98,9 @@ class Localization:
 
 def resolve_table(name: str, device: str) -> dict[str, Callable]:
     """A candidate ops table from `module:attr` or a registered implementation name."""
+    from parity.catalog import impls
     from parity.reference.stack import FUSED_REFERENCE_OPS, OP_KEYS
-    from parity.registry import OP_NAMES, impls
+    from parity.registry import OP_NAMES
 
     if name == "reference":
         return {}
@@ -180,7 +181,7 @@ def _generic_compare(name: str, case, outs):
 
 def compare_call(name: str, case, outs):
     """The op's tolerance model (`OpSpec.compare`), or a documented local one."""
-    from parity.registry import specs
+    from parity.catalog import specs
 
     spec = specs().get(name)
     if spec is not None:

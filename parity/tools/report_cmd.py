@@ -248,8 +248,8 @@ def _fmt(x: float) -> str:
 def run(args) -> int:
     import torch
 
+    from parity.catalog import get_impl, get_spec, impls
     from parity.properties.case import dtype_name  # noqa: F401 - parity imports here
-    from parity.registry import get_impl, get_spec, impls
     from parity.tools.golden_cmd import default_device
 
     if args.examples < 1:

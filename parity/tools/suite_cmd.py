@@ -32,8 +32,8 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from parity.catalog import get_spec, impls
     from parity.properties.runner import run_property
-    from parity.registry import get_spec, impls
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     console = Console(stderr=True)

@@ -170,7 +170,7 @@ def _handle(st: _State, req: dict) -> tuple[dict, bool]:
     """(reply, exit_after)."""
     cmd = req.get("cmd")
     if cmd == "init":
-        from parity.registry import get_impl, get_spec
+        from parity.catalog import get_impl, get_spec
 
         _add_sys_path(req.get("sys_path"))
         try:
@@ -256,8 +256,8 @@ def replay_in_process(path, impl_name: str | None, device: str | None):
     """Load a repro and evaluate its property (and matches_reference where it applies) on the
     saved tensors: [(prop, status, verdict)]. Raises ReproError, KeyError (unknown impl),
     ImportError/AttributeError/TypeError (impl not importable or not callable)."""
+    from parity.catalog import get_impl, get_spec
     from parity.properties.checks import evaluate
-    from parity.registry import get_impl, get_spec
     from parity.tools import repro
 
     r = repro.load(path)

@@ -48,7 +48,7 @@ def test_bench_json(capsys):
 
 
 def test_bench_meta_of_swiglu_is_representative():
-    from parity.registry import get_spec
+    from parity.catalog import get_spec
     from parity.tools.bench_cmd import bench_meta
 
     meta, source = bench_meta(get_spec("swiglu"), 128, seed=0, device="cpu")
@@ -93,8 +93,8 @@ def test_bench_usage_and_failures(tmp_path, monkeypatch, capsys):
 
 def test_every_bench_meta_builds_a_valid_case():
     """Each representative description is one the op's builder and reference accept."""
+    from parity.catalog import specs
     from parity.properties.case import as_tuple
-    from parity.registry import specs
     from parity.tools.bench_cmd import BENCH_META, bench_meta
 
     have = specs()

@@ -60,7 +60,7 @@ from parity.reference.stack import (
     rms_norm,
     stack_weights,
 )
-from parity.registry import OpSpec, Relation, add_spec, specs
+from parity.registry import OpSpec, Relation, add_spec, registered_specs
 
 U = 2.0**-24
 F64 = torch.float64
@@ -147,7 +147,7 @@ def op_compare(name: str, case: Case, outs: tuple) -> Verdict:
     """The op's own tolerance model; rms_norm's local one."""
     if name == "rms_norm":
         return _rms_norm_compare(case, outs)
-    spec = specs().get(name)
+    spec = registered_specs().get(name)
     if spec is None:
         return Verdict(False, f"{name}: no OpSpec registered to judge this call")
     return spec.compare(case, outs)
