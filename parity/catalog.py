@@ -98,6 +98,12 @@ def get_impl(op: str, name: str) -> Impl:
     raise KeyError(f"no implementation {name!r} for op {op!r} (registered: {known})")
 
 
+def tuner():
+    """The fused_moe tuner (`parity tune` dispatches here: tools reach backends only through the
+    catalog). Imports triton's registration modules, not triton itself."""
+    return importlib.import_module("parity.optimized.triton.tune")
+
+
 def listing(device: str | None = None) -> list[dict]:
     """Rows of `parity list --json`."""
     rows = []
@@ -127,4 +133,5 @@ __all__ = [
     "reference_impl",
     "resolve_callable",
     "specs",
+    "tuner",
 ]
