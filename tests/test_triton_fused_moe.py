@@ -29,6 +29,7 @@ from parity.optimized.triton._moe_configs import (
     get_config,
     override_config,
 )
+from parity.optimized.triton.moe_align import align_torch
 from parity.reference import fused_moe as reference
 from parity.reference.quant import (
     _fp8_quant_f32,
@@ -582,7 +583,7 @@ def test_fp8_activation_quant_bitwise():
 def test_align_matches_reference_prefix(block):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(-1, 6, (11, 3), generator=g, dtype=torch.int32)
-    got = mod._align_torch(ids, 6, block)
+    got = align_torch(ids, 6, block)
     want = moe_align(ids, num_experts=6, block_size=block)
     n = int(want[2])
     assert int(got[2]) == n and got[0].shape == want[0].shape and got[1].shape == want[1].shape

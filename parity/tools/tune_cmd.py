@@ -452,7 +452,9 @@ def _bound_call(kern, mod, args, kwargs, cfg, interpret):
     tuner times: the Triton kernels)."""
     x, w13, w2, weights, ids = args
     e = w13.shape[0]
-    align = mod._align(ids, e, cfg["BLOCK_SIZE_M"])
+    from parity.optimized.triton.moe_align import align_for_gemm
+
+    align = align_for_gemm(ids, e, cfg["BLOCK_SIZE_M"])
     kw = dict(
         quant=kwargs["quant"],
         w13_scale=kwargs["w13_scale"],

@@ -18,89 +18,19 @@ float32), CPU tensors without TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 
-from parity.optimized.triton.swiglu import check_f32_scalar, launch_context
+from parity.optimized.triton._launch import check_f32_scalar, interpret, launch_context
+from parity.optimized.triton.moe_align import align_for_gemm
 from parity.reference.moe import validate_fused_moe
 from parity.registry import register
 
 OP = "fused_moe"
 
 
-# --- moe_align ----------------------------------------------------------------------------------
-
-
-def _align_torch(topk_ids: torch.Tensor, num_experts: int, block_size: int):
-    """moe_align's contract with torch ops, no host sync: (sorted_ids, expert_ids, num_post).
-
-    Flat indices sorted by expert (stable: ascending within an expert), each expert's run padded
-    with T*k to a multiple of block_size; -1 slots skipped; blocks past the total get expert E.
-    """
-    dev = topk_ids.device
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    n = flat.numel()
-    length = n + num_experts * (block_size - 1)
-    key = torch.where(flat < 0, num_experts, flat)  # skipped slots sort last
-    order = torch.argsort(key, stable=True)
-    skey = key[order]
-    counts = torch.bincount(key, minlength=num_experts + 1)[:num_experts]
-    padded = (counts + block_size - 1) // block_size * block_size
-    pad_start = torch.cumsum(padded, 0) - padded
-    run_start = torch.cumsum(counts, 0) - counts
-    valid = skey < num_experts
-    ekey = skey.clamp(max=num_experts - 1)
-    pos = pad_start[ekey] + torch.arange(n, device=dev) - run_start[ekey]
-    pos = torch.where(valid, pos, length)  # skipped slots land in a scratch cell, cut below
-    buf = torch.full((length + 1,), n, dtype=torch.int32, device=dev)
-    buf.scatter_(0, pos, order.to(torch.int32))
-    sorted_ids = buf[:length]
-    n_blocks = length // block_size + 1
-    block_end = torch.cumsum(padded // block_size, 0)
-    expert_ids = torch.searchsorted(block_end, torch.arange(n_blocks, device=dev), right=True).to(
-        torch.int32
-    )
-    num_post = padded.sum().to(torch.int32).reshape(1)
-    return sorted_ids, expert_ids, num_post
-
-
-_ALIGN_CHUNK = 128  # flat indices per ranking program of the Triton moe_align
-_ALIGN_MAX_COUNTS = 1 << 28  # its per-(chunk, expert) scratch limit
-
-
-def _align(topk_ids: torch.Tensor, num_experts: int, block_size: int):
-    """moe_align for the GEMMs: the Triton counting sort of `moe_align.py` (deterministic, no
-    host sync), or the torch version where its int32 indexing or scratch would not fit."""
-    flat = topk_ids.reshape(-1).contiguous()
-    n = flat.numel()
-    size = n + num_experts * (block_size - 1)
-    if size >= 2**31 or -(-n // _ALIGN_CHUNK) * num_experts > _ALIGN_MAX_COUNTS:
-        return _align_torch(topk_ids, num_experts, block_size)
-    from parity.optimized.triton._kernels_moe_align import launch_moe_align
-
-    dev = topk_ids.device
-    sorted_ids = torch.full((size,), n, dtype=torch.int32, device=dev)
-    expert_ids = torch.empty((size // block_size + 1,), dtype=torch.int32, device=dev)
-    num_post = torch.zeros(1, dtype=torch.int32, device=dev)
-    launch_moe_align(
-        flat,
-        sorted_ids,
-        expert_ids,
-        num_post,
-        num_experts=num_experts,
-        block_size=block_size,
-        chunk=_ALIGN_CHUNK,
-    )
-    return sorted_ids, expert_ids, num_post
-
-
 # --- the op -------------------------------------------------------------------------------------
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @register(
@@ -161,7 +91,7 @@ def fused_moe(
     ):
         if value is not None:
             check_f32_scalar(OP, name, float(value))
-    interpret = _interpret()
+    interpreted = interpret()
     ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
@@ -169,11 +99,11 @@ def fused_moe(
     from parity.optimized.triton import _kernels_fused_moe as kern
     from parity.optimized.triton._moe_configs import get_config
 
-    cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpret)
+    cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpreted)
     with ctx, warnings.catch_warnings():
-        if interpret:  # numpy's reductions warn on the NaN a NaN-policy case feeds them
+        if interpreted:  # numpy's reductions warn on the NaN a NaN-policy case feeds them
             warnings.simplefilter("ignore", RuntimeWarning)
-        align = _align(topk_ids, e, cfg["BLOCK_SIZE_M"])
+        align = align_for_gemm(topk_ids, e, cfg["BLOCK_SIZE_M"])
         return kern.run_fused_moe(
             x,
             w13,
@@ -192,5 +122,5 @@ def fused_moe(
             on_input=apply_router_weight_on_input,
             block_shape=block_shape,
             cfg=cfg,
-            interpret=interpret,
+            interpret=interpreted,
         )

@@ -13,7 +13,7 @@ import torch
 
 from parity._errors import Unsupported
 from parity.optimized.triton._caps import native_fp8_ok
-from parity.optimized.triton.swiglu import check_f32_scalar, launch_context
+from parity.optimized.triton._launch import check_f32_scalar, launch_context
 from parity.reference._common import (
     FLOAT_DTYPES,
     FP8,
