@@ -1,21 +1,15 @@
 """Known-answer and reference-comparison tests of the Triton kernels (swiglu, fp8_quant,
 silu_mul_fp8_quant, mxfp4_dequant, moe_align) and of the `_fp8` device helpers.
 
-Without a CUDA GPU the kernels run in the Triton interpreter: TRITON_INTERPRET must be set
-before triton first defines a kernel, so it is set here, before any import of triton.
+Without a CUDA GPU the kernels run in the Triton interpreter (tests/conftest.py chooses it
+before any test imports triton).
 """
-
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import itertools
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("triton")
 

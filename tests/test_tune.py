@@ -4,15 +4,10 @@ interpreter) that writes a vLLM-named file and rejects a deliberately wrong cand
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
+import torch
 
 from parity.tools import tune_cmd
 
