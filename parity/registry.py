@@ -47,16 +47,26 @@ class Relation:
     exact: bool = True  # bitwise after `canonical`; else the spec's `compare_pair`
 
 
+def has_tokens(meta: dict) -> bool:
+    """The default filter of derived cases: at least one token (T = 0 has nothing to mutate or
+    poison)."""
+    return meta["T"] > 0
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """Everything the harness knows about one op of the contract.
 
     strategy(size=, dtypes=) -> Hypothesis strategy of case descriptions (JSON-able dicts);
-    build(meta, device) -> Case (tensors generated from meta["seed"] on `device`);
+    build(meta, device) -> Case (tensors generated from meta["seed"] on `device`; a bad input
+    where meta["invalid"] names one of `mutations`, NaN-injected where meta["nan"]);
     compare(case, outputs) -> Verdict: the tolerance model against the reference;
-    invalid(size=) -> strategy of descriptions that `build` turns into bad input;
     canonical(case, outputs) -> outputs in a canonical form (free orders sorted, unspecified
-    tails cut), applied before every bitwise comparison.
+    tails cut), applied before every bitwise comparison;
+    bench(T) -> a representative description with T tokens, without seed (`parity bench`).
+
+    The invalid-input and NaN strategies are derived (`invalid`, `nan_strategy`): error_parity
+    runs only where `mutations` exist, nan_policy only where `nan` is declared.
     """
 
     name: str
@@ -65,7 +75,10 @@ class OpSpec:
     build: Callable
     compare: Callable
     tolerance: str  # one line: what the tolerance is and why
-    invalid: Callable | None = None
+    mutations: tuple[str, ...] = ()  # the bad inputs `build` makes under meta["invalid"]
+    invalid_when: Callable[[dict], bool] | None = has_tokens  # base cases to mutate; None: all
+    nan: bool = True  # a NaN policy exists (build poisons inputs under meta["nan"])
+    nan_when: Callable[[dict], bool] | None = has_tokens  # base cases to poison; None: all
     canonical: Callable | None = None
     relations: tuple[Relation, ...] = ()
     properties: tuple[str, ...] = (
@@ -76,8 +89,37 @@ class OpSpec:
         "nan_policy",
         "error_parity",
     )
-    nan_strategy: Callable | None = None  # strategy of NaN-injected cases; None: no NaN policy
     compare_pair: Callable | None = None  # (case, a, b) -> Verdict, for inexact relations
+    bench: Callable[[int], dict] | None = None  # T -> representative meta (no seed)
+    memory_bound: bool = False  # bandwidth-bound: bench reports bytes moved per second
+
+    def __post_init__(self):
+        keep = {"error_parity": bool(self.mutations), "nan_policy": self.nan}
+        props = tuple(p for p in self.properties if keep.get(p, True))
+        object.__setattr__(self, "mutations", tuple(self.mutations))
+        object.__setattr__(self, "properties", props)
+
+    def invalid(self, *, size: str = "small"):
+        """Valid descriptions plus the name of one mutation that `build` applies to make them
+        bad."""
+        from hypothesis import strategies as st
+
+        if not self.mutations:
+            raise ValueError(f"{self.name}: declares no mutations (no error_parity)")
+        base = self.strategy(size=size)
+        if self.invalid_when is not None:
+            base = base.filter(self.invalid_when)
+        pairs = st.tuples(base, st.sampled_from(list(self.mutations)))
+        return pairs.map(lambda p: {**p[0], "invalid": p[1]})
+
+    def nan_strategy(self, *, size: str = "small", dtypes=None):
+        """Descriptions whose inputs `build` poisons with NaN."""
+        if not self.nan:
+            raise ValueError(f"{self.name}: declares no NaN policy")
+        base = self.strategy(size=size, dtypes=dtypes)
+        if self.nan_when is not None:
+            base = base.filter(self.nan_when)
+        return base.map(lambda m: {**m, "nan": True})
 
     def all_properties(self) -> tuple[str, ...]:
         return self.properties + tuple(r.name for r in self.relations)

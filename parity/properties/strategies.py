@@ -56,13 +56,13 @@ def float_dtypes(dtypes=None, *, allowed=FLOAT_DTYPE_NAMES) -> st.SearchStrategy
     return st.sampled_from(names)
 
 
-def invalid_cases(mutations: list[str], base: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
-    """A valid description plus the name of one mutation that `build` applies to make it bad."""
-    return st.tuples(base, st.sampled_from(mutations)).map(lambda p: {**p[0], "invalid": p[1]})
+# --- the representative `parity bench` case (each spec's `bench(T)`) ---------------------------
 
-
-def with_nan(base: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
-    return base.map(lambda m: {**m, "nan": True})
+# DeepSeek-V3/V4-like sizes: hidden 7168, expert intermediate 2048, 256 routed experts (top-8,
+# 8 groups, top-4 groups), 4 hyper-connection streams; a rank of an 8-way expert-parallel
+# deployment holds 32 experts (fused_moe).
+BENCH_H, BENCH_N, BENCH_E, BENCH_K, BENCH_HC = 7168, 2048, 256, 8, 4
+BENCH_SWIGLU = {"limit": 10.0, "alpha": 1.0, "beta": 0.0, "layout": "concat", "clamp_mode": "pre"}
 
 
 # --- metamorphic relations over the token dimension ----------------------------------------

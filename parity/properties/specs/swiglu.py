@@ -147,17 +147,27 @@ def _conditioning(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
     return cond, under
 
 
-def invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
-    muts = [
-        "int_dtype",
-        "odd_last_dim",
-        "zero_dim",
-        "float64",
-        "bad_layout",
-        "bad_clamp_mode",
-        "negative_limit",
-    ]
-    return S.invalid_cases(muts, strategy(size=size).filter(lambda m: m["T"] > 0))
+MUTATIONS = [
+    "int_dtype",
+    "odd_last_dim",
+    "zero_dim",
+    "float64",
+    "bad_layout",
+    "bad_clamp_mode",
+    "negative_limit",
+]
+
+
+def bench(T: int) -> dict:
+    """T tokens of the expert intermediate size, DeepSeek-V4's clamped SwiGLU."""
+    return {
+        "T": T,
+        "lead": [],
+        "N": S.BENCH_N,
+        "dtype": "bfloat16",
+        "regime": "normal",
+        "options": dict(S.BENCH_SWIGLU),
+    }
 
 
 SPEC = add_spec(
@@ -168,14 +178,13 @@ SPEC = add_spec(
         build=build,
         compare=compare,
         tolerance=TOLERANCE,
-        invalid=invalid,
+        mutations=MUTATIONS,
         compare_pair=compare_pair,
-        nan_strategy=lambda *, size="small", dtypes=None: S.with_nan(
-            strategy(size=size, dtypes=dtypes).filter(lambda m: m["T"] > 0)
-        ),
         relations=(
             Relation("token_permutation", S.permute_tokens(), exact=False),
             Relation("batch_split", S.split_tokens(), exact=False),
         ),
+        bench=bench,
+        memory_bound=True,
     )
 )

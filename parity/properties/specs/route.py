@@ -1,10 +1,9 @@
-"""OpSpecs of route (router top-k) and moe_align (token sort for the grouped GEMM).
+"""OpSpec of route (router top-k).
 
-route: the selection is checked with the reference's `check_route_selection` (any choice within
-the rounding of the logit dtype is accepted, ties included), and the weights against the
-weights the contract gives FOR THE IMPLEMENTATION'S OWN SELECTION, recomputed in float64, so a
-valid tie choice is never punished. moe_align: the specified prefix exactly, up to the free order
-within each expert's segment (`canonical` sorts it).
+The selection is checked with the reference's `check_route_selection` (any choice within the
+rounding of the logit dtype is accepted, ties included), and the weights against the weights
+the contract gives FOR THE IMPLEMENTATION'S OWN SELECTION, recomputed in float64, so a valid
+tie choice is never punished.
 """
 
 from __future__ import annotations
@@ -15,13 +14,12 @@ from hypothesis import strategies as st
 from parity import reference as ref
 from parity.properties import strategies as S
 from parity.properties.case import Case, Gen, dtype_of, eps_of
-from parity.properties.tolerance import Verdict, check_meta, close, combine, exact
+from parity.properties.tolerance import Verdict, check_meta, close, combine
 from parity.reference.routing import check_route_selection
 from parity.registry import OpSpec, Relation, add_spec
 
 _U32 = eps_of(torch.float32)
 
-# --- route ----------------------------------------------------------------------------------------
 
 # Weights against the float64 contract value for the impl's own ids, per element:
 #   (16 + 2k + A_j + max_sel A + [softmax, no renormalize] (E + max A)) u32 |w_j| + 4 f tiny32
@@ -33,7 +31,7 @@ _U32 = eps_of(torch.float32)
 # 2k covers the k-term sum and 16 the divisions, the scaling factor and the final rounding; a
 # softmax without renormalization keeps the (E - 1)-term normalizer's error. The absolute term is
 # the subnormal floor of float32 (scores that underflow).
-ROUTE_TOLERANCE = (
+TOLERANCE = (
     "ids: check_route_selection (any choice within the logit dtype's rounding); weights vs the "
     "float64 contract weights of the impl's own ids: (16 + 2k + A_j + max A [+ E]) u32 |w| + "
     "4 f tiny32, A = float32 score error in u32 (4 (1 + |l|) sigmoid and sqrtsoftplus, "
@@ -80,7 +78,7 @@ def _route_config(draw, size: str) -> dict:
     return {"E": e, "method": method, "n_group": n_group, "topk_group": topk_group, "k": k}
 
 
-def route_strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
+def strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries(
         {
             "T": S.tokens(size=size),
@@ -128,7 +126,7 @@ def _bias(g: Gen, e: int, regime: str, dtype) -> torch.Tensor:
     return b.to(dtype)
 
 
-def route_build(meta: dict, device) -> Case:
+def build(meta: dict, device) -> Case:
     g = Gen(meta["seed"], device)
     cfg = dict(meta["config"])
     t, e = meta["T"], cfg["E"]
@@ -195,7 +193,7 @@ def _route_mutate(bad: str, logits, kw: dict, device):
     return logits, kw
 
 
-_ROUTE_MUTATIONS = [
+MUTATIONS = [
     "int_logits",
     "float64_logits",
     "logits_1d",
@@ -216,10 +214,6 @@ _ROUTE_MUTATIONS = [
 ]
 
 
-def route_invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
-    return S.invalid_cases(_ROUTE_MUTATIONS, route_strategy(size=size))
-
-
 def _nan_rows(case: Case) -> torch.Tensor:
     logits = case.args[0]
     rows = torch.isnan(logits).any(-1)
@@ -231,7 +225,7 @@ def _nan_rows(case: Case) -> torch.Tensor:
 
 def expected_route_weights(case: Case, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The contract's weights for the selection `ids [T, k]` (any valid ids), in float64, and
-    their tolerance (see ROUTE_TOLERANCE). Rows with a NaN key are NaN."""
+    their tolerance (see TOLERANCE). Rows with a NaN key are NaN."""
     logits = case.args[0]
     kw = case.kwargs
     t, e = logits.shape
@@ -308,7 +302,7 @@ def _bad_rows(case: Case, ids: torch.Tensor) -> Verdict:
     )
 
 
-def route_compare(case: Case, outs: tuple) -> Verdict:
+def compare(case: Case, outs: tuple) -> Verdict:
     v = _route_meta(case, outs)
     if not v:
         return v
@@ -320,7 +314,7 @@ def route_compare(case: Case, outs: tuple) -> Verdict:
     return close("weights", w, want, tol)
 
 
-def route_canonical(case: Case, outs: tuple) -> tuple:
+def canonical(case: Case, outs: tuple) -> tuple:
     """Each row's entries sorted by expert id (the order of the k entries is free)."""
     if len(outs) != 2 or not all(isinstance(o, torch.Tensor) for o in outs):
         return outs
@@ -331,13 +325,13 @@ def route_canonical(case: Case, outs: tuple) -> tuple:
     return w.gather(1, order), ids.gather(1, order)
 
 
-def route_compare_pair(case: Case, a: tuple, b: tuple) -> Verdict:
+def compare_pair(case: Case, a: tuple, b: tuple) -> Verdict:
     """Relabelled (a) against base (b), both canonical: each an acceptable selection with the
     contract's weights for its own ids; where they selected the same set the weights agree
     within twice the tolerance (the two may tie-break differently after relabelling)."""
     checks = []
     for name, out in (("relabelled", a), ("base", b)):
-        v = route_compare(case, out)
+        v = compare(case, out)
         if not v:
             return Verdict(False, f"{name}: {v.message}", v.ratio, v.worst)
         checks.append(v)
@@ -382,228 +376,37 @@ def _expert_relabel(case: Case, rng):
     return [new], combine_
 
 
-ROUTE = add_spec(
+def bench(T: int) -> dict:
+    """The DeepSeek-V3 router: 256 experts in 8 groups, top-4 groups, top-8."""
+    return {
+        "T": T,
+        "dtype": "float32",
+        "bias_dtype": "float32",
+        "bias_regime": "random",
+        "regime": "normal",
+        "renormalize": True,
+        "routed_scaling_factor": 2.5,
+        "config": {"E": S.BENCH_E, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": S.BENCH_K},
+    }
+
+
+SPEC = add_spec(
     OpSpec(
         name="route",
         reference=ref.route,
-        strategy=route_strategy,
-        build=route_build,
-        compare=route_compare,
-        tolerance=ROUTE_TOLERANCE,
-        invalid=route_invalid,
-        canonical=route_canonical,
-        nan_strategy=lambda *, size="small", dtypes=None: S.with_nan(
-            route_strategy(size=size, dtypes=dtypes).filter(lambda m: m["T"] > 0)
-        ),
-        compare_pair=route_compare_pair,
+        strategy=strategy,
+        build=build,
+        compare=compare,
+        tolerance=TOLERANCE,
+        mutations=MUTATIONS,
+        invalid_when=None,
+        canonical=canonical,
+        compare_pair=compare_pair,
         relations=(
             Relation("token_permutation", S.permute_tokens()),
             Relation("batch_split", S.split_tokens()),
             Relation("expert_relabel", _expert_relabel, exact=False),
         ),
-    )
-)
-
-
-# --- moe_align ------------------------------------------------------------------------------------
-
-ALIGN_TOLERANCE = (
-    "exact: num_post_padded, the expert_ids prefix and each expert's multiset of flat indices "
-    "and pads in the sorted_ids prefix (order within an expert free); tails unspecified"
-)
-
-_ALIGN_REGIMES = ("uniform", "hot", "sparse", "some_neg", "all_neg")
-
-
-def align_strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries(
-        {
-            "T": S.tokens(size=size),
-            "k": S.sizes(small=[1, 2, 3, 4, 8], size=size, lo=1, hi=8),
-            "E": S.sizes(small=[1, 2, 3, 4, 8, 16, 64], full=[128, 256], size=size, lo=1),
-            "block_size": st.sampled_from([16, 32, 64, 128, 1, 3, 5]),
-            "regime": st.sampled_from(_ALIGN_REGIMES),
-            "seed": S.seeds(),
-        }
-    )
-
-
-def _align_ids(g: Gen, t: int, k: int, e: int, regime: str) -> torch.Tensor:
-    shape = (t, k)
-    ids = g.integers(shape, 0, e)
-    if regime == "hot":  # most slots on one expert
-        hot = g.integers((1,), 0, e)
-        ids = torch.where(g.mask(shape, 0.7), hot, ids)
-    elif regime == "sparse":  # only a few experts get tokens: the rest are empty
-        used = g.perm(e)[: min(e, 3)]
-        ids = used[g.integers(shape, 0, used.numel())]
-    elif regime == "some_neg":
-        ids = torch.where(g.mask(shape, 0.3), -1, ids)
-    elif regime == "all_neg":
-        ids = torch.full(shape, -1, dtype=torch.int64, device=g.device)
-    elif regime != "uniform":
-        raise ValueError(f"moe_align: regime: unknown {regime!r}")
-    return ids.to(torch.int32)
-
-
-def align_build(meta: dict, device) -> Case:
-    g = Gen(meta["seed"], device)
-    e = meta["E"]
-    ids = _align_ids(g, meta["T"], meta["k"], e, meta["regime"])
-    kw = {"num_experts": e, "block_size": meta["block_size"]}
-    bad = meta.get("invalid")
-    if bad == "int64_ids":
-        ids = ids.to(torch.int64)
-    elif bad == "float_ids":
-        ids = ids.to(torch.float32)
-    elif bad == "ids_1d":
-        ids = ids.reshape(-1)
-    elif bad == "id_too_large":
-        ids = ids.clone()
-        ids.view(-1)[-1] = e
-    elif bad == "id_below_minus_one":
-        ids = ids.clone()
-        ids.view(-1)[0] = -2
-    elif bad == "zero_experts":
-        kw["num_experts"] = 0
-    elif bad == "zero_block":
-        kw["block_size"] = 0
-    elif bad == "float_block":
-        kw["block_size"] = float(kw["block_size"])
-    elif bad is not None:
-        raise ValueError(f"moe_align: invalid: unknown mutation {bad!r}")
-    return Case("moe_align", (ids,), kw, meta, str(device))
-
-
-def align_invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
-    muts = [
-        "int64_ids",
-        "float_ids",
-        "ids_1d",
-        "id_too_large",
-        "id_below_minus_one",
-        "zero_experts",
-        "zero_block",
-        "float_block",
-    ]
-    return S.invalid_cases(muts, align_strategy(size=size).filter(lambda m: m["T"] > 0))
-
-
-def align_canonical(case: Case, outs: tuple) -> tuple:
-    """Cut to the specified prefix (num_post_padded entries of sorted_ids, num_post_padded //
-    block_size of expert_ids) and sort within each expert's segment (a run of blocks with the
-    same expert id): the order within an expert is free."""
-    if len(outs) != 3 or not all(isinstance(o, torch.Tensor) for o in outs):
-        return outs
-    sids, eids, num = outs
-    if sids.dim() != 1 or eids.dim() != 1 or num.numel() != 1 or sids.is_floating_point():
-        return outs
-    bs = case.kwargs["block_size"]
-    p = min(max(int(num.reshape(-1)[0]), 0), sids.numel())
-    nb = min(p // bs, eids.numel())
-    eids = eids[:nb]
-    vals = sids[:p].long()
-    if nb:
-        seg = torch.cumsum(torch.cat([eids.new_ones(1), (eids[1:] != eids[:-1]).int()]), 0)
-        seg = seg.repeat_interleave(bs)[: vals.numel()].long()
-        seg = torch.cat([seg, seg.new_full((vals.numel() - seg.numel(),), nb + 1)])
-        order = torch.sort(vals, stable=True).indices
-        order = order[torch.sort(seg[order], stable=True).indices]
-        vals = vals[order]
-    return vals.to(sids.dtype), eids, num
-
-
-def align_compare(case: Case, outs: tuple) -> Verdict:
-    want = ref.moe_align(*case.clone().args, **case.kwargs)
-    if len(outs) != 3:
-        return Verdict(
-            False, f"expected (sorted_ids, expert_ids, num_post_padded), got {len(outs)}"
-        )
-    names = ("sorted_ids", "expert_ids", "num_post_padded")
-    v = combine([check_meta(n, o, w) for n, o, w in zip(names, outs, want)])
-    if not v:
-        return v
-    v = exact("num_post_padded", outs[2], want[2])
-    if not v:
-        return v
-    got_c, want_c = align_canonical(case, outs), align_canonical(case, want)
-    v = exact("expert_ids (prefix)", got_c[1], want_c[1])
-    if not v:
-        return v
-    v = _block_contents(case, outs)
-    if not v:
-        return v
-    return exact("sorted_ids (prefix, sorted within each expert)", got_c[0], want_c[0])
-
-
-def _block_contents(case: Case, outs: tuple) -> Verdict:
-    """Every entry of a block is the pad value or a flat index routed to the block's expert."""
-    (ids,) = case.args
-    bs = case.kwargs["block_size"]
-    flat = ids.reshape(-1).long()
-    n = flat.numel()
-    sids, eids, num = outs
-    p = int(num[0])
-    nb = p // bs
-    vals = sids[:p].long()
-    expert = eids[:nb].long().repeat_interleave(bs)
-    real = vals != n
-    inr = (vals >= 0) & (vals < n)
-    owner = torch.where(inr, flat[vals.clamp(0, max(n - 1, 0))] if n else vals, -2)
-    bad = real & (~inr | (owner != expert))
-    if not bool(bad.any()):
-        return Verdict.passed()
-    i = int(bad.nonzero()[0])
-    return Verdict(
-        False,
-        f"sorted_ids: {int(bad.sum())} entries of the prefix are neither the pad {n} nor a flat "
-        f"index of their block's expert, e.g. position {i}: {int(vals[i])} in a block of expert "
-        f"{int(expert[i])}",
-        float(bad.sum()),
-    )
-
-
-def _align_permute(case: Case, rng):
-    """Permuting the tokens permutes the flat indices: mapped back, the canonical form is equal."""
-    (ids,) = case.args
-    t, k = ids.shape
-    if t < 2:
-        return None
-    perm = list(range(t))
-    rng.shuffle(perm)
-    p = torch.tensor(perm, dtype=torch.long, device=ids.device)
-    meta = {**case.meta, "permuted": True}
-    new = Case(case.op, (ids[p].contiguous(),), dict(case.kwargs), meta, case.device)
-    n = t * k
-
-    def combine_(results):
-        ((sids, eids, num),) = results
-        v = sids.long()
-        inr = (v >= 0) & (v < n)
-        c = v.clamp(0, n - 1)
-        back = torch.where(inr, p[c // k] * k + c % k, v)
-        return back.to(sids.dtype), eids, num
-
-    return [new], combine_
-
-
-ALIGN = add_spec(
-    OpSpec(
-        name="moe_align",
-        reference=ref.moe_align,
-        strategy=align_strategy,
-        build=align_build,
-        compare=align_compare,
-        tolerance=ALIGN_TOLERANCE,
-        invalid=align_invalid,
-        canonical=align_canonical,
-        properties=(
-            "matches_reference",
-            "writes_all_outputs",
-            "inputs_unchanged",
-            "deterministic",
-            "error_parity",
-        ),  # integer outputs: no NaN policy
-        relations=(Relation("token_permutation", _align_permute),),
+        bench=bench,
     )
 )

@@ -611,7 +611,7 @@ def _mutate(bad: str, x, kw: dict):
     return x
 
 
-_MUTATIONS = [
+MUTATIONS = [
     "x_int",
     "x_1d",
     "x_float64",
@@ -628,14 +628,6 @@ _MUTATIONS = [
 ]
 
 
-def invalid(*, size: str = "small") -> st.SearchStrategy[dict]:
-    return S.invalid_cases(_MUTATIONS, strategy(size=size).filter(lambda m: m["T"] > 0))
-
-
-def nan_strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
-    return S.with_nan(strategy(size=size, dtypes=dtypes).filter(lambda m: m["T"] > 0))
-
-
 SPEC = add_spec(
     OpSpec(
         name="decoder_stack",
@@ -644,8 +636,7 @@ SPEC = add_spec(
         build=build,
         compare=compare,
         tolerance=TOLERANCE,
-        invalid=invalid,
-        nan_strategy=nan_strategy,
+        mutations=MUTATIONS,
         relations=(
             Relation("token_permutation", _relation("perm"), exact=False),
             Relation("batch_split", _relation("split"), exact=False),

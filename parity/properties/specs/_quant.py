@@ -1,0 +1,446 @@
+"""Helpers shared by the quantizer specs (fp8_quant, fp8_block_quant, silu_mul_fp8_quant,
+mxfp4_quant, mxfp4_dequant): the E4M3 grid, boundary-aware code checks, per-group value
+regimes, and the token relations.
+
+Quantizer outputs are codes: they are compared exactly (bits), never with a float tolerance.
+The one freedom the contract grants (`docs/ops.md`, fp8_quant) is the reciprocal multiply: a
+code may be one E4M3 step off where `x / s` lies within 2 float32 ulps of the midpoint between
+two codes. `e4m3_codes_ok` implements exactly that, and only where it can happen: when `s` is a
+power of two the reciprocal is exact, `x * (1 / s) == x / s`, and the code must be the RNE one.
+The FP8 references are evaluated on the CPU (`on_cpu`): on CUDA torch divides by a Python
+scalar through its reciprocal, so `amax / 448` there is not the contract's quotient.
+
+silu_mul_fp8_quant quantizes a float32 SwiGLU that no two libraries compute bit-identically; its
+check (`_silu_intervals`) bounds that intermediate by the swiglu OpSpec's float32 error, and is
+the fp8_quant rule wherever the SwiGLU is exact.
+
+Value regimes are built per quantization group (a row group, a 2-D block or an MX block) from a
+group-index map, so that exact rounding midpoints, all-zero groups, saturation and extreme
+exponents land where the scale makes them matter.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from hypothesis import strategies as st
+
+from parity.properties import strategies as S
+from parity.properties.case import Case, Gen, ulp
+from parity.properties.tolerance import Verdict, check_meta, combine, isnan_any
+from parity.reference.numerics import (
+    E2M1_VALUES,
+    ue8m0_pow2_ceil,
+)
+from parity.registry import Relation
+
+FP8 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+
+
+GRID: dict[str, torch.Tensor] = {}
+
+
+def e4m3_grid(device) -> torch.Tensor:
+    """The 127 finite non-negative E4M3 magnitudes (codes 0..126 in order), float64."""
+    key = str(device)
+    if key not in GRID:
+        codes = torch.arange(127, dtype=torch.uint8)
+        GRID[key] = codes.view(FP8).to(torch.float64).to(device)
+    return GRID[key]
+
+
+def e4m3_mids() -> torch.Tensor:
+    """The 126 midpoints between adjacent non-negative E4M3 values (2**-10 .. 432), float64."""
+    g = e4m3_grid("cpu")
+    return (g[:-1] + g[1:]) / 2
+
+
+def is_pow2(s: torch.Tensor) -> torch.Tensor:
+    m, _ = torch.frexp(s.to(torch.float32))
+    return m == 0.5
+
+
+def e4m3_codes_ok(y32, s_el, want, got) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per element: the code `got` is right for `y32 / s_el` given the reference code `want`.
+
+    Bit-exact (the two NaN encodings are one NaN), or one step off where the exact quotient lies
+    within 2 float32 ulps of the midpoint between the two codes around it and `s` is not a power
+    of two (a power-of-two reciprocal is exact, so no kernel can round differently there).
+    Returns (ok mask, x/s in float64 for messages).
+    """
+    wn, gn = isnan_any(want), isnan_any(got)
+    wb, gb = want.view(torch.uint8), got.view(torch.uint8)
+    ok = (wb == gb) | (wn & gn)
+    q = y32.to(torch.float64) / s_el.to(torch.float64)
+    a = q.clamp(-E4M3_MAX, E4M3_MAX).abs()
+    grid = e4m3_grid(a.device)
+    idx = (torch.searchsorted(grid, a.contiguous(), right=True) - 1).clamp(0, 125)
+    mid = (grid[idx] + grid[idx + 1]) / 2
+    near = ((a - mid).abs() <= 2 * ulp(mid, torch.float32)) & ~is_pow2(s_el)
+    wmag = (wb & 0x7F).long()
+    alt = (2 * idx + 1 - wmag).clamp(0, 126)
+    alt_bits = (wb & 0x80) | alt.to(torch.uint8)
+    one_step = near & ((wmag == idx) | (wmag == idx + 1)) & ~wn & ~gn & (gb == alt_bits)
+    return ok | one_step, q
+
+
+def same_f32(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """Bitwise equality of float32 tensors, any NaN equal to any NaN."""
+    g, w = got.contiguous(), want.contiguous()
+    both_nan = torch.isnan(g) & torch.isnan(w)
+    return (g.view(torch.int32) == w.view(torch.int32)) | both_nan
+
+
+def fmt_idx(mask: torch.Tensor) -> list:
+    return mask.nonzero()[:1].tolist()[0] if mask.any() else []
+
+
+def code_report(name, bad, got, want, quot) -> Verdict:
+    n = int(bad.sum())
+    i = tuple(fmt_idx(bad))
+    gb, wb = int(got.view(torch.uint8)[i]), int(want.view(torch.uint8)[i])
+    gv, wv = float(got[i].float()), float(want[i].float())
+    msg = (
+        f"{name}: {n} of {bad.numel()} codes wrong beyond the reciprocal rule, first at "
+        f"{list(i)}: got 0x{gb:02x} ({gv:.6g}), want 0x{wb:02x} ({wv:.6g}), x/s = "
+        f"{float(quot[i]):.9g}"
+    )
+    return Verdict(False, msg, float(n), [(name, i, gv, wv, 0.0)])
+
+
+def scale_report(name, bad, got, want) -> Verdict:
+    n = int(bad.sum())
+    i = tuple(fmt_idx(bad))
+    gv, wv = float(got[i]), float(want[i])
+    msg = (
+        f"{name}: {n} of {bad.numel()} scales differ (exact), first at {list(i)}: "
+        f"got {gv!r}, want {wv!r}"
+    )
+    return Verdict(False, msg, float(n), [(name, i, gv, wv, 0.0)])
+
+
+def layout_ok(name: str, t: torch.Tensor, column_major: bool) -> Verdict:
+    """Row-major (contiguous) or, with column_major_scales, strides (1, M) (dims of size 1 free)."""
+    m, g = t.shape
+    want = (1, max(m, 1)) if column_major else (max(g, 1), 1)
+    if t.numel() and any(t.shape[d] > 1 and t.stride(d) != want[d] for d in range(2)):
+        kind = "column-major" if column_major else "row-major"
+        return Verdict(False, f"{name}: strides {t.stride()}, expected {kind} {want}")
+    return Verdict.passed()
+
+
+def contiguous_ok(name: str, t: torch.Tensor) -> Verdict:
+    if not t.is_contiguous():
+        return Verdict(False, f"{name}: not contiguous (strides {t.stride()})")
+    return Verdict.passed()
+
+
+def two_outputs(outs) -> Verdict | None:
+    if len(outs) != 2:
+        return Verdict(False, f"expected two outputs (q, scales), got {len(outs)}")
+    return None
+
+
+def to_column_major(s: torch.Tensor) -> torch.Tensor:
+    m, g = s.shape
+    out = torch.empty_strided((m, g), (1, max(m, 1)), dtype=s.dtype, device=s.device)
+    out.copy_(s)
+    return out
+
+
+FP8_REGIMES = [
+    "mixed",
+    "normal",
+    "midpoint",
+    "near_mid",
+    "zero_groups",
+    "wide",
+    "large",
+    "denormal",
+    "ties",
+    "inf",
+    "near_pow2",
+    "extreme",
+]
+
+MIXED_FP8 = ["normal", "midpoint", "near_mid", "zero_groups", "near_pow2", "ties", "large"]
+MIXED_MX = ["normal", "midpoint", "saturate", "zero_groups", "near_pow2", "ties", "wide"]
+
+E2M1_GRID_AND_MIDS = sorted(
+    set(E2M1_VALUES) | {(a + b) / 2 for a, b in itertools.pairwise(E2M1_VALUES)}
+)
+
+
+def exp_range(dtype: torch.dtype, kind: str) -> tuple[int, int]:
+    """Per-group power-of-two exponents for which every constructed value is exact in dtype."""
+    if dtype == torch.float16:
+        return (-4, 6) if kind == "fp8" else (-14, 12)
+    return (-20, 20) if kind == "fp8" else (-100, 100)
+
+
+def pick_from(g: Gen, table, shape) -> torch.Tensor:
+    t = torch.tensor(table, dtype=torch.float64, device=g.device)
+    return t[g.integers(shape, 0, len(table))]
+
+
+def group_values(
+    g: Gen,
+    shape,
+    gid: torch.Tensor,
+    ngroups: int,
+    first: torch.Tensor,
+    regime: str,
+    dtype: torch.dtype,
+    *,
+    kind: str = "fp8",
+    scale_format: str = "fp32",
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """Values of `shape` in `dtype`; `gid` maps each element to its group, `first` marks one
+    element per group (the one that carries the group's amax in the structured regimes)."""
+    shape = list(shape)
+    f64 = torch.float64
+    if regime == "mixed":
+        # a different structured regime in each group: one case meets many group kinds; no
+        # inf, denormal or extreme groups, so the power-of-two relation still applies
+        subs = MIXED_FP8 if kind == "fp8" else MIXED_MX
+        pick = g.integers((ngroups,), 0, len(subs))[gid]
+        out = torch.zeros(shape, dtype=dtype, device=g.device)
+        for i, sub in enumerate(subs):
+            v = group_values(
+                g,
+                shape,
+                gid,
+                ngroups,
+                first,
+                sub,
+                dtype,
+                kind=kind,
+                scale_format=scale_format,
+                eps=eps,
+            )
+            out = torch.where(pick == i, v, out)
+        return out
+    sign = torch.where(g.mask(shape, 0.5), -1.0, 1.0).to(f64)
+    lo, hi = exp_range(dtype, kind)
+    top = E4M3_MAX if kind == "fp8" else 6.0
+    if regime == "normal":
+        k = g.integers((ngroups,), -6, 7).to(f64)
+        v = g.normal(shape).to(f64) * torch.exp2(k)[gid]
+    elif regime == "wide":
+        span = (-20.0, 15.0) if dtype == torch.float16 else (-24.0, 24.0)
+        v = sign * torch.exp2(g.uniform(shape, *span).to(f64))
+    elif regime == "zero_groups":
+        v = g.normal(shape).to(f64) * 4.0
+        zero = g.mask((ngroups,), 0.4)[gid]
+        neg0 = g.mask(shape, 0.3)
+        v = torch.where(zero, torch.where(neg0, -0.0, 0.0).to(f64), v)
+    elif regime == "large":
+        v = g.uniform(shape, -600.0, 600.0).to(f64)
+    elif regime == "denormal":
+        tiny = torch.finfo(dtype).tiny
+        sub = g.uniform(shape, -1.0, 1.0).to(f64) * tiny
+        all_sub = g.mask((ngroups,), 0.5)[gid]
+        v = torch.where(all_sub | g.mask(shape, 0.7), sub, g.normal(shape).to(f64))
+    elif regime == "ties":
+        k = g.integers((ngroups,), -3, 4).to(f64)
+        v = torch.round(g.uniform(shape, -4.0, 4.0).to(f64) * 2.0) / 2.0 * torch.exp2(k)[gid]
+    elif regime == "inf":
+        v = g.normal(shape).to(f64) * 8.0
+        if v.numel():
+            v = g.inject_nan(v, p=0.02)
+            v = torch.where(torch.isnan(v), sign * float("inf"), v)
+    elif regime in ("midpoint", "saturate"):
+        # group scale 2**j exactly: the amax element is 448 * 2**j (FP8) or 6 * 2**j (MX: both
+        # roundings pick e = j); the others sit on the code grid and its midpoints.
+        j = g.integers((ngroups,), lo, hi + 1).to(f64)
+        if kind == "fp8":
+            table = [float(m) for m in e4m3_mids()] + [1.0, 2.0, 0.5]
+        else:
+            table = E2M1_GRID_AND_MIDS
+        v = sign * pick_from(g, table, shape) * torch.exp2(j)[gid]
+        peak = top if regime == "midpoint" else 7.5  # 7.5 * 2**j saturates with "floor"
+        v = torch.where(first, sign * peak * torch.exp2(j)[gid], v)
+    elif regime == "near_mid":
+        # x/s within a few float32 ulps of an E4M3 midpoint, s not a power of two (float32 x)
+        k = g.integers((ngroups,), 0, 10).to(f64)
+        amax = (g.uniform((ngroups,), 0.5, 0.99).to(f64) * torch.exp2(k)).to(dtype)
+        s = scale_of(amax.to(torch.float32), scale_format, eps)
+        mids = pick_from(g, [float(m) for m in e4m3_mids()][:-1], shape)
+        nudge = 1.0 + g.integers(shape, -6, 7).to(f64) * 2.0**-23
+        v = sign * mids * s.to(f64)[gid] * nudge
+        v = torch.where(first, sign * amax.to(f64)[gid], v)
+    elif regime == "near_pow2":
+        # the amax a few float32 ulps either side of 448 * 2**k (FP8) or 2**k, 6 * 2**k (MX),
+        # where a float32 log2 rounds to the wrong side of the power of two; small |k|: it is
+        # right near 2**0 and wrong a few binades away, so a rescaling crosses that line
+        k = g.integers((ngroups,), -6, 7).to(f64)
+        if kind == "fp8":
+            base = E4M3_MAX * torch.exp2(k)
+        else:  # 2**k is the "floor" boundary, 6 * 2**k the "ceil" one
+            base = torch.where(g.mask((ngroups,), 0.5), 1.0, 6.0).to(f64) * torch.exp2(k)
+        m = pick_from(g, [-2.0, -1.0, 0.0, 1.0, 1.0, 2.0], (ngroups,))
+        amax = base * torch.where(m < 0, 1.0 + m * 2.0**-24, 1.0 + m * 2.0**-23)
+        v = g.uniform(shape, -0.9, 0.9).to(f64) * base[gid]
+        v = torch.where(first, sign * amax[gid], v)
+    elif regime == "extreme":
+        fi = torch.finfo(dtype)
+        if dtype == torch.float16:
+            table = [-24.0, -20.0, -14.0, 0.0, 14.0, 15.0]
+        elif dtype == torch.bfloat16:
+            table = [-133.0, -129.0, -126.0, -100.0, 0.0, 100.0, 126.0, 127.0]
+        else:
+            table = [-149.0, -140.0, -128.0, -126.0, 0.0, 100.0, 126.0, 127.0]
+        k = pick_from(g, table, (ngroups,))
+        v = g.uniform(shape, -1.0, 1.0).to(f64) * torch.exp2(k)[gid]
+        v = torch.where(first, sign * torch.exp2(k)[gid] * 1.5, v).clamp(-fi.max, fi.max)
+    else:
+        raise ValueError(f"unknown regime {regime!r}")
+    return v.to(dtype)
+
+
+def row_groups(lead_shape, k: int, gs: int, device):
+    """gid / first maps for groups of `gs` along the last dim of `[*lead_shape, k]`."""
+    rows = 1
+    for d in lead_shape:
+        rows *= d
+    col = torch.arange(k, device=device)
+    row = torch.arange(rows, device=device).unsqueeze(-1)
+    gid = (row * (k // gs) + col // gs).reshape(*lead_shape, k)
+    first = (col % gs == 0).expand(rows, k).reshape(*lead_shape, k)
+    return gid, rows * (k // gs), first
+
+
+def mutate_common(x: torch.Tensor, bad: str | None) -> torch.Tensor:
+    """Tensor-level bad inputs shared by the quantizers of float inputs."""
+    if bad == "int_dtype":
+        return x.to(torch.int32)
+    if bad == "float64":
+        return x.to(torch.float64)
+    if bad == "fp8_input":
+        return x.float().clamp(-448, 448).to(FP8)
+    if bad == "not_a_tensor":
+        return x.tolist()
+    return x
+
+
+def groups_count(size: str, gs: int, kmax: int) -> st.SearchStrategy[int]:
+    return S.sizes(
+        small=[1, 2, 3, 4], full=[7, 8, 16, 28, 56], size=size, lo=1, hi=max(1, kmax // gs)
+    )
+
+
+def fp8_meta_checks(q, s, want_q, want_s, column_major: bool) -> Verdict:
+    v = combine([check_meta("q", q, want_q), check_meta("scales", s, want_s)])
+    if not v:
+        return v
+    return combine([contiguous_ok("q", q), layout_ok("scales", s, column_major)])
+
+
+def on_cpu(fn, *args, **kwargs):
+    """`fn` evaluated on the CPU, tensor results moved back to the device of `args[0]` (layout
+    kept). The FP8 scale is `amax / 448` as a true division: torch on CUDA divides a tensor by a
+    Python scalar as a multiply by the reciprocal, 1 ulp off in about half the groups, while
+    the CPU divides truly. The CPU result is the contract's."""
+    dev = args[0].device
+    cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    outs = fn(*cpu, **kwargs)
+    if isinstance(outs, torch.Tensor):
+        return outs.to(dev)
+    return tuple(o.to(dev) if isinstance(o, torch.Tensor) else o for o in outs)
+
+
+def nonempty(meta: dict) -> bool:
+    return all(meta.get(d, 1) > 0 for d in ("M", "K", "N", "R", "C")) and all(
+        d > 0 for d in meta.get("lead", [])
+    )
+
+
+def scales_layout(transform, out: int = 1):
+    """Wrap a relation so the combined scales have the layout the case asks for."""
+
+    def wrapped(case: Case, rng):
+        got = transform(case, rng)
+        if got is None:
+            return None
+        cases, combine_fn = got
+        if not case.kwargs.get("column_major_scales", False):
+            return cases, combine_fn
+
+        def relayout(results):
+            outs = list(combine_fn(results))
+            if isinstance(outs[out], torch.Tensor) and outs[out].dim() == 2:
+                outs[out] = to_column_major(outs[out])
+            return tuple(outs)
+
+        return cases, relayout
+
+    return wrapped
+
+
+def min_rank(transform, rank: int, arg: int = 0):
+    """A token/expert relation over dim 0 applies only where dim 0 is not the quantized dim."""
+
+    def wrapped(case: Case, rng):
+        x = case.args[arg]
+        if not isinstance(x, torch.Tensor) or x.dim() < rank:
+            return None
+        return transform(case, rng)
+
+    return wrapped
+
+
+POW2_STEPS = [1, -1, 2, -2, 3, -3, 5, -5, 8, -8]
+
+
+def exact_pow2_multiple(x: torch.Tensor, j: int) -> torch.Tensor | None:
+    """`x * 2**j` in x.dtype if that is exact for every element (no overflow, no rounding)."""
+    y64 = x.to(torch.float64) * 2.0**j
+    y = y64.to(x.dtype)
+    if not torch.equal(y.to(torch.float64), y64):
+        return None
+    return y
+
+
+def with_x(case: Case, x: torch.Tensor, **meta) -> Case:
+    return Case(case.op, (x, *case.args[1:]), dict(case.kwargs), {**case.meta, **meta}, case.device)
+
+
+def scale_of(amax32: torch.Tensor, scale_format: str, eps: float) -> torch.Tensor:
+    """The contract's scale from a float32 amax: a true division (a tensor divisor: torch on
+    CUDA turns division by a Python scalar into a reciprocal multiply)."""
+    a = amax32.clamp(min=eps)
+    s = a / torch.full_like(a, E4M3_MAX)
+    return ue8m0_pow2_ceil(s) if scale_format == "ue8m0" else s
+
+
+def mx_lead(size: str) -> st.SearchStrategy[list]:
+    """Leading dims of an MX tensor: [M] mostly, [E, M] (experts) or none (a 1-D vector)."""
+    t = S.tokens(size=size)
+    return st.sampled_from(["tokens", "experts", "tokens", "vector"]).flatmap(
+        lambda kind: (
+            t.map(lambda m: [m])
+            if kind == "tokens"
+            else st.tuples(st.sampled_from([2, 3]), t).map(list)
+            if kind == "experts"
+            else st.just([])
+        )
+    )
+
+
+def mx_blocks(size: str) -> st.SearchStrategy[int]:
+    return S.sizes(
+        small=[1, 2, 3, 4, 5, 8, 16],
+        full=[56, 64, 128, 224],
+        size=size,
+        lo=1,
+        hi=16 if size == "small" else 224,
+    )
+
+
+TOKEN_RELATIONS = (
+    Relation("token_permutation", scales_layout(S.permute_tokens())),
+    Relation("batch_split", scales_layout(S.split_tokens())),
+)

@@ -1,0 +1,322 @@
+"""OpSpec of silu_mul_fp8_quant: a float32 SwiGLU quantized to E4M3 groups. The intermediate
+is bounded by the swiglu spec's float32 error (`_silu_intervals`); where the SwiGLU is exact
+this is the fp8_quant rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from parity import reference as ref
+from parity.properties import strategies as S
+from parity.properties.case import Case, Gen, dtype_of, ulp
+from parity.properties.specs._quant import (
+    E4M3_MAX,
+    FP8,
+    TOKEN_RELATIONS,
+    fmt_idx,
+    fp8_meta_checks,
+    group_values,
+    groups_count,
+    is_pow2,
+    mutate_common,
+    nonempty,
+    row_groups,
+    scale_of,
+    two_outputs,
+)
+from parity.properties.tolerance import Verdict, isnan_any
+from parity.reference.numerics import (
+    round_to_e4m3,
+)
+from parity.reference.swiglu import swiglu_math
+from parity.registry import OpSpec, add_spec
+
+_F32_TINY = torch.finfo(torch.float32).tiny
+TOLERANCE = (
+    "per group, the float32- or the x.dtype-intermediate path under the fp8_quant rule, the "
+    "float32 SwiGLU within 16 u32 |y| (exact where gate >= 20): scale from an amax in range, "
+    "codes rounding a value in range"
+)
+
+
+SILU_REGIMES = ["normal", "midpoint", "zero_groups", "across_limit", "wide", "ties", "inf", "large"]
+
+
+@st.composite
+def _silu_meta(draw, size: str, dtypes):
+    gs = draw(st.sampled_from([128, 64, 32, 16]))
+    nmax = 256 if size == "small" else 4096
+    regime = draw(st.sampled_from(SILU_REGIMES))
+    limit = draw(st.sampled_from([None, 10.0, 7.0, 0.5]))
+    if regime == "midpoint":
+        limit = None  # gate = 32 gives silu(gate) == gate exactly only unclamped
+    elif regime in ("inf", "across_limit") and limit is None:
+        limit = 10.0  # infinities only where the clamp makes them finite
+    return {
+        "M": draw(S.tokens(size=size)),
+        "N": gs * draw(groups_count(size, gs, nmax)),
+        "dtype": draw(S.float_dtypes(dtypes)),
+        "options": {
+            "group_size": gs,
+            "limit": limit,
+            "clamp_mode": draw(st.sampled_from(["pre", "post"])),
+            "scale_format": draw(st.sampled_from(["fp32", "ue8m0"])),
+            "column_major_scales": draw(st.booleans()),
+        },
+        "regime": regime,
+        "seed": draw(S.seeds()),
+    }
+
+
+def strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
+    return _silu_meta(size, dtypes)
+
+
+def build(meta: dict, device) -> Case:
+    g = Gen(meta["seed"], device)
+    dtype = dtype_of(meta["dtype"])
+    opts = dict(meta["options"])
+    m, n, gs = meta["M"], meta["N"], opts["group_size"]
+    regime = meta["regime"]
+    gid, ng, first = row_groups([m], n, gs, device)
+    f64 = torch.float64
+    if regime == "midpoint":
+        # sigmoid(32) == 1 in float32, so y = 32 * up lands on E4M3 midpoints times 2**j
+        gate = torch.full((m, n), 32.0, dtype=f64, device=device)
+        up = group_values(g, [m, n], gid, ng, first, "midpoint", dtype).to(f64) / 32.0
+    elif regime == "across_limit":
+        lim = opts["limit"] or 10.0
+        gate = g.normal((m, n)).to(f64) * 1.5 * lim
+        up = g.normal((m, n)).to(f64) * 1.5 * lim
+    elif regime == "inf":
+        gate = g.normal((m, n)).to(f64) * 4.0
+        up = g.normal((m, n)).to(f64) * 4.0
+        if m * n:
+            gate = torch.where(g.mask((m, n), 0.03), float("inf"), gate)
+            sign = torch.where(g.mask((m, n), 0.5), -1.0, 1.0).to(f64)
+            up = torch.where(g.mask((m, n), 0.03), sign * float("inf"), up)
+    else:
+        gate = g.normal((m, n)).to(f64) * 4.0
+        up = group_values(g, [m, n], gid, ng, first, regime, dtype).to(f64)
+        if regime == "large":
+            gate = gate * 100.0
+    x = torch.cat([gate, up], dim=-1).to(dtype)
+    if meta.get("nan"):
+        x = g.inject_nan(x)
+    bad = meta.get("invalid")
+    x = mutate_common(x, bad)
+    if bad == "rank1":
+        x = x.reshape(-1)
+    elif bad == "rank3":
+        x = x.unsqueeze(0)
+    elif bad == "odd_last_dim":
+        x = x[:, :-1]
+    elif bad == "n_not_divisible":
+        x = torch.cat([x[:, : n - 1], x[:, n : 2 * n - 1]], dim=-1)
+    elif bad == "group_size_zero":
+        opts["group_size"] = 0
+    elif bad == "bad_scale_format":
+        opts["scale_format"] = "fp16"
+    elif bad == "bad_clamp_mode":
+        opts["clamp_mode"] = "both"
+    elif bad == "negative_limit":
+        opts["limit"] = -1.0
+    elif bad == "column_major_not_bool":
+        opts["column_major_scales"] = "yes"
+    return Case("silu_mul_fp8_quant", (x,), opts, meta, str(device))
+
+
+# The fused kernel's float32 SwiGLU is not bit-defined (exp and sigmoid differ by an ulp between
+# libraries: torch on CUDA and on the CPU disagree on ~10% of elements). Its error bound is the
+# swiglu OpSpec's float32 one, 16 u32 |y| + tiny32 |gate| |up|, except where gate >= 20: every
+# faithful float32 sigmoid returns exactly 1 there (1 - sigmoid(20) < 2**-25), so silu(gate) is
+# gate and y = gate * up is one rounding, the same in every kernel. The check takes each element
+# as an interval [lo, hi] (a point where y is exact), and accepts a group whose scale comes from
+# an amax inside the intervals and whose codes round a value inside them (under the reciprocal
+# rule). Where every interval is a point this is exactly the fp8_quant rule.
+SILU_F32_SLACK_U32 = 16
+_EXACT_GATE = 20.0
+_U32 = 2.0**-24
+
+
+def _silu_intervals(x: torch.Tensor, o: dict, inter: torch.dtype):
+    """float64 (lo, hi) of the SwiGLU intermediate per element, rounded to `inter` (x.dtype:
+    the unfused path; float32: the fused one)."""
+    limit, mode = o.get("limit"), o.get("clamp_mode", "pre")
+    y64 = swiglu_math(
+        x, limit=limit, alpha=1.0, beta=0.0, layout="concat", clamp_mode=mode, dtype=torch.float64
+    )
+    n = x.shape[-1] // 2
+    g, u = x[..., :n].to(torch.float64), x[..., n:].to(torch.float64)
+    if limit is not None:
+        u = u.clamp(-limit, limit)
+        if mode == "pre":
+            g = g.clamp(max=limit)
+    exact = g >= _EXACT_GATE
+    g_eff = g.clamp(max=limit) if limit is not None else g
+    y_exact = (g_eff * u).to(torch.float32).to(torch.float64)  # g * u is exact in float64
+    slack = SILU_F32_SLACK_U32 * _U32 * y64.abs() + _F32_TINY * g.abs() * u.abs()
+    slack = torch.where(exact, 0.0, slack)
+    # y -/+ 0.0 would turn -0.0 into +0.0: a point interval keeps y itself
+    lo = torch.where(slack > 0, y64 - slack, torch.where(exact, y_exact, y64))
+    hi = torch.where(slack > 0, y64 + slack, torch.where(exact, y_exact, y64))
+    if inter != torch.float32:  # rounding to x.dtype is monotone: the bounds round with it
+        lo, hi = lo.to(inter).to(torch.float64), hi.to(inter).to(torch.float64)
+    else:  # the fused kernel's y is a float32: round outward, never inward
+        lo, hi = _f32_outward(lo, hi)
+    return lo, hi
+
+
+def _f32_outward(lo: torch.Tensor, hi: torch.Tensor):
+    """float64 bounds widened to the float32 values just outside them (NaN and +-0 kept)."""
+    lo32, hi32 = lo.to(torch.float32), hi.to(torch.float32)
+    lo32 = torch.where(lo32.to(torch.float64) > lo, torch.nextafter(lo32, -lo32.abs() - 1), lo32)
+    hi32 = torch.where(hi32.to(torch.float64) < hi, torch.nextafter(hi32, hi32.abs() + 1), hi32)
+    return lo32.to(torch.float64), hi32.to(torch.float64)
+
+
+def _interval_groups_ok(lo, hi, got_q, got_s, gs: int, scale_format: str, eps: float):
+    """Per group of `[M, N]` intervals: (group ok, codes ok, scales ok, scale range lo, hi)."""
+    m = lo.shape[0]
+    f64 = torch.float64
+    nan = torch.isnan(lo) | torch.isnan(hi)
+    straddle = (lo <= 0) & (hi >= 0)
+    mag_min = torch.where(straddle, torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+    mag_max = torch.maximum(lo.abs(), hi.abs())
+    f32max = torch.finfo(torch.float32).max
+    a_lo = mag_min.clamp(max=f32max).reshape(m, -1, gs).amax(-1)
+    a_hi = mag_max.clamp(max=f32max).reshape(m, -1, gs).amax(-1)
+    a_lo, a_hi = _f32_outward(a_lo, a_hi)
+    nan_group = nan.reshape(m, -1, gs).any(-1)
+    s_lo = scale_of(a_lo.clamp(min=0).to(torch.float32), scale_format, eps)
+    s_hi = scale_of(a_hi.to(torch.float32), scale_format, eps)
+    sk = got_s.contiguous()
+    scales_ok = torch.where(nan_group, torch.isnan(sk), (sk >= s_lo) & (sk <= s_hi))
+
+    sk_el = sk.repeat_interleave(gs, dim=-1).to(f64)
+    v_lo, v_hi = lo / sk_el, hi / sk_el
+    recip = ~is_pow2(sk_el)  # the reciprocal rule: 2 float32 ulps either side
+    v_lo = torch.where(recip, v_lo - 2 * ulp(v_lo, torch.float32), v_lo)
+    v_hi = torch.where(recip, v_hi + 2 * ulp(v_hi, torch.float32), v_hi)
+    c_lo = round_to_e4m3(v_lo.clamp(-E4M3_MAX, E4M3_MAX)).to(f64)
+    c_hi = round_to_e4m3(v_hi.clamp(-E4M3_MAX, E4M3_MAX)).to(f64)
+    gn = isnan_any(got_q)
+    gv = got_q.to(f64)
+    in_range = (gv >= c_lo) & (gv <= c_hi)
+    neg_ok = (lo < 0) | ((lo == 0) & torch.signbit(lo))
+    pos_ok = (hi > 0) | ((hi == 0) & ~torch.signbit(hi))
+    sign_ok = (gv != 0) | torch.where(torch.signbit(gv), neg_ok, pos_ok)
+    nan_el = nan_group.repeat_interleave(gs, dim=-1)
+    codes_ok = torch.where(nan_el, gn, ~gn & in_range & sign_ok)
+    groups_ok = codes_ok.reshape(m, -1, gs).all(-1) & scales_ok
+    return groups_ok, codes_ok, scales_ok, s_lo, s_hi
+
+
+def compare(case: Case, outs: tuple) -> Verdict:
+    (x,) = case.args
+    o = case.kwargs
+    gs = o.get("group_size", 128)
+    fmt = o.get("scale_format", "fp32")
+    if (bad := two_outputs(outs)) is not None:
+        return bad
+    q, s = outs
+    m, n = x.shape[0], x.shape[1] // 2
+    want_q = torch.empty((m, n), dtype=FP8, device=x.device)
+    want_s = torch.empty((m, n // gs), dtype=torch.float32, device=x.device)
+    v = fp8_meta_checks(q, s, want_q, want_s, o.get("column_major_scales", False))
+    if not v or q.numel() == 0:
+        return v
+    inters = [torch.float32] if x.dtype == torch.float32 else [torch.float32, x.dtype]
+    ok, first = None, None
+    for inter in inters:
+        lo, hi = _silu_intervals(x, o, inter)
+        r = _interval_groups_ok(lo, hi, q, s, gs, fmt, 1e-10)
+        ok = r[0] if ok is None else ok | r[0]
+        first = first or (lo, hi, *r)
+    if ok.all():
+        return Verdict.passed()
+    # report against the fused (float32-intermediate) intervals, in the failing groups
+    lo, hi, _, codes_ok, scales_ok, s_lo, s_hi = first
+    bad = ~ok
+    nbad = int(bad.sum())
+    parts = [
+        f"{nbad} of {ok.numel()} groups match neither the float32- nor the "
+        f"{str(x.dtype).replace('torch.', '')}-intermediate quantization"
+    ]
+    worst = []
+    bad_scales = ~scales_ok & bad
+    if bad_scales.any():
+        i = tuple(fmt_idx(bad_scales))
+        gv = float(s.contiguous()[i])
+        parts.append(
+            f"scales: {int(bad_scales.sum())} outside the range an amax within the SwiGLU "
+            f"tolerance gives, first at {list(i)}: got {gv!r}, want "
+            f"[{float(s_lo[i])!r}, {float(s_hi[i])!r}]"
+        )
+        worst.append(("scales", i, gv, float(s_lo[i]), 0.0))
+    bad_codes = ~codes_ok & bad.repeat_interleave(gs, dim=-1)
+    if bad_codes.any():
+        i = tuple(fmt_idx(bad_codes))
+        gq = q[i]
+        sk = float(s.contiguous()[i[0], i[1] // gs])
+        parts.append(
+            f"q: {int(bad_codes.sum())} codes round no value of their interval, first at "
+            f"{list(i)}: got 0x{int(gq.view(torch.uint8)):02x} ({float(gq.float()):.6g}), "
+            f"y/s in [{float(lo[i]) / sk:.9g}, {float(hi[i]) / sk:.9g}]"
+        )
+        worst.append(("q", i, float(gq.float()), float(lo[i]) / sk, 0.0))
+    return Verdict(False, "; ".join(parts), float(nbad), worst)
+
+
+MUTATIONS = [
+    "int_dtype",
+    "float64",
+    "fp8_input",
+    "not_a_tensor",
+    "rank1",
+    "rank3",
+    "odd_last_dim",
+    "n_not_divisible",
+    "group_size_zero",
+    "bad_scale_format",
+    "bad_clamp_mode",
+    "negative_limit",
+    "column_major_not_bool",
+]
+
+
+def bench(T: int) -> dict:
+    """The expert activation: T tokens of the expert intermediate size."""
+    return {
+        "M": T,
+        "N": S.BENCH_N,
+        "dtype": "bfloat16",
+        "regime": "normal",
+        "options": {
+            "group_size": 128,
+            "limit": 10.0,
+            "clamp_mode": "pre",
+            "scale_format": "fp32",
+            "column_major_scales": False,
+        },
+    }
+
+
+SPEC = add_spec(
+    OpSpec(
+        name="silu_mul_fp8_quant",
+        reference=ref.silu_mul_fp8_quant,
+        strategy=strategy,
+        build=build,
+        compare=compare,
+        tolerance=TOLERANCE,
+        mutations=MUTATIONS,
+        invalid_when=lambda m: m["M"] > 0,
+        nan_when=nonempty,
+        relations=TOKEN_RELATIONS,
+        bench=bench,
+        memory_bound=True,
+    )
+)
