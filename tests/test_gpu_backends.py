@@ -16,7 +16,7 @@ import torch
 
 from parity import reference as ref
 from parity.catalog import listing
-from parity.reference._common import precision
+from parity.reference.common import precision
 
 CUDA = torch.cuda.is_available()
 

@@ -14,15 +14,14 @@ Choices where the contract leaves room:
 - Epsilons that divide (`rms_eps`, `sinkhorn eps`) must be > 0, so no NaN or inf ever appears
   without a NaN input; epsilons that are only added (`pre_eps`, `hc_eps`) must be >= 0. All
   float options must be finite.
+- Sinkhorn iteration counts are in [1, MAX_SINKHORN_ITERS].
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from parity.reference._common import (
+from parity.reference.common import (
     FLOAT_DTYPES,
     check_float,
     check_int,
@@ -33,16 +32,17 @@ from parity.reference._common import (
 )
 
 F32 = (torch.float32,)
+# A loop count, not a size: 2**16 is over 3000 times DeepSeek-V4's 20 (the iteration converges
+# long before), fits every kernel's int32 counter, and keeps a reference call to seconds; a
+# larger count is a mistaken argument that would only hang the caller.
+MAX_SINKHORN_ITERS = 1 << 16
 
 
 # --- validation -----------------------------------------------------------------------------------
 
 
-def _finite(op: str, name: str, value, *, lo: float | None = None, positive=False) -> float:
-    value = check_float(op, name, value, lo=lo, positive=positive)
-    if math.isinf(value):
-        fail(op, name, "a finite float", value)
-    return value
+def check_sinkhorn_iters(op: str, name: str, iters) -> int:
+    return check_int(op, name, iters, lo=1, hi=MAX_SINKHORN_ITERS)
 
 
 def _check_streams(op: str, residual) -> tuple[int, int, int]:
@@ -63,11 +63,11 @@ def _check_pre_weights(op: str, residual, fn, hc_scale, hc_base) -> None:
 
 
 def _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters) -> None:
-    _finite(op, "rms_eps", rms_eps, positive=True)
-    _finite(op, "pre_eps", pre_eps, lo=0.0)
-    _finite(op, "sinkhorn_eps", sinkhorn_eps, positive=True)
-    _finite(op, "post_mult", post_mult)
-    check_int(op, "sinkhorn_iters", sinkhorn_iters, lo=1)
+    check_float(op, "rms_eps", rms_eps, positive=True)
+    check_float(op, "pre_eps", pre_eps, lo=0.0)
+    check_float(op, "sinkhorn_eps", sinkhorn_eps, positive=True)
+    check_float(op, "post_mult", post_mult)
+    check_sinkhorn_iters(op, "sinkhorn_iters", sinkhorn_iters)
 
 
 def _check_post_inputs(op: str, x, residual, post_mix, comb_res_mix) -> None:
@@ -124,6 +124,84 @@ def _post_math(x, residual, post_mix, comb_res_mix, dt) -> torch.Tensor:
 # --- ops ----------------------------------------------------------------------------------------
 
 
+def validate_sinkhorn(logits, *, iters=20, eps=1e-6) -> tuple[int, float]:
+    """Every check of sinkhorn's input, before any work (shared with the fast paths so their
+    errors match): returns (n, eps)."""
+    op = "sinkhorn"
+    check_tensor(op, "logits", logits, dtypes=F32, min_ndim=2)
+    n = logits.shape[-1]
+    if logits.shape[-2] != n or n < 1:
+        fail(op, "logits", "square last two dimensions [..., n, n], n >= 1", list(logits.shape))
+    check_sinkhorn_iters(op, "iters", iters)
+    return n, check_float(op, "eps", eps, positive=True)
+
+
+def validate_mhc_pre(
+    residual,
+    fn,
+    hc_scale,
+    hc_base,
+    *,
+    rms_eps=1e-6,
+    pre_eps=1e-6,
+    sinkhorn_eps=1e-6,
+    post_mult=1.0,
+    sinkhorn_iters=20,
+) -> tuple[int, int, int]:
+    """Every check of mhc_pre's input, before any work (shared with the fast paths so their
+    errors match): returns (T, hc, H)."""
+    op = "mhc_pre"
+    shape = _check_streams(op, residual)
+    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    return shape
+
+
+def validate_mhc_post(x, residual, post_mix, comb_res_mix) -> tuple[int, int, int]:
+    """Every check of mhc_post's input, before any work (shared with the fast paths so their
+    errors match): returns (T, hc, H)."""
+    _check_post_inputs("mhc_post", x, residual, post_mix, comb_res_mix)
+    return tuple(residual.shape)
+
+
+def validate_mhc_fused_post_pre(
+    x,
+    residual,
+    post_mix,
+    comb_res_mix,
+    fn,
+    hc_scale,
+    hc_base,
+    *,
+    rms_eps=1e-6,
+    pre_eps=1e-6,
+    sinkhorn_eps=1e-6,
+    post_mult=1.0,
+    sinkhorn_iters=20,
+) -> tuple[int, int, int]:
+    """Every check of mhc_fused_post_pre's input, before any work (shared with the fast paths
+    so their errors match): returns (T, hc, H)."""
+    op = "mhc_fused_post_pre"
+    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
+    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    return tuple(residual.shape)
+
+
+def validate_mhc_head(residual, fn, hc_scale, hc_base, *, rms_eps=1e-6, hc_eps=1e-6):
+    """Every check of mhc_head's input, before any work (shared with the fast paths so their
+    errors match): returns (T, hc, H, rms_eps, hc_eps)."""
+    op = "mhc_head"
+    t, hc, h = _check_streams(op, residual)
+    dev = residual.device
+    check_tensor(op, "fn", fn, dtypes=F32, shape=(hc, hc * h), device=dev)
+    check_tensor(op, "hc_scale", hc_scale, dtypes=F32, shape=(1,), device=dev)
+    check_tensor(op, "hc_base", hc_base, dtypes=F32, shape=(hc,), device=dev)
+    rms_eps = check_float(op, "rms_eps", rms_eps, positive=True)
+    hc_eps = check_float(op, "hc_eps", hc_eps, lo=0.0)
+    return t, hc, h, rms_eps, hc_eps
+
+
 def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
     """`logits [..., n, n]` float32 -> doubly (near-)stochastic `p [..., n, n]` float32.
 
@@ -131,14 +209,7 @@ def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> tor
     `iters - 1` times a row then a column normalization. It ends on columns: columns sum to 1
     within about n * eps, rows approximately. `eps > 0` keeps every divisor positive.
     """
-    op = "sinkhorn"
-    check_tensor(op, "logits", logits, dtypes=F32, min_ndim=2)
-    n = logits.shape[-1]
-    if logits.shape[-2] != n or n < 1:
-        fail(op, "logits", "square last two dimensions [..., n, n], n >= 1", list(logits.shape))
-    check_int(op, "iters", iters, lo=1)
-    eps = _finite(op, "eps", eps, positive=True)
-
+    _, eps = validate_sinkhorn(logits, iters=iters, eps=eps)
     p = _sinkhorn_math(logits.to(compute_dtype()), iters, eps)
     return finish(p, torch.float32)
 
@@ -164,11 +235,17 @@ def mhc_pre(
     `post_mix = sigmoid * post_mult`, `comb_res_mix = sinkhorn(comb slice)`,
     `layer_input = sum_i pre[i] * residual[:, i]`.
     """
-    op = "mhc_pre"
-    _check_streams(op, residual)
-    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
-    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
-
+    validate_mhc_pre(
+        residual,
+        fn,
+        hc_scale,
+        hc_base,
+        rms_eps=rms_eps,
+        pre_eps=pre_eps,
+        sinkhorn_eps=sinkhorn_eps,
+        post_mult=post_mult,
+        sinkhorn_iters=sinkhorn_iters,
+    )
     post, comb, layer_input = _pre_math(
         residual.to(compute_dtype()),
         fn,
@@ -199,23 +276,32 @@ def mhc_post(
     `x [T, H]`, `residual [T, hc, H]`, `post_mix [T, hc, 1]` or `[T, hc]` float32,
     `comb_res_mix [T, hc, hc]` float32 indexed `[old stream i, new stream j]`.
     """
-    op = "mhc_post"
-    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
-
+    validate_mhc_post(x, residual, post_mix, comb_res_mix)
     new = _post_math(x, residual, post_mix, comb_res_mix, compute_dtype())
     return finish(new, residual.dtype)
 
 
-def _fused(op, x, residual, post_mix, comb_res_mix, fn, hc_scale, hc_base, opts, keep_f32):
-    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
-    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
-    _check_pre_options(op, *opts)
+def _fused(x, residual, post_mix, comb_res_mix, fn, hc_scale, hc_base, opts, keep_f32):
+    rms_eps, pre_eps, sinkhorn_eps, post_mult, iters = opts
+    validate_mhc_fused_post_pre(
+        x,
+        residual,
+        post_mix,
+        comb_res_mix,
+        fn,
+        hc_scale,
+        hc_base,
+        rms_eps=rms_eps,
+        pre_eps=pre_eps,
+        sinkhorn_eps=sinkhorn_eps,
+        post_mult=post_mult,
+        sinkhorn_iters=iters,
+    )
 
     new = _post_math(x, residual, post_mix, comb_res_mix, compute_dtype())
     # The unfused chain rounds new_residual to residual.dtype before the pre reads it: an
     # op-defined intermediate rounding, so it applies even when the final rounding is off.
     pre_in = new if keep_f32 else new.to(residual.dtype).to(new.dtype)
-    rms_eps, pre_eps, sinkhorn_eps, post_mult, iters = opts
     post, comb, layer_input = _pre_math(
         pre_in,
         fn,
@@ -259,7 +345,6 @@ def mhc_fused_post_pre(
     """
     opts = (rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
     return _fused(
-        "mhc_fused_post_pre",
         x,
         residual,
         post_mix,
@@ -292,7 +377,6 @@ def mhc_fused_post_pre_f32(
     """
     opts = (rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
     return _fused(
-        "mhc_fused_post_pre",
         x,
         residual,
         post_mix,
@@ -320,15 +404,9 @@ def mhc_head(
     `pre = sigmoid((r / rms(r)) @ fn.T * hc_scale + hc_base) + hc_eps`,
     `out = sum_i pre[:, i] * residual[:, i]`.
     """
-    op = "mhc_head"
-    _, hc, h = _check_streams(op, residual)
-    dev = residual.device
-    check_tensor(op, "fn", fn, dtypes=F32, shape=(hc, hc * h), device=dev)
-    check_tensor(op, "hc_scale", hc_scale, dtypes=F32, shape=(1,), device=dev)
-    check_tensor(op, "hc_base", hc_base, dtypes=F32, shape=(hc,), device=dev)
-    rms_eps = _finite(op, "rms_eps", rms_eps, positive=True)
-    hc_eps = _finite(op, "hc_eps", hc_eps, lo=0.0)
-
+    _, hc, h, rms_eps, hc_eps = validate_mhc_head(
+        residual, fn, hc_scale, hc_base, rms_eps=rms_eps, hc_eps=hc_eps
+    )
     dt = compute_dtype()
     r3 = residual.to(dt)
     r = r3.reshape(r3.shape[0], hc * h)

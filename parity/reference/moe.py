@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from parity.reference._common import (
+from parity.reference.common import (
     FLOAT_DTYPES,
     FP8,
     check_choice,

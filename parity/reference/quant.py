@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from parity.reference._common import (
+from parity.reference.common import (
     FLOAT_DTYPES,
     FP8,
     check_choice,
@@ -117,6 +117,20 @@ def _check_fp8_quant_options(op: str, group_size, scale_format, column_major_sca
     _check_bool(op, "column_major_scales", column_major_scales)
 
 
+def validate_fp8_quant(
+    x, *, group_size=128, scale_format="fp32", column_major_scales=False, eps=1e-10
+) -> float:
+    """Every check of fp8_quant's input, before any work (shared with the fast paths so their
+    errors match): returns eps as a float."""
+    op = "fp8_quant"
+    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
+    _check_fp8_quant_options(op, group_size, scale_format, column_major_scales)
+    eps = check_float(op, "eps", eps, positive=True)
+    if x.shape[1] % group_size != 0:
+        fail(op, "x", f"K (dim 1) divisible by group_size={group_size}", list(x.shape))
+    return eps
+
+
 def fp8_quant(
     x: torch.Tensor,
     *,
@@ -132,13 +146,13 @@ def fp8_quant(
     group_size]` float32, column-major (strides (1, M)) with `column_major_scales`. An all-zero
     group gets `s = eps / 448` and zero codes. NaN and inf: see the module docstring.
     """
-    op = "fp8_quant"
-    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
-    _check_fp8_quant_options(op, group_size, scale_format, column_major_scales)
-    eps = check_float(op, "eps", eps, positive=True)
-    if x.shape[1] % group_size != 0:
-        fail(op, "x", f"K (dim 1) divisible by group_size={group_size}", list(x.shape))
-
+    eps = validate_fp8_quant(
+        x,
+        group_size=group_size,
+        scale_format=scale_format,
+        column_major_scales=column_major_scales,
+        eps=eps,
+    )
     q, s = _fp8_quant_f32(x.to(torch.float32), group_size, scale_format, eps)
     return q.to(FP8), _column_major(s) if column_major_scales else s
 
@@ -176,6 +190,16 @@ def _fp8_block_quant_f32(
     return q.contiguous(), s.contiguous()
 
 
+def validate_fp8_block_quant(w, *, block_shape=(128, 128), scale_format="fp32") -> tuple[int, int]:
+    """Every check of fp8_block_quant's input, before any work (shared with the fast paths so
+    their errors match): returns block_shape as a tuple."""
+    op = "fp8_block_quant"
+    check_tensor(op, "w", w, dtypes=FLOAT_DTYPES, min_ndim=2)
+    block_shape = _check_block_shape(op, block_shape)
+    check_choice(op, "scale_format", scale_format, SCALE_FORMATS)
+    return block_shape
+
+
 def fp8_block_quant(
     w: torch.Tensor, *, block_shape=(128, 128), scale_format: str = "fp32"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,11 +209,7 @@ def fp8_block_quant(
     `s = max(amax, 1e-4) / 448` (ue8m0: rounded up to a power of two); `scales [...,
     ceil(R/br), ceil(C/bc)]` float32. NaN and inf: see the module docstring.
     """
-    op = "fp8_block_quant"
-    check_tensor(op, "w", w, dtypes=FLOAT_DTYPES, min_ndim=2)
-    block_shape = _check_block_shape(op, block_shape)
-    check_choice(op, "scale_format", scale_format, SCALE_FORMATS)
-
+    block_shape = validate_fp8_block_quant(w, block_shape=block_shape, scale_format=scale_format)
     q, s = _fp8_block_quant_f32(w.to(torch.float32), block_shape, scale_format)
     return q.to(FP8), s
 
@@ -230,6 +250,30 @@ def _silu_mul_fp8_quant_f32(
     return _fp8_quant_f32(y, group_size, scale_format, 1e-10)
 
 
+def validate_silu_mul_fp8_quant(
+    x,
+    *,
+    group_size=128,
+    limit=None,
+    clamp_mode="pre",
+    scale_format="fp32",
+    column_major_scales=False,
+) -> float | None:
+    """Every check of silu_mul_fp8_quant's input, before any work (shared with the fast paths
+    so their errors match): returns limit as a float (None stays None)."""
+    op = "silu_mul_fp8_quant"
+    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
+    _check_fp8_quant_options(op, group_size, scale_format, column_major_scales)
+    if limit is not None:
+        limit = check_float(op, "limit", limit, positive=True)
+    check_choice(op, "clamp_mode", clamp_mode, CLAMP_MODES)
+    if x.shape[1] % 2 != 0:
+        fail(op, "x", "an even last dimension (gate and up halves)", list(x.shape))
+    if (x.shape[1] // 2) % group_size != 0:
+        fail(op, "x", f"N = dim 1 / 2 divisible by group_size={group_size}", list(x.shape))
+    return limit
+
+
 def silu_mul_fp8_quant(
     x: torch.Tensor,
     *,
@@ -242,17 +286,14 @@ def silu_mul_fp8_quant(
     """`fp8_quant(swiglu(x, limit=limit, clamp_mode=clamp_mode), ...)` with the SwiGLU result
     kept in float32 (the fused kernel). `x [M, 2N]` ("concat" halves), N % group_size == 0.
     """
-    op = "silu_mul_fp8_quant"
-    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
-    _check_fp8_quant_options(op, group_size, scale_format, column_major_scales)
-    if limit is not None:
-        check_float(op, "limit", limit, positive=True)
-    check_choice(op, "clamp_mode", clamp_mode, CLAMP_MODES)
-    if x.shape[1] % 2 != 0:
-        fail(op, "x", "an even last dimension (gate and up halves)", list(x.shape))
-    if (x.shape[1] // 2) % group_size != 0:
-        fail(op, "x", f"N = dim 1 / 2 divisible by group_size={group_size}", list(x.shape))
-
+    limit = validate_silu_mul_fp8_quant(
+        x,
+        group_size=group_size,
+        limit=limit,
+        clamp_mode=clamp_mode,
+        scale_format=scale_format,
+        column_major_scales=column_major_scales,
+    )
     q, s = _silu_mul_fp8_quant_f32(x, group_size, limit, clamp_mode, scale_format)
     return q.to(FP8), _column_major(s) if column_major_scales else s
 
@@ -282,6 +323,19 @@ def _mxfp4_quant_f32(x32: torch.Tensor, scale_rounding: str) -> tuple[torch.Tens
     return pack_nibbles(codes.reshape(*lead, k)).contiguous(), scales.contiguous()
 
 
+def validate_mxfp4_quant(x, *, block=32, scale_rounding="floor") -> None:
+    """Every check of mxfp4_quant's input, before any work (shared with the fast paths so their
+    errors match)."""
+    op = "mxfp4_quant"
+    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
+    check_int(op, "block", block, lo=1)
+    if block != MX_BLOCK:
+        fail(op, "block", f"{MX_BLOCK} (the only MX block size)", block)
+    check_choice(op, "scale_rounding", scale_rounding, SCALE_ROUNDINGS)
+    if x.shape[-1] % MX_BLOCK != 0:
+        fail(op, "x", f"last dimension divisible by {MX_BLOCK}", list(x.shape))
+
+
 def mxfp4_quant(
     x: torch.Tensor, *, block: int = 32, scale_rounding: str = "floor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,26 +348,13 @@ def mxfp4_quant(
     value, ties to the even code, saturating at 6; -0.0 keeps its sign (code 8). `block` must be
     32: the MX formats define no other block size. NaN and inf: see the module docstring.
     """
-    op = "mxfp4_quant"
-    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
-    check_int(op, "block", block, lo=1)
-    if block != MX_BLOCK:
-        fail(op, "block", f"{MX_BLOCK} (the only MX block size)", block)
-    check_choice(op, "scale_rounding", scale_rounding, SCALE_ROUNDINGS)
-    if x.shape[-1] % MX_BLOCK != 0:
-        fail(op, "x", f"last dimension divisible by {MX_BLOCK}", list(x.shape))
-
+    validate_mxfp4_quant(x, block=block, scale_rounding=scale_rounding)
     return _mxfp4_quant_f32(x.to(torch.float32), scale_rounding)
 
 
-def mxfp4_dequant(
-    packed: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16
-) -> torch.Tensor:
-    """`packed [..., K//2]` uint8, `scales [..., K//32]` uint8 -> `x [..., K]` in `dtype`.
-
-    `value * 2 ** (code - 127)` computed exactly in float32 (code 0 is the subnormal 2**-127),
-    then rounded once to `dtype`; scale code 255 gives NaN for its whole block; -0.0 is kept.
-    """
+def validate_mxfp4_dequant(packed, scales, *, dtype=torch.bfloat16) -> int:
+    """Every check of mxfp4_dequant's input, before any work (shared with the fast paths so
+    their errors match): returns K, the unpacked last dimension."""
     op = "mxfp4_dequant"
     check_tensor(op, "packed", packed, dtypes=(torch.uint8,), min_ndim=1)
     if packed.shape[-1] % (MX_BLOCK // 2) != 0:
@@ -329,7 +370,18 @@ def mxfp4_dequant(
     )
     if dtype not in FLOAT_DTYPES:
         fail(op, "dtype", "one of bfloat16, float16, float32", dtype, kind=TypeError)
+    return k
 
+
+def mxfp4_dequant(
+    packed: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """`packed [..., K//2]` uint8, `scales [..., K//32]` uint8 -> `x [..., K]` in `dtype`.
+
+    `value * 2 ** (code - 127)` computed exactly in float32 (code 0 is the subnormal 2**-127),
+    then rounded once to `dtype`; scale code 255 gives NaN for its whole block; -0.0 is kept.
+    """
+    k = validate_mxfp4_dequant(packed, scales, dtype=dtype)
     *lead, _ = packed.shape
     values = e2m1_decode(unpack_nibbles(packed)).reshape(*lead, k // MX_BLOCK, MX_BLOCK)
     x = values * e8m0_decode(scales).unsqueeze(-1)

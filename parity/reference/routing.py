@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.reference._common import (
+from parity.reference.common import (
     FLOAT_DTYPES,
     check_choice,
     check_float,
@@ -118,6 +118,26 @@ def _select(key: torch.Tensor, k: int, n_group: int, topk_group: int) -> torch.T
 # --- route ----------------------------------------------------------------------------------------
 
 
+def validate_route(
+    logits,
+    *,
+    k,
+    method="softmax",
+    bias=None,
+    n_group=1,
+    topk_group=1,
+    renormalize=True,
+    routed_scaling_factor=1.0,
+) -> float:
+    """Every check of route's input, before any work (shared with the fast paths so their
+    errors match): returns routed_scaling_factor as a float."""
+    op = "route"
+    _check_route_args(op, logits, k, method, bias, n_group, topk_group)
+    if not isinstance(renormalize, bool):
+        fail(op, "renormalize", "a bool", type(renormalize).__name__, kind=TypeError)
+    return check_float(op, "routed_scaling_factor", routed_scaling_factor, positive=True)
+
+
 def route(
     logits: torch.Tensor,
     *,
@@ -140,12 +160,16 @@ def route(
     `compute_dtype()`; ties go to the lowest index. The order of the k entries is by decreasing
     key.
     """
-    op = "route"
-    _check_route_args(op, logits, k, method, bias, n_group, topk_group)
-    if not isinstance(renormalize, bool):
-        fail(op, "renormalize", "a bool", type(renormalize).__name__, kind=TypeError)
-    scale = check_float(op, "routed_scaling_factor", routed_scaling_factor, positive=True)
-
+    scale = validate_route(
+        logits,
+        k=k,
+        method=method,
+        bias=bias,
+        n_group=n_group,
+        topk_group=topk_group,
+        renormalize=renormalize,
+        routed_scaling_factor=routed_scaling_factor,
+    )
     key, score = _keys(logits, method, bias, compute_dtype())
     ids = _select(key, k, n_group, topk_group)
     w = score.gather(1, ids)
@@ -262,6 +286,34 @@ def check_route_selection(
 # --- moe_align ------------------------------------------------------------------------------------
 
 
+# Every output is int32 and indexed by int32 offsets (vLLM's kernels and ours): the length of
+# sorted_ids, T*k + E*(block_size - 1), must stay below 2**31. Experts get a per-expert table
+# (counts, offsets) and the largest MoE models have a few hundred per layer: 2**20 keeps such a
+# table at 8 MiB; a larger num_experts is a mistaken argument, not a model.
+MAX_EXPERTS = 1 << 20
+_INT32_LIMIT = 2**31
+
+
+def validate_moe_align(topk_ids, *, num_experts, block_size) -> None:
+    """Every check of moe_align's input, before any work (shared with the fast paths so their
+    errors match). One reduction and one host sync for the id range."""
+    op = "moe_align"
+    check_tensor(op, "topk_ids", topk_ids, dtypes=(torch.int32,), ndim=2)
+    check_int(op, "num_experts", num_experts, lo=1, hi=MAX_EXPERTS)
+    check_int(op, "block_size", block_size, lo=1, hi=_INT32_LIMIT - 1)
+    n = topk_ids.numel()
+    size = n + num_experts * (block_size - 1)
+    if size >= _INT32_LIMIT:
+        want = f"T*k + num_experts*(block_size-1) < 2**31 (int32 offsets; T*k={n})"
+        fail(op, "num_experts, block_size", want, f"{num_experts}, {block_size}")
+    if n:
+        flat = topk_ids.reshape(-1)
+        lo, hi = torch.stack(torch.aminmax(flat)).tolist()
+        if lo < -1 or hi >= num_experts:
+            bad = (flat < -1) | (flat >= num_experts)
+            fail(op, "topk_ids", f"values in [0, {num_experts}) or -1", int(flat[bad][0]))
+
+
 def moe_align(
     topk_ids: torch.Tensor, *, num_experts: int, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -274,15 +326,8 @@ def moe_align(
     without tokens get no block. Past the specified prefix the reference fills `sorted_ids` with
     `T*k` and `expert_ids` with -1 (vLLM's torch golden does the same); checks ignore that tail.
     """
-    op = "moe_align"
-    check_tensor(op, "topk_ids", topk_ids, dtypes=(torch.int32,), ndim=2)
-    check_int(op, "num_experts", num_experts, lo=1)
-    check_int(op, "block_size", block_size, lo=1)
+    validate_moe_align(topk_ids, num_experts=num_experts, block_size=block_size)
     flat = topk_ids.reshape(-1).long()
-    bad = (flat < -1) | (flat >= num_experts)
-    if bool(bad.any()):
-        fail(op, "topk_ids", f"values in [0, {num_experts}) or -1", int(flat[bad][0]))
-
     dev, n = topk_ids.device, flat.numel()
     sorted_ids = torch.full((n + num_experts * (block_size - 1),), n, dtype=torch.int32, device=dev)
     expert_ids = torch.full(

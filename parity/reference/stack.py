@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from parity.reference._common import (
+from parity.reference.common import (
     FLOAT_DTYPES,
     check_choice,
     check_float,
@@ -45,7 +45,13 @@ from parity.reference._common import (
     finish,
     precision,
 )
-from parity.reference.mhc import mhc_fused_post_pre, mhc_head, mhc_post, mhc_pre
+from parity.reference.mhc import (
+    check_sinkhorn_iters,
+    mhc_fused_post_pre,
+    mhc_head,
+    mhc_post,
+    mhc_pre,
+)
 from parity.reference.moe import fused_moe
 from parity.reference.quant import fp8_block_quant, mxfp4_quant
 from parity.reference.routing import route
@@ -143,7 +149,7 @@ class StackConfig:
             check_float(OP, "swiglu_limit", self.swiglu_limit, positive=True)
         check_float(OP, "routed_scaling_factor", self.routed_scaling_factor, positive=True)
         check_float(OP, "post_mult", self.post_mult)
-        check_int(OP, "sinkhorn_iters", self.sinkhorn_iters, lo=1)
+        check_sinkhorn_iters(OP, "sinkhorn_iters", self.sinkhorn_iters)
         h = self.hidden
         if self.quant == "fp8_block":
             blk = FP8_BLOCK[1]
@@ -313,6 +319,56 @@ def _check_ops(ops) -> dict[str, Callable]:
 # --- the stack ----------------------------------------------------------------------------------
 
 
+def validate_decoder_stack(
+    x,
+    *,
+    start_layer,
+    end_layer,
+    ops=None,
+    num_layers=4,
+    hc=4,
+    num_experts=8,
+    top_k=2,
+    n_group=2,
+    topk_group=1,
+    intermediate=64,
+    quant="none",
+    swiglu_limit=10.0,
+    routed_scaling_factor=2.5,
+    post_mult=2.0,
+    sinkhorn_iters=20,
+    seed=0,
+    capture=None,
+) -> tuple[StackConfig, dict[str, Callable]]:
+    """Every check of decoder_stack's input, before any work (shared with the fast paths so
+    their errors match): returns (the config, the full ops table)."""
+    check_tensor(OP, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
+    cfg = StackConfig(
+        hidden=x.shape[1],
+        dtype=x.dtype,
+        num_layers=num_layers,
+        hc=hc,
+        num_experts=num_experts,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        intermediate=intermediate,
+        quant=quant,
+        swiglu_limit=swiglu_limit,
+        routed_scaling_factor=routed_scaling_factor,
+        post_mult=post_mult,
+        sinkhorn_iters=sinkhorn_iters,
+    )
+    cfg.validate()
+    check_int(OP, "start_layer", start_layer, lo=0, hi=num_layers)
+    check_int(OP, "end_layer", end_layer, lo=start_layer, hi=num_layers)
+    table = _check_ops(ops)
+    if capture is not None and not isinstance(capture, list):
+        fail(OP, "capture", "a list or None", type(capture).__name__, kind=TypeError)
+    check_int(OP, "seed", seed, lo=0)
+    return cfg, table
+
+
 def decoder_stack(
     x: torch.Tensor,
     *,
@@ -342,10 +398,11 @@ def decoder_stack(
     DeepseekV4Model does). `start_layer == end_layer` runs no layer: the output is the mhc_head
     of the copied input streams. A `capture` list receives one `OpCall` per op call.
     """
-    check_tensor(OP, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
-    cfg = StackConfig(
-        hidden=x.shape[1],
-        dtype=x.dtype,
+    cfg, table = validate_decoder_stack(
+        x,
+        start_layer=start_layer,
+        end_layer=end_layer,
+        ops=ops,
         num_layers=num_layers,
         hc=hc,
         num_experts=num_experts,
@@ -358,13 +415,9 @@ def decoder_stack(
         routed_scaling_factor=routed_scaling_factor,
         post_mult=post_mult,
         sinkhorn_iters=sinkhorn_iters,
+        seed=seed,
+        capture=capture,
     )
-    cfg.validate()
-    check_int(OP, "start_layer", start_layer, lo=0, hi=num_layers)
-    check_int(OP, "end_layer", end_layer, lo=start_layer, hi=num_layers)
-    table = _check_ops(ops)
-    if capture is not None and not isinstance(capture, list):
-        fail(OP, "capture", "a list or None", type(capture).__name__, kind=TypeError)
     weights = stack_weights(cfg, seed, x.device)
 
     run = _Runner(table, capture)

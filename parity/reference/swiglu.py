@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.reference._common import (
+from parity.reference.common import (
     FLOAT_DTYPES,
     check_choice,
     check_float,
@@ -28,10 +28,23 @@ def check_swiglu_options(op: str, limit, alpha, beta, layout, clamp_mode, *, pre
     check_choice(op, f"{prefix}clamp_mode", clamp_mode, CLAMP_MODES)
 
 
-def _check_x(op: str, x) -> None:
+def validate_swiglu(
+    x,
+    *,
+    limit=None,
+    alpha=1.0,
+    beta=0.0,
+    layout="concat",
+    clamp_mode="pre",
+) -> tuple[float | None, float, float]:
+    """Every check of swiglu's input, before any work (shared with the fast paths so their
+    errors match): returns (limit, alpha, beta) as floats (limit None stays None)."""
+    op = "swiglu"
     check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
     if x.shape[-1] % 2 != 0:
         fail(op, "x", "an even last dimension (gate and up halves)", list(x.shape))
+    check_swiglu_options(op, limit, alpha, beta, layout, clamp_mode)
+    return (None if limit is None else float(limit)), float(alpha), float(beta)
 
 
 def swiglu_math(x, *, limit, alpha, beta, layout, clamp_mode, dtype):
@@ -68,8 +81,7 @@ def swiglu_f32(
     For the ops that consume SwiGLU inside a fused kernel (silu_mul_fp8_quant, fused_moe);
     `dtype=torch.float32` gives the float32 intermediate a fused quantizer sees.
     """
-    _check_x("swiglu", x)
-    check_swiglu_options("swiglu", limit, alpha, beta, layout, clamp_mode)
+    validate_swiglu(x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode)
     return swiglu_math(
         x,
         limit=limit,

@@ -6,7 +6,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from parity.reference._common import precision
+from parity.reference.common import precision
 from parity.reference.mhc import (
     mhc_fused_post_pre,
     mhc_fused_post_pre_f32,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parity.reference._common import precision
+from parity.reference.common import precision
 from parity.reference.moe import fused_moe
 from parity.reference.quant import (
     fp8_block_dequant,

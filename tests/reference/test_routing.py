@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from parity.reference._common import precision
+from parity.reference.common import precision
 from parity.reference.routing import check_route_selection, moe_align, route
 
 

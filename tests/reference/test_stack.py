@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parity.reference._common import precision
+from parity.reference.common import precision
 from parity.reference.mhc import mhc_head, mhc_post, mhc_pre
 from parity.reference.moe import fused_moe
 from parity.reference.routing import route

@@ -46,15 +46,9 @@ from __future__ import annotations
 import torch
 
 from parity._errors import Unsupported
-from parity.reference._common import check_float, fail
-from parity.reference.mhc import (
-    _check_post_inputs,
-    _check_pre_options,
-    _check_pre_weights,
-    _check_streams,
-)
-from parity.reference.routing import _check_route_args
-from parity.reference.swiglu import _check_x, check_swiglu_options
+from parity.reference.mhc import validate_mhc_post, validate_mhc_pre
+from parity.reference.routing import validate_route
+from parity.reference.swiglu import validate_swiglu
 from parity.registry import register
 
 _F32_MAX = torch.finfo(torch.float32).max
@@ -84,7 +78,7 @@ def _bf16(op: str, name: str, t: torch.Tensor) -> None:
 )
 def mhc_post(x, residual, post_mix, comb_res_mix):
     op = "mhc_post"
-    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
+    validate_mhc_post(x, residual, post_mix, comb_res_mix)
     _cuda(op, residual)
     _bf16(op, "residual", residual)
     _bf16(op, "x", x)
@@ -125,9 +119,17 @@ def mhc_pre(
     sinkhorn_iters=20,
 ):
     op = "mhc_pre"
-    t, hc, h = _check_streams(op, residual)
-    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
-    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
+    t, hc, h = validate_mhc_pre(
+        residual,
+        fn,
+        hc_scale,
+        hc_base,
+        rms_eps=rms_eps,
+        pre_eps=pre_eps,
+        sinkhorn_eps=sinkhorn_eps,
+        post_mult=post_mult,
+        sinkhorn_iters=sinkhorn_iters,
+    )
     _cuda(op, residual)
     _bf16(op, "residual", residual)
     if hc != 4:
@@ -137,8 +139,8 @@ def mhc_pre(
     for name, v in (("rms_eps", rms_eps), ("pre_eps", pre_eps), ("sinkhorn_eps", sinkhorn_eps)):
         if not float(v) > 0.0 or float(v) < torch.finfo(torch.float32).tiny:
             raise Unsupported(f"{op}: FlashInfer needs {name} > 0 in float32, got {v}")
-    if abs(float(post_mult)) > _F32_MAX or sinkhorn_iters > 2**31 - 1:
-        raise Unsupported(f"{op}: options must fit float32 / int32 kernel arguments")
+    if abs(float(post_mult)) > _F32_MAX:  # sinkhorn_iters: bounded by the reference
+        raise Unsupported(f"{op}: post_mult={post_mult} does not fit a float32 kernel argument")
     dev = residual.device
     if t == 0:
         return (
@@ -176,8 +178,7 @@ def mhc_pre(
 )
 def swiglu(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="pre"):
     op = "swiglu"
-    _check_x(op, x)
-    check_swiglu_options(op, limit, alpha, beta, layout, clamp_mode)
+    validate_swiglu(x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode)
     if limit is not None or float(alpha) != 1.0 or float(beta) != 0.0 or layout != "concat":
         raise Unsupported(
             f"{op}: flashinfer.silu_and_mul is plain SiLU-and-mul on the concat layout "
@@ -237,10 +238,16 @@ def route(
     routed_scaling_factor=1.0,
 ):
     op = "route"
-    _check_route_args(op, logits, k, method, bias, n_group, topk_group)
-    if not isinstance(renormalize, bool):
-        fail(op, "renormalize", "a bool", type(renormalize).__name__, kind=TypeError)
-    scale = check_float(op, "routed_scaling_factor", routed_scaling_factor, positive=True)
+    scale = validate_route(
+        logits,
+        k=k,
+        method=method,
+        bias=bias,
+        n_group=n_group,
+        topk_group=topk_group,
+        renormalize=renormalize,
+        routed_scaling_factor=routed_scaling_factor,
+    )
     if method != "dsv3":
         raise Unsupported(f"{op}: fused_topk_deepseek implements method='dsv3' only")
     if not renormalize:

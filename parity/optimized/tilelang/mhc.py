@@ -25,14 +25,13 @@ from __future__ import annotations
 import torch
 
 from parity._errors import Unsupported
-from parity.reference._common import FLOAT_DTYPES, check_int, check_tensor, fail
+from parity.reference.common import FLOAT_DTYPES
 from parity.reference.mhc import (
-    F32,
-    _check_post_inputs,
-    _check_pre_options,
-    _check_pre_weights,
-    _check_streams,
-    _finite,
+    validate_mhc_fused_post_pre,
+    validate_mhc_head,
+    validate_mhc_post,
+    validate_mhc_pre,
+    validate_sinkhorn,
 )
 from parity.registry import register
 
@@ -150,9 +149,7 @@ def _finalize_pre(part, sq, hc_scale, hc_base, residual, opts):
 
 
 def _pre_opts(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters):
-    _check_pre_options(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
-    if sinkhorn_iters > 2**31 - 1:
-        raise Unsupported(f"{op}: sinkhorn_iters={sinkhorn_iters} does not fit an int32")
+    """The validated options as kernel arguments (sinkhorn_iters: bounded by the reference)."""
     return (
         _f32_arg(op, "rms_eps", rms_eps, divides=True),
         _f32_arg(op, "pre_eps", pre_eps),
@@ -185,17 +182,10 @@ def pre_impl(residual, fn, hc_scale, hc_base, opts, path=None):
 @register("sinkhorn", name="tilelang", note="one thread per matrix, n <= 8", **_COMMON)
 def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
     op = "sinkhorn"
-    check_tensor(op, "logits", logits, dtypes=F32, min_ndim=2)
-    n = logits.shape[-1]
-    if logits.shape[-2] != n or n < 1:
-        fail(op, "logits", "square last two dimensions [..., n, n], n >= 1", list(logits.shape))
-    check_int(op, "iters", iters, lo=1)
-    eps = _finite(op, "eps", eps, positive=True)
+    n, eps = validate_sinkhorn(logits, iters=iters, eps=eps)
     _cuda(op, logits)
     if n > MAX_SINKHORN_N:
         raise Unsupported(f"{op}: n={n} > {MAX_SINKHORN_N} (one thread per matrix)")
-    if iters > 2**31 - 1:
-        raise Unsupported(f"{op}: iters={iters} does not fit an int32")
     eps = _f32_arg(op, "eps", eps, divides=True)
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     b = logits.numel() // (n * n)
@@ -239,7 +229,7 @@ def mhc_post(
     comb_res_mix: torch.Tensor,
 ) -> torch.Tensor:
     op = "mhc_post"
-    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
+    validate_mhc_post(x, residual, post_mix, comb_res_mix)
     _cuda(op, residual)
     if residual.shape[1] > 16:
         raise Unsupported(f"{op}: hc={residual.shape[1]} > 16 (streams unrolled in registers)")
@@ -266,8 +256,17 @@ def mhc_pre(
     sinkhorn_iters: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "mhc_pre"
-    _, hc, _ = _check_streams(op, residual)
-    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    _, hc, _ = validate_mhc_pre(
+        residual,
+        fn,
+        hc_scale,
+        hc_base,
+        rms_eps=rms_eps,
+        pre_eps=pre_eps,
+        sinkhorn_eps=sinkhorn_eps,
+        post_mult=post_mult,
+        sinkhorn_iters=sinkhorn_iters,
+    )
     opts = _pre_opts(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
     _cuda(op, residual)
     _max_hc(op, hc)
@@ -334,8 +333,20 @@ def mhc_fused_post_pre(
     sinkhorn_iters: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "mhc_fused_post_pre"
-    _check_post_inputs(op, x, residual, post_mix, comb_res_mix)
-    _check_pre_weights(op, residual, fn, hc_scale, hc_base)
+    validate_mhc_fused_post_pre(
+        x,
+        residual,
+        post_mix,
+        comb_res_mix,
+        fn,
+        hc_scale,
+        hc_base,
+        rms_eps=rms_eps,
+        pre_eps=pre_eps,
+        sinkhorn_eps=sinkhorn_eps,
+        post_mult=post_mult,
+        sinkhorn_iters=sinkhorn_iters,
+    )
     opts = _pre_opts(op, rms_eps, pre_eps, sinkhorn_eps, post_mult, sinkhorn_iters)
     _cuda(op, residual)
     _max_hc(op, residual.shape[1])
@@ -366,13 +377,10 @@ def mhc_head(
     hc_eps: float = 1e-6,
 ) -> torch.Tensor:
     op = "mhc_head"
-    _, hc, h = _check_streams(op, residual)
+    _, hc, h, rms_eps, hc_eps = validate_mhc_head(
+        residual, fn, hc_scale, hc_base, rms_eps=rms_eps, hc_eps=hc_eps
+    )
     dev = residual.device
-    check_tensor(op, "fn", fn, dtypes=F32, shape=(hc, hc * h), device=dev)
-    check_tensor(op, "hc_scale", hc_scale, dtypes=F32, shape=(1,), device=dev)
-    check_tensor(op, "hc_base", hc_base, dtypes=F32, shape=(hc,), device=dev)
-    rms_eps = _finite(op, "rms_eps", rms_eps, positive=True)
-    hc_eps = _finite(op, "hc_eps", hc_eps, lo=0.0)
     _cuda(op, residual)
     if hc > 32:
         raise Unsupported(f"{op}: hc={hc} > 32")

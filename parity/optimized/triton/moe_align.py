@@ -15,7 +15,7 @@ import torch
 
 from parity._errors import Unsupported
 from parity.optimized.triton._launch import launch_context
-from parity.reference._common import check_int, check_tensor, fail
+from parity.reference.routing import validate_moe_align
 from parity.registry import register
 
 _MAX_COUNTS = 1 << 28  # chunks x experts scratch entries (1 GiB of int32)
@@ -108,16 +108,8 @@ def moe_align(
     topk_ids: torch.Tensor, *, num_experts: int, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "moe_align"
-    check_tensor(op, "topk_ids", topk_ids, dtypes=(torch.int32,), ndim=2)
-    check_int(op, "num_experts", num_experts, lo=1)
-    check_int(op, "block_size", block_size, lo=1)
+    validate_moe_align(topk_ids, num_experts=num_experts, block_size=block_size)
     flat = topk_ids.reshape(-1)
-    if flat.numel():
-        lo, hi = torch.stack(torch.aminmax(flat)).tolist()  # one reduction, one sync
-        if lo < -1 or hi >= num_experts:
-            bad = (flat < -1) | (flat >= num_experts)
-            fail(op, "topk_ids", f"values in [0, {num_experts}) or -1", int(flat[bad][0]))
-
     n = flat.numel()
     why = _too_big(n, num_experts, block_size)
     if why:

@@ -1,7 +1,7 @@
 """Triton quantizers (`docs/ops.md`): fp8_quant, silu_mul_fp8_quant (one fused kernel) and
 mxfp4_dequant. Registrations and wrappers only; kernels in `_kernels_quant.py`, imported on the
-first call (then kept in a module global). Validation is the reference's own, so the errors are
-the same.
+first call (then kept in a module global). Validation is the reference's `validate_<op>`, so
+the errors are the same.
 
 The FP8 kernels round with the native E4M3 cast where `_caps.native_fp8_ok` trusts it (CUDA
 capability 9.x; override with PARITY_TRITON_FP8_CAST=explicit|native, see `_caps.py`), else
@@ -14,16 +14,12 @@ import torch
 from parity._errors import Unsupported
 from parity.optimized.triton._caps import native_fp8_ok
 from parity.optimized.triton._launch import check_f32_scalar, launch_context
-from parity.reference._common import (
-    FLOAT_DTYPES,
-    FP8,
-    check_choice,
-    check_float,
-    check_tensor,
-    fail,
+from parity.reference.common import FLOAT_DTYPES, FP8
+from parity.reference.quant import (
+    validate_fp8_quant,
+    validate_mxfp4_dequant,
+    validate_silu_mul_fp8_quant,
 )
-from parity.reference.quant import MX_BLOCK, _check_fp8_quant_options
-from parity.reference.swiglu import CLAMP_MODES
 from parity.registry import register
 
 _SILU_EPS = 1e-10  # silu_mul_fp8_quant quantizes with fp8_quant's default eps
@@ -69,11 +65,13 @@ def fp8_quant(
     eps: float = 1e-10,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "fp8_quant"
-    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
-    _check_fp8_quant_options(op, group_size, scale_format, column_major_scales)
-    eps = check_float(op, "eps", eps, positive=True)
-    if x.shape[1] % group_size != 0:
-        fail(op, "x", f"K (dim 1) divisible by group_size={group_size}", list(x.shape))
+    eps = validate_fp8_quant(
+        x,
+        group_size=group_size,
+        scale_format=scale_format,
+        column_major_scales=column_major_scales,
+        eps=eps,
+    )
     _check_group(op, group_size)
     eps = check_f32_scalar(op, "eps", eps)
 
@@ -115,15 +113,14 @@ def silu_mul_fp8_quant(
     column_major_scales: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "silu_mul_fp8_quant"
-    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
-    _check_fp8_quant_options(op, group_size, scale_format, column_major_scales)
-    if limit is not None:
-        limit = check_float(op, "limit", limit, positive=True)
-    check_choice(op, "clamp_mode", clamp_mode, CLAMP_MODES)
-    if x.shape[1] % 2 != 0:
-        fail(op, "x", "an even last dimension (gate and up halves)", list(x.shape))
-    if (x.shape[1] // 2) % group_size != 0:
-        fail(op, "x", f"N = dim 1 / 2 divisible by group_size={group_size}", list(x.shape))
+    limit = validate_silu_mul_fp8_quant(
+        x,
+        group_size=group_size,
+        limit=limit,
+        clamp_mode=clamp_mode,
+        scale_format=scale_format,
+        column_major_scales=column_major_scales,
+    )
     _check_group(op, group_size)
     if limit is not None:
         limit = check_f32_scalar(op, "limit", limit)
@@ -162,21 +159,7 @@ def mxfp4_dequant(
     packed: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
     op = "mxfp4_dequant"
-    check_tensor(op, "packed", packed, dtypes=(torch.uint8,), min_ndim=1)
-    if packed.shape[-1] % (MX_BLOCK // 2) != 0:
-        fail(op, "packed", f"last dimension divisible by {MX_BLOCK // 2}", list(packed.shape))
-    k = 2 * packed.shape[-1]
-    check_tensor(
-        op,
-        "scales",
-        scales,
-        dtypes=(torch.uint8,),
-        shape=(*packed.shape[:-1], k // MX_BLOCK),
-        device=packed.device,
-    )
-    if dtype not in FLOAT_DTYPES:
-        fail(op, "dtype", "one of bfloat16, float16, float32", dtype, kind=TypeError)
-
+    k = validate_mxfp4_dequant(packed, scales, dtype=dtype)
     y = torch.empty((*packed.shape[:-1], k), dtype=dtype, device=packed.device)
     numel = y.numel()
     if numel == 0:

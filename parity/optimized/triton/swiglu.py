@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from parity.optimized.triton._launch import check_f32_scalar, launch_context
-from parity.reference._common import FLOAT_DTYPES
-from parity.reference.swiglu import _check_x, check_swiglu_options
+from parity.reference.common import FLOAT_DTYPES
+from parity.reference.swiglu import validate_swiglu
 from parity.registry import register
 
 _kernels = None  # parity.optimized.triton._kernels_swiglu, imported on the first launch
@@ -39,11 +39,12 @@ def swiglu(
     clamp_mode: str = "pre",
 ) -> torch.Tensor:
     op = "swiglu"
-    _check_x(op, x)
-    check_swiglu_options(op, limit, alpha, beta, layout, clamp_mode)
-    limit = None if limit is None else check_f32_scalar(op, "limit", float(limit))
-    alpha = check_f32_scalar(op, "alpha", float(alpha))
-    beta = check_f32_scalar(op, "beta", float(beta))
+    limit, alpha, beta = validate_swiglu(
+        x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode
+    )
+    limit = None if limit is None else check_f32_scalar(op, "limit", limit)
+    alpha = check_f32_scalar(op, "alpha", alpha)
+    beta = check_f32_scalar(op, "beta", beta)
 
     shape = x.shape
     n = shape[-1] // 2
