@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from parity.tools import tune_cmd
+from parity.optimized.triton import tune
 
-MODELS = Path(tune_cmd.__file__).resolve().parents[1] / "optimized/triton/configs/models"
+MODELS = Path(tune.__file__).resolve().parent / "configs/models"
 
 
 def _load(name):
@@ -19,21 +19,21 @@ def _load(name):
 
 
 def test_model_shapes():
-    v3 = tune_cmd.model_shape(_load("DeepSeek-V3.config.json"), tp=8)
+    v3 = tune.model_shape(_load("DeepSeek-V3.config.json"), tp=8)
     assert (v3["E"], v3["k"], v3["H"], v3["N"], v3["quant"]) == (256, 8, 7168, 256, "fp8_block")
     assert v3["block_shape"] == [128, 128] and v3["swiglu"] == {}
-    v4 = tune_cmd.model_shape(_load("DeepSeek-V4-Flash.config.json"), ep=8)
+    v4 = tune.model_shape(_load("DeepSeek-V4-Flash.config.json"), ep=8)
     assert (v4["E"], v4["k"], v4["H"], v4["N"], v4["quant"]) == (32, 6, 4096, 2048, "mxfp4")
     assert v4["swiglu"] == {"swiglu_limit": 10.0}
-    oss = tune_cmd.model_shape(_load("gpt-oss-120b.config.json"), tp=2)
+    oss = tune.model_shape(_load("gpt-oss-120b.config.json"), tp=2)
     assert (oss["E"], oss["k"], oss["H"], oss["N"], oss["quant"]) == (128, 4, 2880, 1440, "mxfp4")
     assert oss["swiglu"]["layout"] == "interleaved" and oss["swiglu"]["swiglu_alpha"] == 1.702
-    forced = tune_cmd.model_shape(_load("DeepSeek-V4-Flash.config.json"), quant="fp8_block")
+    forced = tune.model_shape(_load("DeepSeek-V4-Flash.config.json"), quant="fp8_block")
     assert forced["quant"] == "fp8_block"
-    with pytest.raises(tune_cmd.UsageError, match="not divisible by --ep"):
-        tune_cmd.model_shape(_load("gpt-oss-120b.config.json"), ep=3)
-    with pytest.raises(tune_cmd.UsageError, match="divisible by 32"):
-        tune_cmd.model_shape(_load("gpt-oss-120b.config.json"), tp=8)  # N = 360
+    with pytest.raises(tune.UsageError, match="not divisible by --ep"):
+        tune.model_shape(_load("gpt-oss-120b.config.json"), ep=3)
+    with pytest.raises(tune.UsageError, match="divisible by 32"):
+        tune.model_shape(_load("gpt-oss-120b.config.json"), tp=8)  # N = 360
 
 
 def test_bad_config_is_a_usage_error(tmp_path, capsys):
@@ -62,7 +62,7 @@ def test_cpu_tuning_writes_file_and_rejects_wrong_candidate(tmp_path, monkeypatc
     path = tmp_path / "config.json"
     path.write_text(json.dumps(fake))
     out = tmp_path / "out"
-    monkeypatch.setenv(tune_cmd.FAULT_ENV, "skip_last_k")
+    monkeypatch.setenv(tune.FAULT_ENV, "skip_last_k")
     rc = main(
         [
             "tune",
@@ -110,9 +110,9 @@ def test_fault_candidate_is_rejected_even_if_fastest(monkeypatch):
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         pytest.skip("runs in the Triton interpreter")
-    monkeypatch.setenv(tune_cmd.FAULT_ENV, "skip_last_k")
-    monkeypatch.setattr(tune_cmd, "_time_cpu", lambda fn: 1.0)  # every candidate "as fast"
-    best, records = tune_cmd.tune(
+    monkeypatch.setenv(tune.FAULT_ENV, "skip_last_k")
+    monkeypatch.setattr(tune, "_time_cpu", lambda fn: 1.0)  # every candidate "as fast"
+    best, records = tune.tune(
         _FAKE_SHAPE, [2], device="cpu", dtype=torch.bfloat16, grid="tiny", log=lambda *_: None
     )
     faulty = [r for r in records if r["config"].get("SKIP_LAST_K")]
@@ -129,9 +129,9 @@ def test_check_only_times_nothing_and_still_rejects(monkeypatch):
     def no_timing(fn):
         raise AssertionError("check-only must not time")
 
-    monkeypatch.setenv(tune_cmd.FAULT_ENV, "skip_last_k")
-    monkeypatch.setattr(tune_cmd, "_time_cpu", no_timing)
-    best, records = tune_cmd.tune(
+    monkeypatch.setenv(tune.FAULT_ENV, "skip_last_k")
+    monkeypatch.setattr(tune, "_time_cpu", no_timing)
+    best, records = tune.tune(
         _FAKE_SHAPE,
         [2],
         device="cpu",
@@ -152,9 +152,9 @@ def test_each_finished_batch_size_is_reported_for_saving(monkeypatch):
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         pytest.skip("runs in the Triton interpreter")
-    monkeypatch.setattr(tune_cmd, "_time_cpu", lambda fn: 1.0)
+    monkeypatch.setattr(tune, "_time_cpu", lambda fn: 1.0)
     seen = []
-    tune_cmd.tune(
+    tune.tune(
         _FAKE_SHAPE,
         [1, 2],
         device="cpu",
@@ -170,21 +170,21 @@ def test_merge_keeps_other_batch_sizes(tmp_path):
     shape = dict(_FAKE_SHAPE)
     cfg = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32}
     cfg.update(GROUP_SIZE_M=1, num_warps=4, num_stages=1)
-    path = tune_cmd.save({1: cfg, 4: cfg}, shape, str(tmp_path), "cpu")
-    tune_cmd.save({4: dict(cfg, BLOCK_SIZE_M=64), 8: cfg}, shape, str(tmp_path), "cpu", merge=True)
+    path = tune.save({1: cfg, 4: cfg}, shape, str(tmp_path), "cpu")
+    tune.save({4: dict(cfg, BLOCK_SIZE_M=64), 8: cfg}, shape, str(tmp_path), "cpu", merge=True)
     table = json.loads(path.read_text())
     assert sorted(k for k in table if k != "triton_version") == ["1", "4", "8"]
     assert table["4"]["BLOCK_SIZE_M"] == 64 and table["1"]["BLOCK_SIZE_M"] == 16
-    tune_cmd.save({8: cfg}, shape, str(tmp_path), "cpu")  # without merge: replaced
+    tune.save({8: cfg}, shape, str(tmp_path), "cpu")  # without merge: replaced
     assert sorted(json.loads(path.read_text())) == ["8", "triton_version"]
 
 
 def test_mxfp4_threshold_a_batch_size_does_not_reach_is_the_in_gemm_path():
     pytest.importorskip("triton")
     shape = dict(_FAKE_SHAPE, quant="mxfp4", E=32, k=6)
-    cands = tune_cmd.candidate_grid("tiny", "mxfp4", (128, 128), torch.bfloat16)
+    cands = tune.candidate_grid("tiny", "mxfp4", (128, 128), torch.bfloat16)
     assert {c["MX_DEQUANT_MIN_ROWS"] for c in cands} == {0, 1}
-    low = tune_cmd._effective(cands, shape, 1, torch.bfloat16)  # 6 rows < 32 experts
+    low = tune._effective(cands, shape, 1, torch.bfloat16)  # 6 rows < 32 experts
     assert {c["MX_DEQUANT_MIN_ROWS"] for c in low} == {0} and len(low) == len(cands) // 2
-    high = tune_cmd._effective(cands, shape, 16, torch.bfloat16)
+    high = tune._effective(cands, shape, 16, torch.bfloat16)
     assert high == cands
