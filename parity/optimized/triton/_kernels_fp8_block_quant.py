@@ -1,0 +1,178 @@
+"""Triton kernels of `fp8_block_quant` (blockwise FP8 weight quantization). Imported lazily by
+`fp8_block_quant.py`.
+
+`w [..., R, C]` is read as `[E, R, C]` (E the product of the leading dims); blocks never cross
+an expert. Two kernels:
+
+- `_tile_kernel` (a padded block of at most `MAX_TILE` elements): one program takes one block
+  row of one expert and NCB neighbouring block columns as a [BR_PAD, NCB, BC_PAD] tile, held in
+  registers between the amax and the rounding (w is read once).
+- `_loop_kernel` (larger blocks): one program a block, two passes over it in chunks (amax, then
+  quantize; the second read mostly hits L2).
+
+Per block: amax is an integer max over the |w| bit patterns (exact, inf counted as the float32
+maximum, a NaN anywhere makes the block NaN: every NaN is above inf as bits), `s = max(amax,
+eps) / 448` by a correctly rounded division, ue8m0 rounds s up to a power of two exactly from
+its bits. Codes: `w / s` correctly rounded (fp32 scales), or for ue8m0 `w * (1/s)`: s is a
+power of two in [2**-22, 2**126] (eps = 1e-4), so 1/s is exact and the product is the true
+quotient rounded once. The E4M3 rounding is `_fp8.e4m3_store_value` (exact integer rounding, or
+the clamped native cast on sm_90 where `_caps.native_fp8_ok` says so): the same codes.
+"""
+
+import triton
+import triton.language as tl
+
+from parity.optimized.triton._fp8 import e4m3_store_value
+
+_F32_MAX = tl.constexpr(3.4028234663852886e38)
+_F32_INF_BITS = tl.constexpr(0x7F800000)
+
+MAX_TILE = 16384  # padded block elements a program may hold in registers
+TILE = {"elems": 8192, "chunk": 4096}  # elements a program (tile path), a chunk (loop path)
+
+
+@triton.jit
+def _pow2_ceil(s):
+    """2**ceil(log2(s)) for positive normal float32 s, exact (s >= 1e-4 / 448 here): a power
+    of two stays, anything else goes to the next exponent with a zero mantissa."""
+    bits = s.to(tl.int32, bitcast=True)
+    up = tl.where((bits & 0x7FFFFF) != 0, (bits & 0x7F800000) + 0x00800000, bits)
+    return up.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _block_scale(mb, eps, UE8M0: tl.constexpr):
+    """Scale from the max |w| bit pattern `mb` (int32) of a block; NaN for a NaN block."""
+    amax = tl.where(mb >= _F32_INF_BITS, _F32_MAX, mb.to(tl.float32, bitcast=True))
+    s = tl.where(amax < eps, eps, amax)
+    s = tl.math.div_rn(s, tl.full(s.shape, 448.0, tl.float32))
+    if UE8M0:
+        s = _pow2_ceil(s)
+    return tl.where(mb > _F32_INF_BITS, float("nan"), s)
+
+
+@triton.jit
+def _codes(v, s, UE8M0: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    """E4M3 codes of float32 `v` divided by `s` (broadcast to v's shape)."""
+    if UE8M0:  # 1/s exact (see the module docstring): v * (1/s) == v / s, bit for bit
+        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+        q = v * r
+    else:
+        q = tl.math.div_rn(v, s)
+    return e4m3_store_value(q, NATIVE_FP8)
+
+
+@triton.jit
+def _tile_kernel(
+    w_ptr,
+    q_ptr,  # float8_e4m3fn output (or a uint8 view of it)
+    s_ptr,  # float32 [E, nr, nc]
+    R,
+    C,
+    nr,
+    nc,
+    eps,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    BR_PAD: tl.constexpr,
+    BC_PAD: tl.constexpr,
+    NCB: tl.constexpr,
+    UE8M0: tl.constexpr,
+    NATIVE_FP8: tl.constexpr,
+):
+    pid = tl.program_id(0)  # expert * nr + block row
+    rb = pid % nr
+    i = tl.arange(0, BR_PAD)
+    cb = tl.program_id(1) * NCB + tl.arange(0, NCB)
+    c = tl.arange(0, BC_PAD)
+    row = rb * BR + i
+    col = cb[:, None] * BC + c[None, :]  # [NCB, BC_PAD]
+    rmask = (i < BR) & (row < R)
+    cmask = (c < BC)[None, :] & (col < C)
+    mask = rmask[:, None, None] & cmask[None, :, :]
+    # int64 row offsets: E * R * C may pass 2**31
+    grow = (pid // nr).to(tl.int64) * R + row
+    offs = (grow * C)[:, None, None] + col[None, :, :]
+    v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mb = tl.max(tl.max(v.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2), axis=0)  # [NCB]
+    s = _block_scale(mb, eps, UE8M0)
+    codes = _codes(v, s[None, :, None] + tl.zeros_like(v), UE8M0, NATIVE_FP8)
+    tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
+    tl.store(s_ptr + pid.to(tl.int64) * nc + cb, s, mask=cb < nc)
+
+
+@triton.jit
+def _loop_kernel(
+    w_ptr,
+    q_ptr,
+    s_ptr,
+    R,
+    C,
+    nr,
+    nc,
+    eps,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    TR: tl.constexpr,
+    TC: tl.constexpr,
+    UE8M0: tl.constexpr,
+    NATIVE_FP8: tl.constexpr,
+):
+    pid = tl.program_id(0)  # expert * nr + block row
+    cb = tl.program_id(1)
+    rb = pid % nr
+    base = (pid // nr).to(tl.int64) * R
+    r0 = rb * BR
+    c0 = cb * BC
+    ti = tl.arange(0, TR)
+    tc = tl.arange(0, TC)
+    mb = tl.zeros((TR, TC), dtype=tl.int32)
+    for dr in range(0, BR, TR):
+        for dc in range(0, BC, TC):
+            row = r0 + dr + ti
+            col = c0 + dc + tc
+            mask = ((dr + ti < BR) & (row < R))[:, None] & ((dc + tc < BC) & (col < C))[None, :]
+            offs = ((base + row) * C)[:, None] + col[None, :]
+            v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            mb = tl.maximum(mb, v.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+    s = _block_scale(tl.max(tl.max(mb, axis=1), axis=0), eps, UE8M0)
+    for dr in range(0, BR, TR):
+        for dc in range(0, BC, TC):
+            row = r0 + dr + ti
+            col = c0 + dc + tc
+            mask = ((dr + ti < BR) & (row < R))[:, None] & ((dc + tc < BC) & (col < C))[None, :]
+            offs = ((base + row) * C)[:, None] + col[None, :]
+            v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            codes = _codes(v, s + tl.zeros_like(v), UE8M0, NATIVE_FP8)
+            tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
+    tl.store(s_ptr + pid.to(tl.int64) * nc + cb, s)
+
+
+def _warps(elems: int) -> int:
+    return 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+
+
+def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native_fp8=False):
+    """w [E, R, C] contiguous (E, R, C > 0); q like w, float8_e4m3fn; scales [E, nr, nc]."""
+    br, bc = block_shape
+    nr, nc = triton.cdiv(rows, br), triton.cdiv(cols, bc)
+    br_pad, bc_pad = triton.next_power_of_2(br), triton.next_power_of_2(bc)
+    common = dict(UE8M0=ue8m0, NATIVE_FP8=native_fp8)
+    if br_pad * bc_pad <= MAX_TILE:
+        per = max(1, TILE["elems"] // (br_pad * bc_pad))
+        ncb = max(1, min(triton.next_power_of_2(nc), triton.next_power_of_2(per)))
+        if ncb > per:
+            ncb //= 2
+        grid = (experts * nr, triton.cdiv(nc, ncb))
+        _tile_kernel[grid](
+            w, q, scales, rows, cols, nr, nc, eps,
+            BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=ncb,
+            num_warps=_warps(br_pad * bc_pad * ncb), **common,
+        )  # fmt: skip
+    else:
+        tc = min(bc_pad, TILE["chunk"])
+        tr = max(1, min(br_pad, TILE["chunk"] // tc))
+        _loop_kernel[(experts * nr, nc)](
+            w, q, scales, rows, cols, nr, nc, eps,
+            BR=br, BC=bc, TR=tr, TC=tc, num_warps=_warps(tr * tc), **common,
+        )  # fmt: skip

@@ -1,0 +1,90 @@
+"""Triton kernel of `mxfp4_quant` (OCP MXFP4: E2M1 elements, E8M0 scales, blocks of 32).
+Imported lazily by `mxfp4_quant.py`.
+
+`x [..., K]` is read as `[rows, K]`; a program takes BLOCK_R rows x BLOCK_B blocks as a
+[BLOCK_R, BLOCK_B, 32] tile. Everything is exact integer work on the float32 bits, plus one
+multiply by a power of two:
+
+- amax: integer max over |x| bits (order of bits = order of values, NaN above inf, so a NaN is
+  never dropped); inf counts as the float32 maximum (0x7F7FFFFF).
+- exponent from amax's biased exponent field EB (amax = 1.f * 2**(EB - 127)): "floor" e = EB -
+  129 = floor(log2 amax) - 2; "ceil" adds 1 where 1.f > 1.5, i.e. ceil(log2(amax / 6)) (amax <=
+  6 * 2**e = 1.5 * 2**(e + 2)); zero and subnormal amax give e <= -127, clamped to -127 as the
+  reference does (its frexp exponent of a subnormal is below -125). e never exceeds 126.
+- elements: y = x * 2**-e, where 2**-e (biased exponent 127 - e in [1, 254]) is a normal
+  float, so y is x / 2**e exactly (a subnormal y is below 2**-126, code 0 either way; a plain
+  multiply, no flush of a subnormal x). E2M1 code = number of midpoints passed: strict `>` at
+  0.25, 1.25, 2.5, 5 (the lower code is even), `>=` at 0.75, 1.75, 3.5 (the upper code is
+  even): ties to the even code; above 6 saturates to code 7 (inf too). Sign bit of x -> bit 3.
+- NaN block: scale code 255, element codes 0. Element 2i goes to the low nibble.
+"""
+
+import triton
+import triton.language as tl
+
+_F32_MAX_BITS = tl.constexpr(0x7F7FFFFF)
+_F32_INF_BITS = tl.constexpr(0x7F800000)
+
+TILE = {"elems": 4096}  # elements a program
+
+
+@triton.jit
+def _mxfp4_quant_kernel(
+    x_ptr,
+    p_ptr,  # uint8 [rows, K/2]
+    s_ptr,  # uint8 [rows, K/32]
+    ROWS,
+    NB,  # blocks of 32 a row (K / 32)
+    BLOCK_R: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    CEIL: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    blk = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    j = tl.arange(0, 32)
+    m2 = (rows < ROWS)[:, None] & (blk < NB)[None, :]
+    row64 = rows.to(tl.int64)  # rows * K may pass 2**31
+    offs = (row64 * (NB * 32))[:, None, None] + (blk[:, None] * 32 + j[None, :])[None, :, :]
+    v = tl.load(x_ptr + offs, mask=m2[:, :, None], other=0.0).to(tl.float32)
+    bits = v.to(tl.int32, bitcast=True)
+    mb = tl.max(bits & 0x7FFFFFFF, axis=2)  # [BLOCK_R, BLOCK_B]
+    nan = mb > _F32_INF_BITS
+    mb = tl.minimum(mb, _F32_MAX_BITS)
+    e = (mb >> 23) - 129
+    if CEIL:
+        e += ((mb & 0x7FFFFF) > 0x400000).to(tl.int32)
+    e = tl.maximum(e, -127)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e, a normal float
+    mag = tl.abs(v * inv[:, :, None])
+    code = (
+        (mag > 0.25).to(tl.int32)
+        + (mag >= 0.75).to(tl.int32)
+        + (mag > 1.25).to(tl.int32)
+        + (mag >= 1.75).to(tl.int32)
+        + (mag > 2.5).to(tl.int32)
+        + (mag >= 3.5).to(tl.int32)
+        + (mag > 5.0).to(tl.int32)
+    )
+    code = code | ((bits >> 28) & 8)  # arithmetic shift: bit 31 lands on bit 3
+    code = tl.where(nan[:, :, None], 0, code)
+    lo, hi = tl.split(tl.reshape(code, (BLOCK_R, BLOCK_B, 16, 2)))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    p_offs = (row64 * (NB * 16))[:, None, None] + (blk[:, None] * 16 + tl.arange(0, 16)[None, :])[
+        None, :, :
+    ]
+    tl.store(p_ptr + p_offs, packed, mask=m2[:, :, None])
+    scale = tl.where(nan, 255, e + 127).to(tl.uint8)
+    tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
+
+
+def launch(x, packed, scales, *, rows, k, ceil):
+    """x [rows, K] contiguous (rows, K > 0, K % 32 == 0); packed [rows, K/2], scales [rows,
+    K/32] uint8 contiguous."""
+    nb = k // 32
+    block_b = min(triton.next_power_of_2(nb), TILE["elems"] // 32)
+    block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_b * 32)))
+    warps = 4 if block_r * block_b * 32 <= 2048 else 8
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(nb, block_b))
+    _mxfp4_quant_kernel[grid](
+        x, packed, scales, rows, nb, BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil, num_warps=warps
+    )
