@@ -326,11 +326,13 @@ def canonical(case: Case, outs: tuple) -> tuple:
 
 
 def compare_pair(case: Case, a: tuple, b: tuple) -> Verdict:
-    """Relabelled (a) against base (b), both canonical: each an acceptable selection with the
-    contract's weights for its own ids; where they selected the same set the weights agree
-    within twice the tolerance (the two may tie-break differently after relabelling)."""
+    """Derived (a: permuted, split or relabelled, mapped back) against base (b), both canonical:
+    each an acceptable selection with the contract's weights for its own ids; where they
+    selected the same set the weights agree within twice the tolerance. Not bitwise: a score
+    may round differently with the token's position (CPU sigmoid and softplus have vectorised
+    bodies and scalar tails), which moves weights by an ulp and can flip a near-tie."""
     checks = []
-    for name, out in (("relabelled", a), ("base", b)):
+    for name, out in (("derived", a), ("base", b)):
         v = compare(case, out)
         if not v:
             return Verdict(False, f"{name}: {v.message}", v.ratio, v.worst)
@@ -403,8 +405,8 @@ SPEC = add_spec(
         canonical=canonical,
         compare_pair=compare_pair,
         relations=(
-            Relation("token_permutation", S.permute_tokens()),
-            Relation("batch_split", S.split_tokens()),
+            Relation("token_permutation", S.permute_tokens(), exact=False),
+            Relation("batch_split", S.split_tokens(), exact=False),
             Relation("expert_relabel", _expert_relabel, exact=False),
         ),
         bench=bench,
