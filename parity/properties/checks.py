@@ -1,8 +1,16 @@
 """The properties: written once, run against every implementation of every op.
 
-Each property takes the op's `OpSpec`, an implementation and a built `Case`, and returns a
-`Verdict`. An implementation raising `NotImplementedError` makes the case "unsupported".
+A property is split in two, so that a candidate can never judge itself:
+- the plan (`make_plan`): the calls the candidate must make on a case (a plain call on a private
+  copy of the inputs, a call under poisoned allocations, two calls, the calls on a relation's
+  derived cases, the call on bad input). `execute` makes them and returns only what each call
+  did (`Outcome`: the outputs, or the exception raised). It runs wherever the candidate runs (in
+  the worker when isolated);
+- the judgement (`judge`): the outputs' structure against the contract, then the property's
+  comparison and verdict, computed from the case (rebuilt from its description by the harness)
+  and the outcomes. It runs in the harness, never in the worker.
 
+Properties (an implementation raising `NotImplementedError` makes the case "unsupported"):
 - matches_reference: agreement under the op's tolerance model (`OpSpec.compare`).
 - writes_all_outputs: uninitialised memory is NaN/poison during the call; none may survive.
 - inputs_unchanged: every input tensor bitwise equal after the call.
@@ -16,6 +24,7 @@ Each property takes the op's `OpSpec`, an implementation and a built `Case`, and
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import warnings
 from collections.abc import Callable
@@ -25,7 +34,9 @@ import torch
 
 from parity.properties.case import Case, as_tuple
 from parity.properties.tolerance import Verdict, bits, check_meta, isnan_any, nan_mask_equal
-from parity.registry import OpSpec
+from parity.registry import OpSpec, Relation
+
+MAX_TEXT = 4000  # kernel text (exception messages) kept in a verdict
 
 
 class UnsupportedCase(Exception):
@@ -36,12 +47,24 @@ class ImplRaised(Exception):
     """The implementation raised where it should not have."""
 
     def __init__(self, exc: BaseException):
-        super().__init__(f"{type(exc).__name__}: {exc}")
+        super().__init__(exc_text(exc))
         self.exc = exc
 
 
+def exc_text(exc: BaseException) -> str:
+    """ "Type: message", truncated; an exception whose __str__ raises is still the candidate's."""
+    try:
+        msg = str(exc)
+    except Exception as e:
+        msg = f"<str() of the exception raised {type(e).__name__}>"
+    if len(msg) > MAX_TEXT:
+        msg = msg[:MAX_TEXT] + f"... ({len(msg) - MAX_TEXT} characters cut)"
+    return f"{type(exc).__name__}: {msg}"
+
+
 def call_impl(fn: Callable, case: Case):
-    """Call on a private copy of the inputs; NotImplementedError means unsupported."""
+    """Call on a private copy of the inputs; NotImplementedError means unsupported (for the
+    tools that look at outputs without a property: report, localize)."""
     c = case.clone()
     try:
         return as_tuple(fn(*c.args, **c.kwargs))
@@ -86,19 +109,200 @@ def _poison_mask(t: torch.Tensor) -> torch.Tensor:
     return t == torch.iinfo(t.dtype).max
 
 
-# --- the properties -------------------------------------------------------------------------
+# --- the plan: what the candidate is asked to do -------------------------------------------
 
 
-def matches_reference(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
-    return spec.compare(case, call_impl(fn, case))
+@dataclass(frozen=True)
+class Call:
+    case: int = 0  # 0: the case; i > 0: the relation's (i-1)-th derived case
+    poison: bool = False  # under poisoned allocations (writes_all_outputs)
+    inputs: bool = False  # send the inputs back after the call (inputs_unchanged)
 
 
-def writes_all_outputs(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
-    with poisoned_allocations():
-        outs = call_impl(fn, case)
-    refs = reference_outputs(spec, case)
-    if len(outs) != len(refs):
-        return Verdict(False, f"returned {len(outs)} outputs, the contract has {len(refs)}")
+@dataclass
+class Plan:
+    prop: str
+    cases: list  # [case, *derived cases]
+    calls: tuple
+    relation: Relation | None = None
+    combine: Callable | None = None
+
+
+_CALLS = {
+    "matches_reference": (Call(),),
+    "writes_all_outputs": (Call(poison=True),),
+    "inputs_unchanged": (Call(inputs=True),),
+    "deterministic": (Call(), Call()),
+    "nan_policy": (Call(),),
+    "error_parity": (Call(),),
+}
+
+
+def make_plan(spec: OpSpec, prop: str, case: Case) -> Plan | None:
+    """The calls `prop` needs on `case`; None where it does not apply (a relation that has no
+    derived case here). Deterministic: harness and worker make the same plan from one case."""
+    if prop in _CALLS:
+        return Plan(prop, [case], _CALLS[prop])
+    rel = next((r for r in spec.relations if r.name == prop), None)
+    if rel is None:
+        raise KeyError(f"{prop!r} is not a property of {spec.name}")
+    rng = random.Random(case.meta.get("seed", 0) ^ 0x5EED)
+    got = rel.transform(case, rng)
+    if got is None:
+        return None
+    cases, combine = got
+    calls = (Call(), *(Call(case=i + 1) for i in range(len(cases))))
+    return Plan(prop, [case, *cases], calls, rel, combine)
+
+
+# --- execution: the candidate's side --------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What one call did, and nothing else: no verdict travels from the candidate's process."""
+
+    kind: str  # "returned" | "raised" | "unsupported"
+    container: str = ""  # "tensor", "tuple", or the type returned ("list", "NoneType", ...)
+    items: tuple = ()  # dense torch.Tensor outputs; a str describes an item that is not one
+    error: str = ""  # "Type: message" of the exception
+    rejects: bool = False  # the exception was a ValueError/TypeError
+    inputs: dict | None = None  # the call's inputs afterwards (Call.inputs)
+
+
+def _item(x):
+    if isinstance(x, torch.Tensor):
+        if type(x) is not torch.Tensor:
+            return f"a tensor subclass {type(x).__name__}"
+        if x.layout != torch.strided:
+            return f"a {str(x.layout).replace('torch.', '')} tensor"
+        return x
+    return f"a {type(x).__name__}"
+
+
+def outcome_of(ret) -> Outcome:
+    if isinstance(ret, torch.Tensor):
+        return Outcome("returned", "tensor", (_item(ret),))
+    if isinstance(ret, tuple):
+        return Outcome("returned", "tuple", tuple(_item(x) for x in ret))
+    if isinstance(ret, list):
+        return Outcome("returned", "list", tuple(_item(x) for x in ret))
+    return Outcome("returned", type(ret).__name__, ())
+
+
+def run_call(fn: Callable, case: Case, call: Call) -> Outcome:
+    c = case.clone()
+    try:
+        if call.poison:
+            with poisoned_allocations():
+                ret = fn(*c.args, **c.kwargs)
+        else:
+            ret = fn(*c.args, **c.kwargs)
+    except NotImplementedError as e:
+        return Outcome("unsupported", error=exc_text(e))
+    except (Exception, SystemExit) as e:  # SystemExit: a kernel's exit is its failure
+        return Outcome("raised", error=exc_text(e), rejects=isinstance(e, (ValueError, TypeError)))
+    out = outcome_of(ret)
+    if call.inputs:
+        out.inputs = c.tensors()
+    return out
+
+
+def execute(fn: Callable, plan: Plan) -> list[Outcome]:
+    """Make the plan's calls; stop at the first that does not return."""
+    outs = []
+    for call in plan.calls:
+        o = run_call(fn, plan.cases[call.case], call)
+        outs.append(o)
+        if o.kind != "returned":
+            break
+    return outs
+
+
+# --- the judgement: the harness's side ------------------------------------------------------
+
+_CONTRACT: dict = {}
+
+
+def _contract_key(spec: OpSpec, case: Case):
+    # options decide the outputs' structure, never the values of shapes or seeds
+    flags = sorted((k, v) for k, v in case.meta.items() if isinstance(v, (bool, str)) or v is None)
+    return spec.name, tuple(flags)
+
+
+def contract(spec: OpSpec, case: Case) -> tuple[str, int] | None:
+    """("tensor", 1) or ("tuple", n): the structure the reference returns on such a case
+    (None: the reference rejects it)."""
+    key = _contract_key(spec, case)
+    if key not in _CONTRACT:
+        c = case.clone()
+        try:
+            ref = spec.reference(*c.args, **c.kwargs)
+        except Exception:
+            return None
+        _CONTRACT[key] = ("tensor", 1) if isinstance(ref, torch.Tensor) else ("tuple", len(ref))
+    return _CONTRACT[key]
+
+
+def structure(spec: OpSpec, case: Case, o: Outcome) -> Verdict:
+    """Exactly the contract's number of outputs, each a dense torch.Tensor on the input's
+    device; a single output may come bare or as a 1-tuple."""
+    want = contract(spec, case)
+    if want is None:
+        return Verdict.passed()
+    kind, n = want
+    wants = "a tensor" if kind == "tensor" else f"a tuple of {n} tensors"
+    ok_container = o.container == "tuple" or (kind == "tensor" and o.container == "tensor")
+    if not ok_container or len(o.items) != n:
+        what = o.container
+        if o.container in ("tuple", "list"):
+            what = f"a {o.container} of {len(o.items)}"
+        elif o.container == "tensor":
+            what = "a tensor"
+        return Verdict(False, f"returned {what}, the contract wants {wants}", math.inf)
+    for i, x in enumerate(o.items):
+        if isinstance(x, str):
+            return Verdict(
+                False,
+                f"output {i} is {x}, the contract wants a dense torch.Tensor on {case.device}",
+            )
+        if x.device.type != torch.device(case.device).type:
+            return Verdict(False, f"output {i} is on {x.device}, the inputs are on {case.device}")
+    return Verdict.passed()
+
+
+def _outs(o: Outcome) -> tuple:
+    return tuple(o.items)
+
+
+def judge(spec: OpSpec, plan: Plan, outcomes: list[Outcome]) -> tuple[str, Verdict]:
+    """("pass"|"fail"|"unsupported", verdict) of the plan's property from what the calls did.
+    Raises on parity's own bugs (a reference accepting its invalid case)."""
+    prop, case = plan.prop, plan.cases[0]
+    if prop == "error_parity":
+        return _judge_error_parity(spec, case, outcomes[0])
+    if len(outcomes) != len(plan.calls) and outcomes[-1].kind == "returned":
+        return "fail", Verdict(False, "the worker returned fewer outcomes than calls", math.inf)
+    for o in outcomes:
+        if o.kind == "unsupported":
+            return "unsupported", Verdict(True, o.error.split(": ", 1)[-1])
+        if o.kind == "raised":
+            return "fail", Verdict(False, f"raised {o.error}", math.inf)
+    for call, o in zip(plan.calls, outcomes):
+        v = structure(spec, plan.cases[call.case], o)
+        if not v:
+            return "fail", v
+    v = _JUDGES[prop](spec, plan, outcomes) if prop in _JUDGES else _relation(spec, plan, outcomes)
+    return ("pass" if v.ok else "fail"), v
+
+
+def _matches_reference(spec, plan, outcomes) -> Verdict:
+    return spec.compare(plan.cases[0], _outs(outcomes[0]))
+
+
+def _writes_all_outputs(spec, plan, outcomes) -> Verdict:
+    case = plan.cases[0]
+    outs, refs = _outs(outcomes[0]), reference_outputs(spec, case)
     outs, refs = canonical(spec, case, outs), canonical(spec, case, refs)
     for i, (o, r) in enumerate(zip(outs, refs)):
         v = check_meta(f"output {i}", o, r)
@@ -116,25 +320,22 @@ def writes_all_outputs(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
     return Verdict.passed()
 
 
-def inputs_unchanged(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
-    c = case.clone()
-    try:
-        fn(*c.args, **c.kwargs)
-    except NotImplementedError as e:
-        raise UnsupportedCase(str(e)) from e
-    except Exception as e:
-        raise ImplRaised(e) from e
-    before, after = case.tensors(), c.tensors()
+def _inputs_unchanged(spec, plan, outcomes) -> Verdict:
+    before, after = plan.cases[0].tensors(), outcomes[0].inputs or {}
     for name, t in before.items():
-        if not torch.equal(bits(t), bits(after[name])):
-            n = int((bits(t) != bits(after[name])).sum())
+        a = after.get(name)
+        if not isinstance(a, torch.Tensor) or a.shape != t.shape or a.dtype != t.dtype:
+            return Verdict(False, f"input {name} was not returned intact by the call")
+        if not torch.equal(bits(t), bits(a.to(t.device))):
+            n = int((bits(t) != bits(a.to(t.device))).sum())
             return Verdict(False, f"input {name} modified: {n} of {t.numel()} elements changed")
     return Verdict.passed()
 
 
-def deterministic(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
-    a = canonical(spec, case, call_impl(fn, case))
-    b = canonical(spec, case, call_impl(fn, case))
+def _deterministic(spec, plan, outcomes) -> Verdict:
+    case = plan.cases[0]
+    a = canonical(spec, case, _outs(outcomes[0]))
+    b = canonical(spec, case, _outs(outcomes[1]))
     for i, (x, y) in enumerate(zip(a, b)):
         if x.shape != y.shape or not torch.equal(bits(x), bits(y)):
             n = int((bits(x) != bits(y)).sum()) if x.shape == y.shape else -1
@@ -142,11 +343,12 @@ def deterministic(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
     return Verdict.passed()
 
 
-def nan_policy(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
-    outs = canonical(spec, case, call_impl(fn, case))
+def _nan_policy(spec, plan, outcomes) -> Verdict:
+    case = plan.cases[0]
+    outs = canonical(spec, case, _outs(outcomes[0]))
     refs = canonical(spec, case, reference_outputs(spec, case))
     for i, (o, r) in enumerate(zip(outs, refs)):
-        if not isinstance(o, torch.Tensor) or not (r.is_floating_point() or r.dtype.itemsize == 1):
+        if not (r.is_floating_point() or r.dtype.itemsize == 1):
             continue
         if r.dtype in (torch.uint8,):
             continue  # packed codes carry the policy through their scales
@@ -156,7 +358,7 @@ def nan_policy(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
     return Verdict.passed()
 
 
-def error_parity(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
+def _judge_error_parity(spec, case, o: Outcome) -> tuple[str, Verdict]:
     what = case.meta.get("invalid", "?")
     try:
         reference_outputs(spec, case)
@@ -164,30 +366,24 @@ def error_parity(spec: OpSpec, fn: Callable, case: Case) -> Verdict:
         pass
     else:  # a bug in parity's own invalid-input generator: never a silent pass
         raise AssertionError(f"{spec.name}: invalid case {what!r} was accepted by the reference")
-    c = case.clone()
-    try:
-        fn(*c.args, **c.kwargs)
-    except NotImplementedError as e:
-        raise UnsupportedCase(str(e)) from e
-    except (ValueError, TypeError):
-        return Verdict.passed()
-    except Exception as e:
-        return Verdict(
-            False, f"bad input ({what}): raised {type(e).__name__} instead of ValueError/TypeError"
+    if o.kind == "unsupported":
+        return "unsupported", Verdict(True, o.error.split(": ", 1)[-1])
+    if o.kind == "raised":
+        if o.rejects:
+            return "pass", Verdict.passed()
+        kind = o.error.split(":", 1)[0]
+        return "fail", Verdict(
+            False, f"bad input ({what}): raised {kind} instead of ValueError/TypeError"
         )
-    return Verdict(False, f"bad input ({what}) was accepted; the reference rejects it")
+    return "fail", Verdict(False, f"bad input ({what}) was accepted; the reference rejects it")
 
 
-def relation_check(spec: OpSpec, rel, fn: Callable, case: Case) -> Verdict | None:
-    """`rel.transform(case, rng)` gives cases derived from `case` and `combine`, which maps the
-    implementation's outputs on them back to what it must have returned on `case` itself."""
-    rng = random.Random(case.meta.get("seed", 0) ^ 0x5EED)
-    got = rel.transform(case, rng)
-    if got is None:
-        return None
-    cases, combine = got
-    base = canonical(spec, case, call_impl(fn, case))
-    derived = canonical(spec, case, as_tuple(combine([call_impl(fn, c) for c in cases])))
+def _relation(spec, plan, outcomes) -> Verdict:
+    """`combine` maps the outputs on the derived cases back to what the implementation must
+    have returned on the case itself."""
+    case, rel = plan.cases[0], plan.relation
+    base = canonical(spec, case, _outs(outcomes[0]))
+    derived = canonical(spec, case, as_tuple(plan.combine([_outs(o) for o in outcomes[1:]])))
     if not rel.exact:
         return spec.compare_pair(case, derived, base)
     for i, (x, y) in enumerate(zip(derived, base)):
@@ -201,38 +397,38 @@ def relation_check(spec: OpSpec, rel, fn: Callable, case: Case) -> Verdict | Non
     return Verdict.passed()
 
 
+_JUDGES = {
+    "matches_reference": _matches_reference,
+    "writes_all_outputs": _writes_all_outputs,
+    "inputs_unchanged": _inputs_unchanged,
+    "deterministic": _deterministic,
+    "nan_policy": _nan_policy,
+}
+
+
 @dataclass(frozen=True)
 class Property:
     name: str
-    check: Callable
     doc: str
 
 
 PROPERTIES: dict[str, Property] = {
     p.name: p
     for p in (
-        Property("matches_reference", matches_reference, "agrees with the reference"),
-        Property("writes_all_outputs", writes_all_outputs, "writes every output element"),
-        Property("inputs_unchanged", inputs_unchanged, "leaves its inputs unchanged"),
-        Property("deterministic", deterministic, "two calls are bitwise equal"),
-        Property("nan_policy", nan_policy, "NaN goes where the reference puts it"),
-        Property("error_parity", error_parity, "rejects bad input as the reference does"),
+        Property("matches_reference", "agrees with the reference"),
+        Property("writes_all_outputs", "writes every output element"),
+        Property("inputs_unchanged", "leaves its inputs unchanged"),
+        Property("deterministic", "two calls are bitwise equal"),
+        Property("nan_policy", "NaN goes where the reference puts it"),
+        Property("error_parity", "rejects bad input as the reference does"),
     )
 }
 
 
 def evaluate(spec: OpSpec, prop: str, fn: Callable, case: Case) -> tuple[str, Verdict | None]:
-    """Run one property on one case: ("pass"|"fail"|"unsupported"|"n/a", verdict)."""
-    try:
-        if prop in PROPERTIES:
-            v = PROPERTIES[prop].check(spec, fn, case)
-        else:
-            rel = next(r for r in spec.relations if r.name == prop)
-            v = relation_check(spec, rel, fn, case)
-            if v is None:
-                return "n/a", None
-    except UnsupportedCase as e:
-        return "unsupported", Verdict(True, str(e))
-    except ImplRaised as e:
-        return "fail", Verdict(False, f"raised {e}", float("inf"))
-    return ("pass" if v.ok else "fail"), v
+    """One property on one case in this process (plan, execute, judge):
+    ("pass"|"fail"|"unsupported"|"n/a", verdict)."""
+    plan = make_plan(spec, prop, case)
+    if plan is None:
+        return "n/a", None
+    return judge(spec, plan, execute(fn, plan))

@@ -33,7 +33,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     # under pytest-xdist, one GPU per worker, chosen before anything initialises CUDA
-    from parity.tools.worker import pin_gpu_for_xdist_worker
+    from parity._gpu import pin_gpu_for_xdist_worker
 
     pin_gpu_for_xdist_worker()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -73,8 +73,8 @@ class Target:
 
     def run(self):
         """Run the property; fail with the shrunk case and its repro command, or skip NOT RUN."""
+        from parity.campaign import run_property
         from parity.catalog import get_impl, get_spec
-        from parity.properties.runner import run_property
 
         spec = get_spec(self.op)
         impl = get_impl(self.op, self.impl)

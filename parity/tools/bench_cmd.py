@@ -1,19 +1,33 @@
-"""`parity bench --op OP --impl A --impl B ... [--device D] [--tokens 1,16,128] [--json]`.
+"""`parity bench --op OP --impl A --impl B ... [--device D] [--tokens 1,16,128] [--graph] [--json]`.
 
 Median time per call after warm-up, for each implementation and token count, with the ratio to
-the first implementation and, for memory-bound ops, the achieved bandwidth (bytes of the inputs
-read once plus the outputs written once, divided by the time; see `MEMORY_BOUND`).
+the first implementation; for ops whose OpSpec says `memory_bound`, the achieved bandwidth
+(every input read once plus every output written once, divided by the time) and its percentage
+of the copy ceiling; for fused_moe, TFLOP/s and the weight-read floor (bytes of the experts the
+case touches at the copy ceiling's rate) with the time's multiple of it.
 
-Timing: on a GPU, CUDA events around each call, over several input sets that together exceed
-twice the L2 cache, rotated per iteration so no call finds its inputs in L2; the calls are
-enqueued in chunks while the GPU sleeps (torch.cuda._sleep), so the events measure the kernels
-and not the host's launch latency; one synchronize per chunk. On the CPU, time.perf_counter
-around each call over a few rotated sets. Warm-up runs for --warmup-ms, then enough calls for
---rep-ms (at least 5).
+The copy ceiling is measured in the same run: a device-to-device copy of 2 x 1 GiB on the GPU
+(64 MiB on the CPU), timed like the kernels; its row is first.
 
-Each case is built from a representative description: `BENCH_META[op](T)` where defined here
-(DeepSeek-V4-like sizes), else the first case of the op's strategy with T tokens. --meta JSON
-overrides fields of it (e.g. '{"N": 64}' for a quick CPU run).
+Implementations: registered names, "reference", `module:function`, a peer of `PEERS` (another
+library's kernel or a plain torch formulation: a baseline, never judged), or "all" (the
+reference, every registered implementation and every peer of the op).
+
+Timing (eager): on a GPU, CUDA events around each call, over several input sets that together
+exceed twice the L2 cache, rotated per iteration so no call finds its inputs in L2; the calls
+are enqueued in chunks while the GPU sleeps (torch.cuda._sleep), so the events measure the
+kernels and not the host's launch latency; one synchronize per chunk. On the CPU,
+time.perf_counter around each call over a few rotated sets. Warm-up runs for --warmup-ms, then
+enough calls for --rep-ms (at least 5).
+
+--graph adds CUDA-graph replay beside eager: the calls over the rotated sets captured once in a
+graph, the graph replayed and timed with events, per call. On the CPU it reports "not run on
+cpu"; an implementation that cannot be captured (a host synchronisation) says so.
+
+Each case is the op's representative description (`OpSpec.bench(T)`, DeepSeek-V4-like sizes),
+else a draw of the op's strategy with T tokens. --meta JSON is merged over it (nested objects
+merged key by key); repeat --meta to bench variants in one run (e.g. the three quant modes of
+fused_moe: '{"dims": {"quant": "mxfp4"}}').
 
 Exit 0 every benchmark ran, 1 an implementation raised or was unavailable, 2 usage.
 """
@@ -25,12 +39,18 @@ import math
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="time implementations against each other")
     p.add_argument("--op", required=True)
-    p.add_argument("--impl", action="append", required=True, help="repeatable; first = baseline")
+    p.add_argument(
+        "--impl",
+        action="append",
+        required=True,
+        help="repeatable; first = baseline; 'all' = reference, registered and peers",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument(
         "--tokens",
@@ -38,170 +58,21 @@ def add_parser(sub):
         help="comma-separated T values (default 1,16,128,1024,4096 on cuda, 1,16,128 on cpu)",
     )
     p.add_argument("--dtype", default=None, help="override the case dtype (e.g. float16)")
-    p.add_argument("--meta", default=None, help="JSON object merged over the case description")
+    p.add_argument(
+        "--meta",
+        action="append",
+        default=None,
+        help="JSON object merged over the case description; repeat for variants",
+    )
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--graph", action="store_true", help="also time CUDA-graph replay")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     return p
 
 
 # --- representative cases ------------------------------------------------------------------
-
-
-# DeepSeek-V3/V4-like sizes: hidden 7168, expert intermediate 2048, 256 routed experts (top-8,
-# 8 groups, top-4 groups), 4 hyper-connection streams; a rank of an 8-way expert-parallel
-# deployment holds 32 experts. Each function maps T (tokens) to a case description of the op's
-# strategy (the seed is added by `bench_meta`).
-H, N, E, K, HC = 7168, 2048, 256, 8, 4
-_SWIGLU_DSV4 = {"limit": 10.0, "alpha": 1.0, "beta": 0.0, "layout": "concat", "clamp_mode": "pre"}
-_PRE_OPTS = {
-    "rms_eps": 1e-6,
-    "pre_eps": 1e-6,
-    "sinkhorn_eps": 1e-6,
-    "post_mult": 2.0,
-    "sinkhorn_iters": 20,
-}
-_BF16 = "bfloat16"
-
-
-BENCH_META = {
-    "swiglu": lambda T: {
-        "T": T,
-        "lead": [],
-        "N": N,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": dict(_SWIGLU_DSV4),
-    },
-    "fp8_quant": lambda T: {
-        "M": T,
-        "K": H,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": {
-            "group_size": 128,
-            "scale_format": "fp32",
-            "column_major_scales": False,
-            "eps": 1e-10,
-        },
-    },
-    # a weight quantizer: T rows of a [T, 7168] matrix, 128 x 128 blocks
-    "fp8_block_quant": lambda T: {
-        "lead": [],
-        "R": T,
-        "C": H,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": {"block_shape": [128, 128], "scale_format": "fp32"},
-    },
-    "silu_mul_fp8_quant": lambda T: {
-        "M": T,
-        "N": N,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": {
-            "group_size": 128,
-            "limit": 10.0,
-            "clamp_mode": "pre",
-            "scale_format": "fp32",
-            "column_major_scales": False,
-        },
-    },
-    "mxfp4_quant": lambda T: {
-        "lead": [T],
-        "K": H,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": {"scale_rounding": "floor"},
-    },
-    "mxfp4_dequant": lambda T: {"lead": [T], "K": H, "dtype": _BF16, "scale_regime": "typical"},
-    "route": lambda T: {
-        "T": T,
-        "dtype": "float32",
-        "bias_dtype": "float32",
-        "bias_regime": "random",
-        "regime": "normal",
-        "renormalize": True,
-        "routed_scaling_factor": 2.5,
-        "config": {"E": E, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": K},
-    },
-    "moe_align": lambda T: {"T": T, "k": K, "E": E, "block_size": 64, "regime": "uniform"},
-    "fused_moe": lambda T: {
-        "T": T,
-        "dtype": _BF16,
-        "x_regime": "normal",
-        "dims": {"quant": "fp8_block", "block_shape": [128, 128], "H": H, "N": N},
-        "route": {"E": 32, "k": K, "routing": "uniform", "arwi": False},
-        "options": {
-            "swiglu_limit": 10.0,
-            "swiglu_alpha": 1.0,
-            "swiglu_beta": 0.0,
-            "layout": "concat",
-            "swiglu_clamp_mode": "pre",
-        },
-    },
-    "sinkhorn": lambda T: {
-        "T": T,
-        "lead": "T",
-        "n": HC,
-        "iters": 20,
-        "eps": 1e-6,
-        "regime": "normal",
-    },
-    "mhc_pre": lambda T: {
-        "T": T,
-        "H": H,
-        "hc": HC,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": dict(_PRE_OPTS),
-    },
-    "mhc_post": lambda T: {
-        "T": T,
-        "H": H,
-        "hc": HC,
-        "dtype": _BF16,
-        "regime": "normal",
-        "x_dtype": "same",
-        "post_shape": "3d",
-    },
-    "mhc_fused_post_pre": lambda T: {
-        "T": T,
-        "H": H,
-        "hc": HC,
-        "dtype": _BF16,
-        "regime": "normal",
-        "x_dtype": "same",
-        "post_shape": "3d",
-        "options": dict(_PRE_OPTS),
-    },
-    "mhc_head": lambda T: {
-        "T": T,
-        "H": H,
-        "hc": HC,
-        "dtype": _BF16,
-        "regime": "normal",
-        "options": {"rms_eps": 1e-6, "hc_eps": 1e-6},
-    },
-}
-
-# Ops whose speed is bounded by memory traffic: bytes = a function of the case and its outputs,
-# or None for the default (every input tensor read once + every output written once).
-MEMORY_BOUND = {
-    "swiglu": None,
-    "fp8_quant": None,
-    "fp8_block_quant": None,
-    "silu_mul_fp8_quant": None,
-    "mxfp4_quant": None,
-    "mxfp4_dequant": None,
-    "mhc_post": None,
-    "mhc_pre": None,
-    "mhc_fused_post_pre": None,
-    "mhc_head": None,
-    "sinkhorn": None,
-    "moe_align": None,
-}
 
 
 def tensor_bytes(values) -> int:
@@ -220,9 +91,9 @@ def tensor_bytes(values) -> int:
 
 def bench_meta(spec, T: int, *, seed: int, device: str) -> tuple[dict, str]:
     """(description, where it came from) of a representative case with T tokens."""
-    if spec.name in BENCH_META:
-        return {**BENCH_META[spec.name](T), "seed": seed}, "bench_meta"
-    from parity.tools.golden_cmd import draw_metas
+    if spec.bench is not None:
+        return {**spec.bench(T), "seed": seed}, "spec.bench"
+    from parity.tools.common import draw_metas
 
     size = "full" if device == "cuda" else "small"
     metas = draw_metas(spec.strategy(size=size, dtypes=None), 20, seed=seed)
@@ -231,6 +102,100 @@ def bench_meta(spec, T: int, *, seed: int, device: str) -> tuple[dict, str]:
     if "T" in meta:
         meta["T"] = T
     return meta, "strategy"
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`, nested objects key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# --- peers: baselines from outside parity, timed but never judged ---------------------------
+
+
+def _flashinfer_silu_and_mul(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", **kw):
+    """FlashInfer's silu_and_mul: the plain SwiGLU only (the launch-cost and bandwidth peer)."""
+    if limit is not None or alpha != 1.0 or beta != 0.0 or layout != "concat":
+        raise NotImplementedError("silu_and_mul: no clamp, alpha 1, beta 0, concat halves only")
+    import flashinfer
+
+    return flashinfer.activation.silu_and_mul(x)
+
+
+def _torch_dequant_mm(x, w13, w2, topk_weights, topk_ids, *, quant="none", **kw):
+    """fused_moe as a serving stack without a fused kernel does it: dequantize the weights to
+    x.dtype (every call), then per expert gather its tokens, two torch GEMMs, scatter-add."""
+    import torch
+
+    from parity import reference as ref
+    from parity.reference.quant import fp8_block_dequant
+    from parity.reference.swiglu import swiglu_math
+
+    if quant == "fp8_block":
+        bs = tuple(kw.get("block_shape", (128, 128)))
+        w13 = fp8_block_dequant(w13, kw["w13_scale"], bs).to(x.dtype)
+        w2 = fp8_block_dequant(w2, kw["w2_scale"], bs).to(x.dtype)
+    elif quant == "mxfp4":
+        w13 = ref.mxfp4_dequant(w13, kw["w13_scale"], dtype=x.dtype)
+        w2 = ref.mxfp4_dequant(w2, kw["w2_scale"], dtype=x.dtype)
+    k = topk_ids.shape[1]
+    out = torch.zeros(x.shape[0], w2.shape[1], device=x.device, dtype=torch.float32)
+    flat = topk_ids.reshape(-1).long()
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat.clamp(min=0), minlength=w13.shape[0])
+    counts[0] -= int((flat < 0).sum())  # skipped slots (-1) sort first
+    start = int((flat < 0).sum())
+    act = {
+        "limit": kw.get("swiglu_limit"),
+        "alpha": kw.get("swiglu_alpha", 1.0),
+        "beta": kw.get("swiglu_beta", 0.0),
+        "layout": kw.get("layout", "concat"),
+        "clamp_mode": kw.get("swiglu_clamp_mode", "pre"),
+    }
+    for e, c in enumerate(counts.tolist()):
+        if c == 0:
+            continue
+        idx = order[start : start + c]
+        start += c
+        tok = idx // k
+        wt = topk_weights.reshape(-1)[idx, None].float()
+        xin = x[tok]
+        if kw.get("apply_router_weight_on_input"):
+            xin, wt = (xin.float() * wt).to(x.dtype), torch.ones_like(wt)
+        h = swiglu_math(xin @ w13[e].T, dtype=torch.float32, **act).to(x.dtype)
+        out.index_add_(0, tok, (h @ w2[e].T).float() * wt)
+    return out.to(x.dtype)
+
+
+PEERS = {
+    "swiglu": {
+        "flashinfer_silu_and_mul": (_flashinfer_silu_and_mul, ("cuda",), ("flashinfer",)),
+    },
+    "fused_moe": {"torch_dequant_mm": (_torch_dequant_mm, ("cpu", "cuda"), ())},
+}
+
+
+def resolve_impls(op: str, names: list[str]) -> list:
+    from parity.catalog import get_impl, impls
+    from parity.registry import Impl
+
+    def peer(name):
+        fn, devices, requires = PEERS[op][name]
+        return Impl(op=op, name=name, backend="peer", fn=fn, devices=devices, requires=requires)
+
+    out = []
+    for name in names:
+        if name == "all":  # what is not named already
+            have = {i.name for i in out} | set(names)
+            every = impls(op, include_reference=True) + [peer(n) for n in PEERS.get(op, {})]
+            out += [i for i in every if i.name not in have]
+        elif name in PEERS.get(op, {}):
+            out.append(peer(name))
+        else:
+            out.append(get_impl(op, name))
+    return out
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -312,92 +277,60 @@ def time_calls(fn, cases, device: str, warmup_ms: float, rep_ms: float) -> tuple
     return statistics.median(times), reps
 
 
-# --- the command ---------------------------------------------------------------------------
+def time_graph(fn, cases, eager_s: float, rep_ms: float) -> float:
+    """Median seconds per call under CUDA-graph replay: the calls over the rotated sets captured
+    once (short calls several times over, so one replay's launch is amortised), then replayed."""
+    import torch
+
+    calls = [(c.args, c.kwargs) for c in cases]
+    n = len(calls)
+    per_graph = n * max(1, min(20, int(1e-3 / max(eager_s * n, 1e-9))))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # lazy initialisation (JIT, allocations) outside the capture
+        for a, k in calls[: min(n, 3)]:
+            fn(*a, **k)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for j in range(per_graph):
+            a, k = calls[j % n]
+            fn(*a, **k)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    est = max(start.elapsed_time(end) / 1e3, 1e-7)
+    times = []
+    for _ in range(int(min(max(5, rep_ms / 1e3 / est), 1000))):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / per_graph)
+    del graph
+    return statistics.median(times)
 
 
-def run(args) -> int:
-    from parity.catalog import get_impl, get_spec
-    from parity.properties.case import as_tuple
-    from parity.tools.golden_cmd import default_device
+def copy_ceiling(device: str, warmup_ms: float, rep_ms: float) -> dict:
+    """A device-to-device copy, timed like the kernels: the bandwidth a memory-bound kernel
+    cannot beat (bytes read + bytes written per second)."""
+    import torch
 
-    device = default_device(args.device)
-    try:
-        spec = get_spec(args.op)
-        chosen = [get_impl(args.op, name) for name in args.impl]
-        default_tokens = "1,16,128,1024,4096" if device == "cuda" else "1,16,128"
-        tokens = [int(t) for t in (args.tokens or default_tokens).split(",") if t.strip()]
-        override = json.loads(args.meta) if args.meta else {}
-        if not isinstance(override, dict):
-            raise ValueError("--meta must be a JSON object")
-    except (KeyError, ImportError, AttributeError, TypeError, ValueError) as e:
-        print(f"parity bench: {e}", file=sys.stderr)
-        return 2
-    if any(t < 0 for t in tokens) or args.rep_ms <= 0 or args.warmup_ms < 0:
-        print("parity bench: tokens must be >= 0, --rep-ms > 0, --warmup-ms >= 0", file=sys.stderr)
-        return 2
-    rows, bad = [], False
-    for T in tokens:
-        meta, source = bench_meta(spec, T, seed=args.seed, device=device)
-        meta.update(override)
-        if args.dtype:
-            meta["dtype"] = args.dtype
-        first = spec.build(meta, device)
-        in_bytes = tensor_bytes(first.tensors().values())
-        n = _n_sets(in_bytes, device)
-        cases = [first] + [
-            spec.build({**meta, "seed": meta.get("seed", 0) + i + 1}, device) for i in range(n - 1)
-        ]
-        base = None
-        for impl in chosen:
-            row = {
-                "op": spec.name,
-                "T": T,
-                "impl": impl.name,
-                "device": device,
-                "case": first.describe(),
-                "meta_source": source,
-                "sets": n,
-                "status": "ok",
-                "median_us": None,
-                "ratio": None,
-                "gbps": None,
-                "tflops": None,
-                "iters": 0,
-                "bytes": None,
-                "note": "",
-            }
-            rows.append(row)
-            ok, why = impl.availability(device)
-            if not ok:
-                row.update(status="unavailable", note=why)
-                bad = True
-                continue
-            try:
-                outs = as_tuple(first.call(impl.fn))
-                sec, reps = time_calls(impl.fn, cases, device, args.warmup_ms, args.rep_ms)
-            except NotImplementedError as e:
-                row.update(status="unsupported", note=str(e))
-                continue
-            except Exception as e:  # report it, time the others
-                row.update(status="error", note=f"{type(e).__name__}: {e}")
-                bad = True
-                continue
-            row.update(median_us=sec * 1e6, iters=reps)
-            if spec.name in MEMORY_BOUND:
-                count = MEMORY_BOUND[spec.name]
-                nbytes = count(first, outs) if count else in_bytes + tensor_bytes(outs)
-                row.update(bytes=nbytes, gbps=nbytes / sec / 1e9)
-            flops = FLOPS.get(spec.name)
-            if flops is not None:
-                row["tflops"] = flops(first) / sec / 1e12
-            if base is None:
-                base = sec
-            row["ratio"] = sec / base
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        _table(rows, spec.name, device)
-    return 1 if bad else 0
+    n = (1 << 30) if device == "cuda" else (64 << 20)
+    src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    case = SimpleNamespace(args=(dst, src), kwargs={})
+    sec, reps = time_calls(torch.Tensor.copy_, [case], device, warmup_ms, rep_ms)
+    del src, dst
+    return {"median_us": sec * 1e6, "iters": reps, "bytes": 2 * n, "gbps": 2 * n / sec / 1e9}
+
+
+# --- work per call -------------------------------------------------------------------------
 
 
 def _fused_moe_flops(case) -> float:
@@ -409,40 +342,227 @@ def _fused_moe_flops(case) -> float:
     return 6.0 * routed * (two_n // 2) * h
 
 
+def _fused_moe_weight_bytes(case) -> int:
+    """Bytes of the weights (and scales) of the experts the case routes to: what one call must
+    read at least once."""
+    ids = case.args[4]
+    touched = int(ids[ids >= 0].unique().numel())
+    per_expert = [case.args[1], case.args[2]]
+    per_expert += [case.kwargs.get(s) for s in ("w13_scale", "w2_scale")]
+    return sum(t[0].numel() * t.element_size() * touched for t in per_expert if t is not None)
+
+
 FLOPS = {"fused_moe": _fused_moe_flops}
+FLOOR_BYTES = {"fused_moe": _fused_moe_weight_bytes}
 
 
-def _table(rows, op, device) -> None:
+# --- the command ---------------------------------------------------------------------------
+
+
+def _row(**kw) -> dict:
+    row = {
+        "op": None,
+        "variant": "",
+        "T": None,
+        "impl": None,
+        "device": None,
+        "case": "",
+        "meta_source": "",
+        "sets": 0,
+        "status": "ok",
+        "median_us": None,
+        "ratio": None,
+        "gbps": None,
+        "pct_copy": None,
+        "tflops": None,
+        "floor_us": None,
+        "x_floor": None,
+        "graph_us": None,
+        "graph_status": "",
+        "iters": 0,
+        "bytes": None,
+        "note": "",
+    }
+    row.update(kw)
+    return row
+
+
+def run(args) -> int:
+    from parity.catalog import get_spec
+    from parity.properties.case import as_tuple
+    from parity.tools.common import add_sys_path_cwd, default_device
+
+    add_sys_path_cwd()
+    device = default_device(args.device)
+    try:
+        spec = get_spec(args.op)
+        chosen = resolve_impls(spec.name, args.impl)
+        default_tokens = "1,16,128,1024,4096" if device == "cuda" else "1,16,128"
+        tokens = [int(t) for t in (args.tokens or default_tokens).split(",") if t.strip()]
+        variants = [json.loads(m) for m in (args.meta or ["{}"])]
+        if not all(isinstance(v, dict) for v in variants):
+            raise ValueError("--meta must be a JSON object")
+    except (KeyError, ImportError, AttributeError, TypeError, ValueError) as e:
+        print(f"parity bench: {e}", file=sys.stderr)
+        return 2
+    if any(t < 0 for t in tokens) or args.rep_ms <= 0 or args.warmup_ms < 0:
+        print("parity bench: tokens must be >= 0, --rep-ms > 0, --warmup-ms >= 0", file=sys.stderr)
+        return 2
+    import torch
+
+    ceiling = copy_ceiling(device, args.warmup_ms, args.rep_ms)
+    rows = [
+        _row(
+            op=spec.name,
+            impl="copy (ceiling)",
+            device=device,
+            case=f"copy_ of {ceiling['bytes'] // 2 >> 20} MiB",
+            median_us=ceiling["median_us"],
+            gbps=ceiling["gbps"],
+            pct_copy=100.0,
+            iters=ceiling["iters"],
+            bytes=ceiling["bytes"],
+            graph_status="not run on cpu" if device != "cuda" and args.graph else "",
+        )
+    ]
+    bad = False
+    for over in variants:
+        variant = json.dumps(over, sort_keys=True) if over else ""
+        for T in tokens:
+            meta, source = bench_meta(spec, T, seed=args.seed, device=device)
+            meta = merge(meta, over)
+            if args.dtype:
+                meta["dtype"] = args.dtype
+            first = spec.build(meta, device)
+            in_bytes = tensor_bytes(first.tensors().values())
+            n = _n_sets(in_bytes, device)
+            cases = [first] + [
+                spec.build({**meta, "seed": meta.get("seed", 0) + i + 1}, device)
+                for i in range(n - 1)
+            ]
+            base = None
+            for impl in chosen:
+                row = _row(
+                    op=spec.name,
+                    variant=variant,
+                    T=T,
+                    impl=impl.name,
+                    device=device,
+                    case=first.describe(),
+                    meta_source=source,
+                    sets=n,
+                )
+                rows.append(row)
+                ok, why = impl.availability(device)
+                if not ok:
+                    row.update(status="unavailable", note=why)
+                    bad = True
+                    continue
+                try:
+                    outs = as_tuple(first.call(impl.fn))
+                    sec, reps = time_calls(impl.fn, cases, device, args.warmup_ms, args.rep_ms)
+                except NotImplementedError as e:
+                    row.update(status="unsupported", note=str(e))
+                    continue
+                except Exception as e:  # report it, time the others
+                    row.update(status="error", note=f"{type(e).__name__}: {e}")
+                    bad = True
+                    continue
+                row.update(median_us=sec * 1e6, iters=reps)
+                if spec.memory_bound:
+                    nbytes = in_bytes + tensor_bytes(outs)
+                    gbps = nbytes / sec / 1e9
+                    row.update(bytes=nbytes, gbps=gbps, pct_copy=100.0 * gbps / ceiling["gbps"])
+                if spec.name in FLOPS:
+                    row["tflops"] = FLOPS[spec.name](first) / sec / 1e12
+                if spec.name in FLOOR_BYTES:
+                    floor = FLOOR_BYTES[spec.name](first) / (ceiling["gbps"] * 1e9)
+                    row.update(floor_us=floor * 1e6, x_floor=sec / floor if floor else None)
+                if base is None:
+                    base = sec
+                row["ratio"] = sec / base
+                if args.graph:
+                    row["graph_status"] = _graph(row, impl.fn, cases, device, sec, args.rep_ms)
+            del cases, first
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        _table(rows, spec.name, device, args.graph)
+    return 1 if bad else 0
+
+
+def _graph(row: dict, fn, cases, device: str, eager_s: float, rep_ms: float) -> str:
+    if device != "cuda":
+        return "not run on cpu"
+    import torch
+
+    try:
+        sec = time_graph(fn, cases, eager_s, rep_ms)
+    except Exception as e:  # e.g. a host synchronisation inside the call
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            pass
+        return f"not capturable: {type(e).__name__}: {e}"[:200]
+    row["graph_us"] = sec * 1e6
+    return "ok"
+
+
+def _table(rows, op, device, graph: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    cols = [
-        ("T", lambda r: str(r["T"])),
+    cols = []
+    if len({r["variant"] for r in rows[1:]}) > 1:
+        cols.append(("variant", lambda r: r["variant"][:32]))
+    cols += [
+        ("T", lambda r: "-" if r["T"] is None else str(r["T"])),
         ("impl", lambda r: r["impl"]),
         ("time (us)", lambda r: f(r["median_us"], ".2f")),
-        ("vs first", lambda r: f(r["ratio"], ".3f")),
     ]
-    if any(r["gbps"] is not None for r in rows):
-        cols.append(("GB/s", lambda r: f(r["gbps"], ".1f")))
+    if graph:
+        cols.append(("graph (us)", _graph_cell))
+    cols.append(("vs first", lambda r: f(r["ratio"], ".3f")))
+    if any(r["gbps"] is not None for r in rows[1:]):
+        cols += [
+            ("GB/s", lambda r: f(r["gbps"], ".1f")),
+            ("% copy", lambda r: f(r["pct_copy"], ".1f")),
+        ]
     if any(r["tflops"] is not None for r in rows):
         cols.append(("TFLOP/s", lambda r: f(r["tflops"], ".2f")))
+    if any(r["floor_us"] is not None for r in rows):
+        cols.append(("x floor", lambda r: f(r["x_floor"], ".2f")))
     cols += [
         ("iters", lambda r: str(r["iters"])),
         ("sets", lambda r: str(r["sets"])),
-        ("status", lambda r: r["status"] + (f": {r['note'][:60]}" if r["note"] else "")),
+        ("status", _status),
     ]
     t = Table(title=f"parity bench: {op} on {device} (median per call)")
     for name, _ in cols:
         t.add_column(
             name,
-            justify="left" if name in ("impl", "status") else "right",
+            justify="left" if name in ("variant", "impl", "status") else "right",
             no_wrap=name != "status",
         )
     for r in rows:
         t.add_row(*(get(r) for _, get in cols))
-    Console(width=max(100, Console().width)).print(t)
-    if rows:
-        print(f"case: {rows[0]['case']} (from {rows[0]['meta_source']}; T varies)")
+    Console(width=max(140, Console().width)).print(t)
+    for variant in dict.fromkeys(r["variant"] for r in rows[1:]):
+        first = next(r for r in rows[1:] if r["variant"] == variant)
+        over = f" with {variant}" if variant else ""
+        print(f"case{over}: {first['case']} (from {first['meta_source']}; T varies)")
+
+
+def _status(r) -> str:
+    return r["status"] + (f": {r['note'][:60]}" if r["note"] else "")
+
+
+def _graph_cell(r) -> str:
+    if r["graph_us"] is not None:
+        return format(r["graph_us"], ".2f")
+    return (r["graph_status"] or "-")[:40]

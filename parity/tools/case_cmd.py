@@ -17,13 +17,11 @@ unavailable here).
 from __future__ import annotations
 
 import json
-import math
-import sys
+
+from parity.tools.common import add_common, print_json, resolve, unknown_properties, usage_error
 
 
 def add_parser(sub):
-    from parity.tools.fuzz_cmd import add_common
-
     p = sub.add_parser("case", help="evaluate one property on one case description")
     add_common(p)
     p.add_argument("--property", required=True)
@@ -32,61 +30,19 @@ def add_parser(sub):
     return p
 
 
-def print_verdict(op, impl, prop, device, status, v, *, file=None) -> None:
-    out = file or sys.stdout
-    word = {
-        "pass": "PASS",
-        "fail": "FAIL",
-        "crash": "CRASH",
-        "hang": "HANG",
-        "error": "ERROR",
-        "unsupported": "UNSUPPORTED",
-        "n/a": "N/A",
-    }.get(status, status.upper())
-    print(f"{word} {op} / {impl} / {prop} on {device}", file=out)
-    if v is None:
-        return
-    if v.message:
-        lines = v.message.splitlines()
-        print(f"  {'reason' if status == 'unsupported' else 'error'}    {lines[0]}", file=out)
-        for ln in lines[1:]:
-            print(f"           {ln}", file=out)
-    if status == "fail" and isinstance(v.ratio, (int, float)) and math.isfinite(v.ratio):
-        if v.ratio > 0:
-            print(f"  error/tolerance  {v.ratio:.4g}", file=out)
-    elif status == "pass" and v.ratio:
-        print(f"  worst error/tolerance  {v.ratio:.4g}", file=out)
-    if v.worst and status != "pass":
-        print("  worst elements (output, index, got, want, tol):", file=out)
-        for row in list(v.worst)[:5]:
-            print(
-                "    " + "  ".join(f"{x:.9g}" if isinstance(x, float) else str(x) for x in row),
-                file=out,
-            )
-
-
-def code_for(statuses: list[str]) -> int:
-    if any(s in ("fail", "crash", "hang", "error") for s in statuses):
-        return 1
-    if not any(s == "pass" for s in statuses):
-        return 3
-    return 0
-
-
 def run(args) -> int:
-    from parity.tools.fuzz_cmd import _jsonable, resolve, usage_error
-    from parity.tools.worker import WorkerUsageError, verdict_to_json
+    from parity.campaign import InProcess, Isolated
+    from parity.campaign.text import code_for, verdict_text
+    from parity.campaign.wire import verdict_to_json
+    from parity.campaign.worker import WorkerUsageError
 
     got = resolve("case", args.op, args.impl, args.device)
     if isinstance(got, int):
         return got
     spec, impl, device = got
-    if args.property not in spec.all_properties():
-        return usage_error(
-            "case",
-            f"unknown property {args.property!r} for {spec.name}; properties: "
-            f"{', '.join(spec.all_properties())}",
-        )
+    bad = unknown_properties("case", spec, [args.property])
+    if bad is not None:
+        return bad
     text = args.meta
     try:
         if text.startswith("@"):
@@ -98,13 +54,9 @@ def run(args) -> int:
     if not isinstance(meta, dict):
         return usage_error("case", f"--meta: expected a JSON object, got {type(meta).__name__}")
     if args.no_isolate:
-        from parity.tools.fuzz_cmd import InProcess
-
         ev = InProcess(spec, impl, device)
     else:
-        from parity.tools.worker import Isolated
-
-        ev = Isolated(spec.name, args.impl, device, timeout=args.timeout)
+        ev = Isolated(spec, args.impl, device, timeout=args.timeout)
     try:
         status, v = ev.evaluate(args.property, meta)
     except WorkerUsageError as e:
@@ -117,16 +69,17 @@ def run(args) -> int:
         ev.close()
     code = code_for([status])
     if args.json:
-        doc = {
-            "op": spec.name,
-            "impl": args.impl,
-            "property": args.property,
-            "device": device,
-            "status": status,
-            "verdict": verdict_to_json(v),
-            "exit_code": code,
-        }
-        print(json.dumps(_jsonable(doc), indent=1))
+        print_json(
+            {
+                "op": spec.name,
+                "impl": args.impl,
+                "property": args.property,
+                "device": device,
+                "status": status,
+                "verdict": verdict_to_json(v),
+                "exit_code": code,
+            }
+        )
     else:
-        print_verdict(spec.name, args.impl, args.property, device, status, v)
+        print(verdict_text(spec.name, args.impl, args.property, device, status, v))
     return code

@@ -20,6 +20,7 @@ printed but does not make the commit bad (commits from before a known bug pass i
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import traceback
@@ -114,7 +115,10 @@ def _skip(msg: str) -> int:
 def _run(args) -> int:
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from parity.campaign import InProcess
+    from parity.tools.common import default_device
+
+    device = args.device or default_device()
     if device == "cuda" and not torch.cuda.is_available():
         return _skip("--device cuda, but no CUDA GPU is visible")
     try:
@@ -133,13 +137,14 @@ def _run(args) -> int:
     if args.max_examples is not None and args.max_examples < 1:
         return _skip("--max-examples must be >= 1")
 
-    from parity.tools.ledger import load_ledger
+    from parity.campaign.ledger import load_ledger
 
     try:
         ledger = load_ledger(args.ledger)
     except ValueError as e:
         return _skip(f"ledger: {e}")
 
+    evaluator = InProcess(spec, impl, device)
     tested = unsupported = 0
     failures: list[str] = []
     errors: list[str] = []
@@ -170,7 +175,7 @@ def _run(args) -> int:
                     f"golden case {i}: the recorded outputs fail this commit's "
                     f"tolerance model ({sv.message}): re-record the golden"
                 )
-            status, v = _evaluate(spec, impl.fn, case)
+            status, v = evaluator.evaluate_case("matches_reference", case)
             if status == "unsupported":
                 g_uns += 1
                 continue
@@ -206,20 +211,26 @@ def _run(args) -> int:
         for prop in props:
             if failures and not args.keep_going:
                 break
-            if (prop == "error_parity" and spec.invalid is None) or (
-                prop == "nan_policy" and spec.nan_strategy is None
-            ):
-                continue
             t0 = time.perf_counter()
             try:
-                st, xf = _run_property(spec, prop, impl, device, args, ledger)
+                st = _run_property(spec, prop, impl, evaluator, device, args, ledger)
             except Exception as e:  # Hypothesis or a spec broke, not the impl
                 errors.append(f"{prop}: {type(e).__name__}: {e}")
                 print(f"  {prop:<18} ERROR {type(e).__name__}: {e}")
                 continue
-            tested += st.run + xf  # a known failure was tested: it is not "nothing tested"
+            if st.stopped and not st.run:
+                if "no strategy" in st.stopped:
+                    continue  # error_parity/nan_policy of an op without them
+                errors.append(f"{prop}: {st.stopped}")
+                print(f"  {prop:<18} ERROR {st.stopped}")
+                continue
+            xf = st.xfailed
+            tested += st.run  # a known failure was tested: it is not "nothing tested"
             unsupported += st.unsupported
-            verdict = st.verdict() if st.run or not xf else "xfail"
+            if st.run - xf:
+                verdict = "FAIL" if st.failure is not None or st.failed else "pass"
+            else:
+                verdict = "xfail" if xf else "NOT RUN"
             xfs = f" {xf:4d} xfail" if xf else ""
             print(
                 f"  {prop:<18} {st.passed:4d} pass {st.failed:4d} fail {st.unsupported:4d} "
@@ -250,61 +261,24 @@ def _run(args) -> int:
     return GOOD
 
 
-def _evaluate(spec, fn, case):
-    from parity.properties.checks import evaluate
+def _run_property(spec, prop, impl, evaluator, device, args, ledger):
+    """The engine's driver under the bisect profile with a fixed seed; a failure that the
+    ledger lists counts as xfail and the search goes on; a harness error raises."""
+    from parity.campaign import drive
 
-    return evaluate(spec, "matches_reference", fn, case)
-
-
-def _run_property(spec, prop, impl, device, args, ledger):
-    """The runner's Hypothesis loop (bisect profile, fixed seed), where a failure that the
-    ledger lists is counted as xfail and the search goes on."""
-    import hypothesis
-    from hypothesis import Phase, given, settings
-
-    from parity.properties.checks import evaluate
-    from parity.properties.runner import PropertyFailed, Stats, repro_command, strategy_for
-
-    size = args.size or ("small" if device == "cpu" else "full")
-    st = Stats(spec.name, impl.name, prop, device)
-    over = {} if args.max_examples is None else {"max_examples": args.max_examples}
-    if not args.shrink:  # a bisect needs the verdict, not the minimal case
-        over["phases"] = [p for p in settings.get_profile("bisect").phases if p != Phase.shrink]
-    last: dict = {}
-    xfails = [0]
-
-    @settings(settings.get_profile("bisect"), **over)
-    @given(strategy_for(spec, prop, size=size, dtypes=impl.dtypes))
-    def body(meta):
-        case = spec.build(meta, device)
-        status, v = evaluate(spec, prop, impl.fn, case)
-        entry = ledger.match(spec.name, impl.name, prop, meta) if ledger else None
-        if entry is not None and status in ("pass", "fail"):
-            ledger.record(entry, status == "fail")
-            if status == "fail":
-                xfails[0] += 1
-                return  # known failure: xfail, keep searching for unknown ones
-        st.record(status, meta, v)
-        if status == "fail":
-            last.update(meta=meta, verdict=v)
-            raise PropertyFailed(meta, v.message)
-
-    body = hypothesis.seed(args.seed)(body)
-    t0 = time.perf_counter()
-    try:
-        body()
-    except PropertyFailed as e:
-        last["meta"] = e.meta
-    except Exception:  # Flaky and friends: keep the last failing case, if any
-        if not last:
-            raise
-    finally:
-        st.seconds = time.perf_counter() - t0
-    if last:
-        v = last.get("verdict")
-        st.failure = {
-            "meta": last["meta"],
-            "message": v.message if v is not None else "failed",
-            "repro": repro_command(spec.name, impl.name, prop, device, last["meta"]),
-        }
-    return st, xfails[0]
+    return drive(
+        spec,
+        prop,
+        evaluator,
+        impl_name=impl.name,
+        device=device,
+        profile="bisect",
+        max_examples=args.max_examples,
+        seed=args.seed,
+        shrink=args.shrink,  # a bisect needs the verdict, not the minimal case
+        shrink_time=math.inf,
+        ledger=ledger,
+        dtypes=impl.dtypes,
+        size=args.size,
+        raise_errors=True,
+    )

@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     # `module:function` implementations import from the current directory, as with python -m
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    # before anything imports triton: importing parity.optimized no longer chooses for us
+    from parity._interp import use_triton_interpreter_without_gpu
+
+    use_triton_interpreter_without_gpu()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

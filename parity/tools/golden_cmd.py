@@ -3,7 +3,7 @@
 Records N fixed cases of an op with the outputs of a trusted implementation (the reference by
 default), for `parity check --golden DIR` to replay at every commit of a bisect. The cases are
 drawn from the op's Hypothesis strategy with a fixed seed (the same seed, count and strategy
-give the same cases), built on the device, and stored as repro files (`parity.tools.repro`:
+give the same cases), built on the device, and stored as repro files (`parity.campaign.repro`:
 inputs as safetensors + JSON) so a replay never regenerates tensors: the golden stays valid
 across devices, torch versions and changes of the strategy.
 
@@ -59,48 +59,6 @@ def add_parser(sub):
 # --- shared with check, report and bench --------------------------------------------------
 
 
-def default_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def draw_metas(strategy, count: int, *, seed: int = 0) -> list[dict]:
-    """`count` distinct case descriptions drawn from `strategy`, the same for the same seed and
-    count (Hypothesis adapts its generation to the number of examples).
-
-    A seeded `@given` run (generate phase only, no database) collects what Hypothesis draws:
-    unlike `strategy.example()`, this is deterministic and starts from the simple edge cases
-    (T = 0, smallest sizes) before spreading out."""
-    import hypothesis
-    from hypothesis import HealthCheck, Phase, given, settings
-
-    metas: list[dict] = []
-    seen: set[str] = set()
-
-    @settings(
-        max_examples=max(4 * count, count + 20),
-        database=None,
-        derandomize=False,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-        print_blob=False,
-    )
-    @hypothesis.seed(seed)
-    @given(strategy)
-    def collect(meta):
-        if len(metas) >= count:
-            return
-        key = json.dumps(meta, sort_keys=True, default=repr)
-        if key not in seen:
-            seen.add(key)
-            metas.append(json.loads(json.dumps(meta, default=repr)))
-
-    collect()
-    return metas
-
-
 def output_tensors(outs) -> dict:
     """Outputs as named CPU tensors (out0, out1, ...) for a safetensors file."""
     import torch
@@ -119,10 +77,10 @@ def output_tensors(outs) -> dict:
 def run(args) -> int:
     from safetensors.torch import save as st_save
 
+    from parity.campaign import repro, strategy_for
     from parity.catalog import get_impl, get_spec
     from parity.properties.case import as_tuple
-    from parity.properties.runner import strategy_for
-    from parity.tools import repro
+    from parity.tools.common import default_device, draw_metas
 
     if args.count < 1:
         print("parity golden: --count must be >= 1", file=sys.stderr)
@@ -247,8 +205,8 @@ def load_golden(folder, device: str):
     """(manifest, [(case, stored_outputs, meta)]) from a golden folder; raises GoldenError."""
     from safetensors.torch import load as st_load
 
+    from parity.campaign import repro
     from parity.properties.case import DTYPES
-    from parity.tools import repro
 
     folder = Path(folder)
     mpath = folder / MANIFEST

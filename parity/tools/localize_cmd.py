@@ -161,7 +161,7 @@ def _generic_compare(name: str, case, outs):
     from parity.properties.case import as_tuple, eps_of
     from parity.properties.tolerance import Verdict, check_meta, close, combine, exact
     from parity.reference.stack import FUSED_REFERENCE_OPS
-    from parity.tools.report_cmd import ulp_of
+    from parity.tools.common import ulp_of
 
     c = case.clone()
     with ref.precision("float64", round_output=False):
@@ -364,7 +364,7 @@ def _growth(ref_calls, cand_calls, ref_out, cand_out) -> list[dict]:
 
 
 def run(args) -> int:
-    from parity.tools.golden_cmd import default_device
+    from parity.tools.common import default_device
 
     device = default_device(args.device)
     try:

@@ -3,7 +3,7 @@
     parity replay FILE [--impl IMPL] [--device cpu|cuda] [--timeout S] [--no-isolate] [--json]
 
 FILE is a repro written by `parity fuzz` (the .json, its .safetensors, or the common stem; see
-`parity.tools.repro`). The saved property is evaluated again, and `matches_reference` too where
+`parity.campaign.repro`). The saved property is evaluated again, and `matches_reference` too where
 it applies (not on a bad-input case), on the saved implementation or on `--impl` (e.g. the
 reference, or the fixed kernel), on the saved device or `--device`. The tensors come from the
 file, never regenerated. The kernel runs in a worker subprocess unless `--no-isolate`.
@@ -15,9 +15,7 @@ implementation raised NotImplementedError, or is unavailable here).
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+from parity.tools.common import print_json, resolve, usage_error
 
 
 def add_parser(sub):
@@ -31,20 +29,24 @@ def add_parser(sub):
     return p
 
 
-def run(args) -> int:
-    from parity.tools import repro
-    from parity.tools.case_cmd import code_for, print_verdict
-    from parity.tools.fuzz_cmd import _jsonable, resolve, usage_error
-    from parity.tools.worker import (
-        WorkerUsageError,
-        replay_in_process,
-        replay_isolated,
-        replay_properties,
-        verdict_to_json,
-    )
+def replay_properties(spec, r) -> list[str]:
+    """The saved property, plus matches_reference where it applies (not on bad input)."""
+    from parity.campaign.repro import ReproError
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    if r.prop not in spec.all_properties():
+        raise ReproError(f"{r.path}: property {r.prop!r} is not a property of {spec.name}")
+    props = [r.prop]
+    if r.prop != "matches_reference" and "invalid" not in r.meta:
+        props.append("matches_reference")
+    return props
+
+
+def run(args) -> int:
+    from parity.campaign import InProcess, Isolated, repro
+    from parity.campaign.text import code_for, verdict_text
+    from parity.campaign.wire import verdict_to_json
+    from parity.campaign.worker import WorkerUsageError
+
     try:
         r = repro.load(args.file)
     except repro.ReproError as e:
@@ -53,36 +55,44 @@ def run(args) -> int:
     got = resolve("replay", r.op, impl_name, args.device or r.device)
     if isinstance(got, int):
         return got
-    spec, _impl, device = got
+    spec, impl, device = got
     try:
-        replay_properties(spec, r)
+        props = replay_properties(spec, r)
     except repro.ReproError as e:
         return usage_error("replay", str(e))
+    if args.no_isolate:
+        ev = InProcess(spec, impl, device)
+    else:
+        ev = Isolated(spec, impl_name, device, timeout=args.timeout)
+    results = []
     try:
-        if args.no_isolate:
-            results = replay_in_process(r.path, impl_name, device)
-        else:
-            results = replay_isolated(r.path, impl_name, device, timeout=args.timeout)
+        for prop in props:
+            status, v = ev.evaluate_file(prop, r.path)
+            results.append((prop, status, v))
+            if status in ("crash", "hang"):
+                break
     except (repro.ReproError, WorkerUsageError) as e:
         return usage_error("replay", str(e))
+    finally:
+        ev.close()
     code = code_for([s for _, s, _ in results])
     if args.json:
-        doc = {
-            "file": str(r.path),
-            "op": r.op,
-            "impl": impl_name,
-            "saved_impl": r.impl,
-            "device": device,
-            "results": [
-                {"property": p, "status": s, "verdict": verdict_to_json(v)} for p, s, v in results
-            ],
-            "exit_code": code,
-        }
-        print(json.dumps(_jsonable(doc), indent=1))
+        rows = [{"property": p, "status": s, "verdict": verdict_to_json(v)} for p, s, v in results]
+        print_json(
+            {
+                "file": str(r.path),
+                "op": r.op,
+                "impl": impl_name,
+                "saved_impl": r.impl,
+                "device": device,
+                "results": rows,
+                "exit_code": code,
+            }
+        )
         return code
     print(f"repro {r.path}: {r.op} / {r.impl} / {r.prop} ({r.kind}), found on {r.device}")
     if r.message:
         print(f"  saved    {r.message.splitlines()[0]}")
     for prop, status, v in results:
-        print_verdict(r.op, impl_name, prop if prop != "*" else r.prop, device, status, v)
+        print(verdict_text(r.op, impl_name, prop, device, status, v))
     return code

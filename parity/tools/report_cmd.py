@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from parity.tools.common import default_device, draw_metas, ulp_of
 
 SAMPLE_CAP = 200_000  # elements kept per (op, output, dtype, impl) for the histograms
 FLOOR = {"rel": 1e-12, "ulp": 1e-4}  # zero errors are drawn in the lowest bin
@@ -66,17 +67,6 @@ class ImplTally:
     raised: int = 0
     skipped_dtype: int = 0
     first_failure: str = ""
-
-
-def ulp_of(want, dtype):
-    """Spacing of `dtype` at |want| (float64), for any float dtype including float8."""
-    import torch
-
-    fi = torch.finfo(dtype)
-    mant = round(-math.log2(fi.eps))
-    x = want.abs()
-    _, e = torch.frexp(torch.where(x > fi.tiny, x, torch.full_like(x, fi.tiny)))
-    return torch.ldexp(torch.ones_like(x), (e - 1 - mant).to(torch.int32))
 
 
 def _errors(got, want, group: Group, gen) -> None:
@@ -145,7 +135,6 @@ def measure(spec, impl_list, device: str, n: int, seed: int, size: str):
     from parity import reference as ref
     from parity.properties.case import as_tuple, dtype_name
     from parity.properties.checks import ImplRaised, UnsupportedCase, call_impl, canonical
-    from parity.tools.golden_cmd import draw_metas
 
     metas = draw_metas(spec.strategy(size=size, dtypes=None), n, seed=seed)
     groups: dict = {}
@@ -250,7 +239,6 @@ def run(args) -> int:
 
     from parity.catalog import get_impl, get_spec, impls
     from parity.properties.case import dtype_name  # noqa: F401 - parity imports here
-    from parity.tools.golden_cmd import default_device
 
     if args.examples < 1:
         print("parity report: --examples must be >= 1", file=sys.stderr)

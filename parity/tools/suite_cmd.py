@@ -28,14 +28,14 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import torch
     from rich.console import Console
     from rich.table import Table
 
+    from parity.campaign import run_property
     from parity.catalog import get_spec, impls
-    from parity.properties.runner import run_property
+    from parity.tools.common import default_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     console = Console(stderr=True)
     rows, not_run, failures = [], [], []
     t_all = time.perf_counter()

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "kernels"))
 from parity_tools_testlib import KERNELS, MODULE, parity
 
-from parity.tools import repro
+from parity.campaign import repro
 
 FAST = ("--max-examples", "4", "--no-isolate")
 
@@ -459,24 +459,24 @@ def test_console_script_from_the_kernel_folder(tmp_path):
 
 
 def test_gpu_pinning_without_initialising_cuda(monkeypatch):
-    from parity.tools import worker
+    from parity import _gpu as gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert worker.visible_gpus() == ["3", "5"]
-    assert [worker.gpu_env(i, "cuda") for i in range(3)] == [
+    assert gpu.visible_gpus() == ["3", "5"]
+    assert [gpu.gpu_env(i, "cuda") for i in range(3)] == [
         {"CUDA_VISIBLE_DEVICES": "3"},
         {"CUDA_VISIBLE_DEVICES": "5"},
         {"CUDA_VISIBLE_DEVICES": "3"},
     ]
-    assert worker.gpu_env(1, "cpu") == {}
+    assert gpu.gpu_env(1, "cpu") == {}
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    assert worker.pin_gpu_for_xdist_worker() is None
+    assert gpu.pin_gpu_for_xdist_worker() is None
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    assert worker.pin_gpu_for_xdist_worker() is None  # too late: CUDA already initialised
+    assert gpu.pin_gpu_for_xdist_worker() is None  # too late: CUDA already initialised
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    assert worker.pin_gpu_for_xdist_worker() == "5"
+    assert gpu.pin_gpu_for_xdist_worker() == "5"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
 
 

@@ -86,7 +86,7 @@ def check(*argv):
 
 
 def test_golden_writes_repro_files_and_manifest(golden):
-    from parity.tools import repro
+    from parity.campaign import repro
 
     m = json.loads((golden / "golden.json").read_text())
     assert m["format"] == "parity-golden" and m["op"] == "swiglu" and m["impl"] == "reference"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from parity.tools.ledger import Ledger, load_ledger
+from parity.campaign.ledger import Ledger, load_ledger
 
 sys.path.insert(0, str(Path(__file__).parent / "kernels"))
 from parity_tools_testlib import parity

@@ -67,7 +67,7 @@ def test_report_usage_errors(tmp_path):
 
 
 def test_ulp_of_covers_float8():
-    from parity.tools.report_cmd import ulp_of
+    from parity.tools.common import ulp_of
 
     x = torch.tensor([1.0, 448.0, 0.0], dtype=torch.float64)
     assert ulp_of(x, torch.float8_e4m3fn).tolist() == [0.125, 32.0, 2.0**-9]

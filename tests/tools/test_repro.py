@@ -7,10 +7,10 @@ import pickle
 import pytest
 import torch
 
+from parity.campaign import repro
+from parity.campaign.repro import ReproError
 from parity.properties.case import Case
 from parity.properties.specs.swiglu import build
-from parity.tools import repro
-from parity.tools.repro import ReproError
 
 META = {
     "T": 3,

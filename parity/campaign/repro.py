@@ -25,7 +25,7 @@ executes code (JSON and safetensors only: no pickle, no `torch.load`); a malform
 pair (bad JSON, missing keys, wrong types, sha256 mismatch, tensor names or shapes that differ
 from the JSON) raises `ReproError` with a message naming the problem. The CLI maps it to exit 2.
 
-Public API (used by `parity fuzz/case/replay` and by golden/check/bisect/localize/report):
+Public API (used by the campaign engine and by `parity replay/golden/check/bisect/localize`):
 
     save(case, out_dir, *, impl, prop, kind="fail", message="", verdict=None, seed=None,
          extra=None) -> Path        # the JSON path; `case` is a parity.properties.case.Case
@@ -51,11 +51,14 @@ import os
 import platform
 import re
 import secrets
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from parity.campaign.wire import jsonable
 
 FORMAT = "parity-repro"
 VERSION = 1
@@ -201,17 +204,12 @@ def _decode(v: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
     return {k: _decode(x, f"{where}.{k}", tensors) for k, x in v.items()}
 
 
-def _jsonable(x: Any) -> Any:
-    """Verdict details (worst elements) as plain JSON: tuples to lists, non-finite to str."""
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(y) for y in x]
-    if isinstance(x, dict):
-        return {str(k): _jsonable(y) for k, y in x.items()}
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(x)
-    if isinstance(x, (bool, int, float, str)) or x is None:
-        return x
-    return repr(x)
+def repro_command(op: str, impl: str, prop: str, device: str, meta: dict) -> str:
+    """The one-line `parity case` command that rebuilds and re-evaluates a case."""
+    return (
+        f"parity case --op {op} --impl {shlex.quote(impl)} --property {prop} "
+        f"--device {device} --meta {shlex.quote(json.dumps(meta, sort_keys=True))}"
+    )
 
 
 # --- save ----------------------------------------------------------------------------------
@@ -242,8 +240,6 @@ def save(
 ) -> Path:
     """Save `case` (a built `Case`) with the property it failed; returns the JSON path."""
     from safetensors.torch import save as st_save
-
-    from parity.properties.runner import repro_command
 
     if kind not in KINDS:
         raise ReproError(f"save: kind: expected one of {KINDS}, got {kind!r}")
@@ -277,8 +273,8 @@ def save(
         "device": str(case.device),
         "kind": kind,
         "message": message,
-        "ratio": _jsonable(getattr(verdict, "ratio", None)),
-        "worst": _jsonable(getattr(verdict, "worst", [])),
+        "ratio": jsonable(getattr(verdict, "ratio", None)),
+        "worst": jsonable(getattr(verdict, "worst", [])),
         "seed": seed,
         "meta": meta,
         "args": args,
@@ -294,7 +290,7 @@ def save(
         "replay": f"parity replay {jpath}",
     }
     if extra:
-        doc["extra"] = _jsonable(extra)
+        doc["extra"] = jsonable(extra)
     text = json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(tpath, blob)
     atomic_write(jpath, text.encode())

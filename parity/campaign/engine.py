@@ -1,0 +1,971 @@
+"""The campaign engine: one Hypothesis driver for every way parity runs a property.
+
+`parity fuzz/suite/check/case/replay`, the pytest plugin and `parity.check` all come here:
+
+- an evaluator runs one property on one case and returns (status, Verdict): `InProcess` (the
+  candidate in this process) or `Isolated` (the candidate in a worker process, see
+  `parity.campaign.worker`). Both make the same plan (`checks.make_plan`) and judge in the
+  harness (`checks.judge`): the worker only returns outputs;
+- `drive` runs one property with Hypothesis through an evaluator (budget, shrinking time,
+  ledger, repro files), `run_campaign` every property, `run_parallel` N campaign processes;
+- `Stats` counts one property's run, `Report` a whole campaign (`check` builds one).
+
+Statuses: pass, fail, unsupported (NotImplementedError), n/a (a relation that does not apply),
+xfail (a ledger entry), crash (the process died, or a CUDA error), hang (past the timeout),
+error (parity's own bug).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, Phase, settings
+
+from parity.campaign.repro import repro_command
+from parity.campaign.wire import jsonable
+
+FAILING = ("fail", "crash", "hang", "error")
+
+# --- Hypothesis profiles -------------------------------------------------------------------
+
+_SUPPRESS = list(HealthCheck)
+# no explain phase in pr/bisect: it re-runs a found failure many times only to annotate it
+_NO_EXPLAIN = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+_PROFILE_SETTINGS = {
+    "pr": dict(max_examples=20, derandomize=True, database=None, print_blob=False),
+    "nightly": dict(max_examples=1000, derandomize=False),
+    "bisect": dict(max_examples=30, derandomize=True, database=None),
+}
+for _name, _kw in _PROFILE_SETTINGS.items():
+    if _name != "nightly":
+        _kw["phases"] = _NO_EXPLAIN
+    settings.register_profile(_name, deadline=None, suppress_health_check=_SUPPRESS, **_kw)
+PROFILES = tuple(_PROFILE_SETTINGS)
+
+
+class PropertyFailed(AssertionError):
+    def __init__(self, meta: dict, message: str):
+        super().__init__(message)
+        self.meta = meta
+
+
+class ParityError(RuntimeError):
+    """parity itself broke on a case (a spec, a strategy, the judge): never the candidate's."""
+
+
+class _BudgetSpent(BaseException):
+    """The time budget is spent: a BaseException, so Hypothesis lets it through at once."""
+
+
+class _ShrinkSpent(BaseException):
+    """The shrinking time is spent: the smallest failing case seen so far is the result."""
+
+
+# --- stats ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """One property of one (op, implementation, device): counts, and the shrunk failure."""
+
+    op: str
+    impl: str
+    prop: str
+    device: str
+    run: int = 0
+    passed: int = 0
+    failed: int = 0
+    unsupported: int = 0
+    not_applicable: int = 0
+    crashes: int = 0
+    hangs: int = 0
+    errors: int = 0
+    xfailed: int = 0
+    seconds: float = 0.0
+    # {"meta", "kind", "message", "ratio", "worst", "repro", "repro_file", "describe", "shrunk"}
+    failure: dict | None = None
+    last_unsupported: str = ""
+    max_ratio: float = 0.0
+    repro_file: str | None = None  # the repro of `failure`
+    repro_files: list = field(default_factory=list)  # every repro saved (--workers: several)
+    stopped: str = ""
+    seconds_to_failure: float | None = None  # from the property's start to its first failure
+    cases_to_failure: int | None = None  # cases evaluated until then (the failing one included)
+
+    def record(self, status: str, meta: dict, verdict) -> None:
+        if status == "unsupported":
+            self.unsupported += 1
+            self.last_unsupported = verdict.message if verdict else ""
+            return
+        if status == "n/a":
+            self.not_applicable += 1
+            return
+        self.run += 1
+        if status == "xfail":
+            self.xfailed += 1
+            return
+        if verdict is not None and verdict.ratio == verdict.ratio:
+            self.max_ratio = max(self.max_ratio, min(verdict.ratio, 1e300))
+        if status == "pass":
+            self.passed += 1
+            return
+        self.failed += 1
+        self.crashes += status == "crash"
+        self.hangs += status == "hang"
+        self.errors += status == "error"
+
+    @property
+    def tested(self) -> bool:
+        return self.run > 0
+
+    def verdict(self) -> str:
+        if self.failure is not None or self.failed:
+            return "FAIL"
+        if not self.tested:
+            return "NOT RUN"
+        return "pass (xfail)" if self.xfailed else "pass"
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["verdict"] = self.verdict()
+        return d
+
+
+_COUNTS = ("run", "passed", "failed", "unsupported", "not_applicable", "crashes", "hangs")
+_COUNTS += ("errors", "xfailed")
+
+
+def merge_stats(parts: list[Stats]) -> Stats:
+    """One property's stats from several processes: counts summed, the first failure kept,
+    seconds the longest (they ran side by side)."""
+    first = parts[0]
+    out = Stats(first.op, first.impl, first.prop, first.device)
+    for p in parts:
+        for k in _COUNTS:
+            setattr(out, k, getattr(out, k) + getattr(p, k))
+        out.seconds = max(out.seconds, p.seconds)
+        out.max_ratio = max(out.max_ratio, p.max_ratio)
+        out.last_unsupported = out.last_unsupported or p.last_unsupported
+        out.stopped = out.stopped or p.stopped
+        out.repro_files += [f for f in p.repro_files if f not in out.repro_files]
+        if out.failure is None and p.failure is not None:
+            out.failure = p.failure
+            out.repro_file = p.repro_file
+    return out
+
+
+def stats_from_dict(d: dict) -> Stats:
+    return Stats(**{k: v for k, v in d.items() if k in Stats.__dataclass_fields__})
+
+
+def strategy_for(spec, prop: str, *, size: str, dtypes=None):
+    """The Hypothesis strategy of case descriptions for `prop`; None where the op has none."""
+    if prop not in spec.all_properties():
+        return None
+    if prop == "error_parity":
+        return spec.invalid(size=size) if spec.invalid is not None else None
+    if prop == "nan_policy":
+        return spec.nan_strategy(size=size, dtypes=dtypes) if spec.nan_strategy else None
+    return spec.strategy(size=size, dtypes=dtypes)
+
+
+def exit_code(results: list[Stats], xpasses: list[str] = ()) -> int:
+    """0 no counterexample, 1 a counterexample (or an XPASS), 3 nothing tested."""
+    if any(st.failure is not None or st.failed for st in results) or xpasses:
+        return 1
+    if not any(st.run > 0 for st in results):
+        return 3
+    return 0
+
+
+# --- evaluators ----------------------------------------------------------------------------
+
+
+def _judged(spec, plan, outcomes):
+    from parity.campaign.worker import is_cuda_error
+    from parity.properties.checks import judge
+    from parity.properties.tolerance import Verdict
+
+    try:
+        status, v = judge(spec, plan, outcomes)
+    except Exception:  # the judge or the reference: parity's bug, never a pass
+        return "error", Verdict(False, "parity error: " + traceback.format_exc(limit=8), math.inf)
+    if status == "fail" and is_cuda_error(v.message):
+        status = "crash"
+    return status, v
+
+
+class InProcess:
+    """Evaluate cases in this process (`--no-isolate`, and inside `--workers` processes): the
+    same plan and judge as `Isolated`."""
+
+    def __init__(self, spec, impl, device: str = "cpu"):
+        self.spec, self.impl, self.device = spec, impl, device
+        self.last_describe = None
+
+    def evaluate_case(self, prop: str, case):
+        from parity.campaign.worker import is_cuda_error, sync
+        from parity.properties.checks import execute, make_plan
+        from parity.properties.tolerance import Verdict
+
+        plan = make_plan(self.spec, prop, case)
+        if plan is None:
+            return "n/a", None
+        try:
+            outcomes = execute(self.impl.fn, plan)
+            sync(self.device)
+        except Exception as e:  # a CUDA error surfacing at the synchronisation
+            text = f"{type(e).__name__}: {e}"
+            kind = "crash" if is_cuda_error(text) else "error"
+            return kind, Verdict(False, f"{kind}: {text}", math.inf)
+        self.last_describe = case.describe()
+        return _judged(self.spec, plan, outcomes)
+
+    def evaluate(self, prop: str, meta: dict):
+        """Raises for a description `build` rejects (a usage error)."""
+        return self.evaluate_case(prop, self.spec.build(meta, self.device))
+
+    def evaluate_file(self, prop: str, path):
+        from parity.campaign import repro
+
+        return self.evaluate_case(prop, repro.load(path).case(self.device))
+
+    def start(self) -> None:
+        warm_up(self.device)
+
+    def close(self) -> None:
+        pass
+
+
+class Isolated:
+    """Evaluate cases of one (op, impl, device) in a worker process; a fresh one after a crash
+    or a hang. The worker makes the calls, the harness rebuilds the case and judges. `env`:
+    variables set in each worker first (e.g. a pinned CUDA_VISIBLE_DEVICES)."""
+
+    def __init__(self, spec, impl: str, device: str = "cpu", *, timeout=60.0, env=None):
+        self.spec, self.impl, self.device, self.timeout = spec, impl, device, timeout
+        self.env = env
+        self.proc = None
+        self.restarts = 0
+        self.last_describe = None
+
+    def start(self) -> None:
+        """Start a worker now (before a time budget starts)."""
+        self._ready()
+
+    def _ready(self):
+        from parity.campaign.worker import (
+            STARTUP_TIMEOUT,
+            Child,
+            WorkerDied,
+            WorkerTimeout,
+            WorkerUsageError,
+        )
+
+        if self.proc is None:
+            p = Child(env=self.env)
+            msg = {"cmd": "init", "op": self.spec.name, "impl": self.impl, "device": self.device}
+            try:
+                reply, _ = p.request({**msg, "sys_path": [os.getcwd(), *sys.path]}, STARTUP_TIMEOUT)
+            except (WorkerDied, WorkerTimeout) as e:
+                tail = p.stderr_tail()
+                p.kill()
+                raise WorkerUsageError(f"the worker did not start: {e}\n{tail}") from e
+            except ValueError as e:  # a malformed reply: the candidate wrote to the pipe
+                p.kill()
+                raise WorkerUsageError(f"the worker did not start: {e}") from e
+            if not reply.get("ok"):
+                p.kill()
+                raise WorkerUsageError(str(reply.get("error", "the worker did not start")))
+            self.proc = p
+        return self.proc
+
+    def _lost(self) -> None:
+        """The current worker is gone (or must go): kill it; the next call forks a new one."""
+        if self.proc is not None:
+            self.proc.kill()
+        self.proc = None
+        self.restarts += 1
+
+    def evaluate(self, prop: str, meta: dict):
+        """(status, Verdict | None). Raises ValueError for a description `build` rejects,
+        WorkerUsageError when the worker cannot import the implementation."""
+        return self._run({"cmd": "run", "prop": prop, "meta": meta}, prop, meta=meta)
+
+    def evaluate_file(self, prop: str, path):
+        return self._run({"cmd": "run", "prop": prop, "file": str(path)}, prop, path=path)
+
+    def _run(self, msg: dict, prop: str, *, meta=None, path=None):
+        from parity.campaign import repro
+        from parity.campaign.wire import BadReply, outcomes_from_wire
+        from parity.campaign.worker import WorkerDied, WorkerTimeout, indent
+        from parity.properties.checks import make_plan
+        from parity.properties.tolerance import Verdict
+
+        p = self._ready()
+        p.send(msg)
+        # the harness's own copy of the case, built while the worker runs the candidate
+        try:
+            case = (
+                self.spec.build(meta, self.device)
+                if path is None
+                else repro.load(path).case(self.device)
+            )
+            plan = make_plan(self.spec, prop, case)
+        except BaseException:
+            self._lost()
+            raise
+        try:
+            reply, blobs = p.recv(self.timeout)
+        except WorkerTimeout:
+            self._lost()
+            why = f"hang: no result within {self.timeout:g} s (worker killed)"
+            return "hang", Verdict(False, why, math.inf)
+        except WorkerDied as e:
+            self._lost()
+            msg = f"crash: {e}" + ("\n" + indent(e.stderr_tail) if e.stderr_tail else "")
+            return "crash", Verdict(False, msg, math.inf)
+        except BadReply as e:
+            self._lost()
+            return "fail", Verdict(False, f"the worker's reply is malformed: {e}", math.inf)
+        if not reply.get("ok"):
+            if reply.get("kind") == "bad_meta":
+                raise ValueError(str(reply.get("error", "bad case description")))
+            return "error", Verdict(False, f"parity error: {reply.get('error', '')}", math.inf)
+        status = reply.get("status")
+        if status == "crash":
+            self._lost()
+            why = f"crash (CUDA error, worker restarted): {reply.get('error', '')}"
+            return "crash", Verdict(False, why, math.inf)
+        if plan is None or status == "n/a":
+            return "n/a", None
+        try:
+            outcomes = outcomes_from_wire(reply.get("outcomes"), blobs, self.device)
+        except BadReply as e:
+            self._lost()
+            return "fail", Verdict(False, f"the worker's reply is malformed: {e}", math.inf)
+        self.last_describe = case.describe()
+        return _judged(self.spec, plan, outcomes)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+        self.proc = None
+
+
+def evaluator_for(spec, impl, device: str, *, isolate: bool, timeout: float = 60.0, env=None):
+    """An `Isolated` evaluator (the candidate in a worker, imported there by name) or
+    `InProcess`."""
+    if isolate:
+        return Isolated(spec, impl.name, device, timeout=timeout, env=env)
+    return InProcess(spec, impl, device)
+
+
+def warm_up(device: str = "cpu") -> None:
+    """What the first case would pay for, done before the clock starts: the CUDA context, and
+    `torch.use_deterministic_algorithms` (writes_all_outputs) importing torch._inductor."""
+    import torch
+
+    with contextlib.suppress(Exception):
+        import torch._inductor.config
+    if device.startswith("cuda"):
+        torch.empty(1, device=device)
+        torch.cuda.synchronize()
+
+
+def save_repro(spec, device, impl_name, prop, meta, *, out, kind, verdict=None, seed=None):
+    """Write the repro of one case (built in the harness; no kernel runs): (path, describe) or
+    (None, the error)."""
+    from parity.campaign import repro
+
+    try:
+        case = spec.build(meta, device)
+        kind = kind if kind in ("crash", "hang") else "fail"
+        path = repro.save(
+            case, out, impl=impl_name, prop=prop, kind=kind, verdict=verdict, seed=seed
+        )
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+    return str(path), case.describe()
+
+
+def _remove_repro(path: str | None) -> None:
+    if not path:
+        return
+    p = __import__("pathlib").Path(path)
+    for q in (p, p.with_suffix(".safetensors")):
+        with contextlib.suppress(OSError):
+            q.unlink()
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+def _key(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True, default=repr)
+
+
+def drive(
+    spec,
+    prop: str,
+    evaluator,
+    *,
+    impl_name: str,
+    device: str = "cpu",
+    profile: str = "pr",
+    max_examples: int | None = None,
+    seed: int | None = None,
+    deadline: float | None = None,
+    hard_deadline: float | None = None,
+    shrink: bool = True,
+    shrink_time: float = 60.0,
+    ledger=None,
+    out_dir: str | os.PathLike | None = None,
+    dtypes=None,
+    size: str | None = None,
+    raise_errors: bool = False,
+    on_start: Callable[[str, dict], None] | None = None,
+    on_example: Callable[[Stats, str], None] | None = None,
+) -> Stats:
+    """Run `prop` with Hypothesis, each case through `evaluator.evaluate(prop, meta)`.
+
+    deadline / hard_deadline: `time.monotonic()` values; no new case is drawn after
+    `deadline`, shrinking stops at `hard_deadline` or `shrink_time` after the first failure
+    (the smallest failure found so far is kept). `shrink=False`: the first failure is the
+    result. A failing case that a `ledger` entry matches counts as xfail and the search goes
+    on. `out_dir`: where the failure's repro is saved (None: not saved). `raise_errors`: a
+    parity error raises `ParityError` instead of counting as a failure (tests of parity).
+    """
+    import hypothesis
+    from hypothesis import Verbosity, given
+    from hypothesis.errors import Unsatisfiable
+
+    from parity.properties.tolerance import Verdict
+
+    size = size or ("small" if device == "cpu" else "full")
+    stats = Stats(spec.name, impl_name, prop, device)
+    strat = strategy_for(spec, prop, size=size, dtypes=dtypes)
+    if strat is None:
+        stats.stopped = f"{spec.name} has no strategy for {prop}"
+        return stats
+    base = settings.get_profile(profile)
+    overrides: dict = {"verbosity": Verbosity.quiet}
+    if max_examples is not None:
+        overrides["max_examples"] = max_examples
+    if not shrink:
+        drop = (Phase.shrink, Phase.explain)
+        overrides["phases"] = tuple(p for p in base.phases if p not in drop)
+    s = settings(base, **overrides)
+    targeted = profile == "nightly"
+    fails: dict[str, tuple] = {}
+    t0 = time.perf_counter()
+    state: dict = {"first": None, "shrink_until": None, "provisional": None, "last": None}
+
+    def save(meta, status, v):
+        if out_dir is None:
+            return None, ""
+        path, info = save_repro(
+            spec, device, impl_name, prop, meta, out=out_dir, kind=status, verdict=v, seed=seed
+        )
+        if path is None:
+            print(f"parity: could not save the repro: {info}", file=sys.stderr)
+        return path, info
+
+    @s
+    @given(strat)
+    def body(meta):
+        now = time.monotonic()
+        key = _key(meta)
+        if state["shrink_until"] is not None and now > state["shrink_until"]:
+            raise _ShrinkSpent
+        if state["first"] is None and deadline is not None and now > deadline:
+            raise _BudgetSpent
+        if key in fails and fails[key][0] in ("crash", "hang"):
+            status, v = fails[key]  # never run a crash twice for the same case
+        else:
+            if on_start:
+                on_start(prop, meta)
+            try:
+                status, v = evaluator.evaluate(prop, meta)
+            except Exception as e:  # a bad description: parity's bug
+                status, v = "error", Verdict(False, f"parity error: {type(e).__name__}: {e}")
+            if status == "error" and raise_errors:
+                raise ParityError(v.message)
+            entry = ledger.match(spec.name, impl_name, prop, meta) if ledger else None
+            if entry is not None and status not in ("unsupported", "n/a"):
+                failed = status in FAILING
+                ledger.record(entry, failed)
+                if failed:
+                    status = "xfail"
+            stats.record(status, meta, v)
+            if on_example:
+                on_example(stats, status)
+        if targeted and v is not None and v.ratio == v.ratio and status not in FAILING:
+            hypothesis.target(min(float(v.ratio), 1e12), label="error/tolerance")
+        if status in FAILING:
+            fails[key] = (status, v)
+            state["last"] = (meta, status, v)
+            if state["first"] is None:
+                state["first"] = meta
+                stats.seconds_to_failure = time.perf_counter() - t0
+                stats.cases_to_failure = stats.run + stats.unsupported + stats.not_applicable
+                until = time.monotonic() + shrink_time
+                if hard_deadline is not None:
+                    until = min(until, hard_deadline)
+                state["shrink_until"] = until
+                if shrink:
+                    state["provisional"] = save(meta, status, v)  # written as soon as found
+            raise PropertyFailed(meta, v.message if v is not None else status)
+
+    if seed is not None:
+        body = hypothesis.seed(seed)(body)
+    final = None
+    try:
+        body()
+    except PropertyFailed as e:
+        final = e.meta
+    except _BudgetSpent:
+        stats.stopped = "time budget spent"
+    except _ShrinkSpent:
+        final = state["last"][0]
+        stats.stopped = "shrinking time spent"
+    except Unsatisfiable:
+        stats.stopped = "no case can be drawn (dtypes of the implementation?)"
+    except ParityError:
+        raise
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        found = _find_failed(e)
+        if found is not None:
+            final = found.meta
+        elif state["last"] is not None:  # Flaky and friends: keep the last failure seen
+            final = state["last"][0]
+        else:
+            if raise_errors:
+                raise
+            stats.errors += 1
+            stats.failure = {
+                "meta": None,
+                "message": "parity error: " + "".join(traceback.format_exception(e))[-2000:],
+                "ratio": math.inf,
+                "worst": [],
+                "kind": "error",
+                "repro": "",
+            }
+    finally:
+        stats.seconds = time.perf_counter() - t0
+    if final is not None:
+        _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save)
+    return stats
+
+
+def _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save) -> None:
+    status, v = fails.get(_key(final), (state["last"][1], state["last"][2]))
+    path, describe = state["provisional"] or (None, "")
+    if path is None:
+        describe = ""
+    if _key(final) != _key(state["first"]) or path is None:
+        new, describe = save(final, status, v)
+        if new is not None:
+            if path != new:
+                _remove_repro(path)
+            path = new
+    stats.repro_file = path
+    stats.repro_files = [path] if path else []
+    stats.failure = {
+        "meta": final,
+        "kind": status,
+        "message": v.message if v is not None else status,
+        "ratio": getattr(v, "ratio", math.inf),
+        "worst": [list(w) for w in getattr(v, "worst", []) or []],
+        "repro": repro_command(spec.name, impl_name, prop, device, final),
+        "repro_file": path,
+        "describe": describe or "",
+        "shrunk": _key(final) != _key(state["first"]),
+    }
+
+
+def _find_failed(e: BaseException):
+    if isinstance(e, PropertyFailed):
+        return e
+    for sub in getattr(e, "exceptions", ()) or ():
+        got = _find_failed(sub)
+        if got is not None:
+            return got
+    return None
+
+
+# --- a campaign: every property ------------------------------------------------------------
+
+
+def run_campaign(
+    spec,
+    props: list[str],
+    evaluator,
+    *,
+    max_time: float | None = None,
+    fail_fast: bool = False,
+    on_prop_start: Callable[[str], None] | None = None,
+    on_prop_done: Callable[[Stats], None] | None = None,
+    **kw,
+) -> list[Stats]:
+    """`drive` for each property; `max_time` split evenly over the properties left (unused
+    time passes on). `fail_fast`: stop after the first property that fails."""
+    start = time.monotonic()
+    hard = start + max_time if max_time is not None else None
+    out = []
+    for i, prop in enumerate(props):
+        deadline = None
+        if hard is not None:
+            now = time.monotonic()
+            deadline = now + max(0.0, hard - now) / (len(props) - i)
+        if on_prop_start:
+            on_prop_start(prop)
+        st = drive(spec, prop, evaluator, deadline=deadline, hard_deadline=hard, **kw)
+        out.append(st)
+        if on_prop_done:
+            on_prop_done(st)
+        if fail_fast and st.failure is not None:
+            break
+    return out
+
+
+def run_property(
+    spec,
+    prop: str,
+    fn: Callable,
+    *,
+    impl_name: str,
+    device: str = "cpu",
+    size: str | None = None,
+    dtypes=None,
+    profile: str = "pr",
+    max_examples: int | None = None,
+    seed: int | None = None,
+    shrink: bool = True,
+) -> Stats:
+    """One property of `fn`, in this process, no repro file; a parity error raises."""
+    from parity.registry import Impl
+
+    impl = Impl(op=spec.name, name=impl_name, backend="external", fn=fn)
+    return drive(
+        spec,
+        prop,
+        InProcess(spec, impl, device),
+        impl_name=impl_name,
+        device=device,
+        size=size,
+        dtypes=dtypes,
+        profile=profile,
+        max_examples=max_examples,
+        seed=seed,
+        shrink=shrink,
+        raise_errors=True,
+    )
+
+
+# --- --workers N ---------------------------------------------------------------------------
+
+
+def _campaign_main(conn, log_path: str, env: dict | None, cfg: dict) -> None:
+    """A `--workers` process: a whole campaign in-process, events sent on `conn` as frames."""
+    from parity.campaign.worker import add_sys_path, child_setup
+
+    child_setup(log_path, env)
+    add_sys_path(cfg.get("sys_path"))
+    from parity.campaign.wire import encode
+
+    campaign_process(cfg, lambda ev: conn.send_bytes(encode({**ev, "blobs": []}, [])))
+    conn.close()
+
+
+def campaign_process(cfg: dict, emit: Callable[[dict], None]) -> None:
+    """Body of one `--workers` process."""
+    from parity.catalog import get_impl, get_spec
+
+    spec = get_spec(cfg["op"])
+    impl = get_impl(cfg["op"], cfg["impl"])
+    from parity.campaign.ledger import Ledger
+
+    ledger = Ledger.load(cfg["ledger"]) if cfg.get("ledger") else None
+    run_campaign(
+        spec,
+        cfg["props"],
+        InProcess(spec, impl, cfg["device"]),
+        max_time=cfg.get("max_time"),
+        impl_name=cfg["impl"],
+        device=cfg["device"],
+        profile=cfg["profile"],
+        max_examples=cfg.get("max_examples"),
+        seed=cfg.get("seed"),
+        shrink_time=cfg.get("shrink_time", 60.0),
+        ledger=ledger,
+        out_dir=cfg.get("out"),
+        dtypes=impl.dtypes,
+        on_start=lambda prop, meta: emit({"event": "start", "prop": prop, "meta": meta}),
+        on_example=lambda st, status: emit({"event": "example", "prop": st.prop, "status": status}),
+        on_prop_done=lambda st: emit({"event": "prop", "stats": jsonable(st.as_dict())}),
+    )
+    emit({"event": "done", "ledger": ledger.summary() if ledger else []})
+
+
+def run_parallel(
+    spec,
+    props: list[str],
+    *,
+    n: int,
+    impl_name: str,
+    device: str,
+    profile: str,
+    max_examples: int | None,
+    seed: int,
+    max_time: float | None,
+    shrink_time: float,
+    timeout: float,
+    ledger,
+    ledger_path: str | None,
+    out_dir: str,
+    on_example: Callable[[str, str], None] | None = None,
+) -> list[Stats]:
+    """N campaign processes (seed + i, max_examples / N each, one GPU each on cuda); a process
+    that dies or hangs on a case records a crash/hang for it and is restarted on the
+    properties it had left."""
+    from parity._gpu import gpu_env
+    from parity.campaign.wire import BadReply
+    from parity.campaign.worker import Child, WorkerDied, WorkerTimeout, warm_forkserver
+    from parity.properties.tolerance import Verdict
+
+    per = None if max_examples is None else max(1, math.ceil(max_examples / n))
+    warm_forkserver()  # before the clock: --max-time measures testing
+    start = time.monotonic()
+    parts: dict[str, list[Stats]] = {p: [] for p in props}
+    ledger_rows: list[list[dict]] = []
+
+    class W:
+        def __init__(self, i: int, todo: list[str]):
+            self.i, self.todo = i, list(todo)
+            self.env = gpu_env(i, device)
+            self.proc = None
+            self.current = None  # (prop, meta, t): the case being evaluated
+            self.partial: dict[str, Stats] = {}
+            self.done = False
+            self.launch()
+
+        def launch(self):
+            if not self.todo:
+                self.done = True
+                return
+            left = None if max_time is None else max(0.0, max_time - (time.monotonic() - start))
+            cfg = {
+                "op": spec.name,
+                "impl": impl_name,
+                "device": device,
+                "props": self.todo,
+                "profile": profile,
+                "max_examples": per,
+                "seed": seed + self.i,
+                "max_time": left,
+                "shrink_time": shrink_time,
+                "ledger": ledger_path,
+                "out": out_dir,
+                "sys_path": [os.getcwd(), *sys.path],
+            }
+            self.proc = Child(target=_campaign_main, args=(cfg,), env=self.env)
+            self.current = None
+
+        def lost(self, kind: str, why: str, tail: str):
+            """The process died or hung: record it against the case it was running, restart
+            on the properties left."""
+            self.proc.kill()
+            if self.current is None:  # outside a case: charge the property it was on
+                prop, meta = self.todo[0], None
+                msg = f"{kind}: campaign process {why} outside a case"
+            else:
+                prop, meta, _ = self.current
+                msg = f"{kind}: {why}"
+            if tail:
+                msg += "\n" + "\n".join("    " + ln for ln in tail.splitlines())
+            st = self.partial.pop(prop, None) or Stats(spec.name, impl_name, prop, device)
+            v = Verdict(False, msg, math.inf)
+            entry = ledger.match(spec.name, impl_name, prop, meta) if ledger and meta else None
+            if entry is not None:
+                ledger.record(entry, True)
+                st.record("xfail", meta, v)
+            else:
+                st.record(kind, meta or {}, v)
+                path = None
+                if meta is not None:
+                    path, _ = save_repro(
+                        spec,
+                        device,
+                        impl_name,
+                        prop,
+                        meta,
+                        out=out_dir,
+                        kind=kind,
+                        verdict=v,
+                        seed=seed,
+                    )
+                st.repro_file = path
+                st.repro_files = [path] if path else []
+                st.failure = {
+                    "meta": meta,
+                    "kind": kind,
+                    "message": msg,
+                    "ratio": math.inf,
+                    "worst": [],
+                    "repro": repro_command(spec.name, impl_name, prop, device, meta or {}),
+                    "repro_file": path,
+                    "describe": "",
+                    "shrunk": False,
+                }
+            parts[prop].append(st)
+            self.todo.remove(prop)
+            self.launch()
+
+        def poll(self) -> bool:
+            if self.done:
+                return False
+            busy = False
+            while True:
+                try:
+                    ev, _ = self.proc.recv(0)
+                except WorkerDied as e:
+                    self.lost("crash", f"process died ({str(e).split('(', 1)[-1]}", e.stderr_tail)
+                    return True
+                except WorkerTimeout:  # nothing to read now
+                    break
+                except BadReply as e:
+                    self.lost("crash", f"sent a malformed event ({e})", "")
+                    return True
+                busy = True
+                kind = ev.get("event")
+                if kind == "start":
+                    self.current = (ev["prop"], ev["meta"], time.monotonic())
+                elif kind == "example":
+                    st = self.partial.setdefault(
+                        ev["prop"], Stats(spec.name, impl_name, ev["prop"], device)
+                    )
+                    st.record(ev["status"], {}, None)
+                    self.current = None
+                    if on_example:
+                        on_example(ev["prop"], ev["status"])
+                elif kind == "prop":
+                    st = stats_from_dict(ev["stats"])
+                    parts[st.prop].append(st)
+                    self.partial.pop(st.prop, None)
+                    if st.prop in self.todo:
+                        self.todo.remove(st.prop)
+                elif kind == "done":
+                    ledger_rows.append(ev.get("ledger", []))
+                    self.proc.close()
+                    self.done = True
+                    return True
+            if self.current is not None and time.monotonic() - self.current[2] > timeout:
+                tail = self.proc.stderr_tail()
+                self.lost("hang", f"no result within {timeout:g} s (process killed)", tail)
+                return True
+            return busy
+
+    workers = [W(i, props) for i in range(n)]
+    try:
+        while not all(w.done for w in workers):
+            if not any(w.poll() for w in workers):
+                time.sleep(0.02)
+    finally:
+        for w in workers:
+            if w.proc is not None:
+                w.proc.kill()
+    if ledger is not None:
+        for rows in ledger_rows:
+            ledger.merge_counts(rows)
+    return [
+        merge_stats(parts[p]) if parts[p] else Stats(spec.name, impl_name, p, device) for p in props
+    ]
+
+
+# --- the report of a campaign --------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What a campaign found: one `Stats` per property (examples, verdict, shrunk case, repro
+    file, rerun line), what was skipped, and the exit code the CLI would give."""
+
+    op: str
+    impl: str
+    device: str
+    properties: list[Stats]
+    seconds: float = 0.0
+    skipped: list = field(default_factory=list)
+    accepted: list = field(default_factory=list)
+    xpasses: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.properties, self.xpasses)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def failures(self) -> list[Stats]:
+        return [st for st in self.properties if st.failure is not None or st.failed]
+
+    def __getitem__(self, prop: str) -> Stats:
+        return next(st for st in self.properties if st.prop == prop)
+
+    def as_dict(self) -> dict:
+        return jsonable(
+            {
+                "op": self.op,
+                "impl": self.impl,
+                "device": self.device,
+                "exit_code": self.exit_code,
+                "seconds": self.seconds,
+                "properties": [st.as_dict() for st in self.properties],
+                "repro_files": [f for st in self.properties for f in st.repro_files],
+                "skipped": self.skipped,
+                "accepted": self.accepted,
+                "xpass": self.xpasses,
+            }
+        )
+
+    def text(self) -> str:
+        """What the CLI prints: each failure, then one line per property."""
+        from parity.campaign.text import failure_text
+
+        lines = [failure_text(st) for st in self.failures if st.failure is not None]
+        lines.append(f"parity: {self.op} / {self.impl} on {self.device} ({self.seconds:.1f} s)")
+        for st in self.properties:
+            lines.append(
+                f"  {st.prop:<20} {st.verdict():<12} {st.run} run, {st.passed} passed, "
+                f"{st.unsupported} unsupported, {st.not_applicable} n/a"
+                + (f"  ({st.stopped})" if st.stopped else "")
+            )
+        if self.skipped:
+            lines.append(f"  skipped: {', '.join(self.skipped)}")
+        lines += [f"  {x}" for x in self.xpasses + self.notes]
+        if self.exit_code == 3:
+            lines.append("NOT RUN: every case drawn was unsupported; nothing was tested")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def raise_for_failure(self) -> Report:
+        """AssertionError (the CLI's text) on a counterexample or when nothing was tested."""
+        if self.exit_code != 0:
+            raise AssertionError(self.text())
+        return self

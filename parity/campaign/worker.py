@@ -1,0 +1,329 @@
+"""Crash isolation: candidate kernels run in a worker process, never in the harness.
+
+A worker imports the implementation itself, rebuilds each case from its description
+(`spec.build(meta, device)`, or the tensors of a repro file), makes the calls of the property's
+plan (`checks.make_plan` / `checks.execute`) and sends back what each call did: outputs and
+exceptions, never a verdict (the harness judges). Workers are forked from a multiprocessing
+"forkserver" (a clean process started once, that has imported torch and parity but never
+initialises CUDA), so a restart after a crash costs tens of milliseconds; each worker starts its
+own session (a kill reaches whatever it started) and writes its stdout/stderr to a log file
+whose tail goes into crash reports (`faulthandler` is on, so a segfault leaves the Python stack
+there). Requests go as small dicts; replies come back as `wire.encode` frames (JSON header and
+raw tensor bytes), which the harness parses without unpickling.
+
+Requests (`cmd`): `init` (op, impl, device, sys_path), `run` (prop, and meta or file), `quit`.
+Replies: {"ok": True, "status": "ran", "outcomes": [...]} | {"status": "n/a"} |
+{"status": "crash", "error"} (a CUDA error: the context is poisoned, the worker exits) |
+{"ok": False, "kind": "usage"|"bad_meta"|"error", "error"}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+import traceback
+
+CUDA_ERROR_RE = re.compile(
+    r"CUDA error|CUDA_ERROR|cudaError|Triton Error \[CUDA\]|illegal memory access|"
+    r"illegal address|unspecified launch failure|device-side assert|misaligned address",
+    re.IGNORECASE,
+)
+STARTUP_TIMEOUT = 300.0
+
+
+def is_cuda_error(text: str) -> bool:
+    return bool(CUDA_ERROR_RE.search(text or ""))
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def add_sys_path(paths) -> None:
+    for p in reversed(list(paths or [])):
+        if isinstance(p, str) and p not in sys.path:
+            sys.path.insert(0, p)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def case_of(spec, req: dict, device: str):
+    """The case a request names: rebuilt from its description, or a repro file's tensors."""
+    if req.get("file") is not None:
+        from parity.campaign import repro
+
+        return repro.load(req["file"]).case(device)
+    return spec.build(req["meta"], device)
+
+
+# --- the worker process --------------------------------------------------------------------
+
+
+class _State:
+    spec = None
+    impl = None
+    device = "cpu"
+
+
+def _handle(st: _State, req: dict) -> tuple[dict, list, bool]:
+    """(reply header, blobs, exit_after)."""
+    from parity.campaign.wire import outcomes_to_wire
+    from parity.properties.checks import execute, make_plan
+
+    cmd = req.get("cmd")
+    if cmd == "init":
+        from parity.catalog import get_impl, get_spec
+
+        add_sys_path(req.get("sys_path"))
+        try:
+            st.spec = get_spec(req["op"])
+            st.impl = get_impl(req["op"], req["impl"])
+        except Exception as e:
+            return {"ok": False, "kind": "usage", "error": f"{type(e).__name__}: {e}"}, [], True
+        st.device = req.get("device", "cpu")
+        if st.device.startswith("cuda"):  # the context now, not inside the first case's time
+            import torch
+
+            torch.empty(1, device=st.device)
+            sync(st.device)
+        return {"ok": True, "pid": os.getpid()}, [], False
+    if cmd == "run":
+        try:
+            case = case_of(st.spec, req, st.device)
+            plan = make_plan(st.spec, req["prop"], case)
+        except Exception as e:
+            if is_cuda_error(str(e)):
+                return (
+                    {"ok": True, "status": "crash", "error": f"{type(e).__name__}: {e}"},
+                    [],
+                    True,
+                )
+            return {"ok": False, "kind": "bad_meta", "error": f"{type(e).__name__}: {e}"}, [], False
+        if plan is None:
+            return {"ok": True, "status": "n/a"}, [], False
+        try:
+            outcomes = execute(st.impl.fn, plan)
+            sync(st.device)
+        except Exception as e:  # a CUDA error surfacing at the synchronisation
+            text = f"{type(e).__name__}: {e}"
+            if is_cuda_error(text):
+                return {"ok": True, "status": "crash", "error": text}, [], True
+            return {"ok": False, "kind": "error", "error": traceback.format_exc(limit=8)}, [], False
+        bad = next((o.error for o in outcomes if o.kind == "raised" and is_cuda_error(o.error)), 0)
+        if bad:
+            return {"ok": True, "status": "crash", "error": bad}, [], True
+        blobs: list = []
+        rows = outcomes_to_wire(outcomes, blobs)
+        return {"ok": True, "status": "ran", "outcomes": rows}, blobs, False
+    if cmd == "quit":
+        return {"ok": True}, [], True
+    return {"ok": False, "kind": "error", "error": f"unknown command {cmd!r}"}, [], False
+
+
+def _reply(conn, header: dict, blobs: list) -> None:
+    from parity.campaign.wire import encode
+
+    header = {**header, "blobs": [len(b) for b in blobs]}
+    conn.send_bytes(encode(header, blobs))
+
+
+# --- the parent side -----------------------------------------------------------------------
+
+
+class WorkerDied(Exception):
+    def __init__(self, message: str, stderr_tail: str = ""):
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+
+class WorkerTimeout(Exception):
+    pass
+
+
+class WorkerUsageError(Exception):
+    """The worker could not import the implementation or load the file (exit code 2)."""
+
+
+def signal_name(rc: int | None) -> str:
+    if rc is None:
+        return "no exit status"
+    if rc < 0:
+        try:
+            return f"signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"
+
+
+_CTX = None
+# torch._inductor.config: `torch.use_deterministic_algorithms` (writes_all_outputs) imports it
+# on first use, seconds per fresh worker otherwise. None of these initialises CUDA.
+PRELOAD = [
+    "torch",
+    "torch._inductor.config",
+    "hypothesis",
+    "parity.properties.checks",
+    "parity.campaign.wire",
+    "parity.catalog",
+]
+
+
+def _context():
+    """The multiprocessing "forkserver" context: one server process, started fresh (never
+    forked from the harness), imports torch and parity once; each worker is a fork of it. The
+    server never initialises CUDA (only the workers do), so forking it is safe."""
+    global _CTX
+    if _CTX is None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        _CTX = ctx
+    return _CTX
+
+
+@contextlib.contextmanager
+def _no_main_fixup():
+    """Hide the harness's `__main__` while a worker starts: multiprocessing would otherwise
+    re-run the calling script in the forkserver and in each worker."""
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def child_setup(log_path: str, env: dict | None) -> None:
+    """In a fresh worker: its own session (a kill reaches whatever it starts), the environment
+    updates (CUDA_VISIBLE_DEVICES: CUDA is not initialised yet), fd 1 and 2 into the log."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    os.environ.update(env or {})
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    import faulthandler
+
+    faulthandler.enable()
+
+
+def _child_main(conn, log_path: str, env: dict | None) -> None:
+    """A worker: requests on `conn`, one reply frame each."""
+    child_setup(log_path, env)
+    st = _State()
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            break
+        try:
+            header, blobs, done = _handle(st, req)
+        except Exception:
+            header = {"ok": False, "kind": "error", "error": traceback.format_exc()}
+            blobs, done = [], False
+        _reply(conn, header, blobs)
+        if done:
+            break
+    conn.close()
+
+
+def _noop(conn, log_path: str, env: dict | None) -> None:
+    conn.close()
+
+
+def warm_forkserver() -> None:
+    """Start the forkserver (it imports torch and parity: seconds) and fork one process that
+    exits at once, so that a time budget measured after this call measures testing."""
+    c = Child(target=_noop)
+    c.proc.join(STARTUP_TIMEOUT)
+    c.kill()
+
+
+class Child:
+    """One worker process forked from the forkserver, running `target(conn, log, env, *args)`;
+    its death reads as `WorkerDied` (with the signal and the tail of its log)."""
+
+    def __init__(self, target=_child_main, args: tuple = (), env: dict | None = None):
+        import tempfile
+
+        ctx = _context()
+        fd, self.log = tempfile.mkstemp(prefix="parity-worker-", suffix=".log")
+        os.close(fd)
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child_conn, self.log, env, *args), daemon=True)
+        with _no_main_fixup():
+            self.proc.start()
+        child_conn.close()  # so that its death reads as EOF here
+
+    def send(self, msg: dict) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            self.conn.send(msg)
+
+    def recv(self, timeout: float | None) -> tuple[dict, list]:
+        """One reply frame, parsed (`wire.decode`): never unpickled."""
+        from parity.campaign.wire import MAX_REPLY, decode
+
+        try:
+            ready = self.conn.poll(timeout)
+        except (OSError, ValueError):
+            ready = True
+        if not ready:
+            raise WorkerTimeout(f"no reply within {timeout:g} s")
+        try:
+            frame = self.conn.recv_bytes(MAX_REPLY)
+        except (EOFError, OSError, ValueError):
+            self.proc.join(10)
+            raise WorkerDied(
+                f"worker died ({signal_name(self.proc.exitcode)})", self.stderr_tail()
+            ) from None
+        return decode(frame)
+
+    def request(self, msg: dict, timeout: float | None) -> tuple[dict, list]:
+        self.send(msg)
+        return self.recv(timeout)
+
+    def stderr_tail(self, n: int = 12) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return "\n".join(lines[-n:])
+
+    def kill(self) -> None:
+        if self.proc.pid is not None and self.proc.exitcode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.join(10)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.proc.exitcode is None:
+            self.send({"cmd": "quit"})
+            self.proc.join(timeout)
+        self.kill()
+
+
+def indent(text: str, pre: str = "    ") -> str:
+    return "\n".join(pre + ln for ln in text.splitlines())

@@ -1,0 +1,129 @@
+"""What the commands share: the default device, resolving an op and an implementation, usage
+errors (exit 2), the options of every campaign command, and printing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+
+def usage_error(cmd: str, msg: str) -> int:
+    print(f"parity {cmd}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def default_device(device: str | None = None) -> str:
+    """`device`, else cuda when a GPU is visible, else cpu."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_sys_path_cwd() -> None:
+    """`module:function` implementations import from the current folder, as with python -m."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def resolve(cmd: str, op: str, impl_name: str, device: str | None):
+    """(spec, impl, device) or an exit code: 2 usage error, 3 unavailable here."""
+    add_sys_path_cwd()
+    from parity.catalog import get_impl, get_spec
+    from parity.registry import OP_NAMES
+
+    if op not in OP_NAMES:
+        return usage_error(cmd, f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
+    try:
+        spec = get_spec(op)
+        impl = get_impl(op, impl_name)
+    except KeyError as e:
+        return usage_error(cmd, str(e.args[0]))
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        return usage_error(cmd, f"cannot import {impl_name!r}: {type(e).__name__}: {e}")
+    except Exception as e:  # the module raised at import
+        return usage_error(cmd, f"importing {impl_name!r} raised {type(e).__name__}: {e}")
+    if not callable(impl.fn):
+        return usage_error(cmd, f"{impl_name!r} is not callable")
+    device = default_device(device)
+    ok, why = impl.availability(device)
+    if not ok:
+        print(f"NOT RUN: {op} / {impl_name} on {device}: {why}", file=sys.stderr)
+        return 3
+    return spec, impl, device
+
+
+def add_common(p) -> None:
+    """--op, --impl, --device, --timeout, --no-isolate (fuzz and case)."""
+    p.add_argument("--op", required=True)
+    p.add_argument("--impl", required=True, help='registered name, "reference" or module:fn')
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per case (hang)")
+    p.add_argument("--no-isolate", action="store_true", help="run the kernel in-process")
+
+
+def print_json(doc) -> None:
+    from parity.campaign.wire import jsonable
+
+    print(json.dumps(jsonable(doc), indent=1))
+
+
+def unknown_properties(cmd: str, spec, props) -> int | None:
+    unknown = [p for p in props if p not in spec.all_properties()]
+    if not unknown:
+        return None
+    return usage_error(
+        cmd,
+        f"unknown propert{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} for "
+        f"{spec.name}; properties: {', '.join(spec.all_properties())}",
+    )
+
+
+def draw_metas(strategy, count: int, *, seed: int = 0) -> list[dict]:
+    """`count` distinct case descriptions drawn from `strategy`, the same for the same seed and
+    count (Hypothesis adapts its generation to the number of examples).
+
+    A seeded `@given` run (generate phase only, no database) collects what Hypothesis draws:
+    unlike `strategy.example()`, this is deterministic and starts from the simple edge cases
+    (T = 0, smallest sizes) before spreading out."""
+    import hypothesis
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    metas: list[dict] = []
+    seen: set[str] = set()
+
+    @settings(
+        max_examples=max(4 * count, count + 20),
+        database=None,
+        derandomize=False,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @hypothesis.seed(seed)
+    @given(strategy)
+    def collect(meta):
+        if len(metas) >= count:
+            return
+        key = json.dumps(meta, sort_keys=True, default=repr)
+        if key not in seen:
+            seen.add(key)
+            metas.append(json.loads(json.dumps(meta, default=repr)))
+
+    collect()
+    return metas
+
+
+def ulp_of(want, dtype):
+    """Spacing of `dtype` at |want| (float64), for any float dtype including float8."""
+    import torch
+
+    fi = torch.finfo(dtype)
+    mant = round(-math.log2(fi.eps))
+    x = want.abs()
+    _, e = torch.frexp(torch.where(x > fi.tiny, x, torch.full_like(x, fi.tiny)))
+    return torch.ldexp(torch.ones_like(x), (e - 1 - mant).to(torch.int32))
