@@ -57,3 +57,13 @@ def pin_gpu_for_xdist_worker() -> str | None:
     gpu = gpus[int(m.group(1)) % len(gpus)]
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     return gpu
+
+
+def default_device(device: str | None = None) -> str:
+    """`device`, else cuda when a GPU is visible, else cpu (asks torch: call it after the
+    pinning above)."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

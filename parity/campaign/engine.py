@@ -255,6 +255,7 @@ class Isolated:
         self.env = env
         self.proc = None
         self.restarts = 0
+        self.sent = 0  # request ids: a reply for another request is a forged one
         self.last_describe = None
 
     def start(self) -> None:
@@ -311,7 +312,8 @@ class Isolated:
         from parity.properties.tolerance import Verdict
 
         p = self._ready()
-        p.send(msg)
+        self.sent += 1
+        p.send({**msg, "id": self.sent})
         # the harness's own copy of the case, built while the worker runs the candidate
         try:
             case = (
@@ -336,6 +338,9 @@ class Isolated:
         except BadReply as e:
             self._lost()
             return "fail", Verdict(False, f"the worker's reply is malformed: {e}", math.inf)
+        if reply.get("id") != self.sent:
+            self._lost()
+            return "fail", Verdict(False, "the worker's reply answers another request", math.inf)
         if not reply.get("ok"):
             if reply.get("kind") == "bad_meta":
                 raise ValueError(str(reply.get("error", "bad case description")))

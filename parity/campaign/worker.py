@@ -233,6 +233,7 @@ def _child_main(conn, log_path: str, env: dict | None) -> None:
         except Exception:
             header = {"ok": False, "kind": "error", "error": traceback.format_exc()}
             blobs, done = [], False
+        header["id"] = req.get("id")  # the harness matches each reply to its request
         _reply(conn, header, blobs)
         if done:
             break

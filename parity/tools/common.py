@@ -8,19 +8,14 @@ import math
 import os
 import sys
 
+from parity._gpu import default_device
+
+__all__ = ["default_device"]  # re-exported for the commands
+
 
 def usage_error(cmd: str, msg: str) -> int:
     print(f"parity {cmd}: error: {msg}", file=sys.stderr)
     return 2
-
-
-def default_device(device: str | None = None) -> str:
-    """`device`, else cuda when a GPU is visible, else cpu."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_sys_path_cwd() -> None:
