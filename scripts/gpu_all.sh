@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # All GPU tests and benchmarks, in two calls of the GPU runner (one call holds at most 10 min):
-#   run(command="bash scripts/gpu_all.sh tests", carry=[".gpu"])   # property suite, pytest, tune
-#   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])   # Triton, fused_moe, mHC
+#   run(command="bash scripts/gpu_all.sh tests", carry=[".gpu"])  # suite, golden tables, tune
+#   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
 # shape and FlashInfer JIT-builds its modules, both CPU-bound, so serial runs hit the limit).
 # The tuner runs after them, alone on the GPU, so its timings are not shared with other jobs.
@@ -49,9 +49,12 @@ if [ "$PHASE" = tests ]; then
   for op in swiglu route mhc_pre mhc_post; do
     suite "s_fi_$op" 300 "$EX_JIT" --backend flashinfer --op "$op"
   done
-  # TileLang/FlashInfer against the references at the path thresholds and their neighbours
-  job issue5_check 300 python3 scripts/gpu_issue5.py --out "$LOG/issue5" --budget 300 \
-    --skip bench,mxfp4
+  # the golden tables (parity/properties/golden.py): every implementation at the path
+  # thresholds and their neighbours, odd shapes, FlashInfer's limits; one job per op
+  for op in mhc_pre mhc_post mhc_fused_post_pre mhc_head sinkhorn swiglu route; do
+    job "g_$op" 300 python3 -m parity.properties.golden --device cuda --op "$op" --budget 280 \
+      --json "$LOG/g_$op.json"
+  done
   job pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_gpu_backends.py \
     tests/test_triton_kernels.py tests/test_triton_fused_moe.py tests/tools
   # the tuner's candidates checked (so compiled into the shared Triton cache) meanwhile
@@ -92,15 +95,46 @@ else
     tail -n 3 "$LOG/tune_$q.log"
   done
   mkdir -p "$LOG/configs" && cp "$CFG"/*.json "$LOG/configs/"
-  t0=$SECONDS
-  timeout 210 python3 scripts/bench_triton.py --out "$LOG/bench_triton.json" >"$LOG/bench_triton.log" 2>&1
-  echo "$? $((SECONDS - t0))s" >"$LOG/bench_triton.rc"; JOBS+=(bench_triton)
-  t0=$SECONDS
-  timeout "$((560 - (SECONDS - T_START)))" python3 scripts/gpu_issue5.py --out "$LOG" --budget 120 \
-    --ts 1,16,128,1024,8192 --skip tilelang,flashinfer,mxfp4 \
-    >"$LOG/issue5.log" 2>&1
-  echo "$? $((SECONDS - t0))s" >"$LOG/issue5.rc"; JOBS+=(issue5)
-  cp "$LOG"/bench_triton.json "$LOG"/issue5.json "$OUT"/ 2>/dev/null
+  # parity bench, one op at a time alone on the GPU: every implementation and peer beside the
+  # reference, the copy ceiling measured in each run, CUDA-graph replay beside eager
+  TS=1,16,128,1024,8192
+  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
+  M='{"dims": {"quant": "mxfp4"}}'
+  H4='{"H": 4096}'; H7='{"H": 7168}'; PLAIN='{"options": {"limit": null}}'
+  bench() {  # bench NAME LIMIT ARGS...: rows as JSON in $LOG/NAME.json, within the call's time
+    local name=$1 limit=$2 left=$((570 - (SECONDS - T_START))); shift 2; t0=$SECONDS
+    [ "$left" -lt "$limit" ] && limit=$left
+    [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
+    timeout "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
+      2>"$LOG/$name.log"
+    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+  }
+  # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
+  bench b_fused_moe 200 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
+    --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
+  # swiglu: DeepSeek-V4's clamp, and the plain SwiGLU where FlashInfer's silu_and_mul is a peer
+  bench b_swiglu 60 --op swiglu --impl reference --impl all --tokens "$TS" --meta '{}' \
+    --meta "$PLAIN"
+  for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant route \
+      moe_align; do
+    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens "$TS"
+  done
+  for op in mhc_post mhc_pre mhc_fused_post_pre mhc_head; do  # hc 4, H 4096 and 7168
+    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens 1,4,16,128,1024,8192 \
+      --meta "$H4" --meta "$H7"
+  done
+  bench b_sinkhorn 30 --op sinkhorn --impl reference --impl all --tokens "$TS"
+  # one file (the runner returns at most 8): {"b_op": rows} of every run that printed rows
+  python3 - "$LOG" "$OUT/bench.json" <<'PY'
+import glob, json, sys
+out = {}
+for path in sorted(glob.glob(sys.argv[1] + "/b_*.json")):
+    try:
+        out[path.rsplit("/", 1)[1][:-5]] = json.load(open(path))
+    except ValueError:
+        pass
+json.dump(out, open(sys.argv[2], "w"), indent=1)
+PY
 fi
 echo; echo "== jobs (exit code, seconds; 124 = hit its time limit)"
 for k in "${JOBS[@]}"; do printf '%-24s %s\n' "$k" "$(cat "$LOG/$k.rc" 2>/dev/null || echo '? not finished')"; done
@@ -120,8 +154,50 @@ for log in sorted(glob.glob(sys.argv[1] + "/s_*.log")):
     name = log.rsplit("/", 1)[1][:-4]
     if not glob.glob(sys.argv[1] + f"/{name}.json"):
         print(f"{name}: no table (see {name}.log)")
+# golden tables: per op and implementation
+golden = []
+for path in sorted(glob.glob(sys.argv[1] + "/g_*.json")):
+    golden += json.load(open(path))["results"]
+if golden:
+    print(f"\n{'golden: op':20} {'impl':18} {'pass':>5} {'fail':>5} {'unsup':>5} {'not run':>7}")
+    by = {}
+    for r in golden:
+        by.setdefault((r["op"], r["impl"]), []).append(r["status"])
+    for (op, impl), st in by.items():
+        n = [st.count(s) for s in ("pass", "fail", "unsupported", "not run")]
+        print(f"{op:20} {impl:18} {n[0]:5d} {n[1]:5d} {n[2]:5d} {n[3]:7d}")
+    for r in golden:
+        if r["status"] == "fail":
+            print(f"FAIL {r['impl']} {r['row']} {r['prop']}: {r['message'][:160]}")
+# parity bench: us eager / graph, and % of copy or TFLOP/s (x weight-read floor)
+for path in sorted(glob.glob(sys.argv[1] + "/b_*.json")):
+    try:
+        rows = json.load(open(path))
+    except ValueError:
+        print(f"{path.rsplit('/', 1)[1]}: no rows (see its .log)")
+        continue
+    ceiling, rows = rows[0], rows[1:]
+
+    def leaves(d, pre=""):
+        return [x for k, v in d.items() for x in
+                (leaves(v, k + ".") if isinstance(v, dict) else [f"{k}={v}"])]
+
+    for r in rows:
+        r["variant"] = ",".join(leaves(json.loads(r["variant"]))) if r["variant"] else ""
+    print(f"\nbench {ceiling['op']}: copy {ceiling['gbps']:.0f} GB/s; us eager/graph (rate)")
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"  {r['variant'][:30]:30} T={r['T']:<5} {r['impl']:24} {r['status']}")
+            continue
+        g = f"{r['graph_us']:.1f}" if r["graph_us"] is not None else "-"
+        rate = ""
+        if r["pct_copy"] is not None:
+            rate = f"{r['pct_copy']:.0f}% copy"
+        if r["tflops"] is not None:
+            rate = f"{r['tflops']:.1f} TFLOP/s, {r['x_floor']:.2f}x floor"
+        us = f"{r['median_us']:.1f}/{g}"
+        print(f"  {r['variant'][:30]:30} T={r['T']:<5} {r['impl']:24} {us:>18} ({rate})")
 PY
-for f in "$LOG"/pytest_gpu.log "$LOG"/issue5_check.log; do [ -f "$f" ] && tail -n 4 "$f"; done
-[ "$PHASE" = bench ] && sed -n '/^summary/,$p' "$LOG/bench_triton.log" && tail -n 40 "$LOG/issue5.log"
+for f in "$LOG"/pytest_gpu.log; do [ -f "$f" ] && tail -n 4 "$f"; done
 tar -C "$LOG" -czf "$OUT/logs.tar.gz" .
 ls "$OUT"

@@ -4,29 +4,38 @@ silu_mul_fp8_quant and mxfp4_dequant at T = 8192 (`_kernels_quant.TILE`): which 
 ship. The kernels and their math are unchanged; only the tile choice is replaced.
 
     source .gpu/activate.sh && python3 scripts/sweep_tiles.py
+
+Times with `parity bench`'s timer (inputs rotated past L2, the GPU asleep while a chunk is
+enqueued) and reports the percentage of the copy ceiling measured in the same run.
 """
 
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import torch
-import triton
-import triton.testing
 
 from parity.catalog import get_impl
 from parity.optimized.triton import _kernels_swiglu as ks
+from parity.tools.bench_cmd import copy_ceiling, time_calls
+
+CEILING: dict = {}
 
 
 def timed(f, sets) -> float:
-    """Median ms of f over rotating input sets."""
-    i = [0]
+    """Median ms of f over rotating input sets, with `parity bench`'s timer."""
+    cases = [SimpleNamespace(args=(s,), kwargs={}) for s in sets]
+    sec, _ = time_calls(f, cases, "cuda", 25.0, 100.0)
+    return sec * 1e3
 
-    def call():
-        f(sets[i[0] % len(sets)])
-        i[0] += 1
 
-    return triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
+def pct(moved: int, ms: float) -> str:
+    """TB/s and percent of the copy ceiling measured in this run."""
+    if not CEILING:
+        CEILING.update(copy_ceiling("cuda", 25.0, 100.0))
+    gbps = moved / ms / 1e6
+    return f"{gbps / 1e3:5.2f} TB/s ({100 * gbps / CEILING['gbps']:4.1f}% of copy)"
 
 
 def main() -> None:
@@ -45,7 +54,7 @@ def main() -> None:
         moved = sets[0].numel() * 2 * 3 // 2
         if fi is not None:
             ms = timed(fi, sets)
-            print(f"T={t:5d} flashinfer           {ms * 1e3:7.1f} us {moved / ms / 1e9:5.2f} TB/s")
+            print(f"T={t:5d} flashinfer           {ms * 1e3:7.1f} us {pct(moved, ms)}")
         for elems, warps in itertools.product((1024, 2048, 4096, 8192), (2, 4, 8, 16)):
 
             def blocks(rows, cols, target, elems=elems, warps=warps):
@@ -56,8 +65,7 @@ def main() -> None:
             ms = timed(fn, sets)
             ks._blocks = real
             print(
-                f"T={t:5d} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us "
-                f"{moved / ms / 1e9:5.2f} TB/s",
+                f"T={t:5d} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us {pct(moved, ms)}",
                 flush=True,
             )
 
@@ -85,8 +93,7 @@ def sweep_quant() -> None:
             kq.TILE.update(elems=elems, warps=warps)
             ms = timed(lambda a, fn=fn: fn(*a), sets)
             print(
-                f"{op:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us "
-                f"{moved / ms / 1e9:5.2f} TB/s",
+                f"{op:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us {pct(moved, ms)}",
                 flush=True,
             )
         kq.TILE.update(old)

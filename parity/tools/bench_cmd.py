@@ -169,9 +169,40 @@ def _torch_dequant_mm(x, w13, w2, topk_weights, topk_ids, *, quant="none", **kw)
     return out.to(x.dtype)
 
 
+def _flashinfer_fused_topk_deepseek(logits, *, k, method="softmax", bias=None, **kw):
+    """FlashInfer's fused_topk_deepseek called directly (outputs allocated here): DeepSeek-V3
+    routing with renormalisation only; its limits (8 groups, 4 selected) are its own checks."""
+    if method != "dsv3" or not kw.get("renormalize", True) or bias is None:
+        raise NotImplementedError("fused_topk_deepseek: dsv3 with bias, renormalised, only")
+    import torch
+    from flashinfer.fused_moe import fused_topk_deepseek
+
+    t = logits.shape[0]
+    w = torch.empty(t, k, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(t, k, dtype=torch.int32, device=logits.device)
+    fused_topk_deepseek(
+        logits.float().contiguous(),
+        bias.float().contiguous(),
+        kw.get("n_group", 1),
+        kw.get("topk_group", 1),
+        k,
+        kw.get("routed_scaling_factor", 1.0),
+        w,
+        ids,
+    )
+    return w, ids
+
+
 PEERS = {
     "swiglu": {
         "flashinfer_silu_and_mul": (_flashinfer_silu_and_mul, ("cuda",), ("flashinfer",)),
+    },
+    "route": {
+        "flashinfer_fused_topk_deepseek": (
+            _flashinfer_fused_topk_deepseek,
+            ("cuda",),
+            ("flashinfer",),
+        ),
     },
     "fused_moe": {"torch_dequant_mm": (_torch_dequant_mm, ("cpu", "cuda"), ())},
 }
