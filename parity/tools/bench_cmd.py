@@ -174,6 +174,9 @@ def _flashinfer_fused_topk_deepseek(logits, *, k, method="softmax", bias=None, *
     routing with renormalisation only; its limits (8 groups, 4 selected) are its own checks."""
     if method != "dsv3" or not kw.get("renormalize", True) or bias is None:
         raise NotImplementedError("fused_topk_deepseek: dsv3 with bias, renormalised, only")
+    if kw.get("n_group", 1) > 8 or kw.get("topk_group", 1) > 4 or k > 8:
+        # its Python check lets these through, its kernel has 8 warps and 4 top groups
+        raise NotImplementedError("fused_topk_deepseek: n_group <= 8, topk_group <= 4, k <= 8")
     import torch
     from flashinfer.fused_moe import fused_topk_deepseek
 
