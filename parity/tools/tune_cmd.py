@@ -80,7 +80,9 @@ def run(args) -> int:
         if os.environ.get("TRITON_INTERPRET") != "1":
             print("parity tune: --device cpu needs TRITON_INTERPRET=1", file=sys.stderr)
             return 2
-    from parity.optimized.triton import tune as tuner  # the tuner; this file only dispatches
+    from parity import catalog
+
+    tuner = catalog.tuner()  # parity/optimized/triton/tune.py: this file only dispatches
 
     try:
         cfg = json.loads(Path(args.config).read_text())
