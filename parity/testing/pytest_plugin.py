@@ -7,7 +7,8 @@ reason starting "NOT RUN", marked `gpu` where they need one, and counted in the 
 summary: a skip never reads as a pass.
 
 Options: --parity-profile pr|nightly|bisect (default $PARITY_PROFILE or pr),
---parity-op OP (repeatable), --parity-impl NAME (repeatable), --parity-device cpu|cuda.
+--parity-op OP (repeatable), --parity-impl NAME or module:function (repeatable; an unknown
+name is a usage error), --parity-device cpu|cuda.
 """
 
 from __future__ import annotations
@@ -123,9 +124,8 @@ def pytest_generate_tests(metafunc):
     max_ex = cfg.getoption("--parity-max-examples")
     params = []
     all_specs = specs()
-    for impl in impls(include_reference=True):
-        if (ops and impl.op not in ops) or (names and impl.name not in names):
-            continue
+    every = impls(include_reference=True)
+    for impl in _selected(every, ops, names):
         spec = all_specs[impl.op]
         for dev in _devices_for(impl, wanted_dev):
             for prop in spec.all_properties():
@@ -135,6 +135,33 @@ def pytest_generate_tests(metafunc):
                     marks.append(pytest.mark.gpu)
                 params.append(pytest.param(t, id=t.id, marks=marks))
     metafunc.parametrize("parity_target", params)
+
+
+def _selected(every, ops: list[str], names: list[str]):
+    """The implementations the options select; `module:function` names an external candidate
+    (for each --parity-op). A name or op that selects nothing is a usage error, never an empty
+    run that passes."""
+    from parity.catalog import get_impl
+    from parity.registry import OP_NAMES
+
+    bad_ops = [o for o in ops if o not in OP_NAMES]
+    if bad_ops:
+        raise pytest.UsageError(f"--parity-op: unknown {bad_ops}; ops: {', '.join(OP_NAMES)}")
+    known = {i.name for i in every}
+    external = [n for n in names if ":" in n and n not in known]
+    unknown = [n for n in names if ":" not in n and n not in known]
+    if unknown:
+        raise pytest.UsageError(f"--parity-impl: no implementation named {unknown}")
+    if external and not ops:
+        raise pytest.UsageError("--parity-impl module:function needs --parity-op OP")
+    out = [i for i in every if (not ops or i.op in ops) and (not names or i.name in names)]
+    for name in external:
+        for op in ops:
+            try:
+                out.append(get_impl(op, name))
+            except Exception as e:
+                raise pytest.UsageError(f"--parity-impl {name}: {type(e).__name__}: {e}") from e
+    return out
 
 
 def pytest_runtest_logreport(report):

@@ -19,7 +19,9 @@ def add_parser(sub):
         help="default: cuda when a GPU is visible, else cpu",
     )
     p.add_argument("--op", action="append", default=[], help="restrict to these ops")
-    p.add_argument("--impl", action="append", default=[], help="restrict to these impl names")
+    p.add_argument(
+        "--impl", action="append", default=[], help="these impl names, or module:function"
+    )
     p.add_argument("--backend", action="append", default=[], help="restrict to these backends")
     p.add_argument("--profile", default="pr", choices=["pr", "nightly", "bisect"])
     p.add_argument("--max-examples", type=int, default=None)
@@ -33,17 +35,36 @@ def run(args) -> int:
 
     from parity.campaign import run_property
     from parity.catalog import get_spec, impls
-    from parity.tools.common import default_device
+    from parity.tools.common import add_sys_path_cwd, default_device, resolve, usage_error
 
     device = default_device(args.device)
+    every = impls(include_reference=True)
+    selected = [
+        i
+        for i in every
+        if (not args.op or i.op in args.op)
+        and (not args.impl or i.name in args.impl)
+        and (not args.backend or i.backend in args.backend)
+    ]
+    # module:function names an external candidate, run for each --op; a name or filter that
+    # selects nothing is a usage error, never an empty run that passes
+    external = [n for n in args.impl if ":" in n and n not in {i.name for i in every}]
+    if external and not args.op:
+        return usage_error("suite", "--impl module:function needs --op OP")
+    add_sys_path_cwd()
+    for name in external:
+        for op in args.op:
+            got = resolve("suite", op, name, device)
+            if got == 2:
+                return 2
+            if not isinstance(got, int):
+                selected.append(got[1])
+    if not selected and not external:
+        return usage_error("suite", "the filters (--op/--impl/--backend) select nothing")
     console = Console(stderr=True)
     rows, not_run, failures = [], [], []
     t_all = time.perf_counter()
-    for impl in impls(include_reference=True):
-        if (args.op and impl.op not in args.op) or (args.impl and impl.name not in args.impl):
-            continue
-        if args.backend and impl.backend not in args.backend:
-            continue
+    for impl in selected:
         ok, why = impl.availability(device)
         if not ok:
             not_run.append((impl.key, why))

@@ -100,3 +100,21 @@ def test_a_kernel_cannot_forge_the_verdict(name, capsys, monkeypatch):
     )
     doc = json.loads(capsys.readouterr().out)
     assert code == 1 and doc["status"] == "fail", doc
+
+
+def test_pytest_parity_impl_runs_a_module_function_and_rejects_unknown_names(tmp_path):
+    """`pytest --parity-impl module:function` runs that candidate; an unknown name is an
+    error, never a run that collects nothing and passes."""
+    import os
+    import subprocess
+
+    test = Path(__file__).parents[1] / "test_properties.py"
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)]
+    base += ["--parity-op", "swiglu", "--parity-device", "cpu", "--parity-max-examples", "5"]
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [*base, *a], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    bad = run("--parity-impl", "hostile_kernels:as_list", "-k", "matches_reference")
+    assert bad.returncode == 1 and "the contract wants a tensor" in bad.stdout, bad.stdout[-2000:]
+    assert run("--parity-impl", "nosuch").returncode not in (0, 5)

@@ -44,3 +44,17 @@ def test_suite_runs_and_writes_json(tmp_path, capsys):
 
 def test_suite_usage_error_exits_2():
     assert main(["suite", "--device", "tpu"]) == 2
+
+
+def test_suite_runs_a_module_function_and_rejects_what_selects_nothing(capsys, monkeypatch):
+    """`--impl module:function` runs that candidate (a broken one fails); a filter that selects
+    nothing is a usage error, never an empty run that exits 0."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).parent / "kernels")
+    argv = ["suite", "--device", "cpu", "--op", "swiglu", "--max-examples", "5"]
+    assert main([*argv, "--impl", "parity_kernels_swiglu:broken"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert main([*argv, "--impl", "parity_kernels_swiglu:correct"]) == 0
+    assert main([*argv, "--impl", "nosuch"]) == 2
+    assert main(["suite", "--impl", "parity_kernels_swiglu:broken"]) == 2  # needs --op
