@@ -469,9 +469,12 @@ def _dtypes_ok(case: Case, dtypes) -> bool:
     return want is None or any(str(d).replace("torch.", "") == want for d in dtypes)
 
 
-def run_table(device: str, *, ops=None, impl_names=None, impls=None, budget_s=None, table=None):
+def run_table(
+    device: str, *, ops=None, impl_names=None, impls=None, budget_s=None, table=None, each=None
+):
     """Results of every row on every implementation of its op (the reference included), or on
-    `impls` (Impl objects) where given. Rows left when `budget_s` runs out are NOT RUN."""
+    `impls` (Impl objects) where given. Rows left when `budget_s` runs out are NOT RUN.
+    `each(results)` is called after every row (a run cut short keeps what it checked)."""
     from parity.catalog import impls as catalog_impls
 
     t0 = time.perf_counter()
@@ -490,6 +493,8 @@ def run_table(device: str, *, ops=None, impl_names=None, impls=None, budget_s=No
                 ]
                 continue
             results += run_row(row, impl, device)
+        if each is not None:
+            each(results)
     return results
 
 
@@ -534,24 +539,22 @@ def main(argv=None) -> int:
             gpu = " (GPU only)" if r.gpu_only else ""
             print(f"{r.id}{gpu}: {', '.join(r.holds)}; {r.why}")
         return 0
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # the references' GEMMs stay float32
+
+    def save(results):
+        if a.json:
+            doc = {"device": device, "results": [dataclasses.asdict(r) for r in results]}
+            with open(a.json, "w") as fh:
+                json.dump(doc, fh, indent=1, default=str)
+
     t0 = time.perf_counter()
-    results = run_table(device, ops=a.op, impl_names=a.impl, budget_s=a.budget)
+    results = run_table(device, ops=a.op, impl_names=a.impl, budget_s=a.budget, each=save)
+    save(results)
     print(summary(results))
     n = {s: sum(r.status == s for r in results) for s in (PASS, FAIL, UNSUPPORTED, NOT_RUN)}
     print(
         f"golden tables on {device}: {n[PASS]} passed, {n[FAIL]} failed, "
         f"{n[UNSUPPORTED]} unsupported, {n[NOT_RUN]} not run ({time.perf_counter() - t0:.1f}s)"
     )
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(
-                {"device": device, "results": [dataclasses.asdict(r) for r in results]},
-                fh,
-                indent=1,
-                default=str,
-            )
     return 1 if n[FAIL] else 0
 
 

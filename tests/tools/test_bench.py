@@ -185,3 +185,14 @@ def test_every_spec_bench_builds_a_valid_case():
         case = spec.build(meta, "cpu")
         outs = as_tuple(case.call(spec.reference))
         assert outs, op
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="NOT RUN: needs a CUDA GPU")
+def test_bench_graph_replay_on_the_gpu(capsys):
+    """On a GPU, --graph times CUDA-graph replay beside eager, and the ceiling is 2 x 1 GiB."""
+    argv = [a if a != "cpu" else "cuda" for a in TINY]
+    rows = _json(capsys, [*argv, "--graph"])
+    assert rows[0]["bytes"] == 2 << 30 and rows[0]["gbps"] > 0
+    for r in rows[1:]:
+        assert r["graph_status"] == "ok" and r["graph_us"] > 0, r
+        assert r["median_us"] > 0
