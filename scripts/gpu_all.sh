@@ -41,6 +41,7 @@ if [ "$PHASE" = tests ]; then
   suite s_ref 300 "$EX" --backend torch
   suite s_tri_elem 300 "$EX" --backend triton --op swiglu --op fp8_quant \
     --op silu_mul_fp8_quant --op mxfp4_dequant --op moe_align
+  suite s_tri_new 300 "$EX" --backend triton --op fp8_block_quant --op mxfp4_quant --op route
   suite s_tri_moe 300 "$EX" --backend triton --op fused_moe
   suite s_stack 300 "$EX_JIT" --backend stack
   for op in sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head; do
