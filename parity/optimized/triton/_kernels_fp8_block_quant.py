@@ -28,7 +28,20 @@ _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
 
 MAX_TILE = 16384  # padded block elements a program may hold in registers
-TILE = {"elems": 8192, "chunk": 4096}  # elements a program (tile path), a chunk (loop path)
+# elements a program (tile path), a chunk (loop path); warps None: by elements. A dict so a
+# benchmark can try others without editing the kernels.
+TILE = {"elems": 8192, "chunk": 4096, "warps": None}
+
+
+@triton.jit
+def to_f32(v):
+    """`v` as float32, bfloat16 by its bits (exact): the triton 3.9 interpreter's bfloat16 ->
+    float32 cast gets subnormals wrong (5.5e-40 -> 5.9e-39); on a GPU this is the same shift."""
+    if v.dtype == tl.bfloat16:
+        b = v.to(tl.int16, bitcast=True).to(tl.int32) << 16
+        return b.to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
 
 
 @triton.jit
@@ -93,7 +106,7 @@ def _tile_kernel(
     # int64 row offsets: E * R * C may pass 2**31
     grow = (pid // nr).to(tl.int64) * R + row
     offs = (grow * C)[:, None, None] + col[None, :, :]
-    v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
     mb = tl.max(tl.max(v.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2), axis=0)  # [NCB]
     s = _block_scale(mb, eps, UE8M0)
     codes = _codes(v, s[None, :, None] + tl.zeros_like(v), UE8M0, NATIVE_FP8)
@@ -133,7 +146,7 @@ def _loop_kernel(
             col = c0 + dc + tc
             mask = ((dr + ti < BR) & (row < R))[:, None] & ((dc + tc < BC) & (col < C))[None, :]
             offs = ((base + row) * C)[:, None] + col[None, :]
-            v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
             mb = tl.maximum(mb, v.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
     s = _block_scale(tl.max(tl.max(mb, axis=1), axis=0), eps, UE8M0)
     for dr in range(0, BR, TR):
@@ -142,14 +155,14 @@ def _loop_kernel(
             col = c0 + dc + tc
             mask = ((dr + ti < BR) & (row < R))[:, None] & ((dc + tc < BC) & (col < C))[None, :]
             offs = ((base + row) * C)[:, None] + col[None, :]
-            v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
             codes = _codes(v, s + tl.zeros_like(v), UE8M0, NATIVE_FP8)
             tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
     tl.store(s_ptr + pid.to(tl.int64) * nc + cb, s)
 
 
 def _warps(elems: int) -> int:
-    return 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+    return TILE["warps"] or (4 if elems <= 2048 else 8 if elems <= 8192 else 16)
 
 
 def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native_fp8=False):

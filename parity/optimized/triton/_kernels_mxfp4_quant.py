@@ -22,10 +22,12 @@ multiply by a power of two:
 import triton
 import triton.language as tl
 
+from parity.optimized.triton._kernels_fp8_block_quant import to_f32
+
 _F32_MAX_BITS = tl.constexpr(0x7F7FFFFF)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
 
-TILE = {"elems": 4096}  # elements a program
+TILE = {"elems": 4096, "warps": None}  # elements a program; warps None: by elements
 
 
 @triton.jit
@@ -45,7 +47,7 @@ def _mxfp4_quant_kernel(
     m2 = (rows < ROWS)[:, None] & (blk < NB)[None, :]
     row64 = rows.to(tl.int64)  # rows * K may pass 2**31
     offs = (row64 * (NB * 32))[:, None, None] + (blk[:, None] * 32 + j[None, :])[None, :, :]
-    v = tl.load(x_ptr + offs, mask=m2[:, :, None], other=0.0).to(tl.float32)
+    v = to_f32(tl.load(x_ptr + offs, mask=m2[:, :, None], other=0.0))
     bits = v.to(tl.int32, bitcast=True)
     mb = tl.max(bits & 0x7FFFFFFF, axis=2)  # [BLOCK_R, BLOCK_B]
     nan = mb > _F32_INF_BITS
@@ -83,7 +85,7 @@ def launch(x, packed, scales, *, rows, k, ceil):
     nb = k // 32
     block_b = min(triton.next_power_of_2(nb), TILE["elems"] // 32)
     block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_b * 32)))
-    warps = 4 if block_r * block_b * 32 <= 2048 else 8
+    warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(nb, block_b))
     _mxfp4_quant_kernel[grid](
         x, packed, scales, rows, nb, BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil, num_warps=warps

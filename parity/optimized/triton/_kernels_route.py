@@ -23,6 +23,8 @@ renormalizing, times the scaling factor; a token with a NaN key gets NaN weights
 import triton
 import triton.language as tl
 
+from parity.optimized.triton._kernels_fp8_block_quant import to_f32
+
 _INT_MIN = tl.constexpr(-2147483648)
 _BIG = tl.constexpr(2147483647)
 
@@ -104,7 +106,7 @@ def _route_kernel(
     tmask = t < T
     mask = tmask[:, None, None] & emask
     x = tl.load(l_ptr + t.to(tl.int64)[:, None, None] * E + ids, mask=mask, other=float("-inf"))
-    x = x.to(tl.float32)
+    x = to_f32(x)
     nan_row = tl.max(tl.max((x != x).to(tl.int32), axis=2), axis=1) > 0
     if METHOD == 0:
         key = x
@@ -114,7 +116,7 @@ def _route_kernel(
         score = ex / tl.sum(tl.sum(ex, axis=2), axis=1)[:, None, None]
     else:
         score = _score(x, METHOD)
-        bias = tl.load(b_ptr + ids, mask=emask, other=0.0).to(tl.float32)
+        bias = to_f32(tl.load(b_ptr + ids, mask=emask, other=0.0))
         key = score + bias
     ik = tl.where(emask, _sortable(key), _INT_MIN)
 
