@@ -142,7 +142,7 @@ def stub_kernels() -> None:
                 setattr(mod, name, _NoKernel(obj))
     try:
         from parity.optimized.tilelang import mhc
-    except Exception:  # noqa: BLE001 - a backend that does not import is simply not timed
+    except Exception:
         return
 
     class _KM:
@@ -150,7 +150,7 @@ def stub_kernels() -> None:
         def get(*a, **k):
             return _noop
 
-    mhc._km = lambda: _KM  # noqa: SLF001 - a timing stub
+    mhc._km = lambda: _KM
     mhc._cuda = lambda op, t: None
 
 
@@ -171,7 +171,7 @@ def main() -> int:
             import flashinfer
 
             peers.append(("swiglu", "flashinfer silu_and_mul", flashinfer.activation.silu_and_mul))
-        except Exception as exc:  # noqa: BLE001 - the peer is optional
+        except Exception as exc:
             print(f"flashinfer silu_and_mul: not importable ({type(exc).__name__}: {exc})")
         for op, name, fn in peers:
             a, k = all_cases[op]
@@ -183,16 +183,16 @@ def main() -> int:
                 fn = impl_fn(op)
                 wall, ev = time_cuda(fn, a, k, args.n, args.repeats)
                 rows.append((op, "parity", f"{wall:7.2f}", f"{ev:7.2f}"))
-            except Exception as exc:  # noqa: BLE001 - report and go on
+            except Exception as exc:
                 rows.append((op, "parity", f"error {type(exc).__name__}: {exc}"[:60], ""))
         print(f"\nT = 1, {args.n} back-to-back calls, median of {args.repeats}: us a call")
-        print(f"| op | impl | wall | events |\n|---|---|---|---|")
+        print("| op | impl | wall | events |\n|---|---|---|---|")
         for r in rows:
             print("| " + " | ".join(r) + " |")
         return 0
     print("\nGPU rows (wall clock and CUDA events a call): not run on cpu")
     stub_kernels()
-    print(f"\nhost overhead on this CPU, kernels stubbed, T = 1: us a call (median of {args.repeats})")
+    print(f"\nhost overhead on this CPU, kernels stubbed, T = 1: us a call ({args.repeats} runs)")
     print("| op | host us |\n|---|---|")
     for op in ops:
         a, k = all_cases[op]
@@ -200,7 +200,7 @@ def main() -> int:
             fn = impl_fn(op)
             us = time_host(fn, a, k, args.n, args.repeats)
             print(f"| {op} | {us:6.2f} |")
-        except Exception as exc:  # noqa: BLE001 - report and go on
+        except Exception as exc:
             print(f"| {op} | error {type(exc).__name__}: {exc} |")
     return 0
 

@@ -1,6 +1,15 @@
-"""What every Triton wrapper needs around a launch (plain Python: no triton import): the launch
-context of a tensor's device, the float32 range check of kernel scalars, and whether kernels run
-in the Triton interpreter."""
+"""What every Triton wrapper needs around a launch (plain Python: triton is imported only by
+`Launch` on its first CUDA launch): the launch context of a tensor's device, the float32 range
+check of kernel scalars, whether kernels run in the Triton interpreter, a cheap environment
+read, the per-signature plan cache and `Launch`, a kernel launch fixed per signature that goes
+straight to the compiled kernel after its first call.
+
+Launch cost (issue 11, section 3). A wrapper validates a call signature once: it looks its plan
+up by a key of everything the validator reads (`plain` options by type and value, tensors by
+class, shape, dtype and device); only a signature that validated is stored, so a bad input never
+finds a plan and raises from the validator as before. The plan holds the output shapes and a
+`Launch`; the per-call work is the key, the output allocation and one launcher call.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +23,27 @@ from parity._errors import Unsupported
 _F32_MAX = torch.finfo(torch.float32).max
 _NO_SWITCH = contextlib.nullcontext()  # stateless, so one instance serves every call
 _np = None  # numpy, imported on the first interpreter launch
+_ENV_DATA = getattr(os.environ, "_data", None)  # CPython's os._Environ: encoded name -> value
+_ENV_KEYS: dict[str, object] = {}
+
+
+def env(name: str) -> str | None:
+    """`os.environ.get(name)`, read on each call but without its cost: a missing name costs
+    ~1.4 us there (a KeyError raised and caught inside Mapping.get), ~30 ns here. Falls back to
+    os.environ.get where os.environ keeps no `_data` dict (not CPython)."""
+    if _ENV_DATA is None:
+        return os.environ.get(name)
+    key = _ENV_KEYS.get(name)
+    if key is None:
+        key = _ENV_KEYS[name] = os.environ.encodekey(name)
+    value = _ENV_DATA.get(key)
+    return None if value is None else os.environ.decodevalue(value)
 
 
 def interpret() -> bool:
     """True when Triton kernels run in the interpreter (TRITON_INTERPRET=1, read on each call:
     the wrappers' choices must follow what triton read when it was imported)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return env("TRITON_INTERPRET") == "1"
 
 
 def launch_context(op: str, t: torch.Tensor):
@@ -47,3 +71,124 @@ def check_f32_scalar(op: str, name: str, value: float) -> float:
     if abs(value) > _F32_MAX:
         raise Unsupported(f"{op}: {name}={value} does not fit a float32 kernel argument")
     return value
+
+
+# --- per-signature plans -------------------------------------------------------------------------
+
+PLAIN = frozenset((bool, int, float, str, type(None), torch.dtype))  # options a key may hold
+_PLANS_MAX = 4096  # plans per op: a fuzzing run draws many shapes; start over past this
+
+
+def plain(*values) -> bool:
+    """True when every option value has a builtin type whose `==` and hash are what the
+    validator sees (keys hold (type, value): True and 1, 1 and 1.0 stay apart). Other types
+    (subclasses, numpy scalars) are validated on every call, never cached."""
+    return all(v.__class__ in PLAIN for v in values)
+
+
+def store(plans: dict, key, plan):
+    """Keep `plan` under `key` (bounded: the dict is emptied when full) and return it."""
+    if len(plans) >= _PLANS_MAX:
+        plans.clear()
+    plans[key] = plan
+    return plan
+
+
+def tensor_key(t: torch.Tensor) -> tuple:
+    """What a validator reads of a tensor argument; only exact torch.Tensor is cached."""
+    if t.__class__ is not torch.Tensor:
+        raise TypeError("not cached")  # the caller validates on every call
+    return (t.__class__, t.shape, t.dtype, t.device)
+
+
+# --- the launch ----------------------------------------------------------------------------------
+
+_knobs = None  # triton.knobs, set on the first CUDA launch
+_stream = None  # the current raw CUDA stream of a device index (triton's own getter)
+
+
+class Launch:
+    """One kernel launch fixed per call signature: grid, constexprs and launch options.
+
+    `launch(*args)` takes the kernel's runtime arguments (every parameter before the
+    constexprs, in order). The first call on CUDA goes through triton's normal launch
+    (`kernel[grid]`: binds, specialises, compiles if needed) and keeps the compiled kernel it
+    returns; later calls hand the same arguments straight to that kernel's launcher, as
+    `JITFunction.run` does (triton 3.6 and 3.9: the compiled kernel's `run` takes the grid, the
+    stream, the function handle, the packed metadata, the launch metadata and hooks, then every
+    bound argument, constexprs included). Nothing is re-specialised per call, so the direct path
+    is taken only where the first call's specialisation must hold: every integer argument is a
+    constant of the signature (the plan's key fixes them), floats are never specialised, and
+    pointers are 16-byte aligned (checked per call: an unaligned pointer, e.g. a sliced input,
+    takes the normal launch). Launch hooks (a profiler) also take the normal launch. In the
+    interpreter (CPU tensors) every call is the normal launch."""
+
+    __slots__ = ("consts", "direct", "grid", "kernel", "opts", "ptrs", "tail")
+
+    def __init__(self, kernel, grid: tuple, consts: dict, **opts):
+        self.kernel = kernel
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.consts = consts
+        self.opts = opts
+        names = list(kernel.arg_names)
+        n_run = len(names) - len(consts)
+        if set(names[n_run:]) != set(consts):
+            raise ValueError(
+                f"{names}: the constexprs {sorted(consts)} must be the last parameters"
+            )
+        self.tail = tuple(consts[n] for n in names[n_run:])
+        self.ptrs = ()  # indices of the tensor arguments, from the first compiled call
+        self.direct = None  # (launcher, function, packed metadata, device index) once compiled
+
+    def __call__(self, *args):
+        direct = self.direct
+        if direct is not None and _knobs.runtime.launch_enter_hook is None:
+            bits = 0
+            for i in self.ptrs:
+                bits |= args[i].data_ptr()
+            if not bits & 15 and _knobs.runtime.launch_exit_hook is None:
+                run, function, meta, dev = direct
+                g = self.grid
+                run(
+                    g[0],
+                    g[1],
+                    g[2],
+                    _stream(dev),
+                    function,
+                    meta,
+                    None,
+                    None,
+                    None,
+                    *args,
+                    *self.tail,
+                )
+                return
+        ck = self.kernel[self.grid](*args, **self.consts, **self.opts)
+        if self.direct is None and _cuda_compiled(ck):
+            self._keep(ck, args)
+
+    def _keep(self, ck, args):
+        """Keep the compiled kernel of an all-aligned, hook-free first launch."""
+        global _knobs, _stream
+        self.ptrs = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+        bits = 0
+        for i in self.ptrs:
+            bits |= args[i].data_ptr()
+        if bits & 15:
+            return  # compiled for unaligned pointers: not the common specialisation
+        from triton import knobs
+        from triton.runtime import driver
+
+        if (
+            knobs.runtime.launch_enter_hook is not None
+            or knobs.runtime.launch_exit_hook is not None
+        ):
+            return
+        _knobs, _stream = knobs, driver.active.get_current_stream
+        dev = args[self.ptrs[0]].device.index
+        self.direct = (ck.run, ck.function, ck.packed_metadata, dev)
+
+
+def _cuda_compiled(ck) -> bool:
+    """A compiled kernel from triton's normal launch (not the interpreter's return value)."""
+    return ck is not None and hasattr(ck, "packed_metadata") and hasattr(ck, "function")

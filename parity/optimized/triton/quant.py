@@ -1,7 +1,9 @@
 """Triton quantizers (`docs/ops.md`): fp8_quant, silu_mul_fp8_quant (one fused kernel) and
 mxfp4_dequant. Registrations and wrappers only; kernels in `_kernels_quant.py`, imported on the
 first call (then kept in a module global). Validation is the reference's `validate_<op>`, so
-the errors are the same.
+the errors are the same; it runs once per call signature, whose plan is cached (see `swiglu.py`
+and `_launch.py`: the key holds everything the validator reads, plus what the plan depends on:
+the FP8 rounding choice's environment and the kernels' tile settings).
 
 The FP8 kernels round with the native E4M3 cast where `_caps.native_fp8_ok` trusts it (CUDA
 capability 9.x; override with PARITY_TRITON_FP8_CAST=explicit|native, see `_caps.py`), else
@@ -12,8 +14,17 @@ from __future__ import annotations
 import torch
 
 from parity._errors import Unsupported
+from parity.optimized.triton._caps import ENV as _FP8_ENV
 from parity.optimized.triton._caps import native_fp8_ok
-from parity.optimized.triton._launch import check_f32_scalar, launch_context
+from parity.optimized.triton._launch import (
+    Launch,
+    check_f32_scalar,
+    env,
+    launch_context,
+    plain,
+    store,
+    tensor_key,
+)
 from parity.reference.common import FLOAT_DTYPES, FP8
 from parity.reference.quant import (
     validate_fp8_quant,
@@ -24,7 +35,8 @@ from parity.registry import register
 
 _SILU_EPS = 1e-10  # silu_mul_fp8_quant quantizes with fp8_quant's default eps
 _MAX_GROUP = 16384  # one group is one row of a program's tile
-_kernels = None  # parity.optimized.triton._kernels_quant, imported on the first launch
+_kernels = None  # parity.optimized.triton._kernels_quant, imported on the first plan
+_PLANS: dict = {}  # (op, call signature) -> plan
 
 
 def _kq():
@@ -36,6 +48,17 @@ def _kq():
     return _kernels
 
 
+def _tiles():
+    """What a plan's tiles depend on: `_kernels_quant.TILE` (a tile sweep changes it)."""
+    tile = _kernels.TILE
+    return tile["elems"], tile["warps"]
+
+
+def _fp8_env():
+    """The environment `native_fp8_ok` reads (its device is in the key beside this)."""
+    return env(_FP8_ENV), env("TRITON_INTERPRET")
+
+
 def _scales(m: int, groups: int, column_major: bool, device) -> torch.Tensor:
     if column_major:  # DeepGEMM's layout: strides (1, M), as the reference builds it
         return torch.empty_strided((m, groups), (1, max(m, 1)), dtype=torch.float32, device=device)
@@ -45,6 +68,144 @@ def _scales(m: int, groups: int, column_major: bool, device) -> torch.Tensor:
 def _check_group(op: str, group_size: int) -> None:
     if group_size > _MAX_GROUP:
         raise Unsupported(f"{op}: group_size={group_size} above {_MAX_GROUP} (one tile row)")
+
+
+def _group_launch(kernel, n_groups: int, group_size: int, **consts) -> Launch:
+    """`_kernels_quant.launch_fp8_quant`'s / `launch_silu_mul_fp8_quant`'s launch as a `Launch`
+    (the same tiles, grid and constexprs: tests/test_launch_cost.py compares them)."""
+    g_pad, block_g, warps = _kernels._group_blocks(n_groups, group_size)
+    consts = dict(G=group_size, G_PAD=g_pad, BLOCK_G=block_g, **consts)
+    names = kernel.arg_names
+    consts = {n: consts[n] for n in names if n in consts}  # in the kernel's parameter order
+    return Launch(kernel, (-(-n_groups // block_g),), consts, num_warps=warps)
+
+
+def _fp8_key(x, group_size, scale_format, column_major_scales, eps):
+    return (
+        "fp8_quant", x.__class__, x.shape, x.dtype, x.device, group_size.__class__, group_size,
+        scale_format, column_major_scales.__class__, column_major_scales, eps.__class__, eps,
+        _fp8_env(), _tiles(),
+    )  # fmt: skip
+
+
+def _fp8_plan(x, group_size, scale_format, column_major_scales, eps):
+    op = "fp8_quant"
+    eps_f = validate_fp8_quant(
+        x,
+        group_size=group_size,
+        scale_format=scale_format,
+        column_major_scales=column_major_scales,
+        eps=eps,
+    )
+    _check_group(op, group_size)
+    check_f32_scalar(op, "eps", eps_f)
+    kq = _kq()
+    m, k = x.shape
+    groups_per_row = k // group_size
+    n_groups = m * groups_per_row
+    launch = None
+    if m * k:
+        ue8m0 = scale_format == "ue8m0"
+        run = _group_launch(
+            kq._fp8_quant_kernel,
+            n_groups,
+            group_size,
+            UE8M0=ue8m0,
+            COL_MAJOR=bool(column_major_scales),
+            RECIP=ue8m0 and eps_f >= kq.RECIP_MIN_EPS,
+            NATIVE_FP8=native_fp8_ok(x.device),
+        )
+        launch = (run, n_groups, groups_per_row, m)
+    plan = (m, k, groups_per_row, bool(column_major_scales), launch)
+    if x.__class__ is torch.Tensor and plain(group_size, scale_format, column_major_scales, eps):
+        store(_PLANS, _fp8_key(x, group_size, scale_format, column_major_scales, eps), plan)
+    return plan
+
+
+def _silu_key(x, group_size, limit, clamp_mode, scale_format, column_major_scales):
+    return (
+        "silu_mul_fp8_quant", x.__class__, x.shape, x.dtype, x.device, group_size.__class__,
+        group_size, limit.__class__, limit, clamp_mode, scale_format,
+        column_major_scales.__class__, column_major_scales, _fp8_env(), _tiles(),
+    )  # fmt: skip
+
+
+def _silu_plan(x, group_size, limit, clamp_mode, scale_format, column_major_scales):
+    op = "silu_mul_fp8_quant"
+    limit_f = validate_silu_mul_fp8_quant(
+        x,
+        group_size=group_size,
+        limit=limit,
+        clamp_mode=clamp_mode,
+        scale_format=scale_format,
+        column_major_scales=column_major_scales,
+    )
+    _check_group(op, group_size)
+    if limit_f is not None:
+        check_f32_scalar(op, "limit", limit_f)
+    kq = _kq()
+    m, n = x.shape[0], x.shape[1] // 2
+    groups_per_row = n // group_size
+    n_groups = m * groups_per_row
+    launch = None
+    if m * n:
+        ue8m0 = scale_format == "ue8m0"
+        run = _group_launch(
+            kq._silu_mul_fp8_quant_kernel,
+            n_groups,
+            group_size,
+            HAS_LIMIT=limit_f is not None,
+            POST=clamp_mode == "post",
+            UE8M0=ue8m0,
+            COL_MAJOR=bool(column_major_scales),
+            RECIP=ue8m0 and _SILU_EPS >= kq.RECIP_MIN_EPS,
+            NATIVE_FP8=native_fp8_ok(x.device),
+        )
+        launch = (run, n_groups, groups_per_row, m, n)
+    plan = (m, n, groups_per_row, bool(column_major_scales), launch)
+    if x.__class__ is torch.Tensor and plain(
+        group_size, limit, clamp_mode, scale_format, column_major_scales
+    ):
+        key = _silu_key(x, group_size, limit, clamp_mode, scale_format, column_major_scales)
+        store(_PLANS, key, plan)
+    return plan
+
+
+def _dequant_key(packed, scales, dtype):
+    return (
+        "mxfp4_dequant",
+        *tensor_key(packed),
+        *tensor_key(scales),
+        dtype.__class__,
+        dtype,
+        _tiles(),
+    )
+
+
+def _dequant_plan(packed, scales, dtype):
+    k = validate_mxfp4_dequant(packed, scales, dtype=dtype)
+    kq = _kq()
+    shape = (*packed.shape[:-1], k)
+    numel = 1
+    for d in shape:
+        numel *= d
+    launch = None
+    if numel:
+        rows, p = numel // k, k // 2
+        n_sb = p // 16
+        # as `_kernels_quant.launch_mxfp4_dequant` (tests/test_launch_cost.py compares them)
+        block_s = min(1 << (n_sb - 1).bit_length(), 64)  # up to 2048 output elements a row
+        block_r = max(1, min(1 << (rows - 1).bit_length(), kq.TILE["elems"] // (block_s * 32)))
+        warps = kq.TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
+        grid = (-(-rows // block_r), -(-n_sb // block_s))
+        run = Launch(
+            kq._mxfp4_dequant_kernel, grid, dict(BLOCK_R=block_r, BLOCK_S=block_s), num_warps=warps
+        )
+        launch = (run, rows, p)
+    plan = (shape, launch)
+    if packed.__class__ is scales.__class__ is torch.Tensor and plain(dtype):
+        store(_PLANS, _dequant_key(packed, scales, dtype), plan)
+    return plan
 
 
 @register(
@@ -64,33 +225,20 @@ def fp8_quant(
     column_major_scales: bool = False,
     eps: float = 1e-10,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    op = "fp8_quant"
-    eps = validate_fp8_quant(
-        x,
-        group_size=group_size,
-        scale_format=scale_format,
-        column_major_scales=column_major_scales,
-        eps=eps,
-    )
-    _check_group(op, group_size)
-    eps = check_f32_scalar(op, "eps", eps)
-
-    m, k = x.shape
-    q = torch.empty((m, k), dtype=FP8, device=x.device)
-    s = _scales(m, k // group_size, column_major_scales, x.device)
-    if q.numel() == 0:
+    try:
+        m, k, gpr, col, launch = _PLANS[
+            _fp8_key(x, group_size, scale_format, column_major_scales, eps)
+        ]
+    except Exception:  # a new signature, or one the key cannot hold: validate
+        m, k, gpr, col, launch = _fp8_plan(x, group_size, scale_format, column_major_scales, eps)
+    dev = x.device
+    q = torch.empty((m, k), dtype=FP8, device=dev)
+    s = _scales(m, gpr, col, dev)
+    if launch is None:
         return q, s
-    with launch_context(op, x):
-        _kq().launch_fp8_quant(
-            x.contiguous(),
-            q,
-            s,
-            group_size=group_size,
-            eps=eps,
-            ue8m0=scale_format == "ue8m0",
-            column_major=column_major_scales,
-            native_fp8=native_fp8_ok(x.device),
-        )
+    run, n_groups, gpr, m = launch
+    with launch_context("fp8_quant", x):
+        run(x.contiguous(), q, s, n_groups, gpr, m, float(eps))
     return q, s
 
 
@@ -112,36 +260,31 @@ def silu_mul_fp8_quant(
     scale_format: str = "fp32",
     column_major_scales: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    op = "silu_mul_fp8_quant"
-    limit = validate_silu_mul_fp8_quant(
-        x,
-        group_size=group_size,
-        limit=limit,
-        clamp_mode=clamp_mode,
-        scale_format=scale_format,
-        column_major_scales=column_major_scales,
-    )
-    _check_group(op, group_size)
-    if limit is not None:
-        limit = check_f32_scalar(op, "limit", limit)
-
-    m, n = x.shape[0], x.shape[1] // 2
-    q = torch.empty((m, n), dtype=FP8, device=x.device)
-    s = _scales(m, n // group_size, column_major_scales, x.device)
-    if q.numel() == 0:
+    try:
+        m, n, gpr, col, launch = _PLANS[
+            _silu_key(x, group_size, limit, clamp_mode, scale_format, column_major_scales)
+        ]
+    except Exception:  # a new signature, or one the key cannot hold: validate
+        m, n, gpr, col, launch = _silu_plan(
+            x, group_size, limit, clamp_mode, scale_format, column_major_scales
+        )
+    dev = x.device
+    q = torch.empty((m, n), dtype=FP8, device=dev)
+    s = _scales(m, gpr, col, dev)
+    if launch is None:
         return q, s
-    with launch_context(op, x):
-        _kq().launch_silu_mul_fp8_quant(
+    run, n_groups, gpr, m, n = launch
+    with launch_context("silu_mul_fp8_quant", x):
+        run(
             x.contiguous(),
             q,
             s,
-            group_size=group_size,
-            limit=limit,
-            post=clamp_mode == "post",
-            eps=_SILU_EPS,
-            ue8m0=scale_format == "ue8m0",
-            column_major=column_major_scales,
-            native_fp8=native_fp8_ok(x.device),
+            n_groups,
+            gpr,
+            m,
+            n,
+            0.0 if limit is None else float(limit),
+            _SILU_EPS,
         )
     return q, s
 
@@ -158,13 +301,15 @@ def silu_mul_fp8_quant(
 def mxfp4_dequant(
     packed: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
-    op = "mxfp4_dequant"
-    k = validate_mxfp4_dequant(packed, scales, dtype=dtype)
-    y = torch.empty((*packed.shape[:-1], k), dtype=dtype, device=packed.device)
-    numel = y.numel()
-    if numel == 0:
+    try:
+        shape, launch = _PLANS[_dequant_key(packed, scales, dtype)]
+    except Exception:  # a new signature, or one the key cannot hold: validate
+        shape, launch = _dequant_plan(packed, scales, dtype)
+    y = torch.empty(shape, dtype=dtype, device=packed.device)
+    if launch is None:
         return y
-    with launch_context(op, packed):
+    run, rows, p = launch
+    with launch_context("mxfp4_dequant", packed):
         # read as [rows, K/2] and [rows, K/32], written as [rows, K]: contiguous, no views
-        _kq().launch_mxfp4_dequant(packed.contiguous(), scales.contiguous(), y, numel // k, k)
+        run(packed.contiguous(), scales.contiguous(), y, rows, p)
     return y

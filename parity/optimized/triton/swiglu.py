@@ -2,22 +2,87 @@
 `_kernels_swiglu.py` and is imported on the first call (then kept in a module global: an import
 statement costs ~1 us a call).
 
-The wrappers here and in `quant.py` are on the critical path at small T, so they avoid work
-beyond validation and the output allocation: no `.view` (the launchers take flat row counts;
-the kernels only need the data pointers), no per-call imports, and no device switch when the
-tensor's device is already current.
+The wrappers here and in `quant.py` are on the critical path at small T (issue 11, section 3):
+a call signature (input class, shape, dtype, device and every option by type and value) is
+validated once and its plan cached (`_launch`: outputs, grid, constexprs, the compiled kernel's
+direct launch); a call then builds the key, allocates the output and launches. A signature that
+fails validation is never stored, so a bad input raises from the validator on every call. No
+`.view` (the launchers take flat row counts), no device switch when the device is current.
 """
 
 from __future__ import annotations
 
 import torch
 
-from parity.optimized.triton._launch import check_f32_scalar, launch_context
+from parity.optimized.triton._launch import (
+    Launch,
+    check_f32_scalar,
+    launch_context,
+    plain,
+    store,
+)
 from parity.reference.common import FLOAT_DTYPES
 from parity.reference.swiglu import validate_swiglu
 from parity.registry import register
 
-_kernels = None  # parity.optimized.triton._kernels_swiglu, imported on the first launch
+_kernels = None  # parity.optimized.triton._kernels_swiglu, imported on the first plan
+_PLANS: dict = {}  # call signature -> (output shape, Launch or None for an empty output)
+
+
+def _key(x, limit, alpha, beta, layout, clamp_mode):
+    # _kernels._blocks: a tile sweep (scripts/sweep_tiles.py) swaps it; a new one replans
+    return (
+        x.__class__, x.shape, x.dtype, x.device, layout, clamp_mode,
+        limit.__class__, limit, alpha.__class__, alpha, beta.__class__, beta, _kernels._blocks,
+    )  # fmt: skip
+
+
+def launch_args(rows: int, n: int, has_limit: bool, interleaved: bool, post: bool) -> Launch:
+    """`_kernels_swiglu.launch_swiglu`'s launch as a `Launch` (the same tiles, grid and
+    constexprs: tests/test_launch_cost.py compares the two)."""
+    block_r, block_n, warps = _kernels._blocks(rows, n, 4096)
+    consts = dict(
+        HAS_LIMIT=has_limit, POST=post, INTERLEAVED=interleaved, BLOCK_R=block_r, BLOCK_N=block_n
+    )
+    grid = (-(-rows // block_r), -(-n // block_n))
+    return Launch(_kernels._swiglu_kernel, grid, consts, num_warps=warps)
+
+
+def _plan(x, limit, alpha, beta, layout, clamp_mode):
+    """Validate (raises the contract's error) and build the plan; cache it when the key can
+    hold everything the validator read."""
+    global _kernels
+    op = "swiglu"
+    limit_f, alpha_f, beta_f = validate_swiglu(
+        x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode
+    )
+    if limit_f is not None:
+        check_f32_scalar(op, "limit", limit_f)
+    check_f32_scalar(op, "alpha", alpha_f)
+    check_f32_scalar(op, "beta", beta_f)
+    if _kernels is None:
+        from parity.optimized.triton import _kernels_swiglu
+
+        _kernels = _kernels_swiglu
+    shape = (*x.shape[:-1], x.shape[-1] // 2)
+    n = shape[-1]
+    numel = 1
+    for d in shape:
+        numel *= d
+    launch = None
+    if numel:
+        rows = numel // n
+        launch = (
+            launch_args(
+                rows, n, limit_f is not None, layout == "interleaved", clamp_mode == "post"
+            ),
+            rows,
+            n,
+        )
+    plan = (shape, launch)
+    if x.__class__ is torch.Tensor and plain(limit, alpha, beta, layout, clamp_mode):
+        store(_PLANS, _key(x, limit, alpha, beta, layout, clamp_mode), plan)
+    return plan
 
 
 @register(
@@ -38,35 +103,23 @@ def swiglu(
     layout: str = "concat",
     clamp_mode: str = "pre",
 ) -> torch.Tensor:
-    op = "swiglu"
-    limit, alpha, beta = validate_swiglu(
-        x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode
-    )
-    limit = None if limit is None else check_f32_scalar(op, "limit", limit)
-    alpha = check_f32_scalar(op, "alpha", alpha)
-    beta = check_f32_scalar(op, "beta", beta)
-
-    shape = x.shape
-    n = shape[-1] // 2
-    y = torch.empty((*shape[:-1], n), dtype=x.dtype, device=x.device)
-    numel = y.numel()
-    if numel == 0:
+    try:
+        shape, launch = _PLANS[_key(x, limit, alpha, beta, layout, clamp_mode)]
+    except Exception:  # a new signature, or one the key cannot hold: validate
+        shape, launch = _plan(x, limit, alpha, beta, layout, clamp_mode)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device)
+    if launch is None:
         return y
-    global _kernels
-    with launch_context(op, x):
-        if _kernels is None:
-            from parity.optimized.triton import _kernels_swiglu
-
-            _kernels = _kernels_swiglu
-        _kernels.launch_swiglu(
+    run, rows, n = launch
+    # the floats are this call's (a plan is shared by -0.0 and 0.0, which the kernel tells apart)
+    with launch_context("swiglu", x):
+        run(
             x.contiguous(),  # read as [rows, 2N], y as [rows, N]: both contiguous
             y,
-            numel // n,
+            rows,
             n,
-            limit=limit,
-            alpha=alpha,
-            beta=beta,
-            interleaved=layout == "interleaved",
-            post=clamp_mode == "post",
+            0.0 if limit is None else float(limit),
+            float(alpha),
+            float(beta),
         )
     return y
