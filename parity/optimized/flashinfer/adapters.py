@@ -22,11 +22,11 @@ not implement. What each supports, and why the others are left out:
   n_group == 1 with E <= 384, or 2 <= n_group <= 8 with E <= 256, 2 <= E / n_group <= 32,
   topk_group <= 4 and (E / n_group) * topk_group <= 128. The kernel runs 256 threads (8 warps,
   one per group) and keeps at most 4 top groups (`MaxNumTopGroups`), although its Python check
-  lets n_group go to 32 and topk_group to n_group; scripts/gpu_issue5.py probes those cases.
+  lets n_group go to 32 and topk_group to n_group; the former scripts/gpu_issue5.py probed those cases.
   Logits and bias are upcast exactly to float32 before the call, so the weights come back in
   float32 (with bfloat16 logits the kernel would return bfloat16 weights).
 
-Left out: `mxfp4_quant` / `mxfp4_dequant`. On the H100 (SM90, 2026-11-23, scripts/gpu_issue5.py)
+Left out: `mxfp4_quant` / `mxfp4_dequant`. On the H100 (SM90, 2026-11-23, the former scripts/gpu_issue5.py)
 `flashinfer.mxfp4_quantize(x, sfLayout=layout_linear)` builds the fp4_quantization_90 module
 and returns wrong output: scale codes 222, 191, 203, 191 where the contract gives 128, 128,
 127, 127, 0.35% of the codes equal to the reference's, a NaN round trip (its E2M1 conversion,
