@@ -6,6 +6,7 @@ wrote.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -55,6 +56,7 @@ class BadReply(ValueError):
     """A worker's reply that does not parse: the candidate's process wrote it."""
 
 
+@functools.cache
 def _dtypes() -> dict:
     import torch
 

@@ -224,10 +224,21 @@ def execute(fn: Callable, plan: Plan) -> list[Outcome]:
 _CONTRACT: dict = {}
 
 
+def _flags(meta, path=""):
+    """The description's flags (bool, str, None, at any depth): options decide the outputs'
+    structure, never the values of shapes or seeds."""
+    if isinstance(meta, dict):
+        for k, v in meta.items():
+            yield from _flags(v, f"{path}.{k}")
+    elif isinstance(meta, (list, tuple)):
+        for i, v in enumerate(meta):
+            yield from _flags(v, f"{path}.{i}")
+    elif isinstance(meta, (bool, str)) or meta is None:
+        yield path, meta
+
+
 def _contract_key(spec: OpSpec, case: Case):
-    # options decide the outputs' structure, never the values of shapes or seeds
-    flags = sorted((k, v) for k, v in case.meta.items() if isinstance(v, (bool, str)) or v is None)
-    return spec.name, tuple(flags)
+    return spec.name, tuple(sorted(_flags(case.meta), key=repr))
 
 
 def contract(spec: OpSpec, case: Case) -> tuple[str, int] | None:

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import json
 
-from parity.tools.common import add_common, print_json, resolve, unknown_properties, usage_error
+from parity.tools.common import (
+    add_common,
+    bad_numbers,
+    print_json,
+    resolve,
+    unknown_properties,
+    usage_error,
+)
 
 
 def add_parser(sub):
@@ -41,6 +48,7 @@ def run(args) -> int:
         return got
     spec, impl, device = got
     bad = unknown_properties("case", spec, [args.property])
+    bad = bad or bad_numbers("case", [("--timeout", args.timeout, 0)])
     if bad is not None:
         return bad
     text = args.meta

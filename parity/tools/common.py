@@ -51,6 +51,18 @@ def resolve(cmd: str, op: str, impl_name: str, device: str | None):
     return spec, impl, device
 
 
+def bad_numbers(cmd: str, checks) -> int | None:
+    """Exit 2 for an option that is NaN, infinite or out of range: (name, value, lo) with lo 1
+    meaning ">= 1" (counts) and 0 meaning "> 0" (seconds); None values are unset."""
+    for name, val, lo in checks:
+        if val is None:
+            continue
+        if val != val or val in (math.inf, -math.inf) or val < lo or (lo == 0 and val <= 0):
+            want = ">= 1" if lo else "> 0"
+            return usage_error(cmd, f"{name} must be finite and {want}, got {val}")
+    return None
+
+
 def add_common(p) -> None:
     """--op, --impl, --device, --timeout, --no-isolate (fuzz and case)."""
     p.add_argument("--op", required=True)

@@ -39,7 +39,14 @@ import os
 import sys
 import time
 
-from parity.tools.common import add_common, print_json, resolve, unknown_properties, usage_error
+from parity.tools.common import (
+    add_common,
+    bad_numbers,
+    print_json,
+    resolve,
+    unknown_properties,
+    usage_error,
+)
 
 # --- the command ---------------------------------------------------------------------------
 
@@ -59,6 +66,16 @@ def add_parser(sub):
     p.add_argument(
         "--property", dest="properties", action="extend", nargs="+", default=[], metavar="P"
     )
+    p.add_argument(
+        "--skip-property",
+        dest="skip_properties",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="P",
+        help="properties not to run (listed as skipped in the summary)",
+    )
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first property that fails")
     p.add_argument("--workers", type=int, default=1, help="parallel campaign processes")
     p.add_argument("--shrink-time", type=float, default=60.0, help="cap on shrinking, seconds")
     p.add_argument("--out", default=None, help="repro folder (default parity-repros/)")
@@ -72,18 +89,23 @@ def run(args) -> int:
         return got
     spec, impl, device = got
     props = list(dict.fromkeys(args.properties)) or list(spec.all_properties())
-    bad = unknown_properties("fuzz", spec, props)
+    bad = unknown_properties("fuzz", spec, props + args.skip_properties)
+    if bad is None:
+        props = [p for p in props if p not in args.skip_properties]
+        if not props:
+            bad = usage_error("fuzz", "--skip-property leaves no property to run")
+    bad = bad or bad_numbers(
+        "fuzz",
+        (
+            ("--workers", args.workers, 1),
+            ("--max-examples", args.max_examples, 1),
+            ("--timeout", args.timeout, 0),
+            ("--max-time", args.max_time, 0),
+            ("--shrink-time", args.shrink_time, 0),
+        ),
+    )
     if bad is not None:
         return bad
-    for name, val, lo in (
-        ("--workers", args.workers, 1),
-        ("--max-examples", args.max_examples, 1),
-        ("--timeout", args.timeout, 0),
-        ("--max-time", args.max_time, 0),
-        ("--shrink-time", args.shrink_time, 0),
-    ):
-        if val is not None and (val < lo or (lo == 0 and val <= 0)):
-            return usage_error("fuzz", f"{name} must be {'>= 1' if lo else '> 0'}, got {val}")
     from parity.campaign.ledger import DEFAULT_FILE, load_ledger
 
     try:
@@ -148,6 +170,7 @@ def run(args) -> int:
                         props,
                         evaluator,
                         max_time=args.max_time,
+                        fail_fast=args.fail_fast,
                         impl_name=args.impl,
                         device=device,
                         profile=args.profile,
@@ -183,6 +206,7 @@ def run(args) -> int:
             "repro_files": repro_files,
             "xpass": xpasses,
             "ledger": ledger.summary() if ledger else [],
+            "skipped": args.skip_properties,
         }
         print_json(doc)
         return code
@@ -190,6 +214,8 @@ def run(args) -> int:
         if st.failure is not None:
             print(failure_text(st))
     print_summary(spec.name, args.impl, device, results, seconds)
+    if args.skip_properties:
+        print(f"skipped (--skip-property): {', '.join(args.skip_properties)}")
     for line in xpasses:
         print(line)
     if code == 3:

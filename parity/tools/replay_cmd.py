@@ -15,7 +15,7 @@ implementation raised NotImplementedError, or is unavailable here).
 
 from __future__ import annotations
 
-from parity.tools.common import print_json, resolve, usage_error
+from parity.tools.common import bad_numbers, print_json, resolve, usage_error
 
 
 def add_parser(sub):
@@ -47,6 +47,9 @@ def run(args) -> int:
     from parity.campaign.wire import verdict_to_json
     from parity.campaign.worker import WorkerUsageError
 
+    bad = bad_numbers("replay", [("--timeout", args.timeout, 0)])
+    if bad is not None:
+        return bad
     try:
         r = repro.load(args.file)
     except repro.ReproError as e:
