@@ -1,0 +1,370 @@
+"""Launch cost (issue 11, section 3): the Triton wrappers and TileLang's mhc_post validate once
+per call signature and launch from a cached plan. These tests hold the cache to the contract:
+a plan is reused only for an equal signature, a bad input is never cached (it raises on every
+call, also after a valid call whose key it nearly shares), the plans launch exactly what the
+kernel modules' `launch_*` functions launch (same grid, constexprs and warps), the environment
+and tile settings a plan depends on are in its key, and on CUDA the direct launch (the compiled
+kernel's launcher, after the first call) gives the normal launch's bits.
+"""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from parity import reference as ref
+from parity.optimized.triton import _kernels_quant, _kernels_swiglu, _launch, quant, swiglu
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+class Recorder:
+    """A `triton.jit` object that records each launch: (grid, args, constexprs, options)."""
+
+    def __init__(self, real):
+        self.arg_names = real.arg_names
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+            self.calls.append((tuple(grid) + (1,) * (3 - len(grid)), args, kwargs, opts))
+
+        return launch
+
+
+def _x(*shape, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 3).to(dtype).to(DEV)
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """Empty plan caches for this test (plans made elsewhere hold the real kernels)."""
+    monkeypatch.setattr(swiglu, "_PLANS", {})
+    monkeypatch.setattr(quant, "_PLANS", {})
+
+
+def _counting(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+# --- the cache: once per signature, never for a bad input -----------------------------------
+
+
+def test_swiglu_validates_once_per_signature(fresh, monkeypatch):
+    calls = _counting(monkeypatch, swiglu, "validate_swiglu")
+    x = _x(2, 64)
+    a = swiglu.swiglu(x, alpha=1.5)
+    b = swiglu.swiglu(x.clone(), alpha=1.5)  # same signature, other data
+    assert len(calls) == 1 and torch.equal(a, b)
+    swiglu.swiglu(x, alpha=1.5, beta=0.25)
+    swiglu.swiglu(x.float(), alpha=1.5)
+    swiglu.swiglu(_x(3, 64), alpha=1.5)
+    assert len(calls) == 4  # options, dtype, shape: each a new signature
+
+
+@pytest.mark.parametrize(
+    "bad, kind",
+    [
+        (dict(alpha=True), TypeError),  # == 1 and hash(True) == hash(1): the key holds the type
+        (dict(alpha=float("nan")), ValueError),
+        (dict(limit=-1.0), ValueError),
+        (dict(layout="Concat"), ValueError),
+        (dict(clamp_mode=None), ValueError),
+        (dict(beta=[0.0]), TypeError),  # unhashable: the key cannot hold it, validated
+    ],
+)
+def test_swiglu_bad_option_raises_after_good_call(fresh, bad, kind):
+    x = _x(2, 64)
+    swiglu.swiglu(x, alpha=1, limit=1.0)  # the neighbouring valid signature is cached
+    for _ in range(2):  # and a bad one is never stored
+        with pytest.raises(kind, match="swiglu"):
+            swiglu.swiglu(x, **{**dict(alpha=1, limit=1.0), **bad})
+
+
+def test_swiglu_bad_tensor_raises_after_good_call(fresh):
+    x = _x(2, 64)
+    swiglu.swiglu(x)
+    for bad, kind in [
+        (_x(2, 63), ValueError),
+        (x.to(torch.int32), TypeError),
+        (x.tolist(), TypeError),
+        (_x(2, 64, dtype=torch.float64), TypeError),
+    ]:
+        for _ in range(2):
+            with pytest.raises(kind, match="swiglu"):
+                swiglu.swiglu(bad)
+
+
+def test_swiglu_signed_zero_option_is_this_calls(fresh):
+    """0.0 and -0.0 share a plan (equal keys); the kernel must still get this call's beta:
+    up + beta is -0.0 only for up = -0.0 and beta = -0.0."""
+    x = torch.zeros(1, 64, dtype=torch.float32, device=DEV)
+    x[0, 32:] = -0.0
+    x[0, :32] = 1.0
+    pos = swiglu.swiglu(x, beta=0.0)
+    neg = swiglu.swiglu(x, beta=-0.0)
+    assert not torch.signbit(pos).any() and torch.signbit(neg).all()
+
+
+def test_quant_bad_inputs_raise_after_good_call(fresh):
+    x = _x(2, 256)
+    quant.fp8_quant(x, group_size=1)
+    with pytest.raises(TypeError, match="group_size"):
+        quant.fp8_quant(x, group_size=True)
+    quant.fp8_quant(x, column_major_scales=False)
+    with pytest.raises(TypeError, match="column_major_scales"):
+        quant.fp8_quant(x, column_major_scales=0)
+    with pytest.raises(ValueError, match="eps"):
+        quant.fp8_quant(x, eps=-1e-10)
+    quant.silu_mul_fp8_quant(x, group_size=64, limit=7.0)
+    with pytest.raises(ValueError, match="group_size"):
+        quant.silu_mul_fp8_quant(x, group_size=256, limit=7.0)
+    with pytest.raises(ValueError, match="limit"):
+        quant.silu_mul_fp8_quant(x, group_size=64, limit=float("inf"))
+    p, s = ref.mxfp4_quant(_x(2, 64).float())
+    quant.mxfp4_dequant(p, s)
+    with pytest.raises(ValueError, match="scales"):
+        quant.mxfp4_dequant(p, s[:1])
+    with pytest.raises(TypeError, match="dtype"):
+        quant.mxfp4_dequant(p, s, dtype=torch.int8)
+    with pytest.raises(TypeError, match="packed"):
+        quant.mxfp4_dequant(p.to(torch.int16), s)
+
+
+def test_fp8_plan_follows_the_cast_environment(fresh, monkeypatch):
+    """PARITY_TRITON_FP8_CAST is read per call (`_caps`): flipping it must replan, or the
+    native-vs-explicit GPU test would compare one path with itself."""
+    rec = Recorder(_kernels_quant._fp8_quant_kernel)
+    monkeypatch.setattr(_kernels_quant, "_fp8_quant_kernel", rec)
+    x = _x(4, 256)
+    seen = []
+    for mode in ("explicit", "native", "explicit"):
+        monkeypatch.setenv("PARITY_TRITON_FP8_CAST", mode)
+        quant.fp8_quant(x)
+        seen.append(rec.calls[-1][2]["NATIVE_FP8"])
+    assert seen == [False, True, False]
+
+
+def test_plans_follow_the_tile_settings(fresh, monkeypatch):
+    """scripts/sweep_tiles.py changes `_kernels_quant.TILE` and `_kernels_swiglu._blocks`
+    between calls: each change must reach the launch."""
+    rec = Recorder(_kernels_quant._fp8_quant_kernel)
+    monkeypatch.setattr(_kernels_quant, "_fp8_quant_kernel", rec)
+    monkeypatch.setitem(_kernels_quant.TILE, "warps", None)
+    x = _x(64, 1024)
+    quant.fp8_quant(x)
+    monkeypatch.setitem(_kernels_quant.TILE, "warps", 16)
+    quant.fp8_quant(x)
+    assert [c[3]["num_warps"] for c in rec.calls] == [4, 16]
+
+    srec = Recorder(_kernels_swiglu._swiglu_kernel)
+    monkeypatch.setattr(_kernels_swiglu, "_swiglu_kernel", srec)
+    swiglu.swiglu(x)
+    real = _kernels_swiglu._blocks
+    monkeypatch.setattr(_kernels_swiglu, "_blocks", lambda r, c, t: (*real(r, c, t)[:2], 2))
+    swiglu.swiglu(x)
+    assert [c[3]["num_warps"] for c in srec.calls][-2:] == [8, 2]
+
+
+# --- the plans launch what launch_* launches ------------------------------------------------
+
+SHAPES = [(1, 256), (3, 256), (16, 1024), (33, 4096), (1, 7168), (200, 512)]
+
+
+def _record(monkeypatch, module, name):
+    rec = Recorder(getattr(module, name))
+    monkeypatch.setattr(module, name, rec)
+    return rec
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_plan_matches_launch_functions(fresh, monkeypatch, shape):
+    m, k = shape
+    x = _x(m, k)
+    for opts in (
+        dict(),
+        dict(limit=2.0, clamp_mode="post", layout="interleaved", alpha=1.7, beta=1.0),
+    ):
+        rec = _record(monkeypatch, _kernels_swiglu, "_swiglu_kernel")
+        _kernels_swiglu.launch_swiglu(
+            x,
+            torch.empty(m, k // 2, dtype=x.dtype, device=DEV),
+            m,
+            k // 2,
+            limit=opts.get("limit"),
+            alpha=opts.get("alpha", 1.0),
+            beta=opts.get("beta", 0.0),
+            interleaved=opts.get("layout") == "interleaved",
+            post=opts.get("clamp_mode") == "post",
+        )
+        swiglu.swiglu(x, **opts)
+        (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
+        assert (g0, c0, o0) == (g1, c1, o1) and a0[2:] == a1[2:]
+
+    for g, opts in ((128, dict()), (64, dict(scale_format="ue8m0", column_major_scales=True))):
+        rec = _record(monkeypatch, _kernels_quant, "_fp8_quant_kernel")
+        q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=DEV)
+        s = torch.empty(m, k // g, dtype=torch.float32, device=DEV)
+        _kernels_quant.launch_fp8_quant(
+            x,
+            q,
+            s,
+            group_size=g,
+            eps=1e-10,
+            ue8m0=opts.get("scale_format") == "ue8m0",
+            column_major=opts.get("column_major_scales", False),
+        )
+        quant.fp8_quant(x, group_size=g, **opts)
+        (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
+        assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
+
+        rec = _record(monkeypatch, _kernels_quant, "_silu_mul_fp8_quant_kernel")
+        n = k // 2
+        if n % g:
+            continue
+        q = torch.empty(m, n, dtype=torch.float8_e4m3fn, device=DEV)
+        s = torch.empty(m, n // g, dtype=torch.float32, device=DEV)
+        _kernels_quant.launch_silu_mul_fp8_quant(
+            x,
+            q,
+            s,
+            group_size=g,
+            limit=3.0,
+            post=True,
+            eps=1e-10,
+            ue8m0=opts.get("scale_format") == "ue8m0",
+            column_major=opts.get("column_major_scales", False),
+        )
+        quant.silu_mul_fp8_quant(x, group_size=g, limit=3.0, clamp_mode="post", **opts)
+        (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
+        assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
+
+    rec = _record(monkeypatch, _kernels_quant, "_mxfp4_dequant_kernel")
+    p, s = ref.mxfp4_quant(x.float())
+    _kernels_quant.launch_mxfp4_dequant(p, s, torch.empty(m, k, device=DEV), m, k)
+    quant.mxfp4_dequant(p, s, dtype=torch.float32)
+    (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
+    assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
+
+
+def test_launch_rejects_constexprs_before_runtime_args():
+    rec = Recorder(_kernels_swiglu._swiglu_kernel)
+    with pytest.raises(ValueError, match="last parameters"):
+        _launch.Launch(
+            rec, (1,), dict(x_ptr=1, HAS_LIMIT=True, POST=False, INTERLEAVED=False, BLOCK_R=1)
+        )
+
+
+@pytest.mark.parametrize("name", ["PARITY_LAUNCH_COST_PROBE", "TRITON_INTERPRET"])
+def test_env_reads_like_os_environ(monkeypatch, name):
+    monkeypatch.delenv(name, raising=False)
+    assert _launch.env(name) is None
+    for value in ("1", "", "é x"):
+        monkeypatch.setenv(name, value)
+        assert _launch.env(name) == os.environ.get(name) == value
+
+
+# --- CUDA: the direct launch ----------------------------------------------------------------
+
+
+def _cuda_only():
+    if not CUDA:
+        pytest.skip("NOT RUN: needs CUDA (the direct launch exists only for compiled kernels)")
+
+
+def test_direct_launch_bits_equal_normal_launch():
+    """After the first call of a signature the plan holds the compiled kernel and later calls
+    take the direct path; their outputs must be bitwise those of the first (normal) launch, for
+    every wrapper, on fresh inputs each time (no stale pointer reuse)."""
+    _cuda_only()
+    calls = {
+        "swiglu": lambda x: (swiglu.swiglu(x, limit=5.0, beta=0.5),),
+        "fp8_quant": lambda x: quant.fp8_quant(x, scale_format="ue8m0"),
+        "silu_mul_fp8_quant": lambda x: quant.silu_mul_fp8_quant(x, column_major_scales=True),
+        "mxfp4_dequant": lambda x: (quant.mxfp4_dequant(*ref.mxfp4_quant(x.float())),),
+    }
+    for op, f in calls.items():
+        for t in (1, 37):
+            xs = [_x(t, 1024, seed=s) for s in range(3)]
+            swiglu._PLANS.clear()
+            quant._PLANS.clear()
+            first = [f(x) for x in xs]  # the first call is the normal launch, then direct
+            plans = list(swiglu._PLANS.values()) + list(quant._PLANS.values())
+            launches = [p[-1][0] if isinstance(p[-1], tuple) else None for p in plans]
+            assert any(la is not None and la.direct is not None for la in launches), op
+            again = [f(x) for x in xs]
+            torch.cuda.synchronize()
+            for a, b in zip(first, again):
+                for u, v in zip(a, b):
+                    assert torch.equal(u.view(torch.uint8), v.view(torch.uint8)), op
+
+
+def test_direct_launch_unaligned_input_takes_normal_launch():
+    """A contiguous input at an odd offset (not 16-byte aligned) must not use the kernel
+    compiled for aligned pointers: it takes the normal launch and stays exact."""
+    _cuda_only()
+    swiglu._PLANS.clear()
+    base = _x(1, 4096 + 1, dtype=torch.float32)
+    x = _x(1, 4096, dtype=torch.float32)
+    swiglu.swiglu(x)
+    swiglu.swiglu(x)  # the direct path is armed
+    odd = base[:, 1:]
+    assert odd.is_contiguous() and odd.data_ptr() % 16
+    with ref.precision("float64", round_output=False):
+        want = ref.swiglu(odd)
+    got = swiglu.swiglu(odd)
+    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+# --- TileLang mhc_post: the same cache (its kernel stubbed: TileLang runs on CUDA only) ----------
+
+
+def test_mhc_post_validates_once_and_never_caches_a_bad_input(monkeypatch):
+    from parity.optimized.tilelang import mhc
+
+    launched = []
+
+    class KM:
+        @staticmethod
+        def get(name, **spec):
+            return lambda *args: launched.append((name, spec, args))
+
+    monkeypatch.setattr(mhc, "_POST_PLANS", {})
+    monkeypatch.setattr(mhc, "_km", lambda: KM)
+    monkeypatch.setattr(mhc, "_cuda", lambda op, t: None)
+    calls = _counting(monkeypatch, mhc, "validate_mhc_post")
+    t, hc, h = 2, 4, 64
+    x, res = _x(t, h), _x(t, hc, h)
+    post, comb = _x(t, hc, 1, dtype=torch.float32), _x(t, hc, hc, dtype=torch.float32)
+    for _ in range(3):
+        out = mhc.mhc_post(x, res, post, comb)
+    assert len(calls) == 1 and len(launched) == 3 and out.shape == (t, hc, h)
+    assert launched[0][1] == dict(hc=hc, H=h, xdt="bfloat16", rdt="bfloat16")
+    assert launched[0][2][2].shape == (t, hc)  # post_mix as [T, hc]
+    bad = [
+        ((x, res, post, comb.double()), TypeError),
+        ((x, res, post[:1], comb), ValueError),
+        ((x.float()[:, :32], res, post, comb), ValueError),
+        ((x, res, post.tolist(), comb), TypeError),
+    ]
+    for args, kind in bad:
+        for _ in range(2):
+            with pytest.raises(kind, match="mhc_post"):
+                mhc.mhc_post(*args)
+    assert len(launched) == 3
+    wide = _x(t, 17, h)
+    with pytest.raises(NotImplementedError, match="hc=17"):
+        mhc.mhc_post(x, wide, _x(t, 17, 1, dtype=torch.float32), _x(t, 17, 17, dtype=torch.float32))
