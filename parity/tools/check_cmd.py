@@ -9,6 +9,9 @@ One good/bad verdict for one implementation, in the exit code `git bisect run` e
          reference), every case unsupported, or parity itself broke
 
 No other exit code is used (a usage error is 125 too: `git bisect run` would read 2 as "bad").
+The kernel runs in a worker process (`--no-isolate`: in-process): a crash, a hang past
+`--timeout`, `os._exit(0)` or `SystemExit` in the kernel is a failing case, so "bad" (exit 1),
+never a good commit or a dead harness.
 The golden cases (recorded by `parity golden`) are compared under the op's tolerance model
 (`OpSpec.compare`); then every property runs under the `bisect` Hypothesis profile with a fixed
 seed, so every commit sees the same cases. The run stops at the first failing check and does
@@ -54,6 +57,8 @@ def add_parser(sub):
         help="run only these properties (repeatable)",
     )
     p.add_argument("--no-properties", action="store_true", help="golden cases only")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per case (hang: bad)")
+    p.add_argument("--no-isolate", action="store_true", help="run the kernel in-process")
     p.add_argument("--size", choices=["small", "full"], default=None)
     p.add_argument(
         "--keep-going",
@@ -115,8 +120,9 @@ def _skip(msg: str) -> int:
 def _run(args) -> int:
     import torch
 
-    from parity.campaign import InProcess
-    from parity.tools.common import default_device
+    from parity.campaign import InProcess, Isolated
+    from parity.campaign.worker import WorkerUsageError
+    from parity.tools.common import bad_numbers, default_device
 
     device = args.device or default_device()
     if device == "cuda" and not torch.cuda.is_available():
@@ -136,6 +142,8 @@ def _run(args) -> int:
         return _skip(f"{impl.key} cannot run on {device}: {why}")
     if args.max_examples is not None and args.max_examples < 1:
         return _skip("--max-examples must be >= 1")
+    if bad_numbers("check", [("--timeout", args.timeout, 0)]) is not None:
+        return _skip("--timeout must be finite and > 0")
 
     from parity.campaign.ledger import load_ledger
 
@@ -144,7 +152,19 @@ def _run(args) -> int:
     except ValueError as e:
         return _skip(f"ledger: {e}")
 
-    evaluator = InProcess(spec, impl, device)
+    if args.no_isolate:
+        evaluator = InProcess(spec, impl, device)
+    else:  # a crash, a hang or an exit of the kernel is a bad commit, not a dead harness
+        evaluator = Isolated(spec, args.impl, device, timeout=args.timeout)
+    try:
+        return _judge_commit(args, spec, impl, device, evaluator, ledger)
+    except WorkerUsageError as e:
+        return _skip(f"the worker cannot run {args.impl!r}: {e}")
+    finally:
+        evaluator.close()
+
+
+def _judge_commit(args, spec, impl, device, evaluator, ledger) -> int:
     tested = unsupported = 0
     failures: list[str] = []
     errors: list[str] = []
@@ -163,7 +183,7 @@ def _run(args) -> int:
 
         g_pass = g_fail = g_uns = g_xf = 0
         allowed = None if impl.dtypes is None else {dtype_name(d) for d in impl.dtypes}
-        for i, (case, stored, meta) in enumerate(cases):
+        for i, (case, stored, meta, path) in enumerate(cases):
             if allowed is not None and meta.get("dtype") not in (None, *allowed):
                 g_uns += 1  # a dtype the implementation is not registered for
                 continue
@@ -175,7 +195,7 @@ def _run(args) -> int:
                     f"golden case {i}: the recorded outputs fail this commit's "
                     f"tolerance model ({sv.message}): re-record the golden"
                 )
-            status, v = evaluator.evaluate_case("matches_reference", case)
+            status, v = evaluator.evaluate_file("matches_reference", path)
             if status == "unsupported":
                 g_uns += 1
                 continue

@@ -246,5 +246,5 @@ def load_golden(folder, device: str):
             raise GoldenError(f"{mpath}: case {i}: {type(err).__name__}: {err}") from err
         if r.op != manifest.get("op"):
             raise GoldenError(f"case {i}: op {r.op!r} differs from the manifest's")
-        loaded.append((r.case(device), tuple(outs), r.meta))
+        loaded.append((r.case(device), tuple(outs), r.meta, r.path))
     return manifest, loaded
