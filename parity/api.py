@@ -115,6 +115,20 @@ def check(
     return report
 
 
+def strategies(op: str, prop: str = "matches_reference", *, size: str = "small", dtypes=None):
+    """(strategy, build): the Hypothesis strategy of `op`'s case descriptions for `prop`, and
+    `build(meta, device="cpu") -> Case` (call the kernel with `case.args`, `case.kwargs`), for
+    writing one's own `@given` tests."""
+    from parity.campaign.engine import strategy_for
+    from parity.catalog import get_spec
+
+    spec = get_spec(op)
+    strat = strategy_for(spec, prop, size=size, dtypes=dtypes)
+    if strat is None:
+        raise ValueError(f"{op} has no cases for {prop!r}; properties: {spec.all_properties()}")
+    return strat, lambda meta, device="cpu": spec.build(meta, device)
+
+
 def ops() -> list[str]:
     """The ops of the contract."""
     from parity.registry import OP_NAMES

@@ -118,3 +118,32 @@ def test_pytest_parity_impl_runs_a_module_function_and_rejects_unknown_names(tmp
     bad = run("--parity-impl", "hostile_kernels:as_list", "-k", "matches_reference")
     assert bad.returncode == 1 and "the contract wants a tensor" in bad.stdout, bad.stdout[-2000:]
     assert run("--parity-impl", "nosuch").returncode not in (0, 5)
+
+
+def test_public_api_check_and_strategies():
+    """parity.check on a broken and a correct importable kernel; parity.strategies builds
+    cases a user's own @given test can call a kernel on."""
+    from hypothesis import given, settings
+
+    import parity
+
+    bad = parity.check("swiglu", K.patches_the_judge, max_examples=3, out_dir=None)
+    assert bad.exit_code == 1 and bad["matches_reference"].failure is not None
+    with pytest.raises(AssertionError, match="matches_reference"):
+        bad.raise_for_failure()
+    good = parity.check("swiglu", "reference", max_examples=3, skip=["nan_policy"], out_dir=None)
+    assert good.exit_code == 0 and "nan_policy" not in {s.prop for s in good.properties}
+    good.raise_for_failure()
+    with pytest.raises(ValueError):
+        parity.check("swiglu", "reference", properties=["nosuch"])
+    strat, build = parity.strategies("swiglu")
+    seen = []
+
+    @settings(max_examples=3, database=None)
+    @given(strat)
+    def body(meta):
+        case = build(meta)
+        seen.append(K._ref(*case.args, **case.kwargs).shape)
+
+    body()
+    assert seen
