@@ -131,8 +131,9 @@ def _loop_kernel(
     UE8M0: tl.constexpr,
     NATIVE_FP8: tl.constexpr,
 ):
-    pid = tl.program_id(0)  # expert * nr + block row
-    cb = tl.program_id(1)
+    # one grid axis (dim 0 takes 2**31 - 1 programs, dim 1 only 65535): block (pid, cb)
+    pid = tl.program_id(0) // nc  # expert * nr + block row
+    cb = tl.program_id(0) % nc
     rb = pid % nr
     base = (pid // nr).to(tl.int64) * R
     r0 = rb * BR
@@ -185,7 +186,7 @@ def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native
     else:
         tc = min(bc_pad, TILE["chunk"])
         tr = max(1, min(br_pad, TILE["chunk"] // tc))
-        _loop_kernel[(experts * nr, nc)](
+        _loop_kernel[(experts * nr * nc,)](
             w, q, scales, rows, cols, nr, nc, eps,
             BR=br, BC=bc, TR=tr, TC=tc, num_warps=_warps(tr * tc), **common,
         )  # fmt: skip
