@@ -368,3 +368,77 @@ def test_mhc_post_validates_once_and_never_caches_a_bad_input(monkeypatch):
     wide = _x(t, 17, h)
     with pytest.raises(NotImplementedError, match="hc=17"):
         mhc.mhc_post(x, wide, _x(t, 17, 1, dtype=torch.float32), _x(t, 17, 17, dtype=torch.float32))
+
+
+# --- the direct launch's bookkeeping, with a stand-in compiled kernel (runs on the CPU) ----------
+
+
+class FakeCompiled:
+    """What triton's normal launch returns: `run` (the launcher), `function`, metadata."""
+
+    def __init__(self, log):
+        self.log = log
+        self.function = None
+        self.packed_metadata = "META"
+
+    @property
+    def run(self):
+        self.function = "FN"  # as CompiledKernel.run: loading the module sets the handle
+        return lambda *a: self.log.append(("direct", a))
+
+
+class FakeKernel:
+    arg_names = ("x_ptr", "y_ptr", "n", "eps", "A", "B")
+
+    def __init__(self):
+        self.log = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append(("normal", grid, args, kwargs))
+            return FakeCompiled(self.log)
+
+        return launch
+
+
+class FakeTensor(torch.Tensor):
+    """A tensor whose data_ptr is chosen (alignment) and whose device index is 3."""
+
+    @staticmethod
+    def __new__(cls, ptr):
+        t = torch.empty(0).as_subclass(cls)
+        t.ptr = ptr
+        return t
+
+    def data_ptr(self):
+        return self.ptr
+
+    @property
+    def device(self):
+        return torch.device("cuda", 3)
+
+
+def test_direct_launch_bookkeeping(monkeypatch):
+    """The direct call gets what JITFunction.run passes: the grid padded to 3, this device's
+    stream, the function handle and packed metadata, no launch metadata or hooks, then the
+    runtime arguments and the constexprs in parameter order. Unaligned pointers and launch
+    hooks take the normal launch; an unaligned first launch does not arm the direct path."""
+    hooks = type("R", (), {"launch_enter_hook": None, "launch_exit_hook": None})()
+    knobs = type("K", (), {"runtime": hooks})()
+    monkeypatch.setattr(_launch, "_triton_runtime", lambda: (knobs, lambda dev: f"S{dev}"))
+    k = FakeKernel()
+    run = _launch.Launch(k, (5,), dict(B=2, A=1), num_warps=4)
+    a, b, odd = FakeTensor(4096), FakeTensor(8192), FakeTensor(4100)
+    run(odd, b, 7, 0.5)  # unaligned first launch: normal, not armed
+    assert run.direct is None and k.log[-1] == ("normal", (5, 1, 1), (odd, b, 7, 0.5), {
+        "B": 2, "A": 1, "num_warps": 4})  # fmt: skip
+    run(a, b, 7, 0.5)  # aligned: normal, armed
+    assert k.log[-1][0] == "normal" and run.direct is not None
+    run(a, b, 7, 0.25)
+    assert k.log[-1] == ("direct", (5, 1, 1, "S3", "FN", "META", None, None, None, a, b, 7, 0.25,
+                                    1, 2))  # fmt: skip
+    run(odd, b, 7, 0.25)
+    assert k.log[-1][0] == "normal"
+    monkeypatch.setattr(hooks, "launch_enter_hook", print)
+    run(a, b, 7, 0.25)
+    assert k.log[-1][0] == "normal"

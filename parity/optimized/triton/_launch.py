@@ -176,19 +176,29 @@ class Launch:
             bits |= args[i].data_ptr()
         if bits & 15:
             return  # compiled for unaligned pointers: not the common specialisation
-        from triton import knobs
-        from triton.runtime import driver
-
+        knobs, stream = _triton_runtime()
         if (
             knobs.runtime.launch_enter_hook is not None
             or knobs.runtime.launch_exit_hook is not None
         ):
             return
-        _knobs, _stream = knobs, driver.active.get_current_stream
+        run = ck.run  # the launcher; reading it loads the module and sets ck.function
+        if not self.ptrs or ck.function is None:
+            return
+        _knobs, _stream = knobs, stream
         dev = args[self.ptrs[0]].device.index
-        self.direct = (ck.run, ck.function, ck.packed_metadata, dev)
+        self.direct = (run, ck.function, ck.packed_metadata, dev)
+
+
+def _triton_runtime():
+    """(triton.knobs, the current-stream getter triton itself uses): a function, so a CPU test
+    can stand in for a GPU driver."""
+    from triton import knobs
+    from triton.runtime import driver
+
+    return knobs, driver.active.get_current_stream
 
 
 def _cuda_compiled(ck) -> bool:
     """A compiled kernel from triton's normal launch (not the interpreter's return value)."""
-    return ck is not None and hasattr(ck, "packed_metadata") and hasattr(ck, "function")
+    return hasattr(ck, "packed_metadata") and hasattr(ck, "function")
