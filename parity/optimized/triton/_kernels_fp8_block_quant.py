@@ -149,7 +149,8 @@ def _loop_kernel(
             offs = ((base + row) * C)[:, None] + col[None, :]
             v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
             mb = tl.maximum(mb, v.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-    s = _block_scale(tl.max(tl.max(mb, axis=1), axis=0), eps, UE8M0)
+    # a [1] tensor, not a scalar: the scale math then has one shape on every path
+    s = _block_scale(tl.max(tl.max(mb, axis=1), axis=0, keep_dims=True), eps, UE8M0)
     for dr in range(0, BR, TR):
         for dc in range(0, BC, TC):
             row = r0 + dr + ti
@@ -157,9 +158,9 @@ def _loop_kernel(
             mask = ((dr + ti < BR) & (row < R))[:, None] & ((dc + tc < BC) & (col < C))[None, :]
             offs = ((base + row) * C)[:, None] + col[None, :]
             v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
-            codes = _codes(v, s + tl.zeros_like(v), UE8M0, NATIVE_FP8)
+            codes = _codes(v, s[:, None] + tl.zeros_like(v), UE8M0, NATIVE_FP8)
             tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
-    tl.store(s_ptr + pid.to(tl.int64) * nc + cb, s)
+    tl.store(s_ptr + pid.to(tl.int64) * nc + cb + tl.arange(0, 1), s)
 
 
 def _warps(elems: int) -> int:
