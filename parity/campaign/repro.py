@@ -103,12 +103,38 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # the rename itself durable (not on every platform)
-        dfd = os.open(path.parent, os.O_RDONLY)
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def atomic_create(path: str | os.PathLike, data: bytes) -> Path:
+    """Create `path` with `data` atomically, never replacing a file that exists (several
+    campaigns may write into one folder): the data goes to a temporary file (O_EXCL) that is
+    then hard-linked to `path`, which fails with FileExistsError if `path` exists. Readers see
+    no file or the whole file; no temporary file is left behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # atomic, and refuses to replace: unlike os.replace
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
     return path
 
 
@@ -220,10 +246,11 @@ def _slug(s: str) -> str:
 
 
 def stem_for(op: str, impl: str, prop: str, meta: dict, kind: str = "fail") -> str:
-    """File stem of a repro: readable prefix and a digest of (op, impl, property, meta)."""
+    """File stem of a repro: a readable prefix, a digest of (op, impl, property, meta) and a
+    random part, so that two campaigns saving the same case into one folder never collide."""
     key = json.dumps([op, impl, prop, meta], sort_keys=True, default=repr)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{op}-{_slug(impl)}-{prop}-{kind}-{digest}"
+    return f"{op}-{_slug(impl)}-{prop}-{kind}-{digest}-{secrets.token_hex(4)}"
 
 
 def save(
@@ -258,13 +285,41 @@ def save(
         cpu[n] = t.detach().to("cpu", copy=True).contiguous()
     blob = st_save(cpu, metadata={"format": FORMAT})
     out_dir = Path(out_dir)
-    stem = stem_for(case.op, impl, prop, case.meta, kind)
-    tpath = out_dir / f"{stem}.safetensors"
-    jpath = out_dir / f"{stem}.json"
     meta = json.loads(json.dumps(case.meta, default=repr))
     if verdict is not None:
         message = message or verdict.message
-    doc = {
+    for _attempt in range(8):  # a fresh random stem when a name is taken (never overwrite)
+        stem = stem_for(case.op, impl, prop, case.meta, kind)
+        tpath = out_dir / f"{stem}.safetensors"
+        jpath = out_dir / f"{stem}.json"
+        if tpath.exists() or jpath.exists() or tpath.is_symlink() or jpath.is_symlink():
+            continue
+        try:
+            atomic_create(tpath, blob)
+        except FileExistsError:
+            continue
+        call = (args, kwargs, entries)
+        doc = _document(case, impl, prop, kind, message, verdict, seed, meta, call, blob)
+        doc["tensors"]["file"] = tpath.name
+        doc["replay"] = f"parity replay {jpath}" + (
+            f" --impl {shlex.quote(impl)}" if ":" in impl else ""
+        )
+        if extra:
+            doc["extra"] = jsonable(extra)
+        text = json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n"
+        try:
+            atomic_create(jpath, text.encode())
+        except FileExistsError:
+            with contextlib.suppress(OSError):  # the tensor file is ours: we just created it
+                os.unlink(tpath)
+            continue
+        return jpath
+    raise ReproError(f"save: no free file name in {out_dir} after 8 attempts")
+
+
+def _document(case, impl, prop, kind, message, verdict, seed, meta, call, blob) -> dict:
+    args, kwargs, entries = call
+    return {
         "format": FORMAT,
         "version": VERSION,
         "op": case.op,
@@ -279,22 +334,11 @@ def save(
         "meta": meta,
         "args": args,
         "kwargs": kwargs,
-        "tensors": {
-            "file": tpath.name,
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "entries": entries,
-        },
+        "tensors": {"file": None, "sha256": hashlib.sha256(blob).hexdigest(), "entries": entries},
         "versions": versions(str(case.device)),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": repro_command(case.op, impl, prop, str(case.device), meta),
-        "replay": f"parity replay {jpath}",
     }
-    if extra:
-        doc["extra"] = jsonable(extra)
-    text = json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n"
-    atomic_write(tpath, blob)
-    atomic_write(jpath, text.encode())
-    return jpath
 
 
 # --- load ----------------------------------------------------------------------------------
@@ -355,96 +399,148 @@ def _restride(t: torch.Tensor, stride) -> torch.Tensor:
 
 def _resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and not p.is_symlink():
         found = sorted(p.glob("*.json"))
         if len(found) != 1:
-            raise ReproError(f"{p}: a folder must hold exactly one repro .json, found {len(found)}")
+            raise _bad(p, f"a folder must hold exactly one repro .json, found {len(found)}")
         return found[0]
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
-    elif p.suffix != ".json" and not p.exists():
+    elif p.suffix != ".json" and not os.path.lexists(p):
         p = p.with_name(p.name + ".json")
-    if not p.is_file():
-        raise ReproError(f"{p}: no such repro file")
+    if not os.path.lexists(p):
+        raise _bad(p, "no such repro file")
     return p
 
 
-def load(path: str | os.PathLike) -> Repro:
-    """Read and verify a repro (JSON + safetensors); never executes code from the files."""
-    from safetensors.torch import load as st_load
+def _bad(p, why: str) -> ReproError:
+    return ReproError(f"bad repro file: {p}: {why}")
 
-    p = _resolve(path)
-    try:
-        raw = p.read_bytes()
-        doc = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReproError(f"{p}: not a readable JSON repro file: {e}") from e
+
+# Limits checked before a byte is read (a repro is a user-supplied file: see safefile).
+MAX_TENSOR_BYTES = 16 << 30  # what one repro may make parity read into memory
+MAX_TENSORS = 1024  # a case has a handful of tensors
+MAX_DIMS = 16
+MAX_NAME = 256
+# the safetensors header: 8 bytes of length, then JSON with one small object per tensor
+# (name <= MAX_NAME, dtype, <= MAX_DIMS sizes, two offsets) and the metadata
+_HEADER_FIXED = 4096
+_HEADER_PER_TENSOR = MAX_NAME + 64 + 24 * MAX_DIMS + 64
+_DEVICE_RE = re.compile(r"cpu|cuda(:\d{1,3})?")
+_OPTIONAL = {"kind": str, "message": str, "versions": dict, "command": str, "created": str}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _check_doc(p: Path, doc: Any) -> None:
+    """Types and limits of the JSON part; raises ReproError."""
+    from parity.registry import OP_NAMES
+
     if not isinstance(doc, dict):
-        raise ReproError(f"{p}: expected a JSON object, got {type(doc).__name__}")
+        raise _bad(p, f"expected a JSON object, got {type(doc).__name__}")
     for key, typ in _REQUIRED.items():
         if key not in doc:
-            raise ReproError(f"{p}: missing key {key!r}")
+            raise _bad(p, f"missing key {key!r}")
         if not isinstance(doc[key], typ) or (typ is int and isinstance(doc[key], bool)):
-            raise ReproError(
-                f"{p}: key {key!r}: expected {typ.__name__}, got {type(doc[key]).__name__}"
-            )
+            raise _bad(p, f"key {key!r}: expected {typ.__name__}, got {type(doc[key]).__name__}")
+    for key, typ in _OPTIONAL.items():
+        if doc.get(key) is not None and not isinstance(doc[key], typ):
+            raise _bad(p, f"key {key!r}: expected {typ.__name__}, got {type(doc[key]).__name__}")
     if doc["format"] != FORMAT:
-        raise ReproError(f"{p}: format {doc['format']!r} is not {FORMAT!r}")
+        raise _bad(p, f"format {doc['format']!r} is not {FORMAT!r}")
     if doc["version"] != VERSION:
-        raise ReproError(f"{p}: format version {doc['version']} (this parity reads {VERSION})")
-    kind = doc.get("kind", "fail")
-    if kind not in KINDS:
-        raise ReproError(f"{p}: kind {kind!r} is not one of {KINDS}")
-    for key in ("message",):
-        if key in doc and not isinstance(doc[key], str):
-            raise ReproError(f"{p}: key {key!r}: expected str")
+        raise _bad(p, f"format version {doc['version']} (this parity reads {VERSION})")
+    if doc["op"] not in OP_NAMES:
+        raise _bad(p, f"op {doc['op']!r} is not an op of the contract")
+    if not _DEVICE_RE.fullmatch(doc["device"]):
+        raise _bad(p, f"device {doc['device']!r} is not cpu or cuda[:N]")
+    if doc.get("kind", "fail") not in KINDS:
+        raise _bad(p, f"kind {doc['kind']!r} is not one of {KINDS}")
     seed = doc.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ReproError(f"{p}: key 'seed': expected an integer or null")
+        raise _bad(p, "key 'seed': expected an integer or null")
     tinfo = doc["tensors"]
     fname, digest, entries = tinfo.get("file"), tinfo.get("sha256"), tinfo.get("entries")
     plain = isinstance(fname, str) and Path(fname).name == fname
-    if not plain or fname in ("", ".", ".."):
-        raise ReproError(f"{p}: tensors.file must be a plain file name, got {fname!r}")
+    if not plain or fname in ("", ".", "..") or not fname.endswith(".safetensors"):
+        raise _bad(p, f"tensors.file must be a plain .safetensors file name, got {fname!r}")
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ReproError(f"{p}: tensors.sha256 must be 64 lowercase hex digits")
+        raise _bad(p, "tensors.sha256 must be 64 lowercase hex digits")
     if not isinstance(entries, dict):
-        raise ReproError(f"{p}: tensors.entries must be an object")
+        raise _bad(p, "tensors.entries must be an object")
+    if len(entries) > MAX_TENSORS:
+        raise _bad(p, f"{len(entries)} tensors, more than the {MAX_TENSORS} allowed")
     dtypes = _dtype_names()
     for n, e in entries.items():
         ok = (
-            isinstance(e, dict)
+            len(n) <= MAX_NAME
+            and isinstance(e, dict)
             and e.get("dtype") in dtypes
             and isinstance(e.get("shape"), list)
+            and len(e["shape"]) <= MAX_DIMS
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in e["shape"])
         )
         if not ok:
-            raise ReproError(f"{p}: tensors.entries[{n!r}]: expected {{dtype, shape}}, got {e!r}")
-    tpath = p.parent / fname
+            raise _bad(p, f"tensors.entries[{n[:80]!r}]: expected {{dtype, shape}}, got {e!r:.200}")
+
+
+def _declared_bytes(p: Path, entries: dict) -> int:
+    dtypes = _dtype_names()
+    total = 0
+    for e in entries.values():
+        total += math.prod(e["shape"]) * _itemsize(dtypes[e["dtype"]])
+        if total > MAX_TENSOR_BYTES:
+            raise _bad(p, f"the tensors it declares exceed {MAX_TENSOR_BYTES} bytes")
+    return total
+
+
+def load(path: str | os.PathLike) -> Repro:
+    """Read and verify a repro (JSON + safetensors); never executes code from the files, never
+    imports what they name. Every limit is checked before reading: see `safefile`."""
+    from safetensors.torch import load as st_load
+
+    from parity.campaign.safefile import MAX_JSON, UnsafeFile, loads_json, read_bounded
+
+    p = _resolve(path)
     try:
-        blob = tpath.read_bytes()
-    except OSError as e:
-        raise ReproError(f"{p}: tensor file {tpath} cannot be read: {e}") from e
+        doc = loads_json(read_bounded(p, limit=MAX_JSON), where=str(p))
+    except UnsafeFile as e:
+        raise ReproError(f"bad repro file: {e}") from e
+    _check_doc(p, doc)
+    tinfo = doc["tensors"]
+    entries = tinfo["entries"]
+    want = _declared_bytes(p, entries)
+    tpath = p.parent / tinfo["file"]
+    limit = want + _HEADER_FIXED + _HEADER_PER_TENSOR * len(entries)
+    try:  # the tensor file: in the JSON's folder, no larger than the tensors it declares
+        blob = read_bounded(tpath, limit=limit, folder=p.parent)
+    except UnsafeFile as e:
+        raise ReproError(f"bad repro file: {p}: tensor file: {e}") from e
     got = hashlib.sha256(blob).hexdigest()
-    if got != digest:
-        raise ReproError(
-            f"{p}: sha256 mismatch for {tpath.name}: file has {got[:16]}..., the JSON says "
-            f"{digest[:16]}... (modified or truncated)"
+    if got != tinfo["sha256"]:
+        raise _bad(
+            p,
+            f"sha256 mismatch for {tpath.name}: file has {got[:16]}..., the JSON says "
+            f"{tinfo['sha256'][:16]}... (modified or truncated)",
         )
+    hlen = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
+    if hlen < 0 or 8 + hlen > len(blob) or hlen > limit - want:
+        raise _bad(p, f"{tpath.name} is not a valid safetensors file: header length {hlen}")
     try:
         tensors = st_load(blob)
     except Exception as e:  # any parse failure is a bad file
-        raise ReproError(f"{p}: {tpath.name} is not a valid safetensors file: {e}") from e
+        raise _bad(p, f"{tpath.name} is not a valid safetensors file: {e}") from e
     if set(tensors) != set(entries):
-        raise ReproError(
-            f"{p}: tensor names {sorted(tensors)} differ from the JSON's {sorted(entries)}"
-        )
+        raise _bad(p, f"tensor names {sorted(tensors)} differ from the JSON's {sorted(entries)}")
+    dtypes = _dtype_names()
     for n, t in tensors.items():
         e = entries[n]
         if dtypes[e["dtype"]] != t.dtype or list(t.shape) != e["shape"]:
-            raise ReproError(
-                f"{p}: tensor {n!r} is {t.dtype}{list(t.shape)}, the JSON says "
-                f"{e['dtype']}{e['shape']}"
+            raise _bad(
+                p,
+                f"tensor {n!r} is {t.dtype}{list(t.shape)}, the JSON says {e['dtype']}{e['shape']}",
             )
     repro = Repro(
         path=p,
@@ -452,17 +548,22 @@ def load(path: str | os.PathLike) -> Repro:
         impl=doc["impl"],
         prop=doc["property"],
         device=doc["device"],
-        kind=kind,
-        message=doc.get("message", ""),
+        kind=doc.get("kind") or "fail",
+        message=doc.get("message") or "",
         meta=doc["meta"],
-        seed=seed,
+        seed=doc.get("seed"),
         ratio=doc.get("ratio"),
         worst=doc.get("worst") or [],
         versions=doc.get("versions") or {},
         data=doc,
         _tensors=tensors,
     )
-    repro.case("cpu")  # decode args/kwargs now: a dangling tensor reference fails at load
+    try:  # decode args/kwargs now: a dangling tensor reference fails at load
+        repro.case("cpu")
+    except ReproError as e:
+        raise _bad(p, str(e)) from e
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as e:
+        raise _bad(p, f"the call cannot be rebuilt: {type(e).__name__}: {e}") from e
     return repro
 
 
@@ -472,6 +573,7 @@ __all__ = [
     "VERSION",
     "Repro",
     "ReproError",
+    "atomic_create",
     "atomic_write",
     "load",
     "save",
