@@ -17,8 +17,11 @@ folder when it exists) lists entries:
                                          # required; MUST cite an issue: owner/repo#N, #N or
                                          # an https://.../issues/N or /pull/N URL
 
-A bad entry (missing keys, wrong types, a reason without an issue reference) raises
-`ValueError` at load, naming the file and the entry.
+A bad entry (missing keys, wrong types, a reason without an issue reference, a property that
+the op does not have, an implementation that is not "*", "reference", registered for the op or
+of the form module:function) raises `ValueError` at load, naming the file and the entry. The
+file is read with the limits of `parity.campaign.safefile` (a regular file, at most 1 MiB,
+nesting bounded): a hostile one is "bad ledger file: why", never a hang or a traceback.
 
 Semantics (for `parity fuzz` and `parity check`): a known failure still runs. A failing case
 (fail, crash or hang) that an entry matches is counted as "xfail" and does not make the run fail;
@@ -29,10 +32,12 @@ the run fails (exit 1) so the entry gets removed once the issue is fixed.
 Public API:
 
     Ledger.load(path) -> Ledger         # ValueError on a bad file or entry
-    load_ledger(path=None) -> Ledger     # path, else ./parity-ledger.json if present, else empty
+    load_ledger(path=None) -> Ledger     # path, else ./parity-ledger.json if present (with a
+                                         # notice on stderr: never silently), else empty
     ledger.match(op, impl, prop, meta) -> Entry | None
     ledger.record(entry, failed: bool)  # count one matched case's outcome
     ledger.xpasses(op=None, impl=None) -> list[str]   # "XPASS: ledger entry ... passed" lines
+    ledger.unmatched(op=None, impl=None) -> list[str] # entries that matched no case (a note)
     ledger.summary() -> list[dict]      # per entry: matched, xfailed, passed
     Entry fields: op, impl, property, when, reason, index; Entry.describe()
     ISSUE_RE                             # the issue-reference pattern
@@ -41,7 +46,9 @@ Public API:
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +137,33 @@ def _check_entry(raw: Any, i: int, src: str) -> Entry:
 
     if raw["op"] not in OP_NAMES:
         raise ValueError(f"{where}: op {raw['op']!r} is not an op of the contract")
+    _check_names(where, raw["op"], raw["impl"], prop)
     return Entry(raw["op"], raw["impl"], prop, dict(when), raw["reason"], i, src)
+
+
+_EXTERNAL_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _check_names(where: str, op: str, impl: str, prop: str) -> None:
+    """A misspelt property or implementation would silently match nothing: refuse it. An
+    implementation is "*", "reference", a name registered for the op, or `module:function`
+    (checked by its form only: the ledger never imports anything)."""
+    from parity.catalog import get_spec, impls
+
+    props = get_spec(op).all_properties()
+    if prop != "*" and prop not in props:
+        raise ValueError(
+            f"{where}: property {prop!r} is not a property of {op}; properties: "
+            f"{', '.join(props)} or '*'"
+        )
+    if impl in ("*", "reference") or _EXTERNAL_RE.fullmatch(impl):
+        return
+    known = [i.name for i in impls(op)]
+    if impl not in known:
+        raise ValueError(
+            f"{where}: impl {impl!r} is not an implementation of {op} (registered: "
+            f"{', '.join(known) or 'none'}; or '*', 'reference', module:function)"
+        )
 
 
 @dataclass
@@ -140,18 +173,30 @@ class Ledger:
 
     @classmethod
     def load(cls, path: str | Path) -> Ledger:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"{p}: cannot read the ledger: {e}") from e
-        if p.suffix.lower() == ".toml":
-            import tomllib
+        from parity.campaign.safefile import (
+            MAX_JSON,
+            UnsafeFile,
+            check_depth,
+            loads_json,
+            read_bounded,
+        )
 
-            try:
-                doc = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as e:
-                raise ValueError(f"{p}: not valid TOML: {e}") from e
+        p = Path(path)
+        try:  # a regular file in its folder, at most 1 MiB, nesting bounded: see safefile
+            data = read_bounded(p, limit=MAX_JSON)
+            if p.suffix.lower() == ".toml":
+                import tomllib
+
+                try:
+                    doc = tomllib.loads(data.decode("utf-8"))
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+                    raise UnsafeFile(f"{p}: not valid TOML: {e}") from e
+                check_depth(doc, where=str(p))
+            else:
+                doc = loads_json(data, where=str(p))
+        except UnsafeFile as e:
+            raise ValueError(f"bad ledger file: {e}") from e
+        if p.suffix.lower() == ".toml":
             raws = None
             for key in ("entry", "entries", "known_failure"):
                 if key in doc:
@@ -160,10 +205,6 @@ class Ledger:
             if raws is None:
                 raws = []
         else:
-            try:
-                doc = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: not valid JSON: {e}") from e
             raws = doc.get("entries", None) if isinstance(doc, dict) else doc
             if isinstance(doc, dict) and raws is None:
                 raise ValueError(f"{p}: expected an object with 'entries' or a list")
@@ -211,6 +252,23 @@ class Ledger:
                 )
         return out
 
+    def unmatched(self, op: str | None = None, impl: str | None = None) -> list[str]:
+        """One line per entry for this op / implementation that matched no case: a `when`
+        that describes no case the strategies draw, or a property that was not run. Reported
+        at the end of a run (not a failure: the run may simply not have drawn such a case)."""
+        out = []
+        for e in self.entries:
+            if op is not None and e.op != op:
+                continue
+            if impl is not None and e.impl not in ("*", impl):
+                continue
+            if not e.matched:
+                out.append(
+                    f"ledger entry {e.describe()} matched no case in this run (a 'when' that "
+                    f"describes no drawn case, a property not run, or a fixed bug?)"
+                )
+        return out
+
     def summary(self) -> list[dict]:
         return [
             {
@@ -223,6 +281,7 @@ class Ledger:
                 "matched": e.matched,
                 "xfailed": e.xfailed,
                 "passed": e.passed,
+                "unmatched": not e.matched,
             }
             for e in self.entries
         ]
@@ -233,8 +292,16 @@ def load_ledger(path: str | Path | None = None) -> Ledger:
     if path:
         return Ledger.load(path)
     default = Path(DEFAULT_FILE)
-    if default.is_file():
-        return Ledger.load(default)
+    if os.path.lexists(default):
+        led = Ledger.load(default)
+        n = len(led.entries)
+        print(
+            f"parity: using the known-failure ledger ./{DEFAULT_FILE} found in the current folder "
+            f"({n} entr{'y' if n == 1 else 'ies'}: matching failures count as xfail); "
+            f"--ledger FILE names another",
+            file=sys.stderr,
+        )
+        return led
     return Ledger()
 
 

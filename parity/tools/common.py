@@ -63,6 +63,24 @@ def bad_numbers(cmd: str, checks) -> int | None:
     return None
 
 
+def read_meta(cmd: str, text: str) -> dict | int:
+    """A `--meta` value: JSON, or `@FILE` read with the limits of `parity.campaign.safefile`
+    (a regular file in its folder, at most 1 MiB, nesting bounded: a FIFO, a device or a huge
+    file is a usage error, never a hang). The description as a dict, or exit code 2."""
+    from parity.campaign.safefile import MAX_JSON, UnsafeFile, loads_json, read_bounded
+
+    try:
+        if text.startswith("@"):
+            meta = loads_json(read_bounded(text[1:], limit=MAX_JSON), where=text[1:])
+        else:
+            meta = loads_json(text.encode("utf-8", "surrogateescape"), where="--meta")
+    except (UnsafeFile, UnicodeError) as e:
+        return usage_error(cmd, f"--meta: bad file or JSON: {e}")
+    if not isinstance(meta, dict):
+        return usage_error(cmd, f"--meta: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
 def add_common(p) -> None:
     """--op, --impl, --device, --timeout, --no-isolate (fuzz and case)."""
     p.add_argument("--op", required=True)

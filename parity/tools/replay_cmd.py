@@ -1,29 +1,58 @@
 """`parity replay`: re-evaluate a saved repro on the tensors saved with it.
 
-    parity replay FILE [--impl IMPL] [--device cpu|cuda] [--timeout S] [--no-isolate] [--json]
+    parity replay FILE [--impl IMPL] [--device cpu|cuda] [--timeout S] [--warmup N]
+                  [--no-isolate] [--json]
 
 FILE is a repro written by `parity fuzz` (the .json, its .safetensors, or the common stem; see
 `parity.campaign.repro`). The saved property is evaluated again, and `matches_reference` too where
-it applies (not on a bad-input case), on the saved implementation or on `--impl` (e.g. the
-reference, or the fixed kernel), on the saved device or `--device`. The tensors come from the
-file, never regenerated. The kernel runs in a worker subprocess unless `--no-isolate`.
+it applies (not on a bad-input case), on the tensors from the file (never regenerated), on the
+saved device or `--device`.
 
-Exit codes: 0 every property evaluated holds; 1 one fails (or the kernel crashed or hung);
-2 a bad file (malformed, tampered: sha256 mismatch) or usage error; 3 nothing tested (the
-implementation raised NotImplementedError, or is unavailable here).
+A repro file is data, never code: its `impl` is information. Without `--impl`, replay runs the
+saved implementation only when it is "reference" or registered in parity; for a file saved for
+a `module:function`, the user names the module on the command line (`--impl mod:fn`, as the
+file's "replay" line shows): replay never imports a module named in a file.
+
+Reproducing: the case runs first in a fresh worker (its first call there). If that passes, the
+same case is called again in the same worker up to `--warmup` times (default 4): a failure
+that appears only then depends on history (a stateful or nondeterministic kernel) and replay
+says so. A failure saved for this implementation that does not come back at all is
+"did not reproduce" (exit 1), never a pass. Only a different `--impl` (the reference, a fixed
+kernel) passing is a pass.
+
+Exit codes: 0 every property evaluated holds on a different implementation than the one the
+failure was saved for; 1 a property fails (or the kernel crashed or hung), or the saved failure
+did not reproduce; 2 a bad file (malformed, tampered, hostile: "bad repro file: why") or usage
+error; 3 nothing tested (NotImplementedError, or the implementation is unavailable here).
 """
 
 from __future__ import annotations
 
+import shlex
+
 from parity.tools.common import bad_numbers, print_json, resolve, usage_error
+
+HISTORY = "the failure depends on history (stateful or nondeterministic kernel)"
+FAILING = ("fail", "crash", "hang")
 
 
 def add_parser(sub):
     p = sub.add_parser("replay", help="re-evaluate a saved repro file")
     p.add_argument("file")
-    p.add_argument("--impl", default=None, help="default: the implementation it was saved for")
+    p.add_argument(
+        "--impl",
+        default=None,
+        help="implementation to run (default: the saved one if it is registered in parity; a "
+        "module:function is never imported from a file, name it here)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds (hang)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per call (hang)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="calls of the same case in the same worker after a first call that passes",
+    )
     p.add_argument("--no-isolate", action="store_true", help="run the kernel in-process")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     return p
@@ -34,26 +63,49 @@ def replay_properties(spec, r) -> list[str]:
     from parity.campaign.repro import ReproError
 
     if r.prop not in spec.all_properties():
-        raise ReproError(f"{r.path}: property {r.prop!r} is not a property of {spec.name}")
+        raise ReproError(
+            f"bad repro file: {r.path}: property {r.prop!r} is not a property of {spec.name}"
+        )
     props = [r.prop]
     if r.prop != "matches_reference" and "invalid" not in r.meta:
         props.append("matches_reference")
     return props
 
 
+def _saved_impl_runnable(op: str, name: str) -> bool:
+    """The file's impl may run without --impl: the reference or a name registered in parity
+    (parity's own code). Anything else, `module:function` above all, is never imported."""
+    if name == "reference":
+        return True
+    if ":" in name:
+        return False
+    from parity.catalog import load_all
+    from parity.registry import registered_impl
+
+    load_all()
+    return registered_impl(op, name) is not None
+
+
 def run(args) -> int:
     from parity.campaign import InProcess, Isolated, repro
-    from parity.campaign.text import code_for, verdict_text
-    from parity.campaign.wire import verdict_to_json
     from parity.campaign.worker import WorkerUsageError
 
     bad = bad_numbers("replay", [("--timeout", args.timeout, 0)])
+    if bad is None and (args.warmup < 0 or args.warmup > 1000):
+        bad = usage_error("replay", f"--warmup must be in 0..1000, got {args.warmup}")
     if bad is not None:
         return bad
     try:
         r = repro.load(args.file)
     except repro.ReproError as e:
         return usage_error("replay", str(e))
+    if args.impl is None and not _saved_impl_runnable(r.op, r.impl):
+        return usage_error(
+            "replay",
+            f"{r.path} was saved for {r.impl!r}, which is not an implementation registered in "
+            f"parity; parity never imports a module named in a file: pass "
+            f"--impl {shlex.quote(r.impl)} to run it (or --impl reference)",
+        )
     impl_name = args.impl or r.impl
     got = resolve("replay", r.op, impl_name, args.device or r.device)
     if isinstance(got, int):
@@ -65,21 +117,36 @@ def run(args) -> int:
         return usage_error("replay", str(e))
     if args.no_isolate:
         ev = InProcess(spec, impl, device)
+        where = "in this process"
     else:
         ev = Isolated(spec, impl_name, device, timeout=args.timeout)
+        where = "in a fresh worker"
+    same = impl_name == r.impl
     results = []
+    calls = 0
     try:
-        for prop in props:
-            status, v = ev.evaluate_file(prop, r.path)
-            results.append((prop, status, v))
-            if status in ("crash", "hang"):
-                break
+        status, v = ev.evaluate_file(r.prop, r.path)
+        calls = 1
+        while status == "pass" and calls <= args.warmup:
+            # the same case again in the same process: a failure that needs history
+            status, v = ev.evaluate_file(r.prop, r.path)
+            calls += 1
+        results.append((r.prop, status, v))
+        if status not in ("crash", "hang"):
+            for prop in props[1:]:
+                s, w = ev.evaluate_file(prop, r.path)
+                results.append((prop, s, w))
+                if s in ("crash", "hang"):
+                    break
     except (repro.ReproError, WorkerUsageError) as e:
         return usage_error("replay", str(e))
     finally:
         ev.close()
-    code = code_for([s for _, s, _ in results])
+    outcome, note = _outcome(status, calls, where, same, r.impl)
+    code = _code([s for _, s, _ in results], outcome)
     if args.json:
+        from parity.campaign.wire import verdict_to_json
+
         rows = [{"property": p, "status": s, "verdict": verdict_to_json(v)} for p, s, v in results]
         print_json(
             {
@@ -88,14 +155,49 @@ def run(args) -> int:
                 "impl": impl_name,
                 "saved_impl": r.impl,
                 "device": device,
+                "calls": calls,
+                "reproduced": outcome,
+                "note": note,
                 "results": rows,
                 "exit_code": code,
             }
         )
         return code
+    from parity.campaign.text import verdict_text
+
     print(f"repro {r.path}: {r.op} / {r.impl} / {r.prop} ({r.kind}), found on {r.device}")
     if r.message:
-        print(f"  saved    {r.message.splitlines()[0]}")
-    for prop, status, v in results:
-        print(verdict_text(r.op, impl_name, prop, device, status, v))
+        print(f"  saved    {r.message.splitlines()[0][:300]}")
+    for prop, s, w in results:
+        print(verdict_text(r.op, impl_name, prop, device, s, w))
+    if note:
+        print(note)
+    return code
+
+
+def _outcome(status: str, calls: int, where: str, same: bool, saved: str) -> tuple[str, str]:
+    """("first call" | "after warm-up" | "no" | "n/a", the line that says which)."""
+    if status in FAILING:
+        if calls == 1:
+            return "first call", f"reproduced {where} (first call)"
+        return "after warm-up", (
+            f"did not reproduce {where}: reproduced only on call {calls} of the same case "
+            f"({calls - 1} warm-up call{'s' if calls > 2 else ''} first): {HISTORY}"
+        )
+    if status != "pass":
+        return "n/a", ""
+    if same:
+        return "no", (
+            f"did not reproduce: {HISTORY}: passed {where} and in {calls - 1} more call"
+            f"{'s' if calls != 2 else ''} of the same case"
+        )
+    return "n/a", f"passes here; the saved failure was on {saved}"
+
+
+def _code(statuses: list[str], outcome: str) -> int:
+    from parity.campaign.text import code_for
+
+    code = code_for(statuses)
+    if outcome == "no":  # a saved failure that does not come back is not a pass
+        return 1
     return code
