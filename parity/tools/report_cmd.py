@@ -186,6 +186,14 @@ def measure(spec, impl_list, device: str, n: int, seed: int, size: str):
     return groups, tallies
 
 
+def has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # also a module blocked with sys.modules["matplotlib"] = None
+        return False
+    return True
+
+
 def _png(path: Path, title: str, per_impl: dict) -> bytes:
     import matplotlib
 
@@ -242,6 +250,12 @@ def run(args) -> int:
 
     if args.examples < 1:
         print("parity report: --examples must be >= 1", file=sys.stderr)
+        return 2
+    if not has_matplotlib():  # before any work: the histograms need it
+        print(
+            "parity report: needs matplotlib, which is not installed: pip install 'parity[report]'",
+            file=sys.stderr,
+        )
         return 2
     device = default_device(args.device)
     size = args.size or ("small" if device == "cpu" else "full")
@@ -337,6 +351,7 @@ def _section(spec, tallies, rows, images) -> tuple[str, list]:
     parts = [
         f"<h2 id='{e(spec.name)}'>{e(spec.name)}</h2>",
         f"<p class='tol'>Tolerance model: {e(spec.tolerance)}</p>",
+        *_tolerance_numbers(spec, sorted({r["dtype"] for r in rows})),
         "<table><tr><th>impl</th><th>within tolerance</th><th>out of tolerance</th>"
         "<th>unsupported</th><th>raised</th><th>first failure</th></tr>",
     ]
@@ -363,6 +378,35 @@ def _section(spec, tallies, rows, images) -> tuple[str, list]:
             f"<figcaption>{e(fname)}</figcaption></figure>"
         )
     return "\n".join(parts), images
+
+
+def _tolerance_numbers(spec, dtypes) -> list[str]:
+    """The tolerance model's numbers (`parity explain`) for the input dtypes measured."""
+    from parity.tools.explain_cmd import DTYPES, MODELS, parse_sizes, rows_for
+
+    model = MODELS.get(spec.name)
+    if model is None:
+        return []
+    e = html.escape
+    sizes = parse_sizes(spec.name, model, [])
+    parts = []
+    for dt in [d for d in dtypes if d in DTYPES] or ["bfloat16"]:
+        rows = rows_for(spec, model, dt, sizes)
+        if not rows:
+            continue
+        size_txt = ", ".join(f"{n} = {v}" for n, v in sizes.items() if v) or "no size term"
+        parts.append(
+            f"<details class='tol'><summary>tolerance numbers for {e(dt)} ({e(size_txt)}; "
+            f"<code>parity explain {e(spec.name)} --dtype {e(dt)}</code>)</summary>"
+            "<table><tr><th>quantity</th><th>value</th><th>why</th></tr>"
+            + "".join(
+                f"<tr><td class='msg'>{e(str(q))}</td><td>{e(str(v))}</td>"
+                f"<td class='msg'>{e(str(n))}</td></tr>"
+                for q, v, n in rows
+            )
+            + "</table></details>"
+        )
+    return parts
 
 
 def _page(sections, device, args, not_run, torch_version) -> str:

@@ -56,6 +56,9 @@ def test_report_files_and_html(tmp_path, monkeypatch, capsys):
     assert {base64.b64decode(b) for b in embedded} == {p.read_bytes() for p in pngs}
     assert "swiglu" in page and "rep_kernel:rounds_intermediate" in page
     assert "reference" in page and "Tolerance model" in page and "p99 ulp" in page
+    # the tolerance used, with its numbers for the dtypes measured (parity explain's)
+    assert "tolerance numbers for" in page and "parity explain swiglu --dtype" in page
+    assert "16 u32 |y| at |y| = 1" in page
 
 
 def test_report_usage_errors(tmp_path):
@@ -64,6 +67,28 @@ def test_report_usage_errors(tmp_path):
         main(["report", "--op", "swiglu", "--impl", "missing_mod:f", "--out", str(tmp_path)]) == 2
     )
     assert main(["report", "--op", "swiglu", "--examples", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_report_without_matplotlib_names_the_extra_before_any_work(tmp_path):
+    """No matplotlib: exit 2 at once, naming the extra to install; nothing measured or written
+    (not a traceback after all the work)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "never"
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from parity.tools.cli import main\n"
+        f"sys.exit(main(['report', '--op', 'fused_moe', '--examples', '50', '--device', 'cpu', "
+        f"'--out', {str(out)!r}]))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert p.returncode == 2, p.stderr
+    assert "pip install 'parity[report]'" in p.stderr and "matplotlib" in p.stderr
+    assert "Traceback" not in p.stderr and "fused_moe:" not in p.stdout  # no measuring began
+    assert not out.exists()
 
 
 def test_ulp_of_covers_float8():
