@@ -1,22 +1,38 @@
-"""The public API: test a kernel from Python (and so from one's own pytest suite).
+"""The public API: test a kernel from Python, and so from one's own pytest suite.
 
     import parity
     parity.check("swiglu", my_swiglu).raise_for_failure()
 
-`check` runs the same campaign as `parity fuzz` (`parity.campaign`), isolated in a worker
-process when the kernel can be imported there by name, and returns a `Report`.
+`check` runs the same campaign as `parity fuzz` (`parity.campaign`): every property of the op,
+with the kernel in a worker process (a crash or a hang is a verdict, not a dead test run), on
+the GPU when there is one, and returns a `Report`. `ops()` lists the ops, `register` registers
+a fast path, `strategies(op)` gives the case strategy for one's own `@given` tests.
+
+Importing this module imports neither torch nor Hypothesis (the pytest plugin sets its session
+defaults here in any repository).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from parity.campaign.engine import Report
+if TYPE_CHECKING:
+    from parity.campaign.engine import Report
+
+# defaults for `check` set by the pytest plugin from its options (--parity-skip-property, ...)
+# in a session that passes them; empty otherwise
+SESSION: dict = {}
+ENV_DATABASE = "PARITY_HYPOTHESIS_DB"  # the example database's directory; "none" disables it
+ENV_MAX_EXAMPLES = "PARITY_MAX_EXAMPLES"  # examples per property when check() is given none
 
 
 def _importable_name(fn: Callable) -> str | None:
-    """`module:qualname` that imports back to `fn` itself in another process, else None."""
+    """`module:qualname` that imports back to `fn` itself, else None."""
     from parity.catalog import resolve_callable
 
     mod, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
@@ -27,6 +43,115 @@ def _importable_name(fn: Callable) -> str | None:
         return name if resolve_callable(name) is fn else None
     except Exception:
         return None
+
+
+def _path_prefix(name: str) -> str:
+    """`PYTHONPATH=DIR ` when the module of `name` ("module:function") is not importable from
+    the current directory by a fresh `parity` command (a conftest.py in tests/, say), else ""."""
+    mod = sys.modules.get(name.partition(":")[0])
+    path = getattr(mod, "__file__", None)
+    if not path:
+        return ""
+    root = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) == "__init__.py":
+        root = os.path.dirname(root)
+    for _ in range(name.partition(":")[0].count(".")):
+        root = os.path.dirname(root)
+    cwd = os.getcwd()
+    if root == cwd or "site-packages" in root or "dist-packages" in root:
+        return ""
+    if root in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        return ""
+    rel = os.path.relpath(root, cwd)
+    return f"PYTHONPATH={rel if not rel.startswith('..') else root} "
+
+
+def _profile(name: str) -> str:
+    """The engine's name of a profile given as pr|nightly|bisect or parity-pr|..."""
+    from parity.campaign.engine import PROFILES
+
+    short = name.removeprefix("parity-")
+    for cand in (name, short, f"parity-{short}"):
+        if cand in PROFILES:
+            return cand
+    have = ", ".join(p.removeprefix("parity-") for p in PROFILES)
+    raise ValueError(f"unknown profile {name!r}; profiles: {have} (or parity-<name>)")
+
+
+def _database(database):
+    """A Hypothesis example database from `database` (a directory, an ExampleDatabase, or
+    None/False/"none" for none); default: $PARITY_HYPOTHESIS_DB, else Hypothesis's own
+    `.hypothesis/examples` in the current directory."""
+    if database is None:
+        database = SESSION.get("database") or os.environ.get(ENV_DATABASE) or True
+    if database is False or (isinstance(database, str) and database.lower() in ("none", "")):
+        return None
+    from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+
+    if isinstance(database, ExampleDatabase):
+        return database
+    if database is True:
+        database = os.path.join(".hypothesis", "examples")
+    return DirectoryBasedExampleDatabase(os.fspath(database))
+
+
+def _engine_takes(name: str) -> bool:
+    import inspect
+
+    from parity.campaign.engine import drive
+
+    return name in inspect.signature(drive).parameters
+
+
+def _xdist_gpu_env(device: str) -> dict | None:
+    """Under pytest-xdist on cuda: the kernel's worker process sees one GPU, gw<i> the i-th
+    visible one (mod their count). The calling process is not changed."""
+    from parity._gpu import gpu_env
+
+    m = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if not m or not device.startswith("cuda"):
+        return None
+    return gpu_env(int(m.group(1)), device) or None
+
+
+class _Progress:
+    """Progress on stderr: one line rewritten in place on a terminal, plain lines otherwise
+    (a log, pytest's captured output)."""
+
+    def __init__(self, title: str, props: list[str], enabled: bool):
+        self.title, self.n, self.enabled = title, len(props), enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.i, self.prop, self.last = 0, "", 0.0
+
+    def _write(self, text: str, final: bool) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
+        elif final:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def start(self, prop: str) -> None:
+        self.i, self.prop = self.i + 1, prop
+        self._write(f"{self.title}: [{self.i}/{self.n}] {prop} ...", final=not self.tty)
+
+    def example(self, st, status: str) -> None:
+        now = time.monotonic()
+        if self.tty and now - self.last > 0.2:
+            self.last = now
+            self._write(
+                f"{self.title}: [{self.i}/{self.n}] {st.prop}: {st.run} run, {st.failed} failed",
+                final=False,
+            )
+
+    def done(self, st) -> None:
+        extra = f" ({st.stopped})" if st.stopped else ""
+        self._write(
+            f"{self.title}: [{self.i}/{self.n}] {st.prop}: {st.verdict()}, {st.run} run in "
+            f"{st.seconds:.1f} s{extra}",
+            final=True,
+        )
 
 
 def check(
@@ -41,34 +166,64 @@ def check(
     profile: str = "pr",
     accept: Iterable[str] = (),
     seed: int | None = None,
+    database=None,
     isolate: bool | None = None,
     timeout: float = 60.0,
     out_dir: str | None = "parity-repros",
+    progress: bool = True,
 ) -> Report:
-    """Run every property of `op` (or `properties`, less `skip`) against `fn` (a callable or
-    "module:function") and return the `Report`. `isolate` (default: whenever `fn` can be
-    imported by name) runs the kernel in a worker process; the verdict is always computed here.
-    Unknown op, property or variant names raise ValueError."""
-    from parity.campaign.engine import PROFILES, InProcess, Isolated, run_campaign
+    """Check `fn` against the contract of `op` and return the `Report`; nothing raises on a
+    counterexample: call `.raise_for_failure()` (an AssertionError with what the CLI prints).
+
+    fn: the kernel, a callable or "module:function" (or a registered implementation's name).
+    device: "cpu" or "cuda"; default cuda when a GPU is visible (under pytest-xdist each worker's
+        kernel process gets its own GPU). properties / skip: which properties run (default all
+        of the op's) and which not (e.g. skip=["error_parity"] for a kernel that does not
+        validate its inputs); the report lists what was skipped. max_examples / max_time:
+        examples per property and a time budget in seconds for the whole check (default: the
+        profile's count, or $PARITY_MAX_EXAMPLES). profile: pr (fast, deterministic), nightly
+        (1000 examples, targeted search) or bisect. accept: named variants of the op the kernel
+        follows on purpose (judged strictly under them). seed: Hypothesis seed.
+    database: where failing examples are kept and replayed first next time: a directory, a
+        Hypothesis ExampleDatabase, or False (none); default $PARITY_HYPOTHESIS_DB, else
+        `.hypothesis/examples` in the current directory (Hypothesis's own place).
+    isolate: run the kernel in a worker process (default: whenever `fn` can be imported by
+        name there; a kernel defined in a notebook or a test function runs in-process).
+    timeout: seconds one case may take before it counts as a hang. out_dir: where repro files
+        go (None: none written). progress: lines on stderr while it runs.
+
+    Unknown op, property, profile or variant names raise ValueError.
+    """
     from parity.catalog import get_impl, get_spec
     from parity.registry import OP_NAMES, Impl
 
     if op not in OP_NAMES:
         raise ValueError(f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    profile = _profile(profile)
     spec = get_spec(op)
-    known = spec.all_properties()
-    props, skip = list(properties or known), list(skip)
+    known = list(spec.all_properties())
+    props = list(properties) if properties is not None else list(SESSION.get("properties") or known)
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    skip = list(dict.fromkeys([*skip, *SESSION.get("skip", ())]))
     unknown = [p for p in props + skip if p not in known]
     if unknown:
         raise ValueError(f"unknown properties {unknown} for {op}; properties: {', '.join(known)}")
-    variants = [getattr(v, "name", v) for v in getattr(spec, "variants", ())]
-    bad = [a for a in accept if a not in variants]
-    if bad:
-        raise ValueError(f"{op} declares no variant {bad}; variants: {variants or 'none'}")
+    accept = [accept] if isinstance(accept, str) else list(accept)
+    accept = list(dict.fromkeys([*accept, *SESSION.get("accept", ())]))
+    if accept:
+        from parity.properties.variants import validate
+
+        validate(spec, accept)  # ValueError naming the op's variants
+    if max_examples is None:
+        max_examples = SESSION.get("max_examples")
+    if max_examples is None and os.environ.get(ENV_MAX_EXAMPLES):
+        max_examples = int(os.environ[ENV_MAX_EXAMPLES])
     if isinstance(fn, str):
-        name, impl = fn, get_impl(op, fn)
+        impl = get_impl(op, fn)
+        builtin = impl.reference or getattr(impl.fn, "__module__", "").startswith("parity.")
+        # a kernel registered outside parity (a user's conftest.py): the worker and the rerun
+        # line name its function, which a fresh process can import; parity's own by name
+        name = fn if builtin or ":" in fn else _importable_name(impl.fn)
     else:
         name = _importable_name(fn)
         label = name or getattr(fn, "__qualname__", type(fn).__name__)
@@ -76,7 +231,10 @@ def check(
     from parity._gpu import default_device
 
     device = default_device(device)
-    report = Report(op, impl.name, device, [], skipped=skip, accepted=list(accept))
+    from parity.campaign.engine import Report
+
+    label = name or impl.name
+    report = Report(op, label, device, [], skipped=skip, accepted=accept)
     ok, why = impl.availability(device)
     if not ok:
         report.notes.append(f"NOT RUN: {impl.key} on {device}: {why}")
@@ -85,43 +243,79 @@ def check(
         isolate = name is not None
     elif isolate and name is None:
         raise ValueError(f"{fn!r} cannot be imported by name in a worker: pass isolate=False")
-    if not isolate and name is None:
-        report.notes.append("run in-process: the kernel cannot be imported by name")
+    if name is None:
+        report.notes.append(
+            "run in-process (the kernel cannot be imported by name): no rerun line works"
+        )
+    run = [p for p in props if p not in skip]
+    kw: dict = {}
+    db = _database(database)
+    if db is not None and _engine_takes("database"):
+        kw["database"] = db
+    if accept:
+        if not _engine_takes("accept"):
+            raise NotImplementedError("accept=: this engine does not judge under variants yet")
+        kw["accept"] = tuple(accept)
+    from parity.campaign.engine import InProcess, Isolated, run_campaign
+
     evaluator = (
-        Isolated(spec, name, device, timeout=timeout) if isolate else InProcess(spec, impl, device)
+        Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device))
+        if isolate
+        else InProcess(spec, impl, device)
     )
     max_ex = max_examples
     if max_ex is None and max_time is not None:
         max_ex = 1_000_000  # the clock is the limit
+    bar = _Progress(f"parity {op} / {label} on {device}", run, progress)
     t0 = time.monotonic()
     try:
         evaluator.start()
         report.properties = run_campaign(
             spec,
-            [p for p in props if p not in skip],
+            run,
             evaluator,
             max_time=max_time,
-            impl_name=impl.name,
+            impl_name=label,
             device=device,
             profile=profile,
             max_examples=max_ex,
             seed=seed,
             out_dir=out_dir,
             dtypes=impl.dtypes,
+            on_prop_start=bar.start,
+            on_prop_done=bar.done,
+            on_example=bar.example,
+            **kw,
         )
     finally:
         evaluator.close()
     report.seconds = time.monotonic() - t0
+    prefix = _path_prefix(name) if name and ":" in name else ""
+    for st in report.properties:
+        if prefix and st.failure and st.failure.get("repro"):
+            st.failure["repro"] = prefix + st.failure["repro"]
     return report
 
 
 def strategies(op: str, prop: str = "matches_reference", *, size: str = "small", dtypes=None):
-    """(strategy, build): the Hypothesis strategy of `op`'s case descriptions for `prop`, and
-    `build(meta, device="cpu") -> Case` (call the kernel with `case.args`, `case.kwargs`), for
-    writing one's own `@given` tests."""
+    """`(strategy, build)` for one's own `@given` tests: `strategy` draws case descriptions
+    (small dicts: shape, dtype, options, seed) of `op` for `prop`; `build(meta, device="cpu")`
+    makes the `Case` (call the kernel as `fn(*case.args, **case.kwargs)`; the contract's answer
+    is `spec.reference` of the same arguments, `parity.catalog.get_spec(op)`).
+
+        strat, build = parity.strategies("swiglu")
+
+        @given(strat)
+        def test_mine(meta):
+            case = build(meta)
+            out = my_swiglu(*case.args, **case.kwargs)
+    """
     from parity.campaign.engine import strategy_for
     from parity.catalog import get_spec
+    from parity.registry import OP_NAMES
 
+    if op not in OP_NAMES:
+        raise ValueError(f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
     spec = get_spec(op)
     strat = strategy_for(spec, prop, size=size, dtypes=dtypes)
     if strat is None:
@@ -130,14 +324,16 @@ def strategies(op: str, prop: str = "matches_reference", *, size: str = "small",
 
 
 def ops() -> list[str]:
-    """The ops of the contract."""
+    """The names of the ops of the contract (docs/ops.md)."""
     from parity.registry import OP_NAMES
 
     return list(OP_NAMES)
 
 
 def register(op: str, **kw) -> Callable:
-    """Register a fast path for `op` (`parity.registry.register`)."""
+    """Register a fast path for `op`: a decorator (`parity.registry.register`; keywords name,
+    backend, devices, dtypes, requires, min_cc, note). A registered kernel is checked by name:
+    `parity.check(op, "NAME")`, `parity fuzz --op OP --impl module:function`."""
     from parity.registry import register as _register
 
     return _register(op, **kw)

@@ -3,9 +3,11 @@
 import pytest
 
 
-@pytest.hookimpl(trylast=True)  # after the parity plugin pins one GPU per xdist worker
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config):
-    # without a CUDA GPU, Triton kernels run in the interpreter; before any test imports triton
-    from parity._interp import use_triton_interpreter_without_gpu
+    # parity's own suite: one GPU and one thread per xdist worker, and Triton kernels in the
+    # interpreter without a GPU, before any test imports triton or initialises CUDA (the plugin
+    # does this only for runs that use parity, so that it stays inert elsewhere)
+    from parity.testing.pytest_plugin import worker_setup
 
-    use_triton_interpreter_without_gpu()
+    worker_setup()

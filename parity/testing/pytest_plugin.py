@@ -1,51 +1,132 @@
-"""pytest plugin (entry point `pytest11: parity`): every property against every implementation.
+"""pytest plugin (entry point `pytest11: parity`): parity in a pytest run, inert unless used.
 
-A test requesting the `parity_target` fixture is parametrized over (op, implementation,
-property, device) for every registered implementation, the reference included. Targets that
-cannot run here (no GPU, backend module missing, every case unsupported) are skipped with a
-reason starting "NOT RUN", marked `gpu` where they need one, and counted in the terminal
-summary: a skip never reads as a pass.
+Loaded in every pytest run of an environment where parity is installed, it changes nothing
+there (no thread count, no environment variable, no Hypothesis profile, no import of torch)
+unless the run uses it:
 
-Options: --parity-profile pr|nightly|bisect (default $PARITY_PROFILE or pr),
---parity-op OP (repeatable), --parity-impl NAME or module:function (repeatable; an unknown
-name is a usage error), --parity-device cpu|cuda.
+- a test calling `parity.check(op, fn).raise_for_failure()` (the documented way; the options
+  below set that call's defaults: --parity-skip-property, --parity-property, --parity-accept,
+  --parity-max-examples, --parity-database, --parity-profile);
+- a test requesting the `parity_target` fixture (parity's own suite): parametrized over (op,
+  implementation, property, device) for every registered implementation, the reference
+  included. Targets that cannot run here (no GPU, backend module missing, every case
+  unsupported) are skipped with a reason starting "NOT RUN", marked `gpu` where they need one,
+  and counted in the terminal summary: a skip never reads as a pass. Only a run that collects
+  such tests (or passes --parity-worker-setup) gets the worker setup: one GPU per xdist worker
+  (CUDA_VISIBLE_DEVICES), one intra-op thread per xdist worker, the Triton interpreter without
+  a GPU.
+
+Options: --parity-profile pr|nightly|bisect (parity-pr, ... accepted; default $PARITY_PROFILE or
+pr), --parity-op OP, --parity-impl NAME or module:function (an unknown name is a usage error),
+--parity-device cpu|cuda, --parity-property P, --parity-skip-property P, --parity-accept VARIANT
+(each repeatable), --parity-max-examples N, --parity-database DIR|none.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 NOT_RUN = "NOT RUN"
 # examples per property for Triton kernels under the interpreter (pr profile, CPU)
 INTERPRETER_EXAMPLES = {"*": 10, "fused_moe": 4, "decoder_stack": 3}
+PROFILE_NAMES = ("pr", "nightly", "bisect")
+
+
+def _profile_name(value: str) -> str:
+    short = value.removeprefix("parity-")
+    if short not in PROFILE_NAMES:
+        raise pytest.UsageError(
+            f"--parity-profile: expected one of {', '.join(PROFILE_NAMES)} "
+            f"(or parity-<name>), got {value!r}"
+        )
+    return short
 
 
 def pytest_addoption(parser):
     g = parser.getgroup("parity")
-    g.addoption("--parity-profile", default=os.environ.get("PARITY_PROFILE", "pr"))
-    g.addoption("--parity-op", action="append", default=[])
-    g.addoption("--parity-impl", action="append", default=[])
-    g.addoption("--parity-device", action="append", default=[])
-    g.addoption("--parity-max-examples", type=int, default=None)
+    g.addoption(
+        "--parity-profile",
+        default=os.environ.get("PARITY_PROFILE", "pr"),
+        help="pr|nightly|bisect (parity-pr, ... too): the Hypothesis settings of parity's runs",
+    )
+    g.addoption("--parity-op", action="append", default=[], help="parity_target: only this op")
+    g.addoption(
+        "--parity-impl",
+        action="append",
+        default=[],
+        help="parity_target: only this implementation (a name, or module:function)",
+    )
+    g.addoption("--parity-device", action="append", default=[], help="parity_target: cpu|cuda")
+    g.addoption("--parity-max-examples", type=int, default=None, help="examples per property")
+    g.addoption("--parity-property", action="append", default=[], help="check only this property")
+    g.addoption(
+        "--parity-skip-property",
+        action="append",
+        default=[],
+        help="do not check this property (e.g. error_parity); reported as skipped",
+    )
+    g.addoption(
+        "--parity-accept",
+        action="append",
+        default=[],
+        help="judge under this named variant of the op (parity.check's accept=)",
+    )
+    g.addoption(
+        "--parity-database",
+        default=None,
+        help="Hypothesis example database of parity.check (a directory, or none); default "
+        "$PARITY_HYPOTHESIS_DB, else .hypothesis/examples",
+    )
+    g.addoption(
+        "--parity-worker-setup",
+        action="store_true",
+        default=False,
+        help="one GPU and one thread per xdist worker, the Triton interpreter without a GPU "
+        "(automatic for parity_target tests)",
+    )
 
 
 def pytest_configure(config):
-    # under pytest-xdist, one GPU per worker, chosen before anything initialises CUDA
-    from parity._gpu import pin_gpu_for_xdist_worker
-
-    pin_gpu_for_xdist_worker()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # one intra-op thread per xdist worker: the workers already use every core, and tiny
-        # float64 matmuls run far slower when threads oversubscribe them
-        import torch
-
-        torch.set_num_threads(1)
+    # markers only: nothing here changes a run that does not use parity
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; reported NOT RUN without one")
     config.addinivalue_line("markers", "parity: a property of an op against an implementation")
     config._parity_not_run = []
+    config._parity_profile = _profile_name(config.getoption("--parity-profile"))
+    session = {
+        "properties": config.getoption("--parity-property"),
+        "skip": config.getoption("--parity-skip-property"),
+        "accept": config.getoption("--parity-accept"),
+        "max_examples": config.getoption("--parity-max-examples"),
+        "database": config.getoption("--parity-database"),
+    }
+    session = {k: v for k, v in session.items() if v}
+    if config.getoption("--parity-profile") != "pr":
+        session["profile"] = config._parity_profile
+    if session:  # asked for: parity.check in this run takes these as its defaults
+        from parity import api
+
+        api.SESSION.update(session)
+    if config.getoption("--parity-worker-setup"):
+        worker_setup()
+
+
+def worker_setup() -> None:
+    """What parity's own parametrized tests need in each process (idempotent): one GPU per
+    pytest-xdist worker, chosen before anything initialises CUDA; one intra-op thread per xdist
+    worker (the workers already use every core, and tiny float64 matmuls run far slower when
+    threads oversubscribe them); Triton kernels in the interpreter without a GPU."""
+    from parity._gpu import pin_gpu_for_xdist_worker
+    from parity._interp import use_triton_interpreter_without_gpu
+
+    pin_gpu_for_xdist_worker()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    use_triton_interpreter_without_gpu()
 
 
 @dataclass
@@ -56,6 +137,8 @@ class Target:
     device: str
     profile: str
     max_examples: int | None
+    accept: tuple = field(default=())
+    skipped: bool = False  # --parity-skip-property: reported as skipped, never run
 
     @property
     def id(self) -> str:
@@ -73,30 +156,49 @@ class Target:
         return None
 
     def run(self):
-        """Run the property; fail with the shrunk case and its repro command, or skip NOT RUN."""
-        from parity.campaign import run_property
+        """Run the property; fail with the shrunk case and its rerun line, or skip NOT RUN."""
+        from parity.api import _engine_takes, _importable_name, _path_prefix, _profile
+        from parity.campaign.engine import InProcess, drive
         from parity.catalog import get_impl, get_spec
 
+        if self.skipped:
+            pytest.skip(f"skipped by --parity-skip-property {self.prop}")
         spec = get_spec(self.op)
         impl = get_impl(self.op, self.impl)
         ok, why = impl.availability(self.device)
         if not ok:
             pytest.skip(f"{NOT_RUN}: {impl.key} on {self.device}: {why}")
-        stats = run_property(
+        accept = [a for a in self.accept if a in {v.name for v in spec.variants}]
+        kw = {}
+        if accept:
+            if not _engine_takes("accept"):
+                pytest.fail("--parity-accept: this engine does not judge under variants yet")
+            kw["accept"] = tuple(accept)
+        # a kernel registered outside parity (a user's conftest.py): the rerun line names its
+        # function, which a fresh `parity` process can import; parity's own go by name
+        name = self.impl
+        builtin = impl.reference or getattr(impl.fn, "__module__", "").startswith("parity.")
+        if not builtin and ":" not in name:
+            name = _importable_name(impl.fn) or name
+        stats = drive(
             spec,
             self.prop,
-            impl.fn,
-            impl_name=self.impl,
+            InProcess(spec, impl, self.device),
+            impl_name=name,
             device=self.device,
             dtypes=impl.dtypes,
-            profile=self.profile,
+            profile=_profile(self.profile),
             max_examples=self._max_examples(impl),
+            raise_errors=True,
+            **kw,
         )
         if stats.failure is not None:
             f = stats.failure
+            prefix = _path_prefix(name) if ":" in name else ""
+            accepted = f" (accepting {', '.join(accept)})" if accept else ""
             pytest.fail(
-                f"{self.prop} failed for {impl.key} on {self.device}: {f['message']}\n"
-                f"case: {f['meta']}\nreproduce: {f['repro']}",
+                f"{self.prop} failed for {impl.key} on {self.device}{accepted}: "
+                f"{f['message']}\ncase: {f['meta']}\nreproduce: {prefix}{f['repro']}",
                 pytrace=False,
             )
         if not stats.tested:
@@ -115,26 +217,52 @@ def _devices_for(impl, wanted: list[str]) -> list[str]:
 def pytest_generate_tests(metafunc):
     if "parity_target" not in metafunc.fixturenames:
         return
+    worker_setup()  # parity's own parametrized tests: before any of them initialises CUDA
     from parity.catalog import impls, specs
 
     cfg = metafunc.config
     ops, names = cfg.getoption("--parity-op"), cfg.getoption("--parity-impl")
     wanted_dev = cfg.getoption("--parity-device")
-    profile = cfg.getoption("--parity-profile")
+    profile = cfg._parity_profile
     max_ex = cfg.getoption("--parity-max-examples")
+    only, skip = cfg.getoption("--parity-property"), cfg.getoption("--parity-skip-property")
+    accept = tuple(cfg.getoption("--parity-accept"))
     params = []
     all_specs = specs()
     every = impls(include_reference=True)
-    for impl in _selected(every, ops, names):
+    selected = _selected(every, ops, names)
+    _check_names(selected, all_specs, only + skip, accept)
+    for impl in selected:
         spec = all_specs[impl.op]
         for dev in _devices_for(impl, wanted_dev):
             for prop in spec.all_properties():
-                t = Target(impl.op, impl.name, prop, dev, profile, max_ex)
+                if only and prop not in only:
+                    continue
+                t = Target(impl.op, impl.name, prop, dev, profile, max_ex, accept, prop in skip)
                 marks = [pytest.mark.parity]
                 if dev == "cuda":
                     marks.append(pytest.mark.gpu)
                 params.append(pytest.param(t, id=t.id, marks=marks))
     metafunc.parametrize("parity_target", params)
+
+
+def _check_names(selected, all_specs, props: list[str], accept: tuple) -> None:
+    """A property or variant name that no selected op has is a usage error."""
+    ops = {i.op for i in selected}
+    known = {p for o in ops for p in all_specs[o].all_properties()}
+    bad = sorted(set(props) - known)
+    if bad:
+        raise pytest.UsageError(
+            f"--parity-property/--parity-skip-property: unknown {bad}; "
+            f"properties: {', '.join(sorted(known))}"
+        )
+    variants = {v.name for o in ops for v in all_specs[o].variants}
+    bad = sorted(set(accept) - variants)
+    if bad:
+        raise pytest.UsageError(
+            f"--parity-accept: no selected op declares {bad}; "
+            f"variants: {', '.join(sorted(variants)) or 'none'}"
+        )
 
 
 def _selected(every, ops: list[str], names: list[str]):
