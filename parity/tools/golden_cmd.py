@@ -11,8 +11,9 @@ Layout of DIR:
     golden.json                      manifest (format "parity-golden", version 1): op, impl,
                                      seed, device, tolerance, versions, and per case the repro
                                      file, the outputs file and its sha256
-    <stem>.json / <stem>.safetensors one repro per case (the inputs)
-    <stem>.out.safetensors           the recorded outputs, named out0, out1, ...
+    golden-<op>-<NNN>-<digest>.json  golden case NNN: its inputs, as a repro file
+      and .safetensors               (`parity replay` reads it)
+    golden-<op>-<NNN>-<digest>.out.safetensors   its recorded outputs, named out0, out1, ...
 
 The recorded outputs must pass the op's tolerance model: a golden from a fast path that is out
 of tolerance is refused; a case where the reference fails its own tolerance model (an OpSpec
@@ -69,6 +70,38 @@ def output_tensors(outs) -> dict:
             raise TypeError(f"output {i} is a {type(o).__name__}, not a tensor")
         named[f"out{i}"] = o.detach().to("cpu", copy=True).contiguous()
     return named
+
+
+def golden_stem(op: str, index: int, meta: dict) -> str:
+    """File stem of golden case `index`: says what it is (not "fail", as a failure's repro)."""
+    key = json.dumps([op, meta], sort_keys=True, default=repr)
+    return f"golden-{op}-{index:03d}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def save_golden_case(case, out: Path, op: str, index: int, **kw) -> Path:
+    """A repro file of the case's inputs, named and described as golden case `index`.
+
+    `repro.save` names a file after the failure it records; it is saved in a private folder
+    and moved here under the golden name, its JSON pointing at the renamed tensors."""
+    import shutil
+    import tempfile
+
+    from parity.campaign import repro
+
+    stem = golden_stem(op, index, case.meta)
+    tmp = Path(tempfile.mkdtemp(prefix=".golden-", dir=out))
+    try:
+        saved = repro.save(case, tmp, prop="matches_reference", **kw)
+        doc = json.loads(saved.read_text())
+        tname = f"{stem}.safetensors"
+        jpath = out / f"{stem}.json"
+        Path(tmp / doc["tensors"]["file"]).replace(out / tname)
+        doc["tensors"]["file"] = tname
+        doc["replay"] = f"parity replay {jpath}"
+        repro.atomic_write(jpath, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return jpath
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -138,11 +171,12 @@ def run(args) -> int:
                 file=sys.stderr,
             )
             return 1
-        jpath = repro.save(
+        jpath = save_golden_case(
             case,
             out,
+            spec.name,
+            i,
             impl=impl.name,
-            prop="matches_reference",
             message=f"golden case {i} of {args.count} ({impl.key}, seed {args.seed})",
             seed=args.seed,
             extra={"golden": {"index": i, "count": args.count}},
@@ -163,7 +197,7 @@ def run(args) -> int:
                 "meta": meta,
             }
         )
-        print(f"  case {i:3d}: {case.describe()}")
+        print(f"  golden case {i:3d}: {case.describe()}  ({jpath.name})")
     manifest = {
         "format": FORMAT,
         "version": VERSION,
