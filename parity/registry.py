@@ -47,6 +47,17 @@ class Relation:
     exact: bool = True  # bitwise after `canonical`; else the spec's `compare_pair`
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A deliberate, documented difference of real kernels from the contract (a named variant):
+    `--accept NAME` judges a kernel against the reference computed under it, and a failing case
+    is re-checked under each variant to explain the mismatch (`parity.properties.variants`)."""
+
+    name: str  # short snake_case, unique within the op
+    description: str  # one line: what differs, naming the library that does it
+    source: str  # where: file, function or issue
+
+
 def has_tokens(meta: dict) -> bool:
     """The default filter of derived cases: at least one token (T = 0 has nothing to mutate or
     poison)."""
@@ -64,6 +75,11 @@ class OpSpec:
     canonical(case, outputs) -> outputs in a canonical form (free orders sorted, unspecified
     tails cut), applied before every bitwise comparison;
     bench(T) -> a representative description with T tokens, without seed (`parity bench`).
+    variants: the named variants (`Variant`); compare_variants(case, outputs, names) -> Verdict
+    judges outputs against the reference computed under a set of variant names (quantizer codes
+    and scales still exactly, floats with the op's own error model around the variant's oracle),
+    reference_under(case, names) -> the reference outputs under them (their NaN masks are the
+    NaN policy under the variants). Both take the empty set as the contract itself.
 
     The invalid-input and NaN strategies are derived (`invalid`, `nan_strategy`): error_parity
     runs only where `mutations` exist, nan_policy only where `nan` is declared.
@@ -92,8 +108,17 @@ class OpSpec:
     compare_pair: Callable | None = None  # (case, a, b) -> Verdict, for inexact relations
     bench: Callable[[int], dict] | None = None  # T -> representative meta (no seed)
     memory_bound: bool = False  # bandwidth-bound: bench reports bytes moved per second
+    variants: tuple[Variant, ...] = ()
+    compare_variants: Callable | None = None  # (case, outs, frozenset[str]) -> Verdict
+    reference_under: Callable | None = None  # (case, frozenset[str]) -> outputs
 
     def __post_init__(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: variant names repeat: {names}")
+        if self.variants and (self.compare_variants is None or self.reference_under is None):
+            raise ValueError(f"{self.name}: variants need compare_variants and reference_under")
+        object.__setattr__(self, "variants", tuple(self.variants))
         keep = {"error_parity": bool(self.mutations), "nan_policy": self.nan}
         props = tuple(p for p in self.properties if keep.get(p, True))
         object.__setattr__(self, "mutations", tuple(self.mutations))

@@ -4,9 +4,10 @@ regimes, and the token relations.
 
 Quantizer outputs are codes: they are compared exactly (bits), never with a float tolerance.
 The one freedom the contract grants (`docs/ops.md`, fp8_quant) is the reciprocal multiply: a
-code may be one E4M3 step off where `x / s` lies within 2 float32 ulps of the midpoint between
-two codes. `e4m3_codes_ok` implements exactly that, and only where it can happen: when `s` is a
-power of two the reciprocal is exact, `x * (1 / s) == x / s`, and the code must be the RNE one.
+code may be one E4M3 step off where `x / s` lies near the midpoint between two codes (ops.md
+says 2 float32 ulps; `RECIP_MID_ULPS` is the bound derived for DeepGEMM's `448 / amax`, 3.875).
+`e4m3_codes_ok` implements that, and only where it can happen: when `s` is a power of two the
+reciprocal is exact, `x * (1 / s) == x / s`, and the code must be the RNE one.
 The FP8 references are evaluated on the CPU (`on_cpu`): on CUDA torch divides by a Python
 scalar through its reciprocal, so `amax / 448` there is not the contract's quotient.
 
@@ -31,9 +32,10 @@ from parity.properties.case import Case, Gen, ulp
 from parity.properties.tolerance import Verdict, check_meta, combine, isnan_any
 from parity.reference.numerics import (
     E2M1_VALUES,
+    round_to_e4m3,
     ue8m0_pow2_ceil,
 )
-from parity.registry import Relation
+from parity.registry import Relation, Variant
 
 FP8 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -62,13 +64,28 @@ def is_pow2(s: torch.Tensor) -> torch.Tensor:
     return m == 0.5
 
 
+# The reciprocal rule's reach, in float32 ulps of the E4M3 midpoint m. A kernel computes v = x * r
+# in float32 with r an approximation of 1/s; the contract's q = x / s with s = fl(amax / 448).
+# Each float32 rounding is a factor (1 + d), |d| <= u = 2**-24:
+#   x * fl(1 / s) (the rule ops.md states):          fl(1/s), the product: 2 roundings;
+#   DeepGEMM per_block_cast_to_fp8, x * (448.0 / amax): torch evaluates 448.0 / t as
+#     t.reciprocal() * 448, so fl(1/amax), * 448, the product with x, and the contract's own
+#     rounding of s = amax / 448 in q: 4 roundings (3 with a true division 448 / amax).
+# So |v - q| <= ((1 + u)**4 - 1) |q| < 4u (1 + 2u) |q|. v rounds to another code than q only if
+# a midpoint m lies between them, so |q - m| <= |v - q| < 4u |m| (1 + 2**-21). An E4M3 midpoint
+# has 5 significant bits, |m| <= (31/16) 2**e in binade e, and ulp32(m) = 2**(e - 23) = 2u 2**e:
+# 4u |m| <= 4 (31/32) ulp32(m) = 3.875 ulp32(m). (Three roundings give 2.906, two 1.9375: the
+# 2 ulps of ops.md.) DeepGEMM's codes land 2.1 ulps from a midpoint in practice (issue 9 s. 7).
+RECIP_MID_ULPS = 3.875 * (1 + 2.0**-20)
+
+
 def e4m3_codes_ok(y32, s_el, want, got) -> tuple[torch.Tensor, torch.Tensor]:
     """Per element: the code `got` is right for `y32 / s_el` given the reference code `want`.
 
     Bit-exact (the two NaN encodings are one NaN), or one step off where the exact quotient lies
-    within 2 float32 ulps of the midpoint between the two codes around it and `s` is not a power
-    of two (a power-of-two reciprocal is exact, so no kernel can round differently there).
-    Returns (ok mask, x/s in float64 for messages).
+    within `RECIP_MID_ULPS` float32 ulps of the midpoint between the two codes around it and `s`
+    is not a power of two (a power-of-two reciprocal is exact, so no kernel can round
+    differently there). Returns (ok mask, x/s in float64 for messages).
     """
     wn, gn = isnan_any(want), isnan_any(got)
     wb, gb = want.view(torch.uint8), got.view(torch.uint8)
@@ -78,7 +95,7 @@ def e4m3_codes_ok(y32, s_el, want, got) -> tuple[torch.Tensor, torch.Tensor]:
     grid = e4m3_grid(a.device)
     idx = (torch.searchsorted(grid, a.contiguous(), right=True) - 1).clamp(0, 125)
     mid = (grid[idx] + grid[idx + 1]) / 2
-    near = ((a - mid).abs() <= 2 * ulp(mid, torch.float32)) & ~is_pow2(s_el)
+    near = ((a - mid).abs() <= RECIP_MID_ULPS * ulp(mid, torch.float32)) & ~is_pow2(s_el)
     wmag = (wb & 0x7F).long()
     alt = (2 * idx + 1 - wmag).clamp(0, 126)
     alt_bits = (wb & 0x80) | alt.to(torch.uint8)
@@ -444,3 +461,126 @@ TOKEN_RELATIONS = (
     Relation("token_permutation", scales_layout(S.permute_tokens())),
     Relation("batch_split", scales_layout(S.split_tokens())),
 )
+
+
+# --- named variants of the FP8 quantizers (docs/contract-notes.md, "Named variants") -----------
+
+RECIP_SCALE = Variant(
+    "recip_scale",
+    "vLLM per_token_group_quant_fp8: scale = amax * fl(1/448) in float32, not amax / 448 (one "
+    "float32 ulp apart in about half the groups; it matches torch's CUDA division by a scalar)",
+    "vllm model_executor/layers/quantization/utils/fp8_utils.py",
+)
+UE8M0_LOG2 = Variant(
+    "ue8m0_log2",
+    "vLLM and SGLang Triton quantizers (and DeepGEMM's ceil_to_ue8m0): ue8m0 scale as float32 "
+    "exp2(ceil(log2(s))), which gives half the scale for an s just above a power of two",
+    "vllm fp8_utils.py _per_token_group_quant_fp8; sglang srt/layers/quantization/fp8_kernel.py",
+)
+EPS_ON_SCALE = Variant(
+    "eps_on_scale",
+    "vLLM C++ per_token_group_fp8_quant: the floor applies to the scale, max(amax / 448, eps), "
+    "not to amax (an all-zero ue8m0 group gets 2**-33 instead of 2**-42 at eps 1e-10)",
+    "vllm-project/vllm#53339 (csrc/quantization/fp8/per_token_group_quant.cu)",
+)
+NAN_DROPPED = Variant(
+    "nan_dropped",
+    "vLLM and SGLang Triton quantizers: tl.max and tl.clamp drop NaN, so a NaN group's scale "
+    "comes from its other elements and the NaN element gets code 0xFE (-448)",
+    "vllm fp8_utils.py, sglang fp8_kernel.py; sgl-project/sglang#32188",
+)
+
+_F32 = torch.float32
+_F32_MAX_T = torch.finfo(torch.float32).max
+
+
+def amax_under(groups: torch.Tensor, dim, names) -> torch.Tensor:
+    """The contract's amax (inf counted as the float32 maximum, NaN propagating) or, under
+    nan_dropped, the amax of the group's other elements (0 for an all-NaN group)."""
+    a = groups.abs().clamp(max=_F32_MAX_T)
+    if "nan_dropped" in names:
+        a = torch.nan_to_num(a, nan=0.0)
+    return a.amax(dim=dim)
+
+
+def _log2_may_round_down(s: torch.Tensor) -> torch.Tensor:
+    """Where a float32 log2 of `s` (just above a power of two, s = 2**k (1 + r)) may return the
+    integer k: log2(1 + r) within half an ulp of k plus a faithful log2's one ulp."""
+    s64 = s.to(torch.float64)
+    m, e = torch.frexp(s64)  # s = m 2**e, m in [0.5, 1): k = e - 1, 1 + r = 2m
+    k = (e - 1).to(torch.float64)
+    above = torch.log2(2 * m)  # log2(1 + r) >= 0, exact in float64 to far below ulp32(k)
+    return (m != 0.5) & torch.isfinite(s64) & (k != 0) & (above <= 1.5 * ulp(k, _F32))
+
+
+def _div448(a: torch.Tensor, names) -> torch.Tensor:
+    if "recip_scale" in names:  # fl(1/448), then one float32 product
+        return a * torch.tensor(1.0 / E4M3_MAX, dtype=_F32, device=a.device)
+    return a / torch.full_like(a, E4M3_MAX)  # a true division (see scale_of)
+
+
+def scales_under(amax32: torch.Tensor, scale_format: str, eps: float, names):
+    """(s, alt, alt_ok): the group scale under `names` and another one a variant also allows
+    (ue8m0_log2: the power of two below, where a float32 log2 can round down to it)."""
+    if "eps_on_scale" in names:
+        s = _div448(amax32, names).clamp(min=eps)
+    else:
+        s = _div448(amax32.clamp(min=eps), names)
+    s = s.to(_F32)
+    if scale_format != "ue8m0":
+        return s, s, torch.zeros_like(s, dtype=torch.bool)
+    p = ue8m0_pow2_ceil(s)
+    if "ue8m0_log2" not in names:
+        return p, p, torch.zeros_like(p, dtype=torch.bool)
+    return p, p / 2, _log2_may_round_down(s)
+
+
+def pick_scale(got_s: torch.Tensor, s, alt, alt_ok):
+    """(the scale each group is judged with, scales ok): the kernel's own scale where the
+    variant allows it, else the variant's main scale."""
+    main = same_f32(got_s, s)
+    other = alt_ok & same_f32(got_s, alt) & ~main
+    return torch.where(other, alt, s), main | other
+
+
+def codes_under(v: torch.Tensor, names) -> torch.Tensor:
+    """E4M3 values of float32 quotients `v` (saturating), NaN as the variants make it."""
+    q = round_to_e4m3(v)
+    if "nan_dropped" in names:  # tl.clamp(NaN, -448, 448) is -448 (max drops the NaN first)
+        q = torch.where(torch.isnan(v), torch.full_like(q, -E4M3_MAX), q)
+    return q
+
+
+def check_names(spec_name: str, names, known) -> frozenset:
+    bad = sorted(set(names) - set(known))
+    if bad:
+        raise ValueError(f"{spec_name}: unknown variants {bad}; variants: {sorted(known)}")
+    return frozenset(names)
+
+
+def fp8_rows_under(y32: torch.Tensor, gs: int, fmt: str, eps: float, names, got_s=None):
+    """Row-group FP8 of float32 `y32 [M, K]` (CPU) under `names`: (want codes as FP8, the
+    scale each group is judged with, scales ok). Without `got_s`: the variant's main scales."""
+    m, k = y32.shape
+    groups = y32.reshape(m, k // gs, gs)
+    s, alt, alt_ok = scales_under(amax_under(groups, -1, names), fmt, eps, names)
+    if got_s is None:
+        s_c, s_ok = s, torch.ones_like(s, dtype=torch.bool)
+    else:
+        s_c, s_ok = pick_scale(got_s.contiguous().to(_F32), s, alt, alt_ok)
+    q = codes_under(groups / s_c.unsqueeze(-1), names)
+    return q.reshape(m, k).to(FP8), s_c, s_ok
+
+
+def fp8_rows_verdict(y32, q, s, gs, fmt, eps, names) -> Verdict:
+    """Codes and scales of row-group FP8 output (q, s) against the reference under `names`:
+    scales exactly one the variants allow, codes as fp8_quant's rule for that scale."""
+    q, s = q.cpu(), s.cpu()
+    want_q, s_c, s_ok = fp8_rows_under(y32, gs, fmt, eps, names, got_s=s)
+    codes_ok, quot = e4m3_codes_ok(y32, s_c.repeat_interleave(gs, dim=-1), want_q, q)
+    out = []
+    if not s_ok.all():
+        out.append(scale_report("scales", ~s_ok, s.contiguous(), s_c))
+    if not codes_ok.all():
+        out.append(code_report("q", ~codes_ok, q, want_q, quot))
+    return combine(out) if out else Verdict.passed()

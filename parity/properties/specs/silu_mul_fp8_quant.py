@@ -13,17 +13,25 @@ from parity.properties import strategies as S
 from parity.properties.case import Case, Gen, dtype_of, ulp
 from parity.properties.specs._quant import (
     E4M3_MAX,
+    EPS_ON_SCALE,
     FP8,
+    NAN_DROPPED,
+    RECIP_MID_ULPS,
+    RECIP_SCALE,
+    UE8M0_LOG2,
+    check_names,
     fmt_idx,
     fp8_meta_checks,
+    fp8_rows_under,
     group_values,
     groups_count,
     is_pow2,
     mutate_common,
     nonempty,
+    on_cpu,
     row_groups,
-    scale_of,
     scales_layout,
+    scales_under,
     to_column_major,
     two_outputs,
 )
@@ -32,7 +40,7 @@ from parity.reference.numerics import (
     round_to_e4m3,
 )
 from parity.reference.swiglu import swiglu_math
-from parity.registry import OpSpec, Relation, add_spec
+from parity.registry import OpSpec, Relation, Variant, add_spec
 
 _F32_TINY = torch.finfo(torch.float32).tiny
 TOLERANCE = (
@@ -42,7 +50,17 @@ TOLERANCE = (
 )
 
 
-SILU_REGIMES = ["normal", "midpoint", "zero_groups", "across_limit", "wide", "ties", "inf", "large"]
+SILU_REGIMES = [
+    "normal",
+    "midpoint",
+    "near_pow2",
+    "zero_groups",
+    "across_limit",
+    "wide",
+    "ties",
+    "inf",
+    "large",
+]
 
 
 @st.composite
@@ -51,7 +69,7 @@ def _silu_meta(draw, size: str, dtypes):
     nmax = 256 if size == "small" else 4096
     regime = draw(st.sampled_from(SILU_REGIMES))
     limit = draw(st.sampled_from([None, 10.0, 7.0, 0.5]))
-    if regime == "midpoint":
+    if regime in ("midpoint", "near_pow2"):
         limit = None  # gate = 32 gives silu(gate) == gate exactly only unclamped
     elif regime in ("inf", "across_limit") and limit is None:
         limit = 10.0  # infinities only where the clamp makes them finite
@@ -83,10 +101,11 @@ def build(meta: dict, device) -> Case:
     regime = meta["regime"]
     gid, ng, first = row_groups([m], n, gs, device)
     f64 = torch.float64
-    if regime == "midpoint":
-        # sigmoid(32) == 1 in float32, so y = 32 * up lands on E4M3 midpoints times 2**j
+    if regime in ("midpoint", "near_pow2"):
+        # sigmoid(32) == 1 in float32, so y = 32 * up is exact: on E4M3 midpoints times 2**j, or
+        # (float32 x) a group amax a few ulps off 448 * 2**k, where a float32 log2 misrounds
         gate = torch.full((m, n), 32.0, dtype=f64, device=device)
-        up = group_values(g, [m, n], gid, ng, first, "midpoint", dtype).to(f64) / 32.0
+        up = group_values(g, [m, n], gid, ng, first, regime, dtype).to(f64) / 32.0
     elif regime == "across_limit":
         lim = opts["limit"] or 10.0
         gate = g.normal((m, n)).to(f64) * 1.5 * lim
@@ -170,6 +189,38 @@ def _silu_intervals(x: torch.Tensor, o: dict, inter: torch.dtype):
     return lo, hi
 
 
+def _rounded_act_intervals(x: torch.Tensor, o: dict):
+    """float64 (lo, hi) of the intermediate under rounded_act: silu(gate) computed in float32
+    (the same 16 u32 slack, a point where gate >= 20) and rounded to x.dtype, times up (x.dtype,
+    clamped), the product kept in float32 or rounded to x.dtype (both forms are in use). Every
+    rounding is monotone, so the rounded ends bound the rounded values."""
+    limit, mode = o.get("limit"), o.get("clamp_mode", "pre")
+    n = x.shape[-1] // 2
+    g, u = x[..., :n].to(torch.float64), x[..., n:].to(torch.float64)
+    if limit is not None:
+        u = u.clamp(-limit, limit)
+        if mode == "pre":
+            g = g.clamp(max=limit)
+    act = g * torch.sigmoid(g)
+    if limit is not None and mode == "post":
+        act = act.clamp(max=limit)
+    exact = g >= _EXACT_GATE  # float32 sigmoid is 1: act is g (post: min(g, limit)) exactly
+    slack = SILU_F32_SLACK_U32 * _U32 * act.abs() + _F32_TINY * g.abs()
+    slack = torch.where(exact, 0.0, slack)
+    a_lo = torch.where(slack > 0, act - slack, act).to(x.dtype).to(torch.float64)
+    a_hi = torch.where(slack > 0, act + slack, act).to(x.dtype).to(torch.float64)
+    u = u.to(x.dtype).to(torch.float64) + 0.0  # the contract's up + beta: -0.0 is +0.0
+    p1, p2 = a_lo * u, a_hi * u  # exact in float64
+    p_lo, p_hi = torch.minimum(p1, p2), torch.maximum(p1, p2)
+    # a zero product takes its sign from the ends: both signs of zero where they differ
+    neg, pos = torch.signbit(p1) | torch.signbit(p2), ~torch.signbit(p1) | ~torch.signbit(p2)
+    p_lo = torch.where((p_lo == 0) & neg, -0.0, p_lo)
+    p_hi = torch.where((p_hi == 0) & pos, 0.0, p_hi)
+    r_lo, r_hi = p_lo.to(x.dtype).to(torch.float64), p_hi.to(x.dtype).to(torch.float64)
+    f_lo, f_hi = _f32_outward(p_lo, p_hi)
+    return torch.minimum(r_lo, f_lo), torch.maximum(r_hi, f_hi)
+
+
 def _f32_outward(lo: torch.Tensor, hi: torch.Tensor):
     """float64 bounds widened to the float32 values just outside them (NaN and +-0 kept)."""
     lo32, hi32 = lo.to(torch.float32), hi.to(torch.float32)
@@ -178,7 +229,7 @@ def _f32_outward(lo: torch.Tensor, hi: torch.Tensor):
     return lo32.to(torch.float64), hi32.to(torch.float64)
 
 
-def _interval_groups_ok(lo, hi, got_q, got_s, gs: int, scale_format: str, eps: float):
+def _interval_groups_ok(lo, hi, got_q, got_s, gs: int, scale_format: str, eps: float, names=()):
     """Per group of `[M, N]` intervals: (group ok, codes ok, scales ok, scale range lo, hi)."""
     m = lo.shape[0]
     f64 = torch.float64
@@ -187,20 +238,28 @@ def _interval_groups_ok(lo, hi, got_q, got_s, gs: int, scale_format: str, eps: f
     mag_min = torch.where(straddle, torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
     mag_max = torch.maximum(lo.abs(), hi.abs())
     f32max = torch.finfo(torch.float32).max
+    drop = "nan_dropped" in names  # the group's amax skips its NaN elements
+    if drop:
+        mag_min, mag_max = torch.nan_to_num(mag_min, nan=0.0), torch.nan_to_num(mag_max, nan=0.0)
     a_lo = mag_min.clamp(max=f32max).reshape(m, -1, gs).amax(-1)
     a_hi = mag_max.clamp(max=f32max).reshape(m, -1, gs).amax(-1)
     a_lo, a_hi = _f32_outward(a_lo, a_hi)
-    nan_group = nan.reshape(m, -1, gs).any(-1)
-    s_lo = scale_of(a_lo.clamp(min=0).to(torch.float32), scale_format, eps)
-    s_hi = scale_of(a_hi.to(torch.float32), scale_format, eps)
+    nan_group = nan.reshape(m, -1, gs).any(-1) & (not drop)
+    s_lo, alt_lo, alt_ok_lo = scales_under(
+        a_lo.clamp(min=0).to(torch.float32), scale_format, eps, names
+    )
+    s_hi, alt_hi, alt_ok_hi = scales_under(a_hi.to(torch.float32), scale_format, eps, names)
+    # ue8m0_log2: the power of two below either end where a float32 log2 can round down to it
+    s_lo = torch.minimum(s_lo, torch.where(alt_ok_lo, alt_lo, s_lo))
+    s_lo = torch.minimum(s_lo, torch.where(alt_ok_hi, alt_hi, s_lo))
     sk = got_s.contiguous()
     scales_ok = torch.where(nan_group, torch.isnan(sk), (sk >= s_lo) & (sk <= s_hi))
 
     sk_el = sk.repeat_interleave(gs, dim=-1).to(f64)
     v_lo, v_hi = lo / sk_el, hi / sk_el
-    recip = ~is_pow2(sk_el)  # the reciprocal rule: 2 float32 ulps either side
-    v_lo = torch.where(recip, v_lo - 2 * ulp(v_lo, torch.float32), v_lo)
-    v_hi = torch.where(recip, v_hi + 2 * ulp(v_hi, torch.float32), v_hi)
+    recip = ~is_pow2(sk_el)  # the reciprocal rule (RECIP_MID_ULPS float32 ulps either side)
+    v_lo = torch.where(recip, v_lo - RECIP_MID_ULPS * ulp(v_lo, torch.float32), v_lo)
+    v_hi = torch.where(recip, v_hi + RECIP_MID_ULPS * ulp(v_hi, torch.float32), v_hi)
     c_lo = round_to_e4m3(v_lo.clamp(-E4M3_MAX, E4M3_MAX)).to(f64)
     c_hi = round_to_e4m3(v_hi.clamp(-E4M3_MAX, E4M3_MAX)).to(f64)
     gn = isnan_any(got_q)
@@ -211,11 +270,17 @@ def _interval_groups_ok(lo, hi, got_q, got_s, gs: int, scale_format: str, eps: f
     sign_ok = (gv != 0) | torch.where(torch.signbit(gv), neg_ok, pos_ok)
     nan_el = nan_group.repeat_interleave(gs, dim=-1)
     codes_ok = torch.where(nan_el, gn, ~gn & in_range & sign_ok)
+    if drop:  # tl.clamp(NaN, -448, 448) is -448: code 0xFE
+        codes_ok = torch.where(nan, got_q.view(torch.uint8) == 0xFE, codes_ok)
     groups_ok = codes_ok.reshape(m, -1, gs).all(-1) & scales_ok
     return groups_ok, codes_ok, scales_ok, s_lo, s_hi
 
 
 def compare(case: Case, outs: tuple) -> Verdict:
+    return _judge(case, outs, frozenset())
+
+
+def _judge(case: Case, outs: tuple, names: frozenset) -> Verdict:
     (x,) = case.args
     o = case.kwargs
     gs = o.get("group_size", 128)
@@ -229,11 +294,17 @@ def compare(case: Case, outs: tuple) -> Verdict:
     v = fp8_meta_checks(q, s, want_q, want_s, o.get("column_major_scales", False))
     if not v or q.numel() == 0:
         return v
-    inters = [torch.float32] if x.dtype == torch.float32 else [torch.float32, x.dtype]
+    if "rounded_act" in names:
+        inters = ["rounded_act"]
+    else:
+        inters = [torch.float32] if x.dtype == torch.float32 else [torch.float32, x.dtype]
     ok, first = None, None
     for inter in inters:
-        lo, hi = _silu_intervals(x, o, inter)
-        r = _interval_groups_ok(lo, hi, q, s, gs, fmt, 1e-10)
+        if inter == "rounded_act":
+            lo, hi = _rounded_act_intervals(x, o)
+        else:
+            lo, hi = _silu_intervals(x, o, inter)
+        r = _interval_groups_ok(lo, hi, q, s, gs, fmt, 1e-10, names)
         ok = r[0] if ok is None else ok | r[0]
         first = first or (lo, hi, *r)
     if ok.all():
@@ -242,10 +313,14 @@ def compare(case: Case, outs: tuple) -> Verdict:
     lo, hi, _, codes_ok, scales_ok, s_lo, s_hi = first
     bad = ~ok
     nbad = int(bad.sum())
-    parts = [
-        f"{nbad} of {ok.numel()} groups match neither the float32- nor the "
-        f"{str(x.dtype).replace('torch.', '')}-intermediate quantization"
-    ]
+    if names:
+        under = " + ".join(sorted(names))
+        parts = [f"{nbad} of {ok.numel()} groups do not match the quantization under {under}"]
+    else:
+        parts = [
+            f"{nbad} of {ok.numel()} groups match neither the float32- nor the "
+            f"{str(x.dtype).replace('torch.', '')}-intermediate quantization"
+        ]
     worst = []
     bad_scales = ~scales_ok & bad
     if bad_scales.any():
@@ -269,6 +344,60 @@ def compare(case: Case, outs: tuple) -> Verdict:
         )
         worst.append(("q", i, float(gq.float()), float(lo[i]) / sk, 0.0))
     return Verdict(False, "; ".join(parts), float(nbad), worst)
+
+
+ROUNDED_ACT = Variant(
+    "rounded_act",
+    "vLLM's fused SiLU+mul+quant (following its C++ silu_and_mul): silu(gate) and up rounded to "
+    "x.dtype before the multiply (a double rounding), the product kept or rounded to x.dtype",
+    "vllm model_executor/layers/quantization/utils/fp8_utils.py (silu_mul_per_token_group_"
+    "quant_fp8_colmajor); csrc/activation_kernels.cu",
+)
+VARIANTS = (RECIP_SCALE, UE8M0_LOG2, EPS_ON_SCALE, NAN_DROPPED, ROUNDED_ACT)
+_NAMES = [v.name for v in VARIANTS]
+
+
+def compare_variants(case: Case, outs: tuple, names: frozenset) -> Verdict:
+    """`compare` with the reference computed under the variants `names`: the scale rule of each
+    quantizer variant, rounded_act's intermediate in place of the two contract ones."""
+    return _judge(case, outs, check_names("silu_mul_fp8_quant", names, _NAMES))
+
+
+def reference_under(case: Case, names: frozenset) -> tuple:
+    """The reference outputs under `names` (the float32-intermediate path of the reference;
+    rounded_act: the twice-rounded intermediate, product rounded to x.dtype)."""
+    names = check_names("silu_mul_fp8_quant", names, _NAMES)
+    (x,) = case.args
+    o = case.kwargs
+    if not names:
+        return on_cpu(ref.silu_mul_fp8_quant, x, **o)
+    xc = x.cpu()
+    if "rounded_act" in names:
+        n = xc.shape[-1] // 2
+        limit, mode = o.get("limit"), o.get("clamp_mode", "pre")
+        g, u = xc[..., :n].float(), xc[..., n:].float()
+        if limit is not None:
+            u = u.clamp(-limit, limit)
+            g = g.clamp(max=limit) if mode == "pre" else g
+        act = g * torch.sigmoid(g)
+        act = act.clamp(max=limit) if limit is not None and mode == "post" else act
+        y = (act.to(xc.dtype) * (u.to(xc.dtype) + 0.0)).float()
+    else:
+        y = swiglu_math(
+            xc,
+            limit=o.get("limit"),
+            alpha=1.0,
+            beta=0.0,
+            layout="concat",
+            clamp_mode=o.get("clamp_mode", "pre"),
+            dtype=torch.float32,
+        )
+    q, s, _ = fp8_rows_under(
+        y, o.get("group_size", 128), o.get("scale_format", "fp32"), 1e-10, names
+    )
+    if o.get("column_major_scales", False):
+        s = to_column_major(s)
+    return q.to(x.device), s.to(x.device)
 
 
 MUTATIONS = [
@@ -345,5 +474,8 @@ SPEC = add_spec(
         compare_pair=compare_pair,
         bench=bench,
         memory_bound=True,
+        variants=VARIANTS,
+        compare_variants=compare_variants,
+        reference_under=reference_under,
     )
 )

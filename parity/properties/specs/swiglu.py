@@ -9,7 +9,7 @@ from parity import reference as ref
 from parity.properties import strategies as S
 from parity.properties.case import Case, Gen, dtype_of, eps_of, ulp
 from parity.properties.tolerance import Verdict, check_meta, close
-from parity.registry import OpSpec, Relation, add_spec
+from parity.registry import OpSpec, Relation, Variant, add_spec
 
 # Tolerance: the output is rounded once from a float32 computation: 1 ulp of the output dtype
 # (the rounding, plus the float64 oracle landing across a rounding boundary) plus 16 float32
@@ -147,6 +147,160 @@ def _conditioning(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
     return cond, under
 
 
+# --- named variants (docs/contract-notes.md, "Named variants") ---------------------------------
+
+ROUNDED_ACT = Variant(
+    "rounded_act",
+    "vLLM's C++ silu_and_mul and SiluAndMul.forward_native (F.silu(gate) * up): the activation "
+    "rounded to x.dtype before the multiply by up, then the product rounded (double rounding)",
+    "vllm csrc/activation_kernels.cu (act_and_mul_kernel); model_executor/layers/activation.py",
+)
+DTYPE_MATH = Variant(
+    "dtype_math",
+    "forward_native of SwigluOAI-style layers (vLLM, SGLang): gate * sigmoid(alpha * gate) * "
+    "(up + beta) as torch ops on x.dtype (bfloat16) tensors, every op rounded to x.dtype",
+    "vllm model_executor/layers/activation.py SwigluOAIAndMul.forward_native; sglang activation",
+)
+CLAMP_DROPS_NAN = Variant(
+    "clamp_drops_nan",
+    "vLLM SwigluStepAndMul and SGLang silu_and_mul_clamp clamp with tl.minimum/tl.maximum, "
+    "which drop NaN: with a limit, a NaN gate acts as +inf (clamped), a NaN up as -inf (-limit)",
+    "vllm SwigluStepAndMul Triton kernel; sglang silu_and_mul_clamp (research notes, 2026-12)",
+)
+VARIANTS = (ROUNDED_ACT, DTYPE_MATH, CLAMP_DROPS_NAN)
+_NAMES = [v.name for v in VARIANTS]
+
+
+def _nan_dropped_case(case: Case) -> Case:
+    """The case with NaN gates as +inf and NaN ups as -inf: what a NaN-dropping clamp sees
+    (min(NaN, limit) = limit, max(NaN, -limit) = -limit). Without a limit nothing is clamped."""
+    (x,) = case.args
+    if case.kwargs.get("limit") is None or not torch.isnan(x).any():
+        return case
+    n = x.shape[-1] // 2
+    is_gate = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+    if case.kwargs.get("layout", "concat") == "concat":
+        is_gate[:n] = True
+    else:
+        is_gate[0::2] = True
+    fill = torch.where(is_gate, float("inf"), float("-inf")).to(x.dtype)
+    y = torch.where(torch.isnan(x), fill, x)
+    return Case(case.op, (y,), dict(case.kwargs), case.meta, case.device)
+
+
+def _imul(a_lo, a_hi, b_lo, b_hi):
+    """Interval product (NaN propagates)."""
+    ps = [a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi]
+    lo, hi = ps[0], ps[0]
+    for p in ps[1:]:  # fmin/fmax: an end product 0 * inf is NaN, the others still bound
+        lo, hi = torch.fmin(lo, p), torch.fmax(hi, p)
+    nan = torch.isnan(a_lo) | torch.isnan(a_hi) | torch.isnan(b_lo) | torch.isnan(b_hi)
+    return torch.where(nan, float("nan"), lo), torch.where(nan, float("nan"), hi)
+
+
+def _variant_bounds(case: Case, names) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 [lo, hi] per element that the output (in x.dtype) must lie in, under rounded_act
+    or dtype_math. Each float32 elementary step is a bracket (the op's 16 u32 for sigmoid, u32
+    per product or sum, tiny32 where sigmoid underflows); each rounding to x.dtype rounds both
+    ends (monotone, so the rounded ends bound every value a kernel can produce)."""
+    (x,) = case.args
+    o = case.kwargs
+    dt, f64 = x.dtype, torch.float64
+    u32, tiny = eps_of(torch.float32), torch.finfo(torch.float32).tiny
+
+    def rnd(t):
+        return t.to(dt).to(f64)
+
+    def widen(lo, hi, rel):
+        if not rel:
+            return lo, hi
+        lo = torch.where(torch.isfinite(lo), lo - rel * lo.abs(), lo)
+        return lo, torch.where(torch.isfinite(hi), hi + rel * hi.abs(), hi)
+
+    native = "dtype_math" in names
+    n = x.shape[-1] // 2
+    x64 = x.to(f64)
+    if o.get("layout", "concat") == "concat":
+        g, u = x64[..., :n], x64[..., n:]
+    else:
+        g, u = x64[..., 0::2], x64[..., 1::2]
+    limit, mode = o.get("limit"), o.get("clamp_mode", "pre")
+    alpha, beta = float(o.get("alpha", 1.0)), float(o.get("beta", 0.0))
+    if limit is not None:
+        lim = float(rnd(torch.tensor(float(limit), dtype=f64))) if native else float(limit)
+        u = u.clamp(-lim, lim)
+        if mode == "pre":
+            g = g.clamp(max=lim)
+    z_lo, z_hi = (g, g) if alpha == 1.0 else widen(alpha * g, alpha * g, 2 * u32)
+    if native:
+        z_lo, z_hi = rnd(z_lo), rnd(z_hi)
+    s_lo = (torch.sigmoid(z_lo) * (1 - 16 * u32) - tiny).clamp(min=0.0)
+    s_hi = (torch.sigmoid(z_hi) * (1 + 16 * u32) + tiny).clamp(max=1.0)
+    if native:
+        s_lo, s_hi = rnd(s_lo), rnd(s_hi)
+    a_lo, a_hi = _imul(g, g, s_lo, s_hi)
+    if not native:
+        a_lo, a_hi = widen(a_lo, a_hi, u32)
+    a_lo, a_hi = rnd(a_lo), rnd(a_hi)  # rounded_act and dtype_math alike
+    if limit is not None and mode == "post":
+        a_lo, a_hi = a_lo.clamp(max=lim), a_hi.clamp(max=lim)
+    ub = u + beta  # exact in float64 for the strategy's values
+    b_lo, b_hi = (rnd(ub), rnd(ub)) if native else widen(ub, ub, u32 if beta else 0.0)
+    p_lo, p_hi = _imul(a_lo, a_hi, b_lo, b_hi)
+    return rnd(p_lo), rnd(p_hi)
+
+
+def compare_variants(case: Case, outs: tuple, names: frozenset) -> Verdict:
+    """`compare` with the reference computed under the variants `names`: clamp_drops_nan
+    rewrites the NaN inputs; rounded_act and dtype_math bound the output by intervals."""
+    names = check_variant_names(names)
+    if not names:
+        return compare(case, outs)
+    if "clamp_drops_nan" in names:
+        case = _nan_dropped_case(case)
+    if not names & {"rounded_act", "dtype_math"}:
+        return compare(case, outs)
+    (x,) = case.args
+    if len(outs) != 1:
+        return Verdict(False, f"expected one output, got {len(outs)}")
+    y = outs[0]
+    lo, hi = _variant_bounds(case, names)
+    meta = check_meta("y", y, torch.empty(lo.shape, dtype=x.dtype, device=x.device))
+    if not meta:
+        return meta
+    g = y.to(torch.float64)
+    nan_want = torch.isnan(lo) | torch.isnan(hi)
+    bad = torch.where(nan_want, ~torch.isnan(g), ~((g >= lo) & (g <= hi)))
+    if not bad.any():
+        return Verdict.passed()
+    i = tuple(bad.nonzero()[0].tolist())
+    under = " + ".join(sorted(names))
+    msg = (
+        f"y: {int(bad.sum())} of {g.numel()} elements outside the bounds under {under}, first "
+        f"at {list(i)}: got {float(g[i]):.9g}, want [{float(lo[i]):.9g}, {float(hi[i]):.9g}]"
+    )
+    return Verdict(False, msg, float(bad.sum()), [("y", i, float(g[i]), float(lo[i]), 0.0)])
+
+
+def reference_under(case: Case, names: frozenset) -> tuple:
+    """The output under `names` (an end of the bounds; NaN where the variant gives NaN)."""
+    names = check_variant_names(names)
+    if "clamp_drops_nan" in names:
+        case = _nan_dropped_case(case)
+    (x,) = case.args
+    if not names & {"rounded_act", "dtype_math"}:
+        return (ref.swiglu(*case.clone().args, **case.kwargs),)
+    lo, hi = _variant_bounds(case, names)
+    return (torch.where(torch.isnan(hi), hi, lo).to(x.dtype),)
+
+
+def check_variant_names(names) -> frozenset:
+    bad = sorted(set(names) - set(_NAMES))
+    if bad:
+        raise ValueError(f"swiglu: unknown variants {bad}; variants: {_NAMES}")
+    return frozenset(names)
+
+
 MUTATIONS = [
     "int_dtype",
     "odd_last_dim",
@@ -186,5 +340,8 @@ SPEC = add_spec(
         ),
         bench=bench,
         memory_bound=True,
+        variants=VARIANTS,
+        compare_variants=compare_variants,
+        reference_under=reference_under,
     )
 )

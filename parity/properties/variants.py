@@ -1,0 +1,117 @@
+"""Named variants: judge outputs against the reference computed under documented conventions of
+real kernels (`OpSpec.variants`), and explain a mismatch by the variants that account for it.
+
+Pure functions (no I/O, no printing): the campaign engine calls
+
+- `judge_under(spec, case, outs, accept, prop=...)` for `--accept NAME` (`accept=()` is the
+  contract itself), and
+- `diagnose(spec, case, outs, prop=...)` when `matches_reference` or `nan_policy` fails on a
+  (shrunk) case: the variant sets under which `outs` matches the reference, single variants
+  first, then pairs of which neither explains it alone; `[]` means "no known variant explains
+  it". `describe(spec, found)` gives the line to print.
+
+The outputs must already have passed the structure check (a tuple of tensors as the contract
+wants); the judges never raise on wrong values, only on unknown variant names.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from parity.properties.case import Case, as_tuple
+from parity.properties.tolerance import Verdict, nan_mask_equal
+from parity.registry import OpSpec
+
+PROPS = ("matches_reference", "nan_policy")
+
+
+def names(spec: OpSpec) -> tuple[str, ...]:
+    """The op's variant names, in declaration order."""
+    return tuple(v.name for v in spec.variants)
+
+
+def validate(spec: OpSpec, accept) -> frozenset[str]:
+    """`accept` as a set of the op's variant names; ValueError naming the op's variants."""
+    if isinstance(accept, str):
+        accept = (accept,)
+    known = names(spec)
+    bad = sorted({a for a in accept if a not in known})
+    if bad:
+        have = ", ".join(known) if known else "none"
+        raise ValueError(f"{spec.name}: unknown variant {', '.join(bad)} (its variants: {have})")
+    return frozenset(accept)
+
+
+def judge_under(
+    spec: OpSpec, case: Case, outs: tuple, accept=(), *, prop: str = "matches_reference"
+) -> Verdict:
+    """The verdict of `prop` with the reference computed under the variants `accept`.
+
+    matches_reference: `spec.compare_variants` (`spec.compare` for no variant). nan_policy: NaN
+    exactly where the reference under `accept` has NaN, in every float or 1-byte output (as the
+    engine's strict check does with the plain reference).
+    """
+    if prop not in PROPS:
+        raise ValueError(f"judge_under: prop: expected one of {', '.join(PROPS)}, got {prop!r}")
+    chosen = validate(spec, accept)
+    outs = as_tuple(outs)
+    if prop == "matches_reference":
+        if not chosen:
+            return spec.compare(case, outs)
+        return spec.compare_variants(case, outs, chosen)
+    if chosen:
+        refs = as_tuple(spec.reference_under(case, chosen))
+    else:
+        c = case.clone()
+        refs = as_tuple(spec.reference(*c.args, **c.kwargs))
+    if spec.canonical is not None:
+        outs, refs = as_tuple(spec.canonical(case, outs)), as_tuple(spec.canonical(case, refs))
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        if not (r.is_floating_point() or r.dtype.itemsize == 1) or r.dtype == torch.uint8:
+            continue  # integers carry no NaN; packed codes carry the policy through their scales
+        v = nan_mask_equal(f"output {i}", o, r.to(o.device))
+        if not v:
+            return v
+    return Verdict.passed()
+
+
+def _explains(spec: OpSpec, case: Case, outs: tuple, chosen, prop: str) -> bool:
+    # An explanation is a full match: the values under the variants, and for a NaN-policy
+    # failure the NaN positions too (a mask alone would explain away a kernel that only
+    # happens to put NaN in the same places).
+    if not judge_under(spec, case, outs, chosen, prop="matches_reference"):
+        return False
+    return prop != "nan_policy" or bool(judge_under(spec, case, outs, chosen, prop="nan_policy"))
+
+
+def diagnose(
+    spec: OpSpec, case: Case, outs: tuple, *, prop: str = "matches_reference"
+) -> list[tuple[str, ...]]:
+    """The variant sets under which `outs` matches the reference on `case`: each single variant
+    that does, then each pair that does of which neither member does alone. [] where no declared
+    variant (or pair) explains it, and for an op that declares none."""
+    if prop not in PROPS:
+        raise ValueError(f"diagnose: prop: expected one of {', '.join(PROPS)}, got {prop!r}")
+    outs = as_tuple(outs)
+    known = names(spec)
+    singles = [(n,) for n in known if _explains(spec, case, outs, (n,), prop)]
+    alone = {s[0] for s in singles}
+    pairs = [
+        p
+        for p in itertools.combinations(known, 2)
+        if not (set(p) & alone) and _explains(spec, case, outs, p, prop)
+    ]
+    return singles + pairs
+
+
+def describe(spec: OpSpec, found: list[tuple[str, ...]]) -> str:
+    """The diagnosis line: what the engine prints under a failing matches_reference/nan_policy."""
+    if not found:
+        return "no known variant explains it"
+    text = "; ".join(" + ".join(s) for s in found)
+    return f"this output matches the reference under: {text}"
+
+
+__all__ = ["describe", "diagnose", "judge_under", "names", "validate"]
