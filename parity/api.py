@@ -121,7 +121,8 @@ class _Progress:
     def __init__(self, title: str, props: list[str], enabled: bool):
         self.title, self.n, self.enabled = title, len(props), enabled
         self.tty = enabled and sys.stderr.isatty()
-        self.i, self.prop, self.last = 0, "", 0.0
+        self.index: dict[str, int] = {}
+        self.prop, self.last = "", 0.0
 
     def _write(self, text: str, final: bool) -> None:
         if not self.enabled:
@@ -133,22 +134,28 @@ class _Progress:
         sys.stderr.flush()
 
     def start(self, prop: str) -> None:
-        self.i, self.prop = self.i + 1, prop
-        self._write(f"{self.title}: [{self.i}/{self.n}] {prop} ...", final=not self.tty)
+        # an interleaved campaign comes back to a property once per round: numbered once
+        first = prop not in self.index
+        self.index.setdefault(prop, len(self.index) + 1)
+        self.prop = prop
+        if first or self.tty:
+            self._write(f"{self.title}: [{self.index[prop]}/{self.n}] {prop} ...", not self.tty)
 
     def example(self, st, status: str) -> None:
         now = time.monotonic()
         if self.tty and now - self.last > 0.2:
             self.last = now
             self._write(
-                f"{self.title}: [{self.i}/{self.n}] {st.prop}: {st.run} run, {st.failed} failed",
+                f"{self.title}: [{self.index.get(st.prop, 0)}/{self.n}] {st.prop}: "
+                f"{st.run} run, {st.failed} failed",
                 final=False,
             )
 
     def done(self, st) -> None:
         extra = f" ({st.stopped})" if st.stopped else ""
         self._write(
-            f"{self.title}: [{self.i}/{self.n}] {st.prop}: {st.verdict()}, {st.run} run in "
+            f"{self.title}: [{self.index.get(st.prop, 0)}/{self.n}] {st.prop}: {st.verdict()}, "
+            f"{st.run} run in "
             f"{st.seconds:.1f} s{extra}",
             final=True,
         )
