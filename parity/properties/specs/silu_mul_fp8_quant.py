@@ -316,6 +316,8 @@ def _judge(case: Case, outs: tuple, names: frozenset) -> Verdict:
     if names:
         under = " + ".join(sorted(names))
         parts = [f"{nbad} of {ok.numel()} groups do not match the quantization under {under}"]
+    elif x.dtype == torch.float32:
+        parts = [f"{nbad} of {ok.numel()} groups miss the float32-intermediate quantization"]
     else:
         parts = [
             f"{nbad} of {ok.numel()} groups match neither the float32- nor the "
