@@ -63,7 +63,7 @@ def _path_prefix(name: str) -> str:
     if root in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         return ""
     rel = os.path.relpath(root, cwd)
-    return f"PYTHONPATH={rel if not rel.startswith('..') else root} "
+    return f"PYTHONPATH={rel if not rel.startswith('..') else root}:$PYTHONPATH "
 
 
 def _profile(name: str) -> str:
@@ -95,12 +95,15 @@ def _database(database):
     return DirectoryBasedExampleDatabase(os.fspath(database))
 
 
-def _engine_takes(name: str) -> bool:
+def _engine_takes(name: str, *where: str) -> bool:
+    """Whether the campaign engine's `drive` (or the named engine callables) takes `name`."""
     import inspect
 
-    from parity.campaign.engine import drive
+    from parity.campaign import engine
 
-    return name in inspect.signature(drive).parameters
+    return any(
+        name in inspect.signature(getattr(engine, w)).parameters for w in where or ("drive",)
+    )
 
 
 def _xdist_gpu_env(device: str) -> dict | None:
@@ -259,16 +262,21 @@ def check(
     db = _database(database)
     if db is not None and _engine_takes("database"):
         kw["database"] = db
+    ekw: dict = {}  # for the evaluator
     if accept:
-        if not _engine_takes("accept"):
+        # the verdict under the variants: given to whichever the engine judges in
+        if _engine_takes("accept", "Isolated", "InProcess"):
+            ekw["accept"] = tuple(accept)
+        elif _engine_takes("accept"):
+            kw["accept"] = tuple(accept)
+        else:
             raise NotImplementedError("accept=: this engine does not judge under variants yet")
-        kw["accept"] = tuple(accept)
     from parity.campaign.engine import InProcess, Isolated, run_campaign
 
     evaluator = (
-        Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device))
+        Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device), **ekw)
         if isolate
-        else InProcess(spec, impl, device)
+        else InProcess(spec, impl, device, **ekw)
     )
     max_ex = max_examples
     if max_ex is None and max_time is not None:

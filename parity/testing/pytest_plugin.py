@@ -169,11 +169,14 @@ class Target:
         if not ok:
             pytest.skip(f"{NOT_RUN}: {impl.key} on {self.device}: {why}")
         accept = [a for a in self.accept if a in {v.name for v in spec.variants}]
-        kw = {}
+        kw, ekw = {}, {}
         if accept:
-            if not _engine_takes("accept"):
+            if _engine_takes("accept", "InProcess"):
+                ekw["accept"] = tuple(accept)
+            elif _engine_takes("accept"):
+                kw["accept"] = tuple(accept)
+            else:
                 pytest.fail("--parity-accept: this engine does not judge under variants yet")
-            kw["accept"] = tuple(accept)
         # a kernel registered outside parity (a user's conftest.py): the rerun line names its
         # function, which a fresh `parity` process can import; parity's own go by name
         name = self.impl
@@ -183,7 +186,7 @@ class Target:
         stats = drive(
             spec,
             self.prop,
-            InProcess(spec, impl, self.device),
+            InProcess(spec, impl, self.device, **ekw),
             impl_name=name,
             device=self.device,
             dtypes=impl.dtypes,
