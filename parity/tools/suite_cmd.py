@@ -1,12 +1,19 @@
 """`parity suite`: every property of every op, against every implementation available here.
 
 The main job: a summary table per (op, implementation) with examples run, unsupported cases,
-failures and time, and a count of what did not run (and why). Exit 0 all passed, 1 a failure.
+failures and time, and a count of what did not run (and why). Exit 0 all passed, 1 a failure,
+2 usage.
+
+The work is one unit per (implementation, property), run by `--jobs` processes (default: one
+per core). Progress goes to stderr: one updating line with an ETA on a terminal, plain lines
+(one per unit done) otherwise, as in a CI log.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 
@@ -25,18 +32,119 @@ def add_parser(sub):
     p.add_argument("--backend", action="append", default=[], help="restrict to these backends")
     p.add_argument("--profile", default="pr", choices=["pr", "nightly", "bisect"])
     p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="processes (default: os.cpu_count()); 1 runs in this process",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     return p
+
+
+# --- one unit of work (in a worker process, or here with --jobs 1) ---------------------------
+
+
+def _init_worker(sys_path: list[str], threads: int) -> None:
+    """A worker: the parent's import path (module:function candidates), and its share of the
+    cores for torch's own threads (N processes x all cores would oversubscribe)."""
+    for p in reversed(sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def run_unit(op: str, impl_name: str, prop: str, device: str, profile: str, max_examples):
+    """One property of one implementation: the `Stats` as a dict (a parity error as an error
+    record, so that one broken spec does not take the suite down)."""
+    from parity.campaign import run_property
+    from parity.catalog import get_impl, get_spec
+
+    t0 = time.perf_counter()
+    try:
+        spec = get_spec(op)
+        impl = get_impl(op, impl_name)
+        st = run_property(
+            spec,
+            prop,
+            impl.fn,
+            impl_name=impl.name,
+            device=device,
+            dtypes=impl.dtypes,
+            profile=profile,
+            max_examples=max_examples,
+        )
+        return st.as_dict()
+    except Exception as e:  # parity itself broke on this unit: an error, never a pass
+        import traceback
+
+        return {
+            "op": op,
+            "impl": impl_name,
+            "prop": prop,
+            "device": device,
+            "seconds": time.perf_counter() - t0,
+            "error": "".join(traceback.format_exception(e))[-2000:],
+        }
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def _clock(s: float) -> str:
+    s = max(0, round(s))
+    if s >= 3600:
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """Units done of total with an ETA: one rewritten line on a terminal, else plain lines."""
+
+    def __init__(self, total: int, *, stream=None, live: bool | None = None):
+        self.total, self.done, self.t0 = total, 0, time.monotonic()
+        self.stream = stream or sys.stderr
+        if live is None:
+            live = sys.stdout.isatty() and self.stream.isatty()
+        self.live = live
+
+    def eta(self) -> str:
+        if not self.done:
+            return "?"
+        spent = time.monotonic() - self.t0
+        return _clock(spent / self.done * (self.total - self.done))
+
+    def update(self, what: str, verdict: str, seconds: float) -> None:
+        self.done += 1
+        elapsed = _clock(time.monotonic() - self.t0)
+        head = f"[{self.done}/{self.total}] {elapsed} elapsed, ETA {self.eta()}"
+        if self.live:
+            line = f"{head}  {what} {verdict}"[:119]
+            self.stream.write("\r\x1b[2K" + line)
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"parity suite {head}: {what} {verdict} ({seconds:.1f} s)\n")
+        self.stream.flush()
+
+
+# --- the command -----------------------------------------------------------------------------
 
 
 def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from parity.campaign import run_property
+    from parity.campaign import Stats
+    from parity.campaign.text import failure_text
     from parity.catalog import get_spec, impls
     from parity.tools.common import add_sys_path_cwd, default_device, resolve, usage_error
 
+    if args.jobs is not None and args.jobs < 1:
+        return usage_error("suite", f"--jobs must be >= 1, got {args.jobs}")
     device = default_device(args.device)
     every = impls(include_reference=True)
     selected = [
@@ -61,15 +169,20 @@ def run(args) -> int:
                 selected.append(got[1])
     if not selected and not external:
         return usage_error("suite", "the filters (--op/--impl/--backend) select nothing")
-    console = Console(stderr=True)
-    rows, not_run, failures = [], [], []
-    t_all = time.perf_counter()
+
+    runnable, not_run = [], []
     for impl in selected:
         ok, why = impl.availability(device)
-        if not ok:
-            not_run.append((impl.key, why))
-            continue
-        spec = get_spec(impl.op)
+        (runnable if ok else not_run).append(impl if ok else (impl.key, why))
+    units = [
+        (impl.op, impl.name, prop)
+        for impl in runnable
+        for prop in get_spec(impl.op).all_properties()
+    ]
+    results = _run_units(units, device, args, len(runnable))
+
+    rows, failures, errors = [], [], []
+    for impl in runnable:
         agg = {
             "op": impl.op,
             "impl": impl.name,
@@ -78,47 +191,55 @@ def run(args) -> int:
             "unsupported": 0,
             "failed": [],
             "not_run": [],
+            "errors": [],
             "seconds": 0.0,
         }
-        for prop in spec.all_properties():
-            console.print(f"[dim]{impl.key} {prop} ...[/dim]", end="\r")
-            st = run_property(
-                spec,
-                prop,
-                impl.fn,
-                impl_name=impl.name,
-                device=device,
-                dtypes=impl.dtypes,
-                profile=args.profile,
-                max_examples=args.max_examples,
-            )
-            agg["examples"] += st.run
-            agg["unsupported"] += st.unsupported
-            agg["seconds"] += st.seconds
-            if st.failure:
+        for prop in get_spec(impl.op).all_properties():
+            d = results[(impl.op, impl.name, prop)]
+            agg["seconds"] += float(d.get("seconds") or 0.0)
+            if "error" in d:
+                agg["errors"].append(prop)
+                errors.append((impl.key, prop, d["error"]))
+                continue
+            agg["examples"] += d["run"]
+            agg["unsupported"] += d["unsupported"]
+            if d["failure"] is not None or d["failed"]:
                 agg["failed"].append(prop)
-                failures.append((impl.key, prop, st.failure))
-            elif not st.tested:
+                if d["failure"] is not None:
+                    st = Stats(**{k: d[k] for k in Stats.__dataclass_fields__ if k in d})
+                    failures.append(st)
+            elif not d["run"]:
                 agg["not_run"].append(prop)
         rows.append(agg)
-    elapsed = time.perf_counter() - t_all
+    elapsed = time.perf_counter() - results["_t0"]
 
-    for key, prop, f in failures:
-        console.print(f"[red]FAIL[/red] {key} {prop}: {f['message']}\n  reproduce: {f['repro']}")
-    table = Table(title=f"parity suite on {device} ({args.profile} profile, {elapsed:.0f} s)")
+    # plain text, never wrapped: the rerun lines must work when pasted
+    for st in failures:
+        print(failure_text(st), file=sys.stderr)
+    for key, prop, tb in errors:
+        print(f"ERROR {key} {prop}: parity itself failed:\n{tb}", file=sys.stderr)
+    jobs = results["_jobs"]
+    table = Table(
+        title=f"parity suite on {device} ({args.profile} profile, {elapsed:.0f} s, "
+        f"{jobs} process{'es' if jobs > 1 else ''})"
+    )
     for col in ("op", "impl", "examples", "ex/s", "unsupported", "verdict"):
         table.add_column(col, justify="right" if col in ("examples", "ex/s") else "left")
     for r in rows:
+        bad = [f"FAIL: {', '.join(r['failed'])}"] if r["failed"] else []
+        bad += [f"ERROR: {', '.join(r['errors'])}"] if r["errors"] else []
         verdict = (
-            ("FAIL: " + ", ".join(r["failed"]))
-            if r["failed"]
+            "; ".join(bad)
+            if bad
             else (("pass; NOT RUN: " + ", ".join(r["not_run"])) if r["not_run"] else "pass")
         )
+        # ex/s: per second of the implementation's own (summed) process time
         rate = r["examples"] / r["seconds"] if r["seconds"] else 0.0
         table.add_row(
             r["op"], r["impl"], str(r["examples"]), f"{rate:.1f}", str(r["unsupported"]), verdict
         )
-    Console().print(table)
+    # a log (not a terminal) gets the whole table, not 80 columns of truncated names
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     print(f"{len(rows)} implementations ran; {len(not_run)} did NOT RUN here:")
     for key, why in not_run:
         print(f"  NOT RUN  {key}: {why}")
@@ -127,10 +248,60 @@ def run(args) -> int:
             json.dump(
                 {
                     "device": device,
+                    "seconds": elapsed,
+                    "jobs": jobs,
                     "rows": rows,
                     "not_run": [{"impl": k, "reason": w} for k, w in not_run],
                 },
                 fh,
                 indent=1,
             )
-    return 1 if failures else 0
+    return 1 if (failures or errors or any(r["failed"] for r in rows)) else 0
+
+
+def _run_units(units: list, device: str, args, n_impls: int) -> dict:
+    """{(op, impl, prop): stats dict} for every unit, plus "_t0" and "_jobs"."""
+    jobs = args.jobs or os.cpu_count() or 1
+    jobs = max(1, min(jobs, len(units)))
+    progress = Progress(len(units))
+    out: dict = {"_t0": time.perf_counter(), "_jobs": jobs}
+    print(
+        f"parity suite: {n_impls} implementations, {len(units)} (implementation, property) "
+        f"units on {device}, {jobs} process{'es' if jobs > 1 else ''}",
+        file=sys.stderr,
+    )
+
+    def done(unit, d):
+        out[unit] = d
+        verdict = "ERROR" if "error" in d else d.get("verdict", "?")
+        progress.update(f"{unit[0]}:{unit[1]} {unit[2]}", verdict, float(d.get("seconds") or 0))
+
+    if jobs == 1:
+        for unit in units:
+            done(unit, run_unit(*unit, device, args.profile, args.max_examples))
+        return out
+
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # spawn: a fresh interpreter per worker (forking a parent that has torch's thread pools
+    # running is unsafe); the parent's environment (TRITON_INTERPRET) and path go along
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(sys.path, threads)
+    ) as pool:
+        futs = {
+            pool.submit(run_unit, *u, device, args.profile, args.max_examples): u for u in units
+        }
+        for f in as_completed(futs):
+            unit = futs[f]
+            try:
+                d = f.result()
+            except BrokenProcessPool as e:  # a worker died (a crashing kernel): never a pass
+                d = {"seconds": 0.0, "error": f"the worker process died: {e}"}
+            except Exception as e:  # the result could not come back
+                d = {"seconds": 0.0, "error": f"{type(e).__name__}: {e}"}
+            done(unit, d)
+    return out

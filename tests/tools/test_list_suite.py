@@ -2,6 +2,7 @@
 
 import json
 
+from parity.catalog import get_spec
 from parity.registry import OP_NAMES
 from parity.tools.cli import main
 
@@ -31,6 +32,8 @@ def test_suite_runs_and_writes_json(tmp_path, capsys):
             "reference",
             "--max-examples",
             "3",
+            "--jobs",
+            "2",
             "--json",
             str(out),
         ]
@@ -39,11 +42,33 @@ def test_suite_runs_and_writes_json(tmp_path, capsys):
     d = json.loads(out.read_text())
     (row,) = d["rows"]
     assert row["op"] == "swiglu" and row["impl"] == "reference"
-    assert row["examples"] > 0 and not row["failed"]
+    assert row["examples"] > 0 and not row["failed"] and d["jobs"] == 2
+    err = capsys.readouterr().err
+    # not a terminal: one plain progress line per (implementation, property), with an ETA
+    n = len(get_spec("swiglu").all_properties())
+    lines = [ln for ln in err.splitlines() if ln.startswith("parity suite [")]
+    assert len(lines) == n and f"[{n}/{n}]" in lines[-1] and "ETA 0:00" in lines[-1]
+    assert "\r" not in err
+
+
+def test_progress_on_a_terminal_rewrites_one_line_with_an_eta():
+    import io
+
+    from parity.tools.suite_cmd import Progress
+
+    s = io.StringIO()
+    p = Progress(4, stream=s, live=True)
+    p.update("swiglu:reference matches_reference", "pass", 1.0)
+    assert s.getvalue().startswith("\r\x1b[2K[1/4]") and "ETA " in s.getvalue()
+    assert "\n" not in s.getvalue()  # the same line, rewritten
+    for _ in range(3):
+        p.update("x", "pass", 1.0)
+    assert s.getvalue().endswith("\n") and "[4/4]" in s.getvalue()
 
 
 def test_suite_usage_error_exits_2():
     assert main(["suite", "--device", "tpu"]) == 2
+    assert main(["suite", "--jobs", "0"]) == 2
 
 
 def test_suite_runs_a_module_function_and_rejects_what_selects_nothing(capsys, monkeypatch):
@@ -53,8 +78,12 @@ def test_suite_runs_a_module_function_and_rejects_what_selects_nothing(capsys, m
 
     monkeypatch.chdir(Path(__file__).parent / "kernels")
     argv = ["suite", "--device", "cpu", "--op", "swiglu", "--max-examples", "5"]
-    assert main([*argv, "--impl", "parity_kernels_swiglu:broken"]) == 1
-    assert "FAIL" in capsys.readouterr().out
-    assert main([*argv, "--impl", "parity_kernels_swiglu:correct"]) == 0
+    # in worker processes (the candidate imported there from the current folder)
+    assert main([*argv, "--jobs", "2", "--impl", "parity_kernels_swiglu:broken"]) == 1
+    cap = capsys.readouterr()
+    assert "FAIL: matches_reference" in cap.out
+    # the failure text with the shrunk case and its rerun line
+    assert "FAIL swiglu / parity_kernels_swiglu:broken / " in cap.err and "  rerun    " in cap.err
+    assert main([*argv, "--jobs", "1", "--impl", "parity_kernels_swiglu:correct"]) == 0
     assert main([*argv, "--impl", "nosuch"]) == 2
     assert main(["suite", "--impl", "parity_kernels_swiglu:broken"]) == 2  # needs --op
