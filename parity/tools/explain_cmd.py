@@ -459,7 +459,7 @@ PROPERTY_TEXT = {
     "writes_all_outputs": "exact: no poisoned (uninitialised) element survives the call",
     "inputs_unchanged": "exact: every input bitwise equal after the call",
     "deterministic": "exact: two calls give bitwise equal outputs",
-    "nan_policy": "exact: NaN exactly where the reference puts it (then the model elsewhere)",
+    "nan_policy": "exact: on NaN-injected input, NaN exactly where the reference puts it",
     "error_parity": "exact: bad input raises ValueError/TypeError, as the reference",
 }
 

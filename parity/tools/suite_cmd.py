@@ -174,9 +174,12 @@ def run(args) -> int:
     for impl in selected:
         ok, why = impl.availability(device)
         (runnable if ok else not_run).append(impl if ok else (impl.key, why))
+    # the slow units first (Triton's interpreter on the CPU), so that no process is left
+    # with one long unit at the end while the others idle
+    slow = [i for i in runnable if device == "cpu" and "triton" in i.requires]
     units = [
         (impl.op, impl.name, prop)
-        for impl in runnable
+        for impl in slow + [i for i in runnable if i not in slow]
         for prop in get_spec(impl.op).all_properties()
     ]
     results = _run_units(units, device, args, len(runnable))
