@@ -203,31 +203,66 @@ def _judged(spec, plan, outcomes):
     return status, v
 
 
+MAX_MESSAGE = 8000  # characters of a verdict's message: kernel text never goes whole to a report
+
+
+def _capped(v):
+    if v is not None and isinstance(v.message, str) and len(v.message) > MAX_MESSAGE:
+        cut = len(v.message) - MAX_MESSAGE
+        v.message = v.message[:MAX_MESSAGE] + f"... ({cut} characters cut)"
+    return v
+
+
+@contextlib.contextmanager
+def _kernel_stdout_to_stderr():
+    """In-process calls: what the kernel prints (Python or C level) goes to stderr, so that
+    parity's stdout (`--json`) stays parity's."""
+    sys.stdout.flush()
+    saved = None
+    with contextlib.suppress(OSError, ValueError):
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 class InProcess:
-    """Evaluate cases in this process (`--no-isolate`, and inside `--workers` processes): the
-    same plan and judge as `Isolated`."""
+    """Evaluate cases in this process (`--no-isolate`): the same plan and judge as `Isolated`;
+    a kernel's exit (SystemExit, KeyboardInterrupt) is its failing case, its prints go to
+    stderr. A hang is not bounded here."""
 
     def __init__(self, spec, impl, device: str = "cpu"):
-        self.spec, self.impl, self.device = spec, impl, device
+        from parity.campaign.candidate import import_in_process
+
+        self.spec, self.device = spec, device
+        self.impl = import_in_process(impl)  # a no-op when already imported
         self.last_describe = None
 
     def evaluate_case(self, prop: str, case):
         from parity.campaign.worker import is_cuda_error, sync
-        from parity.properties.checks import execute, make_plan
+        from parity.properties.checks import exc_text, execute, make_plan
         from parity.properties.tolerance import Verdict
 
         plan = make_plan(self.spec, prop, case)
         if plan is None:
             return "n/a", None
         try:
-            outcomes = execute(self.impl.fn, plan)
-            sync(self.device)
+            with _kernel_stdout_to_stderr():
+                outcomes = execute(self.impl.fn, plan, after=lambda: sync(self.device))
         except Exception as e:  # a CUDA error surfacing at the synchronisation
-            text = f"{type(e).__name__}: {e}"
+            text = exc_text(e)
             kind = "crash" if is_cuda_error(text) else "error"
             return kind, Verdict(False, f"{kind}: {text}", math.inf)
         self.last_describe = case.describe()
-        return _judged(self.spec, plan, outcomes)
+        status, v = _judged(self.spec, plan, outcomes)
+        return status, _capped(v)
 
     def evaluate(self, prop: str, meta: dict):
         """Raises for a description `build` rejects (a usage error)."""
@@ -247,8 +282,18 @@ class InProcess:
 
 class Isolated:
     """Evaluate cases of one (op, impl, device) in a worker process; a fresh one after a crash
-    or a hang. The worker makes the calls, the harness rebuilds the case and judges. `env`:
-    variables set in each worker first (e.g. a pinned CUDA_VISIBLE_DEVICES)."""
+    or a hang. The worker imports the candidate (by name: the harness never does) and makes the
+    calls; the harness rebuilds the case and judges. `env`: variables set in each worker first
+    (e.g. a pinned CUDA_VISIBLE_DEVICES). `hard_deadline` (time.monotonic): a case still running
+    then is cut off (`BudgetSpent`), so a time budget holds against a hanging kernel.
+
+    After a crash the case is re-run alone in a fresh worker; when it passes alone, the cases
+    that ran before it in the dead worker are replayed (most recent first, each in a fresh
+    worker followed by the crashing case) to find the one that poisons the process: `blame`
+    then holds it and the verdict says "crashes after case A, not alone"."""
+
+    HISTORY = 32  # cases remembered per worker for the blame search
+    BLAME_TRIES = 8  # earlier cases tried at most
 
     def __init__(self, spec, impl: str, device: str = "cpu", *, timeout=60.0, env=None):
         self.spec, self.impl, self.device, self.timeout = spec, impl, device, timeout
@@ -257,12 +302,18 @@ class Isolated:
         self.restarts = 0
         self.sent = 0  # request ids: a reply for another request is a forged one
         self.last_describe = None
+        self.hard_deadline: float | None = None
+        self.history: list = []  # (prop, meta, path) run by the current worker
+        self.blame: dict | None = None  # the last crash's blame search
+        self.blame_crashes = True
 
     def start(self) -> None:
-        """Start a worker now (before a time budget starts)."""
+        """Start a worker now (before a time budget starts). Raises WorkerUsageError (the name
+        does not import), CandidateFailed (its import exits, crashes or hangs)."""
         self._ready()
 
     def _ready(self):
+        from parity.campaign.candidate import CandidateFailed
         from parity.campaign.worker import (
             STARTUP_TIMEOUT,
             Child,
@@ -271,23 +322,54 @@ class Isolated:
             WorkerUsageError,
         )
 
-        if self.proc is None:
-            p = Child(env=self.env)
-            msg = {"cmd": "init", "op": self.spec.name, "impl": self.impl, "device": self.device}
-            try:
-                reply, _ = p.request({**msg, "sys_path": [os.getcwd(), *sys.path]}, STARTUP_TIMEOUT)
-            except (WorkerDied, WorkerTimeout) as e:
-                tail = p.stderr_tail()
-                p.kill()
-                raise WorkerUsageError(f"the worker did not start: {e}\n{tail}") from e
-            except ValueError as e:  # a malformed reply: the candidate wrote to the pipe
-                p.kill()
-                raise WorkerUsageError(f"the worker did not start: {e}") from e
-            if not reply.get("ok"):
-                p.kill()
-                raise WorkerUsageError(str(reply.get("error", "the worker did not start")))
-            self.proc = p
-        return self.proc
+        if self.proc is not None:
+            return self.proc
+        p = Child(env=self.env)
+        msg = {"cmd": "init", "op": self.spec.name, "device": self.device, "id": 0}
+        try:  # parity's own start (torch, the op, the CUDA context): no candidate code yet
+            reply, _ = p.request({**msg, "sys_path": [os.getcwd(), *sys.path]}, STARTUP_TIMEOUT)
+        except (WorkerDied, WorkerTimeout, ValueError) as e:
+            tail = p.stderr_tail()
+            p.kill()
+            raise WorkerUsageError(f"the worker did not start: {e}\n{tail}") from e
+        if not reply.get("ok"):
+            p.kill()
+            raise WorkerUsageError(str(reply.get("error", "the worker did not start"))[:2000])
+        name = self.impl
+        try:  # the candidate's import: the first of its code to run
+            reply, _ = p.request({"cmd": "load", "impl": name, "id": 0}, self._wait())
+        except WorkerTimeout:
+            p.kill()
+            if self._past_deadline():
+                raise BudgetSpent from None
+            raise CandidateFailed(
+                "hang", f"import hung: importing {name!r} took over {self.timeout:g} s"
+            ) from None
+        except WorkerDied as e:
+            tail = p.stderr_tail()
+            p.kill()
+            why = f"import crashed: the worker died importing {name!r} ({_why(e)})"
+            raise CandidateFailed("crash", why + ("\n" + _indent(tail) if tail else "")) from None
+        except ValueError as e:  # a malformed reply: the candidate wrote to the pipe
+            p.kill()
+            raise CandidateFailed("crash", f"import crashed: a malformed reply ({e})") from None
+        if not reply.get("ok"):
+            p.kill()
+            err = str(reply.get("error", ""))[:MAX_MESSAGE]
+            if reply.get("kind") == "import_crashed":
+                raise CandidateFailed("crash", f"import crashed: importing {name!r} {err}")
+            raise WorkerUsageError(err)
+        self.proc = p
+        self.history = []
+        return p
+
+    def _wait(self) -> float:
+        if self.hard_deadline is None:
+            return self.timeout
+        return max(0.0, min(self.timeout, self.hard_deadline - time.monotonic()))
+
+    def _past_deadline(self) -> bool:
+        return self.hard_deadline is not None and time.monotonic() >= self.hard_deadline - 1e-3
 
     def _lost(self) -> None:
         """The current worker is gone (or must go): kill it; the next call forks a new one."""
@@ -299,21 +381,35 @@ class Isolated:
     def evaluate(self, prop: str, meta: dict):
         """(status, Verdict | None). Raises ValueError for a description `build` rejects,
         WorkerUsageError when the worker cannot import the implementation."""
-        return self._run({"cmd": "run", "prop": prop, "meta": meta}, prop, meta=meta)
+        return self._evaluate(prop, meta=meta)
 
     def evaluate_file(self, prop: str, path):
-        return self._run({"cmd": "run", "prop": prop, "file": str(path)}, prop, path=path)
+        return self._evaluate(prop, path=str(path))
 
-    def _run(self, msg: dict, prop: str, *, meta=None, path=None):
+    def _evaluate(self, prop: str, *, meta=None, path=None):
+        self.blame = None
+        status, v = self._run(prop, meta=meta, path=path)
+        if status == "crash" and self.blame_crashes:
+            status, v = self._blame(prop, meta, path, status, v)
+        return status, _capped(v)
+
+    def _run(self, prop: str, *, meta=None, path=None):
         from parity.campaign import repro
+        from parity.campaign.candidate import CandidateFailed
         from parity.campaign.wire import BadReply, outcomes_from_wire
-        from parity.campaign.worker import WorkerDied, WorkerTimeout, indent
+        from parity.campaign.worker import WorkerDied, WorkerTimeout
         from parity.properties.checks import make_plan
         from parity.properties.tolerance import Verdict
 
-        p = self._ready()
+        try:
+            p = self._ready()
+        except CandidateFailed as e:  # a restart whose import broke: this case's failure
+            return e.kind, Verdict(False, str(e), math.inf)
         self.sent += 1
-        p.send({**msg, "id": self.sent})
+        msg = {"cmd": "run", "prop": prop, "id": self.sent}
+        p.send({**msg, "meta": meta} if path is None else {**msg, "file": path})
+        self.history.append((prop, meta, path))
+        del self.history[: -self.HISTORY - 1]
         # the harness's own copy of the case, built while the worker runs the candidate
         try:
             case = (
@@ -325,15 +421,18 @@ class Isolated:
         except BaseException:
             self._lost()
             raise
+        wait = self._wait()
         try:
-            reply, blobs = p.recv(self.timeout)
+            reply, blobs = p.recv(wait)
         except WorkerTimeout:
             self._lost()
+            if wait < self.timeout and self._past_deadline():
+                raise BudgetSpent from None  # the budget ended inside this case: not a hang
             why = f"hang: no result within {self.timeout:g} s (worker killed)"
             return "hang", Verdict(False, why, math.inf)
         except WorkerDied as e:
             self._lost()
-            msg = f"crash: {e}" + ("\n" + indent(e.stderr_tail) if e.stderr_tail else "")
+            msg = f"crash: {e}" + ("\n" + _indent(e.stderr_tail) if e.stderr_tail else "")
             return "crash", Verdict(False, msg, math.inf)
         except BadReply as e:
             self._lost()
@@ -342,14 +441,15 @@ class Isolated:
             self._lost()
             return "fail", Verdict(False, "the worker's reply answers another request", math.inf)
         if not reply.get("ok"):
+            err = str(reply.get("error", ""))[:MAX_MESSAGE]
             if reply.get("kind") == "bad_meta":
-                raise ValueError(str(reply.get("error", "bad case description")))
-            return "error", Verdict(False, f"parity error: {reply.get('error', '')}", math.inf)
+                raise ValueError(err or "bad case description")
+            return "error", Verdict(False, f"parity error: {err}", math.inf)
         status = reply.get("status")
         if status == "crash":
             self._lost()
-            why = f"crash (CUDA error, worker restarted): {reply.get('error', '')}"
-            return "crash", Verdict(False, why, math.inf)
+            why = f"crash (CUDA error, worker restarted): {reply.get('error', '')!s}"
+            return "crash", Verdict(False, why[:MAX_MESSAGE], math.inf)
         if plan is None or status == "n/a":
             return "n/a", None
         try:
@@ -360,10 +460,64 @@ class Isolated:
         self.last_describe = case.describe()
         return _judged(self.spec, plan, outcomes)
 
+    def _blame(self, prop, meta, path, status, v):
+        """The crashing case alone in a fresh worker; if it passes, the cases before it (most
+        recent first), each in a fresh worker followed by the crashing case."""
+        from parity.campaign.worker import is_cuda_error
+
+        before = list(self.history[:-1])
+        self.history = []
+        alone, _ = self._run(prop, meta=meta, path=path)
+        self._lost()  # the blame search leaves no worker with its history behind
+        if alone == "crash":
+            self.blame = {"alone": True}
+            return status, v
+        found = None
+        for earlier in list(reversed(before))[: self.BLAME_TRIES]:
+            if self._past_deadline():
+                break
+            first, _ = self._run(earlier[0], meta=earlier[1], path=earlier[2])
+            if first == "crash":
+                continue  # it crashes by itself (already reported on its own)
+            got, _ = self._run(prop, meta=meta, path=path)
+            self._lost()
+            if got == "crash":
+                found = earlier
+                break
+        self.blame = {"alone": False, "after": found}
+        if found is None:
+            note = (
+                f"crashes only after earlier cases, not alone (re-run alone in a fresh worker it "
+                f"was {alone}; none of the {min(len(before), self.BLAME_TRIES)} cases before it "
+                "alone reproduces the crash)"
+            )
+        else:
+            what = json.dumps(found[1], sort_keys=True) if found[1] is not None else found[2]
+            note = (
+                f"crashes after case A, not alone: re-run alone in a fresh worker it was {alone}; "
+                f"after case A ({found[0]}: {what}) it crashes again"
+            )
+        if is_cuda_error(v.message):
+            note += " (an asynchronous CUDA error of case A)"
+        v.message = note + "\n" + v.message
+        return status, v
+
     def close(self) -> None:
         if self.proc is not None:
             self.proc.close()
         self.proc = None
+
+
+def _why(e) -> str:
+    return str(e).split("(", 1)[-1].rstrip(")")
+
+
+def _indent(text: str, pre: str = "    ") -> str:
+    return "\n".join(pre + ln for ln in text.splitlines())
+
+
+class BudgetSpent(BaseException):
+    """The time budget ended while a case ran (it was cut off, not judged)."""
 
 
 def evaluator_for(spec, impl, device: str, *, isolate: bool, timeout: float = 60.0, env=None):
@@ -437,6 +591,7 @@ def drive(
     dtypes=None,
     size: str | None = None,
     raise_errors: bool = False,
+    derandomize: bool | None = None,
     on_start: Callable[[str, dict], None] | None = None,
     on_example: Callable[[Stats, str], None] | None = None,
 ) -> Stats:
@@ -465,6 +620,8 @@ def drive(
     overrides: dict = {"verbosity": Verbosity.quiet}
     if max_examples is not None:
         overrides["max_examples"] = max_examples
+    if derandomize is not None:
+        overrides["derandomize"] = derandomize
     if not shrink:
         drop = (Phase.shrink, Phase.explain)
         overrides["phases"] = tuple(p for p in base.phases if p not in drop)
@@ -473,6 +630,9 @@ def drive(
     fails: dict[str, tuple] = {}
     t0 = time.perf_counter()
     state: dict = {"first": None, "shrink_until": None, "provisional": None, "last": None}
+    state["after"] = None  # the earlier case a crash needs (it does not crash alone)
+    if hasattr(evaluator, "hard_deadline"):  # a hanging case is cut off at the budget's end
+        evaluator.hard_deadline = hard_deadline
 
     def save(meta, status, v):
         if out_dir is None:
@@ -513,6 +673,9 @@ def drive(
             stats.record(status, meta, v)
             if on_example:
                 on_example(stats, status)
+            blame = getattr(evaluator, "blame", None) if status == "crash" else None
+            if blame and not blame.get("alone") and state["first"] is None:
+                state["after"] = blame  # not this case's own crash: nothing to shrink
         if targeted and v is not None and v.ratio == v.ratio and status not in FAILING:
             hypothesis.target(min(float(v.ratio), 1e12), label="error/tolerance")
         if status in FAILING:
@@ -526,6 +689,8 @@ def drive(
                 if hard_deadline is not None:
                     until = min(until, hard_deadline)
                 state["shrink_until"] = until
+                if state["after"] is not None:
+                    state["shrink_until"] = time.monotonic()
                 if shrink:
                     state["provisional"] = save(meta, status, v)  # written as soon as found
             raise PropertyFailed(meta, v.message if v is not None else status)
@@ -537,17 +702,23 @@ def drive(
         body()
     except PropertyFailed as e:
         final = e.meta
-    except _BudgetSpent:
+    except (_BudgetSpent, BudgetSpent):
         stats.stopped = "time budget spent"
+        if state["last"] is not None:
+            final = state["last"][0]
     except _ShrinkSpent:
         final = state["last"][0]
         stats.stopped = "shrinking time spent"
+        if state["after"] is not None:
+            stats.stopped = "not shrunk: the crash needs an earlier case"
     except Unsatisfiable:
         stats.stopped = "no case can be drawn (dtypes of the implementation?)"
     except ParityError:
         raise
     except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        from parity.campaign.worker import Terminated
+
+        if isinstance(e, (KeyboardInterrupt, SystemExit, Terminated)):
             raise
         found = _find_failed(e)
         if found is not None:
@@ -570,6 +741,14 @@ def drive(
         stats.seconds = time.perf_counter() - t0
     if final is not None:
         _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save)
+        after = (state["after"] or {}).get("after")
+        if after is not None and stats.failure["meta"] == state["first"]:
+            a_prop, a_meta, _ = after
+            stats.failure["after"] = {
+                "prop": a_prop,
+                "meta": a_meta,
+                "repro": repro_command(spec.name, impl_name, a_prop, device, a_meta or {}),
+            }
     return stats
 
 
@@ -612,6 +791,9 @@ def _find_failed(e: BaseException):
 # --- a campaign: every property ------------------------------------------------------------
 
 
+ROUND0 = 8  # examples of each property in the first round of an interleaved campaign
+
+
 def run_campaign(
     spec,
     props: list[str],
@@ -619,14 +801,102 @@ def run_campaign(
     *,
     max_time: float | None = None,
     fail_fast: bool = False,
+    interleave: bool = True,
     on_prop_start: Callable[[str], None] | None = None,
     on_prop_done: Callable[[Stats], None] | None = None,
     **kw,
 ) -> list[Stats]:
-    """`drive` for each property; `max_time` split evenly over the properties left (unused
-    time passes on). `fail_fast`: stop after the first property that fails."""
+    """`drive` for each property, interleaved: rounds of ROUND0, 2 ROUND0, 4 ROUND0 ... examples
+    of every property in turn (each round a fresh seed derived from `seed`), so a fault only a
+    late property sees is found as early as any other; a property leaves the rotation at its
+    first failure (shrunk in that round) or when its budget (`max_examples`, else the profile's)
+    is spent. `max_time`: shared by the rounds in proportion to their examples (or, with no
+    example bound, in growing time slices); a running case is cut off at its end.
+    `fail_fast`: stop at the first counterexample. `interleave=False`: one property after the
+    other."""
     start = time.monotonic()
     hard = start + max_time if max_time is not None else None
+    if not interleave or len(props) < 2:
+        return _sequential(spec, props, evaluator, hard, fail_fast, on_prop_start, on_prop_done, kw)
+    base = settings.get_profile(kw.get("profile", "pr"))
+    total = kw.pop("max_examples", None) or base.max_examples
+    clock_bound = hard is not None and total >= 1_000_000
+    seed = kw.pop("seed", None)
+    if seed is None and base.derandomize:
+        seed = 0
+    left = {p: total for p in props}
+    parts: dict[str, list[Stats]] = {p: [] for p in props}
+    active = list(props)
+    out: dict[str, Stats] = {}
+    k = 0
+    while active:
+        for prop in list(active):
+            now = time.monotonic()
+            n = min(left[prop], ROUND0 << min(k, 30))
+            deadline = None
+            if hard is not None:
+                span = max(0.0, hard - now)
+                if clock_bound:
+                    deadline = now + span / len(active) * min(1.0, 2.0**k / 8)
+                else:
+                    deadline = now + span * n / max(1, sum(left[q] for q in active))
+            if on_prop_start:
+                on_prop_start(prop)
+            rseed = None if seed is None else seed * 1_000_003 + k
+            st = drive(
+                spec,
+                prop,
+                evaluator,
+                max_examples=n,
+                seed=rseed,
+                derandomize=False if rseed is not None else None,
+                deadline=deadline,
+                hard_deadline=hard,
+                **kw,
+            )
+            parts[prop].append(st)
+            left[prop] -= n
+            over = hard is not None and time.monotonic() >= hard
+            finished = st.failure is not None or left[prop] <= 0 or over or not _drawable(st)
+            if finished:
+                active.remove(prop)
+                out[prop] = _rounds(parts[prop], over and st.failure is None)
+                if on_prop_done:
+                    on_prop_done(out[prop])
+            if fail_fast and st.failure is not None:
+                active = []
+                break
+            if over:
+                for q in active:
+                    out[q] = _rounds(parts[q], True)
+                active = []
+                break
+        k += 1
+    return [out[p] for p in props if p in out]
+
+
+def _drawable(st: Stats) -> bool:
+    """False where the property cannot run at all (no strategy, nothing drawable)."""
+    return not (st.stopped and not st.run and not st.unsupported and not st.not_applicable)
+
+
+def _rounds(parts: list[Stats], budget_spent: bool) -> Stats:
+    """One property's stats from its rounds (run one after the other)."""
+    before = sum(p.seconds for p in parts[:-1])
+    cases = sum(p.run + p.unsupported + p.not_applicable for p in parts[:-1])
+    st = merge_stats(parts)
+    st.seconds = before + parts[-1].seconds
+    last = parts[-1]
+    if last.failure is not None:
+        st.failure, st.repro_file, st.repro_files = last.failure, last.repro_file, last.repro_files
+        if last.seconds_to_failure is not None:
+            st.seconds_to_failure = before + last.seconds_to_failure
+            st.cases_to_failure = cases + (last.cases_to_failure or 0)
+    st.stopped = last.stopped or ("time budget spent" if budget_spent else "")
+    return st
+
+
+def _sequential(spec, props, evaluator, hard, fail_fast, on_prop_start, on_prop_done, kw):
     out = []
     for i, prop in enumerate(props):
         deadline = None
@@ -683,9 +953,10 @@ def run_property(
 
 def _campaign_main(conn, log_path: str, env: dict | None, cfg: dict) -> None:
     """A `--workers` process: a whole campaign in-process, events sent on `conn` as frames."""
-    from parity.campaign.worker import add_sys_path, child_setup
+    from parity.campaign.worker import add_sys_path, child_setup, terminate_on_sigterm
 
     child_setup(log_path, env)
+    terminate_on_sigterm()
     add_sys_path(cfg.get("sys_path"))
     from parity.campaign.wire import encode
 
@@ -694,18 +965,32 @@ def _campaign_main(conn, log_path: str, env: dict | None, cfg: dict) -> None:
 
 
 def campaign_process(cfg: dict, emit: Callable[[dict], None]) -> None:
-    """Body of one `--workers` process."""
-    from parity.catalog import get_impl, get_spec
+    """Body of one `--workers` process: parity's code only. The candidate runs in this
+    process's own `Isolated` worker (judged here, never where it runs) unless --no-isolate."""
+    from parity.campaign.candidate import lookup
+    from parity.catalog import get_spec
 
     spec = get_spec(cfg["op"])
-    impl = get_impl(cfg["op"], cfg["impl"])
+    impl = lookup(cfg["op"], cfg["impl"])
     from parity.campaign.ledger import Ledger
 
     ledger = Ledger.load(cfg["ledger"]) if cfg.get("ledger") else None
+    if cfg.get("isolate", True):
+        ev = Isolated(spec, cfg["impl"], cfg["device"], timeout=cfg.get("timeout", 60.0))
+    else:
+        ev = InProcess(spec, impl, cfg["device"])
+    try:
+        ev.start()
+        _campaign_body(cfg, emit, spec, impl, ledger, ev)
+    finally:
+        ev.close()
+
+
+def _campaign_body(cfg, emit, spec, impl, ledger, ev) -> None:
     run_campaign(
         spec,
         cfg["props"],
-        InProcess(spec, impl, cfg["device"]),
+        ev,
         max_time=cfg.get("max_time"),
         impl_name=cfg["impl"],
         device=cfg["device"],
@@ -740,16 +1025,23 @@ def run_parallel(
     ledger_path: str | None,
     out_dir: str,
     on_example: Callable[[str, str], None] | None = None,
+    isolate: bool = True,
 ) -> list[Stats]:
-    """N campaign processes (seed + i, max_examples / N each, one GPU each on cuda); a process
-    that dies or hangs on a case records a crash/hang for it and is restarted on the
-    properties it had left."""
+    """N campaign processes (seed + i, max_examples / N each, one GPU each on cuda; N at most
+    the devices: `max_workers`). Each is parity's code: it runs the candidate in its own
+    isolated worker and judges there, never in the candidate's process. A campaign process that
+    dies or stops answering (parity's own failure) records a crash/hang for its case and is
+    restarted on the properties it had left."""
     from parity._gpu import gpu_env
     from parity.campaign.wire import BadReply
     from parity.campaign.worker import Child, WorkerDied, WorkerTimeout, warm_forkserver
     from parity.properties.tolerance import Verdict
 
+    n = max(1, min(n, max_workers(device)))
     per = None if max_examples is None else max(1, math.ceil(max_examples / n))
+    # a case inside a campaign process is bounded by its own worker's timeout (and the blame
+    # search after a crash): this is only a watchdog for parity's own process
+    watchdog = (3 + 2 * Isolated.BLAME_TRIES) * timeout + 60
     warm_forkserver()  # before the clock: --max-time measures testing
     start = time.monotonic()
     parts: dict[str, list[Stats]] = {p: [] for p in props}
@@ -783,8 +1075,11 @@ def run_parallel(
                 "ledger": ledger_path,
                 "out": out_dir,
                 "sys_path": [os.getcwd(), *sys.path],
+                "timeout": timeout,
+                "isolate": isolate,
             }
-            self.proc = Child(target=_campaign_main, args=(cfg,), env=self.env)
+            # not a daemon: it starts its own isolated workers
+            self.proc = Child(target=_campaign_main, args=(cfg,), env=self.env, daemon=False)
             self.current = None
 
         def lost(self, kind: str, why: str, tail: str):
@@ -875,9 +1170,18 @@ def run_parallel(
                     self.proc.close()
                     self.done = True
                     return True
-            if self.current is not None and time.monotonic() - self.current[2] > timeout:
+            if self.current is not None and time.monotonic() - self.current[2] > watchdog:
                 tail = self.proc.stderr_tail()
-                self.lost("hang", f"no result within {timeout:g} s (process killed)", tail)
+                self.lost("hang", f"no result within {watchdog:g} s (process killed)", tail)
+                return True
+            if max_time is not None and time.monotonic() > start + max_time + 30:
+                self.proc.kill()  # past the budget and its margin: parity's own process hangs
+                for prop in self.todo:
+                    st = self.partial.pop(prop, None) or Stats(spec.name, impl_name, prop, device)
+                    st.stopped = "time budget spent (campaign process killed)"
+                    parts[prop].append(st)
+                self.todo = []
+                self.done = True
                 return True
             return busy
 
@@ -889,13 +1193,26 @@ def run_parallel(
     finally:
         for w in workers:
             if w.proc is not None:
-                w.proc.kill()
+                w.proc.stop()
     if ledger is not None:
         for rows in ledger_rows:
             ledger.merge_counts(rows)
     return [
         merge_stats(parts[p]) if parts[p] else Stats(spec.name, impl_name, p, device) for p in props
     ]
+
+
+def max_workers(device: str) -> int:
+    """--workers is bounded by the devices: the visible GPUs on cuda, the usable cores on the
+    CPU."""
+    if device.startswith("cuda"):
+        from parity._gpu import visible_gpus
+
+        return max(1, len(visible_gpus()))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 # --- the report of a campaign --------------------------------------------------------------

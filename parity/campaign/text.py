@@ -52,6 +52,12 @@ def failure_text(st) -> str:
         out.append(f"  replay   parity replay {f['repro_file']}")
     if f.get("repro"):
         out.append(f"  rerun    {f['repro']}")
+    after = f.get("after")
+    if after:  # the crash needs an earlier case in the same process
+        out.append("  crashes after case A, not alone; case A:")
+        out.append(f"  meta A   {json.dumps(after.get('meta'), sort_keys=True)}")
+        out.append(f"  rerun A  {after.get('repro', '')}")
+        out.append("  (run case A, then the case above, in one process to see the crash)")
     return "\n".join(out) + "\n"
 
 

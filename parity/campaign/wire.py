@@ -141,8 +141,13 @@ def outcomes_to_wire(outcomes, blobs: list) -> list:
 
     def item(x):
         if isinstance(x, torch.Tensor):
-            return {"tensor": tensor_to_wire(x, blobs), "blob": len(blobs) - 1}
-        return {"other": str(x)}
+            if x.device.type not in ("cpu", "cuda"):
+                return {"other": f"a tensor on {x.device.type}"}
+            try:
+                return {"tensor": tensor_to_wire(x, blobs), "blob": len(blobs) - 1}
+            except Exception as e:  # a tensor the candidate made that cannot be read back
+                return {"other": f"a tensor that cannot be read ({type(e).__name__})"}
+        return {"other": str(x)[:200]}
 
     out = []
     for o in outcomes:

@@ -11,14 +11,16 @@ whose tail goes into crash reports (`faulthandler` is on, so a segfault leaves t
 there). Requests go as small dicts; replies come back as `wire.encode` frames (JSON header and
 raw tensor bytes), which the harness parses without unpickling.
 
-Requests (`cmd`): `init` (op, impl, device, sys_path), `run` (prop, and meta or file), `quit`.
+Requests (`cmd`): `init` (op, device, sys_path: parity's code only), `load` (impl: the
+candidate's import, the first of its code to run), `run` (prop, and meta or file), `quit`.
 Replies: {"ok": True, "status": "ran", "outcomes": [...]} | {"status": "n/a"} |
 {"status": "crash", "error"} (a CUDA error: the context is poisoned, the worker exits) |
-{"ok": False, "kind": "usage"|"bad_meta"|"error", "error"}.
+{"ok": False, "kind": "usage"|"import_crashed"|"bad_meta"|"error", "error"}.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -72,19 +74,47 @@ class _State:
     device = "cpu"
 
 
+def _load(st: _State, req: dict) -> dict:
+    """Import the implementation (the candidate's code runs here first)."""
+    from parity.campaign.candidate import ImportUsage, import_callable, is_external
+    from parity.catalog import get_impl
+    from parity.properties.checks import exc_text
+    from parity.registry import Impl
+
+    name = req["impl"]
+    try:
+        if is_external(name):
+            from parity.catalog import load_all, registered_impl
+
+            load_all()
+            st.impl = registered_impl(st.spec.name, name) or Impl(
+                op=st.spec.name, name=name, backend="external", fn=import_callable(name)
+            )
+        else:
+            st.impl = get_impl(st.spec.name, name)
+    except ImportUsage as e:
+        return {"ok": False, "kind": "usage", "error": str(e)}
+    except KeyError as e:
+        return {"ok": False, "kind": "usage", "error": str(e.args[0] if e.args else e)}
+    except (SystemExit, KeyboardInterrupt) as e:  # an exit at import: the candidate's failure
+        return {"ok": False, "kind": "import_crashed", "error": f"raised {exc_text(e)}"}
+    except Exception as e:
+        return {"ok": False, "kind": "usage", "error": f"importing {name!r} raised {exc_text(e)}"}
+    return {"ok": True}
+
+
 def _handle(st: _State, req: dict) -> tuple[dict, list, bool]:
     """(reply header, blobs, exit_after)."""
     from parity.campaign.wire import outcomes_to_wire
-    from parity.properties.checks import execute, make_plan
+    from parity.properties.checks import exc_text, execute, make_plan
 
     cmd = req.get("cmd")
-    if cmd == "init":
-        from parity.catalog import get_impl, get_spec
+    if cmd == "init":  # parity's own code: the op, the device (no candidate code yet)
+        from parity.catalog import get_spec
 
         add_sys_path(req.get("sys_path"))
         try:
             st.spec = get_spec(req["op"])
-            st.impl = get_impl(req["op"], req["impl"])
         except Exception as e:
             return {"ok": False, "kind": "usage", "error": f"{type(e).__name__}: {e}"}, [], True
         st.device = req.get("device", "cpu")
@@ -94,25 +124,23 @@ def _handle(st: _State, req: dict) -> tuple[dict, list, bool]:
             torch.empty(1, device=st.device)
             sync(st.device)
         return {"ok": True, "pid": os.getpid()}, [], False
+    if cmd == "load":
+        reply = _load(st, req)
+        return reply, [], not reply["ok"]
     if cmd == "run":
         try:
             case = case_of(st.spec, req, st.device)
             plan = make_plan(st.spec, req["prop"], case)
         except Exception as e:
             if is_cuda_error(str(e)):
-                return (
-                    {"ok": True, "status": "crash", "error": f"{type(e).__name__}: {e}"},
-                    [],
-                    True,
-                )
-            return {"ok": False, "kind": "bad_meta", "error": f"{type(e).__name__}: {e}"}, [], False
+                return {"ok": True, "status": "crash", "error": exc_text(e)}, [], True
+            return {"ok": False, "kind": "bad_meta", "error": exc_text(e)}, [], False
         if plan is None:
             return {"ok": True, "status": "n/a"}, [], False
-        try:
-            outcomes = execute(st.impl.fn, plan)
-            sync(st.device)
+        try:  # synchronised after each call: an asynchronous error surfaces at its own call
+            outcomes = execute(st.impl.fn, plan, after=lambda: sync(st.device))
         except Exception as e:  # a CUDA error surfacing at the synchronisation
-            text = f"{type(e).__name__}: {e}"
+            text = exc_text(e)
             if is_cuda_error(text):
                 return {"ok": True, "status": "crash", "error": text}, [], True
             return {"ok": False, "kind": "error", "error": traceback.format_exc(limit=8)}, [], False
@@ -209,6 +237,7 @@ def child_setup(log_path: str, env: dict | None) -> None:
     updates (CUDA_VISIBLE_DEVICES: CUDA is not initialised yet), fd 1 and 2 into the log."""
     with contextlib.suppress(OSError):
         os.setsid()
+    _die_with_parent()
     os.environ.update(env or {})
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
@@ -217,6 +246,35 @@ def child_setup(log_path: str, env: dict | None) -> None:
     import faulthandler
 
     faulthandler.enable()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL when the parent (the forkserver, which ends with parity) dies, so a worker
+    never outlives parity even when parity is killed outright."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP: unwinds through every `finally` (which kill the workers). Not a
+    SystemExit, which Hypothesis would take for a failing case and run again."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(f"terminated by signal {signum}")
+        self.code = 128 + signum
+
+
+def terminate_on_sigterm() -> None:
+    """SIGTERM (and SIGHUP) raise `Terminated`, so that `finally` blocks kill the workers."""
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, handler)
 
 
 def _child_main(conn, log_path: str, env: dict | None) -> None:
@@ -256,17 +314,22 @@ class Child:
     """One worker process forked from the forkserver, running `target(conn, log, env, *args)`;
     its death reads as `WorkerDied` (with the signal and the tail of its log)."""
 
-    def __init__(self, target=_child_main, args: tuple = (), env: dict | None = None):
+    def __init__(
+        self, target=_child_main, args: tuple = (), env: dict | None = None, daemon: bool = True
+    ):
         import tempfile
 
         ctx = _context()
         fd, self.log = tempfile.mkstemp(prefix="parity-worker-", suffix=".log")
         os.close(fd)
         self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=target, args=(child_conn, self.log, env, *args), daemon=True)
+        self.proc = ctx.Process(
+            target=target, args=(child_conn, self.log, env, *args), daemon=daemon
+        )
         with _no_main_fixup():
             self.proc.start()
         child_conn.close()  # so that its death reads as EOF here
+        _LIVE.add(self)
 
     def send(self, msg: dict) -> None:
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):
@@ -296,34 +359,85 @@ class Child:
         return self.recv(timeout)
 
     def stderr_tail(self, n: int = 12) -> str:
-        try:
-            with open(self.log, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 16384))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        return "\n".join(lines[-n:])
+        return log_tail(self.log, n)
 
     def kill(self) -> None:
-        if self.proc.pid is not None and self.proc.exitcode is None:
+        """Kill the worker and everything it started (its session's process group), whether
+        it is alive, dead or hung: a kernel's child must not outlive it."""
+        _LIVE.discard(self)
+        if self.proc.pid is not None:
             with contextlib.suppress(OSError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                self.proc.kill()
+            if self.proc.exitcode is None:
+                with contextlib.suppress(Exception):
+                    self.proc.kill()
         with contextlib.suppress(Exception):
             self.proc.join(10)
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what it started while dying
         with contextlib.suppress(Exception):
             self.conn.close()
         with contextlib.suppress(OSError):
             os.unlink(self.log)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM first (a campaign process then kills its own workers), then `kill`."""
+        if self.proc.exitcode is None and self.proc.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(Exception):
+                self.proc.join(grace)
+        self.kill()
 
     def close(self, timeout: float = 5.0) -> None:
         if self.proc.exitcode is None:
             self.send({"cmd": "quit"})
             self.proc.join(timeout)
         self.kill()
+
+
+_LIVE: set = set()  # every worker not killed yet: killed when parity exits
+
+
+def kill_all() -> None:
+    """Kill every worker of this process and their process groups (at exit, on SIGTERM)."""
+    for c in list(_LIVE):
+        with contextlib.suppress(Exception):
+            c.kill()
+
+
+atexit.register(kill_all)
+
+MAX_LINE = 300  # characters of one log line in a report
+_PARITY_FRAME = os.path.join("parity", "properties", "checks.py")
+
+
+def log_tail(path: str, n: int = 12) -> str:
+    """The end of a worker's log for a report: after a fatal signal, faulthandler's header and
+    the innermost frames (the kernel's own, printed first), else the last `n` lines; each line
+    cut to MAX_LINE characters (kernel output is never copied whole)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    fatal = [i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")]
+    fatal = fatal[-1] if fatal else -1
+    if fatal >= 0:
+        block = lines[fatal:]
+        head = [ln for ln in block[:3] if not ln.startswith("  File")]
+        frames = [ln for ln in block if ln.startswith("  File")]
+        # the candidate's frames, innermost first, down to where parity called it
+        cut = next((i for i, ln in enumerate(frames) if _PARITY_FRAME in ln), len(frames))
+        lines = head + frames[: min(cut, n)]
+        if cut < len(frames):
+            lines.append(f"  ... {len(frames) - cut} frames of parity's worker")
+    else:
+        lines = lines[-n:]
+    return "\n".join(ln if len(ln) <= MAX_LINE else ln[:MAX_LINE] + " ..." for ln in lines)
 
 
 def indent(text: str, pre: str = "    ") -> str:

@@ -12,7 +12,8 @@ A property is split in two, so that a candidate can never judge itself:
 
 Properties (an implementation raising `NotImplementedError` makes the case "unsupported"):
 - matches_reference: agreement under the op's tolerance model (`OpSpec.compare`).
-- writes_all_outputs: uninitialised memory is NaN/poison during the call; none may survive.
+- writes_all_outputs: two calls with fresh allocations poisoned by two different fills; an
+  element holding the fill in both is unwritten.
 - inputs_unchanged: every input tensor bitwise equal after the call.
 - deterministic: two calls give bitwise equal outputs.
 - nan_policy: on NaN-injected input, NaN exactly where the reference puts it.
@@ -37,6 +38,8 @@ from parity.properties.tolerance import Verdict, bits, check_meta, isnan_any, na
 from parity.registry import OpSpec, Relation
 
 MAX_TEXT = 4000  # kernel text (exception messages) kept in a verdict
+# set by the CLI's SIGINT handler: a KeyboardInterrupt then is the user's, not the kernel's
+USER_INTERRUPT = False
 
 
 class UnsupportedCase(Exception):
@@ -83,17 +86,72 @@ def canonical(spec: OpSpec, case: Case, outs: tuple) -> tuple:
     return as_tuple(spec.canonical(case, outs)) if spec.canonical else outs
 
 
+# Two poison fills for writes_all_outputs (issue 9 section 7): every fresh allocation of the
+# call holds POISON[1] in the first call and POISON[2] in the second. Both are NaNs with payloads
+# no arithmetic produces (integers: 0xFF.. and 0x7F.. patterns); an element is unwritten only if
+# it holds the first fill after the first call AND the second after the second, so a computed
+# NaN, a packed byte 0xFF or a scale code 255 is never mistaken for one.
+POISON = {
+    1: {1: 0xFF, 2: -1, 4: -1, 8: -1},
+    2: {1: 0x7F, 2: 0x7FA5, 4: 0x7FA5A5A5, 8: 0x7FFA5A5A5A5A5A5A},
+}
+_RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_FACTORIES = (
+    "aten::empty.memory_format",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::new_empty",
+    "aten::new_empty_strided",
+    "aten::empty_permuted",
+)
+
+
+def raw(t: torch.Tensor) -> torch.Tensor:
+    """The elements' bits as integers of the element's size (bool as its byte)."""
+    t = t.contiguous()
+    return t.view(_RAW[t.element_size()])
+
+
+def fill_bytes(t: torch.Tensor, which: int) -> None:
+    """Fill the whole storage of a fresh allocation with poison `which`."""
+    size = t.element_size()
+    if size not in _RAW or t.device.type == "meta":
+        return
+    st = t.untyped_storage()
+    n = st.nbytes() // size
+    if n:
+        view = torch.empty(0, dtype=_RAW[size], device=t.device)
+        view.set_(st, 0, (n,), (1,)).fill_(POISON[which][size])
+
+
+def _poison_mode(which: int):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Poison(TorchDispatchMode):
+        """Fills what the call allocates with `which` (the factories called from Python and
+        the allocations ops make from the candidate's call)."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.name()
+            if isinstance(out, torch.Tensor) and any(name.startswith(f) for f in _FACTORIES):
+                fill_bytes(out, which)
+            return out
+
+    return Poison()
+
+
 @contextlib.contextmanager
-def poisoned_allocations():
-    """Every torch.empty during the block is filled with NaN (floats, fp8) or the dtype's
-    maximum (integers), so an output element a kernel never writes stays recognisable."""
+def poisoned_allocations(which: int = 1):
+    """Every allocation during the block is filled with poison `which`; allocations made inside
+    compiled code (a C++ op's own at::empty) get torch's fill (NaN, integer maximum)."""
     det = torch.are_deterministic_algorithms_enabled()
     warn = torch.is_deterministic_algorithms_warn_only_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _poison_mode(which):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -101,11 +159,12 @@ def poisoned_allocations():
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def _poison_mask(t: torch.Tensor) -> torch.Tensor:
-    if t.is_floating_point() or t.dtype == torch.float8_e4m3fn:
-        return isnan_any(t)
+def _torch_fill(t: torch.Tensor) -> torch.Tensor:
+    """Elements holding torch's own fill of uninitialised memory (NaN, integer maximum)."""
     if t.dtype == torch.bool:
         return torch.zeros_like(t)
+    if t.is_floating_point():
+        return raw(t) == raw(torch.full((1,), math.nan, dtype=t.dtype, device=t.device))
     return t == torch.iinfo(t.dtype).max
 
 
@@ -115,7 +174,7 @@ def _poison_mask(t: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Call:
     case: int = 0  # 0: the case; i > 0: the relation's (i-1)-th derived case
-    poison: bool = False  # under poisoned allocations (writes_all_outputs)
+    poison: int = 0  # under poisoned allocations, fill 1 or 2 (writes_all_outputs)
     inputs: bool = False  # send the inputs back after the call (inputs_unchanged)
 
 
@@ -130,7 +189,7 @@ class Plan:
 
 _CALLS = {
     "matches_reference": (Call(),),
-    "writes_all_outputs": (Call(poison=True),),
+    "writes_all_outputs": (Call(poison=1), Call(poison=2)),
     "inputs_unchanged": (Call(inputs=True),),
     "deterministic": (Call(), Call()),
     "nan_policy": (Call(),),
@@ -194,13 +253,15 @@ def run_call(fn: Callable, case: Case, call: Call) -> Outcome:
     c = case.clone()
     try:
         if call.poison:
-            with poisoned_allocations():
+            with poisoned_allocations(call.poison):
                 ret = fn(*c.args, **c.kwargs)
         else:
             ret = fn(*c.args, **c.kwargs)
     except NotImplementedError as e:
         return Outcome("unsupported", error=exc_text(e))
-    except (Exception, SystemExit) as e:  # SystemExit: a kernel's exit is its failure
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # a kernel's exit is its failure
+        if isinstance(e, KeyboardInterrupt) and USER_INTERRUPT:
+            raise  # the user's Ctrl-C, not the kernel's
         return Outcome("raised", error=exc_text(e), rejects=isinstance(e, (ValueError, TypeError)))
     out = outcome_of(ret)
     if call.inputs:
@@ -208,11 +269,14 @@ def run_call(fn: Callable, case: Case, call: Call) -> Outcome:
     return out
 
 
-def execute(fn: Callable, plan: Plan) -> list[Outcome]:
-    """Make the plan's calls; stop at the first that does not return."""
+def execute(fn: Callable, plan: Plan, after: Callable | None = None) -> list[Outcome]:
+    """Make the plan's calls; stop at the first that does not return. `after()` runs after
+    each call (a CUDA synchronisation: an asynchronous error surfaces at its own call)."""
     outs = []
     for call in plan.calls:
         o = run_call(fn, plan.cases[call.case], call)
+        if after is not None:
+            after()
         outs.append(o)
         if o.kind != "returned":
             break
@@ -312,20 +376,40 @@ def _matches_reference(spec, plan, outcomes) -> Verdict:
 
 
 def _writes_all_outputs(spec, plan, outcomes) -> Verdict:
+    """Unwritten: the first fill after the first call and the second after the second (where
+    the op has a canonical form, only elements that survive it count: e.g. padding the
+    contract leaves free); or torch's own fill in both calls where the reference differs (an
+    allocation made inside compiled code, which only torch fills)."""
     case = plan.cases[0]
-    outs, refs = _outs(outcomes[0]), reference_outputs(spec, case)
-    outs, refs = canonical(spec, case, outs), canonical(spec, case, refs)
-    for i, (o, r) in enumerate(zip(outs, refs)):
-        v = check_meta(f"output {i}", o, r)
+    first, second, refs = _outs(outcomes[0]), _outs(outcomes[1]), reference_outputs(spec, case)
+    unwritten = []
+    for i, (a, b, r) in enumerate(zip(first, second, refs)):
+        v = check_meta(f"output {i}", a, r)
         if not v:
             return v
-        left = _poison_mask(o) & ~_poison_mask(r)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return Verdict(False, f"output {i}: two calls returned different shapes or dtypes")
+        size = a.element_size()
+        left = (raw(a) == POISON[1][size]) & (raw(b) == POISON[2][size])
+        if spec.canonical is None:
+            r = r.to(a.device)
+            left |= _torch_fill(a) & _torch_fill(b) & ~_torch_fill(r) & (raw(a) == raw(b))
+        unwritten.append(left)
+    if spec.canonical is not None:  # only what survives the canonical form counts
+        x = tuple(first)
+        y = tuple(torch.where(m, b, a) for m, a, b in zip(unwritten, first, second))
+        cx, cy = canonical(spec, case, x), canonical(spec, case, y)
+        for i, (p, q) in enumerate(zip(cx, cy)):
+            if p.shape != q.shape or not torch.equal(raw(p), raw(q)):
+                continue
+            unwritten[i] = torch.zeros_like(unwritten[i])
+    for i, left in enumerate(unwritten):
         if left.any():
             where = left.nonzero()[:5].tolist()
             return Verdict(
                 False,
-                f"output {i}: {int(left.sum())} of {o.numel()} elements never written "
-                f"(still poison), e.g. at {where}",
+                f"output {i}: {int(left.sum())} of {left.numel()} elements never written "
+                f"(they hold the poison fill in both calls), e.g. at {where}",
                 float(left.sum()),
             )
     return Verdict.passed()

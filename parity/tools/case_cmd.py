@@ -22,7 +22,6 @@ from parity.tools.common import (
     add_common,
     bad_numbers,
     print_json,
-    resolve,
     unknown_properties,
     usage_error,
 )
@@ -39,11 +38,15 @@ def add_parser(sub):
 
 def run(args) -> int:
     from parity.campaign import InProcess, Isolated
-    from parity.campaign.text import code_for, verdict_text
-    from parity.campaign.wire import verdict_to_json
+    from parity.campaign.candidate import CandidateFailed, resolve
     from parity.campaign.worker import WorkerUsageError
+    from parity.properties.tolerance import Verdict
 
-    got = resolve("case", args.op, args.impl, args.device)
+    device = args.device or "cpu"
+    try:
+        got = resolve("case", args.op, args.impl, args.device, isolate=not args.no_isolate)
+    except CandidateFailed as e:  # --no-isolate: its import exited
+        return _report(args, args.op, device, e.kind, Verdict(False, str(e)))
     if isinstance(got, int):
         return got
     spec, impl, device = got
@@ -66,7 +69,10 @@ def run(args) -> int:
     else:
         ev = Isolated(spec, args.impl, device, timeout=args.timeout)
     try:
+        ev.start()
         status, v = ev.evaluate(args.property, meta)
+    except CandidateFailed as e:  # its import exited, crashed or hung in the worker
+        status, v = e.kind, Verdict(False, str(e))
     except WorkerUsageError as e:
         return usage_error("case", str(e))
     except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -75,11 +81,18 @@ def run(args) -> int:
         )
     finally:
         ev.close()
+    return _report(args, spec.name, device, status, v)
+
+
+def _report(args, op: str, device: str, status: str, v) -> int:
+    from parity.campaign.text import code_for, verdict_text
+    from parity.campaign.wire import verdict_to_json
+
     code = code_for([status])
     if args.json:
         print_json(
             {
-                "op": spec.name,
+                "op": op,
                 "impl": args.impl,
                 "property": args.property,
                 "device": device,
@@ -89,5 +102,5 @@ def run(args) -> int:
             }
         )
     else:
-        print(verdict_text(spec.name, args.impl, args.property, device, status, v))
+        print(verdict_text(op, args.impl, args.property, device, status, v))
     return code

@@ -103,12 +103,19 @@ def _exit_125_on_usage_errors(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt:  # the user's Ctrl-C (a kernel's own is caught as its failure)
+        print("parity check: interrupted: cannot test (exit 125)", file=sys.stderr)
+        return SKIP
     except BaseException:  # a broken harness must not blame the commit
         traceback.print_exc()
         print("parity check: internal error: cannot test (exit 125)", file=sys.stderr)
         return SKIP
+
+
+def _bad(msg: str) -> int:
+    print(f"first failure: {msg}")
+    print("verdict: BAD (the candidate breaks its process, exit 1)")
+    return BAD
 
 
 def _skip(msg: str) -> int:
@@ -128,14 +135,22 @@ def _run(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         return _skip("--device cuda, but no CUDA GPU is visible")
     try:
-        from parity.catalog import get_impl, get_spec
+        from parity.catalog import get_spec
 
         spec = get_spec(args.op)
     except Exception as e:  # parity itself does not import at this commit
         return _skip(f"cannot load op {args.op!r}: {type(e).__name__}: {e}")
-    try:
-        impl = get_impl(args.op, args.impl)
-    except Exception as e:  # SyntaxError, ImportError, missing attribute ...
+    from parity.campaign.candidate import CandidateFailed, ImportUsage, import_in_process, lookup
+
+    try:  # isolated: by name only, the worker imports it
+        impl = lookup(args.op, args.impl)
+        if args.no_isolate:
+            impl = import_in_process(impl)
+    except CandidateFailed as e:  # --no-isolate: its import exited
+        return _bad(f"{args.impl}: {e}")
+    except (KeyError, ImportUsage) as e:
+        return _skip(f"cannot import {args.impl!r}: {e}")
+    except Exception as e:  # parity's catalog does not import at this commit
         return _skip(f"cannot import {args.impl!r}: {type(e).__name__}: {e}")
     ok, why = impl.availability(device)
     if not ok:
@@ -157,7 +172,10 @@ def _run(args) -> int:
     else:  # a crash, a hang or an exit of the kernel is a bad commit, not a dead harness
         evaluator = Isolated(spec, args.impl, device, timeout=args.timeout)
     try:
+        evaluator.start()
         return _judge_commit(args, spec, impl, device, evaluator, ledger)
+    except CandidateFailed as e:  # its import exited, crashed or hung in the worker
+        return _bad(f"{args.impl}: {e}")
     except WorkerUsageError as e:
         return _skip(f"the worker cannot run {args.impl!r}: {e}")
     finally:

@@ -7,8 +7,11 @@ Exit code 2 is a usage error everywhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
 import os
+import signal
 import sys
 
 COMMANDS = (
@@ -24,6 +27,7 @@ COMMANDS = (
     "report",
     "bench",
     "tune",
+    "explain",  # registered when parity/tools/explain_cmd.py exists
 )
 
 
@@ -31,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parity", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
+        if importlib.util.find_spec(f"parity.tools.{name}_cmd") is None:
+            continue  # a command whose module is not there yet
         mod = importlib.import_module(f"parity.tools.{name}_cmd")
         sp = mod.add_parser(sub)
         sp.set_defaults(_run=mod.run)
@@ -50,7 +56,47 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)
-    return int(args._run(args) or 0)
+    from parity.campaign.worker import Terminated
+
+    try:
+        with _signals():
+            return int(args._run(args) or 0)
+    except Terminated as e:
+        print(f"parity: {e}", file=sys.stderr)
+        return e.code
+
+
+def _on_sigint(signum, frame):
+    """The user's Ctrl-C: marked, so that an in-process kernel raising KeyboardInterrupt
+    itself is told apart from it (that one is the kernel's failing case)."""
+    checks = sys.modules.get("parity.properties.checks")
+    if checks is not None:
+        checks.USER_INTERRUPT = True
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(signum, frame):
+    from parity.campaign.worker import Terminated
+
+    raise Terminated(signum)  # `finally` blocks and atexit kill the workers
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGINT and SIGTERM unwind through the commands' `finally` blocks, which kill every
+    worker's process group: no process outlives parity."""
+    saved = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        for sig, fn in ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm)):
+            saved[sig] = signal.signal(sig, fn)
+    try:
+        yield
+    finally:
+        for sig, fn in saved.items():
+            signal.signal(sig, fn)
+        from parity.campaign.worker import kill_all
+
+        kill_all()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from parity.tools.common import (
     add_common,
     bad_numbers,
     print_json,
-    resolve,
     unknown_properties,
     usage_error,
 )
@@ -84,7 +83,12 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    got = resolve("fuzz", args.op, args.impl, args.device)
+    from parity.campaign.candidate import CandidateFailed, resolve
+
+    try:
+        got = resolve("fuzz", args.op, args.impl, args.device, isolate=not args.no_isolate)
+    except CandidateFailed as e:  # --no-isolate: its import exited
+        return _import_failed(args, args.device or "cpu", e)
     if isinstance(got, int):
         return got
     spec, impl, device = got
@@ -126,6 +130,15 @@ def run(args) -> int:
     if args.profile not in PROFILES:
         return usage_error("fuzz", f"unknown profile {args.profile!r}")
     per_prop = max_examples or settings.get_profile(args.profile).max_examples
+    from parity.campaign.engine import max_workers
+
+    if args.workers > max_workers(device):
+        print(
+            f"parity fuzz: --workers {args.workers} bounded to {max_workers(device)} "
+            f"({'GPUs' if device.startswith('cuda') else 'CPU cores'} here)",
+            file=sys.stderr,
+        )
+        args.workers = max_workers(device)
     seed = args.seed
     if args.workers > 1 and seed is None:
         derand = settings.get_profile(args.profile).derandomize
@@ -157,6 +170,7 @@ def run(args) -> int:
                     ledger_path=ledger_path,
                     out_dir=out_dir,
                     on_example=lambda prop, status: progress.example(prop, status),
+                    isolate=not args.no_isolate,
                 )
             else:
                 if args.no_isolate:
@@ -191,6 +205,8 @@ def run(args) -> int:
         return 130
     except WorkerUsageError as e:
         return usage_error("fuzz", str(e))
+    except CandidateFailed as e:  # its import exited, crashed or hung in the worker
+        return _import_failed(args, device, e)
     seconds = time.monotonic() - t0
     xpasses = ledger.xpasses(spec.name, args.impl) if ledger else []
     code = exit_code(results, xpasses)
@@ -226,6 +242,27 @@ def run(args) -> int:
             + "; nothing was tested"
         )
     return code
+
+
+def _import_failed(args, device: str, e) -> int:
+    """The candidate broke its process while importing: a failing candidate (exit 1)."""
+    title = "HANG" if e.kind == "hang" else "CRASH"
+    if args.json:
+        print_json(
+            {
+                "op": args.op,
+                "impl": args.impl,
+                "device": device,
+                "exit_code": 1,
+                "import_failure": {"kind": e.kind, "message": str(e)},
+                "properties": [],
+                "repro_files": [],
+            }
+        )
+    else:
+        print(f"{title} {args.op} / {args.impl} on {device}: {e}")
+        print("verdict: FAIL (the candidate cannot be imported without breaking its process)")
+    return 1
 
 
 def print_summary(op: str, impl: str, device: str, results: list, seconds: float):

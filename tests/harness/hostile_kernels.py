@@ -86,3 +86,120 @@ def exits_zero(x, **kw):
 
 def raises_system_exit(x, **kw):
     raise SystemExit(0)
+
+
+def raises_keyboard_interrupt(x, **kw):
+    raise KeyboardInterrupt
+
+
+def segfaults(x, **kw):
+    """Reads address 0: the worker dies of SIGSEGV inside this frame."""
+    import ctypes
+
+    return ctypes.string_at(0)
+
+
+def hangs(x, **kw):
+    import time
+
+    time.sleep(3600)
+
+
+# --- processes left behind -----------------------------------------------------------------
+
+PIDS = __import__("os").path.join(__import__("tempfile").gettempdir(), "parity-harness-pids.txt")
+
+
+def _spawn_sleeper() -> None:
+    import subprocess
+
+    p = subprocess.Popen(["sleep", "600"])
+    with open(PIDS, "a") as f:
+        f.write(f"{p.pid}\n")
+
+
+def spawns_and_passes(x, **kw):
+    """Starts a sleeping child process on every call, then returns the right result."""
+    _spawn_sleeper()
+    return _ref(x, **kw)
+
+
+def spawns_and_aborts(x, **kw):
+    _spawn_sleeper()
+    import os
+
+    os.abort()
+
+
+def spawns_and_hangs(x, **kw):
+    _spawn_sleeper()
+    hangs(x)
+
+
+# --- a crash caused by an earlier case -----------------------------------------------------
+
+_poisoned = []
+
+
+def poisoned_by_t3(x, **kw):
+    """A case with T == 3 rows corrupts the process (returns correctly); any later call in that
+    process aborts. Every case alone passes."""
+    import os
+
+    if _poisoned:
+        os.abort()
+    if x.reshape(-1, x.shape[-1]).shape[0] == 3:
+        _poisoned.append(True)
+    return _ref(x, **kw)
+
+
+# --- what a candidate's failure may look like ----------------------------------------------
+
+BIG = 50_000_000  # characters of a message or a print: 50 MB
+
+
+def huge_message(x, **kw):
+    """Prints 50 MB to stdout, then raises an exception with a 50 MB message."""
+    print("p" * BIG)
+    raise ValueError("m" * BIG)
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no str for you")
+
+
+def unprintable_exception(x, **kw):
+    raise _Unprintable()
+
+
+def on_meta_device(x, **kw):
+    return torch.empty(_ref(x, **kw).shape, device="meta")
+
+
+def writes_nan_everywhere(x, **kw):
+    """Writes every element, with a computed NaN (wrong, but written)."""
+    y = torch.empty_like(_ref(x, **kw))
+    y.copy_(torch.zeros_like(y) / torch.zeros_like(y))
+    return y
+
+
+def only_nan_handling_wrong(x, **kw):
+    """Right on every finite input; NaN inputs give 0 instead of NaN."""
+    y = _ref(x, **kw)
+    if torch.isnan(x).any():
+        return torch.nan_to_num(y, nan=0.0)
+    return y
+
+
+def mxfp4_writes_ff_and_255(x, **kw):
+    """mxfp4_quant that writes every byte: the first packed byte of each row 0xFF (two -6
+    codes) and every scale 255 (the NaN code): wrong values, but written."""
+    from parity.reference import mxfp4_quant
+
+    p, s = mxfp4_quant(x, **kw)
+    q, t = torch.empty_like(p), torch.empty_like(s)
+    q.copy_(p)
+    q[..., :1] = 0xFF
+    t.fill_(255)
+    return q, t
