@@ -308,3 +308,14 @@ def route_ties_high(logits, *, bias=None, **kw):
     flipped = None if bias is None else bias.flip(-1)
     w, ids = ref_route(logits.flip(-1), bias=flipped, **kw)
     return w, (e - 1 - ids).to(torch.int32)
+
+
+# --- a pair: two variants at once (the diagnosis must name the pair) -------------------------
+
+
+def fp8_recip_and_eps_on_scale(
+    x, *, group_size=128, scale_format="fp32", column_major_scales=False, eps=1e-10
+):
+    return _fp8_quant(
+        x, group_size, scale_format, column_major_scales, eps, recip=True, eps_on_scale=True
+    )
