@@ -110,3 +110,11 @@ def test_docs_tolerances_md_is_the_generated_text(capsys):
     )
     for op in OP_NAMES:
         assert f"\n## {op}\n" in doc
+
+
+def test_registered_in_the_cli(capsys):
+    from parity.tools.cli import main
+
+    assert main(["explain", "fp8_quant", "--dtype", "float16"]) == 0
+    assert "numbers for float16" in capsys.readouterr().out
+    assert main(["explain", "nosuch"]) == 2
