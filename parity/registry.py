@@ -56,6 +56,7 @@ class Variant:
     name: str  # short snake_case, unique within the op
     description: str  # one line: what differs, naming the library that does it
     source: str  # where: file, function or issue
+    breaks: tuple[str, ...] = ()  # the op's relations that do not hold under it (not run)
 
 
 def has_tokens(meta: dict) -> bool:

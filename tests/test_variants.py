@@ -13,7 +13,15 @@ from parity import reference
 from parity.catalog import get_spec, specs
 from parity.properties.case import as_tuple, ulp
 from parity.properties.specs._quant import RECIP_MID_ULPS, e4m3_grid
-from parity.properties.variants import describe, diagnose, judge_under, validate
+from parity.properties.tolerance import bits
+from parity.properties.variants import (
+    compare_pair_under,
+    describe,
+    diagnose,
+    judge_under,
+    relations_voided,
+    validate,
+)
 from tests.witnesses import load
 from tests.witnesses.variants import (
     VARIANT_WITNESSES,
@@ -233,3 +241,75 @@ def test_route_ties_to_the_higher_id_pass_the_strict_check():
 
     _cases(spec, "matches_reference", None, 40)(check)
     assert any(differs), "no drawn case had a tie at the k-th key"
+
+
+# --- relations under --accept ------------------------------------------------------------------
+
+
+def _relation_holds(spec, rel, fn, case, rng) -> bool | None:
+    got = rel.transform(case, rng)
+    if got is None:
+        return None
+    cases, combine = got
+    derived = combine([as_tuple(c.call(fn)) for c in cases])
+    base = as_tuple(case.call(fn))
+    return all(torch.equal(bits(x), bits(y)) for x, y in zip(derived, base))
+
+
+@pytest.mark.parametrize(
+    ("variant", "tweak"),
+    [
+        ("ue8m0_log2", lambda m: {**m, "regime": "near_pow2", "dtype": "float32"}),
+        ("eps_on_scale", lambda m: {**m, "regime": "normal"}),
+    ],
+)
+def test_a_voided_relation_really_breaks_under_its_variant(variant, tweak):
+    """`Variant.breaks` is not a blanket excuse: the variant's own witness breaks the relation."""
+    import random
+
+    spec = get_spec("fp8_quant")
+    assert relations_voided(spec, (variant,)) == {"pow2_scaling": variant}
+    rel = next(r for r in spec.relations if r.name == "pow2_scaling")
+    vw = next(w for w in VARIANT_WITNESSES if w.op == "fp8_quant" and w.variant == variant)
+    broke = []
+
+    def check(meta):
+        if broke:
+            return
+        meta = tweak(meta)
+        if variant == "ue8m0_log2":
+            meta = {**meta, "options": {**meta["options"], "scale_format": "ue8m0"}}
+        else:  # amax in [eps, 448 eps): the floor on the scale wins where the one on amax does not
+            meta = {**meta, "options": {**meta["options"], "eps": 1e-4}}
+        case = spec.build(meta, "cpu")
+        if variant == "eps_on_scale":
+            x = case.args[0] * 1e-3
+            case = type(case)(case.op, (x,), case.kwargs, case.meta, case.device)
+        if _relation_holds(spec, rel, vw.fn, case, random.Random(0)) is False:
+            broke.append(case.describe())
+
+    _cases(spec, "matches_reference", None, 60)(check)
+    assert broke, f"{variant}: pow2_scaling never broke: the void is not needed"
+
+
+def test_inexact_relations_under_accept():
+    """silu_mul_fp8_quant's token relations compare through compare_pair, which holds each
+    output to the strict model: under --accept rounded_act, compare_pair_under holds them to
+    the variant's."""
+    spec = get_spec("silu_mul_fp8_quant")
+    vw = next(w for w in VARIANT_WITNESSES if w.op == spec.name and w.variant == "rounded_act")
+    seen = []
+
+    def check(meta):
+        if seen:
+            return
+        case = spec.build({**meta, "dtype": "bfloat16"}, "cpu")
+        outs = as_tuple(case.call(vw.fn))
+        if spec.compare_pair(case, outs, outs):
+            return
+        assert compare_pair_under(spec, case, outs, outs, ("rounded_act",))
+        assert not compare_pair_under(spec, case, outs, outs, ())
+        seen.append(case)
+
+    _cases(spec, "matches_reference", None, 40)(check)
+    assert seen

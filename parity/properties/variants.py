@@ -5,6 +5,8 @@ Pure functions (no I/O, no printing): the campaign engine calls
 
 - `judge_under(spec, case, outs, accept, prop=...)` for `--accept NAME` (`accept=()` is the
   contract itself), and
+- `relations_voided(spec, accept)` (relations not run under a variant) and
+  `compare_pair_under(spec, case, a, b, accept)` for the inexact relations under `--accept`,
 - `diagnose(spec, case, outs, prop=...)` when `matches_reference` or `nan_policy` fails on a
   (shrunk) case: the variant sets under which `outs` matches the reference, single variants
   first, then pairs of which neither explains it alone; `[]` means "no known variant explains
@@ -77,6 +79,29 @@ def judge_under(
     return Verdict.passed()
 
 
+def relations_voided(spec: OpSpec, accept) -> dict[str, str]:
+    """{relation: the accepted variant under which it does not hold}: the engine reports those
+    relations as not run under `--accept` (e.g. fp8_quant's pow2_scaling under ue8m0_log2: a
+    float32 log2 rounds differently a binade away)."""
+    chosen = validate(spec, accept)
+    return {r: v.name for v in spec.variants if v.name in chosen for r in v.breaks}
+
+
+def compare_pair_under(spec: OpSpec, case: Case, a: tuple, b: tuple, accept) -> Verdict:
+    """An inexact relation (`Relation.exact` False) under `--accept`: the derived outputs `a`
+    (mapped back) and the base outputs `b` each match the reference under `accept` on `case`
+    (the strict `spec.compare_pair` bounds them by the contract's model). No variant: the
+    spec's own `compare_pair`."""
+    chosen = validate(spec, accept)
+    if not chosen:
+        return spec.compare_pair(case, a, b)
+    for name, outs in (("derived", a), ("base", b)):
+        v = judge_under(spec, case, outs, chosen)
+        if not v:
+            return Verdict(False, f"{name}: {v.message}", v.ratio, v.worst)
+    return Verdict.passed()
+
+
 def _explains(spec: OpSpec, case: Case, outs: tuple, chosen, prop: str) -> bool:
     # An explanation is a full match: the values under the variants, and for a NaN-policy
     # failure the NaN positions too (a mask alone would explain away a kernel that only
@@ -114,4 +139,12 @@ def describe(spec: OpSpec, found: list[tuple[str, ...]]) -> str:
     return f"this output matches the reference under: {text}"
 
 
-__all__ = ["describe", "diagnose", "judge_under", "names", "validate"]
+__all__ = [
+    "compare_pair_under",
+    "describe",
+    "diagnose",
+    "judge_under",
+    "names",
+    "relations_voided",
+    "validate",
+]
