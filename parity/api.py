@@ -209,6 +209,8 @@ def check(
 
     if op not in OP_NAMES:
         raise ValueError(f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
+    if profile == "pr" and SESSION.get("profile"):
+        profile = SESSION["profile"]  # pytest --parity-profile NAME
     profile = _profile(profile)
     spec = get_spec(op)
     known = list(spec.all_properties())

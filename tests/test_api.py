@@ -215,3 +215,25 @@ def test_a_kernel_registered_in_a_users_conftest_reruns_as_printed(tmp_path):
     )  # fmt: skip
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
     assert "FAIL swiglu / conftest:conftest_fast / matches_reference" in again.stdout
+
+
+def test_the_plugins_options_are_check_defaults(example, tmp_path):
+    """What `pytest --parity-property/--parity-skip-property/--parity-accept/--parity-profile`
+    put in api.SESSION reaches parity.check; a bad profile is a usage error of the run."""
+    api.SESSION.update(properties=["matches_reference", "deterministic"], skip=["deterministic"])
+    report = parity.check("swiglu", GOOD, max_examples=4, out_dir=None, progress=False)
+    assert [st.prop for st in report.properties] == ["matches_reference"], report.text()
+    assert report.skipped == ["deterministic"] and report.ok
+    api.SESSION.update(accept=["nosuch"])
+    with pytest.raises(ValueError, match="unknown variant nosuch"):
+        parity.check("swiglu", GOOD)
+    api.SESSION.clear()
+    api.SESSION.update(profile="weekly")
+    with pytest.raises(ValueError, match="unknown profile 'weekly'"):
+        parity.check("swiglu", GOOD)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co",
+         "--parity-profile", "weekly"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 4 and "--parity-profile: expected one of pr, nightly" in r.stderr, r
