@@ -19,11 +19,19 @@ A repro is a pair of files in one folder (default `parity-repros/`, git-ignored)
   Non-JSON option values are tagged: `{"__tuple__": [...]}`, `{"__dtype__": "bfloat16"}`,
   `{"__float__": "nan" | "inf" | "-inf"}`.
 
-Both files are written atomically (temporary file in the same folder, fsync, `os.replace`),
-tensors first, so a JSON file that exists always names a complete tensor file. Loading never
-executes code (JSON and safetensors only: no pickle, no `torch.load`); a malformed or tampered
-pair (bad JSON, missing keys, wrong types, sha256 mismatch, tensor names or shapes that differ
-from the JSON) raises `ReproError` with a message naming the problem. The CLI maps it to exit 2.
+Names are unique (a digest of the case and a random part) and both files are created
+atomically without ever replacing a file (`atomic_create`: temporary file, fsync, hard link,
+which fails if the name exists), tensors first, so a JSON file that exists always names a
+complete tensor file, and two campaigns writing one folder never overwrite or delete each
+other's files.
+
+Loading treats the files as hostile data: it never executes code (JSON and safetensors only: no
+pickle, no `torch.load`) and never imports anything the file names (its `impl` is information:
+`parity replay` runs a `module:function` only when the user names it with `--impl`). Limits are
+checked before reading (`parity.campaign.safefile`): regular files in the JSON's folder only,
+the JSON at most 1 MiB and 32 levels deep, the tensor file no larger than the tensors the JSON
+declares plus a header bound, at most `MAX_TENSOR_BYTES` declared. A malformed, tampered or
+hostile pair raises `ReproError` ("bad repro file: <path>: <why>"); the CLI maps it to exit 2.
 
 Public API (used by the campaign engine and by `parity replay/golden/check/bisect/localize`):
 
@@ -33,7 +41,8 @@ Public API (used by the campaign engine and by `parity replay/golden/check/bisec
     Repro.case(device=None) -> Case # tensors from the file, moved to `device`
     Repro fields: path, op, impl, prop, device, kind, message, meta, seed, ratio, worst,
                   versions, data (the whole JSON object)
-    atomic_write(path, data: bytes) # the atomic write used for both files
+    atomic_create(path, data: bytes) # atomic, never replaces (FileExistsError): repro files
+    atomic_write(path, data: bytes) # atomic replace (golden tables rewrite their own files)
     versions(device=None) -> dict   # python/torch/triton/... versions and GPU name
     ReproError                      # ValueError subclass; message names the file and problem
     DEFAULT_DIR = "parity-repros"

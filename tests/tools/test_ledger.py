@@ -167,3 +167,24 @@ def test_bad_ledger_is_a_usage_error(tmp_path, capsys):
     r = parity(capsys, "fuzz", "--op", "swiglu", "--impl", "reference", "--ledger", str(led))
     assert r.code == 2
     assert "must cite an issue" in r.err
+
+
+def test_unmatched_entries_are_listed(tmp_path):
+    led = Ledger.load(_write(tmp_path, [_entry(), _entry(impl="*", property="*", when={})]))
+    led.record(led.match("swiglu", BROKEN, "nan_policy", {}), True)
+    (line,) = led.unmatched("swiglu", BROKEN)
+    assert line.startswith("ledger entry #0") and "matched no case" in line
+    assert led.unmatched("swiglu", "other") == []  # entry 1 matched; entry 0 is for BROKEN
+    assert [r["unmatched"] for r in led.summary()] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"property": "nope"}, "not a property of swiglu"),
+        ({"impl": "nope"}, "not an implementation"),
+    ],
+)
+def test_unknown_names_are_refused(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        Ledger.load(_write(tmp_path, [_entry(**bad)]))

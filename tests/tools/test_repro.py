@@ -146,7 +146,7 @@ def test_tampered_or_missing_tensor_file_is_rejected(tmp_path):
     with pytest.raises(ReproError, match="sha256 mismatch"):
         repro.load(path)
     st.unlink()
-    with pytest.raises(ReproError, match="tensor file: .*no such file"):
+    with pytest.raises(ReproError, match=r"tensor file: .*no such file"):
         repro.load(path)
     path.write_text("{not json")
     with pytest.raises(ReproError, match="not valid JSON"):
@@ -180,3 +180,15 @@ def test_unsaveable_value_is_a_clear_error(tmp_path):
     case = Case("swiglu", (torch.zeros(2, 4),), {"fn": print}, {"seed": 0})
     with pytest.raises(ReproError, match="cannot save a value of type"):
         repro.save(case, tmp_path, impl="x", prop="matches_reference")
+
+
+def test_names_are_unique_and_the_replay_line_names_the_impl(tmp_path):
+    """The same case saved twice: two pairs of files (campaigns sharing a folder keep both);
+    the file's replay line names the module on the command line (never read from the file)."""
+    _, a = _save(tmp_path)
+    _, b = _save(tmp_path)
+    assert a != b and len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert json.loads(a.read_text())["replay"].endswith(" --impl mod:fn")
+    with pytest.raises(FileExistsError):
+        repro.atomic_create(a, b"{}")
+    assert repro.load(a).meta == repro.load(b).meta == META
