@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import shlex
 
-from parity.tools.common import bad_numbers, print_json, resolve, usage_error
+from parity.tools.common import bad_numbers, print_json, usage_error
 
 HISTORY = "the failure depends on history (stateful or nondeterministic kernel)"
 FAILING = ("fail", "crash", "hang")
@@ -107,41 +107,37 @@ def run(args) -> int:
             f"--impl {shlex.quote(r.impl)} to run it (or --impl reference)",
         )
     impl_name = args.impl or r.impl
-    got = resolve("replay", r.op, impl_name, args.device or r.device)
+    from parity.campaign.candidate import CandidateFailed, resolve
+    from parity.properties.tolerance import Verdict
+
+    device = args.device or r.device
+    try:  # isolated: a module:function is imported in the worker, not here
+        got = resolve("replay", r.op, impl_name, device, isolate=not args.no_isolate)
+    except CandidateFailed as e:  # --no-isolate: its import exited
+        got = None
+        results, status, calls = [(r.prop, e.kind, Verdict(False, str(e)))], e.kind, 1
     if isinstance(got, int):
         return got
-    spec, impl, device = got
-    try:
-        props = replay_properties(spec, r)
-    except repro.ReproError as e:
-        return usage_error("replay", str(e))
-    if args.no_isolate:
-        ev = InProcess(spec, impl, device)
-        where = "in this process"
-    else:
-        ev = Isolated(spec, impl_name, device, timeout=args.timeout)
-        where = "in a fresh worker"
+    where = "in this process" if args.no_isolate else "in a fresh worker"
+    if got is not None:
+        spec, impl, device = got
+        try:
+            props = replay_properties(spec, r)
+        except repro.ReproError as e:
+            return usage_error("replay", str(e))
+        if args.no_isolate:
+            ev = InProcess(spec, impl, device)
+        else:
+            ev = Isolated(spec, impl_name, device, timeout=args.timeout)
+        try:
+            results, status, calls = _calls(ev, r, props, args.warmup)
+        except CandidateFailed as e:  # its import exited, crashed or hung in the worker
+            results, status, calls = [(r.prop, e.kind, Verdict(False, str(e)))], e.kind, 1
+        except (repro.ReproError, WorkerUsageError) as e:
+            return usage_error("replay", str(e))
+        finally:
+            ev.close()
     same = impl_name == r.impl
-    results = []
-    calls = 0
-    try:
-        status, v = ev.evaluate_file(r.prop, r.path)
-        calls = 1
-        while status == "pass" and calls <= args.warmup:
-            # the same case again in the same process: a failure that needs history
-            status, v = ev.evaluate_file(r.prop, r.path)
-            calls += 1
-        results.append((r.prop, status, v))
-        if status not in ("crash", "hang"):
-            for prop in props[1:]:
-                s, w = ev.evaluate_file(prop, r.path)
-                results.append((prop, s, w))
-                if s in ("crash", "hang"):
-                    break
-    except (repro.ReproError, WorkerUsageError) as e:
-        return usage_error("replay", str(e))
-    finally:
-        ev.close()
     outcome, note = _outcome(status, calls, where, same, r.impl)
     code = _code([s for _, s, _ in results], outcome)
     if args.json:
@@ -173,6 +169,25 @@ def run(args) -> int:
     if note:
         print(note)
     return code
+
+
+def _calls(ev, r, props: list[str], warmup: int):
+    """The saved property on a fresh evaluator, then again up to `warmup` times while it
+    passes; then the other properties. (results, the saved property's last status, calls)."""
+    status, v = ev.evaluate_file(r.prop, r.path)
+    calls = 1
+    while status == "pass" and calls <= warmup:
+        # the same case again in the same process: a failure that needs history
+        status, v = ev.evaluate_file(r.prop, r.path)
+        calls += 1
+    results = [(r.prop, status, v)]
+    if status not in ("crash", "hang"):
+        for prop in props[1:]:
+            s, w = ev.evaluate_file(prop, r.path)
+            results.append((prop, s, w))
+            if s in ("crash", "hang"):
+                break
+    return results, status, calls
 
 
 def _outcome(status: str, calls: int, where: str, same: bool, saved: str) -> tuple[str, str]:

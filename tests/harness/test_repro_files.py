@@ -406,3 +406,14 @@ def test_replay_timeout_is_honoured(folder, capsys):
     code, out, err = _replay(capsys, str(path), "--impl", "planted:hangs", "--timeout", "1")
     assert code == 1 and "HANG" in out.upper(), out + err
     assert time.monotonic() - t0 < 30
+
+
+def test_replay_timeout_covers_the_import(folder, capsys):
+    """A module that hangs at import: the worker imports it, `--timeout` bounds it."""
+    (folder / "slow_import.py").write_text("import time\ntime.sleep(120)\nbroken = None\n")
+    path = _save(folder / "r", impl="slow_import:broken")
+    t0 = time.monotonic()
+    code, out, err = _replay(capsys, str(path), "--impl", "slow_import:broken", "--timeout", "2")
+    assert code == 1 and "import hung" in out, out + err
+    assert time.monotonic() - t0 < 30
+    assert "slow_import" not in sys.modules  # imported in the worker only
