@@ -99,6 +99,9 @@ class Stats:
     stopped: str = ""
     seconds_to_failure: float | None = None  # from the property's start to its first failure
     cases_to_failure: int | None = None  # cases evaluated until then (the failing one included)
+    # the same from the start of the whole campaign (every property's cases before it counted)
+    campaign_seconds_to_failure: float | None = None
+    campaign_cases_to_failure: int | None = None
 
     def record(self, status: str, meta: dict, verdict) -> None:
         if status == "unsupported":
@@ -843,6 +846,9 @@ def run_campaign(
             if on_prop_start:
                 on_prop_start(prop)
             rseed = None if seed is None else seed * 1_000_003 + k
+            at, cases_before = time.monotonic() - start, sum(
+                q.run + q.unsupported + q.not_applicable for ps in parts.values() for q in ps
+            )
             st = drive(
                 spec,
                 prop,
@@ -856,6 +862,9 @@ def run_campaign(
             )
             parts[prop].append(st)
             left[prop] -= n
+            if st.seconds_to_failure is not None:
+                st.campaign_seconds_to_failure = at + st.seconds_to_failure
+                st.campaign_cases_to_failure = cases_before + (st.cases_to_failure or 0)
             over = hard is not None and time.monotonic() >= hard
             finished = st.failure is not None or left[prop] <= 0 or over or not _drawable(st)
             if finished:
@@ -893,11 +902,14 @@ def _rounds(parts: list[Stats], budget_spent: bool) -> Stats:
             st.seconds_to_failure = before + last.seconds_to_failure
             st.cases_to_failure = cases + (last.cases_to_failure or 0)
     st.stopped = last.stopped or ("time budget spent" if budget_spent else "")
+    st.campaign_seconds_to_failure = last.campaign_seconds_to_failure
+    st.campaign_cases_to_failure = last.campaign_cases_to_failure
     return st
 
 
 def _sequential(spec, props, evaluator, hard, fail_fast, on_prop_start, on_prop_done, kw):
     out = []
+    start = time.monotonic()
     for i, prop in enumerate(props):
         deadline = None
         if hard is not None:
@@ -905,7 +917,12 @@ def _sequential(spec, props, evaluator, hard, fail_fast, on_prop_start, on_prop_
             deadline = now + max(0.0, hard - now) / (len(props) - i)
         if on_prop_start:
             on_prop_start(prop)
+        at = time.monotonic() - start
+        cases = sum(q.run + q.unsupported + q.not_applicable for q in out)
         st = drive(spec, prop, evaluator, deadline=deadline, hard_deadline=hard, **kw)
+        if st.seconds_to_failure is not None:
+            st.campaign_seconds_to_failure = at + st.seconds_to_failure
+            st.campaign_cases_to_failure = cases + (st.cases_to_failure or 0)
         out.append(st)
         if on_prop_done:
             on_prop_done(st)

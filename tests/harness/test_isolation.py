@@ -269,3 +269,46 @@ def test_kernel_output_is_cut_and_json_stays_json(isolate, capfd, monkeypatch, t
     assert doc["properties"][0]["failure"]["message"].startswith("raised ValueError")
     files = list(tmp_path.rglob("*"))
     assert files and all(f.stat().st_size < 1_000_000 for f in files if f.is_file())
+
+
+# --- section 7: writes_all_outputs tells a written value from the poison ------------------
+
+
+@pytest.mark.parametrize(
+    "op,name",
+    [("swiglu", "writes_nan_everywhere"), ("mxfp4_quant", "mxfp4_writes_ff_and_255")],
+)
+def test_a_written_nan_ff_byte_or_scale_255_is_written(op, name):
+    """Every element written, with values that look like the old poison (a computed NaN, a
+    packed byte 0xFF, a scale code 255): wrong values (matches_reference fails) but never
+    "never written"."""
+    from parity.tools.common import draw_metas
+
+    spec = get_spec(op)
+    ev = InProcess(spec, Impl(op, name, "external", getattr(K, name)), "cpu")
+    metas = [m for m in draw_metas(spec.strategy(size="small"), 6, seed=1) if _numel(spec, m)]
+    assert metas
+    for m in metas[:3]:
+        status, v = ev.evaluate("writes_all_outputs", m)
+        assert status == "pass", (m, v)
+        assert ev.evaluate("matches_reference", m)[0] == "fail", m
+
+
+def _numel(spec, m) -> int:
+    return spec.build(m, "cpu").args[0].numel()
+
+
+def test_an_unwritten_row_is_still_caught():
+    """The witness: a kernel that leaves the last row of torch.empty unwritten fails."""
+
+    def skips_last_row(x, **kw):
+        ref = K._ref(x, **kw)
+        y = torch.empty_like(ref)
+        y[:-1] = ref[:-1]
+        return y
+
+    import torch
+
+    ev = InProcess(SPEC, Impl("swiglu", "skip", "external", skips_last_row), "cpu")
+    status, v = ev.evaluate("writes_all_outputs", _meta(3))
+    assert status == "fail" and "never written" in v.message, v
