@@ -173,6 +173,10 @@ def _deep_toml(folder):
     (folder / "ledger.toml").write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
 
 
+def _deep_toml_parsed(folder):
+    (folder / "ledger.toml").write_text("x = " + "[" * 40 + "]" * 40 + "\n")
+
+
 def _symlink_out(folder):
     elsewhere = folder.parent / f"{folder.name}-elsewhere.json"
     elsewhere.write_text(json.dumps({"entries": [_entry()]}))
@@ -191,7 +195,8 @@ HOSTILE = {
     "fifo": (_fifo, "ledger.json", "not a regular file (a FIFO)"),
     "huge": (_huge, "ledger.json", "more than the 1048576 allowed"),
     "deep JSON": (_deep, "ledger.json", "nested deeper than"),
-    "deep TOML": (_deep_toml, "ledger.toml", "ledger.toml"),
+    "deep TOML": (_deep_toml, "ledger.toml", "not valid TOML"),
+    "deep TOML, parsed": (_deep_toml_parsed, "ledger.toml", "nested deeper than 32"),
     "symlink out": (_symlink_out, "ledger.json", "leaves its folder"),
     "/dev/zero": (_dev_zero, "ledger.json", "leaves its folder"),
     "not JSON": (_not_json, "ledger.json", "not valid JSON"),
