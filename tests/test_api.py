@@ -199,6 +199,7 @@ def test_a_kernel_registered_in_a_users_conftest_reruns_as_printed(tmp_path):
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+         "--parity-property", "matches_reference", "--parity-property", "error_parity",
          "--parity-skip-property", "error_parity", "--parity-max-examples", "8"],
         cwd=proj, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -206,6 +207,7 @@ def test_a_kernel_registered_in_a_users_conftest_reruns_as_printed(tmp_path):
     assert r.returncode == 1, out[-4000:]
     assert "FAIL swiglu / conftest:conftest_fast / matches_reference" in out, out[-4000:]
     assert "skipped: error_parity" in out, out[-4000:]
+    assert not re.search(r"^  (deterministic|error_parity) ", out, re.M), out[-4000:]
     rerun = re.search(r"rerun +(.+)", out)
     assert rerun and "--impl conftest:conftest_fast" in rerun.group(1), out[-4000:]
     assert rerun.group(1).startswith("PYTHONPATH=tests"), rerun.group(1)

@@ -31,6 +31,8 @@ import json, os, sys
 import torch
 from hypothesis import given, settings, strategies as st
 
+PLUGIN_ITSELF = ("parity._errors", "parity.testing", "parity.testing.pytest_plugin")
+
 
 def _profiles():
     out = {}
@@ -53,8 +55,8 @@ def _record(tag):
         "profiles": _profiles(),
         "current": repr(settings.default),
         # beyond the plugin module itself (and the package's one light import)
-        "parity_modules": sorted(m for m in sys.modules if m.startswith("parity.") and m not in
-                                 ("parity._errors", "parity.testing", "parity.testing.pytest_plugin")),
+        "parity_modules": sorted(m for m in sys.modules if m.startswith("parity.")
+                                 and m not in PLUGIN_ITSELF),
         "triton": "triton" in sys.modules,
     }
     with open(os.environ["INERT_OUT"], "a") as f:
