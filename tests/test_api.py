@@ -21,6 +21,12 @@ FAST = "myswiglu.kernels:swiglu_fast"  # rounds silu(gate) early: a real bug
 GOOD = "myswiglu.kernels:swiglu"
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"  # check's default
+
+
 @pytest.fixture
 def example(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
@@ -44,7 +50,8 @@ def test_import_parity_is_light_and_reexports_the_api():
 
 def test_check_finds_the_broken_kernel_with_a_rerun_line(example, tmp_path, capsys):
     report = parity.check("swiglu", FAST, max_examples=8, out_dir=str(tmp_path))
-    assert report.exit_code == 1 and not report.ok and report.device == "cpu"
+    dev = _device()
+    assert report.exit_code == 1 and not report.ok and report.device == dev
     st = report["matches_reference"]
     assert st.failure is not None and st.failure["shrunk"] and st.cases_to_failure <= 8
     # run from here, the example's folder must be on the path: the line says so
@@ -54,11 +61,11 @@ def test_check_finds_the_broken_kernel_with_a_rerun_line(example, tmp_path, caps
     with pytest.raises(AssertionError) as e:
         report.raise_for_failure()
     assert str(e.value) == report.text()
-    assert f"FAIL swiglu / {FAST} / matches_reference on cpu: counterexample" in str(e.value)
+    assert f"FAIL swiglu / {FAST} / matches_reference on {dev}: counterexample" in str(e.value)
     assert "rerun    PYTHONPATH=" in str(e.value) and f"--impl {FAST}" in str(e.value)
     # progress went to stderr as plain lines (not a terminal here), one per property done
     err = capsys.readouterr().err
-    assert re.search(r"parity swiglu / \S+ on cpu: \[1/8\] matches_reference: FAIL", err), err
+    assert re.search(rf"parity swiglu / \S+ on {dev}: \[1/8\] matches_reference: FAIL", err), err
 
 
 def test_check_passes_the_correct_kernel_and_reports_what_was_skipped(example):
@@ -168,7 +175,7 @@ import parity
 from myswiglu.kernels import swiglu_fast
 
 
-@parity.register("swiglu", name="conftest_fast", backend="torch", devices=("cpu",))
+@parity.register("swiglu", name="conftest_fast", backend="torch", devices=("cpu", "cuda"))
 def conftest_fast(x, **kw):
     return swiglu_fast(x, **kw)
 """
