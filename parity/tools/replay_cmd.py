@@ -202,10 +202,9 @@ def _outcome(status: str, calls: int, where: str, same: bool, saved: str) -> tup
     if status != "pass":
         return "n/a", ""
     if same:
-        return "no", (
-            f"did not reproduce: {HISTORY}: passed {where} and in {calls - 1} more call"
-            f"{'s' if calls != 2 else ''} of the same case"
-        )
+        more = calls - 1
+        again = f" and in {more} more call{'s' * (more > 1)} of the same case" if more else ""
+        return "no", f"did not reproduce: {HISTORY}: passed {where}{again}"
     return "n/a", f"passes here; the saved failure was on {saved}"
 
 
