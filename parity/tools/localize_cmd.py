@@ -19,7 +19,17 @@ rms_norm is not an op of the contract (no OpSpec): it is judged against the floa
 with 1 ulp(out dtype) + (log2(H) + 8) float32 unit roundoffs of |y|. (An op whose OpSpec is
 missing falls back to 2 ulp + 64 float32 unit roundoffs of the float64 reference.)
 
-Exit 0 no op out of tolerance, 1 one is (layer, op and the verdict are printed), 2 usage.
+Isolation: a `module:attr` table is imported and run in a worker process (like `fuzz`): an
+import or a kernel that exits, crashes or hangs past --timeout is reported as the candidate's
+failure (exit 1), never a dead or hung parity, and what it prints goes to the worker's log.
+NOT isolated: localize is a diagnosis, not a verdict, so the per-op comparison also runs in that
+worker, next to the candidate (a kernel that patches parity's checks could hide there: `parity
+check`/`fuzz` judge in a process the candidate does not run in). Registered implementation
+names and the reference tables are parity's own code and run in-process; `--no-isolate` runs a
+`module:attr` table in-process too.
+
+Exit 0 no op out of tolerance, 1 one is (layer, op and the verdict are printed) or the
+candidate crashed or hung, 2 usage.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +65,10 @@ def add_parser(sub):
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for the whole isolated run (hang)"
+    )
+    p.add_argument("--no-isolate", action="store_true", help="run a module:attr table in-process")
     return p
 
 
@@ -363,34 +378,122 @@ def _growth(ref_calls, cand_calls, ref_out, cand_out) -> list[dict]:
 # --- the command ---------------------------------------------------------------------------
 
 
+def _params(args, device: str) -> dict:
+    start, _, end = args.layers.partition(":")
+    return dict(
+        start_layer=int(start),
+        end_layer=int(end),
+        num_layers=args.num_layers,
+        quant=args.quant,
+        tokens=args.tokens,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        dtype=args.dtype,
+        device=device,
+        seed=args.seed,
+    )
+
+
+class _Usage(Exception):
+    pass
+
+
+def _run_here(ops: str, params: dict) -> Localization:
+    try:
+        table = resolve_table(ops, params["device"])
+    except (ValueError, KeyError, ImportError, AttributeError, TypeError) as e:
+        raise _Usage(str(e)) from None
+    except (SystemExit, KeyboardInterrupt) as e:  # an exit at import: the candidate's
+        from parity.properties.checks import exc_text
+
+        return Localization(params, crashed=f"import crashed: raised {exc_text(e)}")
+    try:
+        with _quiet():
+            return localize(table, **params)
+    except (ValueError, TypeError) as e:  # the stack's own validation of the options
+        raise _Usage(str(e)) from None
+
+
+def _quiet():
+    from parity.campaign.engine import _kernel_stdout_to_stderr
+
+    return _kernel_stdout_to_stderr()
+
+
+def _worker_main(conn, log_path: str, env, ops: str, params: dict, sys_path) -> None:
+    """The isolated run: the table's import, the calls and the comparison."""
+    from parity.campaign.wire import encode
+    from parity.campaign.worker import add_sys_path, child_setup
+
+    child_setup(log_path, env)
+    add_sys_path(sys_path)
+    try:
+        res = _run_here(ops, params)
+        reply = {"ok": True, "result": res.as_dict()}
+    except _Usage as e:
+        reply = {"ok": False, "usage": str(e)[:2000]}
+    conn.send_bytes(encode({**reply, "blobs": []}, []))
+    conn.close()
+
+
+def _from_dict(d: dict) -> Localization:
+    def call(c):
+        c = dict(c)
+        for k in ("ratio", "run_max_abs"):
+            c[k] = float("nan") if c.get(k) is None else float(c[k])
+        return CallResult(**{k: c[k] for k in CallResult.__dataclass_fields__ if k in c})
+
+    res = Localization(dict(d.get("config", {})), crashed=str(d.get("crashed", ""))[:4000])
+    res.calls = [call(c) for c in d.get("calls", [])]
+    res.growth = list(d.get("growth", []))
+    fb = d.get("first_bad")
+    if fb is not None:
+        res.first_bad = next((c for c in res.calls if c.index == fb.get("index")), call(fb))
+    return res
+
+
+def _run_isolated(ops: str, params: dict, timeout: float) -> Localization:
+    from parity.campaign.wire import BadReply
+    from parity.campaign.worker import Child, WorkerDied, WorkerTimeout, indent
+
+    p = Child(target=_worker_main, args=(ops, params, [os.getcwd(), *sys.path]))
+    try:
+        reply, _ = p.recv(timeout)
+    except WorkerTimeout:
+        return Localization(params, crashed=f"hang: no result within {timeout:g} s (killed)")
+    except WorkerDied as e:
+        tail = ("\n" + indent(e.stderr_tail)) if e.stderr_tail else ""
+        return Localization(params, crashed=f"crash: {e}{tail}")
+    except BadReply as e:
+        return Localization(params, crashed=f"the worker's reply is malformed: {e}")
+    finally:
+        p.kill()
+    if not reply.get("ok"):
+        raise _Usage(str(reply.get("usage", "bad reply")))
+    return _from_dict(reply.get("result") or {})
+
+
 def run(args) -> int:
-    from parity.tools.common import default_device
+    from parity.tools.common import bad_numbers, default_device
 
     device = default_device(args.device)
-    try:
-        start, _, end = args.layers.partition(":")
-        start, end = int(start), int(end)
-        table = resolve_table(args.ops, device)
-    except (ValueError, KeyError, ImportError, AttributeError, TypeError) as e:
-        print(f"parity localize: {e}", file=sys.stderr)
+    if bad_numbers("localize", [("--timeout", args.timeout, 0)]) is not None:
         return 2
     try:
-        res = localize(
-            table,
-            start_layer=start,
-            end_layer=end,
-            num_layers=args.num_layers,
-            quant=args.quant,
-            tokens=args.tokens,
-            hidden=args.hidden,
-            intermediate=args.intermediate,
-            dtype=args.dtype,
-            device=device,
-            seed=args.seed,
-        )
-    except (ValueError, TypeError) as e:  # the stack's own validation of the options
+        params = _params(args, device)
+        if ":" in args.ops and not args.no_isolate:
+            res = _run_isolated(args.ops, params, args.timeout)
+        else:
+            res = _run_here(args.ops, params)
+    except (ValueError, _Usage) as e:
         print(f"parity localize: {e}", file=sys.stderr)
         return 2
+    if res.crashed and res.first_bad is None:  # the whole run crashed, hung or exited
+        if args.json:
+            print(json.dumps(res.as_dict(), indent=1))
+        else:
+            print(f"parity localize: the candidate {args.ops} broke its process: {res.crashed}")
+        return 1
     if args.json:
         print(json.dumps(res.as_dict(), indent=1))
     else:

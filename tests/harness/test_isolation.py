@@ -312,3 +312,55 @@ def test_an_unwritten_row_is_still_caught():
     ev = InProcess(SPEC, Impl("swiglu", "skip", "external", skips_last_row), "cpu")
     status, v = ev.evaluate("writes_all_outputs", _meta(3))
     assert status == "fail" and "never written" in v.message, v
+
+
+# --- localize and bisect run the candidate isolated too -----------------------------------
+
+LOCALIZE = ["localize", "--tokens", "4", "--hidden", "64", "--layers", "0:1", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "source,what",
+    [
+        ("import os\nos._exit(0)\nTABLE = {}\n", "crash"),
+        ("import ctypes\nTABLE = {'rms_norm': lambda *a, **k: ctypes.string_at(0)}\n", "crash"),
+        ("import time\ntime.sleep(3600)\n", "hang"),
+    ],
+)
+def test_localize_survives_a_breaking_table(source, what, tmp_path, monkeypatch, capsys):
+    (tmp_path / "breaking_ops.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main([*LOCALIZE, "--ops", "breaking_ops:TABLE", "--timeout", "5"])
+    out = capsys.readouterr().out
+    assert code == 1 and "broke its process" in out and what in out, out
+    assert "breaking_ops" not in sys.modules
+
+
+def test_bisect_blames_the_commit_whose_kernel_exits_zero(tmp_path, capsys):
+    """`git bisect run parity check`: a commit whose kernel ends the process with status 0 is
+    bad, not good, so bisect names it."""
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+
+    def git(*a):
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *a], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    shas = []
+    good = "from parity.reference import swiglu as fn\n"
+    exits = "import os\n\ndef fn(x, **kw):\n    os._exit(0)\n"
+    for i, src in enumerate([good, exits, exits + "# later\n"]):
+        (tmp_path / "kern.py").write_text(src)
+        git("add", "-A")
+        git("commit", "-q", "-m", f"step {i}")
+        shas.append(git("rev-parse", "HEAD"))
+    argv = ["bisect", "--good", shas[0], "--bad", shas[2], "--repo", str(tmp_path), "--"]
+    argv += [*CHECK[1:], "--impl", "kern:fn"]
+    assert main(argv) == 0
+    assert f"first bad commit: {shas[1]}" in capsys.readouterr().out
