@@ -364,3 +364,19 @@ def test_bisect_blames_the_commit_whose_kernel_exits_zero(tmp_path, capsys):
     argv += [*CHECK[1:], "--impl", "kern:fn"]
     assert main(argv) == 0
     assert f"first bad commit: {shas[1]}" in capsys.readouterr().out
+
+
+# --- issue 10 section 5: properties interleaved, --fail-fast -------------------------------
+
+
+def test_a_fault_only_a_late_property_sees_is_found_early(capsys, monkeypatch, tmp_path):
+    """nan_policy is the fifth property of swiglu: interleaved, its fault is found within the
+    first round (8 cases of each property), not after the four before it spent their budget."""
+    monkeypatch.chdir(HERE)
+    argv = ["fuzz", "--op", "swiglu", "--impl", "hostile_kernels:only_nan_handling_wrong"]
+    argv += ["--device", "cpu", "--max-examples", "200", "--fail-fast", "--json", "--no-isolate"]
+    assert main([*argv, "--out", str(tmp_path), "--shrink-time", "2"]) == 1
+    props = json.loads(capsys.readouterr().out)["properties"]
+    failed = [p for p in props if p["failure"]]
+    assert [p["prop"] for p in failed] == ["nan_policy"], props
+    assert failed[0]["campaign_cases_to_failure"] <= 8 * len(SPEC.all_properties()), failed
