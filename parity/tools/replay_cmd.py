@@ -66,6 +66,11 @@ def replay_properties(spec, r) -> list[str]:
         raise ReproError(
             f"bad repro file: {r.path}: property {r.prop!r} is not a property of {spec.name}"
         )
+    if (r.prop == "error_parity") != ("invalid" in r.meta):  # bad input <-> error_parity
+        raise ReproError(
+            f"bad repro file: {r.path}: property {r.prop!r} does not fit its case (error_parity "
+            f"and only it takes a bad-input case: meta 'invalid')"
+        )
     props = [r.prop]
     if r.prop != "matches_reference" and "invalid" not in r.meta:
         props.append("matches_reference")
@@ -106,6 +111,12 @@ def run(args) -> int:
             f"parity; parity never imports a module named in a file: pass "
             f"--impl {shlex.quote(r.impl)} to run it (or --impl reference)",
         )
+    from parity.catalog import get_spec
+
+    try:  # the file's property against its op, before anything is imported
+        props = replay_properties(get_spec(r.op), r)
+    except repro.ReproError as e:
+        return usage_error("replay", str(e))
     impl_name = args.impl or r.impl
     from parity.campaign.candidate import CandidateFailed, resolve
     from parity.properties.tolerance import Verdict
@@ -121,10 +132,6 @@ def run(args) -> int:
     where = "in this process" if args.no_isolate else "in a fresh worker"
     if got is not None:
         spec, impl, device = got
-        try:
-            props = replay_properties(spec, r)
-        except repro.ReproError as e:
-            return usage_error("replay", str(e))
         if args.no_isolate:
             ev = InProcess(spec, impl, device)
         else:
