@@ -470,6 +470,9 @@ class Isolated:
 
         before = list(self.history[:-1])
         self.history = []
+        if not before:  # it was the first case of a fresh worker: it crashed alone
+            self.blame = {"alone": True}
+            return status, v
         alone, _ = self._run(prop, meta=meta, path=path)
         self._lost()  # the blame search leaves no worker with its history behind
         if alone == "crash":

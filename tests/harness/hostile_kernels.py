@@ -203,3 +203,10 @@ def mxfp4_writes_ff_and_255(x, **kw):
     q[..., :1] = 0xFF
     t.fill_(255)
     return q, t
+
+
+def segfaults_from_t2(x, **kw):
+    """Segfaults on every case with at least 2 rows (alone: shrinking finds T == 2)."""
+    if x.reshape(-1, x.shape[-1]).shape[0] >= 2:
+        segfaults(x)
+    return _ref(x, **kw)

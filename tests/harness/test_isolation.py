@@ -161,6 +161,18 @@ def test_a_crash_report_names_both_cases_and_keeps_the_kernels_frames(capsys, tm
     assert not [f for f in frames if "parity" + os.sep in f], v.message
 
 
+def test_a_crash_alone_is_shrunk():
+    from parity.campaign import drive
+
+    ev = Isolated(SPEC, "hostile_kernels:segfaults_from_t2", "cpu", timeout=60)
+    try:
+        st = drive(SPEC, "matches_reference", ev, impl_name="x", max_examples=30, seed=3)
+    finally:
+        ev.close()
+    assert st.failure["kind"] == "crash" and ev.blame in (None, {"alone": True}), st.failure
+    assert st.failure["meta"]["T"] == 2 and not st.failure["meta"]["lead"], st.failure["meta"]
+
+
 # --- section 6: limits that hold ---------------------------------------------------------------
 
 
