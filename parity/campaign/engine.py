@@ -849,8 +849,9 @@ def run_campaign(
             if on_prop_start:
                 on_prop_start(prop)
             rseed = None if seed is None else seed * 1_000_003 + k
-            at, cases_before = time.monotonic() - start, sum(
-                q.run + q.unsupported + q.not_applicable for ps in parts.values() for q in ps
+            at, cases_before = (
+                time.monotonic() - start,
+                sum(q.run + q.unsupported + q.not_applicable for ps in parts.values() for q in ps),
             )
             st = drive(
                 spec,

@@ -5,8 +5,9 @@
 
 This is the one-line repro that `parity fuzz` (and `runner.repro_command`) prints: the tensors
 are regenerated on the device from the description's seed. `--meta @FILE` reads the JSON from a
-file. The kernel runs in a worker subprocess unless `--no-isolate`, so a crash or a hang is
-reported, not suffered.
+file. The kernel runs in a worker subprocess unless `--no-isolate` (the worker imports a
+`module:function`, parity never does), so a crash, a hang or an exit at import or in the call
+is reported as the candidate's failure (exit 1), not suffered.
 
 Exit codes: 0 the property holds; 1 it fails (or the kernel crashed or hung); 2 usage error
 (unknown op or property, IMPL not importable, a description `build` rejects); 3 not tested

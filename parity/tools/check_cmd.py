@@ -9,9 +9,11 @@ One good/bad verdict for one implementation, in the exit code `git bisect run` e
          reference), every case unsupported, or parity itself broke
 
 No other exit code is used (a usage error is 125 too: `git bisect run` would read 2 as "bad").
-The kernel runs in a worker process (`--no-isolate`: in-process): a crash, a hang past
-`--timeout`, `os._exit(0)` or `SystemExit` in the kernel is a failing case, so "bad" (exit 1),
-never a good commit or a dead harness.
+The kernel runs in a worker process (`--no-isolate`: in-process), which also imports a
+`module:function` (never parity's own process): a crash, a hang past `--timeout`, `os._exit(0)`,
+`SystemExit` or `KeyboardInterrupt` raised by the kernel or its module's import is a failing
+case, so "bad" (exit 1), never a good commit or a dead harness. A module that does not exist or
+raises an ordinary exception at import cannot be tested (125). The user's own Ctrl-C is 125.
 The golden cases (recorded by `parity golden`) are compared under the op's tolerance model
 (`OpSpec.compare`); then every property runs under the `bisect` Hypothesis profile with a fixed
 seed, so every commit sees the same cases. The run stops at the first failing check and does

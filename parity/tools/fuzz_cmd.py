@@ -6,23 +6,36 @@
                 [--no-isolate]
 
 IMPL: a registered name, "reference", or `module:function` importable from the current folder
-or PYTHONPATH. Each property of the op (`OpSpec.all_properties()`, or `--property`) is run with
-Hypothesis under the profile's settings; a failure is shrunk (at most `--shrink-time` seconds),
+or PYTHONPATH; parity itself never imports a `module:function` (only its syntax is checked
+here): the worker does, so a module that exits, segfaults or hangs at import is a failing
+candidate ("import crashed" / "import hung", exit 1). The properties of the op
+(`OpSpec.all_properties()`, or `--property`) run interleaved under the profile's settings:
+rounds of 8, 16, 32 ... examples of each property in turn, so a fault only a late property
+sees is found as early as any other (`--fail-fast` stops at the first counterexample); a
+failure is shrunk (at most `--shrink-time` seconds),
 printed with its error against the tolerance and the worst elements, saved as a repro
 (`parity-repros/` or `--out`, see `parity.tools.repro`) and given as a one-line `parity case`
-command. `--max-time` is a wall-clock budget for testing (counted once the worker is up) split
-across the properties (unused time passes to the next); no case is drawn once it is spent, and
-shrinking stops at it too.
+command. `--max-time` is a wall-clock budget for testing (counted once the worker is up)
+shared by the rounds; no case is drawn once it is spent, shrinking stops at it, and a case
+still running then (a hanging kernel) is cut off: the campaign ends within the budget plus a
+small margin.
 
 Crash isolation (default; `--no-isolate` runs in-process): the candidate runs in a worker
 process (`parity.campaign.worker`, forked from a forkserver that has imported torch) that
 returns its outputs, judged here (the same plan and judge in-process); a
 segfault/abort or a CUDA error is a "crash", a case past `--timeout` seconds a "hang"; both are
 failing cases, shrunk like any other (each step on a fresh worker), saved with their input, and
-the campaign goes on with a fresh worker. `--workers N` runs N independent in-process campaigns
-in N processes (seeds base..base+N-1, max_examples/N each, one GPU each on cuda) and merges their
-stats; a crash or hang there is recorded (unshrunk) and that process restarts on the properties
-it had left. A `--ledger` entry turns a matching failure into "xfail" (`parity.campaign.ledger`).
+the campaign goes on with a fresh worker. After a crash the case is re-run alone in a fresh
+worker; if it passes alone, the cases before it are replayed to find the one that poisons the
+process ("crashes after case A, not alone", with both rerun lines; such a crash is not shrunk).
+A crash report shows the candidate's own innermost frames. What the kernel prints goes to the
+worker's log (`--no-isolate`: to stderr), never into stdout or `--json`; kernel text in
+reports and repro files is cut. Every worker's process group (the kernel's own children
+included) is killed after a crash, a hang, at the end and when parity gets SIGTERM or SIGINT.
+`--workers N` (at most the GPUs on cuda, the cores on the CPU) runs N campaign processes
+(seeds base..base+N-1, max_examples/N each, one GPU each on cuda), each running the candidate
+in its own isolated worker and judging there, never in the candidate's process; their stats
+are merged. A `--ledger` entry turns a matching failure into "xfail" (`parity.campaign.ledger`).
 
 Exit codes: 0 no counterexample within the budget; 1 counterexample (or crash, hang, or an
 XPASS of a ledger entry); 2 usage error (unknown op or property, IMPL not importable or not
