@@ -103,7 +103,8 @@ class Stats:
     campaign_seconds_to_failure: float | None = None
     campaign_cases_to_failure: int | None = None
 
-    def record(self, status: str, meta: dict, verdict) -> None:
+    def record(self, status: str, meta: dict, verdict, was: str = "") -> None:
+        """`was`: for an xfail, what the case did (an expected crash still counts as one)."""
         if status == "unsupported":
             self.unsupported += 1
             self.last_unsupported = verdict.message if verdict else ""
@@ -114,6 +115,8 @@ class Stats:
         self.run += 1
         if status == "xfail":
             self.xfailed += 1
+            self.crashes += was == "crash"
+            self.hangs += was == "hang"
             return
         if verdict is not None and verdict.ratio == verdict.ratio:
             self.max_ratio = max(self.max_ratio, min(verdict.ratio, 1e300))
@@ -671,12 +674,13 @@ def drive(
             if status == "error" and raise_errors:
                 raise ParityError(v.message)
             entry = ledger.match(spec.name, impl_name, prop, meta) if ledger else None
+            was = status
             if entry is not None and status not in ("unsupported", "n/a"):
                 failed = status in FAILING
                 ledger.record(entry, failed)
                 if failed:
                     status = "xfail"
-            stats.record(status, meta, v)
+            stats.record(status, meta, v, was=was)
             if on_example:
                 on_example(stats, status)
             blame = getattr(evaluator, "blame", None) if status == "crash" else None
@@ -1120,7 +1124,7 @@ def run_parallel(
             entry = ledger.match(spec.name, impl_name, prop, meta) if ledger and meta else None
             if entry is not None:
                 ledger.record(entry, True)
-                st.record("xfail", meta, v)
+                st.record("xfail", meta, v, was=kind)
             else:
                 st.record(kind, meta or {}, v)
                 path = None

@@ -222,6 +222,9 @@ def run(args) -> int:
         return _import_failed(args, device, e)
     seconds = time.monotonic() - t0
     xpasses = ledger.xpasses(spec.name, args.impl) if ledger else []
+    unmatched = ledger.unmatched(spec.name, args.impl) if ledger else []
+    for line in unmatched:  # reported, not a failure: the run may not have drawn such a case
+        print(f"parity fuzz: {line}", file=sys.stderr)
     code = exit_code(results, xpasses)
     repro_files = [f for st in results for f in st.repro_files]
     if args.json:
@@ -235,6 +238,7 @@ def run(args) -> int:
             "repro_files": repro_files,
             "xpass": xpasses,
             "ledger": ledger.summary() if ledger else [],
+            "ledger_unmatched": unmatched,
             "skipped": args.skip_properties,
         }
         print_json(doc)
