@@ -10,4 +10,4 @@ def pytest_configure(config):
     # does this only for runs that use parity, so that it stays inert elsewhere)
     from parity.testing.pytest_plugin import worker_setup
 
-    worker_setup()
+    worker_setup(config)

@@ -91,7 +91,6 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     # markers only: nothing here changes a run that does not use parity
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; reported NOT RUN without one")
     config.addinivalue_line("markers", "parity: a property of an op against an implementation")
     config._parity_not_run = []
     config._parity_profile = _profile_name(config.getoption("--parity-profile"))
@@ -110,14 +109,22 @@ def pytest_configure(config):
 
         api.SESSION.update(session)
     if config.getoption("--parity-worker-setup"):
-        worker_setup()
+        worker_setup(config)
 
 
-def worker_setup() -> None:
+_ACTIVE = False  # worker_setup ran: gpu-marked skips count as NOT RUN in the summary
+
+
+def worker_setup(config=None) -> None:
     """What parity's own parametrized tests need in each process (idempotent): one GPU per
     pytest-xdist worker, chosen before anything initialises CUDA; one intra-op thread per xdist
     worker (the workers already use every core, and tiny float64 matmuls run far slower when
-    threads oversubscribe them); Triton kernels in the interpreter without a GPU."""
+    threads oversubscribe them); Triton kernels in the interpreter without a GPU; the `gpu`
+    marker, whose skips the summary counts as checks that did not run."""
+    global _ACTIVE
+    _ACTIVE = True
+    if config is not None:
+        config.addinivalue_line("markers", "gpu: needs a CUDA GPU; reported NOT RUN without one")
     from parity._gpu import pin_gpu_for_xdist_worker
     from parity._interp import use_triton_interpreter_without_gpu
 
@@ -220,7 +227,7 @@ def _devices_for(impl, wanted: list[str]) -> list[str]:
 def pytest_generate_tests(metafunc):
     if "parity_target" not in metafunc.fixturenames:
         return
-    worker_setup()  # parity's own parametrized tests: before any of them initialises CUDA
+    worker_setup(metafunc.config)  # parity's own parametrized tests: before any touches CUDA
     from parity.catalog import impls, specs
 
     cfg = metafunc.config
@@ -299,7 +306,7 @@ def pytest_runtest_logreport(report):
     if report.skipped and report.when in ("setup", "call"):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        if NOT_RUN in reason or "gpu" in report.keywords:
+        if NOT_RUN in reason or ("gpu" in report.keywords and _ACTIVE):
             cfg = getattr(pytest_runtest_logreport, "_config", None)
             if cfg is not None:
                 cfg._parity_not_run.append((report.nodeid, reason))

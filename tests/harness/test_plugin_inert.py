@@ -28,6 +28,7 @@ settings.load_profile("nightly")
 TEST = """
 import json, os, sys
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -74,10 +75,15 @@ def test_record_a():
 
 def test_record_b():
     _record("b")
+
+
+@pytest.mark.gpu  # the user's own marker (registered in their pytest.ini)
+def test_users_gpu_test():
+    pytest.skip("no GPU here")
 """
 
 
-def _run(tmp_path, name: str, *args: str) -> list[dict]:
+def _run(tmp_path, name: str, *args: str) -> tuple[list[dict], str]:
     out = tmp_path / f"{name}.jsonl"
     env = {
         k: v
@@ -95,7 +101,8 @@ def _run(tmp_path, name: str, *args: str) -> list[dict]:
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return sorted((json.loads(line) for line in out.read_text().splitlines()), key=str)
+    recs = sorted((json.loads(line) for line in out.read_text().splitlines()), key=str)
+    return recs, r.stdout
 
 
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["serial", "xdist"])
@@ -105,11 +112,14 @@ def test_plugin_changes_nothing_in_an_unrelated_suite(tmp_path, xdist):
     suite.mkdir()
     (suite / "conftest.py").write_text(textwrap.dedent(CONFTEST))
     (suite / "test_unrelated.py").write_text(textwrap.dedent(TEST))
-    (suite / "pytest.ini").write_text("[pytest]\n")
-    off = _run(tmp_path, "off", "-p", "no:parity", *xdist)
-    on = _run(tmp_path, "on", *xdist)
+    (suite / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: the user's own\n")
+    off, off_out = _run(tmp_path, "off", "-p", "no:parity", *xdist, "-rs")
+    on, on_out = _run(tmp_path, "on", *xdist, "-rs")
     assert len(on) == len(off) == 2
     assert on == off
+    # the user's skipped gpu test is theirs: no parity summary section in their output
+    assert "no GPU here" in off_out and "no GPU here" in on_out
+    assert "parity" not in on_out.lower(), on_out[-2000:]
     # the records say what they should: the user's nightly is theirs, parity registered nothing
     for rec in on:
         assert "max_examples=7" in rec["profiles"]["nightly"], rec
