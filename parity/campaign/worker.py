@@ -373,8 +373,6 @@ class Child:
                     self.proc.kill()
         with contextlib.suppress(Exception):
             self.proc.join(10)
-        with contextlib.suppress(OSError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # what it started while dying
         with contextlib.suppress(Exception):
             self.conn.close()
         with contextlib.suppress(OSError):

@@ -230,8 +230,8 @@ def test_no_child_of_a_kernel_outlives_parity(name, capsys, monkeypatch, tmp_pat
     """After a normal end, a crash and a hang, the kernel's sleeping children are gone."""
     monkeypatch.chdir(HERE)
     Path(K.PIDS).unlink(missing_ok=True)
-    argv = [*FUZZ, "--impl", f"hostile_kernels:{name}", "--max-examples", "3"]
-    main([*argv, "--timeout", "2", "--out", str(tmp_path), "--shrink-time", "3"])
+    argv = [*FUZZ, "--impl", f"hostile_kernels:{name}", "--max-examples", "2"]
+    main([*argv, "--timeout", "1", "--out", str(tmp_path), "--shrink-time", "1"])
     capsys.readouterr()
     pids = _pids()
     assert pids
