@@ -463,6 +463,8 @@ def _check_doc(p: Path, doc: Any) -> None:
         raise _bad(p, f"format version {doc['version']} (this parity reads {VERSION})")
     if doc["op"] not in OP_NAMES:
         raise _bad(p, f"op {doc['op']!r} is not an op of the contract")
+    if len(doc["impl"]) > MAX_NAME or len(doc["property"]) > MAX_NAME:
+        raise _bad(p, f"impl or property longer than {MAX_NAME} characters")
     if not _DEVICE_RE.fullmatch(doc["device"]):
         raise _bad(p, f"device {doc['device']!r} is not cpu or cuda[:N]")
     if doc.get("kind", "fail") not in KINDS:

@@ -278,6 +278,7 @@ HOSTILE = {
     "unknown op": (_wrong_type("op", "os"), "not an op of the contract"),
     "device": (_wrong_type("device", "cuda; rm -rf"), "is not cpu or cuda"),
     "shape of wrong type": (_bad_entry, "expected {dtype, shape}"),
+    "impl of 1 MB": (_wrong_type("impl", "m:" + "f" * 999_000), "longer than 256"),
     "unknown property": (_wrong_type("property", "nope"), "is not a property of swiglu"),
     "property unfit for the case": (_wrong_type("property", "error_parity"), "does not fit"),
 }
