@@ -407,7 +407,12 @@ def kill_all() -> None:
 atexit.register(kill_all)
 
 MAX_LINE = 300  # characters of one log line in a report
-_PARITY_FRAME = os.path.join("parity", "properties", "checks.py")
+# where parity calls the candidate: its call (checks.run_call) or its import (candidate.py)
+_PARITY_FRAMES = (
+    os.path.join("parity", "properties", "checks.py"),
+    os.path.join("parity", "campaign", "candidate.py"),
+    "<frozen importlib._bootstrap>",
+)
 
 
 def log_tail(path: str, n: int = 12) -> str:
@@ -429,7 +434,9 @@ def log_tail(path: str, n: int = 12) -> str:
         head = [ln for ln in block[:3] if not ln.startswith("  File")]
         frames = [ln for ln in block if ln.startswith("  File")]
         # the candidate's frames, innermost first, down to where parity called it
-        cut = next((i for i, ln in enumerate(frames) if _PARITY_FRAME in ln), len(frames))
+        cut = next(
+            (i for i, ln in enumerate(frames) if any(f in ln for f in _PARITY_FRAMES)), len(frames)
+        )
         lines = head + frames[: min(cut, n)]
         if cut < len(frames):
             lines.append(f"  ... {len(frames) - cut} frames of parity's worker")

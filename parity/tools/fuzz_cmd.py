@@ -167,6 +167,12 @@ def run(args) -> int:
     try:
         with progress:
             if args.workers > 1:
+                if not args.no_isolate:  # an import that fails or breaks: said once, here
+                    probe = Isolated(spec, args.impl, device, timeout=args.timeout)
+                    try:
+                        probe.start()
+                    finally:
+                        probe.close()
                 results = run_parallel(
                     spec,
                     props,
