@@ -123,9 +123,6 @@ def test_entry_that_matches_nothing_is_reported(folder, capsys):
     assert "matched no case in this run" in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs fuzz_cmd to print ledger.unmatched(op, impl) (request to F)"
-)
 def test_entry_that_matches_nothing_is_printed_at_the_end(folder, capsys):
     led = _ledger(folder, [_entry(when={"dtype": "float64"}), _entry(when={})])
     code, out, err = _fuzz(capsys, "--impl", "planted:broken", "--no-isolate", "--ledger", str(led))
@@ -142,10 +139,6 @@ def test_implicit_ledger_is_announced(folder, capsys):
     assert "using the known-failure ledger ./parity-ledger.json" in err  # ... and says so
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs engine.Stats.record to count an expected crash in crashes (request to F)",
-)
 def test_expected_crash_still_counts_as_a_crash(folder, capsys):
     led = _ledger(folder, [_entry(impl="planted:dies", when={})])
     code, out, err = _fuzz(capsys, "--impl", "planted:dies", "--ledger", str(led), "--json")
