@@ -196,13 +196,13 @@ def exit_code(results: list[Stats], xpasses: list[str] = ()) -> int:
 # --- evaluators ----------------------------------------------------------------------------
 
 
-def _judged(spec, plan, outcomes):
+def _judged(spec, plan, outcomes, accept=()):
     from parity.campaign.worker import is_cuda_error
     from parity.properties.checks import judge
     from parity.properties.tolerance import Verdict
 
     try:
-        status, v = judge(spec, plan, outcomes)
+        status, v = judge(spec, plan, outcomes, accept)
     except Exception:  # the judge or the reference: parity's bug, never a pass
         return "error", Verdict(False, "parity error: " + traceback.format_exc(limit=8), math.inf)
     if status == "fail" and is_cuda_error(v.message):
@@ -245,6 +245,8 @@ class InProcess:
     a kernel's exit (SystemExit, KeyboardInterrupt) is its failing case, its prints go to
     stderr. A hang is not bounded here."""
 
+    accept: tuple = ()  # named variants to judge under (checks.judge): not exposed yet
+
     def __init__(self, spec, impl, device: str = "cpu"):
         from parity.campaign.candidate import import_in_process
 
@@ -268,7 +270,7 @@ class InProcess:
             kind = "crash" if is_cuda_error(text) else "error"
             return kind, Verdict(False, f"{kind}: {text}", math.inf)
         self.last_describe = case.describe()
-        status, v = _judged(self.spec, plan, outcomes)
+        status, v = _judged(self.spec, plan, outcomes, self.accept)
         return status, _capped(v)
 
     def evaluate(self, prop: str, meta: dict):
@@ -301,6 +303,8 @@ class Isolated:
 
     HISTORY = 32  # cases remembered per worker for the blame search
     BLAME_TRIES = 8  # earlier cases tried at most
+
+    accept: tuple = ()  # named variants to judge under (checks.judge): not exposed yet
 
     def __init__(self, spec, impl: str, device: str = "cpu", *, timeout=60.0, env=None):
         self.spec, self.impl, self.device, self.timeout = spec, impl, device, timeout
@@ -465,7 +469,7 @@ class Isolated:
             self._lost()
             return "fail", Verdict(False, f"the worker's reply is malformed: {e}", math.inf)
         self.last_describe = case.describe()
-        return _judged(self.spec, plan, outcomes)
+        return _judged(self.spec, plan, outcomes, self.accept)
 
     def _blame(self, prop, meta, path, status, v):
         """The crashing case alone in a fresh worker; if it passes, the cases before it (most
@@ -602,6 +606,7 @@ def drive(
     size: str | None = None,
     raise_errors: bool = False,
     derandomize: bool | None = None,
+    database=None,
     on_start: Callable[[str, dict], None] | None = None,
     on_example: Callable[[Stats, str], None] | None = None,
 ) -> Stats:
@@ -632,6 +637,9 @@ def drive(
         overrides["max_examples"] = max_examples
     if derandomize is not None:
         overrides["derandomize"] = derandomize
+    if database is not None:  # failing examples saved there are replayed first (Hypothesis
+        # uses a database only for a run that is neither derandomized nor seeded)
+        overrides["database"], overrides["derandomize"], seed = database, False, None
     if seed is None and overrides.get("derandomize", base.derandomize):
         # derandomized runs (pr, bisect) draw the same cases for the same op and property, not
         # a digest of this function's source (an edit of the driver would change every case)
@@ -859,6 +867,8 @@ def run_campaign(
             if on_prop_start:
                 on_prop_start(prop)
             rseed = None if seed is None else seed * 1_000_003 + k
+            if kw.get("database") is not None:
+                rseed = None  # a seeded run would not use the example database
             at, cases_before = (
                 time.monotonic() - start,
                 sum(q.run + q.unsupported + q.not_applicable for ps in parts.values() for q in ps),
