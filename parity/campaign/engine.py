@@ -606,7 +606,6 @@ def drive(
     size: str | None = None,
     raise_errors: bool = False,
     derandomize: bool | None = None,
-    database=None,
     on_start: Callable[[str, dict], None] | None = None,
     on_example: Callable[[Stats, str], None] | None = None,
 ) -> Stats:
@@ -637,9 +636,6 @@ def drive(
         overrides["max_examples"] = max_examples
     if derandomize is not None:
         overrides["derandomize"] = derandomize
-    if database is not None:  # failing examples saved there are replayed first (Hypothesis
-        # uses a database only for a run that is neither derandomized nor seeded)
-        overrides["database"], overrides["derandomize"], seed = database, False, None
     if seed is None and overrides.get("derandomize", base.derandomize):
         # derandomized runs (pr, bisect) draw the same cases for the same op and property, not
         # a digest of this function's source (an edit of the driver would change every case)
@@ -867,8 +863,6 @@ def run_campaign(
             if on_prop_start:
                 on_prop_start(prop)
             rseed = None if seed is None else seed * 1_000_003 + k
-            if kw.get("database") is not None:
-                rseed = None  # a seeded run would not use the example database
             at, cases_before = (
                 time.monotonic() - start,
                 sum(q.run + q.unsupported + q.not_applicable for ps in parts.values() for q in ps),
