@@ -117,12 +117,33 @@ def test_accept_judges_under_the_named_variant(example):
     """swiglu_fast rounds the activation to the input dtype: exactly the `rounded_act` variant
     (vLLM's silu_and_mul); accepted, it passes; the report lists what was accepted."""
     kw = dict(properties=["matches_reference"], max_examples=8, out_dir=None)
-    if not api._engine_takes("accept", "drive", "Isolated", "InProcess"):
-        with pytest.raises(NotImplementedError, match="accept="):
-            parity.check("swiglu", FAST, accept=["rounded_act"], **kw)
-        pytest.xfail("the campaign engine does not judge under variants yet (issue 10 section 4)")
     report = parity.check("swiglu", FAST, accept=["rounded_act"], **kw)
     assert report.ok and report.accepted == ["rounded_act"], report.text()
+    assert "accepted variants: rounded_act" in report.text()
+    # the case the strict run shrinks to (an infinite gate and up): under the variant the
+    # same element is NaN (silu(-inf) = -inf * 0), not the -inf of a bracketed sigmoid
+    meta = {"N": 1, "T": 2, "dtype": "float16", "lead": [], "regime": "wide", "seed": 5}
+    meta["options"] = {"alpha": 1.0, "beta": 0.0, "clamp_mode": "pre", "layout": "concat"}
+    meta["options"]["limit"] = None
+    from myswiglu.kernels import swiglu_fast
+
+    from parity.catalog import get_spec
+    from parity.properties.variants import judge_under
+
+    spec = get_spec("swiglu")
+    case = spec.build(meta, "cpu")
+    out = (swiglu_fast(*case.clone().args, **case.kwargs),)
+    assert judge_under(spec, case, out, ["rounded_act"]), "the variant's NaN is not derived"
+
+
+def test_a_failure_is_diagnosed_by_the_variants_that_explain_it(example):
+    """Without accept=, the shrunk failure of swiglu_fast says which variant explains it (in the
+    text, and in the failure dict)."""
+    kw = dict(properties=["matches_reference"], max_examples=8, out_dir=None)
+    report = parity.check("swiglu", FAST, **kw)
+    f = report["matches_reference"].failure
+    assert f is not None and ["rounded_act"] in f["diagnosis"]["variants"], f
+    assert "this output matches the reference under: rounded_act" in report.text()
 
 
 @pytest.mark.xfail(

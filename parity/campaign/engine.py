@@ -245,14 +245,14 @@ class InProcess:
     a kernel's exit (SystemExit, KeyboardInterrupt) is its failing case, its prints go to
     stderr. A hang is not bounded here."""
 
-    accept: tuple = ()  # named variants to judge under (checks.judge): not exposed yet
-
-    def __init__(self, spec, impl, device: str = "cpu"):
+    def __init__(self, spec, impl, device: str = "cpu", *, accept=()):
         from parity.campaign.candidate import import_in_process
 
         self.spec, self.device = spec, device
+        self.accept = _accepted(spec, accept)
         self.impl = import_in_process(impl)  # a no-op when already imported
         self.last_describe = None
+        self.last_failed = None  # (prop, case, outcomes) of the last failing judgement
 
     def evaluate_case(self, prop: str, case):
         from parity.campaign.worker import is_cuda_error, sync
@@ -271,6 +271,7 @@ class InProcess:
             return kind, Verdict(False, f"{kind}: {text}", math.inf)
         self.last_describe = case.describe()
         status, v = _judged(self.spec, plan, outcomes, self.accept)
+        self.last_failed = (prop, case, outcomes) if status == "fail" else None
         return status, _capped(v)
 
     def evaluate(self, prop: str, meta: dict):
@@ -304,10 +305,10 @@ class Isolated:
     HISTORY = 32  # cases remembered per worker for the blame search
     BLAME_TRIES = 8  # earlier cases tried at most
 
-    accept: tuple = ()  # named variants to judge under (checks.judge): not exposed yet
-
-    def __init__(self, spec, impl: str, device: str = "cpu", *, timeout=60.0, env=None):
+    def __init__(self, spec, impl: str, device: str = "cpu", *, timeout=60.0, env=None, accept=()):
         self.spec, self.impl, self.device, self.timeout = spec, impl, device, timeout
+        self.accept = _accepted(spec, accept)
+        self.last_failed = None  # (prop, case, outcomes) of the last failing judgement
         self.env = env
         self.proc = None
         self.restarts = 0
@@ -399,6 +400,7 @@ class Isolated:
 
     def _evaluate(self, prop: str, *, meta=None, path=None):
         self.blame = None
+        self.last_failed = None
         status, v = self._run(prop, meta=meta, path=path)
         if status == "crash" and self.blame_crashes:
             status, v = self._blame(prop, meta, path, status, v)
@@ -469,7 +471,9 @@ class Isolated:
             self._lost()
             return "fail", Verdict(False, f"the worker's reply is malformed: {e}", math.inf)
         self.last_describe = case.describe()
-        return _judged(self.spec, plan, outcomes, self.accept)
+        status, v = _judged(self.spec, plan, outcomes, self.accept)
+        self.last_failed = (prop, case, outcomes) if status == "fail" else None
+        return status, v
 
     def _blame(self, prop, meta, path, status, v):
         """The crashing case alone in a fresh worker; if it passes, the cases before it (most
@@ -534,12 +538,57 @@ class BudgetSpent(BaseException):
     """The time budget ended while a case ran (it was cut off, not judged)."""
 
 
-def evaluator_for(spec, impl, device: str, *, isolate: bool, timeout: float = 60.0, env=None):
+def evaluator_for(
+    spec, impl, device: str, *, isolate: bool, timeout: float = 60.0, env=None, accept=()
+):
     """An `Isolated` evaluator (the candidate in a worker, imported there by name) or
-    `InProcess`."""
+    `InProcess`; `accept`: named variants of the op to judge under (ValueError for others)."""
     if isolate:
-        return Isolated(spec, impl.name, device, timeout=timeout, env=env)
-    return InProcess(spec, impl, device)
+        return Isolated(spec, impl.name, device, timeout=timeout, env=env, accept=accept)
+    return InProcess(spec, impl, device, accept=accept)
+
+
+def _accepted(spec, accept) -> tuple:
+    """`accept` as the op's variant names in declaration order; ValueError names the op's
+    variants for an unknown one."""
+    from parity.properties.variants import names, validate
+
+    chosen = validate(spec, accept or ())
+    return tuple(n for n in names(spec) if n in chosen)
+
+
+def diagnosis(spec, evaluator, prop: str, meta=None) -> dict | None:
+    """For a failing matches_reference/nan_policy case of an op that declares variants: the
+    variant sets under which its outputs match the reference (`variants.diagnose`, judged here in
+    the harness), as {"variants": [[name, ...], ...], "text": the line to print}. The outputs are
+    the evaluator's last failing ones when they are this case's, else the case is run again.
+    None where it does not apply (another property, another kind of failure, no variants)."""
+    from parity.properties import variants
+
+    if prop not in variants.PROPS or not getattr(spec, "variants", ()):
+        return None
+    got = getattr(evaluator, "last_failed", None)
+    if meta is None:  # the case the evaluator judged last (a repro file's)
+        if got is None or got[0] != prop:
+            return None
+    elif got is None or got[0] != prop or _key(got[1].meta) != _key(meta):
+        try:
+            status, _ = evaluator.evaluate(prop, meta)
+        except Exception:
+            return None
+        got = getattr(evaluator, "last_failed", None)
+        if status != "fail" or got is None:
+            return None
+    _, case, outcomes = got
+    from parity.properties.checks import structure
+
+    if any(o.kind != "returned" or not structure(spec, case, o) for o in outcomes[:1]):
+        return None  # a wrong structure is no convention
+    try:
+        found = variants.diagnose(spec, case, tuple(outcomes[0].items), prop=prop)
+    except Exception as e:  # parity's bug: said, never a verdict
+        return {"variants": [], "text": f"diagnosis failed: {type(e).__name__}: {e}"}
+    return {"variants": [list(f) for f in found], "text": variants.describe(spec, found)}
 
 
 def warm_up(device: str = "cpu") -> None:
@@ -761,6 +810,10 @@ def drive(
         stats.seconds = time.perf_counter() - t0
     if final is not None:
         _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save)
+        if stats.failure["kind"] == "fail":  # a documented convention that explains it?
+            found = diagnosis(spec, evaluator, prop, final)
+            if found is not None:
+                stats.failure["diagnosis"] = found
         after = (state["after"] or {}).get("after")
         if after is not None and stats.failure["meta"] == state["first"]:
             a_prop, a_meta, _ = after
@@ -1010,10 +1063,12 @@ def campaign_process(cfg: dict, emit: Callable[[dict], None]) -> None:
     from parity.campaign.ledger import Ledger
 
     ledger = Ledger.load(cfg["ledger"]) if cfg.get("ledger") else None
+    accept = tuple(cfg.get("accept") or ())
     if cfg.get("isolate", True):
-        ev = Isolated(spec, cfg["impl"], cfg["device"], timeout=cfg.get("timeout", 60.0))
+        timeout = cfg.get("timeout", 60.0)
+        ev = Isolated(spec, cfg["impl"], cfg["device"], timeout=timeout, accept=accept)
     else:
-        ev = InProcess(spec, impl, cfg["device"])
+        ev = InProcess(spec, impl, cfg["device"], accept=accept)
     try:
         ev.start()
         _campaign_body(cfg, emit, spec, impl, ledger, ev)
@@ -1061,6 +1116,7 @@ def run_parallel(
     out_dir: str,
     on_example: Callable[[str, str], None] | None = None,
     isolate: bool = True,
+    accept: tuple = (),
 ) -> list[Stats]:
     """N campaign processes (seed + i, max_examples / N each, one GPU each on cuda; N at most
     the devices: `max_workers`). Each is parity's code: it runs the candidate in its own
@@ -1112,6 +1168,7 @@ def run_parallel(
                 "sys_path": [os.getcwd(), *sys.path],
                 "timeout": timeout,
                 "isolate": isolate,
+                "accept": list(accept),
             }
             # not a daemon: it starts its own isolated workers
             self.proc = Child(target=_campaign_main, args=(cfg,), env=self.env, daemon=False)
@@ -1313,6 +1370,8 @@ class Report:
             )
         if self.skipped:
             lines.append(f"  skipped: {', '.join(self.skipped)}")
+        if self.accepted:
+            lines.append(f"  accepted variants: {', '.join(self.accepted)} (judged under them)")
         lines += [f"  {x}" for x in self.xpasses + self.notes]
         if self.exit_code == 3:
             lines.append("NOT RUN: every case drawn was unsupported; nothing was tested")
@@ -1323,6 +1382,7 @@ class Report:
 
     def raise_for_failure(self) -> Report:
         """AssertionError (the CLI's text) on a counterexample or when nothing was tested."""
+        __tracebackhide__ = True  # pytest shows the user's call, not this frame
         if self.exit_code != 0:
             raise AssertionError(self.text())
         return self

@@ -47,6 +47,8 @@ def failure_text(st) -> str:
     if worst:
         out.append("  worst elements (output, index, got, want, tol):")
         out += ["    " + "  ".join(_fmt(x) for x in row) for row in worst[:5]]
+    if f.get("diagnosis"):
+        out.append(f"  variants {f['diagnosis'].get('text', '')}")
     if f.get("repro_file"):
         out.append(f"  saved    {f['repro_file']}")
         out.append(f"  replay   parity replay {f['repro_file']}")

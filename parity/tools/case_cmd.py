@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 
 from parity.tools.common import (
+    accepted,
+    add_accept,
     add_common,
     bad_numbers,
     print_json,
@@ -34,12 +36,14 @@ def add_parser(sub):
     p.add_argument("--property", required=True)
     p.add_argument("--meta", required=True, help="the case description (JSON, or @FILE)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    add_accept(p)
     return p
 
 
 def run(args) -> int:
     from parity.campaign import InProcess, Isolated
     from parity.campaign.candidate import CandidateFailed, resolve
+    from parity.campaign.engine import diagnosis
     from parity.campaign.worker import WorkerUsageError
     from parity.properties.tolerance import Verdict
 
@@ -55,6 +59,9 @@ def run(args) -> int:
     bad = bad or bad_numbers("case", [("--timeout", args.timeout, 0)])
     if bad is not None:
         return bad
+    accept = accepted("case", spec, args.accept)
+    if isinstance(accept, int):
+        return accept
     text = args.meta
     try:
         if text.startswith("@"):
@@ -66,12 +73,15 @@ def run(args) -> int:
     if not isinstance(meta, dict):
         return usage_error("case", f"--meta: expected a JSON object, got {type(meta).__name__}")
     if args.no_isolate:
-        ev = InProcess(spec, impl, device)
+        ev = InProcess(spec, impl, device, accept=accept)
     else:
-        ev = Isolated(spec, args.impl, device, timeout=args.timeout)
+        ev = Isolated(spec, args.impl, device, timeout=args.timeout, accept=accept)
+    found = None
     try:
         ev.start()
         status, v = ev.evaluate(args.property, meta)
+        if status == "fail":
+            found = diagnosis(spec, ev, args.property)
     except CandidateFailed as e:  # its import exited, crashed or hung in the worker
         status, v = e.kind, Verdict(False, str(e))
     except WorkerUsageError as e:
@@ -82,10 +92,10 @@ def run(args) -> int:
         )
     finally:
         ev.close()
-    return _report(args, spec.name, device, status, v)
+    return _report(args, spec.name, device, status, v, accept=accept, diagnosis=found)
 
 
-def _report(args, op: str, device: str, status: str, v) -> int:
+def _report(args, op: str, device: str, status: str, v, *, accept=(), diagnosis=None) -> int:
     from parity.campaign.text import code_for, verdict_text
     from parity.campaign.wire import verdict_to_json
 
@@ -100,8 +110,14 @@ def _report(args, op: str, device: str, status: str, v) -> int:
                 "status": status,
                 "verdict": verdict_to_json(v),
                 "exit_code": code,
+                "accepted": list(accept),
+                "diagnosis": diagnosis,
             }
         )
     else:
         print(verdict_text(op, args.impl, args.property, device, status, v))
+        if diagnosis:
+            print(f"  variants {diagnosis['text']}")
+        if accept:
+            print(f"  accepted variants (--accept): {', '.join(accept)} (judged under them)")
     return code

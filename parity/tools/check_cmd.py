@@ -78,6 +78,13 @@ def add_parser(sub):
         default=None,
         help="known failures (default: ./parity-ledger.json when present)",
     )
+    p.add_argument(
+        "--accept",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="judge under this named variant of the op (repeatable; an unknown name: 125)",
+    )
     _exit_125_on_usage_errors(p)
     return p
 
@@ -169,10 +176,17 @@ def _run(args) -> int:
     except ValueError as e:
         return _skip(f"ledger: {e}")
 
+    from parity.properties.variants import validate
+
+    try:
+        validate(spec, args.accept)
+    except ValueError as e:  # a usage error: 125 here, as every other
+        return _skip(f"--accept: {e}")
+    accept = tuple(args.accept)
     if args.no_isolate:
-        evaluator = InProcess(spec, impl, device)
+        evaluator = InProcess(spec, impl, device, accept=accept)
     else:  # a crash, a hang or an exit of the kernel is a bad commit, not a dead harness
-        evaluator = Isolated(spec, args.impl, device, timeout=args.timeout)
+        evaluator = Isolated(spec, args.impl, device, timeout=args.timeout, accept=accept)
     try:
         evaluator.start()
         return _judge_commit(args, spec, impl, device, evaluator, ledger)
@@ -189,6 +203,8 @@ def _judge_commit(args, spec, impl, device, evaluator, ledger) -> int:
     failures: list[str] = []
     errors: list[str] = []
     print(f"parity check: {impl.key} on {device}")
+    if evaluator.accept:
+        print(f"  accepted variants (--accept): {', '.join(evaluator.accept)}")
 
     if args.golden:
         from parity.tools.golden_cmd import GoldenError, load_golden
@@ -278,8 +294,10 @@ def _judge_commit(args, spec, impl, device, evaluator, ledger) -> int:
             )
             if st.failure is not None:
                 f = st.failure
+                diag = f"\n    variants: {f['diagnosis']['text']}" if f.get("diagnosis") else ""
                 failures.append(
                     f"{prop}: {f['message']}\n    case: {f['meta']}\n    reproduce: {f['repro']}"
+                    + diag
                 )
 
     xfailed = sum(e.xfailed for e in ledger.entries)

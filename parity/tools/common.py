@@ -90,6 +90,29 @@ def add_common(p) -> None:
     p.add_argument("--no-isolate", action="store_true", help="run the kernel in-process")
 
 
+def add_accept(p) -> None:
+    """--accept NAME (repeatable): a named variant of the op the kernel follows on purpose."""
+    p.add_argument(
+        "--accept",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="judge under this named variant of the op (repeatable; `parity list` names them)",
+    )
+
+
+def accepted(cmd: str, spec, names) -> tuple | int:
+    """The --accept names as the op's variants (declaration order), or exit 2 listing them."""
+    from parity.properties.variants import names as variant_names
+    from parity.properties.variants import validate
+
+    try:
+        chosen = validate(spec, list(names or ()))
+    except ValueError as e:
+        return usage_error(cmd, f"--accept: {e}")
+    return tuple(n for n in variant_names(spec) if n in chosen)
+
+
 def print_json(doc) -> None:
     from parity.campaign.wire import jsonable
 

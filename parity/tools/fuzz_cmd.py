@@ -53,6 +53,8 @@ import sys
 import time
 
 from parity.tools.common import (
+    accepted,
+    add_accept,
     add_common,
     bad_numbers,
     print_json,
@@ -92,6 +94,7 @@ def add_parser(sub):
     p.add_argument("--shrink-time", type=float, default=60.0, help="cap on shrinking, seconds")
     p.add_argument("--out", default=None, help="repro folder (default parity-repros/)")
     p.add_argument("--ledger", default=None, help="known-failure ledger (JSON or TOML)")
+    add_accept(p)
     return p
 
 
@@ -123,6 +126,9 @@ def run(args) -> int:
     )
     if bad is not None:
         return bad
+    accept = accepted("fuzz", spec, args.accept)
+    if isinstance(accept, int):
+        return accept
     from parity.campaign.ledger import DEFAULT_FILE, load_ledger
 
     try:
@@ -190,12 +196,15 @@ def run(args) -> int:
                     out_dir=out_dir,
                     on_example=lambda prop, status: progress.example(prop, status),
                     isolate=not args.no_isolate,
+                    accept=accept,
                 )
             else:
                 if args.no_isolate:
-                    evaluator = InProcess(spec, impl, device)
+                    evaluator = InProcess(spec, impl, device, accept=accept)
                 else:
-                    evaluator = Isolated(spec, args.impl, device, timeout=args.timeout)
+                    evaluator = Isolated(
+                        spec, args.impl, device, timeout=args.timeout, accept=accept
+                    )
                 try:
                     evaluator.start()  # before the clock: --max-time measures testing
                     results = run_campaign(
@@ -246,6 +255,7 @@ def run(args) -> int:
             "ledger": ledger.summary() if ledger else [],
             "ledger_unmatched": unmatched,
             "skipped": args.skip_properties,
+            "accepted": list(accept),
         }
         print_json(doc)
         return code
@@ -255,6 +265,8 @@ def run(args) -> int:
     print_summary(spec.name, args.impl, device, results, seconds)
     if args.skip_properties:
         print(f"skipped (--skip-property): {', '.join(args.skip_properties)}")
+    if accept:
+        print(f"accepted variants (--accept): {', '.join(accept)} (judged under them)")
     for line in xpasses:
         print(line)
     if code == 3:

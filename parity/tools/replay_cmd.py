@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import shlex
 
-from parity.tools.common import bad_numbers, print_json, usage_error
+from parity.tools.common import accepted, add_accept, bad_numbers, print_json, usage_error
 
 HISTORY = "the failure depends on history (stateful or nondeterministic kernel)"
 FAILING = ("fail", "crash", "hang")
@@ -55,6 +55,7 @@ def add_parser(sub):
     )
     p.add_argument("--no-isolate", action="store_true", help="run the kernel in-process")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    add_accept(p)
     return p
 
 
@@ -130,14 +131,18 @@ def run(args) -> int:
     if isinstance(got, int):
         return got
     where = "in this process" if args.no_isolate else "in a fresh worker"
+    accept = accepted("replay", get_spec(r.op), args.accept)
+    if isinstance(accept, int):
+        return accept
+    diag: dict = {}  # property -> the variants that explain its failure
     if got is not None:
         spec, impl, device = got
         if args.no_isolate:
-            ev = InProcess(spec, impl, device)
+            ev = InProcess(spec, impl, device, accept=accept)
         else:
-            ev = Isolated(spec, impl_name, device, timeout=args.timeout)
+            ev = Isolated(spec, impl_name, device, timeout=args.timeout, accept=accept)
         try:
-            results, status, calls = _calls(ev, r, props, args.warmup)
+            results, status, calls = _calls(ev, r, props, args.warmup, diag)
         except CandidateFailed as e:  # its import exited, crashed or hung in the worker
             results, status, calls = [(r.prop, e.kind, Verdict(False, str(e)))], e.kind, 1
         except (repro.ReproError, WorkerUsageError) as e:
@@ -163,6 +168,8 @@ def run(args) -> int:
                 "note": note,
                 "results": rows,
                 "exit_code": code,
+                "accepted": list(accept),
+                "diagnosis": diag,
             }
         )
         return code
@@ -173,24 +180,39 @@ def run(args) -> int:
         print(f"  saved    {r.message.splitlines()[0][:300]}")
     for prop, s, w in results:
         print(verdict_text(r.op, impl_name, prop, device, s, w))
+        if diag.get(prop):
+            print(f"  variants {diag[prop]['text']}")
+    if accept:
+        print(f"  accepted variants (--accept): {', '.join(accept)} (judged under them)")
     if note:
         print(note)
     return code
 
 
-def _calls(ev, r, props: list[str], warmup: int):
+def _calls(ev, r, props: list[str], warmup: int, diag: dict | None = None):
     """The saved property on a fresh evaluator, then again up to `warmup` times while it
-    passes; then the other properties. (results, the saved property's last status, calls)."""
-    status, v = ev.evaluate_file(r.prop, r.path)
+    passes; then the other properties. (results, the saved property's last status, calls).
+    `diag`: filled with {property: diagnosis} of the failures a named variant may explain."""
+    from parity.campaign.engine import diagnosis
+
+    def one(prop):
+        s, w = ev.evaluate_file(prop, r.path)
+        if s == "fail" and diag is not None:
+            found = diagnosis(ev.spec, ev, prop)
+            if found is not None:
+                diag[prop] = found
+        return s, w
+
+    status, v = one(r.prop)
     calls = 1
     while status == "pass" and calls <= warmup:
         # the same case again in the same process: a failure that needs history
-        status, v = ev.evaluate_file(r.prop, r.path)
+        status, v = one(r.prop)
         calls += 1
     results = [(r.prop, status, v)]
     if status not in ("crash", "hang"):
         for prop in props[1:]:
-            s, w = ev.evaluate_file(prop, r.path)
+            s, w = one(prop)
             results.append((prop, s, w))
             if s in ("crash", "hang"):
                 break

@@ -236,6 +236,10 @@ def _variant_bounds(case: Case, names) -> tuple[torch.Tensor, torch.Tensor]:
         z_lo, z_hi = rnd(z_lo), rnd(z_hi)
     s_lo = (torch.sigmoid(z_lo) * (1 - 16 * u32) - tiny).clamp(min=0.0)
     s_hi = (torch.sigmoid(z_hi) * (1 + 16 * u32) + tiny).clamp(max=1.0)
+    # at z = +-inf the float32 sigmoid is exact (exp gives inf or 0, 1/(1+inf) = 0): no
+    # bracket, so silu(-inf) = -inf * 0 is NaN as in every kernel (and the float64 oracle)
+    s_lo = torch.where(torch.isinf(z_lo), torch.sigmoid(z_lo), s_lo)
+    s_hi = torch.where(torch.isinf(z_hi), torch.sigmoid(z_hi), s_hi)
     if native:
         s_lo, s_hi = rnd(s_lo), rnd(s_hi)
     a_lo, a_hi = _imul(g, g, s_lo, s_hi)
@@ -271,6 +275,11 @@ def compare_variants(case: Case, outs: tuple, names: frozenset) -> Verdict:
     g = y.to(torch.float64)
     nan_want = torch.isnan(lo) | torch.isnan(hi)
     bad = torch.where(nan_want, ~torch.isnan(g), ~((g >= lo) & (g <= hi)))
+    # the strict compare's conditioning rule (`_close_except_free`): where an infinite input
+    # meets a float32 sigmoid underflow the element is ill-conditioned under any rounding
+    # (NaN from 0 * inf or +-inf), so it is not compared under a variant either
+    _, tol = _oracle_and_tol(case)
+    bad &= ~torch.isinf(tol)
     if not bad.any():
         return Verdict.passed()
     i = tuple(bad.nonzero()[0].tolist())
