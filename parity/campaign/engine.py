@@ -70,6 +70,18 @@ class _ShrinkSpent(BaseException):
     """The shrinking time is spent: the smallest failing case seen so far is the result."""
 
 
+class _NothingSupported(BaseException):
+    """Every case drawn so far was unsupported (or n/a), ALL_UNSUPPORTED_PER_EXAMPLE times the
+    example budget: the property is NOT RUN, not searched for ever."""
+
+
+# Unsupported and n/a cases are rejected (`hypothesis.reject`): the example budget is spent on
+# cases the kernel runs. Bounds, per example of the budget: rejects in all (then they count as
+# examples again), and rejects with nothing run yet (then the property stops as NOT RUN).
+REJECTS_PER_EXAMPLE = 9
+ALL_UNSUPPORTED_PER_EXAMPLE = 4
+
+
 # --- stats ---------------------------------------------------------------------------------
 
 
@@ -694,6 +706,8 @@ def drive(
         drop = (Phase.shrink, Phase.explain)
         overrides["phases"] = tuple(p for p in base.phases if p not in drop)
     s = settings(base, **overrides)
+    reject_cap = REJECTS_PER_EXAMPLE * s.max_examples
+    nothing_cap = max(32, ALL_UNSUPPORTED_PER_EXAMPLE * s.max_examples)
     targeted = profile == "nightly"
     fails: dict[str, tuple] = {}
     t0 = time.perf_counter()
@@ -745,6 +759,12 @@ def drive(
             blame = getattr(evaluator, "blame", None) if status == "crash" else None
             if blame and not blame.get("alone") and state["first"] is None:
                 state["after"] = blame  # not this case's own crash: nothing to shrink
+            if status in ("unsupported", "n/a") and state["first"] is None:
+                skipped = stats.unsupported + stats.not_applicable
+                if stats.run == 0 and skipped >= nothing_cap:
+                    raise _NothingSupported
+                if skipped <= reject_cap:
+                    hypothesis.reject()  # counted above; the budget goes to supported cases
         if targeted and v is not None and v.ratio == v.ratio and status not in FAILING:
             hypothesis.target(min(float(v.ratio), 1e12), label="error/tolerance")
         if status in FAILING:
@@ -780,8 +800,8 @@ def drive(
         stats.stopped = "shrinking time spent"
         if state["after"] is not None:
             stats.stopped = "not shrunk: the crash needs an earlier case"
-    except Unsatisfiable:
-        stats.stopped = "no case can be drawn (dtypes of the implementation?)"
+    except (Unsatisfiable, _NothingSupported):
+        stats.stopped = _nothing_run(stats)
     except ParityError:
         raise
     except BaseException as e:
@@ -808,6 +828,9 @@ def drive(
             }
     finally:
         stats.seconds = time.perf_counter() - t0
+    if not stats.run and not stats.stopped and (stats.unsupported or stats.not_applicable):
+        # Hypothesis ended its search on rejects alone (at most 10 calls per example)
+        stats.stopped = _nothing_run(stats)
     if final is not None:
         _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save)
         if stats.failure["kind"] == "fail":  # a documented convention that explains it?
@@ -823,6 +846,15 @@ def drive(
                 "repro": repro_command(spec.name, impl_name, a_prop, device, a_meta or {}),
             }
     return stats
+
+
+def _nothing_run(stats) -> str:
+    if stats.run == 0 and stats.unsupported:
+        n = stats.unsupported + stats.not_applicable
+        return f"every case was unsupported ({n} drawn): nothing was tested"
+    if stats.run == 0 and stats.not_applicable:
+        return f"the property applies to none of the {stats.not_applicable} cases"
+    return "no case can be drawn (dtypes of the implementation?)"
 
 
 def _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save) -> None:
@@ -956,7 +988,10 @@ def run_campaign(
 
 
 def _drawable(st: Stats) -> bool:
-    """False where the property cannot run at all (no strategy, nothing drawable)."""
+    """False where the property cannot run at all (no strategy, nothing drawable, every case
+    unsupported)."""
+    if st.stopped.startswith(("every case was unsupported", "the property applies to none")):
+        return False
     return not (st.stopped and not st.run and not st.unsupported and not st.not_applicable)
 
 
@@ -1374,7 +1409,7 @@ class Report:
             lines.append(f"  accepted variants: {', '.join(self.accepted)} (judged under them)")
         lines += [f"  {x}" for x in self.xpasses + self.notes]
         if self.exit_code == 3:
-            lines.append("NOT RUN: every case drawn was unsupported; nothing was tested")
+            lines.append("NOT RUN: every case was unsupported; nothing was tested")
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -15,7 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "kernels"))
 from parity_tools_testlib import KERNELS, MODULE, parity
 
-from parity.campaign import repro
+from parity import api as parity_api
+from parity.campaign import engine, repro
 
 FAST = ("--max-examples", "4", "--no-isolate")
 
@@ -162,8 +163,27 @@ def test_always_unsupported_exits_3(capsys):
     )  # isolated
     doc, props = _json(r)
     assert r.code == 3 and doc["exit_code"] == 3
-    assert props["matches_reference"]["unsupported"] == 3
-    assert props["matches_reference"]["verdict"] == "NOT RUN"
+    # unsupported cases are rejected (the budget is for supported ones) up to a bound: then
+    # the property stops as NOT RUN, saying so
+    p = props["matches_reference"]
+    assert 3 < p["unsupported"] <= max(32, engine.ALL_UNSUPPORTED_PER_EXAMPLE * 3), p
+    assert p["verdict"] == "NOT RUN" and p["stopped"].startswith("every case was unsupported")
+
+
+def test_unsupported_cases_do_not_eat_the_budget():
+    """A broken kernel supporting only plain SiLU-and-mul (a few cases in 20 drawn) is caught
+    by parity.check's default budget: unsupported cases are rejected, not counted."""
+    report = parity_api.check(
+        "swiglu",
+        f"{MODULE}:plain_only_broken",
+        properties=["matches_reference"],
+        device="cpu",
+        out_dir=None,
+        progress=False,
+    )
+    st = report["matches_reference"]
+    assert report.exit_code == 1 and st.failure is not None, report.text()
+    assert st.unsupported > 20, "the budget was not spent on supported cases"
 
 
 def test_campaign_survives_a_segfaulting_kernel(tmp_path, capsys):

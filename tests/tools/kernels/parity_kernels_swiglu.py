@@ -57,3 +57,13 @@ def hang_on_nan(x, **kw):
 
 
 not_callable = 42
+
+
+def plain_only_broken(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="pre"):
+    """Supports only plain bfloat16 SiLU-and-mul (issue 10: such a kernel got 3 of 20 cases
+    tested and passed), and is wrong there where N >= 8 (up scaled by 1.5)."""
+    plain = limit is None and alpha == 1.0 and beta == 0.0 and layout == "concat"
+    if not (plain and clamp_mode == "pre" and x.dtype == torch.bfloat16):
+        raise NotImplementedError("only plain bfloat16 SiLU-and-mul")
+    y = _ref(x)
+    return y * 1.5 if x.shape[-1] >= 16 else y
