@@ -70,12 +70,13 @@ def gamma(n: int) -> float:
 # e4m3: 3 mantissa bits, smallest normal 2^-6, largest 448; a reciprocal multiply may move x/s
 # by RECIP_MID_ULPS float32 ulps of the midpoint between two codes (specs/_quant.py)
 def _recip_ulps() -> float:
-    try:
-        from parity.properties.specs._quant import RECIP_MID_ULPS
+    from parity.catalog import get_spec
 
-        return float(RECIP_MID_ULPS)
-    except ImportError:  # the spec moved: its documented value
+    get_spec("fp8_quant")  # only the catalog loads the specs; read the constant it loaded
+    quant = sys.modules.get("parity.properties.specs._quant")
+    if quant is None or not hasattr(quant, "RECIP_MID_ULPS"):  # moved: its documented value
         return 3.875 * (1 + 2.0**-20)
+    return float(quant.RECIP_MID_ULPS)
 
 
 def e4m3_rows() -> list:
