@@ -310,9 +310,16 @@ def contract(spec: OpSpec, case: Case) -> tuple[str, int] | None:
     (None: the reference rejects it)."""
     key = _contract_key(spec, case)
     if key not in _CONTRACT:
-        c = case.clone()
+        # a copy without Case.clone, and plain lists for list options: a spec may keep track
+        # of the lists its case's clones make (decoder_stack's capture, whose latest clone is
+        # the candidate's call)
+        args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in case.args)
+        kwargs = {
+            k: list(v) if isinstance(v, list) else v.clone() if isinstance(v, torch.Tensor) else v
+            for k, v in case.kwargs.items()
+        }
         try:
-            ref = spec.reference(*c.args, **c.kwargs)
+            ref = spec.reference(*args, **kwargs)
         except Exception:
             return None
         _CONTRACT[key] = ("tensor", 1) if isinstance(ref, torch.Tensor) else ("tuple", len(ref))
