@@ -34,7 +34,9 @@ job() {  # job NAME LIMIT CMD...: start in the background with a time limit; rc 
 }
 suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
   local name=$1 limit=$2 ex=$3; shift 3
-  job "$name" "$limit" python3 -m parity suite --device cuda --max-examples "$ex" "$@" \
+  # --jobs 1: the suites already run side by side; one process per property unit in each of
+  # them exhausted the GPU's memory (2026-12-05, H100)
+  job "$name" "$limit" python3 -m parity suite --device cuda --jobs 1 --max-examples "$ex" "$@" \
     --json "$LOG/$name.json"
 }
 if [ "$PHASE" = tests ]; then

@@ -5,8 +5,9 @@ failures and time, and a count of what did not run (and why). Exit 0 all passed,
 2 usage.
 
 The work is one unit per (implementation, property), run by `--jobs` processes (default: one
-per core). Progress goes to stderr: one updating line with an ETA on a terminal, plain lines
-(one per unit done) otherwise, as in a CI log.
+per core; on cuda two per GPU, each process holding a CUDA context). Progress goes to stderr:
+one updating line with an ETA on a terminal, plain lines (one per unit done) otherwise, as in a
+CI log.
 """
 
 from __future__ import annotations
@@ -37,10 +38,25 @@ def add_parser(sub):
         "-j",
         type=int,
         default=None,
-        help="processes (default: os.cpu_count()); 1 runs in this process",
+        help="processes (default: the cores; on cuda 2 per GPU); 1 runs in this process",
     )
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     return p
+
+
+# CUDA processes per GPU by default: each holds a CUDA context (about 0.5 GiB) and starts an
+# isolated worker with one more; one per core exhausted an 80 GB H100 when gpu_all.sh ran 25
+# suites side by side (2026-12-05)
+PROCESSES_PER_GPU = 2
+
+
+def _default_jobs(device: str) -> int:
+    cores = os.cpu_count() or 1
+    if device.startswith("cuda"):
+        from parity._gpu import visible_gpus
+
+        return max(1, min(cores, PROCESSES_PER_GPU * max(1, len(visible_gpus()))))
+    return cores
 
 
 # --- one unit of work (in a worker process, or here with --jobs 1) ---------------------------
@@ -264,7 +280,7 @@ def run(args) -> int:
 
 def _run_units(units: list, device: str, args, n_impls: int) -> dict:
     """{(op, impl, prop): stats dict} for every unit, plus "_t0" and "_jobs"."""
-    jobs = args.jobs or os.cpu_count() or 1
+    jobs = args.jobs or _default_jobs(device)
     jobs = max(1, min(jobs, len(units)))
     progress = Progress(len(units))
     out: dict = {"_t0": time.perf_counter(), "_jobs": jobs}
