@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # defaults for `check` set by the pytest plugin from its options (--parity-skip-property, ...)
 # in a session that passes them; empty otherwise
 SESSION: dict = {}
-ENV_DATABASE = "PARITY_HYPOTHESIS_DB"  # the example database's directory; "none" disables it
+ENV_DATABASE = "PARITY_HYPOTHESIS_DB"  # the example store's directory; "off"/"none" disables it
 ENV_MAX_EXAMPLES = "PARITY_MAX_EXAMPLES"  # examples per property when check() is given none
 
 
@@ -68,31 +68,20 @@ def _path_prefix(name: str) -> str:
 
 def _profile(name: str) -> str:
     """The engine's name of a profile given as pr|nightly|bisect or parity-pr|..."""
-    from parity.campaign.engine import PROFILES
+    from parity.campaign.engine import profile_name
 
-    short = name.removeprefix("parity-")
-    for cand in (name, short, f"parity-{short}"):
-        if cand in PROFILES:
-            return cand
-    have = ", ".join(p.removeprefix("parity-") for p in PROFILES)
-    raise ValueError(f"unknown profile {name!r}; profiles: {have} (or parity-<name>)")
+    return profile_name(name)
 
 
 def _database(database):
-    """A Hypothesis example database from `database` (a directory, an ExampleDatabase, or
-    None/False/"none" for none); default: $PARITY_HYPOTHESIS_DB, else Hypothesis's own
-    `.hypothesis/examples` in the current directory."""
-    if database is None:
-        database = SESSION.get("database") or os.environ.get(ENV_DATABASE) or True
-    if database is False or (isinstance(database, str) and database.lower() in ("none", "")):
-        return None
-    from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+    """parity's example store (`parity.campaign.exampledb`) from `database`: a directory,
+    "default" (the session's --parity-database, else $PARITY_HYPOTHESIS_DB, else
+    `.hypothesis/parity` in the current directory), or None/False/"off"/"none" (none)."""
+    from parity.campaign.exampledb import store_from
 
-    if isinstance(database, ExampleDatabase):
-        return database
-    if database is True:
-        database = os.path.join(".hypothesis", "examples")
-    return DirectoryBasedExampleDatabase(os.fspath(database))
+    if database == "default":
+        database = SESSION.get("database") or "default"
+    return store_from(database, env=os.environ.get(ENV_DATABASE))
 
 
 def _engine_takes(name: str, *where: str) -> bool:
@@ -176,7 +165,7 @@ def check(
     profile: str = "pr",
     accept: Iterable[str] = (),
     seed: int | None = None,
-    database=None,
+    database="default",
     isolate: bool | None = None,
     timeout: float = 60.0,
     out_dir: str | None = "parity-repros",
@@ -194,9 +183,11 @@ def check(
         profile's count, or $PARITY_MAX_EXAMPLES). profile: pr (fast, deterministic), nightly
         (1000 examples, targeted search) or bisect. accept: named variants of the op the kernel
         follows on purpose (judged strictly under them). seed: Hypothesis seed.
-    database: where failing examples are kept and replayed first next time: a directory, a
-        Hypothesis ExampleDatabase, or False (none); default $PARITY_HYPOTHESIS_DB, else
-        `.hypothesis/examples` in the current directory (Hypothesis's own place).
+    database: where failing case descriptions are kept (key parity:op:impl:property:device)
+        and replayed first next time (up to 10; those that pass are deleted): a directory, or
+        None/"off" (none); default pytest's --parity-database, else $PARITY_HYPOTHESIS_DB, else
+        `.hypothesis/parity` in the current directory. parity keeps them itself: Hypothesis
+        ignores its database for the seeded and derandomized runs parity makes.
     isolate: run the kernel in a worker process (default: whenever `fn` can be imported by
         name there; a kernel defined in a notebook or a test function runs in-process).
     timeout: seconds one case may take before it counts as a hang. out_dir: where repro files
@@ -260,25 +251,13 @@ def check(
             "run in-process (the kernel cannot be imported by name): no rerun line works"
         )
     run = [p for p in props if p not in skip]
-    kw: dict = {}
-    db = _database(database)
-    if db is not None and _engine_takes("database"):
-        kw["database"] = db
-    ekw: dict = {}  # for the evaluator
-    if accept:
-        # the verdict under the variants: given to whichever the engine judges in
-        if _engine_takes("accept", "Isolated", "InProcess"):
-            ekw["accept"] = tuple(accept)
-        elif _engine_takes("accept"):
-            kw["accept"] = tuple(accept)
-        else:
-            raise NotImplementedError("accept=: this engine does not judge under variants yet")
     from parity.campaign.engine import InProcess, Isolated, run_campaign
 
+    db = _database(database)
     evaluator = (
-        Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device), **ekw)
+        Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device), accept=accept)
         if isolate
-        else InProcess(spec, impl, device, **ekw)
+        else InProcess(spec, impl, device, accept=accept)
     )
     max_ex = max_examples
     if max_ex is None and max_time is not None:
@@ -302,7 +281,7 @@ def check(
             on_prop_start=bar.start,
             on_prop_done=bar.done,
             on_example=bar.example,
-            **kw,
+            database=db,
         )
     finally:
         evaluator.close()

@@ -30,8 +30,10 @@ def _device() -> str:
 @pytest.fixture
 def example(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    for k in ("PARITY_MAX_EXAMPLES", "PARITY_HYPOTHESIS_DB"):
-        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("PARITY_MAX_EXAMPLES", raising=False)
+    # no example store unless a test names one: a failure saved by one test would be replayed
+    # (unshrunk, at case 1) in another
+    monkeypatch.setenv("PARITY_HYPOTHESIS_DB", "off")
     monkeypatch.setattr(api, "SESSION", {})
 
 
@@ -146,18 +148,30 @@ def test_a_failure_is_diagnosed_by_the_variants_that_explain_it(example):
     assert "this output matches the reference under: rounded_act" in report.text()
 
 
-@pytest.mark.xfail(
-    not api._engine_takes("database"),
-    reason="the campaign engine's drive() takes no example database yet",
-    strict=True,
-)
 def test_failing_examples_are_replayed_first_from_the_database(example, tmp_path):
+    """parity's own example store: the final failing case is saved under
+    parity:op:impl:prop:device and replayed first next run (a derandomized run: Hypothesis's
+    own database would not be used); fixed, it is deleted."""
     db = tmp_path / "db"
     kw = dict(properties=["matches_reference"], max_examples=8, out_dir=None)
     first = parity.check("swiglu", FAST, database=str(db), **kw)
-    assert first.exit_code == 1 and any(db.rglob("*")), "nothing saved in the database"
+    saved = list(db.rglob("meta-*.json"))
+    assert first.exit_code == 1 and len(saved) == 1, "nothing saved in the database"
+    assert f"parity:swiglu:{FAST}:matches_reference:" in next(db.rglob("key.txt")).read_text()
     again = parity.check("swiglu", FAST, database=str(db), **kw)
-    assert again.exit_code == 1 and again["matches_reference"].cases_to_failure == 1
+    st = again["matches_reference"]
+    assert again.exit_code == 1 and st.cases_to_failure == 1, again.text()
+    assert st.failure["meta"] == first["matches_reference"].failure["meta"]
+    # the same folder, the same key: a kernel that passes it now removes it
+    from parity.campaign.exampledb import ExampleStore, key_for
+
+    store = ExampleStore(db)
+    key = key_for("swiglu", FAST, "matches_reference", first.device)
+    store.save(key.replace(FAST, GOOD), first["matches_reference"].failure["meta"])
+    fixed = parity.check("swiglu", GOOD, database=str(db), **kw)
+    assert fixed.ok and store.fetch(key.replace(FAST, GOOD)) == [], fixed.text()
+    off = parity.check("swiglu", FAST, database="off", **kw)
+    assert off["matches_reference"].cases_to_failure > 1  # not replayed: searched afresh
 
 
 def test_xdist_workers_give_the_kernel_process_one_gpu_each(monkeypatch):

@@ -40,16 +40,36 @@ FAILING = ("fail", "crash", "hang", "error")
 _SUPPRESS = list(HealthCheck)
 # no explain phase in pr/bisect: it re-runs a found failure many times only to annotate it
 _NO_EXPLAIN = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+# Registered under parity's own names only: a user's `pr`/`nightly` profiles stay theirs. The
+# short names are aliases of the CLI and the plugin (`profile_name`). Hypothesis's database is
+# off: it ignores one for seeded or derandomized runs, parity keeps failing cases itself
+# (`ExampleStore`).
 _PROFILE_SETTINGS = {
-    "pr": dict(max_examples=20, derandomize=True, database=None, print_blob=False),
-    "nightly": dict(max_examples=1000, derandomize=False),
-    "bisect": dict(max_examples=30, derandomize=True, database=None),
+    "parity-pr": dict(max_examples=20, derandomize=True, database=None, print_blob=False),
+    "parity-nightly": dict(max_examples=1000, derandomize=False, database=None),
+    "parity-bisect": dict(max_examples=30, derandomize=True, database=None),
 }
 for _name, _kw in _PROFILE_SETTINGS.items():
-    if _name != "nightly":
+    if _name != "parity-nightly":
         _kw["phases"] = _NO_EXPLAIN
     settings.register_profile(_name, deadline=None, suppress_health_check=_SUPPRESS, **_kw)
 PROFILES = tuple(_PROFILE_SETTINGS)
+PROFILE_ALIASES = {p.removeprefix("parity-"): p for p in PROFILES}  # pr -> parity-pr, ...
+
+
+def profile_name(name: str) -> str:
+    """parity's registered Hypothesis profile for `name` (pr, nightly, bisect or parity-...);
+    ValueError for another name."""
+    got = PROFILE_ALIASES.get(name, name)
+    if got not in PROFILES:
+        have = ", ".join(PROFILE_ALIASES)
+        raise ValueError(f"unknown profile {name!r}; profiles: {have} (or parity-<name>)")
+    return got
+
+
+def get_profile(name: str):
+    """The Hypothesis settings of parity's profile `name` (an alias or the full name)."""
+    return settings.get_profile(profile_name(name))
 
 
 class PropertyFailed(AssertionError):
@@ -669,6 +689,7 @@ def drive(
     derandomize: bool | None = None,
     on_start: Callable[[str, dict], None] | None = None,
     on_example: Callable[[Stats, str], None] | None = None,
+    database=None,
 ) -> Stats:
     """Run `prop` with Hypothesis, each case through `evaluator.evaluate(prop, meta)`.
 
@@ -678,6 +699,9 @@ def drive(
     result. A failing case that a `ledger` entry matches counts as xfail and the search goes
     on. `out_dir`: where the failure's repro is saved (None: not saved). `raise_errors`: a
     parity error raises `ParityError` instead of counting as a failure (tests of parity).
+    `database`: an `exampledb.ExampleStore`: its saved failing cases of this (op, impl, prop,
+    device) run first (explicit examples; those that pass now are deleted), and the final
+    failing case is saved there.
     """
     import hypothesis
     from hypothesis import Verbosity, given
@@ -691,7 +715,7 @@ def drive(
     if strat is None:
         stats.stopped = f"{spec.name} has no strategy for {prop}"
         return stats
-    base = settings.get_profile(profile)
+    base = get_profile(profile)
     overrides: dict = {"verbosity": Verbosity.quiet}
     if max_examples is not None:
         overrides["max_examples"] = max_examples
@@ -708,7 +732,7 @@ def drive(
     s = settings(base, **overrides)
     reject_cap = REJECTS_PER_EXAMPLE * s.max_examples
     nothing_cap = max(32, ALL_UNSUPPORTED_PER_EXAMPLE * s.max_examples)
-    targeted = profile == "nightly"
+    targeted = profile_name(profile) == "parity-nightly"
     fails: dict[str, tuple] = {}
     t0 = time.perf_counter()
     state: dict = {"first": None, "shrink_until": None, "provisional": None, "last": None}
@@ -725,6 +749,12 @@ def drive(
         if path is None:
             print(f"parity: could not save the repro: {info}", file=sys.stderr)
         return path, info
+
+    from parity.campaign.exampledb import key_for
+
+    db_key = key_for(spec.name, impl_name, prop, device)
+    saved = database.fetch(db_key) if database is not None else []
+    replay = {_key(m): m for m in saved}
 
     @s
     @given(strat)
@@ -756,6 +786,8 @@ def drive(
             stats.record(status, meta, v, was=was)
             if on_example:
                 on_example(stats, status)
+            if key in replay and status not in FAILING:
+                database.delete(db_key, replay.pop(key))  # fixed (or unsupported) now
             blame = getattr(evaluator, "blame", None) if status == "crash" else None
             if blame and not blame.get("alone") and state["first"] is None:
                 state["after"] = blame  # not this case's own crash: nothing to shrink
@@ -784,6 +816,8 @@ def drive(
                     state["provisional"] = save(meta, status, v)  # written as soon as found
             raise PropertyFailed(meta, v.message if v is not None else status)
 
+    for meta in reversed(saved):  # Hypothesis runs explicit examples bottom-up: newest first
+        body = hypothesis.example(meta)(body)
     if seed is not None:
         body = hypothesis.seed(seed)(body)
     final = None
@@ -837,6 +871,8 @@ def drive(
             found = diagnosis(spec, evaluator, prop, final)
             if found is not None:
                 stats.failure["diagnosis"] = found
+        if database is not None and stats.failure.get("kind") in FAILING:
+            database.save(db_key, final)
         after = (state["after"] or {}).get("after")
         if after is not None and stats.failure["meta"] == state["first"]:
             a_prop, a_meta, _ = after
@@ -923,7 +959,7 @@ def run_campaign(
     hard = start + max_time if max_time is not None else None
     if not interleave or len(props) < 2:
         return _sequential(spec, props, evaluator, hard, fail_fast, on_prop_start, on_prop_done, kw)
-    base = settings.get_profile(kw.get("profile", "pr"))
+    base = get_profile(kw.get("profile", "pr"))
     total = kw.pop("max_examples", None) or base.max_examples
     clock_bound = hard is not None and total >= 1_000_000
     seed = kw.pop("seed", None)

@@ -77,8 +77,8 @@ def pytest_addoption(parser):
     g.addoption(
         "--parity-database",
         default=None,
-        help="Hypothesis example database of parity.check (a directory, or none); default "
-        "$PARITY_HYPOTHESIS_DB, else .hypothesis/examples",
+        help="where parity.check keeps failing cases and replays them first (a directory, or "
+        "off); default $PARITY_HYPOTHESIS_DB, else .hypothesis/parity",
     )
     g.addoption(
         "--parity-worker-setup",
@@ -164,51 +164,53 @@ class Target:
 
     def run(self):
         """Run the property; fail with the shrunk case and its rerun line, or skip NOT RUN."""
-        from parity.api import _engine_takes, _importable_name, _path_prefix, _profile
-        from parity.campaign.engine import InProcess, drive
-        from parity.catalog import get_impl, get_spec
+        from parity.api import _importable_name, _path_prefix, _profile
+        from parity.campaign.candidate import lookup
+        from parity.campaign.engine import InProcess, Isolated, drive
+        from parity.catalog import get_spec
 
         if self.skipped:
             pytest.skip(f"skipped by --parity-skip-property {self.prop}")
         spec = get_spec(self.op)
-        impl = get_impl(self.op, self.impl)
+        # by name only: a module:function (--parity-impl) is imported in its worker, never here
+        impl = lookup(self.op, self.impl)
         ok, why = impl.availability(self.device)
         if not ok:
             pytest.skip(f"{NOT_RUN}: {impl.key} on {self.device}: {why}")
-        accept = [a for a in self.accept if a in {v.name for v in spec.variants}]
-        kw, ekw = {}, {}
-        if accept:
-            if _engine_takes("accept", "InProcess"):
-                ekw["accept"] = tuple(accept)
-            elif _engine_takes("accept"):
-                kw["accept"] = tuple(accept)
-            else:
-                pytest.fail("--parity-accept: this engine does not judge under variants yet")
+        accept = tuple(a for a in self.accept if a in {v.name for v in spec.variants})
         # a kernel registered outside parity (a user's conftest.py): the rerun line names its
         # function, which a fresh `parity` process can import; parity's own go by name
         name = self.impl
+        external = ":" in name and impl.backend == "external"
         builtin = impl.reference or getattr(impl.fn, "__module__", "").startswith("parity.")
         if not builtin and ":" not in name:
             name = _importable_name(impl.fn) or name
-        stats = drive(
-            spec,
-            self.prop,
-            InProcess(spec, impl, self.device, **ekw),
-            impl_name=name,
-            device=self.device,
-            dtypes=impl.dtypes,
-            profile=_profile(self.profile),
-            max_examples=self._max_examples(impl),
-            raise_errors=True,
-            **kw,
-        )
+        if external:
+            evaluator = Isolated(spec, name, self.device, accept=accept)
+        else:  # parity's own (or a registered) kernel: already imported, run in this process
+            evaluator = InProcess(spec, impl, self.device, accept=accept)
+        try:
+            stats = drive(
+                spec,
+                self.prop,
+                evaluator,
+                impl_name=name,
+                device=self.device,
+                dtypes=impl.dtypes,
+                profile=_profile(self.profile),
+                max_examples=self._max_examples(impl),
+                raise_errors=True,
+            )
+        finally:
+            evaluator.close()
         if stats.failure is not None:
             f = stats.failure
             prefix = _path_prefix(name) if ":" in name else ""
             accepted = f" (accepting {', '.join(accept)})" if accept else ""
+            diag = f"\nvariants: {f['diagnosis']['text']}" if f.get("diagnosis") else ""
             pytest.fail(
                 f"{self.prop} failed for {impl.key} on {self.device}{accepted}: "
-                f"{f['message']}\ncase: {f['meta']}\nreproduce: {prefix}{f['repro']}",
+                f"{f['message']}\ncase: {f['meta']}\nreproduce: {prefix}{f['repro']}{diag}",
                 pytrace=False,
             )
         if not stats.tested:
@@ -279,7 +281,7 @@ def _selected(every, ops: list[str], names: list[str]):
     """The implementations the options select; `module:function` names an external candidate
     (for each --parity-op). A name or op that selects nothing is a usage error, never an empty
     run that passes."""
-    from parity.catalog import get_impl
+    from parity.campaign.candidate import lookup
     from parity.registry import OP_NAMES
 
     bad_ops = [o for o in ops if o not in OP_NAMES]
@@ -295,8 +297,8 @@ def _selected(every, ops: list[str], names: list[str]):
     out = [i for i in every if (not ops or i.op in ops) and (not names or i.name in names)]
     for name in external:
         for op in ops:
-            try:
-                out.append(get_impl(op, name))
+            try:  # by name: the worker imports it when its test runs
+                out.append(lookup(op, name))
             except Exception as e:
                 raise pytest.UsageError(f"--parity-impl {name}: {type(e).__name__}: {e}") from e
     return out

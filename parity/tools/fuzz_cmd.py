@@ -75,7 +75,12 @@ def add_parser(sub):
     p.add_argument("--max-examples", type=int, default=None, help="per property")
     p.add_argument("--max-time", type=float, default=None, help="wall-clock budget, seconds")
     p.add_argument("--seed", type=int, default=None, help="Hypothesis seed")
-    p.add_argument("--profile", default="pr", choices=["pr", "nightly", "bisect"])
+    p.add_argument(
+        "--profile",
+        default="pr",
+        choices=["pr", "nightly", "bisect", "parity-pr", "parity-nightly", "parity-bisect"],
+        help="parity's Hypothesis profile (pr = parity-pr, ...)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--property", dest="properties", action="extend", nargs="+", default=[], metavar="P"
@@ -142,12 +147,15 @@ def run(args) -> int:
         max_examples = 1_000_000  # the clock is the limit
     from hypothesis import settings
 
-    from parity.campaign import PROFILES, InProcess, Isolated, exit_code, run_campaign, run_parallel
+    from parity.campaign import InProcess, Isolated, exit_code, run_campaign, run_parallel
+    from parity.campaign.engine import profile_name
     from parity.campaign.text import failure_text
     from parity.campaign.worker import WorkerUsageError
 
-    if args.profile not in PROFILES:
-        return usage_error("fuzz", f"unknown profile {args.profile!r}")
+    try:
+        args.profile = profile_name(args.profile)
+    except ValueError as e:
+        return usage_error("fuzz", str(e))
     per_prop = max_examples or settings.get_profile(args.profile).max_examples
     from parity.campaign.engine import max_workers
 
