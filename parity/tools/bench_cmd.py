@@ -13,6 +13,11 @@ Implementations: registered names, "reference", `module:function`, a peer of `PE
 library's kernel or a plain torch formulation: a baseline, never judged), or "all" (the
 reference, every registered implementation and every peer of the op).
 
+bench imports and runs the candidate in this process: timing needs the kernel next to the
+clock (no worker round trip), and bench gives no verdict. A `module:function` that exits or
+crashes at import is reported as the candidate's failure; one that crashes or hangs in a call
+takes bench with it (`parity fuzz` isolates; bench does not).
+
 Timing (eager): on a GPU, CUDA events around each call, over several input sets that together
 exceed twice the L2 cache, rotated per iteration so no call finds its inputs in L2; the calls
 are enqueued in chunks while the GPU sleeps (torch.cuda._sleep), so the events measure the
@@ -43,7 +48,11 @@ from types import SimpleNamespace
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="time implementations against each other")
+    p = sub.add_parser(
+        "bench",
+        help="time implementations against each other (bench imports and runs the candidate "
+        "in this process)",
+    )
     p.add_argument("--op", required=True)
     p.add_argument(
         "--impl",
@@ -212,6 +221,7 @@ PEERS = {
 
 
 def resolve_impls(op: str, names: list[str]) -> list:
+    from parity.campaign.candidate import import_in_process, lookup
     from parity.catalog import get_impl, impls
     from parity.registry import Impl
 
@@ -227,6 +237,8 @@ def resolve_impls(op: str, names: list[str]) -> list:
             out += [i for i in every if i.name not in have]
         elif name in PEERS.get(op, {}):
             out.append(peer(name))
+        elif ":" in name:  # timing needs the kernel here: imported in this process, on purpose
+            out.append(import_in_process(lookup(op, name)))
         else:
             out.append(get_impl(op, name))
     return out
@@ -422,6 +434,7 @@ def _row(**kw) -> dict:
 
 
 def run(args) -> int:
+    from parity.campaign.candidate import CandidateFailed, ImportUsage
     from parity.catalog import get_spec
     from parity.properties.case import as_tuple
     from parity.tools.common import add_sys_path_cwd, default_device
@@ -436,7 +449,10 @@ def run(args) -> int:
         variants = [json.loads(m) for m in (args.meta or ["{}"])]
         if not all(isinstance(v, dict) for v in variants):
             raise ValueError("--meta must be a JSON object")
-    except (KeyError, ImportError, AttributeError, TypeError, ValueError) as e:
+    except CandidateFailed as e:  # its import exited: the candidate's failure
+        print(f"parity bench: {e}", file=sys.stderr)
+        return 1
+    except (KeyError, ImportError, ImportUsage, AttributeError, TypeError, ValueError) as e:
         print(f"parity bench: {e}", file=sys.stderr)
         return 2
     if any(t < 0 for t in tokens) or args.rep_ms <= 0 or args.warmup_ms < 0:

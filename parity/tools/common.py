@@ -24,31 +24,14 @@ def add_sys_path_cwd() -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def resolve(cmd: str, op: str, impl_name: str, device: str | None):
-    """(spec, impl, device) or an exit code: 2 usage error, 3 unavailable here."""
-    add_sys_path_cwd()
-    from parity.catalog import get_impl, get_spec
-    from parity.registry import OP_NAMES
+def resolve(cmd: str, op: str, impl_name: str, device: str | None, *, isolate: bool = True):
+    """(spec, impl, device) or an exit code: 2 usage error, 3 unavailable here. The harness
+    never imports a `module:function`: by default it is only named (`candidate.lookup`; the
+    worker imports it), `isolate=False` imports it here (`candidate.import_in_process`). See
+    `parity.campaign.candidate.resolve`."""
+    from parity.campaign.candidate import resolve as _resolve
 
-    if op not in OP_NAMES:
-        return usage_error(cmd, f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
-    try:
-        spec = get_spec(op)
-        impl = get_impl(op, impl_name)
-    except KeyError as e:
-        return usage_error(cmd, str(e.args[0]))
-    except (ImportError, AttributeError, TypeError, ValueError) as e:
-        return usage_error(cmd, f"cannot import {impl_name!r}: {type(e).__name__}: {e}")
-    except Exception as e:  # the module raised at import
-        return usage_error(cmd, f"importing {impl_name!r} raised {type(e).__name__}: {e}")
-    if not callable(impl.fn):
-        return usage_error(cmd, f"{impl_name!r} is not callable")
-    device = default_device(device)
-    ok, why = impl.availability(device)
-    if not ok:
-        print(f"NOT RUN: {op} / {impl_name} on {device}: {why}", file=sys.stderr)
-        return 3
-    return spec, impl, device
+    return _resolve(cmd, op, impl_name, device, isolate=isolate)
 
 
 def bad_numbers(cmd: str, checks) -> int | None:

@@ -127,11 +127,13 @@ def test_public_api_check_and_strategies():
 
     import parity
 
-    bad = parity.check("swiglu", K.patches_the_judge, max_examples=3, out_dir=None)
+    bad = parity.check("swiglu", K.patches_the_judge, max_examples=3, out_dir=None, database=None)
     assert bad.exit_code == 1 and bad["matches_reference"].failure is not None
     with pytest.raises(AssertionError, match="matches_reference"):
         bad.raise_for_failure()
-    good = parity.check("swiglu", "reference", max_examples=3, skip=["nan_policy"], out_dir=None)
+    good = parity.check(
+        "swiglu", "reference", max_examples=3, skip=["nan_policy"], out_dir=None, database=None
+    )
     assert good.exit_code == 0 and "nan_policy" not in {s.prop for s in good.properties}
     good.raise_for_failure()
     with pytest.raises(ValueError):

@@ -180,6 +180,7 @@ def test_unsupported_cases_do_not_eat_the_budget():
         device="cpu",
         out_dir=None,
         progress=False,
+        database=None,
     )
     st = report["matches_reference"]
     assert report.exit_code == 1 and st.failure is not None, report.text()
