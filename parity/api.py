@@ -45,18 +45,33 @@ def _importable_name(fn: Callable) -> str | None:
         return None
 
 
+def _sys_path_root(top: str) -> str | None:
+    """The sys.path entry holding the top-level module or package `top`, found without
+    importing anything (the first that has it, as the import system would)."""
+    for entry in sys.path:
+        base = os.path.abspath(entry or os.getcwd())
+        if os.path.isfile(os.path.join(base, top, "__init__.py")) or os.path.isfile(
+            os.path.join(base, top + ".py")
+        ):
+            return base
+    return None
+
+
 def _path_prefix(name: str) -> str:
     """`PYTHONPATH=DIR ` when the module of `name` ("module:function") is not importable from
     the current directory by a fresh `parity` command (a conftest.py in tests/, say), else ""."""
     mod = sys.modules.get(name.partition(":")[0])
     path = getattr(mod, "__file__", None)
-    if not path:
-        return ""
-    root = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(path) == "__init__.py":
-        root = os.path.dirname(root)
-    for _ in range(name.partition(":")[0].count(".")):
-        root = os.path.dirname(root)
+    if path:
+        root = os.path.dirname(os.path.abspath(path))
+        if os.path.basename(path) == "__init__.py":
+            root = os.path.dirname(root)
+        for _ in range(name.partition(":")[0].count(".")):
+            root = os.path.dirname(root)
+    else:  # not imported here (the worker imports it): where on sys.path its package lies
+        root = _sys_path_root(name.partition(":")[0].partition(".")[0])
+        if root is None:
+            return ""
     cwd = os.getcwd()
     if root == cwd or "site-packages" in root or "dist-packages" in root:
         return ""
@@ -221,12 +236,20 @@ def check(
         max_examples = SESSION.get("max_examples")
     if max_examples is None and os.environ.get(ENV_MAX_EXAMPLES):
         max_examples = int(os.environ[ENV_MAX_EXAMPLES])
-    if isinstance(fn, str):
+    if isinstance(fn, str) and ":" in fn:
+        from parity.campaign.candidate import ImportUsage, lookup
+
+        # by name only: the worker imports it (isolate=False: `InProcess` imports it here)
+        try:
+            impl, name = lookup(op, fn), fn
+        except ImportUsage as e:
+            raise ValueError(str(e)) from None
+    elif isinstance(fn, str):
         impl = get_impl(op, fn)
         builtin = impl.reference or getattr(impl.fn, "__module__", "").startswith("parity.")
         # a kernel registered outside parity (a user's conftest.py): the worker and the rerun
         # line name its function, which a fresh process can import; parity's own by name
-        name = fn if builtin or ":" in fn else _importable_name(impl.fn)
+        name = fn if builtin else _importable_name(impl.fn)
     else:
         name = _importable_name(fn)
         label = name or getattr(fn, "__qualname__", type(fn).__name__)
@@ -251,21 +274,29 @@ def check(
             "run in-process (the kernel cannot be imported by name): no rerun line works"
         )
     run = [p for p in props if p not in skip]
+    from parity.campaign.candidate import ImportUsage
     from parity.campaign.engine import InProcess, Isolated, run_campaign
+    from parity.campaign.worker import WorkerUsageError
 
     db = _database(database)
-    evaluator = (
-        Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device), accept=accept)
-        if isolate
-        else InProcess(spec, impl, device, accept=accept)
-    )
+    try:
+        evaluator = (
+            Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device), accept=accept)
+            if isolate
+            else InProcess(spec, impl, device, accept=accept)  # imports a module:function here
+        )
+    except ImportUsage as e:
+        raise ValueError(f"{fn!r}: {e}") from None
     max_ex = max_examples
     if max_ex is None and max_time is not None:
         max_ex = 1_000_000  # the clock is the limit
     bar = _Progress(f"parity {op} / {label} on {device}", run, progress)
     t0 = time.monotonic()
     try:
-        evaluator.start()
+        try:
+            evaluator.start()
+        except (WorkerUsageError, ImportUsage) as e:  # the name does not import: a usage error
+            raise ValueError(f"{fn!r}: {e}") from None
         report.properties = run_campaign(
             spec,
             run,

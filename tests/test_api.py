@@ -281,3 +281,16 @@ def test_the_plugins_options_are_check_defaults(example, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 4 and "--parity-profile: expected one of pr, nightly" in r.stderr, r
+
+
+def test_a_module_function_is_never_imported_by_check(example, monkeypatch):
+    """check("op", "module:function") names the kernel for its worker: the calling process
+    does not import it; a name that does not import is a ValueError."""
+    mod = "myswiglu.kernels"
+    monkeypatch.delitem(sys.modules, mod, raising=False)
+    report = parity.check("swiglu", GOOD, properties=["matches_reference"], max_examples=4)
+    assert report.ok and mod not in sys.modules, report.text()
+    with pytest.raises(ValueError, match="nosuch_module"):
+        parity.check("swiglu", "nosuch_module:fn", max_examples=2, out_dir=None)
+    with pytest.raises(ValueError, match="expected module:function"):
+        parity.check("swiglu", "bad name:fn", max_examples=2, out_dir=None)
