@@ -268,6 +268,9 @@ def test_the_plugins_options_are_check_defaults(example, tmp_path):
     report = parity.check("swiglu", GOOD, max_examples=4, out_dir=None, progress=False)
     assert [st.prop for st in report.properties] == ["matches_reference"], report.text()
     assert report.skipped == ["deterministic"] and report.ok
+    api.SESSION.update(accept=["rounded_act"])  # --parity-accept rounded_act
+    fast = parity.check("swiglu", FAST, max_examples=8, out_dir=None, progress=False)
+    assert fast.ok and fast.accepted == ["rounded_act"], fast.text()
     api.SESSION.update(accept=["nosuch"])
     with pytest.raises(ValueError, match="unknown variant nosuch"):
         parity.check("swiglu", GOOD)
