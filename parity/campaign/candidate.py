@@ -112,11 +112,17 @@ def import_in_process(impl):
 def resolve(cmd: str, op: str, name: str, device: str | None, *, isolate: bool):
     """(spec, impl, device) or an exit code (2 usage, 3 unavailable) for a command; with
     `isolate` a `module:function` is not imported here (the worker will)."""
+    import os
     import sys
 
-    from parity.tools.common import add_sys_path_cwd, default_device, usage_error
+    from parity._gpu import default_device
 
-    add_sys_path_cwd()
+    def usage_error(cmd: str, msg: str) -> int:  # as parity.tools.common's (no import of it)
+        print(f"parity {cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+    if os.getcwd() not in sys.path:  # module:function imports from the current folder
+        sys.path.insert(0, os.getcwd())
     from parity.catalog import get_spec
     from parity.registry import OP_NAMES
 
