@@ -105,6 +105,11 @@ def store_from(database, env: str | None = None) -> ExampleStore | None:
         database = env if env is not None else DEFAULT_DIR
     if database is None or database is False:
         return None
+    if not isinstance(database, (str, os.PathLike)):
+        raise TypeError(
+            f"database: expected a directory, 'off' or None, got {type(database).__name__} "
+            "(parity keeps its own store: Hypothesis ignores a database for seeded runs)"
+        )
     text = os.fspath(database)
     if text.strip().lower() in OFF:
         return None
