@@ -4,7 +4,8 @@ CPU tests: the registration modules import without tilelang/flashinfer and list 
 implementations as unavailable with a reason; the wrappers validate input like the reference
 (same exception, same message) before they need a backend, and refuse what they do not support.
 GPU tests (marked `gpu`, NOT RUN without CUDA and the backend): small cases against the
-references. The golden tables (parity/properties/golden.py) and `parity bench` run the large sweep and the benchmarks.
+references. The golden tables (parity/properties/golden.py) and `parity bench` run the large
+sweep and the benchmarks.
 """
 
 import math

@@ -22,17 +22,18 @@ not implement. What each supports, and why the others are left out:
   n_group == 1 with E <= 384, or 2 <= n_group <= 8 with E <= 256, 2 <= E / n_group <= 32,
   topk_group <= 4 and (E / n_group) * topk_group <= 128. The kernel runs 256 threads (8 warps,
   one per group) and keeps at most 4 top groups (`MaxNumTopGroups`), although its Python check
-  lets n_group go to 32 and topk_group to n_group; the former scripts/gpu_issue5.py probed those cases.
+  lets n_group go to 32 and topk_group to n_group; the former scripts/gpu_issue5.py probed
+  those cases.
   Logits and bias are upcast exactly to float32 before the call, so the weights come back in
   float32 (with bfloat16 logits the kernel would return bfloat16 weights).
 
-Left out: `mxfp4_quant` / `mxfp4_dequant`. On the H100 (SM90, 2026-11-23, the former scripts/gpu_issue5.py)
-`flashinfer.mxfp4_quantize(x, sfLayout=layout_linear)` builds the fp4_quantization_90 module
-and returns wrong output: scale codes 222, 191, 203, 191 where the contract gives 128, 128,
-127, 127, 0.35% of the codes equal to the reference's, a NaN round trip (its E2M1 conversion,
-`cvt.rn.satfinite.e2m1x2.f32`, is compiled only for `__CUDA_ARCH__ >= 1000`; below it the
-helper returns 0). `flashinfer.mxfp4_dequantize` is a host (CPU) loop, not a GPU kernel, and
-maps scale code 0 to 0.0 (the bits `code << 23`) instead of 2^-127 and code 255 to +inf
+Left out: `mxfp4_quant` / `mxfp4_dequant`. On the H100 (SM90, 2026-11-23, the former
+scripts/gpu_issue5.py) `flashinfer.mxfp4_quantize(x, sfLayout=layout_linear)` builds the
+fp4_quantization_90 module and returns wrong output: scale codes 222, 191, 203, 191 where the
+contract gives 128, 128, 127, 127, 0.35% of the codes equal to the reference's, a NaN round trip
+(its E2M1 conversion, `cvt.rn.satfinite.e2m1x2.f32`, is compiled only for `__CUDA_ARCH__ >= 1000`;
+below it the helper returns 0). `flashinfer.mxfp4_dequantize` is a host (CPU) loop, not a GPU
+kernel, and maps scale code 0 to 0.0 (the bits `code << 23`) instead of 2^-127 and code 255 to +inf
 instead of NaN (measured); its nibble order (element 2i in the low nibble) and its linear scale
 layout would match the contract.
 
