@@ -36,7 +36,8 @@ def add_parser(sub):
         "--impl",
         action="append",
         default=[],
-        help="repeatable (default: the reference and every registered impl)",
+        help="repeatable (default: the reference and every registered impl); a module:function "
+        "is imported and run in this process (report measures errors, it judges nothing)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--examples", type=int, default=20)
@@ -245,6 +246,7 @@ def _fmt(x: float) -> str:
 def run(args) -> int:
     import torch
 
+    from parity.campaign.candidate import ImportUsage, import_in_process, lookup
     from parity.catalog import get_impl, get_spec, impls
     from parity.properties.case import dtype_name  # noqa: F401 - parity imports here
 
@@ -266,10 +268,15 @@ def run(args) -> int:
         try:
             spec = get_spec(op)
             if args.impl:
-                chosen = [get_impl(op, name) for name in args.impl]
+                # report runs the kernel here to plot its errors: a module:function is imported
+                # and run in this process (the one command besides bench that does)
+                chosen = [
+                    import_in_process(lookup(op, n)) if ":" in n else get_impl(op, n)
+                    for n in args.impl
+                ]
             else:
                 chosen = impls(op, include_reference=True)
-        except (KeyError, ImportError, AttributeError, TypeError) as e:
+        except (KeyError, ImportError, AttributeError, TypeError, ImportUsage) as e:
             print(f"parity report: {e}", file=sys.stderr)
             return 2
         usable = []

@@ -82,6 +82,26 @@ def run_unit(op: str, impl_name: str, prop: str, device: str, profile: str, max_
     t0 = time.perf_counter()
     try:
         spec = get_spec(op)
+        if ":" in impl_name:  # a user's module:function: imported and run in a worker only
+            from parity.campaign.candidate import lookup
+            from parity.campaign.engine import Isolated, drive
+
+            impl = lookup(op, impl_name)
+            ev = Isolated(spec, impl_name, device)
+            try:
+                st = drive(
+                    spec,
+                    prop,
+                    ev,
+                    impl_name=impl_name,
+                    device=device,
+                    dtypes=impl.dtypes,
+                    profile=profile,
+                    max_examples=max_examples,
+                )
+            finally:
+                ev.close()
+            return st.as_dict()
         impl = get_impl(op, impl_name)
         st = run_property(
             spec,
