@@ -913,6 +913,7 @@ def _set_failure(stats, spec, prop, impl_name, device, final, fails, state, save
         "ratio": getattr(v, "ratio", math.inf),
         "worst": [list(w) for w in getattr(v, "worst", []) or []],
         "repro": repro_command(spec.name, impl_name, prop, device, final),
+        "tolerance": spec.tolerance,
         "repro_file": path,
         "describe": describe or "",
         "shrunk": _key(final) != _key(state["first"]),

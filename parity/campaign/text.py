@@ -43,6 +43,8 @@ def failure_text(st) -> str:
     ratio = f.get("ratio")
     if isinstance(ratio, (int, float)) and kind == "fail" and math.isfinite(ratio) and ratio > 0:
         out.append(f"  error/tolerance  {ratio:.4g}")
+    if f.get("tolerance") and kind == "fail":  # the model the error was judged against
+        out.append(f"  tolerance {f['tolerance']}  (parity explain {st.op})")
     worst = f.get("worst") or []
     if worst:
         out.append("  worst elements (output, index, got, want, tol):")

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 import traceback
+from pathlib import Path
 
 GOOD, BAD, SKIP = 0, 1, 125
 
@@ -228,7 +230,7 @@ def _judge_commit(args, spec, impl, device, evaluator, ledger) -> int:
             sv = spec.compare(case, stored)
             if not sv:
                 return _skip(
-                    f"golden case {i}: the recorded outputs fail this commit's "
+                    f"golden case {i} ({Path(path).name}): the recorded outputs fail this commit's "
                     f"tolerance model ({sv.message}): re-record the golden"
                 )
             status, v = evaluator.evaluate_file("matches_reference", path)
@@ -248,7 +250,11 @@ def _judge_commit(args, spec, impl, device, evaluator, ledger) -> int:
                 continue
             g_fail += 1
             if not failures:
-                failures.append(f"golden case {i} ({case.describe()}): {v.message}")
+                failures.append(
+                    f"golden case {i} of {len(cases)} ({Path(path).name}): {case.describe()}: "
+                    f"{v.message}\n    tolerance: {spec.tolerance}\n    rerun: parity replay "
+                    f"{shlex.quote(str(path))} --impl {shlex.quote(args.impl)}"
+                )
         tested += g_pass + g_fail + g_xf
         unsupported += g_uns
         xfs = f" {g_xf:4d} xfail" if g_xf else ""
