@@ -2,6 +2,7 @@
 # All GPU tests and benchmarks, in two calls of the GPU runner (one call holds at most 10 min):
 #   run(command="bash scripts/gpu_all.sh tests", carry=[".gpu"])  # suite, golden tables, tune
 #   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
+#   run(command="bash scripts/gpu_all.sh nightly", carry=[".gpu"])  # the reference at 1000 ex.
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
 # shape and FlashInfer JIT-builds its modules, both CPU-bound, so serial runs hit the limit).
 # The tuner runs after them, alone on the GPU, so its timings are not shared with other jobs.
@@ -20,7 +21,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
   | tee -a "$LOG/device.txt"
 python3 -m parity list >"$LOG/list.txt" 2>&1
 T_START=$SECONDS
-PHASE="${1:-tests}"   # tests | bench
+PHASE="${1:-tests}"   # tests | bench | nightly
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
 V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
@@ -78,6 +79,11 @@ if [ "$PHASE" = tests ]; then
     tail -n 3 "$LOG/tune_$q.log"
   done
   mkdir -p "$LOG/configs" && cp parity/optimized/triton/configs/*.json "$LOG/configs/"
+elif [ "$PHASE" = nightly ]; then
+  # no false alarm: every property on the reference itself at the nightly budget, cuda and cpu
+  job nightly_ref 560 env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
+    tests/test_reference_nightly.py
+  wait
 else
   # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
   # benchmark below runs with them: compiled side by side first, then timed one mode at a time
