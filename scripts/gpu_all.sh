@@ -133,6 +133,9 @@ else
       --meta "$H4" --meta "$H7"
   done
   bench b_sinkhorn 30 --op sinkhorn --impl reference --impl all --tokens "$TS"
+  # host time of one eager call at T=1 (the launch-cost target), beside FlashInfer's silu_and_mul
+  timeout 60 python3 scripts/launch_cost.py >"$LOG/launch_cost.log" 2>&1
+  echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost); tail -n 15 "$LOG/launch_cost.log"
   # one file (the runner returns at most 8): {"b_op": rows} of every run that printed rows
   python3 - "$LOG" "$OUT/bench.json" <<'PY'
 import glob, json, sys
