@@ -164,6 +164,13 @@ def route_drops_nan(logits, **kw):
     return ref_route(torch.nan_to_num(logits), **kw)
 
 
+@witness("route", "nan_policy", why="NaN rows from NaN logits only (a NaN bias: finite weights)")
+def route_nan_from_logits_only(logits, *, bias=None, **kw):
+    clean = None if bias is None else torch.nan_to_num(bias)
+    w, ids = ref_route(logits, bias=clean, **kw)
+    return w, ids
+
+
 @witness("route", "error_parity", why="accepts a bias with method='softmax' (ignores it)")
 def route_ignores_bias(logits, *, method="softmax", bias=None, **kw):
     if method == "softmax":

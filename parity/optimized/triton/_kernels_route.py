@@ -119,6 +119,9 @@ def _route_kernel(
         bias = to_f32(tl.load(b_ptr + ids, mask=emask, other=0.0))
         key = score + bias
     ik = tl.where(emask, _sortable(key), _INT_MIN)
+    # a NaN key (NaN logit, NaN bias, or +inf score with a -inf bias) makes the row NaN, as
+    # in the reference
+    nan_row = nan_row | (tl.max(tl.max((emask & (key != key)).to(tl.int32), axis=2), axis=1) > 0)
 
     if NG > 1:
         # Group score: the sum of the two largest keys (NaN as -inf), one float32 addition.
