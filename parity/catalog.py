@@ -28,9 +28,9 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     importlib.import_module("parity.properties.specs")
     importlib.import_module("parity.optimized")
+    _loaded = True  # only once both loaded: a failed first load is retried and raises again
 
 
 def specs() -> dict[str, OpSpec]:

@@ -23,7 +23,7 @@ support every row.
 
     python -m parity.properties.golden --device cuda [--op OP] [--impl NAME] [--json PATH]
 
-Exit 0 no failure, 1 a failure, 2 usage.
+Exit 0 no failure, 1 a failure, 2 usage (an unknown --op or --impl), 3 nothing ran.
 """
 
 from __future__ import annotations
@@ -534,6 +534,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if a.impl:  # a typo must not turn the gate green with nothing run
+        from parity.catalog import impls
+
+        names = {"reference"} | {i.name for op in (a.op or known) for i in impls(op)}
+        unknown = sorted(set(a.impl) - names)
+        if unknown:
+            print(f"golden: --impl: unknown {unknown}; known: {sorted(names)}", file=sys.stderr)
+            return 2
     if a.list:
         for r in rows(a.op):
             gpu = " (GPU only)" if r.gpu_only else ""
@@ -555,6 +563,9 @@ def main(argv=None) -> int:
         f"golden tables on {device}: {n[PASS]} passed, {n[FAIL]} failed, "
         f"{n[UNSUPPORTED]} unsupported, {n[NOT_RUN]} not run ({time.perf_counter() - t0:.1f}s)"
     )
+    if not n[PASS] and not n[FAIL]:
+        print("golden tables: nothing ran (every row unsupported or not run here)")
+        return 3
     return 1 if n[FAIL] else 0
 
 
