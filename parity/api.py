@@ -99,17 +99,6 @@ def _database(database):
     return store_from(database, env=os.environ.get(ENV_DATABASE))
 
 
-def _engine_takes(name: str, *where: str) -> bool:
-    """Whether the campaign engine's `drive` (or the named engine callables) takes `name`."""
-    import inspect
-
-    from parity.campaign import engine
-
-    return any(
-        name in inspect.signature(getattr(engine, w)).parameters for w in where or ("drive",)
-    )
-
-
 def _xdist_gpu_env(device: str) -> dict | None:
     """Under pytest-xdist on cuda: the kernel's worker process sees one GPU, gw<i> the i-th
     visible one (mod their count). The calling process is not changed."""

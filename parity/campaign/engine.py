@@ -435,7 +435,10 @@ class Isolated:
         self.last_failed = None
         status, v = self._run(prop, meta=meta, path=path)
         if status == "crash" and self.blame_crashes:
-            status, v = self._blame(prop, meta, path, status, v)
+            try:
+                status, v = self._blame(prop, meta, path, status, v)
+            except BudgetSpent:  # no time left to find the culprit: still this case's crash
+                pass
         return status, _capped(v)
 
     def _run(self, prop: str, *, meta=None, path=None):
@@ -495,8 +498,13 @@ class Isolated:
             self._lost()
             why = f"crash (CUDA error, worker restarted): {reply.get('error', '')!s}"
             return "crash", Verdict(False, why[:MAX_MESSAGE], math.inf)
-        if plan is None or status == "n/a":
+        if plan is None:
             return "n/a", None
+        if status == "n/a":  # the harness's plan says the property applies: not the worker's call
+            return "fail", Verdict(False, "the worker's reply skips a case that applies", math.inf)
+        if status == "bad_output":  # what the candidate returned broke its conversion
+            err = str(reply.get("error", ""))[:MAX_MESSAGE]
+            return "fail", Verdict(False, f"the candidate's output cannot be read: {err}", math.inf)
         try:
             outcomes = outcomes_from_wire(reply.get("outcomes"), blobs, self.device)
         except BadReply as e:

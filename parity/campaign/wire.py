@@ -38,20 +38,6 @@ def verdict_to_json(v) -> dict | None:
     }
 
 
-def verdict_from_json(d):
-    from parity.properties.tolerance import Verdict
-
-    if d is None:
-        return None
-    ratio = d.get("ratio", 0.0)
-    if isinstance(ratio, str):
-        ratio = float(ratio)
-    return Verdict(bool(d["ok"]), str(d.get("message", "")), ratio, list(d.get("worst", [])))
-
-
-# --- tensors and outcomes over the pipe -----------------------------------------------------
-
-
 class BadReply(ValueError):
     """A worker's reply that does not parse: the candidate's process wrote it."""
 

@@ -143,12 +143,17 @@ def _handle(st: _State, req: dict) -> tuple[dict, list, bool]:
             text = exc_text(e)
             if is_cuda_error(text):
                 return {"ok": True, "status": "crash", "error": text}, [], True
-            return {"ok": False, "kind": "error", "error": traceback.format_exc(limit=8)}, [], False
+            # raised while parity took apart what the candidate returned (e.g. a tuple
+            # subclass whose __iter__ raises): the candidate's failure, not parity's
+            return {"ok": True, "status": "bad_output", "error": text}, [], False
         bad = next((o.error for o in outcomes if o.kind == "raised" and is_cuda_error(o.error)), 0)
         if bad:
             return {"ok": True, "status": "crash", "error": bad}, [], True
         blobs: list = []
-        rows = outcomes_to_wire(outcomes, blobs)
+        try:
+            rows = outcomes_to_wire(outcomes, blobs)
+        except Exception as e:  # an output object that cannot be read back
+            return {"ok": True, "status": "bad_output", "error": exc_text(e)}, [], False
         return {"ok": True, "status": "ran", "outcomes": rows}, blobs, False
     if cmd == "quit":
         return {"ok": True}, [], True

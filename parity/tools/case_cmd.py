@@ -17,14 +17,13 @@ unavailable here).
 
 from __future__ import annotations
 
-import json
-
 from parity.tools.common import (
     accepted,
     add_accept,
     add_common,
     bad_numbers,
     print_json,
+    read_meta,
     unknown_properties,
     usage_error,
 )
@@ -62,16 +61,9 @@ def run(args) -> int:
     accept = accepted("case", spec, args.accept)
     if isinstance(accept, int):
         return accept
-    text = args.meta
-    try:
-        if text.startswith("@"):
-            with open(text[1:], encoding="utf-8") as f:
-                text = f.read()
-        meta = json.loads(text)
-    except (OSError, json.JSONDecodeError) as e:
-        return usage_error("case", f"--meta: not valid JSON: {e}")
-    if not isinstance(meta, dict):
-        return usage_error("case", f"--meta: expected a JSON object, got {type(meta).__name__}")
+    meta = read_meta("case", args.meta)  # @FILE read with limits: a FIFO is no hang
+    if isinstance(meta, int):
+        return meta
     if args.no_isolate:
         ev = InProcess(spec, impl, device, accept=accept)
     else:

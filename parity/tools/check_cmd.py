@@ -18,7 +18,7 @@ The golden cases (recorded by `parity golden`) are compared under the op's toler
 (`OpSpec.compare`); then every property runs under the `bisect` Hypothesis profile with a fixed
 seed, so every commit sees the same cases. The run stops at the first failing check and does
 not shrink (a bisect needs the verdict; --keep-going and --shrink for a full diagnosis).
-Failures listed in the known-failure ledger (`parity.tools.ledger`) count as xfail; an XPASS is
+Failures listed in the known-failure ledger (`parity.campaign.ledger`) count as xfail; an XPASS is
 printed but does not make the commit bad (commits from before a known bug pass its entry).
 """
 

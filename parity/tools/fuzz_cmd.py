@@ -14,7 +14,7 @@ rounds of 8, 16, 32 ... examples of each property in turn, so a fault only a lat
 sees is found as early as any other (`--fail-fast` stops at the first counterexample); a
 failure is shrunk (at most `--shrink-time` seconds),
 printed with its error against the tolerance and the worst elements, saved as a repro
-(`parity-repros/` or `--out`, see `parity.tools.repro`) and given as a one-line `parity case`
+(`parity-repros/` or `--out`, see `parity.campaign.repro`) and given as a one-line `parity case`
 command. `--max-time` is a wall-clock budget for testing (counted once the worker is up)
 shared by the rounds; no case is drawn once it is spent, shrinking stops at it, and a case
 still running then (a hanging kernel) is cut off: the campaign ends within the budget plus a

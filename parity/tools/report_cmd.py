@@ -246,9 +246,8 @@ def _fmt(x: float) -> str:
 def run(args) -> int:
     import torch
 
-    from parity.campaign.candidate import ImportUsage, import_in_process, lookup
+    from parity.campaign.candidate import CandidateFailed, ImportUsage, import_in_process, lookup
     from parity.catalog import get_impl, get_spec, impls
-    from parity.properties.case import dtype_name  # noqa: F401 - parity imports here
 
     if args.examples < 1:
         print("parity report: --examples must be >= 1", file=sys.stderr)
@@ -279,6 +278,9 @@ def run(args) -> int:
         except (KeyError, ImportError, AttributeError, TypeError, ImportUsage) as e:
             print(f"parity report: {e}", file=sys.stderr)
             return 2
+        except CandidateFailed as e:  # its import exited or crashed: the candidate's failure
+            print(f"parity report: {e}", file=sys.stderr)
+            return 1
         usable = []
         for impl in chosen:
             ok, why = impl.availability(device)

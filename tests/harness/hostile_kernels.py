@@ -210,3 +210,17 @@ def segfaults_from_t2(x, **kw):
     if x.reshape(-1, x.shape[-1]).shape[0] >= 2:
         segfaults(x)
     return _ref(x, **kw)
+
+
+class _UnreadableTuple(tuple):
+    """A tuple whose iteration raises: parity's own reading of the result breaks on it."""
+
+    def __iter__(self):
+        raise RuntimeError("unreadable")
+
+    def __len__(self):
+        raise RuntimeError("unreadable")
+
+
+def unreadable_result(x, **kw):
+    return _UnreadableTuple((_ref(x, **kw),))

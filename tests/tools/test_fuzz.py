@@ -506,7 +506,7 @@ def test_gpu_pinning_without_initialising_cuda(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NOT RUN: needs a CUDA GPU")
 def test_cuda_illegal_address_is_a_crash_and_the_worker_restarts(capsys, tmp_path):
     r = parity(
         capsys,
