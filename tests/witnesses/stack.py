@@ -4,7 +4,7 @@ signature (their own ops table inside), capturing their op calls as the contract
 import torch
 
 from parity.reference import decoder_stack, mhc_post
-from parity.reference._common import finish
+from parity.reference.common import finish
 from parity.reference.stack import (
     FP8_BLOCK,
     NORM_EPS,

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from parity.reference._common import FLOAT_DTYPES, FP8, check_float, check_tensor, fail
+from parity.reference.common import FLOAT_DTYPES, FP8, check_float, check_tensor, fail
 from parity.reference.quant import _check_fp8_quant_options
 
 if not torch.cuda.is_available():  # as parity.optimized does: before triton defines a kernel
