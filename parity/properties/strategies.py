@@ -63,6 +63,14 @@ def float_dtypes(dtypes=None, *, allowed=FLOAT_DTYPE_NAMES) -> st.SearchStrategy
 # deployment holds 32 experts (fused_moe).
 BENCH_H, BENCH_N, BENCH_E, BENCH_K, BENCH_HC = 7168, 2048, 256, 8, 4
 BENCH_SWIGLU = {"limit": 10.0, "alpha": 1.0, "beta": 0.0, "layout": "concat", "clamp_mode": "pre"}
+# mhc_pre's options as DeepSeek-V4 sets them (mhc_pre and the fused post+pre benchmark alike)
+BENCH_MHC_PRE = {
+    "rms_eps": 1e-6,
+    "pre_eps": 1e-6,
+    "sinkhorn_eps": 1e-6,
+    "post_mult": 2.0,
+    "sinkhorn_iters": 20,
+}
 
 
 # --- metamorphic relations over the token dimension ----------------------------------------

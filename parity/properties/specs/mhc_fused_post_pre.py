@@ -160,13 +160,7 @@ def bench(T: int) -> dict:
         "regime": "normal",
         "x_dtype": "same",
         "post_shape": "3d",
-        "options": {
-            "rms_eps": 1e-6,
-            "pre_eps": 1e-6,
-            "sinkhorn_eps": 1e-6,
-            "post_mult": 2.0,
-            "sinkhorn_iters": 20,
-        },
+        "options": dict(S.BENCH_MHC_PRE),
     }
 
 

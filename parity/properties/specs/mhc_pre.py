@@ -85,13 +85,7 @@ def bench(T: int) -> dict:
         "hc": S.BENCH_HC,
         "dtype": "bfloat16",
         "regime": "normal",
-        "options": {
-            "rms_eps": 1e-6,
-            "pre_eps": 1e-6,
-            "sinkhorn_eps": 1e-6,
-            "post_mult": 2.0,
-            "sinkhorn_iters": 20,
-        },
+        "options": dict(S.BENCH_MHC_PRE),
     }
 
 
