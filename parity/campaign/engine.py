@@ -82,8 +82,9 @@ class ParityError(RuntimeError):
     """parity itself broke on a case (a spec, a strategy, the judge): never the candidate's."""
 
 
-class _BudgetSpent(BaseException):
-    """The time budget is spent: a BaseException, so Hypothesis lets it through at once."""
+class BudgetSpent(BaseException):
+    """The time budget is spent, between cases or while one ran (then it was cut off, not
+    judged): a BaseException, so Hypothesis lets it through at once."""
 
 
 class _ShrinkSpent(BaseException):
@@ -574,10 +575,6 @@ def _indent(text: str, pre: str = "    ") -> str:
     return "\n".join(pre + ln for ln in text.splitlines())
 
 
-class BudgetSpent(BaseException):
-    """The time budget ended while a case ran (it was cut off, not judged)."""
-
-
 def evaluator_for(
     spec, impl, device: str, *, isolate: bool, timeout: float = 60.0, env=None, accept=()
 ):
@@ -772,7 +769,7 @@ def drive(
         if state["shrink_until"] is not None and now > state["shrink_until"]:
             raise _ShrinkSpent
         if state["first"] is None and deadline is not None and now > deadline:
-            raise _BudgetSpent
+            raise BudgetSpent
         if key in fails and fails[key][0] in ("crash", "hang"):
             status, v = fails[key]  # never run a crash twice for the same case
         else:
@@ -833,7 +830,7 @@ def drive(
         body()
     except PropertyFailed as e:
         final = e.meta
-    except (_BudgetSpent, BudgetSpent):
+    except BudgetSpent:
         stats.stopped = "time budget spent"
         if state["last"] is not None:
             final = state["last"][0]
