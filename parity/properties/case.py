@@ -7,6 +7,7 @@ generated on the target device from the seed, never element by element through H
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,12 +164,13 @@ class Gen:
 
 
 def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Spacing of `dtype` at |x| (float64), floored at the dtype's smallest subnormal step."""
+    """Spacing of `dtype` at |x| (float64), floored at the dtype's smallest subnormal step; any
+    float dtype, float8 included."""
     fi = torch.finfo(dtype)
     x = x.to(torch.float64).abs()
     # frexp: x = m * 2**e with m in [0.5, 1): the spacing is 2**(e - mantissa_bits - 1)
     _, e = torch.frexp(torch.where(x > fi.tiny, x, torch.full_like(x, fi.tiny)))
-    mant = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}[dtype]
+    mant = round(-math.log2(fi.eps))  # mantissa bits: eps = 2**-mant
     return torch.ldexp(torch.ones_like(x), (e - 1 - mant).to(torch.int32))
 
 

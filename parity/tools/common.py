@@ -147,14 +147,3 @@ def draw_metas(strategy, count: int, *, seed: int = 0) -> list[dict]:
 
     collect()
     return metas
-
-
-def ulp_of(want, dtype):
-    """Spacing of `dtype` at |want| (float64), for any float dtype including float8."""
-    import torch
-
-    fi = torch.finfo(dtype)
-    mant = round(-math.log2(fi.eps))
-    x = want.abs()
-    _, e = torch.frexp(torch.where(x > fi.tiny, x, torch.full_like(x, fi.tiny)))
-    return torch.ldexp(torch.ones_like(x), (e - 1 - mant).to(torch.int32))

@@ -173,10 +173,9 @@ def _generic_compare(name: str, case, outs):
     import torch
 
     from parity import reference as ref
-    from parity.properties.case import as_tuple, eps_of
+    from parity.properties.case import as_tuple, eps_of, ulp
     from parity.properties.tolerance import Verdict, check_meta, close, combine, exact
     from parity.reference.stack import FUSED_REFERENCE_OPS
-    from parity.tools.common import ulp_of
 
     c = case.clone()
     with ref.precision("float64", round_output=False):
@@ -187,7 +186,7 @@ def _generic_compare(name: str, case, outs):
     for i, (o, w) in enumerate(zip(outs, want)):
         if isinstance(o, torch.Tensor) and o.is_floating_point() and w.is_floating_point():
             m = check_meta(f"output {i}", o, torch.empty(w.shape, dtype=o.dtype, device=w.device))
-            tol = 2 * ulp_of(w.to(torch.float64), o.dtype) + 64 * eps_of(torch.float32) * w.abs()
+            tol = 2 * ulp(w, o.dtype) + 64 * eps_of(torch.float32) * w.abs()
             verdicts.append(close(f"output {i}", o, w, tol) if m else m)
         else:
             verdicts.append(exact(f"output {i}", o, w))

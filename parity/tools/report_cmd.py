@@ -23,7 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parity.tools.common import default_device, draw_metas, ulp_of
+from parity.properties.case import ulp as ulp_of
+from parity.tools.common import default_device, draw_metas
 
 SAMPLE_CAP = 200_000  # elements kept per (op, output, dtype, impl) for the histograms
 FLOOR = {"rel": 1e-12, "ulp": 1e-4}  # zero errors are drawn in the lowest bin

@@ -92,7 +92,7 @@ def test_report_without_matplotlib_names_the_extra_before_any_work(tmp_path):
 
 
 def test_ulp_of_covers_float8():
-    from parity.tools.common import ulp_of
+    from parity.properties.case import ulp as ulp_of
 
     x = torch.tensor([1.0, 448.0, 0.0], dtype=torch.float64)
     assert ulp_of(x, torch.float8_e4m3fn).tolist() == [0.125, 32.0, 2.0**-9]
