@@ -356,6 +356,18 @@ def case_dtypes(meta):
     return dtype, (dtype if xd == "same" else dtype_of(xd))
 
 
+def post_inputs(g: Gen, meta: dict):
+    """(x, residual, post_mix, comb_res_mix) of an mhc_post-shaped case, drawn from `g` in
+    this order (mhc_post and mhc_fused_post_pre share it)."""
+    dtype, xdt = case_dtypes(meta)
+    t, h, hc = meta["T"], meta["H"], meta["hc"]
+    regime = meta["regime"]
+    residual = stream_values(g, (t, hc, h), regime, dtype)
+    x = stream_values(g, (t, 1, h), "wide" if regime == "wide" else "normal", xdt).reshape(t, h)
+    post, comb = post_mixes(g, t, hc, regime, meta["post_shape"])
+    return x, residual, post, comb
+
+
 def apply_mutation(name, args: list, kw: dict, table: dict) -> None:
     if name is not None:
         table[name](args, kw)

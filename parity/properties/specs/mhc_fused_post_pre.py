@@ -16,18 +16,16 @@ from parity.properties.specs._mhc import (
     POST_ONLY_MUTATIONS,
     PRE_OPTION_MUTATIONS,
     apply_mutation,
-    case_dtypes,
     check_metas,
     n_outputs,
     pair,
     post_err,
-    post_mixes,
+    post_inputs,
     pre_tol,
     pre_weight_mutations,
     pre_weights,
     round_tol,
     stream_meta,
-    stream_values,
 )
 from parity.properties.tolerance import Verdict, close, combine
 from parity.reference.mhc import mhc_fused_post_pre_f32
@@ -125,13 +123,9 @@ def strategy(*, size: str = "small", dtypes=None):
 
 def build(meta: dict, device) -> Case:
     g = Gen(meta["seed"], device)
-    dtype, xdt = case_dtypes(meta)
-    t, h, hc = meta["T"], meta["H"], meta["hc"]
-    regime = meta["regime"]
-    residual = stream_values(g, (t, hc, h), regime, dtype)
-    x = stream_values(g, (t, 1, h), "wide" if regime == "wide" else "normal", xdt).reshape(t, h)
-    post, comb = post_mixes(g, t, hc, regime, meta["post_shape"])
-    fn, hs, hb = pre_weights(g, hc, h, regime, hc * (2 + hc))
+    x, residual, post, comb = post_inputs(g, meta)
+    hc, h = meta["hc"], meta["H"]
+    fn, hs, hb = pre_weights(g, hc, h, meta["regime"], hc * (2 + hc))
     if meta.get("nan"):
         x, residual = g.inject_nan(x, p=0.01), g.inject_nan(residual, p=0.002)
     args = [x, residual, post, comb, fn, hs, hb]

@@ -10,14 +10,12 @@ from parity.properties.case import Case, Gen
 from parity.properties.specs._mhc import (
     POST_ONLY_MUTATIONS,
     apply_mutation,
-    case_dtypes,
     empty_like_spec,
     n_outputs,
     post_err,
-    post_mixes,
+    post_inputs,
     round_tol,
     stream_meta,
-    stream_values,
 )
 from parity.properties.tolerance import Verdict, check_meta, close
 from parity.registry import OpSpec, Relation, add_spec
@@ -47,12 +45,7 @@ def strategy(*, size: str = "small", dtypes=None):
 
 def build(meta: dict, device) -> Case:
     g = Gen(meta["seed"], device)
-    dtype, xdt = case_dtypes(meta)
-    t, h, hc = meta["T"], meta["H"], meta["hc"]
-    regime = meta["regime"]
-    residual = stream_values(g, (t, hc, h), regime, dtype)
-    x = stream_values(g, (t, 1, h), "wide" if regime == "wide" else "normal", xdt).reshape(t, h)
-    post, comb = post_mixes(g, t, hc, regime, meta["post_shape"])
+    x, residual, post, comb = post_inputs(g, meta)
     if meta.get("nan"):
         x, residual = g.inject_nan(x, p=0.01), g.inject_nan(residual, p=0.002)
     args = [x, residual, post, comb]
