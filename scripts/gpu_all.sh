@@ -21,133 +21,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
   | tee -a "$LOG/device.txt"
 python3 -m parity list >"$LOG/list.txt" 2>&1
 T_START=$SECONDS
-PHASE="${1:-tests}"   # tests | bench | nightly
-EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
-JOBS=()
-V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
-TUNE_M="${TUNE_M:-1,16,128,1024}"  # the bench phase tunes 8192 (and mxfp4 1024) on its grid
-export TRITON_CACHE_DIR="$PWD/.triton-cache"  # shared by the jobs; kept while the runner is warm
-job() {  # job NAME LIMIT CMD...: start in the background with a time limit; rc and seconds kept
-  local name=$1 limit=$2; shift 2
-  ( t0=$SECONDS; timeout "$limit" "$@" >"$LOG/$name.log" 2>&1; echo "$? $((SECONDS - t0))s" \
-      >"$LOG/$name.rc" ) &
-  JOBS+=("$name")
-}
-suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
-  local name=$1 limit=$2 ex=$3; shift 3
-  # --jobs 1: the suites already run side by side; one process per property unit in each of
-  # them exhausted the GPU's memory (2026-12-05, H100)
-  job "$name" "$limit" python3 -m parity suite --device cuda --jobs 1 --max-examples "$ex" "$@" \
-    --json "$LOG/$name.json"
-}
-if [ "$PHASE" = tests ]; then
-  suite s_ref 300 "$EX" --backend torch
-  suite s_tri_elem 300 "$EX" --backend triton --op swiglu --op fp8_quant \
-    --op silu_mul_fp8_quant --op mxfp4_dequant --op moe_align
-  suite s_tri_new 300 "$EX" --backend triton --op fp8_block_quant --op mxfp4_quant --op route
-  suite s_tri_moe 300 "$EX" --backend triton --op fused_moe
-  suite s_stack 300 "$EX_JIT" --backend stack
-  for op in sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head; do
-    suite "s_tl_$op" 300 "$EX_JIT" --backend tilelang --op "$op"
-  done
-  for op in swiglu route mhc_pre mhc_post; do
-    suite "s_fi_$op" 300 "$EX_JIT" --backend flashinfer --op "$op"
-  done
-  # the golden tables (parity/properties/golden.py): every implementation at the path
-  # thresholds and their neighbours, odd shapes, FlashInfer's limits; one job per op
-  for op in mhc_pre mhc_post mhc_fused_post_pre mhc_head sinkhorn swiglu route; do
-    job "g_$op" 300 python3 -m parity.properties.golden --device cuda --op "$op" --budget 280 \
-      --json "$LOG/g_$op.json"
-  done
-  job pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_gpu_backends.py \
-    tests/test_triton_kernels.py tests/test_triton_fused_moe.py tests/tools
-  # the tuner's candidates checked (so compiled into the shared Triton cache) meanwhile
-  for q in mxfp4 fp8_block none; do
-    job "tunecheck_$q" 300 python3 -m parity tune --check-only --config "$V4" --ep 8 \
-      --quant "$q" --batch-sizes "$TUNE_M" --grid small --device cuda
-  done
-  wait
-  # the tuner alone on the GPU: DeepSeek-V4-Flash with 8-way expert parallelism (E 32, N 2048,
-  # the file the issue's H 7168 benchmark layer also reads), the three quant modes one by one
-  TUNE_LIMIT="${TUNE_LIMIT:-$((560 - (SECONDS - T_START)))}"
-  for q in mxfp4 fp8_block none; do
-    left=$((TUNE_LIMIT / 3)); t0=$SECONDS
-    timeout "$left" python3 -m parity tune \
-      --config "$V4" --ep 8 --quant "$q" --batch-sizes "$TUNE_M" --grid small --merge \
-      --out parity/optimized/triton/configs --device cuda >"$LOG/tune_$q.log" 2>&1
-    echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
-    tail -n 3 "$LOG/tune_$q.log"
-  done
-  mkdir -p "$LOG/configs" && cp parity/optimized/triton/configs/*.json "$LOG/configs/"
-elif [ "$PHASE" = nightly ]; then
-  # no false alarm: every property on the reference itself at the nightly budget, cuda and cpu
-  job nightly_ref 560 env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
-    tests/test_reference_nightly.py
-  wait
-else
-  # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
-  # benchmark below runs with them: compiled side by side first, then timed one mode at a time
-  CFG=parity/optimized/triton/configs
-  for q in mxfp4 fp8_block none; do
-    m=8192; [ "$q" = mxfp4 ] && m=1024,8192
-    job "tunecheck_$q" 80 python3 -m parity tune --check-only --config "$V4" --ep 8 \
-      --quant "$q" --batch-sizes "$m" --grid large --device cuda
-  done
-  wait
-  for q in mxfp4 fp8_block none; do
-    m=8192; [ "$q" = mxfp4 ] && m=1024,8192
-    t0=$SECONDS
-    lim=35; [ "$q" = mxfp4 ] && lim=50
-    timeout "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
-      --grid large --merge --out "$CFG" --device cuda >"$LOG/tune_$q.log" 2>&1
-    echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
-    tail -n 3 "$LOG/tune_$q.log"
-  done
-  mkdir -p "$LOG/configs" && cp "$CFG"/*.json "$LOG/configs/"
-  # parity bench, one op at a time alone on the GPU: every implementation and peer beside the
-  # reference, the copy ceiling measured in each run, CUDA-graph replay beside eager
-  TS=1,16,128,1024,8192
-  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
-  M='{"dims": {"quant": "mxfp4"}}'
-  H4='{"H": 4096}'; H7='{"H": 7168}'; PLAIN='{"options": {"limit": null}}'
-  bench() {  # bench NAME LIMIT ARGS...: rows as JSON in $LOG/NAME.json, within the call's time
-    local name=$1 limit=$2 left=$((570 - (SECONDS - T_START))); shift 2; t0=$SECONDS
-    [ "$left" -lt "$limit" ] && limit=$left
-    [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
-    timeout "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
-      2>"$LOG/$name.log"
-    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
-  }
-  # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
-  bench b_fused_moe 200 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
-    --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
-  # swiglu: DeepSeek-V4's clamp, and the plain SwiGLU where FlashInfer's silu_and_mul is a peer
-  bench b_swiglu 60 --op swiglu --impl reference --impl all --tokens "$TS" --meta '{}' \
-    --meta "$PLAIN"
-  for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant route \
-      moe_align; do
-    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens "$TS"
-  done
-  for op in mhc_post mhc_pre mhc_fused_post_pre mhc_head; do  # hc 4, H 4096 and 7168
-    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens 1,4,16,128,1024,8192 \
-      --meta "$H4" --meta "$H7"
-  done
-  bench b_sinkhorn 30 --op sinkhorn --impl reference --impl all --tokens "$TS"
-  # host time of one eager call at T=1 (the launch-cost target), beside FlashInfer's silu_and_mul
-  timeout 60 python3 scripts/launch_cost.py >"$LOG/launch_cost.log" 2>&1
-  echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost); tail -n 15 "$LOG/launch_cost.log"
-  # one file (the runner returns at most 8): {"b_op": rows} of every run that printed rows
-  python3 - "$LOG" "$OUT/bench.json" <<'PY'
-import glob, json, sys
-out = {}
-for path in sorted(glob.glob(sys.argv[1] + "/b_*.json")):
-    try:
-        out[path.rsplit("/", 1)[1][:-5]] = json.load(open(path))
-    except ValueError:
-        pass
-json.dump(out, open(sys.argv[2], "w"), indent=1)
-PY
-fi
+# the table and the logs, also when the call is cut (SIGTERM from its limit): see finish()
+finish() {
+trap - EXIT TERM INT
 echo; echo "== jobs (exit code, seconds; 124 = hit its time limit)"
 for k in "${JOBS[@]}"; do printf '%-24s %s\n' "$k" "$(cat "$LOG/$k.rc" 2>/dev/null || echo '? not finished')"; done
 python3 - "$LOG" <<'PY' | tee "$LOG/summary.txt"
@@ -213,3 +89,134 @@ PY
 for f in "$LOG"/pytest_gpu.log; do [ -f "$f" ] && tail -n 4 "$f"; done
 tar -C "$LOG" -czf "$OUT/logs.tar.gz" .
 ls "$OUT"
+}
+trap finish EXIT
+trap 'exit 124' TERM INT
+PHASE="${1:-tests}"   # tests | bench | nightly
+EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
+JOBS=()
+V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
+TUNE_M="${TUNE_M:-1,16,128,1024}"  # the bench phase tunes 8192 (and mxfp4 1024) on its grid
+export TRITON_CACHE_DIR="$PWD/.triton-cache"  # shared by the jobs; kept while the runner is warm
+job() {  # job NAME LIMIT CMD...: start in the background with a time limit; rc and seconds kept
+  local name=$1 limit=$2; shift 2
+  ( t0=$SECONDS; timeout -k 10 "$limit" "$@" >"$LOG/$name.log" 2>&1; echo "$? $((SECONDS - t0))s" \
+      >"$LOG/$name.rc" ) &
+  JOBS+=("$name")
+}
+suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
+  local name=$1 limit=$2 ex=$3; shift 3
+  # --jobs 1: the suites already run side by side; one process per property unit in each of
+  # them exhausted the GPU's memory (2026-12-05, H100)
+  job "$name" "$limit" python3 -m parity suite --device cuda --jobs 1 --max-examples "$ex" "$@" \
+    --json "$LOG/$name.json"
+}
+if [ "$PHASE" = tests ]; then
+  suite s_ref 300 "$EX" --backend torch
+  suite s_tri_elem 300 "$EX" --backend triton --op swiglu --op fp8_quant \
+    --op silu_mul_fp8_quant --op mxfp4_dequant --op moe_align
+  suite s_tri_new 300 "$EX" --backend triton --op fp8_block_quant --op mxfp4_quant --op route
+  suite s_tri_moe 300 "$EX" --backend triton --op fused_moe
+  suite s_stack 300 "$EX_JIT" --backend stack
+  for op in sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head; do
+    suite "s_tl_$op" 300 "$EX_JIT" --backend tilelang --op "$op"
+  done
+  for op in swiglu route mhc_pre mhc_post; do
+    suite "s_fi_$op" 300 "$EX_JIT" --backend flashinfer --op "$op"
+  done
+  # the golden tables (parity/properties/golden.py): every implementation at the path
+  # thresholds and their neighbours, odd shapes, FlashInfer's limits; one job per op
+  for op in mhc_pre mhc_post mhc_fused_post_pre mhc_head sinkhorn swiglu route; do
+    job "g_$op" 300 python3 -m parity.properties.golden --device cuda --op "$op" --budget 280 \
+      --json "$LOG/g_$op.json"
+  done
+  job pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_gpu_backends.py \
+    tests/test_triton_kernels.py tests/test_triton_fused_moe.py tests/tools
+  # the tuner's candidates checked (so compiled into the shared Triton cache) meanwhile
+  for q in mxfp4 fp8_block none; do
+    job "tunecheck_$q" 300 python3 -m parity tune --check-only --config "$V4" --ep 8 \
+      --quant "$q" --batch-sizes "$TUNE_M" --grid small --device cuda
+  done
+  wait
+  # the tuner alone on the GPU: DeepSeek-V4-Flash with 8-way expert parallelism (E 32, N 2048,
+  # the file the issue's H 7168 benchmark layer also reads), the three quant modes one by one
+  TUNE_LIMIT="${TUNE_LIMIT:-$((560 - (SECONDS - T_START)))}"
+  for q in mxfp4 fp8_block none; do
+    left=$((TUNE_LIMIT / 3)); t0=$SECONDS
+    [ "$left" -lt 20 ] && { echo "NOT RUN: time" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q"); continue; }
+    timeout -k 10 "$left" python3 -m parity tune \
+      --config "$V4" --ep 8 --quant "$q" --batch-sizes "$TUNE_M" --grid small --merge \
+      --out parity/optimized/triton/configs --device cuda >"$LOG/tune_$q.log" 2>&1
+    echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
+    tail -n 3 "$LOG/tune_$q.log"
+  done
+  mkdir -p "$LOG/configs" && cp parity/optimized/triton/configs/*.json "$LOG/configs/"
+elif [ "$PHASE" = nightly ]; then
+  # no false alarm: every property on the reference itself at the nightly budget, cuda and cpu
+  job nightly_ref 560 env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
+    tests/test_reference_nightly.py
+  wait
+else
+  # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
+  # benchmark below runs with them: compiled side by side first, then timed one mode at a time
+  CFG=parity/optimized/triton/configs
+  for q in mxfp4 fp8_block none; do
+    m=8192; [ "$q" = mxfp4 ] && m=1024,8192
+    job "tunecheck_$q" 80 python3 -m parity tune --check-only --config "$V4" --ep 8 \
+      --quant "$q" --batch-sizes "$m" --grid large --device cuda
+  done
+  wait
+  for q in mxfp4 fp8_block none; do
+    m=8192; [ "$q" = mxfp4 ] && m=1024,8192
+    t0=$SECONDS
+    lim=35; [ "$q" = mxfp4 ] && lim=50
+    timeout -k 10 "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
+      --grid large --merge --out "$CFG" --device cuda >"$LOG/tune_$q.log" 2>&1
+    echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
+    tail -n 3 "$LOG/tune_$q.log"
+  done
+  mkdir -p "$LOG/configs" && cp "$CFG"/*.json "$LOG/configs/"
+  # parity bench, one op at a time alone on the GPU: every implementation and peer beside the
+  # reference, the copy ceiling measured in each run, CUDA-graph replay beside eager
+  TS=1,16,128,1024,8192
+  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
+  M='{"dims": {"quant": "mxfp4"}}'
+  H4='{"H": 4096}'; H7='{"H": 7168}'; PLAIN='{"options": {"limit": null}}'
+  bench() {  # bench NAME LIMIT ARGS...: rows as JSON in $LOG/NAME.json, within the call's time
+    local name=$1 limit=$2 left=$((570 - (SECONDS - T_START))); shift 2; t0=$SECONDS
+    [ "$left" -lt "$limit" ] && limit=$left
+    [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
+    timeout -k 10 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
+      2>"$LOG/$name.log"
+    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+  }
+  # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
+  bench b_fused_moe 200 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
+    --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
+  # swiglu: DeepSeek-V4's clamp, and the plain SwiGLU where FlashInfer's silu_and_mul is a peer
+  bench b_swiglu 60 --op swiglu --impl reference --impl all --tokens "$TS" --meta '{}' \
+    --meta "$PLAIN"
+  for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant route \
+      moe_align; do
+    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens "$TS"
+  done
+  for op in mhc_post mhc_pre mhc_fused_post_pre mhc_head; do  # hc 4, H 4096 and 7168
+    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens 1,4,16,128,1024,8192 \
+      --meta "$H4" --meta "$H7"
+  done
+  bench b_sinkhorn 30 --op sinkhorn --impl reference --impl all --tokens "$TS"
+  # host time of one eager call at T=1 (the launch-cost target), beside FlashInfer's silu_and_mul
+  timeout -k 10 60 python3 scripts/launch_cost.py >"$LOG/launch_cost.log" 2>&1
+  echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost); tail -n 15 "$LOG/launch_cost.log"
+  # one file (the runner returns at most 8): {"b_op": rows} of every run that printed rows
+  python3 - "$LOG" "$OUT/bench.json" <<'PY'
+import glob, json, sys
+out = {}
+for path in sorted(glob.glob(sys.argv[1] + "/b_*.json")):
+    try:
+        out[path.rsplit("/", 1)[1][:-5]] = json.load(open(path))
+    except ValueError:
+        pass
+json.dump(out, open(sys.argv[2], "w"), indent=1)
+PY
+fi

@@ -161,11 +161,85 @@ def stub_kernels() -> None:
     mhc._cuda = lambda op, t: None
 
 
+def _launches() -> list:
+    """Every `Launch` held by a Triton wrapper's plan cache (the modules' `_PLANS` dicts)."""
+    from parity.optimized.triton._launch import Launch
+
+    found = []
+
+    def walk(v, depth=0):
+        if isinstance(v, Launch):
+            found.append(v)
+        elif isinstance(v, (tuple, list)) and depth < 4:
+            for x in v:
+                walk(x, depth + 1)
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("parity.optimized.triton.") and hasattr(mod, "_PLANS"):
+            for plan in list(mod._PLANS.values()):
+                walk(plan)
+    return found
+
+
+def diagnose(ops, all_cases, n: int) -> None:
+    """Where one eager call's host time goes, on CUDA: whether each plan's `Launch` took the
+    direct path, the call with every launch made a no-op (validation, key, allocation), an
+    allocation alone, and a profile of the full call (the functions with the most own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    from parity.optimized.triton import _launch
+
+    real_call = _launch.Launch.__call__
+    print("\n== diagnosis (CUDA): direct launches, host time without the launch, profile")
+    for op in ops:
+        if op.startswith("mhc"):
+            continue
+        a, k = all_cases[op]
+        fn = impl_fn(op)
+        for _ in range(20):
+            fn(*a, **k)
+        torch.cuda.synchronize()
+        before = {id(x) for x in _launches()}
+        launches = _launches()
+        direct = sum(x.direct is not None for x in launches)
+        full, _ = time_cuda(fn, a, k, n, 3)
+        _launch.Launch.__call__ = lambda self, *args: None
+        try:
+            nolaunch, _ = time_cuda(fn, a, k, n, 3)
+        finally:
+            _launch.Launch.__call__ = real_call
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(n):
+            fn(*a, **k)
+        pr.disable()
+        torch.cuda.synchronize()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
+        print(
+            f"\n-- {op}: {len(launches)} Launch in the plans ({len(before)} ids), {direct} direct;"
+            f" full call {full:.2f} us, launches stubbed {nolaunch:.2f} us"
+        )
+        print("\n".join(buf.getvalue().splitlines()[:30]))
+    x = torch.empty(1, device="cuda")
+    for shape in ((1, 7168),):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            torch.empty(shape, dtype=torch.bfloat16, device="cuda")
+        print(f"\ntorch.empty{shape} bf16 cuda: {(time.perf_counter() - t0) / n * 1e6:.2f} us")
+    del x
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="calls a batch")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--op", action="append", help="only these ops (repeatable)")
+    ap.add_argument(
+        "--diagnose", action="store_true", help="on CUDA: direct launches, stubbed time, profile"
+    )
     args = ap.parse_args()
     device = "cuda" if CUDA else "cpu"
     all_cases = cases(device)
@@ -196,6 +270,8 @@ def main() -> int:
         print("| op | impl | wall | events |\n|---|---|---|---|")
         for r in rows:
             print("| " + " | ".join(r) + " |")
+        if args.diagnose:
+            diagnose(ops, all_cases, args.n)
         return 0
     print("\nGPU rows (wall clock and CUDA events a call): not run on cpu")
     stub_kernels()

@@ -15,7 +15,15 @@ import torch
 pytest.importorskip("triton")
 
 from parity import reference as ref
-from parity.optimized.triton import _kernels_quant, _kernels_swiglu, _launch, quant, swiglu
+from parity.optimized.triton import (
+    _kernels_mxfp4_quant,
+    _kernels_quant,
+    _kernels_swiglu,
+    _launch,
+    mxfp4_quant,
+    quant,
+    swiglu,
+)
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -46,6 +54,7 @@ def fresh(monkeypatch):
     """Empty plan caches for this test (plans made elsewhere hold the real kernels)."""
     monkeypatch.setattr(swiglu, "_PLANS", {})
     monkeypatch.setattr(quant, "_PLANS", {})
+    monkeypatch.setattr(mxfp4_quant, "_PLANS", {})
 
 
 def _counting(monkeypatch, module, name):
@@ -179,6 +188,28 @@ def test_plans_follow_the_tile_settings(fresh, monkeypatch):
     assert [c[3]["num_warps"] for c in srec.calls][-2:] == [8, 2]
 
 
+def test_mxfp4_quant_validates_once_and_never_caches_a_bad_input(fresh, monkeypatch):
+    calls = _counting(monkeypatch, mxfp4_quant, "validate_mxfp4_quant")
+    x = _x(2, 64)
+    a = mxfp4_quant.mxfp4_quant(x)
+    b = mxfp4_quant.mxfp4_quant(x.clone())
+    assert len(calls) == 1 and all(torch.equal(u, v) for u, v in zip(a, b))
+    mxfp4_quant.mxfp4_quant(x, scale_rounding="ceil")
+    mxfp4_quant.mxfp4_quant(_x(3, 64))
+    assert len(calls) == 3
+    for bad, kind in [
+        (dict(block=16), ValueError),
+        (dict(block=32.0), TypeError),
+        (dict(scale_rounding="Floor"), ValueError),
+    ]:
+        for _ in range(2):
+            with pytest.raises(kind):
+                mxfp4_quant.mxfp4_quant(x, **bad)
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            mxfp4_quant.mxfp4_quant(_x(2, 48))
+
+
 # --- the plans launch what launch_* launches ------------------------------------------------
 
 SHAPES = [(1, 256), (3, 256), (16, 1024), (33, 4096), (1, 7168), (200, 512)]
@@ -249,6 +280,15 @@ def test_plan_matches_launch_functions(fresh, monkeypatch, shape):
             column_major=opts.get("column_major_scales", False),
         )
         quant.silu_mul_fp8_quant(x, group_size=g, limit=3.0, clamp_mode="post", **opts)
+        (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
+        assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
+
+    for ceil in (False, True):
+        rec = _record(monkeypatch, _kernels_mxfp4_quant, "_mxfp4_quant_kernel")
+        p = torch.empty(m, k // 2, dtype=torch.uint8, device=DEV)
+        s = torch.empty(m, k // 32, dtype=torch.uint8, device=DEV)
+        _kernels_mxfp4_quant.launch(x, p, s, rows=m, k=k, ceil=ceil)
+        mxfp4_quant.mxfp4_quant(x, scale_rounding="ceil" if ceil else "floor")
         (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
         assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
 

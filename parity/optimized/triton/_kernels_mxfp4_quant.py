@@ -79,14 +79,20 @@ def _mxfp4_quant_kernel(
     tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
 
 
-def launch(x, packed, scales, *, rows, k, ceil):
-    """x [rows, K] contiguous (rows, K > 0, K % 32 == 0); packed [rows, K/2], scales [rows,
-    K/32] uint8 contiguous."""
+def launch_args(rows: int, k: int, ceil: bool) -> tuple:
+    """(kernel, grid, constexprs, options) of one launch for x [rows, K]: `launch` runs it,
+    the wrapper keeps it in its plan (`_launch.Launch`), so both launch the same thing."""
     nb = k // 32
     block_b = min(triton.next_power_of_2(nb), TILE["elems"] // 32)
     block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_b * 32)))
     warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(nb, block_b))
-    _mxfp4_quant_kernel[grid](
-        x, packed, scales, rows, nb, BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil, num_warps=warps
-    )
+    consts = dict(BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil)
+    return _mxfp4_quant_kernel, grid, consts, dict(num_warps=warps)
+
+
+def launch(x, packed, scales, *, rows, k, ceil):
+    """x [rows, K] contiguous (rows, K > 0, K % 32 == 0); packed [rows, K/2], scales [rows,
+    K/32] uint8 contiguous."""
+    kernel, grid, consts, opts = launch_args(rows, k, ceil)
+    kernel[grid](x, packed, scales, rows, k // 32, **consts, **opts)

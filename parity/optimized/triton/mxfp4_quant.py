@@ -1,18 +1,21 @@
 """Triton `mxfp4_quant` (`docs/ops.md`): registration and wrapper; the kernel lives in
 `_kernels_mxfp4_quant.py`, imported on the first call. Element and scale codes are bit-exact
-against the reference (integer work on the float32 bits; see the kernel's docstring)."""
+against the reference (integer work on the float32 bits; see the kernel's docstring).
+Validation runs once per call signature, whose plan (output shapes and a `Launch`) is cached, as
+in `swiglu.py`: the key holds everything the validator reads and the kernel's tile setting."""
 
 from __future__ import annotations
 
 import torch
 
-from parity.optimized.triton._launch import launch_context
+from parity.optimized.triton._launch import Launch, launch_context, plain, store
 from parity.reference import validate_mxfp4_quant
 from parity.reference.common import FLOAT_DTYPES
 from parity.registry import register
 
 _MX_BLOCK = 32  # the OCP MX block size; MXFP4 defines no other
 _kernels = None  # parity.optimized.triton._kernels_mxfp4_quant, imported on the first launch
+_PLANS: dict = {}  # call signature -> plan
 
 
 def _k():
@@ -36,21 +39,39 @@ def _k():
 def mxfp4_quant(
     x: torch.Tensor, *, block: int = 32, scale_rounding: str = "floor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    op = "mxfp4_quant"
-    validate_mxfp4_quant(x, block=block, scale_rounding=scale_rounding)
-
-    *lead, k = x.shape
-    packed = torch.empty((*lead, k // 2), dtype=torch.uint8, device=x.device)
-    scales = torch.empty((*lead, k // _MX_BLOCK), dtype=torch.uint8, device=x.device)
-    if x.numel() == 0:
+    try:
+        lead, k, rows, launch = _PLANS[_key(x, block, scale_rounding)]
+    except Exception:  # a new signature, or one the key cannot hold: validate
+        lead, k, rows, launch = _plan(x, block, scale_rounding)
+    dev = x.device
+    packed = torch.empty((*lead, k // 2), dtype=torch.uint8, device=dev)
+    scales = torch.empty((*lead, k // _MX_BLOCK), dtype=torch.uint8, device=dev)
+    if launch is None:
         return packed, scales
-    with launch_context(op, x):
-        _k().launch(
-            x.contiguous(),
-            packed,
-            scales,
-            rows=x.numel() // k,
-            k=k,
-            ceil=scale_rounding == "ceil",
-        )
+    with launch_context("mxfp4_quant", x):
+        launch(x.contiguous(), packed, scales, rows, k // _MX_BLOCK)
     return packed, scales
+
+
+def _key(x, block, scale_rounding):
+    # TILE: a tile sweep changes it, and a plan's launch depends on it
+    tile = _k().TILE
+    return (
+        x.__class__, x.shape, x.dtype, x.device, block.__class__, block,
+        scale_rounding.__class__, scale_rounding, tile["elems"], tile["warps"],
+    )  # fmt: skip
+
+
+def _plan(x, block, scale_rounding):
+    """Validate (raises the contract's error) and build the plan; cache it when the key can
+    hold everything the validator read."""
+    validate_mxfp4_quant(x, block=block, scale_rounding=scale_rounding)
+    *lead, k = x.shape
+    launch = None
+    if x.numel():
+        kernel, grid, consts, opts = _k().launch_args(x.numel() // k, k, scale_rounding == "ceil")
+        launch = Launch(kernel, grid, consts, **opts)
+    plan = (tuple(lead), k, x.numel() // k if k else 0, launch)
+    if x.__class__ is torch.Tensor and plain(block, scale_rounding):
+        store(_PLANS, _key(x, block, scale_rounding), plan)
+    return plan
