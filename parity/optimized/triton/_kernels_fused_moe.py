@@ -343,7 +343,27 @@ def _act_quant_kernel(
         y = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
         if MUL_WEIGHT:
             y = y * tl.load(w_ptr + row)
-    dst = out_ptr + row64 * stride_out + col
+    store_act(
+        y,
+        mask,
+        out_ptr + row64 * stride_out,
+        scale_ptr + row64 * stride_sm,
+        g,
+        col,
+        n_cols,
+        GROUP,
+        QUANT_FP8,
+    )
+
+
+@triton.jit
+def store_act(
+    y, mask, dst_row, scale_row, g, col, n_cols, GROUP: tl.constexpr, QUANT_FP8: tl.constexpr
+):
+    """Store float32 `y` [groups, BLOCK_G] (columns `col`, valid where `mask`) of one row:
+    rounded to the output dtype, or (QUANT_FP8) per group s = max(amax, eps) / 448 and the
+    E4M3 codes of y / s, exactly `fp8_quant`'s (scales to `scale_row[g]`)."""
+    dst = dst_row + col
     if QUANT_FP8:
         # amax with inf counted as the float32 max and NaN propagated (a GPU max drops NaN)
         a = tl.where(mask, tl.abs(y), 0.0)
@@ -356,9 +376,9 @@ def _act_quant_kernel(
         code = e4m3_code(tl.math.div_rn(y, s[:, None]))  # true division, as fp8_quant
         tl.store(dst, code.to(tl.uint8).to(tl.float8e4nv, bitcast=True), mask=mask)
         gmask = g * GROUP < n_cols
-        tl.store(scale_ptr + row64 * stride_sm + g, s, mask=gmask)
+        tl.store(scale_row + g, s, mask=gmask)
     else:
-        tl.store(dst, to_dtype_rne(y, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst, to_dtype_rne(y, dst_row.dtype.element_ty), mask=mask)
 
 
 @triton.jit

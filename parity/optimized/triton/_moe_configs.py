@@ -219,3 +219,122 @@ def get_config(
         else:
             cfg = default_config(m, e, n, quant, block_shape, interpret)
     return fit_config(cfg, quant, x_dtype, block_shape)
+
+
+# --- the decode path (few tokens): grouped pairs, split-K, no moe_align -------------------------
+#
+# Keys (a tuned file or the override may carry them; missing ones take the defaults below):
+# - DECODE_MAX_PAIRS: the decode path runs when T * k <= this (0: never). Under
+#   `override_config` a config without it means 0, so the tuner's configs time the sorted path.
+# - DECODE_BLOCK_M: rows of one expert per tile: 1 is a CUDA-core GEMV (no tensor cores, no
+#   padding), >= 16 a `tl.dot` tile with the rows padded; an expert with more rows loops.
+# - DECODE_BLOCK_N1 / DECODE_BLOCK_N2 / DECODE_BLOCK_K: tiles of GEMM1 (2N columns), GEMM2 (H
+#   columns) and of K; DECODE_SPLIT_K1 / DECODE_SPLIT_K2: K splits (0: derived from the CTA
+#   target), each writing float32 partials that a reduce kernel sums in a fixed order.
+# - DECODE_NUM_WARPS / DECODE_NUM_STAGES.
+DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (T <= 16 at k 8)
+DECODE_ENV = "PARITY_MOE_DECODE"  # "0": never take the decode path (benchmark old vs new)
+# CTAs per GEMM the split-K derivation aims at: about 4 per SM of an H100/H200 (132 SMs), so
+# that every SM keeps several weight streams in flight and the last wave is short
+DECODE_TARGET_CTAS = 4 * 132
+# a split reads at least this many K elements (shorter splits pay the partial traffic for little)
+DECODE_MIN_K_PER_SPLIT = 512
+DECODE_MAX_SPLIT = 8
+
+
+def decode_config(
+    t: int, k: int, e: int, n: int, h: int, quant: str, block_shape, interpret: bool
+) -> dict | None:
+    """The decode path's config for T tokens with k slots, or None where the sorted path runs:
+    the override's DECODE_* keys if an override is active, else the tuned file's entry for the
+    nearest M, else the defaults; `PARITY_MOE_DECODE=0` turns the path off."""
+    if os.environ.get(DECODE_ENV, "1") == "0":
+        return None
+    over = getattr(_state, "cfg", None)
+    if over is not None:
+        base = {key: v for key, v in over.items() if key.startswith("DECODE_")}
+        base.setdefault("DECODE_MAX_PAIRS", 0)  # a tile config alone pins the sorted path
+    else:
+        base = {}
+    if int(base.get("DECODE_MAX_PAIRS", DECODE_MAX_PAIRS)) < t * k:
+        return None
+    cfg = dict(default_decode_config(t, k, e, n, h, quant, block_shape, interpret), **base)
+    return fit_decode_config(cfg, t, k, e, n, h, quant, block_shape)
+
+
+def default_decode_config(t, k, e, n, h, quant, block_shape, interpret) -> dict:
+    if interpret:  # the interpreter pays per program and per op: few, mid-sized tiles
+        return {
+            "DECODE_BLOCK_M": 1 if t == 1 else 16,
+            "DECODE_BLOCK_N1": 64,
+            "DECODE_BLOCK_N2": 64,
+            "DECODE_BLOCK_K": 128,
+            "DECODE_SPLIT_K1": 1,
+            "DECODE_SPLIT_K2": 1,
+            "DECODE_NUM_WARPS": 4,
+            "DECODE_NUM_STAGES": 1,
+        }
+    # T = 1: one row per expert (repeats aside): a GEMV on CUDA cores, 1 FMA per weight element
+    # read, far below the FP32 rate at copy bandwidth. More tokens: tl.dot on 16-row tiles.
+    # Weight bytes per K-loop iteration per CTA: 32 x 256 x 2 (bf16), 64 x 128 (fp8, one scale
+    # group per tile), 64 x 64 (mxfp4, two MX blocks, decoded on CUDA cores).
+    gemv = t == 1
+    bm = 1 if gemv else min(64, max(16, 1 << max(0, (t - 1).bit_length())))
+    if quant == "fp8_block":
+        bn, bk = 64, 128
+    elif quant == "mxfp4":
+        bn, bk = 64, 128
+    else:
+        bn, bk = (32, 256) if gemv else (64, 128)
+    return {
+        "DECODE_BLOCK_M": bm,
+        "DECODE_BLOCK_N1": bn,
+        "DECODE_BLOCK_N2": bn,
+        "DECODE_BLOCK_K": bk,
+        "DECODE_SPLIT_K1": 0,
+        "DECODE_SPLIT_K2": 0,
+        "DECODE_NUM_WARPS": 4,
+        "DECODE_NUM_STAGES": 3 if not gemv else 2,
+    }
+
+
+def _split(split: int, slots: int, n_out: int, bn: int, k_dim: int, bk: int) -> tuple[int, int]:
+    """(splits, K elements per split, a multiple of bk) of one GEMM; split 0: enough splits
+    that slots * N blocks * splits reaches DECODE_TARGET_CTAS, each split at least
+    DECODE_MIN_K_PER_SPLIT long."""
+    tiles = -(-k_dim // bk)
+    if split <= 0:
+        base = slots * -(-n_out // bn)
+        split = -(-DECODE_TARGET_CTAS // max(1, base))
+        split = min(split, DECODE_MAX_SPLIT, max(1, k_dim // DECODE_MIN_K_PER_SPLIT))
+    split = max(1, min(int(split), tiles))
+    per = -(-tiles // split)
+    return -(-tiles // per), per * bk  # no empty split
+
+
+def fit_decode_config(cfg: dict, t, k, e, n, h, quant, block_shape) -> dict:
+    """Bring a decode config within the kernels' constraints and resolve the splits: tiles
+    powers of two; BLOCK_M 1 or >= 16 (tl.dot); BLOCK_N, BLOCK_K >= 16; fp8_block: BLOCK_K
+    divides block_shape[1] (one scale group per K tile); mxfp4: BLOCK_K >= 32 (whole MX
+    blocks). Adds SPLIT1/KSPLIT1 (GEMM1: K = H) and SPLIT2/KSPLIT2 (GEMM2: K = N)."""
+    out = dict(cfg)
+    bm = _pow2_floor(int(out["DECODE_BLOCK_M"]))
+    out["DECODE_BLOCK_M"] = 1 if bm < 16 else bm
+    for key in ("DECODE_BLOCK_N1", "DECODE_BLOCK_N2", "DECODE_BLOCK_K"):
+        out[key] = max(16, _pow2_floor(int(out[key])))
+    if quant == "fp8_block":
+        gk = int(block_shape[1])
+        out["DECODE_BLOCK_K"] = min(out["DECODE_BLOCK_K"], gk & -gk)
+    elif quant == "mxfp4":
+        out["DECODE_BLOCK_K"] = max(32, out["DECODE_BLOCK_K"])
+    slots = max(1, min(e, t * k))
+    bk = out["DECODE_BLOCK_K"]
+    out["SPLIT1"], out["KSPLIT1"] = _split(
+        int(out.get("DECODE_SPLIT_K1", 0)), slots, 2 * n, out["DECODE_BLOCK_N1"], h, bk
+    )
+    out["SPLIT2"], out["KSPLIT2"] = _split(
+        int(out.get("DECODE_SPLIT_K2", 0)), slots, h, out["DECODE_BLOCK_N2"], n, bk
+    )
+    out["DECODE_NUM_WARPS"] = int(out.get("DECODE_NUM_WARPS", 4))
+    out["DECODE_NUM_STAGES"] = int(out.get("DECODE_NUM_STAGES", 2))
+    return out

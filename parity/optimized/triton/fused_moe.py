@@ -7,6 +7,10 @@ row per (token, slot) in x.dtype; a last kernel sums the k rows of each token in
 No atomics: bitwise deterministic. Quant modes: "none", "fp8_block" (W8A8 DeepSeek block FP8,
 activation codes and scales exactly `fp8_quant`'s), "mxfp4" (W4A16, E2M1 weights dequantized
 exactly inside the GEMM or, bf16 with many rows per expert, to a bf16 scratch copy first).
+Few tokens (T * k <= DECODE_MAX_PAIRS, `_moe_configs.decode_config`) take the decode path
+(`_kernels_moe_decode.py`): the pairs grouped per expert by one small kernel instead of
+moe_align, each touched expert's weights read once by GEMV or 16-row dot tiles with a
+deterministic split-K, the same roundings; `PARITY_MOE_DECODE=0` turns it off.
 Kernels: `_kernels_fused_moe.py` (imported lazily); tile configs: `_moe_configs.py` and
 `configs/`.
 
@@ -96,31 +100,32 @@ def fused_moe(
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
 
-    from parity.optimized.triton import _kernels_fused_moe as kern
-    from parity.optimized.triton._moe_configs import get_config
+    from parity.optimized.triton._moe_configs import decode_config, get_config
 
-    cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpreted)
+    opts = dict(
+        quant=quant,
+        w13_scale=w13_scale,
+        w2_scale=w2_scale,
+        limit=swiglu_limit,
+        alpha=swiglu_alpha,
+        beta=swiglu_beta,
+        interleaved=layout == "interleaved",
+        clamp_post=swiglu_clamp_mode == "post",
+        on_input=apply_router_weight_on_input,
+        block_shape=block_shape,
+        interpret=interpreted,
+    )
+    k = topk_ids.shape[1]
+    dcfg = decode_config(t, k, e, n, h, quant, block_shape, interpreted)
     with ctx, warnings.catch_warnings():
         if interpreted:  # numpy's reductions warn on the NaN a NaN-policy case feeds them
             warnings.simplefilter("ignore", RuntimeWarning)
+        if dcfg is not None:  # few tokens: grouped pairs and split-K, no moe_align
+            from parity.optimized.triton import _kernels_moe_decode as dec
+
+            return dec.run_decode(x, w13, w2, topk_weights, topk_ids, cfg=dcfg, **opts)
+        from parity.optimized.triton import _kernels_fused_moe as kern
+
+        cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpreted)
         align = align_for_gemm(topk_ids, e, cfg["BLOCK_SIZE_M"])
-        return kern.run_fused_moe(
-            x,
-            w13,
-            w2,
-            topk_weights,
-            topk_ids,
-            align,
-            quant=quant,
-            w13_scale=w13_scale,
-            w2_scale=w2_scale,
-            limit=swiglu_limit,
-            alpha=swiglu_alpha,
-            beta=swiglu_beta,
-            interleaved=layout == "interleaved",
-            clamp_post=swiglu_clamp_mode == "post",
-            on_input=apply_router_weight_on_input,
-            block_shape=block_shape,
-            cfg=cfg,
-            interpret=interpreted,
-        )
+        return kern.run_fused_moe(x, w13, w2, topk_weights, topk_ids, align, cfg=cfg, **opts)

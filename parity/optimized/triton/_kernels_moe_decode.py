@@ -1,0 +1,663 @@
+"""The decode path of the Triton fused MoE: few tokens (T * k <= DECODE_MAX_PAIRS), where the
+layer's cost is reading the touched experts' weights once.
+
+1. `_group_kernel` (one program): the T*k (token, slot) pairs grouped by expert, stably, in
+   O((T*k)**2) compares: `pairs` (pair indices, expert by expert) and one slot per distinct
+   expert (expert, first position, count); slots past the distinct count get count 0. No sort
+   over all experts, no padding, no host sync.
+2. `_gemm_kernel` GEMM1 and GEMM2: grid (slot, N block, K split); each program reads its
+   expert's `[BLOCK_N, K / split]` weight slice exactly once (rows of an expert beyond BLOCK_M,
+   only possible with many tokens or repeated experts, loop and re-read) and writes float32
+   partials `[split, pair, N]`. BLOCK_M == 1: a GEMV on CUDA cores; else tl.dot on rows padded
+   to BLOCK_M. Split-K is deterministic: partials to a buffer, summed by the next kernel in
+   split order; no atomics.
+3. `_act_kernel`: per valid pair, the GEMM1 partials summed, (router weight on the input), then
+   rounded to x.dtype (the sorted path's GEMM1 output rounding), SwiGLU in float32, stored
+   rounded to x.dtype or quantized per group exactly as `fp8_quant` (`store_act`, shared).
+4. `_out_kernel`: out[t] = sum over j = 0..k-1 in order of round(w_j * sum over splits), in
+   float32, skipped slots never read, every row written.
+
+Numerics are the sorted path's (`_kernels_fused_moe.py`): every product exact in float32
+(bf16/fp16 x bf16/fp16; E4M3 x E4M3 per scale group, times a_scale then w_scale; an E2M1 value
+times x, the MX block's partial sum then times its E8M0 scale), only the float32 summation
+order differs. The same roundings, in the same places: GEMM1 output, activation (or its FP8
+codes), each expert's weighted output to x.dtype, the k-sum in float32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from parity.optimized.triton._fp8 import to_dtype_rne
+from parity.optimized.triton._kernels_fused_moe import (
+    _e2m1_to,
+    _e2m1_to_f32,
+    _e8m0_to_f32,
+    _fp8_to_f32,
+    store_act,
+)
+from parity.optimized.triton._kernels_swiglu import swiglu_f32
+
+
+@triton.jit
+def _group_kernel(
+    ids_ptr, pairs_ptr, slot_e_ptr, slot_start_ptr, slot_cnt_ptr, P, S, BLOCK_P: tl.constexpr
+):
+    """Pairs grouped by expert (ascending id, pair order within an expert) and one slot per
+    distinct expert id, all from one [P, P] comparison. Skipped pairs (-1) are left out."""
+    offs = tl.arange(0, BLOCK_P)
+    ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
+    valid = ids >= 0
+    a = ids[:, None]  # pair p (rows) against pair q (columns)
+    b = ids[None, :]
+    vq = valid[None, :]
+    same = (a == b) & vq
+    rank = tl.sum(tl.where(same & (offs[None, :] < offs[:, None]), 1, 0), axis=1)
+    count = tl.sum(tl.where(same, 1, 0), axis=1)
+    less = (b < a) & vq
+    start = tl.sum(tl.where(less, 1, 0), axis=1)  # valid pairs of lower expert ids
+    tl.store(pairs_ptr + start + rank, offs, mask=valid)
+    first = valid & (rank == 0)
+    slot = tl.sum(tl.where(less & first[None, :], 1, 0), axis=1)  # distinct lower ids
+    tl.store(slot_e_ptr + slot, ids, mask=first)
+    tl.store(slot_start_ptr + slot, start, mask=first)
+    tl.store(slot_cnt_ptr + slot, count, mask=first)
+    distinct = tl.sum(tl.where(first, 1, 0), axis=0)
+    tl.store(slot_cnt_ptr + offs, offs * 0, mask=(offs >= distinct) & (offs < S))
+
+
+@triton.jit
+def _gemm_kernel(
+    a_ptr,
+    b_ptr,
+    part_ptr,
+    a_scale_ptr,
+    b_scale_ptr,
+    pairs_ptr,
+    slot_e_ptr,
+    slot_start_ptr,
+    slot_cnt_ptr,
+    N,
+    K,
+    k_per_split,
+    stride_am,
+    stride_ak,
+    stride_be,
+    stride_bn,
+    stride_bk,
+    stride_ps,
+    stride_pm,
+    stride_asm,
+    stride_ask,
+    stride_bse,
+    stride_bsn,
+    stride_bsk,
+    group_n,
+    group_k,
+    A_ROW_DIV: tl.constexpr,  # k for GEMM1 (row of x = pair // k), 1 for GEMM2
+    QUANT: tl.constexpr,  # 0 none, 1 fp8 block, 2 mxfp4
+    UPCAST_DOT: tl.constexpr,  # the interpreter: dot operands in float32
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """part[split, pair, n] = A[pair // A_ROW_DIV, K range of split] . B[e, n, same range] for
+    the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
+    (mxfp4: `[E, N, K // 2]` packed, scales `[E, N, K // 32]`)."""
+    slot = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
+    cnt = tl.load(slot_cnt_ptr + slot)
+    if cnt == 0:
+        return
+    expert = tl.load(slot_e_ptr + slot).to(tl.int64)
+    start = tl.load(slot_start_ptr + slot)
+    k_lo = split * k_per_split
+    k_hi = tl.minimum(K, k_lo + k_per_split)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < N
+    offs_nw = (offs_n % N).to(tl.int64)  # wrapped: weight loads in bounds, the store masks
+    b_base = b_ptr + expert * stride_be
+    part_base = part_ptr + split.to(tl.int64) * stride_ps
+    if QUANT == 2:
+        s_base = b_scale_ptr + expert * stride_bse
+    for m0 in range(0, cnt, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        mmask = offs_m < cnt
+        pair = tl.load(pairs_ptr + start + offs_m, mask=mmask, other=0)
+        a_rows = (pair // A_ROW_DIV).to(tl.int64)
+        a_base = a_ptr + a_rows * stride_am  # [BLOCK_M]
+        if BLOCK_M == 1:
+            # a GEMV on CUDA cores: one row (a scalar pair), no padding, no tensor cores
+            row = (tl.load(pairs_ptr + start + m0) // A_ROW_DIV).to(tl.int64)
+            a0 = a_ptr + row * stride_am
+            acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            if QUANT == 2:
+                # byte i holds elements 2i (low nibble) and 2i + 1 (high nibble)
+                HALF_K: tl.constexpr = BLOCK_K // 2
+                NUM_G: tl.constexpr = BLOCK_K // 32
+                offs_h = tl.arange(0, HALF_K)
+                offs_g = tl.arange(0, NUM_G)
+                w_rows = b_base + offs_nw[:, None] * stride_bn
+                s_rows = s_base + offs_nw[:, None] * stride_bsn
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    hmask = offs_h < (k_hi - k0) // 2
+                    a_even = tl.load(a0 + (k0 + 2 * offs_h) * stride_ak, mask=hmask, other=0.0)
+                    a_odd = tl.load(a0 + (k0 + 2 * offs_h + 1) * stride_ak, mask=hmask, other=0.0)
+                    packed = tl.load(
+                        w_rows + (k0 // 2 + offs_h)[None, :] * stride_bk,
+                        mask=hmask[None, :],
+                        other=0,
+                    )
+                    # exact products (at most 11 significant bits); each MX block's 32 summed
+                    # in float32, then times the block's scale (the sorted path's scale after
+                    # the dot)
+                    prod = a_even.to(tl.float32)[None, :] * _e2m1_to_f32(packed & 15)
+                    prod += a_odd.to(tl.float32)[None, :] * _e2m1_to_f32(packed >> 4)
+                    blk = tl.sum(tl.reshape(prod, (BLOCK_N, NUM_G, 16)), axis=2)
+                    gmask = offs_g < (k_hi - k0) // 32
+                    sc = tl.load(
+                        s_rows + (k0 // 32 + offs_g)[None, :] * stride_bsk,
+                        mask=gmask[None, :],
+                        other=0,
+                    )
+                    acc1 += tl.sum(blk * _e8m0_to_f32(sc), axis=1)
+            elif QUANT == 0:
+                # products accumulated elementwise, reduced across K once at the end (no
+                # cross-thread reduction per K tile): a float32 sum in another order
+                offs_k = tl.arange(0, BLOCK_K)
+                w_rows = b_base + offs_nw[:, None] * stride_bn
+                acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    kmask = offs_k < k_hi - k0
+                    av = tl.load(a0 + (k0 + offs_k) * stride_ak, mask=kmask, other=0.0)
+                    bv = tl.load(
+                        w_rows + (k0 + offs_k)[None, :] * stride_bk, mask=kmask[None, :], other=0.0
+                    )
+                    acc2 += av.to(tl.float32)[None, :] * bv.to(tl.float32)
+                acc1 = tl.sum(acc2, axis=1)
+            else:
+                offs_k = tl.arange(0, BLOCK_K)
+                w_rows = b_base + offs_nw[:, None] * stride_bn
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    kmask = offs_k < k_hi - k0
+                    av = tl.load(a0 + (k0 + offs_k) * stride_ak, mask=kmask, other=0.0)
+                    bv = tl.load(
+                        w_rows + (k0 + offs_k)[None, :] * stride_bk,
+                        mask=kmask[None, :],
+                        other=0.0,
+                    )
+                    if UPCAST_DOT:
+                        av = _fp8_to_f32(av)
+                        bv = _fp8_to_f32(bv)
+                    # exact E4M3 products summed in float32 over one scale group, then times
+                    # a_scale, then w_scale (the sorted path's order)
+                    d = tl.sum(av.to(tl.float32)[None, :] * bv.to(tl.float32), axis=1)
+                    kg = k0 // group_k  # BLOCK_K divides group_k: one scale group
+                    a_s = tl.load(a_scale_ptr + row * stride_asm + kg * stride_ask)
+                    b_s = tl.load(
+                        b_scale_ptr
+                        + expert * stride_bse
+                        + (offs_nw // group_n) * stride_bsn
+                        + kg * stride_bsk
+                    )
+                    acc1 += d * a_s * b_s
+            acc = acc1[None, :]
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            if QUANT == 2:
+                # one dot per MX block of 32 on the raw E2M1 values (exact in bf16 and fp16),
+                # the block's scale applied to the float32 partial product
+                offs16 = tl.arange(0, 16)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    for g in tl.static_range(BLOCK_K // 32):
+                        kg = k0 + 32 * g
+                        hmask = offs16 < (k_hi - kg) // 2
+                        amask = mmask[:, None] & hmask[None, :]
+                        a_even = tl.load(
+                            a_base[:, None] + (kg + 2 * offs16)[None, :] * stride_ak,
+                            mask=amask,
+                            other=0.0,
+                        )
+                        a_odd = tl.load(
+                            a_base[:, None] + (kg + 2 * offs16 + 1)[None, :] * stride_ak,
+                            mask=amask,
+                            other=0.0,
+                        )
+                        packed = tl.load(
+                            b_base
+                            + offs_nw[None, :] * stride_bn
+                            + (kg // 2 + offs16)[:, None] * stride_bk,
+                            mask=hmask[:, None],
+                            other=0,
+                        )
+                        smask = (tl.zeros((1, BLOCK_N), tl.int32) + kg) < k_hi
+                        sc = _e8m0_to_f32(
+                            tl.load(
+                                s_base + offs_nw[None, :] * stride_bsn + (kg // 32) * stride_bsk,
+                                mask=smask,
+                                other=0,
+                            )
+                        )
+                        lo = _e2m1_to(packed & 15, a_even.dtype)
+                        hi = _e2m1_to(packed >> 4, a_even.dtype)
+                        if UPCAST_DOT:
+                            part = tl.dot(a_even.to(tl.float32), lo.to(tl.float32))
+                            part = tl.dot(a_odd.to(tl.float32), hi.to(tl.float32), part)
+                        else:
+                            part = tl.dot(a_even, lo)
+                            part = tl.dot(a_odd, hi, part)
+                        acc += part * sc
+            else:
+                offs_k = tl.arange(0, BLOCK_K)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    kmask = offs_k < k_hi - k0
+                    a = tl.load(
+                        a_base[:, None] + (k0 + offs_k)[None, :] * stride_ak,
+                        mask=mmask[:, None] & kmask[None, :],
+                        other=0.0,
+                    )
+                    b = tl.load(
+                        b_base + offs_nw[None, :] * stride_bn + (k0 + offs_k)[:, None] * stride_bk,
+                        mask=kmask[:, None],
+                        other=0.0,
+                    )
+                    if QUANT == 1:
+                        kg = k0 // group_k
+                        a_s = tl.load(
+                            a_scale_ptr + a_rows * stride_asm + kg * stride_ask,
+                            mask=mmask,
+                            other=0.0,
+                        )
+                        b_s = tl.load(
+                            b_scale_ptr
+                            + expert * stride_bse
+                            + (offs_nw // group_n) * stride_bsn
+                            + kg * stride_bsk
+                        )
+                        if UPCAST_DOT:
+                            d = tl.dot(_fp8_to_f32(a), _fp8_to_f32(b), input_precision="ieee")
+                        else:
+                            d = tl.dot(a, b)
+                        acc += d * a_s[:, None] * b_s[None, :]
+                    else:
+                        if UPCAST_DOT:
+                            acc = tl.dot(
+                                a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee"
+                            )
+                        else:
+                            acc = tl.dot(a, b, acc)
+        dst = part_base + pair.to(tl.int64)[:, None] * stride_pm + offs_n[None, :]
+        tl.store(dst, acc, mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _act_kernel(
+    part_ptr,
+    out_ptr,
+    scale_ptr,
+    ids_ptr,
+    w_ptr,
+    n_cols,
+    stride_ps,
+    stride_pm,
+    stride_out,
+    stride_sm,
+    limit,
+    alpha,
+    beta,
+    SPLIT: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    CLAMP_POST: tl.constexpr,
+    QUANT_FP8: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr,
+    X_BF16: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    GROUPS_PER_PROG: tl.constexpr,
+):
+    """One pair, GROUPS_PER_PROG groups of GROUP activation columns: gate and up summed over
+    the K splits in order (times the router weight when it applies on the input), rounded to
+    x.dtype, SwiGLU in float32, stored by `store_act`. Skipped pairs are not computed (GEMM2
+    never reads them)."""
+    row = tl.program_id(0)
+    if tl.load(ids_ptr + row) < 0:
+        return
+    g = tl.program_id(1) * GROUPS_PER_PROG + tl.arange(0, GROUPS_PER_PROG)
+    c = tl.arange(0, BLOCK_G)
+    col = g[:, None] * GROUP + c[None, :]
+    mask = (c[None, :] < GROUP) & (col < n_cols)
+    row64 = row.to(tl.int64)
+    src = part_ptr + row64 * stride_pm
+    if INTERLEAVED:
+        gate_col = 2 * col
+        up_col = 2 * col + 1
+    else:
+        gate_col = col
+        up_col = n_cols + col
+    gate = tl.zeros((GROUPS_PER_PROG, BLOCK_G), dtype=tl.float32)
+    up = tl.zeros((GROUPS_PER_PROG, BLOCK_G), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        gate += tl.load(src + s * stride_ps + gate_col, mask=mask, other=0.0)
+        up += tl.load(src + s * stride_ps + up_col, mask=mask, other=0.0)
+    if MUL_WEIGHT:
+        wt = tl.load(w_ptr + row)
+        gate = gate * wt
+        up = up * wt
+    # GEMM1's output rounded to x.dtype, as the sorted path stores it
+    if X_BF16:
+        gate = to_dtype_rne(gate, tl.bfloat16).to(tl.float32)
+        up = to_dtype_rne(up, tl.bfloat16).to(tl.float32)
+    else:
+        gate = to_dtype_rne(gate, tl.float16).to(tl.float32)
+        up = to_dtype_rne(up, tl.float16).to(tl.float32)
+    y = swiglu_f32(gate, up, limit, alpha, beta, HAS_LIMIT, CLAMP_POST)
+    store_act(
+        y,
+        mask,
+        out_ptr + row64 * stride_out,
+        scale_ptr + row64 * stride_sm,
+        g,
+        col,
+        n_cols,
+        GROUP,
+        QUANT_FP8,
+    )
+
+
+@triton.jit
+def _out_kernel(
+    part_ptr,
+    ids_ptr,
+    w_ptr,
+    out_ptr,
+    H,
+    stride_ps,
+    stride_pm,
+    stride_out,
+    SPLIT: tl.constexpr,
+    TOP_K: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """out[t] = sum_{j=0..k-1} round(w_j * sum_s part[s, t*k + j]) in float32, in that order,
+    rounded to out's dtype: the sorted path's GEMM2 rounding and k-sum. Skipped slots (-1) are
+    never read (their weight may be NaN); every row is written (zeros if all -1)."""
+    t = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = offs < H
+    acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        flat = t.to(tl.int64) * TOP_K + j
+        valid = (offs * 0 + tl.load(ids_ptr + flat)) >= 0  # a vector: no scalar masks
+        m = hmask & valid
+        y = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        for s in tl.static_range(SPLIT):
+            y += tl.load(part_ptr + s * stride_ps + flat * stride_pm + offs, mask=m, other=0.0)
+        if MUL_WEIGHT:
+            y = y * tl.load(w_ptr + flat + offs * 0, mask=m, other=0.0)
+        y = to_dtype_rne(y, out_ptr.dtype.element_ty).to(tl.float32)
+        acc += tl.where(m, y, 0.0)
+    out = to_dtype_rne(acc, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + t.to(tl.int64) * stride_out + offs, out, mask=hmask)
+
+
+# --- launch ---------------------------------------------------------------------------------------
+
+LAUNCHES = {"decode": 0}  # calls of run_decode (tests assert the path was taken)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _gemm(
+    a,
+    b,
+    part,
+    a_s,
+    b_s,
+    groups,
+    *,
+    n_out,
+    k_dim,
+    k_split,
+    split,
+    row_div,
+    quant,
+    group,
+    bm,
+    bn,
+    bk,
+    warps,
+    stages,
+    upcast,
+):
+    pairs, slot_e, slot_start, slot_cnt = groups
+    qcode = {"none": 0, "fp8_block": 1, "mxfp4": 2}[quant]
+    a_ss = a_s.stride() if a_s is not None else (0, 0)
+    b_ss = b_s.stride() if b_s is not None else (0, 0, 0)
+    grid = (slot_cnt.numel(), triton.cdiv(n_out, bn), split)
+    _gemm_kernel[grid](
+        a,
+        b,
+        part,
+        a_s if a_s is not None else part,
+        b_s if b_s is not None else part,
+        pairs,
+        slot_e,
+        slot_start,
+        slot_cnt,
+        n_out,
+        k_dim,
+        k_split,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        part.stride(0),
+        part.stride(1),
+        a_ss[0],
+        a_ss[1],
+        b_ss[0],
+        b_ss[1],
+        b_ss[2],
+        group[0],
+        group[1],
+        A_ROW_DIV=row_div,
+        QUANT=qcode,
+        UPCAST_DOT=upcast,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+def run_decode(
+    x,
+    w13,
+    w2,
+    topk_weights,
+    topk_ids,
+    *,
+    quant,
+    w13_scale,
+    w2_scale,
+    limit,
+    alpha,
+    beta,
+    interleaved,
+    clamp_post,
+    on_input,
+    block_shape,
+    cfg,
+    interpret,
+):
+    """The decode pipeline on validated inputs with T > 0 (cfg: `decode_config`'s). Returns
+    `out [T, H]` in x.dtype. Launches: (fp8: the activation quantization,) grouping, GEMM1,
+    activation, GEMM2, output: no host sync."""
+    import torch
+
+    from parity.optimized.triton._kernels_fused_moe import _launch_act
+
+    LAUNCHES["decode"] += 1
+    t, h = x.shape
+    k = topk_ids.shape[1]
+    e, two_n = w13.shape[0], w13.shape[1]
+    n = two_n // 2
+    dev, dt = x.device, x.dtype
+    p = t * k
+    fp8 = quant == "fp8_block"
+    x = x.contiguous()
+    ids = topk_ids.contiguous()
+    topk_w = topk_weights.contiguous()
+
+    slots = min(e, p)
+    pairs = torch.empty(p, dtype=torch.int32, device=dev)
+    slot_info = torch.empty((3, slots), dtype=torch.int32, device=dev)
+    _group_kernel[(1,)](
+        ids,
+        pairs,
+        slot_info[0],
+        slot_info[1],
+        slot_info[2],
+        p,
+        slots,
+        BLOCK_P=_next_pow2(p),
+        num_warps=4,
+    )
+    groups = (pairs, slot_info[0], slot_info[1], slot_info[2])
+
+    if fp8:
+        gk = block_shape[1]
+        a1 = torch.empty((t, h), dtype=torch.float8_e4m3fn, device=dev)
+        a1_s = torch.empty((t, h // gk), dtype=torch.float32, device=dev)
+        _launch_act(
+            x,
+            a1,
+            a1_s,
+            ids,
+            topk_w,
+            n_cols=h,
+            swiglu=False,
+            quant_fp8=True,
+            group=gk,
+            skip_invalid=False,
+            mul_weight=on_input,
+            limit=None,
+            alpha=1.0,
+            beta=0.0,
+            interleaved=False,
+            clamp_post=False,
+            interpret=interpret,
+        )
+    else:
+        a1, a1_s = x, None
+    group = tuple(block_shape) if fp8 else (1, 1)
+    common = dict(
+        quant=quant,
+        group=group,
+        bm=cfg["DECODE_BLOCK_M"],
+        bk=cfg["DECODE_BLOCK_K"],
+        warps=cfg["DECODE_NUM_WARPS"],
+        stages=cfg["DECODE_NUM_STAGES"],
+        upcast=interpret,
+    )
+
+    split1 = cfg["SPLIT1"]
+    part1 = torch.empty((split1, p, two_n), dtype=torch.float32, device=dev)
+    _gemm(
+        a1,
+        w13,
+        part1,
+        a1_s,
+        w13_scale,
+        groups,
+        n_out=two_n,
+        k_dim=h,
+        k_split=cfg["KSPLIT1"],
+        split=split1,
+        row_div=k,
+        bn=cfg["DECODE_BLOCK_N1"],
+        **common,
+    )
+
+    if fp8:
+        gk = block_shape[1]
+        a2 = torch.empty((p, n), dtype=torch.float8_e4m3fn, device=dev)
+        a2_s = torch.empty((p, n // gk), dtype=torch.float32, device=dev)
+        block_g = _next_pow2(gk)
+    else:
+        gk = block_g = min(_next_pow2(n), 1024)
+        a2 = torch.empty((p, n), dtype=dt, device=dev)
+        a2_s = None
+    n_groups = triton.cdiv(n, gk)
+    gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
+    _act_kernel[(p, triton.cdiv(n_groups, gpp))](
+        part1,
+        a2,
+        a2_s if a2_s is not None else a2,
+        ids,
+        topk_w,
+        n,
+        part1.stride(0),
+        part1.stride(1),
+        a2.stride(0),
+        a2_s.stride(0) if a2_s is not None else 0,
+        float(limit) if limit is not None else 0.0,
+        float(alpha),
+        float(beta),
+        SPLIT=split1,
+        INTERLEAVED=interleaved,
+        HAS_LIMIT=limit is not None,
+        CLAMP_POST=clamp_post,
+        QUANT_FP8=fp8,
+        MUL_WEIGHT=on_input and not fp8,  # fp8 scaled x before quantizing it
+        X_BF16=dt == torch.bfloat16,
+        GROUP=gk,
+        BLOCK_G=block_g,
+        GROUPS_PER_PROG=gpp,
+        num_warps=4,
+    )
+
+    split2 = cfg["SPLIT2"]
+    part2 = torch.empty((split2, p, h), dtype=torch.float32, device=dev)
+    _gemm(
+        a2,
+        w2,
+        part2,
+        a2_s,
+        w2_scale,
+        groups,
+        n_out=h,
+        k_dim=n,
+        k_split=cfg["KSPLIT2"],
+        split=split2,
+        row_div=1,
+        bn=cfg["DECODE_BLOCK_N2"],
+        **common,
+    )
+
+    out = torch.empty((t, h), dtype=dt, device=dev)
+    block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
+    _out_kernel[(t, triton.cdiv(h, block_h))](
+        part2,
+        ids,
+        topk_w,
+        out,
+        h,
+        part2.stride(0),
+        part2.stride(1),
+        out.stride(0),
+        SPLIT=split2,
+        TOP_K=k,
+        MUL_WEIGHT=not on_input,
+        BLOCK_H=block_h,
+        num_warps=4,
+    )
+    return out
