@@ -1,0 +1,227 @@
+"""The scale regime (parity/properties/scale.py, issue 11 section 5).
+
+CPU: every case reports NOT RUN (never pass) with exit code 3 and the summary counts them; the
+chunk machinery, run on small shapes (`min_elements` lowered), passes the reference and catches
+an implementation that is wrong only past an offset (the int32 wrap) or only in its last rows;
+the int32 witness kernels are correct on small shapes (so only scale can catch them).
+GPU (marked `gpu`, NOT RUN without CUDA): the int32 witnesses fail at scale and parity's own
+Triton swiglu passes there.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from parity import reference as ref
+from parity.catalog import get_spec, reference_impl
+from parity.properties import scale
+from parity.registry import Impl
+
+CUDA = torch.cuda.is_available()
+SMALL = 4096  # the limits of the small cases: 4096 and 8192 elements
+
+
+def _impl(op, fn, name="broken"):
+    return Impl(op=op, name=name, backend="torch", fn=fn, devices=("cpu", "cuda"))
+
+
+def _swiglu_case(i=0):
+    return scale.cases(["swiglu"], min_elements=SMALL)[i]
+
+
+def test_cpu_every_case_not_run_exit_3(tmp_path, capsys):
+    if CUDA:
+        pytest.skip("NOT RUN: this machine has CUDA (the CPU behaviour is what is tested)")
+    out = tmp_path / "scale.json"
+    rc = scale.main(["--device", "cpu", "--json", str(out)])
+    assert rc == 3
+    doc = json.loads(out.read_text())
+    results = doc["results"]
+    assert len(results) == len(scale.items()) > 0
+    assert {r["status"] for r in results} == {"not run"}
+    assert all(r["message"].startswith("NOT RUN: ") for r in results)
+    assert {r["op"] for r in results} >= {"swiglu", "fp8_quant", "mhc_post", "fused_moe"}
+    text = capsys.readouterr().out
+    assert f"0 passed, 0 failed, 0 unsupported, {len(results)} not run" in text
+    # a CUDA run asked for on a machine without one: not run too, never pass
+    assert scale.main(["--device", "cuda", "--op", "swiglu"]) == 3
+
+
+def test_unknown_op_or_impl_is_a_usage_error():
+    assert scale.main(["--op", "nope"]) == 2
+    assert scale.main(["--op", "swiglu", "--impl", "nope"]) == 2
+
+
+def test_cases_cross_the_limits():
+    for sc in scale.cases():
+        if sc.op == "moe_align":  # the contract keeps its flat ids below 2**31
+            assert sc.whole and sc.rows * sc.meta["k"] < scale.LIMIT
+            continue
+        assert sc.elements > scale.LIMIT, sc.id
+        assert (sc.rows - 1) * sc.row_elements < 2 * scale.LIMIT or sc.elements > 2 * scale.LIMIT
+    past32 = {sc.op for sc in scale.cases() if sc.elements > 2 * scale.LIMIT}
+    assert past32 >= {"swiglu", "fp8_quant", "mxfp4_quant", "mxfp4_dequant", "mhc_post"}
+
+
+def test_windows_cover_first_crossing_and_last_rows():
+    sc = _swiglu_case()
+    wins = scale.mandatory_windows(sc, [("arg0", 16, 2), ("out0", 8, 2)])
+    rows = sc.rows
+    assert wins[0][0] == 0
+    assert any(lo < rows <= hi for lo, hi, _ in wins)  # the last rows
+    wrap = SMALL // sc.row_elements  # the first row whose offset passes the limit
+    assert any(lo <= wrap < hi for lo, hi, _ in wins)
+    assert all(hi - lo <= sc.chunk_rows for lo, hi, _ in wins)
+
+
+@pytest.mark.parametrize("op", scale.OPS)
+def test_reference_passes_small_cases(op):
+    """The reference as the implementation passes every small case of every op: the chunked
+    build, the window slicing and the spec's compare agree with themselves."""
+    for sc in scale.cases([op], min_elements=SMALL)[:1]:
+        r = scale.check_case(sc, reference_impl(op), "cpu", check_seconds=0.5)
+        assert r.status == scale.PASS, (sc.id, r.message)
+        assert r.rows_checked > 0 and r.windows >= (1 if sc.whole else 2)
+
+
+def _wrapped(x, **kw):
+    """swiglu whose rows past the int32 wrap read the rows the wrapped offset points at."""
+    y = ref.swiglu(x, **kw)
+    wrap = SMALL // x.shape[1]
+    if y.shape[0] > wrap:
+        y[wrap:] = y[: y.shape[0] - wrap].clone()
+    return y
+
+
+def _last_row_off(x, **kw):
+    y = ref.swiglu(x, **kw)
+    y[-1, -1] = y[-1, -1] * 2 + 1
+    return y
+
+
+def test_chunked_checker_catches_wrong_rows_past_the_wrap():
+    for i in range(3):
+        sc = _swiglu_case(i)
+        r = scale.check_case(sc, _impl("swiglu", _wrapped), "cpu", check_seconds=0.0)
+        assert r.status == scale.FAIL, (sc.id, r.message)
+        assert "rows [" in r.message
+
+
+def test_chunked_checker_catches_a_wrong_last_row_only():
+    sc = _swiglu_case(1)
+    r = scale.check_case(sc, _impl("swiglu", _last_row_off), "cpu", check_seconds=0.0)
+    assert r.status == scale.FAIL
+    lo = int(r.message.split("rows [")[1].split(",")[0])
+    assert lo + sc.chunk_rows >= sc.rows  # found in the last window
+
+
+def test_sweep_catches_a_middle_row_when_exhaustive():
+    sc = _swiglu_case(2)
+    must = scale.mandatory_windows(sc, [("arg0", sc.row_elements, 2)])
+    covered = {r for lo, hi, _ in must for r in range(lo, hi)}
+    mid = next(r for r in range(sc.rows) if r not in covered)
+
+    def broken(x, **kw):
+        y = ref.swiglu(x, **kw)
+        y[mid] = -y[mid] + 3
+        return y
+
+    impl = _impl("swiglu", broken)
+    r = scale.check_case(sc, impl, "cpu", check_seconds=0.0, exhaustive=True)
+    assert r.status == scale.FAIL and "sweep" in r.message
+
+
+def test_quantizer_scales_of_the_last_rows_compared_exactly():
+    sc = scale.cases(["fp8_quant"], min_elements=SMALL)[0]
+
+    def broken(x, **kw):
+        q, s = ref.fp8_quant(x, **kw)
+        s[-1] = s[-1] * 2  # a power of two: the codes stay plausible, the scales do not
+        return q, s
+
+    r = scale.check_case(sc, _impl("fp8_quant", broken), "cpu", check_seconds=0.0)
+    assert r.status == scale.FAIL and "rows [" in r.message
+
+
+def test_not_run_when_memory_is_short():
+    sc = _swiglu_case()
+    r = scale.check_case(sc, reference_impl("swiglu"), "cpu", free_bytes=1)
+    assert r.status == scale.NOT_RUN and "free" in r.message and r.bytes_needed > 1
+
+
+def test_full_size_cases_fit_an_80_gb_gpu():
+    """The memory computed before allocating (a one-row probe on the CPU): every case but
+    moe_align at the contract's limit (its whole reference) fits 80 GB."""
+    for sc in scale.cases():
+        if sc.op in ("fp8_block_quant",):  # a one-expert probe is 15M elements: slow here
+            continue
+        need = scale.bytes_needed(sc, scale.probe(sc, "cpu"))
+        if sc.op == "moe_align" and sc.rows * sc.meta["k"] > scale.LIMIT // 2:
+            assert need > 80e9
+        else:
+            assert need < 70e9, (sc.id, need)
+
+
+# --- the witnesses ----------------------------------------------------------------------------
+
+
+def _witness(name):
+    pytest.importorskip("triton")
+    from tests import witnesses_scale
+
+    return getattr(witnesses_scale, name)
+
+
+@pytest.mark.parametrize(
+    "op,name,meta",
+    [
+        (
+            "swiglu",
+            "swiglu_int32",
+            {"T": 9, "lead": [], "N": 37, "dtype": "bfloat16", "regime": "normal"},
+        ),
+        (
+            "mxfp4_dequant",
+            "mxfp4_dequant_int32",
+            {"lead": [5], "K": 96, "dtype": "bfloat16", "scale_regime": "typical"},
+        ),
+    ],
+)
+def test_int32_witness_is_right_on_small_shapes(op, name, meta):
+    """The witnesses pass the spec on small shapes (in the interpreter without a GPU): only
+    the scale regime can catch them."""
+    fn = _witness(name)
+    spec = get_spec(op)
+    if op == "swiglu":
+        meta = {**meta, "options": dict(scale.SWIGLU_OPTS)}
+    for seed in (1, 2):
+        case = spec.build({**meta, "seed": seed}, "cuda" if CUDA else "cpu")
+        out = case.call(fn)
+        v = spec.compare(case, out if isinstance(out, tuple) else (out,))
+        assert v.ok, v.message
+
+
+def _run_scale(tmp_path, *args):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "parity.properties.scale", "--device", "cuda", *args]
+    rc = subprocess.run([*cmd, "--json", str(out)], timeout=560).returncode
+    return rc, json.loads(out.read_text())["results"]
+
+
+@pytest.mark.gpu
+def test_gpu_int32_witnesses_caught_at_scale_and_triton_swiglu_passes(tmp_path):
+    if not CUDA:
+        pytest.skip("NOT RUN: needs a CUDA GPU (the scale regime runs on the GPU only)")
+    pytest.importorskip("triton")
+    rc, res = _run_scale(tmp_path, "--op", "swiglu", "--impl", "tests.witnesses_scale:swiglu_int32")
+    assert rc == 1
+    assert all(r["status"] == "fail" for r in res), res
+    rc, res = _run_scale(
+        tmp_path, "--op", "mxfp4_dequant", "--impl", "tests.witnesses_scale:mxfp4_dequant_int32"
+    )
+    assert rc == 1 and all(r["status"] == "fail" for r in res), res
+    rc, res = _run_scale(tmp_path, "--op", "swiglu", "--impl", "triton")
+    assert rc == 0 and all(r["status"] == "pass" for r in res), res
