@@ -204,6 +204,7 @@ def diagnose(ops, all_cases, n: int) -> None:
         before = {id(x) for x in _launches()}
         launches = _launches()
         direct = sum(x.direct is not None for x in launches)
+        whys = sorted({x.why for x in launches if x.direct is None})
         full, _ = time_cuda(fn, a, k, n, 3)
         _launch.Launch.__call__ = lambda self, *args: None
         try:
@@ -219,7 +220,8 @@ def diagnose(ops, all_cases, n: int) -> None:
         buf = io.StringIO()
         pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
         print(
-            f"\n-- {op}: {len(launches)} Launch in the plans ({len(before)} ids), {direct} direct;"
+            f"\n-- {op}: {len(launches)} Launch in the plans ({len(before)} ids),"
+            f" {direct} direct {whys};"
             f" full call {full:.2f} us, launches stubbed {nolaunch:.2f} us"
         )
         print("\n".join(buf.getvalue().splitlines()[:30]))

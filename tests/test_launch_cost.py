@@ -482,3 +482,38 @@ def test_direct_launch_bookkeeping(monkeypatch):
     monkeypatch.setattr(hooks, "launch_enter_hook", print)
     run(a, b, 7, 0.25)
     assert k.log[-1][0] == "normal"
+
+
+class Chain:
+    """triton's HookChain (3.6, 3.9): always present, a hook only when `calls` is non-empty."""
+
+    def __init__(self, *calls):
+        self.calls = list(calls)
+
+    def __call__(self, *a):
+        for c in self.calls:
+            c(*a)
+
+
+def test_direct_launch_with_empty_hook_chains(monkeypatch):
+    """An empty HookChain is no hook: the direct path is armed and taken (taking the chain for
+    a hook kept every launch on triton's full path on the H100, 2026-12-05); a chain with a
+    hook in it takes the normal launch, before and after arming."""
+    hooks = type("R", (), {"launch_enter_hook": Chain(), "launch_exit_hook": Chain()})()
+    knobs = type("K", (), {"runtime": hooks})()
+    monkeypatch.setattr(_launch, "_triton_runtime", lambda: (knobs, lambda dev: f"S{dev}"))
+    k = FakeKernel()
+    run = _launch.Launch(k, (5,), dict(B=2, A=1), num_warps=4)
+    a, b = FakeTensor(4096), FakeTensor(8192)
+    run(a, b, 7, 0.5)
+    assert run.direct is not None and run.why == ""
+    run(a, b, 7, 0.5)
+    assert k.log[-1][0] == "direct"
+    monkeypatch.setattr(hooks, "launch_exit_hook", Chain(print))
+    run(a, b, 7, 0.5)
+    assert k.log[-1][0] == "normal"
+
+    k2 = FakeKernel()
+    run2 = _launch.Launch(k2, (5,), dict(B=2, A=1), num_warps=4)
+    run2(a, b, 7, 0.5)
+    assert run2.direct is None and run2.why == "a launch hook is set"
