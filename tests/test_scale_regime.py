@@ -225,3 +225,29 @@ def test_gpu_int32_witnesses_caught_at_scale_and_triton_swiglu_passes(tmp_path):
     assert rc == 1 and all(r["status"] == "fail" for r in res), res
     rc, res = _run_scale(tmp_path, "--op", "swiglu", "--impl", "triton")
     assert rc == 0 and all(r["status"] == "pass" for r in res), res
+
+
+def crash_swiglu(x, **kw):
+    """A kernel that takes its process down (as an illegal address can on a GPU)."""
+    import os
+
+    os._exit(7)
+
+
+def test_worker_protocol_survives_a_crash():
+    """The worker processes of a GPU run, exercised on the CPU: a case that kills its worker
+    fails with the crash's exit code, and a new worker runs the rest."""
+    argv = ["--device", "cpu", "--op", "swiglu", "--min-elements", str(SMALL)]
+    argv += ["--impl", "tests.test_scale_regime:crash_swiglu", "--impl", "reference"]
+    work = scale.items(
+        ["swiglu"], ["tests.test_scale_regime:crash_swiglu", "reference"], min_elements=SMALL
+    )
+    res = scale.orchestrate(argv, work, None)
+    assert len(res) == len(work) == 6
+    by = {(r.impl, r.case): r for r in res}
+    for sc, impl in work:
+        r = by[(impl.name, sc.id)]
+        if impl.name == "reference":
+            assert r.status == scale.PASS, r.message
+        else:
+            assert r.status == scale.FAIL and "exit 7" in r.message

@@ -466,7 +466,7 @@ def bytes_needed(sc: ScaleCase, p: Probe) -> int:
     window's elements, the shared tensors in float64 too)."""
     rows = sc.rows
     full = rows * (p.in_row_bytes + p.out_row_bytes + sc.extra_row_bytes) + p.shared_bytes
-    build = sc.build_rows * p.in_row_elements * 4 * 4
+    build = build_rows(sc, p) * p.in_row_elements * 4 * 4
     if sc.whole:  # moe_align's reference and canonical forms: int64 copies and sorts
         check = rows * p.in_row_elements * 96
     else:
@@ -478,18 +478,27 @@ def bytes_needed(sc: ScaleCase, p: Probe) -> int:
 # --- building and checking ------------------------------------------------------------------
 
 
-def build_full(sc: ScaleCase, device: str) -> Case:
-    """The full case, built `build_rows` rows at a time by the spec's own build (seed + chunk
+def build_rows(sc: ScaleCase, p: Probe | None) -> int:
+    """Rows per call of the spec's build: BUILD_ELEMENTS of the inputs (not of the crossing
+    tensor, which may be the implementation's own: fused_moe's weights are drawn per call)."""
+    if p is None or p.in_row_elements <= 0:
+        return sc.build_rows
+    return max(sc.build_rows, sc.build_rows * sc.row_elements // p.in_row_elements)
+
+
+def build_full(sc: ScaleCase, device: str, p: Probe | None = None) -> Case:
+    """The full case, built a chunk of rows at a time by the spec's own build (seed + chunk
     index), so its float32 temporaries stay one chunk's. Shared tensors (weights) come from
     the first chunk."""
     from parity.catalog import get_spec
 
     spec = get_spec(sc.op)
     rows = sc.rows
+    step = build_rows(sc, p)
     full: dict[int, torch.Tensor] = {}
     first = None
-    for c, lo in enumerate(range(0, rows, sc.build_rows)):
-        hi = min(rows, lo + sc.build_rows)
+    for c, lo in enumerate(range(0, rows, step)):
+        hi = min(rows, lo + step)
         meta = with_rows(sc.meta, sc.rows_key, hi - lo)
         meta["seed"] = int(sc.meta["seed"]) * 1_000_003 + c
         part = spec.build(meta, device)
@@ -571,11 +580,12 @@ def check_case(
     p = probe(sc, device)
     res.bytes_needed = bytes_needed(sc, p)
     if free_bytes is None and device == "cuda":
+        torch.cuda.empty_cache()  # the probe's blocks back to the driver before asking
         free_bytes = torch.cuda.mem_get_info()[0]
     if free_bytes is not None and res.bytes_needed > free_bytes:
         res.message = f"NOT RUN: needs {_gib(res.bytes_needed)}, {_gib(free_bytes)} free"
         return res
-    case = build_full(sc, device)
+    case = build_full(sc, device, p)
     ti = time.perf_counter()
     try:
         outs = as_tuple(impl.fn(*case.args, **case.kwargs))
@@ -727,6 +737,8 @@ def _worker(a, work) -> int:
     deadline = a.deadline
 
     def emit(idx, r):
+        if r is not None:  # progress: the parent prints the table at the end
+            print(f"[scale] {r.impl} {r.case}: {r.status} ({r.seconds:.1f}s)", flush=True)
         with open(a.worker, "a") as fh:
             doc = {"index": idx, "result": dataclasses.asdict(r) if r else None}
             fh.write(json.dumps(doc, default=str) + "\n")
@@ -734,7 +746,7 @@ def _worker(a, work) -> int:
     try:
         run_items(
             work,
-            "cuda",
+            a.device or "cuda",
             start=a.start,
             deadline=deadline,
             emit=emit,
@@ -824,6 +836,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--min-elements", type=int, default=LIMIT, help=argparse.SUPPRESS)  # tests
     a = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if a.op and not set(a.op) <= set(OPS):
@@ -831,7 +844,7 @@ def main(argv=None) -> int:
         return 2
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        work = items(a.op, a.impl)
+        work = items(a.op, a.impl, min_elements=a.min_elements)
     except (ImportError, AttributeError, ValueError, TypeError) as e:
         print(f"scale: --impl: {e}", file=sys.stderr)
         return 2
@@ -842,7 +855,7 @@ def main(argv=None) -> int:
             print(f"scale: --impl: no such implementation of {a.op or 'any op'}: {unknown}")
             return 2
     if a.list:
-        for sc in cases(a.op):
+        for sc in cases(a.op, min_elements=a.min_elements):
             p = probe(sc, "cpu")
             print(
                 f"{sc.id}: {sc.rows} rows, {sc.crossing} {sc.elements} elements "
