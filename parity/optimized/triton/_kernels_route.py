@@ -2,12 +2,19 @@
 DeepSeek-V4's sqrtsoftplus scores). Imported lazily by `route.py`.
 
 A program takes BLOCK_T tokens, each as a [NG_PAD, GS_PAD] tile of its experts (expert g * GS +
-j; n_group groups of GS experts; padding lanes are never chosen). Selection is on an int32 key
-whose integer order is the float order of the key (`_sortable`): NaN keys count as -inf (the
-reference ranks them last), -0.0 as +0.0 (they are equal keys), and INT32_MIN marks an expert
-already taken or outside the kept groups (below every real key, -inf included). Each of the k
-picks is a max over the tile and, among equal keys, the lowest expert id: the reference's tie
-rule, so equal keys are never a source of disagreement.
+j; n_group groups of GS experts; padding lanes are never chosen). With E <= 512 a program is one
+warp: the lanes hold a group's experts and each thread the groups and tokens, so every reduction
+is in-thread work plus warp shuffles, with no shared memory and no barrier (four warps on a
+256-expert tile spent ~33 us a program on ~60 cross-warp reductions and register spills).
+
+Selection is on an int32 key whose integer order is the float order of the key (`_sortable`: NaN
+as -inf, as the reference ranks it last, and -0.0 as +0.0, equal keys); INT32_MIN marks an expert
+already taken, in a dropped group, or padding (below every real key). A pick is two int32 max
+reductions (each a warp `redux` after the in-thread part): the largest key, then among the
+experts holding it the largest `INT32_MAX - id`, i.e. the lowest id (the reference's tie rule, so
+ties are never a source of disagreement).
+The weights are computed after the k picks from the picked logits, reloaded (the score function
+is elementwise, so the value is the one the tile would hold), not by a reduction a pick.
 
 Keys: "softmax" ranks by the logit itself (softmax is increasing in it, as the reference
 does), so its ids are exactly the reference's; "dsv3" `sigmoid(l) + bias`, "sqrtsoftplus"
@@ -15,7 +22,7 @@ does), so its ids are exactly the reference's; "dsv3" `sigmoid(l) + bias`, "sqrt
 softplus is `max(l, 0) + log1p(exp(-|l|))` with log1p from the series `2 atanh(z)`, z =
 u / (2 + u) <= 1/3 (no rounding of 1 + exp(l): small scores keep their relative accuracy).
 Groups: the sum of the two largest keys of each group (one float32 addition, as the
-reference), the topk_group best groups with ties to the lower group id.
+reference; NaN keys count as -inf), the topk_group best groups with ties to the lower group id.
 Weights: the selected score (softmax: exp(l - max) / sum), divided by the sum of the k if
 renormalizing, times the scaling factor; a token with a NaN key gets NaN weights.
 """
@@ -27,8 +34,11 @@ from parity.optimized.triton._kernels_fp8_block_quant import to_f32
 
 _INT_MIN = tl.constexpr(-2147483648)
 _BIG = tl.constexpr(2147483647)
+_KEPT = tl.constexpr(-2147483647)  # a kept group: above padding, below _sortable(-inf)
 
-TILE = {"elems": 4096}  # expert slots a program (tokens x padded experts)
+# Expert slots a thread holds: a program's tokens x padded experts / threads. 8 slots a token
+# at E=256 on one warp; two tokens a program once there are enough tokens to fill the GPU.
+TILE = {"slots": 16, "wide_t": 2048}
 
 
 @triton.jit
@@ -38,6 +48,12 @@ def _sortable(x):
     x = tl.where(x == 0.0, 0.0, x)
     b = x.to(tl.int32, bitcast=True)
     return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _unsortable(s):
+    """The float32 of a `_sortable` int32 (the map is its own inverse on the bits)."""
+    return (s ^ ((s >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -70,12 +86,10 @@ def _score(x, METHOD: tl.constexpr):
 
 
 @triton.jit
-def _argmax_lowest(key, ids):
-    """(max key, lowest id holding it) over the last two axes of [BLOCK_T, NG_PAD, GS_PAD]."""
-    m = tl.max(tl.max(key, axis=2), axis=1)
-    hit = key == m[:, None, None]
-    idx = tl.min(tl.min(tl.where(hit, ids, _BIG), axis=2), axis=1)
-    return m, idx
+def _max2(v):
+    """Max over the last two axes of [BLOCK_T, NG_PAD, GS_PAD]: the groups first (in-thread),
+    then the lanes (shuffles), so the shuffles carry one value a token."""
+    return tl.max(tl.max(v, axis=1), axis=1)
 
 
 @triton.jit
@@ -104,61 +118,61 @@ def _route_kernel(
     ids = (g[:, None] * GS + j[None, :])[None, :, :]  # [1, NG_PAD, GS_PAD]
     emask = ((g < NG)[:, None] & (j < GS)[None, :])[None, :, :]
     tmask = t < T
-    mask = tmask[:, None, None] & emask
-    x = tl.load(l_ptr + t.to(tl.int64)[:, None, None] * E + ids, mask=mask, other=float("-inf"))
+    row = t.to(tl.int64) * E  # int64: T * E may pass 2**31
+    x = tl.load(l_ptr + row[:, None, None] + ids, mask=tmask[:, None, None] & emask, other=0.0)
     x = to_f32(x)
-    nan_row = tl.max(tl.max((x != x).to(tl.int32), axis=2), axis=1) > 0
     if METHOD == 0:
         key = x
-        mx = tl.max(tl.max(tl.where(x != x, float("-inf"), x), axis=2), axis=1)
-        ex = tl.exp(x - mx[:, None, None])
-        ex = tl.where(emask, ex, 0.0)
-        score = ex / tl.sum(tl.sum(ex, axis=2), axis=1)[:, None, None]
     else:
-        score = _score(x, METHOD)
-        bias = to_f32(tl.load(b_ptr + ids, mask=emask, other=0.0))
-        key = score + bias
-    ik = tl.where(emask, _sortable(key), _INT_MIN)
-    # a NaN key (NaN logit, NaN bias, or +inf score with a -inf bias) makes the row NaN, as
-    # in the reference
-    nan_row = nan_row | (tl.max(tl.max((emask & (key != key)).to(tl.int32), axis=2), axis=1) > 0)
+        key = _score(x, METHOD) + to_f32(tl.load(b_ptr + ids, mask=emask, other=0.0))
+    # a NaN key (NaN logit, NaN bias, or +inf score with a -inf bias) makes the row NaN, as in
+    # the reference (both scores are NaN at a NaN logit)
+    nan_row = _max2((emask & (key != key)).to(tl.int32)) > 0
+    hi = tl.where(emask, _sortable(key), _INT_MIN)  # INT_MIN: never picked
+    lo = ids ^ _BIG  # INT32_MAX - id: the larger, the lower the id
 
     if NG > 1:
-        # Group score: the sum of the two largest keys (NaN as -inf), one float32 addition.
-        kf = tl.where(key != key, float("-inf"), key)
-        kf = tl.where(emask, kf, float("-inf"))
-        m1 = tl.max(kf, axis=2)  # [BLOCK_T, NG_PAD]
-        first = tl.min(tl.where(kf == m1[:, :, None], ids, _BIG), axis=2)
+        # Group score: the sum of the two largest keys (NaN as -inf), one float32 addition; the
+        # second is the first again when two experts hold it.
+        m1 = tl.max(hi, axis=2)  # [BLOCK_T, NG_PAD]
+        gscore = _unsortable(m1)
         if GS > 1:
-            m2 = tl.max(tl.where(ids == first[:, :, None], float("-inf"), kf), axis=2)
-            gscore = m1 + m2
-        else:
-            gscore = m1
+            top = hi == m1[:, :, None]
+            m2 = tl.max(tl.where(top, _INT_MIN, hi), axis=2)
+            m2 = tl.where(tl.sum(top.to(tl.int32), axis=2) > 1, m1, m2)
+            gscore = gscore + _unsortable(m2)
+        # The topk_group best groups, ties to the lower group id (in-thread: a thread holds
+        # every group of its tokens); a kept group's key becomes _KEPT, below every real key.
         gk = tl.where((g < NG)[None, :], _sortable(gscore), _INT_MIN)
-        keep = tl.zeros((BLOCK_T, NG_PAD), dtype=tl.int1)
         for _ in tl.static_range(TOPK_GROUP):
-            gm = tl.max(gk, axis=1)
-            gi = tl.min(tl.where(gk == gm[:, None], g[None, :], _BIG), axis=1)
-            pick = g[None, :] == gi[:, None]
-            keep = keep | pick
-            gk = tl.where(pick, _INT_MIN, gk)
-        ik = tl.where(keep[:, :, None], ik, _INT_MIN)
+            top = gk == tl.max(gk, axis=1)[:, None]
+            first = tl.min(tl.where(top, g[None, :], NG_PAD), axis=1)
+            gk = tl.where(g[None, :] == first[:, None], _KEPT, gk)
+        hi = tl.where((gk == _KEPT)[:, :, None], hi, _INT_MIN)
 
+    # Pick n: the largest key, then the lowest id holding it (the largest lo), two int32 max
+    # reductions; the picked expert leaves by its id.
     kk = tl.arange(0, K_PAD)
-    out_w = tl.zeros((BLOCK_T, K_PAD), dtype=tl.float32)
     out_i = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)
     for n in tl.static_range(K):
-        _, idx = _argmax_lowest(ik, ids)
-        sel = ids == idx[:, None, None]
-        w = tl.sum(tl.sum(tl.where(sel, score, 0.0), axis=2), axis=1)
-        ik = tl.where(sel, _INT_MIN, ik)
-        out_w = tl.where(kk[None, :] == n, w[:, None], out_w)
-        out_i = tl.where(kk[None, :] == n, idx[:, None], out_i)
+        m_hi = _max2(hi)
+        m_lo = _max2(tl.where(hi == m_hi[:, None, None], lo, -1))
+        hi = tl.where(lo == m_lo[:, None, None], _INT_MIN, hi)
+        out_i = tl.where(kk[None, :] == n, (m_lo ^ _BIG)[:, None], out_i)
+
+    omask = tmask[:, None] & (kk < K)[None, :]
+    xs = to_f32(tl.load(l_ptr + row[:, None] + out_i, mask=omask, other=0.0))
+    if METHOD == 0:
+        mx = _max2(tl.where(x != x, float("-inf"), tl.where(emask, x, float("-inf"))))
+        ex = tl.where(emask, tl.exp(x - mx[:, None, None]), 0.0)
+        out_w = tl.exp(xs - mx[:, None]) / tl.sum(tl.sum(ex, axis=1), axis=1)[:, None]
+    else:
+        out_w = _score(xs, METHOD)
+    out_w = tl.where(omask, out_w, 0.0)
     if RENORM:
         out_w = out_w / tl.sum(out_w, axis=1)[:, None]
     out_w = out_w * scale
     out_w = tl.where(nan_row[:, None], float("nan"), out_w)
-    omask = tmask[:, None] & (kk < K)[None, :]
     o = t.to(tl.int64)[:, None] * K + kk[None, :]
     tl.store(w_ptr + o, out_w, mask=omask)
     tl.store(i_ptr + o, out_i, mask=omask)
@@ -167,30 +181,14 @@ def _route_kernel(
 METHOD_CODES = {"softmax": 0, "dsv3": 1, "sqrtsoftplus": 2}
 
 
-def launch(logits, bias, weights, ids, *, k, method, n_group, topk_group, renormalize, scale):
-    """logits [T, E] contiguous (T > 0), bias [E] contiguous or None; weights float32 [T, k]
-    and ids int32 [T, k] contiguous."""
-    t, e = logits.shape
-    gs = e // n_group
-    ng_pad, gs_pad = triton.next_power_of_2(n_group), triton.next_power_of_2(gs)
-    block_t = max(1, min(triton.next_power_of_2(t), TILE["elems"] // (ng_pad * gs_pad)))
-    _route_kernel[(triton.cdiv(t, block_t),)](
-        logits,
-        logits if bias is None else bias,
-        weights,
-        ids,
-        t,
-        scale,
-        E=e,
-        GS=gs,
-        NG=n_group,
-        NG_PAD=ng_pad,
-        GS_PAD=gs_pad,
-        TOPK_GROUP=topk_group,
-        K=k,
-        K_PAD=triton.next_power_of_2(k),
-        BLOCK_T=block_t,
-        METHOD=METHOD_CODES[method],
-        RENORM=renormalize,
-        num_warps=4,
-    )
+def config(t: int, e: int, n_group: int) -> tuple[int, int, int, int]:
+    """(NG_PAD, GS_PAD, BLOCK_T, num_warps) of a launch: one warp up to 512 padded experts,
+    more for wider tiles (TILE["slots"] expert slots a thread and token at most); one token a
+    program up to TILE["wide_t"] tokens (the time of a program is the latency of its chain of
+    reductions: more programs in flight), as many as fit TILE["slots"] above (fewer programs)."""
+    ng_pad = triton.next_power_of_2(n_group)
+    gs_pad = triton.next_power_of_2(e // n_group)
+    width = ng_pad * gs_pad
+    warps = min(8, max(1, width // 512))
+    block_t = 1 if t <= TILE["wide_t"] else max(1, TILE["slots"] * 32 * warps // width)
+    return ng_pad, gs_pad, block_t, warps
