@@ -131,6 +131,7 @@ if [ "$PHASE" = tests ]; then
       --json "$LOG/g_$op.json"
   done
   job pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_gpu_backends.py \
+    tests/test_launch_cost.py tests/test_fp8_divfree.py \
     tests/test_triton_kernels.py tests/test_triton_fused_moe.py tests/tools
   # the tuner's candidates checked (so compiled into the shared Triton cache) meanwhile
   for q in mxfp4 fp8_block none; do
@@ -138,6 +139,18 @@ if [ "$PHASE" = tests ]; then
       --quant "$q" --batch-sizes "$TUNE_M" --grid small --device cuda
   done
   wait
+  # the scale regime (parity/properties/scale.py, docs/scale.md): cases past 2**31 and 2**32
+  # flat elements, up to ~21 GiB each, so alone on the GPU after the suites
+  left=$((540 - (SECONDS - T_START))); [ "$left" -gt 230 ] && left=230
+  if [ "$left" -ge 60 ]; then
+    t0=$SECONDS
+    timeout -k 10 $((left + 20)) python3 -m parity.properties.scale --device cuda \
+      --budget "$left" --json "$LOG/scale.json" >"$LOG/scale.log" 2>&1
+    echo "$? $((SECONDS - t0))s" >"$LOG/scale.rc"
+  else
+    echo "NOT RUN: time" >"$LOG/scale.rc"
+  fi
+  JOBS+=(scale); tail -n 40 "$LOG/scale.log" 2>/dev/null
   # the tuner alone on the GPU: DeepSeek-V4-Flash with 8-way expert parallelism (E 32, N 2048,
   # the file the H 7168 benchmark layer also reads), the three quant modes one by one
   TUNE_LIMIT="${TUNE_LIMIT:-$((560 - (SECONDS - T_START)))}"
