@@ -3,7 +3,7 @@ swiglu at T = 1024 and 8192, N = 2048, against FlashInfer's silu_and_mul, and fp
 silu_mul_fp8_quant and mxfp4_dequant at T = 8192 (`_kernels_quant.TILE`): which default to
 ship. The kernels and their math are unchanged; only the tile choice is replaced.
 
-    source .gpu/activate.sh && python3 scripts/sweep_tiles.py
+    source .gpu/activate.sh && python3 scripts/sweep_tiles.py [swiglu] [quant] [new]
 
 Times with `parity bench`'s timer (inputs rotated past L2, the GPU asleep while a chunk is
 enqueued) and reports the percentage of the copy ceiling measured in the same run.
@@ -99,6 +99,38 @@ def sweep_quant() -> None:
         kq.TILE.update(old)
 
 
+def sweep_new() -> None:
+    """mxfp4_quant [8192, 7168] and fp8_block_quant [7168, 7168] weights (128 x 128 blocks):
+    `TILE` of their kernel modules (elements a program, warps)."""
+    from parity.optimized.triton import _kernels_fp8_block_quant as kb
+    from parity.optimized.triton import _kernels_mxfp4_quant as km
+
+    t, h = 8192, 7168
+    x = [torch.randn(t, h, device="cuda").bfloat16() for _ in range(4)]
+    w = [torch.randn(h, h, device="cuda").bfloat16() for _ in range(4)]
+    cases = {
+        "mxfp4_quant": (km, get_impl("mxfp4_quant", "triton").fn, x, t * h * 2 + t * h // 2),
+        "fp8_block_quant": (kb, get_impl("fp8_block_quant", "triton").fn, w, h * h * 3),
+    }
+    for op, (mod, fn, sets, moved) in cases.items():
+        old = dict(mod.TILE)
+        for elems, warps in itertools.product((2048, 4096, 8192, 16384), (4, 8, 16)):
+            mod.TILE.update(elems=elems, warps=warps)
+            ms = timed(fn, sets)
+            print(
+                f"{op:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us {pct(moved, ms)}",
+                flush=True,
+            )
+        mod.TILE.update(old)
+
+
 if __name__ == "__main__":
-    main()
-    sweep_quant()
+    import sys
+
+    which = sys.argv[1:] or ["swiglu", "quant", "new"]
+    if "swiglu" in which:
+        main()
+    if "quant" in which:
+        sweep_quant()
+    if "new" in which:
+        sweep_new()
