@@ -49,6 +49,15 @@ DSV4 = dict(swiglu_limit=10.0)
 SMALL = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 2}
 
 
+@pytest.fixture(params=["decode", "sorted"])
+def path(request, monkeypatch):
+    """Both paths for the tests that run the default config: the decode path (few tokens, the
+    default) and the sorted path (PARITY_MOE_DECODE=0)."""
+    if request.param == "sorted":
+        monkeypatch.setenv("PARITY_MOE_DECODE", "0")
+    return request.param
+
+
 def make(t, h, n, e, k, dtype, seed=0, minus_one=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(t, h, generator=g).to(dtype)
@@ -230,7 +239,7 @@ def test_none_tails_and_skipped(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fp8_block_dsv4(dtype):
+def test_fp8_block_dsv4(dtype, path):
     run_case(6, 256, 128, 4, 3, dtype, "fp8_block", DSV4)
 
 
@@ -241,7 +250,7 @@ def test_fp8_block_partial_weight_blocks():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_mxfp4_gpt_oss(dtype):
+def test_mxfp4_gpt_oss(dtype, path):
     run_case(6, 64, 96, 4, 2, dtype, "mxfp4", GPT_OSS)
 
 
@@ -396,7 +405,7 @@ def test_mxfp4_float16_never_dequantizes_first(dequant_calls):
     assert dequant_calls == []  # fp16 cannot hold 2**+-127: the scale-after-dot GEMM only
     assert torch.equal(_bits(outs[0]), _bits(outs[1]))
     _mx_check(outs[0], inputs, DSV4)
-    # and the default config (interpreter: dequantize first from 2 rows per expert) as well
+    # and the default config (few tokens: the decode path, which never dequantizes first)
     _mx_check(_mx_run(inputs, None, DSV4), inputs, DSV4)
     assert dequant_calls == []
 
@@ -432,7 +441,7 @@ def test_mxfp4_dequant_threshold_config():
 
 
 @pytest.mark.parametrize("quant", ["none", "fp8_block", "mxfp4"])
-def test_apply_router_weight_on_input(quant):
+def test_apply_router_weight_on_input(quant, path):
     h, n = (128, 128) if quant == "fp8_block" else (64, 32)
     run_case(6, h, n, 3, 1, torch.bfloat16, quant, DSV4, on_input=True)
 
@@ -453,11 +462,11 @@ def test_apply_router_weight_on_input(quant):
     ],
     ids=["silu", "pre", "post", "interleaved-post"],
 )
-def test_swiglu_options(opts):
+def test_swiglu_options(opts, path):
     run_case(5, 64, 32, 3, 2, torch.bfloat16, "none", opts, seed=3)
 
 
-def test_many_experts_top8():
+def test_many_experts_top8(path):
     # E = 256, k = 8 (DeepSeek routing width) at a tiny hidden size
     run_case(4, 32, 16, 256, 8, torch.bfloat16, "none", DSV4, minus_one=True)
 
@@ -466,7 +475,7 @@ def test_many_experts_top8():
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_all_skipped_rows_written_as_zero(k):
+def test_all_skipped_rows_written_as_zero(k, path):
     x, w13, w2, weights, ids = make(5, 64, 32, 3, k, torch.bfloat16, minus_one=False)
     ids[1] = -1
     ids[3] = -1
@@ -603,3 +612,217 @@ def test_unsupported_is_not_implemented():
             w2_scale=s2,
             block_shape=(8, 8),
         )
+
+
+# --- the decode path (few tokens: pairs grouped per expert, split-K, no moe_align) ----------------
+
+from parity.optimized.triton import _kernels_moe_decode as dec  # noqa: E402
+from parity.optimized.triton._moe_configs import (  # noqa: E402
+    DECODE_ENV,
+    decode_config,
+    fit_decode_config,
+)
+
+
+@pytest.fixture
+def decode_calls():
+    """The decode path's launch count since the test began (asserts the path was taken)."""
+    start = dec.LAUNCHES["decode"]
+    return lambda: dec.LAUNCHES["decode"] - start
+
+
+def _dcfg(bm, split, bk=32, bn=32):
+    """A decode config forcing small tiles (tails in N and K) and `split` K splits."""
+    return {
+        "DECODE_MAX_PAIRS": 128,
+        "DECODE_BLOCK_M": bm,
+        "DECODE_BLOCK_N1": bn,
+        "DECODE_BLOCK_N2": bn,
+        "DECODE_BLOCK_K": bk,
+        "DECODE_SPLIT_K1": split,
+        "DECODE_SPLIT_K2": split,
+    }
+
+
+def _routed(t, k, e, seed):
+    """ids with repeats within a token, skipped slots and, for t >= 3, a token with none."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(-1, e, (t, k), generator=g, dtype=torch.int32)
+    if t >= 3:
+        ids[2] = -1
+    return ids
+
+
+def decode_case(t, h, n, e, k, dtype, quant, opts, cfg, *, seed=0, block_shape=(128, 128)):
+    x, w13, w2, _, _ = make(t, h, n, e, 1, dtype, seed=seed, minus_one=False)
+    ids = _routed(t, k, e, seed)
+    weights = torch.rand(t, k, generator=torch.Generator().manual_seed(seed)) + 0.1
+    weights = torch.where(ids >= 0, weights, float("nan"))  # skipped slots' weights unused
+    w13q, w2q, s13, s2, d13, d2 = quantize(w13, w2, quant, dtype, block_shape)
+    dev = [v.to(DEVICE) if v is not None else None for v in (x, w13q, w2q, weights, ids, s13, s2)]
+    kw = dict(quant=quant, w13_scale=dev[5], w2_scale=dev[6], block_shape=block_shape, **opts)
+    with override_config(cfg):
+        out = kernel(*dev[:5], **kw)
+        again = kernel(*dev[:5], **kw)
+    assert torch.equal(_bits(out), _bits(again))  # deterministic: no atomics
+    check(
+        out,
+        x,
+        w13q,
+        w2q,
+        weights,
+        ids,
+        quant=quant,
+        s13=s13,
+        s2=s2,
+        d13=d13,
+        d2=d2,
+        opts=opts,
+        block_shape=block_shape,
+    )
+    return out
+
+
+# (T, k, E): T = 1 (GEMV) and several rows per expert (dot tiles), repeated experts, experts
+# with no token (E > T * k), k up to 8
+DECODE_ROUTES = [(1, 1, 3), (1, 8, 5), (2, 4, 16), (5, 3, 4), (16, 8, 6)]
+
+
+@pytest.mark.parametrize("route", DECODE_ROUTES, ids=lambda r: "T{}k{}E{}".format(*r))
+@pytest.mark.parametrize("split", [1, 2])
+def test_decode_none_tails(route, split, decode_calls):
+    # H = 80, 2N = 96, N = 48: not multiples of the 32-wide N and K tiles
+    t, k, e = route
+    decode_case(t, 80, 48, e, k, torch.bfloat16, "none", DSV4, _dcfg(1 if t == 1 else 16, split))
+    assert decode_calls() == 2
+
+
+@pytest.mark.parametrize("route", DECODE_ROUTES[1:4], ids=lambda r: "T{}k{}E{}".format(*r))
+@pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
+def test_decode_fp8_block(route, bm, decode_calls):
+    # block (48, 32): partial 48-row weight blocks, K tiles of 32 = one scale group, 2 splits
+    t, k, e = route
+    decode_case(
+        t, 96, 64, e, k, torch.bfloat16, "fp8_block", {}, _dcfg(bm, 2), block_shape=(48, 32)
+    )
+    assert decode_calls() == 2
+
+
+@pytest.mark.parametrize("route", DECODE_ROUTES[1:4], ids=lambda r: "T{}k{}E{}".format(*r))
+@pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
+def test_decode_mxfp4(route, bm, decode_calls):
+    # K = H = 96 with 64-wide K tiles: the last tile half masked; 3 splits of GEMM1 (one tile
+    # each); GPT-OSS options (interleaved, clamp)
+    t, k, e = route
+    decode_case(t, 96, 64, e, k, torch.bfloat16, "mxfp4", GPT_OSS, _dcfg(bm, 3, bk=64))
+    assert decode_calls() == 2
+
+
+@pytest.mark.parametrize("quant", ["none", "fp8_block", "mxfp4"])
+def test_decode_defaults_float16(quant, decode_calls):
+    # the default decode config (no override), float16 activations, T = 1 and T = 16
+    h, n = (256, 128) if quant == "fp8_block" else (64, 32)
+    for t in (1, 16):
+        decode_case(t, h, n, 6, 4, torch.float16, quant, DSV4, None, seed=t)
+    assert decode_calls() == 4
+
+
+@pytest.mark.parametrize("quant", ["none", "fp8_block", "mxfp4"])
+@pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
+def test_decode_router_weight_on_input(quant, bm, decode_calls):
+    h, n = (128, 128) if quant == "fp8_block" else (64, 32)
+    cfg = _dcfg(bm, 2, bk=64)
+    with override_config(cfg):
+        run_case(
+            1 if bm == 1 else 6, h, n, 3, 1, torch.bfloat16, quant, DSV4, cfg=cfg, on_input=True
+        )
+    assert decode_calls() == 1
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-sums", "random"])
+def test_decode_matches_sorted_path(exact, decode_calls):
+    # mxfp4 inputs whose float32 sums are all exact: the decode path (GEMV and dot, with and
+    # without split-K) and the sorted path differ only in summation order, so bitwise equal
+    for t in (1, 7):
+        inputs = _mx_inputs(t, 96, 32, 3, 2, seed=4 + t, exact=exact)
+        before = decode_calls()
+        base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+        assert decode_calls() == before  # the tile-only override: the sorted path
+        for bm, split in ((1, 1), (1, 3), (16, 2)):
+            if t > 1 and bm == 1:
+                continue
+            out = _mx_run(inputs, _dcfg(bm, split, bk=32), DSV4)
+            _mx_check(out, inputs, DSV4)
+            if exact:
+                assert torch.equal(_bits(out), _bits(base))
+            else:
+                torch.testing.assert_close(out.float(), base.float(), rtol=0.02, atol=0.02)
+    assert decode_calls() == 4
+
+
+def test_decode_skipped_rows_zero_and_switches(monkeypatch, decode_calls):
+    x, w13, w2, weights, ids = make(5, 64, 32, 3, 2, torch.bfloat16, minus_one=False)
+    ids[1] = -1
+    weights[1] = float("nan")
+    args = [v.to(DEVICE) for v in (x, w13.bfloat16(), w2.bfloat16(), weights, ids)]
+    out = kernel(*args).cpu()
+    assert decode_calls() == 1
+    assert (out[1] == 0).all() and out[[0, 2, 3, 4]].abs().sum(1).gt(0).all()
+    every = kernel(*args[:4], torch.full_like(args[4], -1)).cpu()
+    assert decode_calls() == 2 and (every == 0).all()
+    assert kernel(*[a[:0] for a in args[:1]], *args[1:3], args[3][:0], args[4][:0]).shape == (0, 64)
+    assert decode_calls() == 2  # T = 0 launches nothing
+    # the switches: the environment, a tile-only override (the tuner's), T * k past the limit
+    monkeypatch.setenv(DECODE_ENV, "0")
+    sorted_out = kernel(*args).cpu()
+    monkeypatch.delenv(DECODE_ENV)
+    with override_config(SMALL):
+        kernel(*args)
+    with override_config(dict(SMALL, DECODE_MAX_PAIRS=9)):  # 5 * 2 = 10 pairs
+        kernel(*args)
+    assert decode_calls() == 2
+    torch.testing.assert_close(out, sorted_out, rtol=2 * ulp(torch.bfloat16), atol=1e-3)
+
+
+def test_group_kernel_against_torch():
+    g = torch.Generator().manual_seed(3)
+    for p, e in ((1, 1), (8, 32), (37, 5), (128, 16), (128, 256)):
+        ids = torch.randint(-1, e, (p,), generator=g, dtype=torch.int32)
+        ids[: p // 4] = ids[0]  # a hot expert (or -1)
+        slots = min(e, p)
+        pairs = torch.full((p,), -7, dtype=torch.int32, device=DEVICE)
+        info = torch.full((3, slots), -7, dtype=torch.int32, device=DEVICE)
+        dec._group_kernel[(1,)](
+            ids.to(DEVICE), pairs, info[0], info[1], info[2], p, slots, BLOCK_P=dec._next_pow2(p)
+        )
+        pairs, info = pairs.cpu(), info.cpu()
+        valid = ids >= 0
+        order = torch.sort(ids[valid].long() * p + torch.arange(p)[valid]).values % p
+        nv = int(valid.sum())
+        assert torch.equal(pairs[:nv].long(), order)  # by expert, stable within one
+        experts, counts = torch.unique(ids[valid], return_counts=True)
+        d = experts.numel()
+        assert torch.equal(info[0, :d], experts.int()) and torch.equal(info[2, :d], counts.int())
+        assert torch.equal(info[1, :d], (counts.cumsum(0) - counts).int())
+        assert (info[2, d:] == 0).all()
+
+
+def test_decode_config_fits():
+    bf = (128, 128)
+    # DeepSeek-V4 layer at T = 1 and 16: no split needed (enough CTAs), GEMV then dot
+    one = decode_config(1, 8, 32, 2048, 7168, "none", bf, False)
+    assert one["DECODE_BLOCK_M"] == 1 and one["SPLIT1"] == one["SPLIT2"] == 1
+    sixteen = decode_config(16, 8, 32, 2048, 7168, "fp8_block", bf, False)
+    assert sixteen["DECODE_BLOCK_M"] == 16 and sixteen["DECODE_BLOCK_K"] == 128
+    assert decode_config(17, 8, 32, 2048, 7168, "none", bf, False) is None  # 136 pairs
+    # a small layer: split-K for CTAs, no empty split, K per split a multiple of BLOCK_K
+    small = decode_config(1, 1, 8, 256, 1024, "mxfp4", None, False)
+    assert small["SPLIT1"] > 1 and small["SPLIT2"] == 1  # K = N = 256: too short to split
+    for key in ("1", "2"):
+        s, per, kd = small["SPLIT" + key], small["KSPLIT" + key], 1024 if key == "1" else 256
+        assert per % small["DECODE_BLOCK_K"] == 0 and (s - 1) * per < kd <= s * per
+    fit = fit_decode_config(
+        dict(_dcfg(4, 99, bk=512), DECODE_NUM_WARPS=8), 3, 2, 4, 64, 96, "fp8_block", (48, 32)
+    )
+    assert fit["DECODE_BLOCK_M"] == 16 and fit["DECODE_BLOCK_K"] == 32
+    assert fit["SPLIT1"] == 3 and fit["KSPLIT1"] == 32  # H = 96: at most 3 tiles

@@ -223,7 +223,7 @@ def get_config(
 
 # --- the decode path (few tokens): grouped pairs, split-K, no moe_align -------------------------
 #
-# Keys (a tuned file or the override may carry them; missing ones take the defaults below):
+# Keys (an override may carry them; missing ones take the defaults below):
 # - DECODE_MAX_PAIRS: the decode path runs when T * k <= this (0: never). Under
 #   `override_config` a config without it means 0, so the tuner's configs time the sorted path.
 # - DECODE_BLOCK_M: rows of one expert per tile: 1 is a CUDA-core GEMV (no tensor cores, no
@@ -246,8 +246,8 @@ def decode_config(
     t: int, k: int, e: int, n: int, h: int, quant: str, block_shape, interpret: bool
 ) -> dict | None:
     """The decode path's config for T tokens with k slots, or None where the sorted path runs:
-    the override's DECODE_* keys if an override is active, else the tuned file's entry for the
-    nearest M, else the defaults; `PARITY_MOE_DECODE=0` turns the path off."""
+    the defaults, with the override's DECODE_* keys on top while an override is active (the
+    tuned files hold sorted-path tiles only); `PARITY_MOE_DECODE=0` turns the path off."""
     if os.environ.get(DECODE_ENV, "1") == "0":
         return None
     over = getattr(_state, "cfg", None)
@@ -314,12 +314,12 @@ def _split(split: int, slots: int, n_out: int, bn: int, k_dim: int, bk: int) -> 
 
 def fit_decode_config(cfg: dict, t, k, e, n, h, quant, block_shape) -> dict:
     """Bring a decode config within the kernels' constraints and resolve the splits: tiles
-    powers of two; BLOCK_M 1 or >= 16 (tl.dot); BLOCK_N, BLOCK_K >= 16; fp8_block: BLOCK_K
-    divides block_shape[1] (one scale group per K tile); mxfp4: BLOCK_K >= 32 (whole MX
-    blocks). Adds SPLIT1/KSPLIT1 (GEMM1: K = H) and SPLIT2/KSPLIT2 (GEMM2: K = N)."""
+    powers of two; BLOCK_M 1 (GEMV) or >= 16 (tl.dot: 2..15 become 16); BLOCK_N, BLOCK_K >= 16;
+    fp8_block: BLOCK_K divides block_shape[1] (one scale group per K tile); mxfp4: BLOCK_K >= 32
+    (whole MX blocks). Adds SPLIT1/KSPLIT1 (GEMM1: K = H) and SPLIT2/KSPLIT2 (GEMM2: K = N)."""
     out = dict(cfg)
     bm = _pow2_floor(int(out["DECODE_BLOCK_M"]))
-    out["DECODE_BLOCK_M"] = 1 if bm < 16 else bm
+    out["DECODE_BLOCK_M"] = 1 if bm == 1 else max(16, bm)  # GEMV, or a dot tile of >= 16
     for key in ("DECODE_BLOCK_N1", "DECODE_BLOCK_N2", "DECODE_BLOCK_K"):
         out[key] = max(16, _pow2_floor(int(out[key])))
     if quant == "fp8_block":
