@@ -2,7 +2,8 @@
 # All GPU tests and benchmarks, in two calls of the GPU runner (one call holds at most 10 min):
 #   run(command="bash scripts/gpu_all.sh tests", carry=[".gpu"])  # suite, golden tables, tune
 #   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
-#   run(command="bash scripts/gpu_all.sh nightly", carry=[".gpu"])  # the reference at 1000 ex.
+#   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
+#     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls)
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
 # shape and FlashInfer JIT-builds its modules, both CPU-bound, so serial runs hit the limit).
 # The tuner runs after them, alone on the GPU, so its timings are not shared with other jobs.
@@ -29,16 +30,17 @@ for k in "${JOBS[@]}"; do printf '%-24s %s\n' "$k" "$(cat "$LOG/$k.rc" 2>/dev/nu
 python3 - "$LOG" <<'PY' | tee "$LOG/summary.txt"
 import glob, json, sys
 rows = []
-for path in sorted(glob.glob(sys.argv[1] + "/s_*.json")):
+for path in sorted(glob.glob(sys.argv[1] + "/[sn]_*.json")):
     rows += json.load(open(path))["rows"]
 if rows:
-    print(f"{'op':20} {'impl':18} {'examples':>8} {'unsup':>6}  verdict")
+    print(f"{'op':20} {'impl':18} {'examples':>8} {'ex/s':>6} {'unsup':>6}  verdict")
 for r in rows:
     v = "FAIL " + ",".join(r["failed"]) if r["failed"] else "pass"
     if r["not_run"]:
         v += " NOT RUN: " + ",".join(r["not_run"])
-    print(f"{r['op']:20} {r['impl']:18} {r['examples']:8d} {r['unsupported']:6d}  {v}")
-for log in sorted(glob.glob(sys.argv[1] + "/s_*.log")):
+    rate = r["examples"] / r["seconds"] if r.get("seconds") else 0.0
+    print(f"{r['op']:20} {r['impl']:18} {r['examples']:8d} {rate:6.1f} {r['unsupported']:6d}  {v}")
+for log in sorted(glob.glob(sys.argv[1] + "/[sn]_*.log")):
     name = log.rsplit("/", 1)[1][:-4]
     if not glob.glob(sys.argv[1] + f"/{name}.json"):
         print(f"{name}: no table (see {name}.log)")
@@ -165,9 +167,26 @@ if [ "$PHASE" = tests ]; then
   done
   mkdir -p "$LOG/configs" && cp parity/optimized/triton/configs/*.json "$LOG/configs/"
 elif [ "$PHASE" = nightly ]; then
-  # no false alarm: every property on the reference itself at the nightly budget, cuda and cpu
-  job nightly_ref 560 env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
-    tests/test_reference_nightly.py
+  # The nightly profile (1000 examples a property) for every GPU implementation, in three calls
+  # (issue 11, section 4): `nightly 1` Triton, `nightly 2` TileLang and the decoder stack,
+  # `nightly 3` FlashInfer and the reference's own nightly test. One suite job per (backend,
+  # op), so a job cut at its limit loses only its own rows; the table prints examples/s.
+  SHARD="${2:-1}"; LIM="${NIGHTLY_LIMIT:-540}"
+  nsuite() {  # nsuite BACKEND OP...
+    local b=$1; shift
+    for op in "$@"; do suite "n_${b}_$op" "$LIM" 1000 --profile nightly --backend "$b" --op "$op"; done
+  }
+  case "$SHARD" in
+    1) nsuite triton swiglu fp8_quant silu_mul_fp8_quant mxfp4_dequant moe_align fp8_block_quant \
+         mxfp4_quant route fused_moe ;;
+    2) nsuite tilelang sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head
+       nsuite stack decoder_stack ;;
+    3) nsuite flashinfer swiglu route mhc_pre mhc_post
+       # no false alarm: every property on the reference itself at the nightly budget
+       job nightly_ref "$LIM" env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
+         tests/test_reference_nightly.py ;;
+    *) echo "nightly shard must be 1, 2 or 3"; exit 2 ;;
+  esac
   wait
 else
   # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
