@@ -16,14 +16,17 @@ pytest.importorskip("triton")
 
 from parity import reference as ref
 from parity.optimized.triton import (
+    _kernels_fp8_block_quant,
     _kernels_mxfp4_quant,
     _kernels_quant,
     _kernels_swiglu,
     _launch,
+    fp8_block_quant,
     mxfp4_quant,
     quant,
     swiglu,
 )
+from parity.optimized.triton._caps import native_fp8_ok
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -55,6 +58,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(swiglu, "_PLANS", {})
     monkeypatch.setattr(quant, "_PLANS", {})
     monkeypatch.setattr(mxfp4_quant, "_PLANS", {})
+    monkeypatch.setattr(fp8_block_quant, "_PLANS", {})
 
 
 def _counting(monkeypatch, module, name):
@@ -208,6 +212,57 @@ def test_mxfp4_quant_validates_once_and_never_caches_a_bad_input(fresh, monkeypa
     for _ in range(2):
         with pytest.raises(ValueError):
             mxfp4_quant.mxfp4_quant(_x(2, 48))
+
+
+def test_fp8_block_quant_validates_once_and_never_caches_a_bad_input(fresh, monkeypatch):
+    calls = _counting(monkeypatch, fp8_block_quant, "validate_fp8_block_quant")
+    w = _x(2, 40, 72)
+    a = fp8_block_quant.fp8_block_quant(w, block_shape=(32, 64))
+    b = fp8_block_quant.fp8_block_quant(w.clone(), block_shape=[32, 64])  # a list: own key
+    c = fp8_block_quant.fp8_block_quant(w.clone(), block_shape=(32, 64))
+    assert len(calls) == 2 and all(torch.equal(u, v) for u, v in zip(a, c))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    for bad, kind in [
+        (dict(block_shape=(True, 64)), TypeError),  # == (1, 64): the key holds the types
+        (dict(block_shape=(32.0, 64)), TypeError),
+        (dict(block_shape=(0, 64)), ValueError),
+        (dict(scale_format="UE8M0"), ValueError),
+    ]:
+        for _ in range(2):
+            with pytest.raises(kind):
+                fp8_block_quant.fp8_block_quant(w, **{**dict(block_shape=(32, 64)), **bad})
+
+
+@pytest.mark.parametrize(
+    "shape, block",
+    [((1, 7168), (128, 128)), ((3, 200, 300), (128, 128)), ((2, 40, 72), (32, 64)),
+     ((300, 260), (256, 256)), ((5, 9), (1, 1))],
+)  # fmt: skip
+def test_fp8_block_plan_matches_launch_function(fresh, monkeypatch, shape, block):
+    """The wrapper's plan launches what `_kernels_fp8_block_quant.launch` launches, on the
+    one-tile path and the two-pass loop (256 x 256 blocks)."""
+    w = _x(*shape)
+    rows, cols = shape[-2:]
+    experts = w.numel() // (rows * cols)
+    nr, nc = -(-rows // block[0]), -(-cols // block[1])
+    for name in ("_tile_kernel", "_loop_kernel"):
+        _record(monkeypatch, _kernels_fp8_block_quant, name)
+    for ue8m0 in (False, True):
+        q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=DEV)
+        s = torch.empty(experts, nr, nc, dtype=torch.float32, device=DEV)
+        _kernels_fp8_block_quant.launch(
+            w, q, s, experts=experts, rows=rows, cols=cols, block_shape=block, eps=1e-4,
+            ue8m0=ue8m0, native_fp8=native_fp8_ok(w.device),
+        )  # fmt: skip
+        fp8_block_quant.fp8_block_quant(
+            w, block_shape=block, scale_format="ue8m0" if ue8m0 else "fp32"
+        )
+    calls = (
+        _kernels_fp8_block_quant._tile_kernel.calls + _kernels_fp8_block_quant._loop_kernel.calls
+    )
+    assert len(calls) == 4
+    for (g0, a0, c0, o0), (g1, a1, c1, o1) in (calls[0:2], calls[2:4]):
+        assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
 
 
 # --- the plans launch what launch_* launches ------------------------------------------------

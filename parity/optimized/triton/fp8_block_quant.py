@@ -1,19 +1,23 @@
 """Triton `fp8_block_quant` (`docs/ops.md`): registration and wrapper; the kernels live in
 `_kernels_fp8_block_quant.py`, imported on the first call. Codes and scales are bit-exact
-against the reference (true division, exact E4M3 rounding; see the kernels' docstring)."""
+against the reference (exact E4M3 rounding; see the kernels' docstring). Validation runs once
+per call signature, whose plan (output shapes and a `Launch`) is cached, as in `swiglu.py`: the
+key holds everything the validator reads, the FP8 cast choice and the kernels' tile setting."""
 
 from __future__ import annotations
 
 import torch
 
+from parity.optimized.triton._caps import ENV as _FP8_ENV
 from parity.optimized.triton._caps import native_fp8_ok
-from parity.optimized.triton._launch import launch_context
+from parity.optimized.triton._launch import Launch, env, launch_context, plain, store
 from parity.reference import validate_fp8_block_quant
 from parity.reference.common import FLOAT_DTYPES, FP8
 from parity.registry import register
 
 _EPS = 1e-4  # the contract's (DeepGEMM's per_block_cast_to_fp8) amax floor
 _kernels = None  # parity.optimized.triton._kernels_fp8_block_quant, imported on the first launch
+_PLANS: dict = {}  # call signature -> plan
 
 
 def _k():
@@ -25,6 +29,62 @@ def _k():
     return _kernels
 
 
+def _key(w, block_shape, scale_format):
+    # TILE (a tile sweep changes it) and the FP8 cast choice's environment: the plan's launch
+    tile = _k().TILE
+    return (
+        w.__class__, w.shape, w.dtype, w.device, block_shape.__class__,
+        tuple((v.__class__, v) for v in block_shape),  # True and 1 stay apart
+        scale_format.__class__, scale_format, tile["elems"], tile["chunk"], tile["warps"],
+        env(_FP8_ENV), env("TRITON_INTERPRET"),
+    )  # fmt: skip
+
+
+def _launch_of(experts, rows, cols, br, bc, ue8m0, native) -> Launch:
+    """`_kernels_fp8_block_quant.launch`'s launch as a `Launch` (the same kernel, grid,
+    constexprs and warps: tests/test_launch_cost.py compares the two)."""
+    k = _k()
+    nr, nc = -(-rows // br), -(-cols // bc)
+    br_pad, bc_pad = 1 << (br - 1).bit_length(), 1 << (bc - 1).bit_length()
+    common = dict(UE8M0=ue8m0, NATIVE_FP8=native)
+    if br_pad * bc_pad <= k.MAX_TILE:
+        per = max(1, k.TILE["elems"] // (br_pad * bc_pad))
+        ncb = max(1, min(1 << (nc - 1).bit_length(), 1 << (per - 1).bit_length()))
+        if ncb > per:
+            ncb //= 2
+        consts = dict(BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=ncb, **common)
+        grid = (experts * nr, -(-nc // ncb))
+        return Launch(k._tile_kernel, grid, consts, num_warps=k._warps(br_pad * bc_pad * ncb))
+    tc = min(bc_pad, k.TILE["chunk"])
+    tr = max(1, min(br_pad, k.TILE["chunk"] // tc))
+    consts = dict(BR=br, BC=bc, TR=tr, TC=tc, **common)
+    return Launch(k._loop_kernel, (experts * nr * nc,), consts, num_warps=k._warps(tr * tc))
+
+
+def _plan(w, block_shape, scale_format):
+    """Validate (raises the contract's error) and build the plan; cache it when the key can
+    hold everything the validator read."""
+    br, bc = validate_fp8_block_quant(w, block_shape=block_shape, scale_format=scale_format)
+    *lead, rows, cols = w.shape
+    nr, nc = -(-rows // br), -(-cols // bc)
+    launch = None
+    if w.numel():
+        experts = w.numel() // (rows * cols)
+        run = _launch_of(
+            experts, rows, cols, br, bc, scale_format == "ue8m0", native_fp8_ok(w.device)
+        )
+        launch = (run, rows, cols, nr, nc, _EPS)
+    plan = ((*lead, nr, nc), launch)
+    if w.__class__ is torch.Tensor and plain(scale_format) and _plain_shape(block_shape):
+        store(_PLANS, _key(w, block_shape, scale_format), plan)
+    return plan
+
+
+def _plain_shape(block_shape) -> bool:
+    """A block shape the key holds as the validator saw it: a tuple or list of two ints."""
+    return block_shape.__class__ in (tuple, list) and plain(*block_shape)
+
+
 @register(
     "fp8_block_quant",
     name="triton",
@@ -32,31 +92,21 @@ def _k():
     devices=("cuda", "cpu"),
     dtypes=FLOAT_DTYPES,
     requires=("triton",),
-    note="whole blocks in registers (<=16384 padded elements, else two passes), true division",
+    note="whole blocks in registers (<=16384 padded elements, else two passes), exact rounding",
 )
 def fp8_block_quant(
     w: torch.Tensor, *, block_shape=(128, 128), scale_format: str = "fp32"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    op = "fp8_block_quant"
-    br, bc = validate_fp8_block_quant(w, block_shape=block_shape, scale_format=scale_format)
-
-    *lead, rows, cols = w.shape
-    nr, nc = -(-rows // br), -(-cols // bc)
-    q = torch.empty(w.shape, dtype=FP8, device=w.device)
-    s = torch.empty((*lead, nr, nc), dtype=torch.float32, device=w.device)
-    if q.numel() == 0:
+    try:
+        s_shape, launch = _PLANS[_key(w, block_shape, scale_format)]
+    except Exception:  # a new signature, or one the key cannot hold: validate
+        s_shape, launch = _plan(w, block_shape, scale_format)
+    dev = w.device
+    q = torch.empty(w.shape, dtype=FP8, device=dev)
+    s = torch.empty(s_shape, dtype=torch.float32, device=dev)
+    if launch is None:
         return q, s
-    with launch_context(op, w):
-        _k().launch(
-            w.contiguous(),
-            q,
-            s,
-            experts=q.numel() // (rows * cols),
-            rows=rows,
-            cols=cols,
-            block_shape=(br, bc),
-            eps=_EPS,
-            ue8m0=scale_format == "ue8m0",
-            native_fp8=native_fp8_ok(w.device),
-        )
+    run, *args = launch
+    with launch_context("fp8_block_quant", w):
+        run(w.contiguous(), q, s, *args)
     return q, s
