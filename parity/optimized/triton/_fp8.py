@@ -18,6 +18,10 @@ rounding is done once, exactly, on the float32 bit pattern:
   (only where `_caps.native_fp8_ok` says the native cast is trusted: CUDA capability 9.x) by a
   clamp to +-448 and the native `.to(tl.float8e4nv)` (cvt.rn.satfinite.e4m3x2.f32), ~8 ops an
   element instead of ~18; NaN forced to code 0x7F, the sign of zero kept.
+- `div_by_recip(v, s, r)`: `RN(v / s)` bit for bit from the per-row reciprocal `r = RN(1/s)`, one
+  multiply and two fmas an element instead of a correctly rounded division (`div_rn`, ~10
+  instructions and a range check); exact for a scale in the range `divfree_ok(eps)` promises
+  (the proof is next to the code).
 - `f32_to_bf16(x)`, `to_dtype_rne(x, dtype)`: round-to-nearest-even output casts; the
   interpreter's float32 -> bfloat16 cast truncates, so kernels storing bf16 use these
   (`to_dtype_rne` uses the integer form under the interpreter only: on a GPU the native cast
@@ -38,6 +42,9 @@ _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 _F32_2_POW_M6 = tl.constexpr(0x3C800000)  # 2**-6, the smallest normal E4M3 value
 _F32_448 = tl.constexpr(0x43E00000)  # the largest E4M3 value
 _F32_INF = tl.constexpr(0x7F800000)
+_F32_MAX = tl.constexpr(3.4028234663852886e38)
+# `div_by_recip` is exact for s = max(amax, eps) / 448 once eps >= 2**-40 (then s >= 2**-49)
+DIVFREE_MIN_EPS = tl.constexpr(2.0**-40)
 
 
 @triton.jit
@@ -112,6 +119,60 @@ def e4m3_store_value(x, NATIVE: tl.constexpr):
         return code.to(tl.float8e4nv, bitcast=True)
     else:
         return e4m3_to_fp8(x)
+
+
+@triton.jit
+def divfree_ok(eps):
+    """Whether `div_by_recip` is exact for every row scale `max(amax, eps) / 448` (eps the
+    float32 kernel argument, a runtime scalar: one uniform branch a program)."""
+    return (eps >= DIVFREE_MIN_EPS) & (eps <= _F32_MAX)
+
+
+@triton.jit
+def div_by_recip(v, s, r):
+    """RN(v / s) for float32 `v` and the row scale `s` (broadcastable to v), given
+    `r = div_rn(1, s)` computed once a row; NaN where s is NaN. Needs `divfree_ok(eps)`.
+
+    q0 = RN(v*r); t = RN(q0*s - v) (fma); q = RN(q0 - t*r) (fma). Proof that the E4M3 code of
+    q is that of RN(v/s) (p = 24, u = 2**-p, z = v/s; s in [2**-49, RN(max/448)], max the
+    float32 maximum, as eps >= 2**-40 and amax, eps <= max; |v| <= amax, so |z| <= 448 (1 +
+    2u)):
+
+    Regime I, |z| >= 2**-11: |v| >= 2**-60, r in [2**-120, 2**49], |q0|, |q| >= 2**-12, and t
+    is 0 or a multiple of ulp(q0) ulp(s) >= 2**-35 * 2**-72: no operand or result is subnormal
+    or overflows (so flush-to-zero is moot), and scaling v, s by powers of two changes nothing.
+    Take v, s in [1, 2); s = 1 is exact (r = 1, t = 0). Else r = 1/s + rho, |rho| <= u/2, and
+    sigma = s*r - 1 = s*rho, |sigma| < u. Write d = q0 - z, t* = q0*s - v = d*s (exact), t =
+    t* + eta. Then w = q0 - t*r = z - d*sigma - eta*r exactly, and q = RN(w) = RN(z) as soon as
+    |w - z| < D, D the distance from z to the midpoint m between RD(z) and RU(z). z is never a
+    midpoint, and v - m*s is a multiple of g = ulp(z) * u, so D >= g / s.
+    (A) z in [1, 2) (ulp 2u): |v*r - z| <= v*u/2 < u, so q0 is RD(z) or RU(z) (Markstein's
+        hypothesis), or q0 = 1 - u with z in [1, 1 + u/2), whose D >= u/2 dwarfs |w - z| <=
+        1.5u * u + 2u**2. Faithful q0: t* is a multiple of 4u**2 below 4u, exact (eta = 0);
+        |d| <= u + D, so |w - z| <= (u + D) s u/2 < D, as D >= 2u**2/s and s**2 + 2su < 4.
+    (B) z in (1/2, 1) (ulp u): Markstein's hypothesis can fail (q0 1.5 ulp off when v, s ~ 2),
+        so directly. If q0 is RD(z) or RU(z): |d| <= u/2 + D, t* a multiple of 2u**2 below 2u,
+        exact, and (u/2 + D) s u/2 < D as D >= u**2/s. If not, v*r passed the midpoint beyond
+        RU(z) (or RD(z)): D > u(1 - v/2), |d| < 1.5u, |eta| <= 2u**2, |w - z| < (0.75 s +
+        2r) u**2 <= 2.75u**2 + u**3 < D once v <= 2 - 8u; v < s < 2 leaves the three pairs
+        (v, s) = (2-6u, 2-4u), (2-6u, 2-2u), (2-4u, 2-2u), checked directly by
+        tests/test_fp8_divfree.py (all v for those s). The same test runs the algorithm over
+        every pair of p-bit significands for p = 4..12 (exact) and all 2**23 significands of v
+        for a set of s in float32 (the fmas emulated exactly).
+    Regime II, |z| < 2**-11: RN(z) has E4M3 code +-0 with the sign of v; so has q: |w| <=
+    |z| (1 + 5u) + 2**-101 < 2**-10 (codes round 2**-10 to 0, ties to even), and w is 0 only
+    for v = +-0, else of the sign of z: q0 = 0 gives t = -v exactly and w = v*r; else the
+    errors of q0 and t move w by less than |z| (a subnormal t errs by <= 2**-150 <= |v|/2).
+    v = +-0: q0 = +-0, t = (+-0) + (-+0) = +0, q = (-0) + (+-0) = +-0: the sign survives
+    (this is why the last fma adds t*(-r), not -(t*r)). Every rounding keeps the sign.
+    v = +-inf (a finite row): clamped to +-float32 max first (else inf - inf = NaN), whose
+    quotient is > 448 (1 - 2u) and saturates like inf does (s = RN(max / 448)). NaN v: the
+    row's s, r and hence q are NaN.
+    """
+    vc = tl.clamp(v, -_F32_MAX, _F32_MAX)  # NaN may become finite: its row is NaN anyway
+    q0 = vc * r
+    t = tl.math.fma(q0, tl.broadcast_to(s, q0.shape), -vc)
+    return tl.math.fma(t, tl.broadcast_to(-r, q0.shape), q0)
 
 
 @triton.jit

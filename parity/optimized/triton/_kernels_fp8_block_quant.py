@@ -13,16 +13,18 @@ an expert. Two kernels:
 Per block: amax is an integer max over the |w| bit patterns (exact, inf counted as the float32
 maximum, a NaN anywhere makes the block NaN: every NaN is above inf as bits), `s = max(amax,
 eps) / 448` by a correctly rounded division, ue8m0 rounds s up to a power of two exactly from
-its bits. Codes: `w / s` correctly rounded (fp32 scales), or for ue8m0 `w * (1/s)`: s is a
-power of two in [2**-22, 2**126] (eps = 1e-4), so 1/s is exact and the product is the true
-quotient rounded once. The E4M3 rounding is `_fp8.e4m3_store_value` (exact integer rounding, or
-the clamped native cast on sm_90 where `_caps.native_fp8_ok` says so): the same codes.
+its bits. Codes: `w / s` correctly rounded, from the block's `1/s` (one division a block): for
+ue8m0 `w * (1/s)`: s is a power of two in [2**-22, 2**126] (eps = 1e-4), so 1/s is exact and
+the product is the true quotient rounded once; for fp32 scales one multiply and two fmas from
+`RN(1/s)` (`_fp8.div_by_recip`, proved exact for eps >= 2**-40). The E4M3 rounding is
+`_fp8.e4m3_store_value` (exact integer rounding, or the clamped native cast on sm_90 where
+`_caps.native_fp8_ok` says so): the same codes.
 """
 
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._fp8 import e4m3_store_value
+from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
@@ -65,13 +67,16 @@ def _block_scale(mb, eps, UE8M0: tl.constexpr):
 
 
 @triton.jit
-def _codes(v, s, UE8M0: tl.constexpr, NATIVE_FP8: tl.constexpr):
-    """E4M3 codes of float32 `v` divided by `s` (broadcast to v's shape)."""
+def _codes(v, s, eps, UE8M0: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    """E4M3 codes of float32 `v` divided by the block scales `s` (one value a block, shaped to
+    broadcast against v: the reciprocal is taken once a block, not once an element)."""
+    r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
     if UE8M0:  # 1/s exact (see the module docstring): v * (1/s) == v / s, bit for bit
-        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
         q = v * r
-    else:
-        q = tl.math.div_rn(v, s)
+    elif divfree_ok(eps):  # RN(v / s) from RN(1/s), one multiply and two fmas, exact
+        q = div_by_recip(v, s, r)
+    else:  # eps < 2**-40 (not the op's 1e-4): the proof does not cover it; a true division
+        q = tl.math.div_rn(v, s + tl.zeros_like(v))
     return e4m3_store_value(q, NATIVE_FP8)
 
 
@@ -109,7 +114,7 @@ def _tile_kernel(
     v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
     mb = tl.max(tl.max(v.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2), axis=0)  # [NCB]
     s = _block_scale(mb, eps, UE8M0)
-    codes = _codes(v, s[None, :, None] + tl.zeros_like(v), UE8M0, NATIVE_FP8)
+    codes = _codes(v, s[None, :, None], eps, UE8M0, NATIVE_FP8)
     tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
     tl.store(s_ptr + pid.to(tl.int64) * nc + cb, s, mask=cb < nc)
 
@@ -158,7 +163,7 @@ def _loop_kernel(
             mask = ((dr + ti < BR) & (row < R))[:, None] & ((dc + tc < BC) & (col < C))[None, :]
             offs = ((base + row) * C)[:, None] + col[None, :]
             v = to_f32(tl.load(w_ptr + offs, mask=mask, other=0.0))
-            codes = _codes(v, s[:, None] + tl.zeros_like(v), UE8M0, NATIVE_FP8)
+            codes = _codes(v, s[:, None], eps, UE8M0, NATIVE_FP8)
             tl.store(q_ptr + offs, codes.to(q_ptr.dtype.element_ty, bitcast=True), mask=mask)
     tl.store(s_ptr + pid.to(tl.int64) * nc + cb + tl.arange(0, 1), s)
 

@@ -9,15 +9,17 @@ the E4M3 codes straight into the float8 output. NATIVE_FP8 (set by the wrapper f
 exact integer rounding of `_fp8.e4m3_code`; both give the same codes.
 
 Per element (after the bf16 -> float32 load): amax is an integer max over the |x| bits (2 ops),
-the quotient `x / s` a correctly rounded division, or for ue8m0 scales (powers of two whose
-reciprocal is a normal float, see `RECIP_MIN_EPS`) one multiply by the exact per-group
-reciprocal, then the E4M3 rounding (~7 ops native, ~18 explicit).
+the quotient `x / s` correctly rounded: for ue8m0 scales (powers of two whose reciprocal is a
+normal float, see `RECIP_MIN_EPS`) one multiply by the exact per-group reciprocal, for fp32
+scales one multiply and two fmas from the per-group `RN(1/s)` (`_fp8.div_by_recip`, proved
+exact for eps >= 2**-40; a smaller eps keeps the true division `div_rn`), then the E4M3 rounding
+(~7 ops native, ~18 explicit).
 """
 
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._fp8 import e4m3_store_value, to_dtype_rne
+from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
@@ -66,8 +68,13 @@ def _quant_groups(v, eps, UE8M0: tl.constexpr, RECIP: tl.constexpr, NATIVE_FP8: 
         # ue8m0 with eps >= RECIP_MIN_EPS (host-checked): 1/s exact, x * (1/s) == x / s.
         r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
         q = v * r[:, None]
-    else:
-        # A true division: reciprocal-multiply may move a code by one step near a midpoint.
+    elif divfree_ok(eps):
+        # RN(v / s) by one multiply and two fmas from the row's correctly rounded reciprocal
+        # (exact, see `_fp8.div_by_recip`); a plain reciprocal-multiply may move a code by one
+        # step near a midpoint.
+        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+        q = div_by_recip(v, s[:, None], r[:, None])
+    else:  # eps < 2**-40: a row scale may be too small for the proof; a true division
         q = tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))
     return e4m3_store_value(q, NATIVE_FP8), s
 
