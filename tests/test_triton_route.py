@@ -162,3 +162,26 @@ def test_route_config_one_warp_for_deepseek_sizes():
     ng, gs, bt, warps = kr.config(8192, 256, 8)
     assert (ng, gs, warps) == (8, 32, 1) and bt > 1
     assert kr.config(16, 4096, 1)[3] > 1
+
+
+def test_route_validates_once_per_signature(monkeypatch):
+    rt._PLANS.clear()
+    calls = []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return ref.validate_route(*a, **kw)
+
+    monkeypatch.setattr(rt, "validate_route", counting)
+    x = torch.randn(4, 32).to(DEV)
+    b = torch.randn(32).to(DEV)
+    kw = dict(k=4, method="dsv3", n_group=4, topk_group=2)
+    for _ in range(3):
+        rt.route(x, bias=b, **kw)
+    assert len(calls) == 1
+    rt.route(x, bias=b.to(torch.bfloat16), **kw)  # another bias dtype: another signature
+    assert len(calls) == 2
+    with pytest.raises(ValueError):  # a wrong bias shape after good calls still raises
+        rt.route(x, bias=torch.zeros(33).to(DEV), **kw)
+    with pytest.raises(TypeError):  # no bias: not the cached signature
+        rt.route(x, bias=None, **kw)
