@@ -17,8 +17,16 @@ multiply by a power of two:
   0.25, 1.25, 2.5, 5 (the lower code is even), `>=` at 0.75, 1.75, 3.5 (the upper code is
   even): ties to the even code; above 6 saturates to code 7 (inf too). Sign bit of x -> bit 3.
 - NaN block: scale code 255, element codes 0. Element 2i goes to the low nibble.
+
+`_mxfp4_quant_pairs_kernel` (bfloat16 and float16 inputs, `TILE["pairs"]`): the same
+arithmetic, but x is read as int32 words of two elements, [BLOCK_R, BLOCK_B, 16]: element 2i is
+the low half of word i and 2i + 1 the high half (little-endian), so the two nibbles of a packed
+byte come from one word and the byte's offset is the word's offset: no [.., 16, 2] reshape and
+split of the codes, which may move them between threads. The halves are widened to float32
+exactly (bfloat16 by a shift of the bits, float16 by a cast).
 """
 
+import torch
 import triton
 import triton.language as tl
 
@@ -27,7 +35,74 @@ from parity.optimized.triton._kernels_fp8_block_quant import to_f32
 _F32_MAX_BITS = tl.constexpr(0x7F7FFFFF)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
 
-TILE = {"elems": 4096, "warps": None}  # elements a program; warps None: by elements
+# elements a program; warps None: by elements; pairs: 16-bit inputs read as int32 words of two
+# elements (`_mxfp4_quant_pairs_kernel`), chosen by the GPU tile sweep (scripts/sweep_tiles.py)
+TILE = {"elems": 4096, "warps": None, "pairs": False}
+
+
+@triton.jit
+def _e2m1_codes(v, inv):
+    """E2M1 magnitude codes (int32 0..7) of float32 v * inv (inv a power of two): the number
+    of midpoints passed, ties to the even code."""
+    mag = tl.abs(v * inv)
+    return (
+        (mag > 0.25).to(tl.int32)
+        + (mag >= 0.75).to(tl.int32)
+        + (mag > 1.25).to(tl.int32)
+        + (mag >= 1.75).to(tl.int32)
+        + (mag > 2.5).to(tl.int32)
+        + (mag >= 3.5).to(tl.int32)
+        + (mag > 5.0).to(tl.int32)
+    )
+
+
+@triton.jit
+def _half_to_f32(h, BF16: tl.constexpr):
+    """float32 of a 16-bit pattern held in the low half of int32 `h` (exact)."""
+    if BF16:
+        return (h << 16).to(tl.float32, bitcast=True)
+    else:
+        return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _mxfp4_quant_pairs_kernel(
+    x_ptr,  # int32 view of a bfloat16 / float16 [rows, K]: [rows, K/2] words
+    p_ptr,  # uint8 [rows, K/2]
+    s_ptr,  # uint8 [rows, K/32]
+    ROWS,
+    NB,  # blocks of 32 a row (K / 32)
+    BLOCK_R: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    CEIL: tl.constexpr,
+    BF16: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    blk = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    j = tl.arange(0, 16)
+    m2 = (rows < ROWS)[:, None] & (blk < NB)[None, :]
+    row64 = rows.to(tl.int64)  # rows * K may pass 2**31
+    # word offsets of x and byte offsets of the packed output are the same numbers
+    offs = (row64 * (NB * 16))[:, None, None] + (blk[:, None] * 16 + j[None, :])[None, :, :]
+    w = tl.load(x_ptr + offs, mask=m2[:, :, None], other=0)
+    lo = _half_to_f32(w & 0xFFFF, BF16)
+    hi = _half_to_f32((w >> 16) & 0xFFFF, BF16)
+    blo = lo.to(tl.int32, bitcast=True)
+    bhi = hi.to(tl.int32, bitcast=True)
+    mb = tl.max(tl.maximum(blo & 0x7FFFFFFF, bhi & 0x7FFFFFFF), axis=2)  # [BLOCK_R, BLOCK_B]
+    nan = mb > _F32_INF_BITS
+    mb = tl.minimum(mb, _F32_MAX_BITS)
+    e = (mb >> 23) - 129
+    if CEIL:
+        e += ((mb & 0x7FFFFF) > 0x400000).to(tl.int32)
+    e = tl.maximum(e, -127)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]  # 2**-e, a normal float
+    clo = _e2m1_codes(lo, inv) | ((blo >> 28) & 8)  # arithmetic shift: bit 31 lands on bit 3
+    chi = _e2m1_codes(hi, inv) | ((bhi >> 28) & 8)
+    packed = tl.where(nan[:, :, None], 0, clo | (chi << 4)).to(tl.uint8)
+    tl.store(p_ptr + offs, packed, mask=m2[:, :, None])
+    scale = tl.where(nan, 255, e + 127).to(tl.uint8)
+    tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
 
 
 @triton.jit
@@ -57,17 +132,8 @@ def _mxfp4_quant_kernel(
         e += ((mb & 0x7FFFFF) > 0x400000).to(tl.int32)
     e = tl.maximum(e, -127)
     inv = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e, a normal float
-    mag = tl.abs(v * inv[:, :, None])
-    code = (
-        (mag > 0.25).to(tl.int32)
-        + (mag >= 0.75).to(tl.int32)
-        + (mag > 1.25).to(tl.int32)
-        + (mag >= 1.75).to(tl.int32)
-        + (mag > 2.5).to(tl.int32)
-        + (mag >= 3.5).to(tl.int32)
-        + (mag > 5.0).to(tl.int32)
-    )
-    code = code | ((bits >> 28) & 8)  # arithmetic shift: bit 31 lands on bit 3
+    # arithmetic shift: bit 31 lands on bit 3
+    code = _e2m1_codes(v, inv[:, :, None]) | ((bits >> 28) & 8)
     code = tl.where(nan[:, :, None], 0, code)
     lo, hi = tl.split(tl.reshape(code, (BLOCK_R, BLOCK_B, 16, 2)))
     packed = (lo | (hi << 4)).to(tl.uint8)
@@ -79,20 +145,32 @@ def _mxfp4_quant_kernel(
     tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
 
 
-def launch_args(rows: int, k: int, ceil: bool) -> tuple:
-    """(kernel, grid, constexprs, options) of one launch for x [rows, K]: `launch` runs it,
-    the wrapper keeps it in its plan (`_launch.Launch`), so both launch the same thing."""
+def launch_args(rows: int, k: int, ceil: bool, dtype=None) -> tuple:
+    """(kernel, grid, constexprs, options) of one launch for x [rows, K] of `dtype`: `launch`
+    runs it, the wrapper keeps it in its plan (`_launch.Launch`), so both launch the same
+    thing. With `TILE["pairs"]` a 16-bit x goes to the word kernel (the caller passes
+    `x.view(torch.int32)`, see `reads_words`)."""
     nb = k // 32
     block_b = min(triton.next_power_of_2(nb), TILE["elems"] // 32)
     block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_b * 32)))
     warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(nb, block_b))
     consts = dict(BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil)
+    if reads_words(dtype):
+        consts["BF16"] = dtype == torch.bfloat16
+        return _mxfp4_quant_pairs_kernel, grid, consts, dict(num_warps=warps)
     return _mxfp4_quant_kernel, grid, consts, dict(num_warps=warps)
+
+
+def reads_words(dtype) -> bool:
+    """Whether a launch for x of `dtype` reads x as int32 words (`x.view(torch.int32)`)."""
+    return bool(TILE["pairs"]) and dtype in (torch.bfloat16, torch.float16)
 
 
 def launch(x, packed, scales, *, rows, k, ceil):
     """x [rows, K] contiguous (rows, K > 0, K % 32 == 0); packed [rows, K/2], scales [rows,
     K/32] uint8 contiguous."""
-    kernel, grid, consts, opts = launch_args(rows, k, ceil)
+    kernel, grid, consts, opts = launch_args(rows, k, ceil, x.dtype)
+    if reads_words(x.dtype):
+        x = x.view(torch.int32)
     kernel[grid](x, packed, scales, rows, k // 32, **consts, **opts)

@@ -40,16 +40,19 @@ def mxfp4_quant(
     x: torch.Tensor, *, block: int = 32, scale_rounding: str = "floor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     try:
-        lead, k, rows, launch = _PLANS[_key(x, block, scale_rounding)]
+        lead, k, rows, words, launch = _PLANS[_key(x, block, scale_rounding)]
     except Exception:  # a new signature, or one the key cannot hold: validate
-        lead, k, rows, launch = _plan(x, block, scale_rounding)
+        lead, k, rows, words, launch = _plan(x, block, scale_rounding)
     dev = x.device
     packed = torch.empty((*lead, k // 2), dtype=torch.uint8, device=dev)
     scales = torch.empty((*lead, k // _MX_BLOCK), dtype=torch.uint8, device=dev)
     if launch is None:
         return packed, scales
+    x = x.contiguous()
+    if words:  # 16-bit x read as int32 words of two elements (see the kernel module)
+        x = x.view(torch.int32)
     with launch_context("mxfp4_quant", x):
-        launch(x.contiguous(), packed, scales, rows, k // _MX_BLOCK)
+        launch(x, packed, scales, rows, k // _MX_BLOCK)
     return packed, scales
 
 
@@ -58,7 +61,7 @@ def _key(x, block, scale_rounding):
     tile = _k().TILE
     return (
         x.__class__, x.shape, x.dtype, x.device, block.__class__, block,
-        scale_rounding.__class__, scale_rounding, tile["elems"], tile["warps"],
+        scale_rounding.__class__, scale_rounding, tile["elems"], tile["warps"], tile["pairs"],
     )  # fmt: skip
 
 
@@ -68,10 +71,13 @@ def _plan(x, block, scale_rounding):
     validate_mxfp4_quant(x, block=block, scale_rounding=scale_rounding)
     *lead, k = x.shape
     launch = None
+    words = _k().reads_words(x.dtype)
     if x.numel():
-        kernel, grid, consts, opts = _k().launch_args(x.numel() // k, k, scale_rounding == "ceil")
+        kernel, grid, consts, opts = _k().launch_args(
+            x.numel() // k, k, scale_rounding == "ceil", x.dtype
+        )
         launch = Launch(kernel, grid, consts, **opts)
-    plan = (tuple(lead), k, x.numel() // k if k else 0, launch)
+    plan = (tuple(lead), k, x.numel() // k if k else 0, words, launch)
     if x.__class__ is torch.Tensor and plain(block, scale_rounding):
         store(_PLANS, _key(x, block, scale_rounding), plan)
     return plan
