@@ -114,13 +114,19 @@ def sweep_new() -> None:
     }
     for op, (mod, fn, sets, moved) in cases.items():
         old = dict(mod.TILE)
-        for elems, warps in itertools.product((2048, 4096, 8192, 16384), (4, 8, 16)):
+        kinds = (False, True) if "pairs" in mod.TILE else (None,)  # mxfp4: element/word kernel
+        for pairs, elems, warps in itertools.product(kinds, (2048, 4096, 8192, 16384), (4, 8, 16)):
             mod.TILE.update(elems=elems, warps=warps)
+            if pairs is not None:
+                mod.TILE["pairs"] = pairs
             ms = timed(fn, sets)
+            tag = "" if pairs is None else (" words" if pairs else " elems")
             print(
-                f"{op:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us {pct(moved, ms)}",
+                f"{op + tag:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us"
+                f" {pct(moved, ms)}",
                 flush=True,
             )
+        mod.TILE.clear()
         mod.TILE.update(old)
 
 
