@@ -94,7 +94,7 @@ ls "$OUT"
 }
 trap finish EXIT
 trap 'exit 124' TERM INT
-PHASE="${1:-tests}"   # tests | bench | nightly
+PHASE="${1:-tests}"   # tests | bench | nightly | verify
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
 V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
@@ -113,7 +113,33 @@ suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
   job "$name" "$limit" python3 -m parity suite --device cuda --jobs 1 --max-examples "$ex" "$@" \
     --json "$LOG/$name.json"
 }
-if [ "$PHASE" = tests ]; then
+if [ "$PHASE" = verify ]; then
+  # One call for the Triton kernels a change touched (VERIFY_OPS): their suites and GPU tests
+  # side by side, the scale regime alone after them, then the launch-cost diagnosis.
+  OPS="${VERIFY_OPS:-swiglu fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant route moe_align fused_moe}"
+  VLIM="${VERIFY_LIMIT:-240}"
+  for op in $OPS; do suite "s_tri_$op" "$VLIM" "$EX" --backend triton --op "$op"; done
+  job g_route "$VLIM" python3 -m parity.properties.golden --device cuda --op route \
+    --budget $((VLIM - 20)) --json "$LOG/g_route.json"
+  job pytest_gpu "$VLIM" python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_launch_cost.py \
+    tests/test_fp8_divfree.py tests/test_mxfp4_quant_words.py tests/test_triton_route.py \
+    tests/test_triton_fused_moe.py tests/test_triton_new_kernels.py tests/test_scale_regime.py
+  wait
+  left=$((500 - (SECONDS - T_START))); [ "$left" -gt "${SCALE_BUDGET:-200}" ] && left=${SCALE_BUDGET:-200}
+  if [ "$left" -ge 40 ]; then
+    t0=$SECONDS
+    timeout -k 10 $((left + 20)) python3 -m parity.properties.scale --device cuda \
+      --budget "$left" --json "$LOG/scale.json" >"$LOG/scale.log" 2>&1
+    echo "$? $((SECONDS - t0))s" >"$LOG/scale.rc"
+  else
+    echo "NOT RUN: time" >"$LOG/scale.rc"
+  fi
+  JOBS+=(scale); tail -n 45 "$LOG/scale.log" 2>/dev/null
+  timeout -k 5 45 python3 scripts/launch_cost.py --n 300 --repeats 5 --diagnose \
+    >"$LOG/launch_cost.log" 2>&1
+  echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
+  grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
+elif [ "$PHASE" = tests ]; then
   suite s_ref 300 "$EX" --backend torch
   suite s_tri_elem 300 "$EX" --backend triton --op swiglu --op fp8_quant \
     --op silu_mul_fp8_quant --op mxfp4_dequant --op moe_align
