@@ -121,9 +121,9 @@ if [ "$PHASE" = verify ]; then
   for op in $OPS; do suite "s_tri_$op" "$VLIM" "$EX" --backend triton --op "$op"; done
   job g_route "$VLIM" python3 -m parity.properties.golden --device cuda --op route \
     --budget $((VLIM - 20)) --json "$LOG/g_route.json"
-  job pytest_gpu "$VLIM" python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_launch_cost.py \
-    tests/test_fp8_divfree.py tests/test_mxfp4_quant_words.py tests/test_triton_route.py \
-    tests/test_triton_fused_moe.py tests/test_triton_new_kernels.py tests/test_scale_regime.py
+  VTESTS="${VERIFY_TESTS:-tests/test_launch_cost.py tests/test_fp8_divfree.py tests/test_mxfp4_quant_words.py tests/test_triton_route.py tests/test_triton_fused_moe.py tests/test_triton_new_kernels.py tests/test_scale_regime.py}"
+  # shellcheck disable=SC2086  # VTESTS is a list of paths
+  job pytest_gpu "$VLIM" python3 -m pytest -q -p no:cacheprovider -n 4 $VTESTS
   wait
   left=$((500 - (SECONDS - T_START))); [ "$left" -gt "${SCALE_BUDGET:-200}" ] && left=${SCALE_BUDGET:-200}
   if [ "$left" -ge 40 ]; then
