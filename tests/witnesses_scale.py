@@ -61,7 +61,8 @@ if triton is not None:
         half = (mag & 1).to(tl.float32) * 0.5
         pow2 = (1 << tl.maximum(e - 1, 0)).to(tl.float32)  # exact 1, 2, 4 (no approximate exp2)
         val = tl.where(e == 0, half, (1.0 + half) * pow2)
-        val = tl.where((code & 8) != 0, -val, val)
+        # the sign as a bit: a negation may compile to 0 - x, which loses -0.0 (H100)
+        val = (val.to(tl.int32, bitcast=True) | ((code >> 3) << 31)).to(tl.float32, bitcast=True)
         sc = tl.load(s_ptr + row * (k // 32) + col // 32, mask=m, other=127).to(tl.int32)
         bits = tl.where(sc == 0, 0x00400000, sc << 23)  # 2**(sc - 127); code 0 is 2**-127
         scale = bits.to(tl.float32, bitcast=True)

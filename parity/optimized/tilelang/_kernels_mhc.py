@@ -68,7 +68,11 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
         comb: T.Tensor((N, hc, hc), F32),
         out: T.Tensor((N, hc, H), rdt),
     ):
-        with T.Kernel(nb, N, threads=threads) as (bh, t):
+        # one flat grid axis (x: up to 2**31 - 1 blocks) in the old order, bh fastest: with
+        # T on grid y, T > 65535 failed to launch (the scale regime, H100, 2026-12-05)
+        with T.Kernel(nb * N, threads=threads) as bid:
+            bh = bid % nb
+            t = bid // nb
             tx = T.get_thread_binding()
             h0 = bh * blk + tx * vec
             xl = T.alloc_local((vec,), F32)
@@ -128,7 +132,7 @@ def _block_reduce_store(acc, red, part, sq, s, t, tx, M: int, R: int, nwarps: in
 def fma_partials_kernel(
     hc: int, M: int, H: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
 ):
-    """Grid (NH, hc, N): CTA (hb, j, t) covers stream j, hidden range [hb*HS, (hb+1)*HS) of
+    """Grid NH * hc * N (flat, hb fastest): CTA (hb, j, t) covers stream j, hidden range [hb*HS, (hb+1)*HS) of
     token t (split s = j*NH + hb): each CTA reads an M x HS slice of fn, so a single token
     already spreads fn over hc*NH CTAs. With `fused`, the CTA first forms new stream j (which
     needs all hc old streams at its h), stores it and dots its rounded value."""
@@ -154,7 +158,11 @@ def fma_partials_kernel(
             part: T.Tensor((S, N, M), F32),
             sq: T.Tensor((S, N), F32),
         ):
-            with T.Kernel(NH, hc, N, threads=threads) as (hb, j, t):
+            # flat grid (x) in the order of (NH, hc, N): N on grid z stopped at 65535 tokens
+            with T.Kernel(NH * hc * N, threads=threads) as bid:
+                hb = bid % NH
+                j = (bid // NH) % hc
+                t = bid // (NH * hc)
                 tx = T.get_thread_binding()
                 h0 = hb * HS + tx * vec
                 acc = T.alloc_local((R,), F32)
@@ -201,7 +209,10 @@ def fma_partials_kernel(
         part: T.Tensor((S, N, M), F32),
         sq: T.Tensor((S, N), F32),
     ):
-        with T.Kernel(NH, hc, N, threads=threads) as (hb, j, t):
+        with T.Kernel(NH * hc * N, threads=threads) as bid:  # flat, as fused_partials
+            hb = bid % NH
+            j = (bid // NH) % hc
+            t = bid // (NH * hc)
             tx = T.get_thread_binding()
             h0 = hb * HS + tx * vec
             acc = T.alloc_local((R,), F32)
