@@ -94,7 +94,7 @@ ls "$OUT"
 }
 trap finish EXIT
 trap 'exit 124' TERM INT
-PHASE="${1:-tests}"   # tests | bench | nightly | verify
+PHASE="${1:-tests}"   # tests | bench | nightly | verify | recheck
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
 V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
@@ -139,6 +139,37 @@ if [ "$PHASE" = verify ]; then
     >"$LOG/launch_cost.log" 2>&1
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
+elif [ "$PHASE" = recheck ]; then
+  # A short call after kernel changes (2026-12-05: TileLang mHC grids, the fused_moe decode
+  # path, division-free FP8, the word kernel of mxfp4_quant, the new route): the mHC golden
+  # tables and their scale cases beside the scale witnesses' GPU test, then benchmarks alone.
+  for op in mhc_post mhc_fused_post_pre mhc_pre; do
+    job "g_$op" 80 python3 -m parity.properties.golden --device cuda --op "$op" --impl tilelang \
+      --budget 70 --json "$LOG/g_$op.json"
+  done
+  job scale 80 python3 -m parity.properties.scale --device cuda --op mhc_post \
+    --op mhc_fused_post_pre --impl tilelang --budget 60 --json "$LOG/scale.json"
+  job pytest_gpu 80 python3 -m pytest -q -p no:cacheprovider tests/test_scale_regime.py
+  wait
+  tail -n 12 "$LOG/scale.log"
+  bench() {  # bench NAME LIMIT ARGS...
+    local name=$1 limit=$2; shift 2; t0=$SECONDS
+    timeout -k 5 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
+      2>"$LOG/$name.log"
+    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+  }
+  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
+  M='{"dims": {"quant": "mxfp4"}}'
+  for d in 1 0; do  # the decode path (T*k <= 128) and the sorted path, same process kind
+    PARITY_MOE_DECODE=$d bench "b_fused_moe_decode$d" 70 --op fused_moe --impl triton \
+      --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
+  done
+  bench b_route 35 --op route --impl all --tokens 1,16,1024,8192
+  for op in fp8_quant silu_mul_fp8_quant fp8_block_quant mxfp4_quant; do
+    bench "b_$op" 20 --op "$op" --impl triton --tokens 1,8192
+  done
+  SWEEP_GRID=small timeout -k 5 35 python3 scripts/sweep_tiles.py new >"$LOG/sweep.log" 2>&1
+  echo "$? sweep" >"$LOG/sweep.rc"; JOBS+=(sweep); cat "$LOG/sweep.log"
 elif [ "$PHASE" = tests ]; then
   suite s_ref 300 "$EX" --backend torch
   suite s_tri_elem 300 "$EX" --backend triton --op swiglu --op fp8_quant \
