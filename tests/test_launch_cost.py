@@ -340,14 +340,20 @@ def test_plan_matches_launch_functions(fresh, monkeypatch, shape):
         (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
         assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
 
-    for ceil in (False, True):
-        rec = _record(monkeypatch, _kernels_mxfp4_quant, "_mxfp4_quant_kernel")
+    for ceil, pairs in ((False, False), (True, False), (False, True), (True, True)):
+        monkeypatch.setitem(_kernels_mxfp4_quant.TILE, "pairs", pairs)  # both kernels
+        recs = [
+            _record(monkeypatch, _kernels_mxfp4_quant, n)
+            for n in ("_mxfp4_quant_kernel", "_mxfp4_quant_pairs_kernel")
+        ]
         p = torch.empty(m, k // 2, dtype=torch.uint8, device=DEV)
         s = torch.empty(m, k // 32, dtype=torch.uint8, device=DEV)
         _kernels_mxfp4_quant.launch(x, p, s, rows=m, k=k, ceil=ceil)
         mxfp4_quant.mxfp4_quant(x, scale_rounding="ceil" if ceil else "floor")
-        (g0, a0, c0, o0), (g1, a1, c1, o1) = rec.calls
+        ((g0, a0, c0, o0), (g1, a1, c1, o1)) = recs[0].calls + recs[1].calls
+        assert len(recs[int(pairs)].calls) == 2
         assert (g0, c0, o0) == (g1, c1, o1) and a0[3:] == a1[3:]
+        assert a0[0].dtype == a1[0].dtype == (torch.int32 if pairs else x.dtype)
 
     rec = _record(monkeypatch, _kernels_quant, "_mxfp4_dequant_kernel")
     p, s = ref.mxfp4_quant(x.float())
