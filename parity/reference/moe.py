@@ -93,9 +93,12 @@ def validate_fused_moe(
     apply_router_weight_on_input,
     block_shape,
     op: str = "fused_moe",
+    check_ids: bool = True,
 ) -> tuple[int, int, int, int, tuple[int, int]]:
     """Every check of fused_moe's input, before any work (shared with the fast paths so their
-    errors match): returns (T, H, E, N, block_shape)."""
+    errors match): returns (T, H, E, N, block_shape). `check_ids=False` skips the one check
+    that reads device data (topk_ids in [-1, E)): a fast path under CUDA-graph capture cannot
+    read it (docs/contract-notes.md, "fused_moe under CUDA-graph capture")."""
     check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=2)
     t, h = x.shape
     dev = x.device
@@ -147,10 +150,11 @@ def validate_fused_moe(
     check_tensor(op, "topk_ids", topk_ids, dtypes=(torch.int32,), shape=(t, k), device=dev)
     if apply_router_weight_on_input and k != 1:
         fail(op, "apply_router_weight_on_input", "False when k != 1", f"True with k={k}")
-    ids = topk_ids.long()
-    bad = (ids < -1) | (ids >= e)
-    if bool(bad.any()):
-        fail(op, "topk_ids", f"values in [-1, {e})", int(ids[bad][0]))
+    if check_ids:
+        ids = topk_ids.long()
+        bad = (ids < -1) | (ids >= e)
+        if bool(bad.any()):  # a device-to-host read
+            fail(op, "topk_ids", f"values in [-1, {e})", int(ids[bad][0]))
 
     return t, h, e, n, (br, bc)
 

@@ -132,8 +132,9 @@ def _block_reduce_store(acc, red, part, sq, s, t, tx, M: int, R: int, nwarps: in
 def fma_partials_kernel(
     hc: int, M: int, H: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
 ):
-    """Grid NH * hc * N (flat, hb fastest): CTA (hb, j, t) covers stream j, hidden range [hb*HS, (hb+1)*HS) of
-    token t (split s = j*NH + hb): each CTA reads an M x HS slice of fn, so a single token
+    """Grid NH * hc * N (flat, hb fastest): CTA (hb, j, t) covers stream j, hidden range
+    [hb*HS, (hb+1)*HS) of token t (split s = j*NH + hb): each CTA reads an M x HS slice of fn,
+    so a single token
     already spreads fn over hc*NH CTAs. With `fused`, the CTA first forms new stream j (which
     needs all hc old streams at its h), stores it and dots its rounded value."""
     vec = _vec_for(H, 4)

@@ -37,6 +37,11 @@ OP = "fused_moe"
 # --- the op -------------------------------------------------------------------------------------
 
 
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether this call is being captured into a CUDA graph (no host read of device data)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 @register(
     "fused_moe",
     name="triton",
@@ -64,7 +69,9 @@ def fused_moe(
     apply_router_weight_on_input: bool = False,
     block_shape=(128, 128),
 ) -> torch.Tensor:
-    # the reference's own checks, so the errors are the reference's
+    # the reference's own checks, so the errors are the reference's; under CUDA-graph capture
+    # the ids cannot be read on the host (the check syncs, and capture forbids it)
+    capturing = _capturing(x)
     t, h, e, n, block_shape = validate_fused_moe(
         x,
         w13,
@@ -81,7 +88,10 @@ def fused_moe(
         swiglu_clamp_mode=swiglu_clamp_mode,
         apply_router_weight_on_input=apply_router_weight_on_input,
         block_shape=block_shape,
+        check_ids=not capturing,
     )
+    if capturing:  # an out-of-range id cannot raise here: it is skipped, as -1 is
+        topk_ids = torch.where((topk_ids < -1) | (topk_ids >= e), -1, topk_ids)
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise NotImplementedError(f"fused_moe:triton: x dtype {x.dtype} (bf16 and fp16 only)")
     if quant == "fp8_block" and block_shape[1] % 16 != 0:
