@@ -15,8 +15,8 @@ from parity import reference as ref
 from parity.properties import strategies as S
 from parity.properties.case import Case, Gen, dtype_of, eps_of
 from parity.properties.tolerance import Verdict, check_meta, close, combine
-from parity.reference.routing import check_route_selection
-from parity.registry import OpSpec, Relation, add_spec
+from parity.reference.routing import check_route_selection, route_key_bounds
+from parity.registry import OpSpec, Relation, Variant, add_spec
 
 _U32 = eps_of(torch.float32)
 
@@ -397,6 +397,165 @@ def bench(T: int) -> dict:
     }
 
 
+# --- named variants (docs/contract-notes.md, "Named variants") ---------------------------------
+
+# FlashInfer's dsv3 router scores with 0.5 tanh(x/2) + 0.5, and its JIT build (-use_fast_math)
+# turns the tanh into tanh.approx.f32, whose PTX guarantee is a 2**-11 RELATIVE error of t: the
+# score then carries an ABSOLUTE error 2**-12 |t| (plus 2**-25 for the fma's rounding) instead
+# of sigmoid's relative one, and is exactly 0 where t rounds to -1 (x below about -17).
+_TANH_REL = 2.0**-11
+APPROX_TANH_SIGMOID = Variant(
+    "approx_tanh_sigmoid",
+    "FlashInfer fused_topk_deepseek (TensorRT-LLM noAuxTc): dsv3 score 0.5 * tanh(x/2) + 0.5 "
+    "with tanh.approx.f32 (-use_fast_math): absolute score error 2**-12 |t|, 0 below x ~ -17",
+    "flashinfer csrc/fused_moe/noAuxTcKernels.cu (sigmoid_accurate, deepseek_v3_topk_kernel); "
+    "jit/core.py gen_jit_spec(use_fast_math=True); PTX ISA tanh.approx.f32",
+)
+VARIANTS = (APPROX_TANH_SIGMOID,)
+_NAMES = tuple(v.name for v in VARIANTS)
+
+
+def check_variant_names(names) -> frozenset:
+    bad = sorted(set(names) - set(_NAMES))
+    if bad:
+        raise ValueError(f"route: unknown variants {bad}; variants: {list(_NAMES)}")
+    return frozenset(names)
+
+
+def _variant_applies(case: Case, names: frozenset) -> bool:
+    """The variant changes sigmoid scores only: method "dsv3"."""
+    return "approx_tanh_sigmoid" in names and case.kwargs.get("method") == "dsv3"
+
+
+def _score_slack(case: Case) -> torch.Tensor:
+    """float64 [T, E]: the variant's absolute score error, 2**-12 |tanh(x/2)| + 2**-25."""
+    x = case.args[0].to(torch.float64)
+    return torch.nan_to_num(_TANH_REL / 2 * torch.tanh(x / 2).abs() + 2.0**-25, nan=0.0)
+
+
+def _selection_ok_within(case: Case, ids: torch.Tensor, lo, hi) -> torch.Tensor:
+    """bool [T]: check_route_selection's rule with the key bounds `lo, hi` [T, E] given (the
+    reference's helper derives them from the logits itself)."""
+    kw = case.kwargs
+    k, n_group, topk_group = kw["k"], kw.get("n_group", 1), kw.get("topk_group", 1)
+    t, e = lo.shape
+    ids = ids.long()
+    valid = ((ids >= 0) & (ids < e)).all(-1)
+    chosen = torch.zeros(t, e, dtype=torch.bool, device=ids.device)
+    chosen.scatter_(1, ids.clamp(0, max(e - 1, 0)), True)
+    valid &= chosen.sum(-1) == k
+    nan_row = (lo.isnan() | hi.isnan()).any(-1)
+    floor = torch.where(chosen, hi, float("inf")).amin(-1, keepdim=True)
+    rival = torch.where(chosen, float("-inf"), lo).reshape(t, n_group, e // n_group).amax(-1)
+    allowed = rival <= floor
+    used = chosen.reshape(t, n_group, e // n_group).any(-1)
+    size = e // n_group  # explicit: T may be 0
+    g_lo = lo.reshape(t, n_group, size).topk(min(2, size), -1).values.sum(-1)
+    g_hi = hi.reshape(t, n_group, size).topk(min(2, size), -1).values.sum(-1)
+    g_lo = g_lo - torch.nan_to_num(2 * _U32 * g_lo.abs(), posinf=0.0)
+    g_hi = g_hi + torch.nan_to_num(2 * _U32 * g_hi.abs(), posinf=0.0)
+    c = torch.cat([g_lo, torch.full_like(g_lo[:, :1], float("-inf"))], -1).unsqueeze(-1)
+    forced = used.unsqueeze(1) | (g_lo.unsqueeze(1) > c)
+    eligible = allowed.unsqueeze(1) & (g_hi.unsqueeze(1) >= c)
+    fits = (
+        (forced <= eligible).all(-1)
+        & (forced.sum(-1) <= topk_group)
+        & (eligible.sum(-1) >= topk_group)
+    ).any(-1)
+    return valid & (fits | nan_row)
+
+
+def _variant_weight_bounds(case: Case, ids: torch.Tensor):
+    """float64 (lo, hi) [T, k] of the weights under approx_tanh_sigmoid for the ids: each score
+    anywhere in [s - d, s + d] (clamped to [0, 1]), the weight monotone in its own score and
+    antitone in the others'; `+ 1e-20` as the kernel adds to the sum (all-zero scores: 0)."""
+    kw = case.kwargs
+    f = float(kw.get("routed_scaling_factor", 1.0))
+    x = case.args[0].to(torch.float64)
+    s, d = torch.sigmoid(x), _score_slack(case)
+    i = ids.long().clamp(0, max(x.shape[1] - 1, 0))
+    s_lo = (s - d).clamp(0.0, 1.0).gather(1, i)
+    s_hi = (s + d).clamp(0.0, 1.0).gather(1, i)
+    if not kw.get("renormalize", True):
+        return f * s_lo, f * s_hi
+    rest_hi = s_hi.sum(-1, keepdim=True) - s_hi
+    rest_lo = s_lo.sum(-1, keepdim=True) - s_lo
+    lo = f * s_lo / (s_lo + rest_hi + 1e-20)
+    hi = f * s_hi / (s_hi + rest_lo + 1e-20)
+    return lo, hi
+
+
+def compare_variants(case: Case, outs: tuple, names: frozenset) -> Verdict:
+    """`compare` with the scores of the variants `names`: the selection within the key bounds
+    widened by the score error, the weights within the interval of every score in its error
+    (plus the contract's float32 slack for the sum, division and scaling)."""
+    names = check_variant_names(names)
+    if not _variant_applies(case, names):
+        return compare(case, outs)
+    v = _route_meta(case, outs)
+    if not v:
+        return v
+    w, ids = outs
+    lo, hi = route_key_bounds(case.args[0], method="dsv3", bias=case.kwargs["bias"])
+    d = _score_slack(case)
+    ok = _selection_ok_within(case, ids, lo - d, hi + d)
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0])
+        return Verdict(
+            False,
+            f"ids: {int((~ok).sum())} of {ok.numel()} rows are not an acceptable top-k under "
+            f"{' + '.join(sorted(names))}, e.g. row {row}: {sorted(ids[row].tolist())}",
+            float("inf"),
+        )
+    w_lo, w_hi = _variant_weight_bounds(case, ids)
+    k = ids.shape[1]
+    f = float(case.kwargs.get("routed_scaling_factor", 1.0))
+    slack = (16 + 2 * k) * _U32 * w_hi + 4 * f * torch.finfo(torch.float32).tiny
+    want = (w_lo + w_hi) / 2
+    want = torch.where(_nan_rows(case).unsqueeze(-1), float("nan"), want)
+    return close("weights", w, want, (w_hi - w_lo) / 2 + slack)
+
+
+def reference_under(case: Case, names: frozenset) -> tuple:
+    """The outputs under `names`: approx_tanh_sigmoid's arithmetic with a correctly rounded
+    float32 tanh (the score 0.5 t + 0.5, the keys and their sum in float32, the weight as the
+    kernel's double division with + 1e-20); NaN rows as the contract's."""
+    names = check_variant_names(names)
+    c = case.clone()
+    if not _variant_applies(case, names):
+        return ref.route(*c.args, **c.kwargs)
+    kw = c.kwargs
+    x = c.args[0].to(torch.float32)
+    t = torch.tanh((0.5 * x).double()).float()
+    s = 0.5 * t + 0.5
+    key = s + kw["bias"].to(torch.float32)
+    ids = _select_f32(key, kw["k"], kw.get("n_group", 1), kw.get("topk_group", 1))
+    v = s.gather(1, ids)
+    f = float(kw.get("routed_scaling_factor", 1.0))
+    if kw.get("renormalize", True):
+        w = (v.double() * f / (v.sum(-1, keepdim=True).double() + 1e-20)).float()
+    else:
+        w = (v.double() * f).float()
+    w = torch.where(_nan_rows(case).unsqueeze(-1), float("nan"), w)
+    return w, ids.to(torch.int32)
+
+
+def _select_f32(key: torch.Tensor, k: int, n_group: int, topk_group: int) -> torch.Tensor:
+    """Grouped top-k of float32 keys as the reference ranks them (NaN last, ties low id)."""
+    t, e = key.shape
+    key = torch.where(key.isnan(), float("-inf"), key)
+    size = e // n_group
+    if n_group == 1:
+        cand = torch.arange(e, device=key.device).expand(t, e)
+    else:
+        g = key.reshape(t, n_group, size).topk(min(2, size), -1).values.sum(-1)
+        top = torch.sort(g, dim=-1, descending=True, stable=True).indices[:, :topk_group]
+        cand = top.sort(-1).values.unsqueeze(-1) * size + torch.arange(size, device=key.device)
+        cand = cand.reshape(t, topk_group * size)
+    order = torch.sort(key.gather(1, cand), dim=-1, descending=True, stable=True).indices
+    return cand.gather(1, order[:, :k])
+
+
 SPEC = add_spec(
     OpSpec(
         name="route",
@@ -415,5 +574,8 @@ SPEC = add_spec(
             Relation("expert_relabel", _expert_relabel, exact=False),
         ),
         bench=bench,
+        variants=VARIANTS,
+        compare_variants=compare_variants,
+        reference_under=reference_under,
     )
 )
