@@ -38,8 +38,11 @@ instead of NaN (measured); its nibble order (element 2i in the low nibble) and i
 layout would match the contract.
 
 Measured FlashInfer behaviour the adapters do not hide (the property suite reports it):
-`fused_topk_deepseek` scores with `0.5 tanh(x/2) + 0.5`, exactly 0 in float32 below x ~ -17, so
-very negative logits give all-zero weights (`0 / (0 + 1e-20)`); see docs/router-dtype-study.md.
+`fused_topk_deepseek` scores with `0.5 tanh(x/2) + 0.5`, the tanh compiled to tanh.approx.f32
+(FlashInfer's JIT builds with -use_fast_math), exactly 0 in float32 below x ~ -17, so very
+negative logits give all-zero weights (`0 / (0 + 1e-20)`): the named variant
+`approx_tanh_sigmoid` (`--accept approx_tanh_sigmoid`; docs/contract-notes.md); see also
+docs/router-dtype-study.md.
 """
 
 from __future__ import annotations
