@@ -10,76 +10,18 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from parity import reference
 from parity.catalog import get_spec
 from parity.properties import golden
 from parity.properties.case import as_tuple
 from parity.properties.variants import diagnose, judge_under
-from parity.reference.routing import validate_route
-from tests.witnesses.variants import variant_witness
+from tests.witnesses.variants import (
+    _fused_topk_deepseek,
+    _route_tweak,
+    route_approx_tanh_sigmoid,
+)
 
-VARIANT = "approx_tanh_sigmoid"
+VARIANT = "approx_tanh_sigmoid"  # its witness: tests/witnesses/variants.py
 V3 = {"E": 256, "method": "dsv3", "n_group": 8, "topk_group": 4, "k": 8}
-
-
-def _fused_topk_deepseek(logits, bias, *, k, n_group, topk_group, f, tanh_rel=0.0):
-    """deepseek_v3_topk_kernel (flashinfer csrc/fused_moe/noAuxTcKernels.cu) step by step, on the
-    CPU: s = fma(tanh(0.5 x), 0.5, 0.5) in float32, the tanh correctly rounded (the GPU's
-    tanh.approx.f32 is within 2**-11 of it; `tanh_rel` multiplies t by (1 + tanh_rel) where
-    |t| < 1, a deterministic stand-in for that error); keys s + bias in float32; group score the
-    float32 sum of the two largest keys; top groups and experts by (key, lower id first); the
-    k scores summed by the warp's butterfly (xor 16, 8, 4, 2, 1) in float32 over lanes holding
-    them in decreasing key order (0 in the other lanes); weight = float(double(s) * f /
-    (double(sum) + 1e-20))."""
-    x = logits.to(torch.float32)
-    t = torch.tanh((0.5 * x).double())
-    t = torch.where(t.abs() < 1, t * (1 + tanh_rel), t).clamp(-1, 1).float()
-    s = 0.5 * t + 0.5  # 0.5 t is exact: one rounding, as the fma
-    key = s + bias.to(torch.float32)
-    n, e = key.shape
-    size = e // n_group
-    top2 = key.reshape(n, n_group, size).topk(min(2, size), -1).values
-    g = top2[..., 0] + (top2[..., 1] if size > 1 else 0)
-    groups = torch.sort(g, dim=-1, descending=True, stable=True).indices[:, :topk_group]
-    cand = groups.sort(-1).values.unsqueeze(-1) * size + torch.arange(size)
-    cand = cand.reshape(n, topk_group * size)  # explicit: T may be 0
-    order = torch.sort(key.gather(1, cand), dim=-1, descending=True, stable=True).indices
-    ids = cand.gather(1, order[:, :k])
-    v = s.gather(1, ids)
-    lanes = torch.zeros(n, 32)
-    lanes[:, :k] = v
-    for off in (16, 8, 4, 2, 1):
-        lanes = lanes + lanes[:, torch.arange(32) ^ off]
-    w = (v.double() * f / (lanes[:, :1].double() + 1e-20)).float()
-    return w, ids.to(torch.int32)
-
-
-def _tweak(meta: dict) -> dict:
-    """dsv3 (the variant's method) with logits where the absolute score error shows."""
-    cfg = meta["config"]
-    if cfg["method"] != "dsv3":
-        cfg = {"E": 64, "method": "dsv3", "n_group": 4, "topk_group": 2, "k": 4}
-    regime = "wide" if meta["seed"] % 2 else "negative"
-    return {**meta, "config": cfg, "regime": regime, "renormalize": True}
-
-
-@variant_witness("route", VARIANT, tweak=_tweak)
-def route_approx_tanh_sigmoid(logits, *, k, method="softmax", bias=None, **kw):
-    """FlashInfer's dsv3 arithmetic (fused_topk_deepseek always renormalizes); the contract's
-    reference for the other methods and options, which the variant does not touch."""
-    if method != "dsv3" or not kw.get("renormalize", True) or torch.isnan(logits).any():
-        return reference.route(logits, k=k, method=method, bias=bias, **kw)
-    validate_route(logits, k=k, method=method, bias=bias, **kw)
-    if bias is not None and torch.isnan(bias).any():
-        return reference.route(logits, k=k, method=method, bias=bias, **kw)
-    return _fused_topk_deepseek(
-        logits,
-        bias,
-        k=k,
-        n_group=kw.get("n_group", 1),
-        topk_group=kw.get("topk_group", 1),
-        f=float(kw.get("routed_scaling_factor", 1.0)),
-    )
 
 
 SETTINGS = {
@@ -189,7 +131,7 @@ def test_witness_fails_strict_is_diagnosed_and_accepted():
     found = []
 
     @settings(**SETTINGS)
-    @given(spec.strategy().filter(lambda m: m["T"] > 0).map(_tweak))
+    @given(spec.strategy().filter(lambda m: m["T"] > 0).map(_route_tweak))
     def check(meta):
         case = spec.build(meta, "cpu")
         outs = as_tuple(case.call(route_approx_tanh_sigmoid))
