@@ -248,18 +248,27 @@ def check_route_selection(
     """
     op = "check_route_selection"
     _check_route_args(op, logits, k, method, bias, n_group, topk_group)
-    t, e = logits.shape
+    t = logits.shape[0]
     check_tensor(op, "ids", ids, shape=(t, k), device=logits.device)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         fail(op, "ids", "an integer dtype", ids.dtype, kind=TypeError)
 
+    lo, hi = route_key_bounds(logits, method=method, bias=bias)
+    return route_selection_within(ids, lo, hi, k=k, n_group=n_group, topk_group=topk_group)
+
+
+def route_selection_within(
+    ids: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, *, k: int, n_group: int, topk_group: int
+) -> torch.Tensor:
+    """`check_route_selection`'s rule with the key bounds `lo, hi [T, E]` given (it derives
+    them from the logits; a named variant widens them): bool [T]."""
+    t, e = lo.shape
     ids = ids.long()
     valid = ((ids >= 0) & (ids < e)).all(-1)
     chosen = torch.zeros(t, e, dtype=torch.bool, device=ids.device)
     chosen.scatter_(1, ids.clamp(0, max(e - 1, 0)), True)
     valid &= chosen.sum(-1) == k  # distinct
 
-    lo, hi = route_key_bounds(logits, method=method, bias=bias)
     nan_row = (lo.isnan() | hi.isnan()).any(-1)
     # The weakest chosen expert at its best, against each group's strongest unchosen at its worst.
     floor = torch.where(chosen, hi, float("inf")).amin(-1, keepdim=True)

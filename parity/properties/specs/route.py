@@ -15,7 +15,11 @@ from parity import reference as ref
 from parity.properties import strategies as S
 from parity.properties.case import Case, Gen, dtype_of, eps_of
 from parity.properties.tolerance import Verdict, check_meta, close, combine
-from parity.reference.routing import check_route_selection, route_key_bounds
+from parity.reference.routing import (
+    check_route_selection,
+    route_key_bounds,
+    route_selection_within,
+)
 from parity.registry import OpSpec, Relation, Variant, add_spec
 
 _U32 = eps_of(torch.float32)
@@ -433,38 +437,6 @@ def _score_slack(case: Case) -> torch.Tensor:
     return torch.nan_to_num(_TANH_REL / 2 * torch.tanh(x / 2).abs() + 2.0**-25, nan=0.0)
 
 
-def _selection_ok_within(case: Case, ids: torch.Tensor, lo, hi) -> torch.Tensor:
-    """bool [T]: check_route_selection's rule with the key bounds `lo, hi` [T, E] given (the
-    reference's helper derives them from the logits itself)."""
-    kw = case.kwargs
-    k, n_group, topk_group = kw["k"], kw.get("n_group", 1), kw.get("topk_group", 1)
-    t, e = lo.shape
-    ids = ids.long()
-    valid = ((ids >= 0) & (ids < e)).all(-1)
-    chosen = torch.zeros(t, e, dtype=torch.bool, device=ids.device)
-    chosen.scatter_(1, ids.clamp(0, max(e - 1, 0)), True)
-    valid &= chosen.sum(-1) == k
-    nan_row = (lo.isnan() | hi.isnan()).any(-1)
-    floor = torch.where(chosen, hi, float("inf")).amin(-1, keepdim=True)
-    rival = torch.where(chosen, float("-inf"), lo).reshape(t, n_group, e // n_group).amax(-1)
-    allowed = rival <= floor
-    used = chosen.reshape(t, n_group, e // n_group).any(-1)
-    size = e // n_group  # explicit: T may be 0
-    g_lo = lo.reshape(t, n_group, size).topk(min(2, size), -1).values.sum(-1)
-    g_hi = hi.reshape(t, n_group, size).topk(min(2, size), -1).values.sum(-1)
-    g_lo = g_lo - torch.nan_to_num(2 * _U32 * g_lo.abs(), posinf=0.0)
-    g_hi = g_hi + torch.nan_to_num(2 * _U32 * g_hi.abs(), posinf=0.0)
-    c = torch.cat([g_lo, torch.full_like(g_lo[:, :1], float("-inf"))], -1).unsqueeze(-1)
-    forced = used.unsqueeze(1) | (g_lo.unsqueeze(1) > c)
-    eligible = allowed.unsqueeze(1) & (g_hi.unsqueeze(1) >= c)
-    fits = (
-        (forced <= eligible).all(-1)
-        & (forced.sum(-1) <= topk_group)
-        & (eligible.sum(-1) >= topk_group)
-    ).any(-1)
-    return valid & (fits | nan_row)
-
-
 def _variant_weight_bounds(case: Case, ids: torch.Tensor):
     """float64 (lo, hi) [T, k] of the weights under approx_tanh_sigmoid for the ids: each score
     anywhere in [s - d, s + d] (clamped to [0, 1]), the weight monotone in its own score and
@@ -498,7 +470,11 @@ def compare_variants(case: Case, outs: tuple, names: frozenset) -> Verdict:
     w, ids = outs
     lo, hi = route_key_bounds(case.args[0], method="dsv3", bias=case.kwargs["bias"])
     d = _score_slack(case)
-    ok = _selection_ok_within(case, ids, lo - d, hi + d)
+    kw = case.kwargs
+    ok = route_selection_within(
+        ids, lo - d, hi + d, k=kw["k"], n_group=kw.get("n_group", 1),
+        topk_group=kw.get("topk_group", 1),
+    )  # fmt: skip
     if not bool(ok.all()):
         row = int((~ok).nonzero()[0])
         return Verdict(
