@@ -4,6 +4,8 @@
 #   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
 #   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
 #     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls)
+#   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
+#   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
 # shape and FlashInfer JIT-builds its modules, both CPU-bound, so serial runs hit the limit).
 # The tuner runs after them, alone on the GPU, so its timings are not shared with other jobs.
