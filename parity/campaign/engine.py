@@ -1168,6 +1168,7 @@ def _campaign_body(cfg, emit, spec, impl, ledger, ev) -> None:
         ledger=ledger,
         out_dir=cfg.get("out"),
         dtypes=impl.dtypes,
+        fail_fast=bool(cfg.get("fail_fast")),
         on_start=lambda prop, meta: emit({"event": "start", "prop": prop, "meta": meta}),
         on_example=lambda st, status: emit({"event": "example", "prop": st.prop, "status": status}),
         on_prop_done=lambda st: emit({"event": "prop", "stats": jsonable(st.as_dict())}),
@@ -1194,12 +1195,15 @@ def run_parallel(
     on_example: Callable[[str, str], None] | None = None,
     isolate: bool = True,
     accept: tuple = (),
+    fail_fast: bool = False,
 ) -> list[Stats]:
     """N campaign processes (seed + i, max_examples / N each, one GPU each on cuda; N at most
     the devices: `max_workers`). Each is parity's code: it runs the candidate in its own
     isolated worker and judges there, never in the candidate's process. A campaign process that
     dies or stops answering (parity's own failure) records a crash/hang for its case and is
-    restarted on the properties it had left."""
+    restarted on the properties it had left. `fail_fast`: the first failure (or crash, hang)
+    any process reports stops them all; the properties no process finished are left out, as
+    the sequential campaign leaves them out."""
     from parity._gpu import gpu_env
     from parity.campaign.wire import BadReply
     from parity.campaign.worker import Child, WorkerDied, WorkerTimeout, warm_forkserver
@@ -1246,6 +1250,7 @@ def run_parallel(
                 "timeout": timeout,
                 "isolate": isolate,
                 "accept": list(accept),
+                "fail_fast": fail_fast,
             }
             # not a daemon: it starts its own isolated workers
             self.proc = Child(target=_campaign_main, args=(cfg,), env=self.env, daemon=False)
@@ -1299,6 +1304,9 @@ def run_parallel(
                 }
             parts[prop].append(st)
             self.todo.remove(prop)
+            if fail_fast:
+                stop[0] = True
+                self.todo = []
             self.launch()
 
         def poll(self) -> bool:
@@ -1334,6 +1342,8 @@ def run_parallel(
                     self.partial.pop(st.prop, None)
                     if st.prop in self.todo:
                         self.todo.remove(st.prop)
+                    if fail_fast and st.failure is not None:
+                        stop[0] = True
                 elif kind == "done":
                     ledger_rows.append(ev.get("ledger", []))
                     self.proc.close()
@@ -1354,11 +1364,17 @@ def run_parallel(
                 return True
             return busy
 
+    stop = [False]  # fail_fast: a failure was reported; every process is stopped
     workers = [W(i, props) for i in range(n)]
     try:
         while not all(w.done for w in workers):
             if not any(w.poll() for w in workers):
                 time.sleep(0.02)
+            if stop[0]:
+                for w in workers:
+                    if not w.done and w.proc is not None:
+                        w.proc.kill()
+                    w.todo, w.done = [], True
     finally:
         for w in workers:
             if w.proc is not None:
@@ -1366,6 +1382,8 @@ def run_parallel(
     if ledger is not None:
         for rows in ledger_rows:
             ledger.merge_counts(rows)
+    if stop[0]:  # only what some process finished (with the failure among it)
+        return [merge_stats(parts[p]) for p in props if parts[p]]
     return [
         merge_stats(parts[p]) if parts[p] else Stats(spec.name, impl_name, p, device) for p in props
     ]

@@ -205,6 +205,7 @@ def run(args) -> int:
                     on_example=lambda prop, status: progress.example(prop, status),
                     isolate=not args.no_isolate,
                     accept=accept,
+                    fail_fast=args.fail_fast,
                 )
             else:
                 if args.no_isolate:

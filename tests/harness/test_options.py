@@ -45,3 +45,17 @@ def test_fail_fast_stops_after_the_first_failing_property(capsys, monkeypatch, t
     assert main(argv) == 1
     props = json.loads(capsys.readouterr().out)["properties"]
     assert len(props) == 1 and props[0]["verdict"] == "FAIL", props
+
+
+def test_fail_fast_stops_every_worker(capsys, monkeypatch, tmp_path):
+    """--fail-fast with --workers 2 (it was ignored there): the first failing property stops
+    both campaign processes; the properties no process finished are not reported."""
+    monkeypatch.chdir(Path(__file__).parent)
+    argv = ["fuzz", "--op", "swiglu", "--impl", "hostile_kernels:as_list", "--no-isolate"]
+    argv += ["--max-examples", "6", "--out", str(tmp_path), "--workers", "2", "--json"]
+    assert main([*argv, "--fail-fast"]) == 1
+    props = json.loads(capsys.readouterr().out)["properties"]
+    assert props and all(p["verdict"] == "FAIL" for p in props), props
+    assert main(argv) == 1  # without it: every property is run and reported
+    every = json.loads(capsys.readouterr().out)["properties"]
+    assert len(props) < len(every), (props, every)
