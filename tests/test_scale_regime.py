@@ -9,6 +9,7 @@ Triton swiglu passes there.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -255,3 +256,127 @@ def test_worker_protocol_survives_a_crash():
             assert r.status == scale.PASS, r.message
         else:
             assert r.status == scale.FAIL and "exit 7" in r.message
+
+
+# --- review findings (each failed before its fix) ---------------------------------------------
+
+
+def test_exhaustive_checks_every_row():
+    """--exhaustive checks every row: a mandatory window that does not start on the sweep's
+    grid must not mark the rows of its grid cell before it as checked."""
+    sc = _swiglu_case()
+    must = scale.mandatory_windows(sc, scale.probe(sc, "cpu").tensors)
+    checked = {r for lo, hi, _ in must for r in range(lo, hi)}
+    marked = {lo // sc.chunk_rows for lo, _, _ in must}
+    gap = [r for r in range(sc.rows) if r not in checked and r // sc.chunk_rows in marked]
+    assert gap, "the case no longer has a mandatory window off the grid"
+    bad = gap[0]
+
+    def broken(x, **kw):
+        y = ref.swiglu(x, **kw)
+        y[bad] = -y[bad] + 3
+        return y
+
+    r = scale.check_case(sc, _impl("swiglu", broken), "cpu", check_seconds=0.0, exhaustive=True)
+    assert r.status == scale.FAIL, r.message
+    ok = scale.check_case(sc, reference_impl("swiglu"), "cpu", check_seconds=0.0, exhaustive=True)
+    assert ok.status == scale.PASS and ok.rows_checked == sc.rows, ok.message
+
+
+def test_rows_checked_counts_each_row_once():
+    """Overlapping windows (first, crossing and last rows) are counted once: a pass never
+    claims more rows than it checked, nor "(all)" with rows left unchecked."""
+    import dataclasses
+
+    sc = dataclasses.replace(_swiglu_case(), chunk_rows=52, limits=(900,))
+    r = scale.check_case(sc, reference_impl("swiglu"), "cpu", check_seconds=0.0)
+    union = {x for lo, hi, _ in r.checked for x in range(lo, hi)}
+    assert sum(hi - lo for lo, hi, _ in r.checked) >= sc.rows > len(union)  # overlapping
+    assert r.status == scale.PASS and r.rows_checked == len(union), r.message
+    assert "(all)" not in r.message
+
+
+def _oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("where", ["build_full", "impl", "compare"])
+def test_out_of_memory_is_not_run_never_a_failure_of_the_impl(monkeypatch, where):
+    """An OOM past the memory estimate (building the case, in the implementation, or in the
+    chunked check) is NOT RUN with the numbers, not a crash blamed on the case."""
+    sc = _swiglu_case()
+    impl = reference_impl("swiglu")
+    if where == "build_full":
+        monkeypatch.setattr(scale, "build_full", _oom)
+    elif where == "impl":
+        impl = _impl("swiglu", _oom)
+    else:
+        import dataclasses
+
+        import parity.catalog
+
+        spec = dataclasses.replace(get_spec("swiglu"), compare=_oom)
+        monkeypatch.setattr(parity.catalog, "get_spec", lambda op: spec)
+    r = scale.check_case(sc, impl, "cpu", check_seconds=0.0)
+    assert r.status == scale.NOT_RUN and "out of memory" in r.message, r.message
+
+
+def test_setup_error_is_parity_s_failure_not_a_crash_at_scale(monkeypatch):
+    """parity's own setup raising is a failure that says so, not an exception that kills the
+    worker (which the parent reports as the implementation's crash at scale)."""
+
+    def boom(*a, **k):
+        raise ValueError("the spec's build broke")
+
+    monkeypatch.setattr(scale, "build_full", boom)
+    r = scale.check_case(_swiglu_case(), reference_impl("swiglu"), "cpu", check_seconds=0.0)
+    assert r.status == scale.FAIL and "setup" in r.message and "build broke" in r.message
+
+
+def _module(tmp_path, name, body):
+    (tmp_path / f"{name}.py").write_text(body)
+    return f"{name}:fn"
+
+
+def test_impl_module_is_never_imported_by_the_parent(tmp_path, monkeypatch):
+    """A `module:function` is data to the harness: only a worker imports it."""
+    marker = tmp_path / "imported"
+    body = f"open({str(marker)!r}, 'w').close()\ndef fn(*a, **k):\n    raise AssertionError\n"
+    name = _module(tmp_path, "scale_marker_mod", body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert scale.main(["--device", "cpu", "--op", "mhc_pre", "--impl", name]) == 3
+    assert not marker.exists()
+    assert scale.main(["--op", "mhc_pre", "--impl", "not a name"]) == 2
+
+
+def test_worker_dying_at_import_with_exit_0_fails_its_cases(tmp_path, monkeypatch):
+    """A module that exits 0 at import takes its worker down with exit 0: its case fails (it is
+    imported only when its first case starts), the parent does not loop, the rest run."""
+    name = _module(tmp_path, "scale_exit0_mod", "import os\nos._exit(0)\ndef fn(): pass\n")
+    path = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["--device", "cpu", "--op", "mhc_pre", "--min-elements", str(SMALL)]
+    argv += ["--impl", name, "--impl", "reference"]
+    work = scale.items(["mhc_pre"], [name, "reference"], min_elements=SMALL)
+    res = scale.orchestrate(argv, work, None)
+    assert [(r.impl, r.status) for r in res] == [(name, scale.FAIL), ("reference", scale.PASS)]
+    assert "exit 0" in res[0].message
+
+
+def test_run_items_imports_in_the_worker_per_op():
+    """The worker's import of each implementation is per (op, name): the reference of one op
+    is not reused for another; a module that cannot be imported fails its cases (a typo must
+    not read as not run beside passing implementations)."""
+    work = scale.items(
+        ["swiglu", "mhc_pre"], ["reference", "no_such_module_x:fn"], min_elements=SMALL
+    )
+    res = scale.run_items(work, "cpu", check_seconds=0.0)
+    got = {(r.op, r.impl, r.status) for r in res}
+    assert got == {
+        ("swiglu", "reference", scale.PASS),
+        ("mhc_pre", "reference", scale.PASS),
+        ("swiglu", "no_such_module_x:fn", scale.FAIL),
+        ("mhc_pre", "no_such_module_x:fn", scale.FAIL),
+    }
+    assert all("cannot import" in r.message for r in res if r.status == scale.FAIL)

@@ -577,7 +577,14 @@ def check_case(
         res.message = "NOT RUN: dtype outside the implementation's"
         return res
     spec = get_spec(sc.op)
-    p = probe(sc, device)
+    try:
+        p = probe(sc, device)
+    except torch.OutOfMemoryError as e:
+        return _oom(res, "probing one row", free_bytes, e, t0)
+    except Exception as e:  # parity's own probe: not the implementation's crash at scale
+        res.status = FAIL
+        res.message = f"the case's setup (parity's probe) raised {type(e).__name__}: {str(e)[:500]}"
+        return res
     res.bytes_needed = bytes_needed(sc, p)
     if free_bytes is None and device == "cuda":
         torch.cuda.empty_cache()  # the probe's blocks back to the driver before asking
@@ -585,7 +592,15 @@ def check_case(
     if free_bytes is not None and res.bytes_needed > free_bytes:
         res.message = f"NOT RUN: needs {_gib(res.bytes_needed)}, {_gib(free_bytes)} free"
         return res
-    case = build_full(sc, device, p)
+    try:
+        case = build_full(sc, device, p)
+    except torch.OutOfMemoryError as e:
+        return _oom(res, "building the case", free_bytes, e, t0)
+    except Exception as e:  # parity's own build: not the implementation's crash at scale
+        res.status = FAIL
+        res.message = f"the case's setup (parity's build) raised {type(e).__name__}: {str(e)[:500]}"
+        res.seconds = time.perf_counter() - t0
+        return res
     ti = time.perf_counter()
     try:
         outs = as_tuple(impl.fn(*case.args, **case.kwargs))
@@ -593,6 +608,9 @@ def check_case(
     except NotImplementedError as e:
         res.status, res.message = UNSUPPORTED, f"unsupported: {e}"
         return res
+    except torch.OutOfMemoryError as e:  # past the estimate: this GPU is too small for the case
+        del case
+        return _oom(res, "in the implementation", free_bytes, e, t0)
     except Exception as e:  # the implementation's failure at scale (an illegal address too)
         res.status, res.message = FAIL, f"raised {type(e).__name__}: {str(e)[:500]}"
         res.seconds = time.perf_counter() - t0
@@ -600,8 +618,24 @@ def check_case(
     res.impl_seconds = time.perf_counter() - ti
     try:
         _judge(sc, spec, case, outs, res, p, check_seconds, exhaustive)
+    except torch.OutOfMemoryError as e:
+        del case, outs
+        return _oom(res, f"in the check after {res.windows} windows", free_bytes, e, t0)
     except Exception as e:  # parity's own check raised: never a pass
         res.status, res.message = FAIL, f"the check raised {type(e).__name__}: {str(e)[:500]}"
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _oom(res: Result, where: str, free_bytes, e: Exception, t0: float) -> Result:
+    """Out of memory past the estimate: NOT RUN with the numbers (a case the GPU cannot hold
+    is not a failure of the implementation, and never a pass)."""
+    free = "unknown" if free_bytes is None else _gib(free_bytes)
+    res.status = NOT_RUN
+    res.message = (
+        f"NOT RUN: out of memory {where} (estimated {_gib(res.bytes_needed)}, {free} free): "
+        f"{str(e)[:300]}"
+    )
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -631,15 +665,15 @@ def _judge(sc, spec, case, outs, res: Result, p: Probe, check_seconds, exhaustiv
             return
     must = mandatory_windows(sc, p.tensors)
     res.checked = must
-    covered = set()
+    seen = bytearray(rows)  # 1 where a row was checked: windows overlap, and are off the grid
     t_end = time.perf_counter() + check_seconds
 
     def judge(lo, hi, why) -> bool:
         c, o = row_window(sc, case, outs, lo, hi)
         v = spec.compare(c, o)
         res.windows += 1
-        res.rows_checked += hi - lo
-        covered.add(lo // sc.chunk_rows)
+        seen[lo:hi] = b"\x01" * (hi - lo)
+        res.rows_checked = seen.count(1)
         if not v.ok:
             res.status = FAIL
             res.message = f"rows [{lo}, {hi}) ({why}): {v.message}"
@@ -650,14 +684,12 @@ def _judge(sc, spec, case, outs, res: Result, p: Probe, check_seconds, exhaustiv
             return
     grid = list(range(0, rows, sc.chunk_rows))
     random.Random(int(sc.meta["seed"])).shuffle(grid)
-    for lo in grid:
-        if lo // sc.chunk_rows in covered:
-            continue
+    for g in grid:
         if not exhaustive and time.perf_counter() > t_end:
             break
-        if not judge(lo, min(rows, lo + sc.chunk_rows), "sweep"):
-            return
-    res.rows_checked = min(res.rows_checked, rows)
+        for lo, hi in _unchecked(seen, g, min(rows, g + sc.chunk_rows)):
+            if not judge(lo, hi, "sweep"):
+                return
     res.status = PASS
     res.message = (
         f"{res.windows} windows, {res.rows_checked} of {rows} rows checked"
@@ -665,13 +697,30 @@ def _judge(sc, spec, case, outs, res: Result, p: Probe, check_seconds, exhaustiv
     )
 
 
+def _unchecked(seen: bytearray, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The runs of rows in [lo, hi) not yet checked."""
+    out, start = [], None
+    for r in range(lo, hi):
+        if not seen[r] and start is None:
+            start = r
+        elif seen[r] and start is not None:
+            out.append((start, r))
+            start = None
+    if start is not None:
+        out.append((start, hi))
+    return out
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
 def items(ops=None, impl_names=None, *, min_elements: int = LIMIT) -> list[tuple]:
     """(case, impl) pairs in a fixed order: the worker and the parent agree on the indices.
-    Default implementations: every registered one (the reference only when named)."""
-    from parity.catalog import get_impl, impls
+    Default implementations: every registered one (the reference only when named). A
+    `module:function` is named, not imported (a file handed to parity is data): `run_items`
+    imports it in the worker when its first case starts."""
+    from parity.campaign.candidate import lookup
+    from parity.catalog import impls
 
     out = []
     for sc in cases(ops, min_elements=min_elements):
@@ -679,7 +728,7 @@ def items(ops=None, impl_names=None, *, min_elements: int = LIMIT) -> list[tuple
             cands = []
             for name in impl_names:
                 try:
-                    cands.append(get_impl(sc.op, name))
+                    cands.append(lookup(sc.op, name))  # ImportUsage: not a module:function
                 except KeyError:
                     continue
         else:
@@ -699,14 +748,19 @@ def run_items(work, device: str, *, start=0, deadline=None, emit=None, **kw) -> 
     """Check each (case, impl) from `start`; cases left when `deadline` passes are NOT RUN.
     `emit(index, result_or_None)` is called before (None) and after each case."""
     out = []
+    imported: dict[tuple, object] = {}
     for idx in range(start, len(work)):
         sc, impl = work[idx]
         if deadline is not None and time.time() > deadline:
             r = not_run([work[idx]], "budget spent")[0]
         else:
             if emit:
-                emit(idx, None)
-            r = check_case(sc, impl, device, **kw)
+                emit(idx, None)  # before the import too: an exit at import is this case's
+            impl = _imported(impl, imported)
+            if isinstance(impl, str):
+                r = Result(sc.id, sc.op, work[idx][1].name, FAIL, impl, rows=sc.rows)
+            else:
+                r = check_case(sc, impl, device, **kw)
             if device == "cuda":
                 try:
                     torch.cuda.empty_cache()
@@ -718,6 +772,20 @@ def run_items(work, device: str, *, start=0, deadline=None, emit=None, **kw) -> 
         if r.status == FAIL and device == "cuda" and not _context_ok():
             raise ContextLost(idx)
     return out
+
+
+def _imported(impl, cache: dict):
+    """`impl` with its `module:function` imported here (once a process), or the failure's
+    text: a module that raises or exits while importing is the candidate's failure."""
+    from parity.campaign.candidate import CandidateFailed, ImportUsage, import_in_process
+
+    key = (impl.op, impl.name)  # registered names repeat across ops ("triton")
+    if key not in cache:
+        try:
+            cache[key] = import_in_process(impl)
+        except (ImportUsage, CandidateFailed) as e:
+            cache[key] = f"cannot import the implementation: {e}"
+    return cache[key]
 
 
 class ContextLost(Exception):
@@ -785,7 +853,7 @@ def orchestrate(argv_base: list[str], work, deadline) -> list[Result]:
             msg = f"the worker died (exit {rc}) during this case: a crash at scale"
             results[started] = Result(sc.id, sc.op, impl.name, FAIL, msg, rows=sc.rows)
         nxt = max(results, default=-1) + 1
-        if nxt <= start and rc != 0:  # no progress: do not loop
+        if nxt <= start:  # no progress (whatever the exit code): do not loop
             for i in range(start, len(work)):
                 sc, impl = work[i]
                 msg = f"NOT RUN: the worker exited {rc} before this case"
@@ -842,10 +910,14 @@ def main(argv=None) -> int:
     if a.op and not set(a.op) <= set(OPS):
         print(f"scale: --op: unknown {sorted(set(a.op) - set(OPS))}; ops: {OPS}", file=sys.stderr)
         return 2
+    from parity._interp import use_triton_interpreter_without_gpu
+    from parity.campaign.candidate import ImportUsage
+
+    use_triton_interpreter_without_gpu()  # before any backend (or a worker's module) loads triton
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         work = items(a.op, a.impl, min_elements=a.min_elements)
-    except (ImportError, AttributeError, ValueError, TypeError) as e:
+    except (ImportUsage, ImportError, AttributeError, ValueError, TypeError) as e:
         print(f"scale: --impl: {e}", file=sys.stderr)
         return 2
     if a.impl:  # a typo must not turn the gate green with nothing run
@@ -865,9 +937,6 @@ def main(argv=None) -> int:
         return 0
     if a.worker:
         return _worker(a, work)
-    from parity._interp import use_triton_interpreter_without_gpu
-
-    use_triton_interpreter_without_gpu()  # a --impl module imported later may define kernels
     t0 = time.time()
     deadline = t0 + a.budget if a.budget is not None else None
     if device != "cuda":
