@@ -846,3 +846,92 @@ def test_ids_under_graph_capture_are_skipped_not_read(monkeypatch):
     monkeypatch.setattr(mod, "_capturing", lambda x: True)
     got = kernel(*args, bad.to(DEVICE)).cpu()
     assert torch.equal(got, want)
+
+
+# --- review findings (decode path): limits the interpreter does not enforce -----------------------
+
+_SM90_COMPILE = r"""
+import sys, json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler.errors import CompilationError
+from parity.optimized.triton import _kernels_moe_decode as dec
+
+fn = dec._gemm_kernel
+sig = {n: "i32" for n in fn.arg_names}
+sig.update(a_ptr="*fp8e4nv", b_ptr="*fp8e4nv", part_ptr="*fp32", a_scale_ptr="*fp32",
+           b_scale_ptr="*fp32", pairs_ptr="*i32", slot_e_ptr="*i32", slot_start_ptr="*i32",
+           slot_cnt_ptr="*i32")
+const = {}
+for name, value in json.loads(sys.argv[1]).items():
+    sig[name] = "constexpr"
+    const[(fn.arg_names.index(name),)] = value
+try:
+    triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32))
+except CompilationError as err:
+    print("COMPILE_ERROR", str(err).splitlines()[-1])
+    sys.exit(3)
+print("OK")
+"""
+
+
+def _compile_fp8_gemm_sm90(bm, bn, bk):
+    """Compile the decode GEMM (fp8_block, GEMM2 operands) for sm_90 without a GPU, in a child
+    process (this one runs Triton in the interpreter, which has no tl.dot shape limits). True if
+    it compiles; skips where the NVIDIA backend cannot run here."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    consts = dict(A_ROW_DIV=1, QUANT=1, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    res = subprocess.run(
+        [sys.executable, "-c", _SM90_COMPILE, json.dumps(consts)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if res.returncode == 3:
+        return False
+    if res.returncode != 0:
+        pytest.skip(f"no sm_90 compile here: {res.stderr.strip().splitlines()[-1:]}")
+    return True
+
+
+def test_decode_fp8_dot_tile_compiles_for_sm90_at_k16_groups():
+    # block_shape[1] = 48 (a multiple of 16, accepted) allows only 16-wide K tiles inside a
+    # scale group; tl.dot on fp8 needs K >= 32 on NVIDIA (the interpreter does not check), so a
+    # dot tile (T > 1) must not be chosen there: the GEMV needs no tl.dot
+    assert not _compile_fp8_gemm_sm90(16, 64, 16)  # the limit is real (witness)
+    assert _compile_fp8_gemm_sm90(1, 64, 16)
+    for t in (2, 16):
+        for over in (None, {"DECODE_MAX_PAIRS": 128, "DECODE_BLOCK_M": 16}):
+            with override_config(over):
+                cfg = decode_config(t, 8, 32, 2048, 7168, "fp8_block", (128, 48), False)
+            assert cfg["DECODE_BLOCK_K"] == 16
+            assert _compile_fp8_gemm_sm90(cfg["DECODE_BLOCK_M"], cfg["DECODE_BLOCK_N2"], 16)
+
+
+@pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot-asked"])
+def test_decode_fp8_block_k16_groups(bm, decode_calls):
+    # fp8 with 16-column scale groups (block (32, 16)) at T > 1: correct on the tile chosen
+    cfg = _dcfg(bm, 2)
+    decode_case(5, 64, 48, 4, 3, torch.bfloat16, "fp8_block", {}, cfg, block_shape=(32, 16))
+    assert decode_calls() == 2
+
+
+def test_decode_max_pairs_override_capped_by_group_kernel():
+    # the grouping kernel compares [P, P] pairs: Triton tensors hold at most 2**20 elements, so
+    # P = 2048 cannot run (witness); an override asking for more pairs runs the sorted path
+    p = 2048
+    ids = torch.zeros(p, dtype=torch.int32, device=DEVICE)
+    pairs = torch.empty(p, dtype=torch.int32, device=DEVICE)
+    info = torch.empty((3, 1), dtype=torch.int32, device=DEVICE)
+    with pytest.raises(Exception, match="numel"):
+        dec._group_kernel[(1,)](ids, pairs, info[0], info[1], info[2], p, 1, BLOCK_P=p)
+    with override_config({"DECODE_MAX_PAIRS": 4096}):
+        assert decode_config(256, 8, 4, 32, 64, "none", (128, 128), True) is None
+        assert decode_config(128, 8, 4, 32, 64, "none", (128, 128), True) is not None

@@ -233,6 +233,9 @@ def get_config(
 #   target), each writing float32 partials that a reduce kernel sums in a fixed order.
 # - DECODE_NUM_WARPS / DECODE_NUM_STAGES.
 DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (T <= 16 at k 8)
+# an override's DECODE_MAX_PAIRS is capped here: the grouping kernel compares [P, P] pairs and a
+# Triton tensor holds at most 2**20 elements
+DECODE_PAIRS_CAP = 1024
 DECODE_ENV = "PARITY_MOE_DECODE"  # "0": never take the decode path (benchmark old vs new)
 # CTAs per GEMM the split-K derivation aims at: about 4 per SM of an H100/H200 (132 SMs), so
 # that every SM keeps several weight streams in flight and the last wave is short
@@ -256,7 +259,7 @@ def decode_config(
         base.setdefault("DECODE_MAX_PAIRS", 0)  # a tile config alone pins the sorted path
     else:
         base = {}
-    if int(base.get("DECODE_MAX_PAIRS", DECODE_MAX_PAIRS)) < t * k:
+    if min(int(base.get("DECODE_MAX_PAIRS", DECODE_MAX_PAIRS)), DECODE_PAIRS_CAP) < t * k:
         return None
     cfg = dict(default_decode_config(t, k, e, n, h, quant, block_shape, interpret), **base)
     return fit_decode_config(cfg, t, k, e, n, h, quant, block_shape)
@@ -315,8 +318,9 @@ def _split(split: int, slots: int, n_out: int, bn: int, k_dim: int, bk: int) -> 
 def fit_decode_config(cfg: dict, t, k, e, n, h, quant, block_shape) -> dict:
     """Bring a decode config within the kernels' constraints and resolve the splits: tiles
     powers of two; BLOCK_M 1 (GEMV) or >= 16 (tl.dot: 2..15 become 16); BLOCK_N, BLOCK_K >= 16;
-    fp8_block: BLOCK_K divides block_shape[1] (one scale group per K tile); mxfp4: BLOCK_K >= 32
-    (whole MX blocks). Adds SPLIT1/KSPLIT1 (GEMM1: K = H) and SPLIT2/KSPLIT2 (GEMM2: K = N)."""
+    fp8_block: BLOCK_K divides block_shape[1] (one scale group per K tile), and below 32 (fp8
+    tl.dot's least K) the GEMV; mxfp4: BLOCK_K >= 32 (whole MX blocks). Adds SPLIT1/KSPLIT1
+    (GEMM1: K = H) and SPLIT2/KSPLIT2 (GEMM2: K = N)."""
     out = dict(cfg)
     bm = _pow2_floor(int(out["DECODE_BLOCK_M"]))
     out["DECODE_BLOCK_M"] = 1 if bm == 1 else max(16, bm)  # GEMV, or a dot tile of >= 16
@@ -325,6 +329,8 @@ def fit_decode_config(cfg: dict, t, k, e, n, h, quant, block_shape) -> dict:
     if quant == "fp8_block":
         gk = int(block_shape[1])
         out["DECODE_BLOCK_K"] = min(out["DECODE_BLOCK_K"], gk & -gk)
+        if out["DECODE_BLOCK_K"] < 32:  # fp8 tl.dot needs K >= 32 on NVIDIA: the GEMV has none
+            out["DECODE_BLOCK_M"] = 1
     elif quant == "mxfp4":
         out["DECODE_BLOCK_K"] = max(32, out["DECODE_BLOCK_K"])
     slots = max(1, min(e, t * k))
