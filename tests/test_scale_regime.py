@@ -380,3 +380,30 @@ def test_run_items_imports_in_the_worker_per_op():
         ("mhc_pre", "no_such_module_x:fn", scale.FAIL),
     }
     assert all("cannot import" in r.message for r in res if r.status == scale.FAIL)
+
+
+def hang_mhc_pre(*args, **kw):
+    import time
+
+    time.sleep(60)
+
+
+def test_a_case_past_the_budget_is_stopped_and_reported_not_run(monkeypatch):
+    """A worker still in a case after the deadline is stopped: that case and the rest are
+    NOT RUN and the results come back (before, the parent waited without limit and the outer
+    timeout lost every result)."""
+    import time
+
+    monkeypatch.setattr(scale, "STOP_GRACE_S", 0.0)
+    name = "tests.test_scale_regime:hang_mhc_pre"
+    argv = ["--device", "cpu", "--op", "mhc_pre", "--min-elements", str(SMALL)]
+    argv += ["--impl", name, "--impl", "reference"]
+    work = scale.items(["mhc_pre"], [name, "reference"], min_elements=SMALL)
+    t0 = time.time()
+    res = scale.orchestrate(argv, work, t0 + 3)  # the worker may or may not reach the case by then
+    assert time.time() - t0 < 30
+    assert [(r.impl, r.status) for r in res] == [
+        (name, scale.NOT_RUN),
+        ("reference", scale.NOT_RUN),
+    ]
+    assert all("budget spent" in r.message for r in res)

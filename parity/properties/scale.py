@@ -58,6 +58,7 @@ CHUNK_ELEMENTS = 1 << 22  # elements of the crossing tensor per checked window
 BUILD_ELEMENTS = 1 << 26  # elements of the crossing tensor per call of the spec's build
 CHECK_SECONDS = 2.0  # per case: windows beyond the mandatory ones while this lasts
 RESERVE_BYTES = 1 << 30  # allocator slack and the implementation's own small buffers
+STOP_GRACE_S = 10.0  # past the deadline, a worker still running is stopped
 CONTEXT_LOST = 75  # the worker's exit code after a CUDA error that poisons the context
 
 
@@ -838,7 +839,11 @@ def orchestrate(argv_base: list[str], work, deadline) -> list[Result]:
         cmd += ["--worker", path, "--start", str(start)]
         if deadline is not None:
             cmd += ["--deadline", str(deadline)]
-        rc = subprocess.run(cmd).returncode
+        try:  # a case running past the budget: stopped, so the results so far are reported
+            wait = None if deadline is None else max(0.0, deadline - time.time()) + STOP_GRACE_S
+            rc = subprocess.run(cmd, timeout=wait).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
         started = None
         with open(path) as fh:
             for line in fh:
@@ -848,6 +853,12 @@ def orchestrate(argv_base: list[str], work, deadline) -> list[Result]:
                 else:
                     results[doc["index"]] = Result(**doc["result"])
         os.unlink(path)
+        if rc is None:  # stopped at the deadline: the case in flight and the rest not run
+            for i in range(start, len(work)):
+                sc, impl = work[i]
+                msg = "NOT RUN: budget spent" + (" during this case" if i == started else "")
+                results.setdefault(i, Result(sc.id, sc.op, impl.name, NOT_RUN, msg, rows=sc.rows))
+            break
         if started is not None and started not in results:
             sc, impl = work[started]
             msg = f"the worker died (exit {rc}) during this case: a crash at scale"
