@@ -167,6 +167,9 @@ elif [ "$PHASE" = recheck ]; then
     PARITY_MOE_DECODE=$d bench "b_fused_moe_decode$d" 70 --op fused_moe --impl triton \
       --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
   done
+  # T 1 on the 16-row dot tile instead of the GEMV (which streamed 1.05 TB/s on the H100)
+  PARITY_MOE_DECODE_GEMV=0 bench b_fused_moe_decode_dot 50 --op fused_moe --impl triton \
+    --tokens 1 --warmup-ms 10 --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
   bench b_route 35 --op route --impl all --tokens 1,16,1024,8192
   for op in fp8_quant silu_mul_fp8_quant fp8_block_quant mxfp4_quant; do
     bench "b_$op" 20 --op "$op" --impl triton --tokens 1,8192

@@ -935,3 +935,31 @@ def test_decode_max_pairs_override_capped_by_group_kernel():
     with override_config({"DECODE_MAX_PAIRS": 4096}):
         assert decode_config(256, 8, 4, 32, 64, "none", (128, 128), True) is None
         assert decode_config(128, 8, 4, 32, 64, "none", (128, 128), True) is not None
+
+
+def test_sorted_path_fp8_k16_groups_is_unsupported(monkeypatch):
+    """The sorted path's fp8 tl.dot needs K >= 32 on NVIDIA: a 16-column scale group there is
+    NotImplementedError (not a compile failure on sm_90, which the interpreter would hide);
+    the decode path takes those cases with its GEMV."""
+    x, w13, w2, _, _ = make(5, 64, 48, 4, 1, torch.bfloat16, minus_one=False)
+    ids = _routed(5, 3, 4, 0)
+    weights = torch.where(ids >= 0, torch.rand(5, 3) + 0.1, float("nan"))
+    w13q, w2q, s13, s2, _, _ = quantize(w13, w2, "fp8_block", torch.bfloat16, (32, 16))
+    dev = [v.to(DEVICE) for v in (x, w13q, w2q, weights, ids, s13, s2)]
+    kw = dict(quant="fp8_block", w13_scale=dev[5], w2_scale=dev[6], block_shape=(32, 16))
+    monkeypatch.setenv("PARITY_MOE_DECODE", "0")  # the sorted path
+    with pytest.raises(NotImplementedError, match="multiple of 32"):
+        kernel(*dev[:5], **kw)
+    monkeypatch.setenv("PARITY_MOE_DECODE", "1")
+    assert kernel(*dev[:5], **kw).shape == (5, 64)
+
+
+def test_decode_gemv_switch(monkeypatch):
+    """PARITY_MOE_DECODE_GEMV=0 gives T = 1 the 16-row dot tile (the GPU defaults; the switch
+    exists to time the two against each other)."""
+    from parity.optimized.triton._moe_configs import default_decode_config
+
+    args = (1, 8, 32, 2048, 7168, "none", (128, 128), False)
+    assert default_decode_config(*args)["DECODE_BLOCK_M"] == 1
+    monkeypatch.setenv("PARITY_MOE_DECODE_GEMV", "0")
+    assert default_decode_config(*args)["DECODE_BLOCK_M"] == 16

@@ -237,6 +237,7 @@ DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (
 # Triton tensor holds at most 2**20 elements
 DECODE_PAIRS_CAP = 1024
 DECODE_ENV = "PARITY_MOE_DECODE"  # "0": never take the decode path (benchmark old vs new)
+DECODE_GEMV_ENV = "PARITY_MOE_DECODE_GEMV"  # "0": no GEMV at T = 1 (a 16-row dot tile instead)
 # CTAs per GEMM the split-K derivation aims at: about 4 per SM of an H100/H200 (132 SMs), so
 # that every SM keeps several weight streams in flight and the last wave is short
 DECODE_TARGET_CTAS = 4 * 132
@@ -281,7 +282,9 @@ def default_decode_config(t, k, e, n, h, quant, block_shape, interpret) -> dict:
     # read, far below the FP32 rate at copy bandwidth. More tokens: tl.dot on 16-row tiles.
     # Weight bytes per K-loop iteration per CTA: 32 x 256 x 2 (bf16), 64 x 128 (fp8, one scale
     # group per tile), 64 x 64 (mxfp4, two MX blocks, decoded on CUDA cores).
-    gemv = t == 1
+    # PARITY_MOE_DECODE_GEMV=0: the 16-row dot tile at T = 1 too (to measure against the GEMV:
+    # on the H100 the GEMV streamed 1.05 TB/s at T 1, the dot tiles 2.46 TB/s at T 16)
+    gemv = t == 1 and os.environ.get(DECODE_GEMV_ENV, "1") != "0"
     bm = 1 if gemv else min(64, max(16, 1 << max(0, (t - 1).bit_length())))
     if quant == "fp8_block":
         bn, bk = 64, 128

@@ -16,8 +16,10 @@ Kernels: `_kernels_fused_moe.py` (imported lazily); tile configs: `_moe_configs.
 
 Unsupported (NotImplementedError): float32 activations (the registered dtypes are bf16 and
 fp16), fp8_block with `block_shape[1]` not a multiple of 16 (a K tile must lie inside one scale
-group and `tl.dot` needs K >= 16), SwiGLU options beyond the float32 range (kernel scalars are
-float32), CPU tensors without TRITON_INTERPRET=1.
+group and `tl.dot` needs K >= 16), and on the sorted path (T * k above the decode limit) not a
+multiple of 32 (an fp8 `tl.dot` needs K >= 32 on NVIDIA: such a tile does not compile for sm_90,
+which the interpreter does not check; the decode path takes its GEMV there), SwiGLU options
+beyond the float32 range (kernel scalars are float32), CPU tensors without TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ def fused_moe(
     )
     k = topk_ids.shape[1]
     dcfg = decode_config(t, k, e, n, h, quant, block_shape, interpreted)
+    if dcfg is None and quant == "fp8_block" and block_shape[1] % 32 != 0:
+        raise NotImplementedError(
+            f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 32 with "
+            f"T*k={t * k} on the sorted path (an fp8 tl.dot needs K >= 32)"
+        )
     with ctx, warnings.catch_warnings():
         if interpreted:  # numpy's reductions warn on the NaN a NaN-policy case feeds them
             warnings.simplefilter("ignore", RuntimeWarning)
