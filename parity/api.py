@@ -174,6 +174,7 @@ def check(
     timeout: float = 60.0,
     out_dir: str | None = "parity-repros",
     progress: bool = True,
+    prepare: Callable | str | None = None,
 ) -> Report:
     """Check `fn` against the contract of `op` and return the `Report`; nothing raises on a
     counterexample: call `.raise_for_failure()` (an AssertionError with what the CLI prints).
@@ -196,6 +197,11 @@ def check(
         name there; a kernel defined in a notebook or a test function runs in-process).
     timeout: seconds one case may take before it counts as a hang. out_dir: where repro files
         go (None: none written). progress: lines on stderr while it runs.
+    prepare: the kernel's prepare step, `prepare(args, kwargs) -> (args, kwargs)`, run on each
+        case's inputs before the kernel (weights re-laid out as at load time): a callable or
+        "module:function" (default: the implementation's own, `register(prepare=)` or the
+        function's `parity_prepare` attribute). It runs where the kernel runs (a worker needs
+        its name: one defined in a test function makes the check run in-process).
 
     Unknown op, property, profile or variant names raise ValueError.
     """
@@ -254,10 +260,40 @@ def check(
     if not ok:
         report.notes.append(f"NOT RUN: {impl.key} on {device}: {why}")
         return report
+    prepare_name = None
+    if isinstance(prepare, str):
+        from parity.campaign.candidate import ImportUsage, check_name
+
+        try:
+            check_name(prepare)
+        except ImportUsage as e:
+            raise ValueError(f"prepare: {e}") from None
+        prepare_name = prepare
+    elif callable(prepare):
+        prepare_name = _importable_name(prepare)
+    elif prepare is not None:
+        raise ValueError(f"prepare: expected a callable or 'module:function', got {prepare!r}")
     if isolate is None:
-        isolate = name is not None
+        isolate = name is not None and (prepare is None or prepare_name is not None)
     elif isolate and name is None:
         raise ValueError(f"{fn!r} cannot be imported by name in a worker: pass isolate=False")
+    elif isolate and prepare is not None and prepare_name is None:
+        raise ValueError(f"{prepare!r} cannot be imported by name in a worker: pass isolate=False")
+    if prepare is not None:
+        import dataclasses
+
+        from parity.campaign.candidate import ImportUsage, import_callable
+
+        if not isolate:  # in-process: the candidate's prepare runs here (imported here)
+            try:
+                fn_prepare = import_callable(prepare) if isinstance(prepare, str) else prepare
+            except ImportUsage as e:
+                raise ValueError(f"prepare: {e}") from None
+            impl = dataclasses.replace(impl, prepare=fn_prepare)
+        report.notes.append(
+            "prepare= is not on the rerun line: give the kernel a parity_prepare attribute "
+            "(or register(prepare=)) for a rerun to use it"
+        )
     if name is None:
         report.notes.append(
             "run in-process (the kernel cannot be imported by name): no rerun line works"
@@ -270,7 +306,15 @@ def check(
     db = _database(database)
     try:
         evaluator = (
-            Isolated(spec, name, device, timeout=timeout, env=_xdist_gpu_env(device), accept=accept)
+            Isolated(
+                spec,
+                name,
+                device,
+                timeout=timeout,
+                env=_xdist_gpu_env(device),
+                accept=accept,
+                prepare=prepare_name,
+            )
             if isolate
             else InProcess(spec, impl, device, accept=accept)  # imports a module:function here
         )
@@ -348,8 +392,11 @@ def ops() -> list[str]:
 
 def register(op: str, **kw) -> Callable:
     """Register a fast path for `op`: a decorator (`parity.registry.register`; keywords name,
-    backend, devices, dtypes, requires, min_cc, note). A registered kernel is checked by name:
-    `parity.check(op, "NAME")`, `parity fuzz --op OP --impl module:function`."""
+    backend, devices, dtypes, requires, min_cc, note, prepare). A registered kernel is checked
+    by name: `parity.check(op, "NAME")`, `parity fuzz --op OP --impl module:function`.
+    prepare(args, kwargs) -> (args, kwargs): a step run once on each case's inputs before the
+    kernel (weights shuffled at load time), outside `parity bench`'s timing; the outputs must be
+    as if unprepared."""
     from parity.registry import register as _register
 
     return _register(op, **kw)

@@ -163,6 +163,16 @@ class Impl:
     min_cc: tuple[int, int] | None = None
     reference: bool = False
     note: str = ""
+    # prepare(args, kwargs) -> (args, kwargs): re-lays out inputs once (weights shuffled at load
+    # time), outside the kernel's timing; every property calls it before the kernel. Default:
+    # the function's `parity_prepare` attribute, if any (how `--impl module:function` finds it).
+    prepare: Callable | None = None
+
+    def __post_init__(self):
+        if self.prepare is None:
+            object.__setattr__(self, "prepare", getattr(self.fn, "parity_prepare", None))
+        if self.prepare is not None and not callable(self.prepare):
+            raise ValueError(f"{self.op}:{self.name}: prepare must be callable")
 
     @property
     def key(self) -> str:
@@ -229,9 +239,13 @@ def register(
     requires: Iterable[str] = (),
     min_cc: tuple[int, int] | None = None,
     note: str = "",
+    prepare: Callable | None = None,
 ) -> Callable:
     """Register a fast path for `op`. Importing the decorated module must not need `requires`:
-    kernels import their backend lazily, inside the function."""
+    kernels import their backend lazily, inside the function. `prepare(args, kwargs) -> (args,
+    kwargs)`: a step run once on a case's inputs before the kernel (weights re-laid out at load
+    time); it becomes the function's `parity_prepare` too, so a worker importing the function by
+    name finds it."""
     if op not in OP_NAMES:
         raise ValueError(f"register: op: expected one of {', '.join(OP_NAMES)}, got {op!r}")
 
@@ -246,11 +260,14 @@ def register(
             requires=tuple(requires),
             min_cc=min_cc,
             note=note,
+            prepare=prepare,
         )
         if impl.key in _IMPLS and _IMPLS[impl.key].fn is not fn:
             raise ValueError(f"register: {impl.key} is registered twice")
         _IMPLS[impl.key] = impl
         fn.parity_impl = impl
+        if prepare is not None:
+            fn.parity_prepare = prepare
         return fn
 
     return deco

@@ -297,7 +297,9 @@ class InProcess:
             return "n/a", None
         try:
             with _kernel_stdout_to_stderr():
-                outcomes = execute(self.impl.fn, plan, after=lambda: sync(self.device))
+                outcomes = execute(
+                    self.impl.fn, plan, after=lambda: sync(self.device), prepare=self.impl.prepare
+                )
         except Exception as e:  # a CUDA error surfacing at the synchronisation
             text = exc_text(e)
             kind = "crash" if is_cuda_error(text) else "error"
@@ -338,8 +340,19 @@ class Isolated:
     HISTORY = 32  # cases remembered per worker for the blame search
     BLAME_TRIES = 8  # earlier cases tried at most
 
-    def __init__(self, spec, impl: str, device: str = "cpu", *, timeout=60.0, env=None, accept=()):
+    def __init__(
+        self,
+        spec,
+        impl: str,
+        device: str = "cpu",
+        *,
+        timeout=60.0,
+        env=None,
+        accept=(),
+        prepare=None,
+    ):
         self.spec, self.impl, self.device, self.timeout = spec, impl, device, timeout
+        self.prepare = prepare  # `module:function` of a prepare step given apart from the impl
         self.accept = _accepted(spec, accept)
         self.last_failed = None  # (prop, case, outcomes) of the last failing judgement
         self.env = env
@@ -382,7 +395,8 @@ class Isolated:
             raise WorkerUsageError(str(reply.get("error", "the worker did not start"))[:2000])
         name = self.impl
         try:  # the candidate's import: the first of its code to run
-            reply, _ = p.request({"cmd": "load", "impl": name, "id": 0}, self._wait())
+            load = {"cmd": "load", "impl": name, "prepare": self.prepare, "id": 0}
+            reply, _ = p.request(load, self._wait())
         except WorkerTimeout:
             p.kill()
             if self._past_deadline():
@@ -1092,11 +1106,13 @@ def run_property(
     max_examples: int | None = None,
     seed: int | None = None,
     shrink: bool = True,
+    prepare: Callable | None = None,
 ) -> Stats:
-    """One property of `fn`, in this process, no repro file; a parity error raises."""
+    """One property of `fn` (through `prepare`, default its `parity_prepare`), in this process,
+    no repro file; a parity error raises."""
     from parity.registry import Impl
 
-    impl = Impl(op=spec.name, name=impl_name, backend="external", fn=fn)
+    impl = Impl(op=spec.name, name=impl_name, backend="external", fn=fn, prepare=prepare)
     return drive(
         spec,
         prop,

@@ -12,7 +12,9 @@ there). Requests go as small dicts; replies come back as `wire.encode` frames (J
 raw tensor bytes), which the harness parses without unpickling.
 
 Requests (`cmd`): `init` (op, device, sys_path: parity's code only), `load` (impl: the
-candidate's import, the first of its code to run), `run` (prop, and meta or file), `quit`.
+candidate's import, the first of its code to run; prepare: an optional `module:function` of its
+prepare step, else the implementation's own `Impl.prepare`), `run` (prop, and meta or file),
+`quit`.
 Replies: {"ok": True, "status": "ran", "outcomes": [...]} | {"status": "n/a"} |
 {"status": "crash", "error"} (a CUDA error: the context is poisoned, the worker exits) |
 {"ok": False, "kind": "usage"|"import_crashed"|"bad_meta"|"error", "error"}.
@@ -92,6 +94,10 @@ def _load(st: _State, req: dict) -> dict:
             )
         else:
             st.impl = get_impl(st.spec.name, name)
+        if req.get("prepare"):  # `parity.check(..., prepare=)`: the candidate's code, imported here
+            import dataclasses
+
+            st.impl = dataclasses.replace(st.impl, prepare=import_callable(req["prepare"]))
     except ImportUsage as e:
         return {"ok": False, "kind": "usage", "error": str(e)}
     except KeyError as e:
@@ -138,7 +144,9 @@ def _handle(st: _State, req: dict) -> tuple[dict, list, bool]:
         if plan is None:
             return {"ok": True, "status": "n/a"}, [], False
         try:  # synchronised after each call: an asynchronous error surfaces at its own call
-            outcomes = execute(st.impl.fn, plan, after=lambda: sync(st.device))
+            outcomes = execute(
+                st.impl.fn, plan, after=lambda: sync(st.device), prepare=st.impl.prepare
+            )
         except Exception as e:  # a CUDA error surfacing at the synchronisation
             text = exc_text(e)
             if is_cuda_error(text):

@@ -20,6 +20,12 @@ Properties (an implementation raising `NotImplementedError` makes the case "unsu
 - error_parity: on bad input the implementation raises ValueError/TypeError, as the reference.
 - metamorphic relations (`OpSpec.relations`): token permutation, batch split, expert relabel,
   power-of-two scaling.
+
+An implementation may declare a prepare step (`Impl.prepare`: weights re-laid out at load time).
+Every call of every plan goes through `call_kernel`: prepare on the call's private copy of the
+inputs, then the kernel on what prepare returned; inputs_unchanged checks the case's own inputs
+(prepare must not write them) and the prepared ones (the kernel must not write those either: a
+prepared weight is reused by every later call). A prepare that raises is the candidate's failure.
 """
 
 from __future__ import annotations
@@ -65,12 +71,54 @@ def exc_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def call_impl(fn: Callable, case: Case):
+class PrepareFailed(Exception):
+    """An implementation's prepare step raised (`exc`) or returned something other than
+    (args, kwargs): the candidate's failure, like the kernel's own."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(exc_text(exc))
+        self.exc = exc
+
+
+def prepared(prepare: Callable | None, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The inputs the kernel is called with: `prepare(args, kwargs)` where the implementation
+    declares one (its failure raised as `PrepareFailed`, NotImplementedError passing through as
+    unsupported), else the inputs themselves."""
+    if prepare is None:
+        return args, kwargs
+    try:
+        got = prepare(args, kwargs)
+    except NotImplementedError:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt) and USER_INTERRUPT:
+            raise
+        raise PrepareFailed(e) from e
+    ok = isinstance(got, tuple) and len(got) == 2
+    if not (ok and isinstance(got[0], (tuple, list)) and isinstance(got[1], dict)):
+        what = type(got).__name__
+        raise PrepareFailed(TypeError(f"prepare returned a {what}, expected (args, kwargs)"))
+    return tuple(got[0]), dict(got[1])
+
+
+def prepare_of(fn: Callable, prepare: Callable | None = None) -> Callable | None:
+    """The prepare step of `fn`: the one given, else its `parity_prepare` attribute (set by
+    `register(prepare=)`), so a caller holding only the function still prepares."""
+    return prepare if prepare is not None else getattr(fn, "parity_prepare", None)
+
+
+def call_kernel(fn: Callable, args: tuple, kwargs: dict, prepare: Callable | None = None):
+    """The one way parity calls an implementation: prepare (if any), then the kernel."""
+    args, kwargs = prepared(prepare_of(fn, prepare), args, kwargs)
+    return fn(*args, **kwargs)
+
+
+def call_impl(fn: Callable, case: Case, prepare: Callable | None = None):
     """Call on a private copy of the inputs; NotImplementedError means unsupported (for the
     tools that look at outputs without a property: report, localize)."""
     c = case.clone()
     try:
-        return as_tuple(fn(*c.args, **c.kwargs))
+        return as_tuple(call_kernel(fn, c.args, c.kwargs, prepare))
     except NotImplementedError as e:
         raise UnsupportedCase(str(e)) from e
     except Exception as e:
@@ -249,16 +297,27 @@ def outcome_of(ret) -> Outcome:
     return Outcome("returned", type(ret).__name__, ())
 
 
-def run_call(fn: Callable, case: Case, call: Call) -> Outcome:
+PREPARED = "prepared:"  # Outcome.inputs keys of the prepared inputs (before/after the kernel)
+
+
+def run_call(fn: Callable, case: Case, call: Call, prepare: Callable | None = None) -> Outcome:
+    prepare = prepare_of(fn, prepare)
     c = case.clone()
+    kept = {}
     try:
-        if call.poison:
-            with poisoned_allocations(call.poison):
-                ret = fn(*c.args, **c.kwargs)
-        else:
-            ret = fn(*c.args, **c.kwargs)
+        # prepare under the same poisoned allocations as the kernel: what it leaves unwritten
+        # and the kernel reads shows up as poison
+        with poisoned_allocations(call.poison) if call.poison else contextlib.nullcontext():
+            args, kwargs = prepared(prepare, c.args, c.kwargs)
+            if call.inputs and prepare is not None:
+                now = Case(c.op, args, kwargs, {}, c.device).tensors()
+                kept = {f"{PREPARED}before:{k}": v.clone() for k, v in now.items()}
+            ret = fn(*args, **kwargs)
     except NotImplementedError as e:
         return Outcome("unsupported", error=exc_text(e))
+    except PrepareFailed as e:  # the candidate's prepare step: its failure as the kernel's
+        err, exc = exc_text(e.exc) + " (in prepare)", e.exc
+        return Outcome("raised", error=err, rejects=isinstance(exc, (ValueError, TypeError)))
     except (Exception, SystemExit, KeyboardInterrupt) as e:  # a kernel's exit is its failure
         if isinstance(e, KeyboardInterrupt) and USER_INTERRUPT:
             raise  # the user's Ctrl-C, not the kernel's
@@ -266,15 +325,22 @@ def run_call(fn: Callable, case: Case, call: Call) -> Outcome:
     out = outcome_of(ret)
     if call.inputs:
         out.inputs = c.tensors()
+        if kept:
+            now = Case(c.op, args, kwargs, {}, c.device).tensors()
+            out.inputs.update(kept)
+            out.inputs.update({f"{PREPARED}after:{k}": v for k, v in now.items()})
     return out
 
 
-def execute(fn: Callable, plan: Plan, after: Callable | None = None) -> list[Outcome]:
-    """Make the plan's calls; stop at the first that does not return. `after()` runs after
-    each call (a CUDA synchronisation: an asynchronous error surfaces at its own call)."""
+def execute(
+    fn: Callable, plan: Plan, after: Callable | None = None, *, prepare: Callable | None = None
+) -> list[Outcome]:
+    """Make the plan's calls (each through `prepare`, where the implementation declares one);
+    stop at the first that does not return. `after()` runs after each call (a CUDA
+    synchronisation: an asynchronous error surfaces at its own call)."""
     outs = []
     for call in plan.calls:
-        o = run_call(fn, plan.cases[call.case], call)
+        o = run_call(fn, plan.cases[call.case], call, prepare)
         if after is not None:
             after()
         outs.append(o)
@@ -449,6 +515,23 @@ def _inputs_unchanged(spec, plan, outcomes) -> Verdict:
         if not torch.equal(bits(t), bits(a.to(t.device))):
             n = int((bits(t) != bits(a.to(t.device))).sum())
             return Verdict(False, f"input {name} modified: {n} of {t.numel()} elements changed")
+    # with a prepare step: the kernel leaves the prepared inputs as prepare made them
+    for key, t in after.items():
+        if not key.startswith(f"{PREPARED}before:"):
+            continue
+        name = key.removeprefix(f"{PREPARED}before:")
+        a = after.get(f"{PREPARED}after:{name}")
+        if not isinstance(t, torch.Tensor):
+            continue  # a prepared tensor on another device than the case's: not compared
+        if not isinstance(a, torch.Tensor) or a.shape != t.shape or a.dtype != t.dtype:
+            return Verdict(False, f"prepared input {name} was not returned intact by the call")
+        if not torch.equal(bits(t), bits(a)):
+            n = int((bits(t) != bits(a)).sum())
+            return Verdict(
+                False,
+                f"prepared input {name} modified by the kernel: {n} of {t.numel()} elements "
+                "changed (a prepared weight is reused by every later call)",
+            )
     return Verdict.passed()
 
 
@@ -549,10 +632,12 @@ PROPERTIES: dict[str, Property] = {
 }
 
 
-def evaluate(spec: OpSpec, prop: str, fn: Callable, case: Case) -> tuple[str, Verdict | None]:
+def evaluate(
+    spec: OpSpec, prop: str, fn: Callable, case: Case, *, prepare: Callable | None = None
+) -> tuple[str, Verdict | None]:
     """One property on one case in this process (plan, execute, judge):
     ("pass"|"fail"|"unsupported"|"n/a", verdict)."""
     plan = make_plan(spec, prop, case)
     if plan is None:
         return "n/a", None
-    return judge(spec, plan, execute(fn, plan))
+    return judge(spec, plan, execute(fn, plan, prepare=prepare))

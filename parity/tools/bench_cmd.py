@@ -247,6 +247,23 @@ def resolve_impls(op: str, names: list[str]) -> list:
 # --- timing --------------------------------------------------------------------------------
 
 
+def prepared_cases(impl, cases) -> list:
+    """The input sets as the kernel takes them: each through the implementation's prepare step
+    once, before any timing (a layout made at load time is not the kernel's time); a prepare
+    that raises is the row's error (`checks.PrepareFailed`)."""
+    if impl.prepare is None:
+        return cases
+    from parity.properties.case import Case
+    from parity.properties.checks import prepared
+
+    out = []
+    for c in cases:
+        c = c.clone()
+        a, k = prepared(impl.prepare, c.args, c.kwargs)
+        out.append(Case(c.op, a, k, c.meta, c.device))
+    return out
+
+
 def _n_sets(set_bytes: int, device: str) -> int:
     import torch
 
@@ -509,8 +526,9 @@ def run(args) -> int:
                     bad = True
                     continue
                 try:
-                    outs = as_tuple(first.call(impl.fn))
-                    sec, reps = time_calls(impl.fn, cases, device, args.warmup_ms, args.rep_ms)
+                    runs = prepared_cases(impl, cases)
+                    outs = as_tuple(runs[0].call(impl.fn))
+                    sec, reps = time_calls(impl.fn, runs, device, args.warmup_ms, args.rep_ms)
                 except NotImplementedError as e:
                     row.update(status="unsupported", note=str(e))
                     continue
@@ -532,7 +550,8 @@ def run(args) -> int:
                     base = sec
                 row["ratio"] = sec / base
                 if args.graph:
-                    row["graph_status"] = _graph(row, impl.fn, cases, device, sec, args.rep_ms)
+                    row["graph_status"] = _graph(row, impl.fn, runs, device, sec, args.rep_ms)
+                del runs
             del cases, first
             if device == "cuda":
                 torch.cuda.empty_cache()
