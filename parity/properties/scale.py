@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import torch
 
 from parity.properties.case import Case, as_tuple
+from parity.properties.checks import call_kernel
 
 PASS, FAIL, UNSUPPORTED, NOT_RUN = "pass", "fail", "unsupported", "not run"
 STATUSES = (PASS, FAIL, UNSUPPORTED, NOT_RUN)
@@ -604,7 +605,10 @@ def check_case(
         return res
     ti = time.perf_counter()
     try:
-        outs = as_tuple(impl.fn(*case.args, **case.kwargs))
+        # the implementation's prepare step (if it declares one), then the kernel, as everywhere
+        outs = as_tuple(
+            call_kernel(impl.fn, case.args, case.kwargs, getattr(impl, "prepare", None))
+        )
         _sync(device)
     except NotImplementedError as e:
         res.status, res.message = UNSUPPORTED, f"unsupported: {e}"

@@ -113,6 +113,7 @@ def run(args) -> int:
     from parity.campaign import repro, strategy_for
     from parity.catalog import get_impl, get_spec
     from parity.properties.case import as_tuple
+    from parity.properties.checks import call_kernel
     from parity.tools.common import default_device, draw_metas
 
     if args.count < 1:
@@ -146,7 +147,8 @@ def run(args) -> int:
         i = len(entries)
         case = spec.build(meta, device)
         try:
-            outs = as_tuple(case.call(impl.fn))
+            c = case.clone()  # prepare (if declared), then the kernel, on a private copy
+            outs = as_tuple(call_kernel(impl.fn, c.args, c.kwargs, getattr(impl, "prepare", None)))
         except Exception as e:  # a golden must come from a working impl
             print(
                 f"parity golden: {impl.key} raised on {meta}: {type(e).__name__}: {e}",
