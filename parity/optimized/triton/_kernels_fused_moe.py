@@ -481,6 +481,40 @@ def _launch_gemm(
     )
 
 
+def gemm1_input(x, ids, topk_w, fp8: bool, block_shape, on_input: bool, interpret: bool):
+    """(a1, a1_scales): GEMM1's activation input, shared by the sorted and the decode path: x
+    itself, or (fp8) x quantized per group of block_shape[1] columns as `fp8_quant` does, scaled
+    by the router weight first when it goes on the input."""
+    import torch
+
+    if not fp8:
+        return x, None
+    t, h = x.shape
+    gk = block_shape[1]
+    a1 = torch.empty((t, h), dtype=torch.float8_e4m3fn, device=x.device)
+    a1_s = torch.empty((t, h // gk), dtype=torch.float32, device=x.device)
+    _launch_act(
+        x,
+        a1,
+        a1_s,
+        ids,
+        topk_w,
+        n_cols=h,
+        swiglu=False,
+        quant_fp8=True,
+        group=gk,
+        skip_invalid=False,
+        mul_weight=on_input,
+        limit=None,
+        alpha=1.0,
+        beta=0.0,
+        interleaved=False,
+        clamp_post=False,
+        interpret=interpret,
+    )
+    return a1, a1_s
+
+
 def _launch_act(
     src,
     dst,
@@ -629,31 +663,7 @@ def run_fused_moe(
         group=group,
     )
 
-    if fp8:
-        gk = block_shape[1]
-        a1 = torch.empty((t, h), dtype=torch.float8_e4m3fn, device=dev)
-        a1_s = torch.empty((t, h // gk), dtype=torch.float32, device=dev)
-        _launch_act(
-            x,
-            a1,
-            a1_s,
-            ids,
-            topk_w,
-            n_cols=h,
-            swiglu=False,
-            quant_fp8=True,
-            group=gk,
-            skip_invalid=False,
-            mul_weight=on_input,
-            limit=None,
-            alpha=1.0,
-            beta=0.0,
-            interleaved=False,
-            clamp_post=False,
-            interpret=interpret,
-        )
-    else:
-        a1, a1_s = x, None
+    a1, a1_s = gemm1_input(x, ids, topk_w, fp8, block_shape, on_input, interpret)
 
     c1 = torch.empty((num_valid, two_n), dtype=dt, device=dev)
     _launch_gemm(

@@ -503,7 +503,7 @@ def run_decode(
     activation, GEMM2, output: no host sync."""
     import torch
 
-    from parity.optimized.triton._kernels_fused_moe import _launch_act
+    from parity.optimized.triton._kernels_fused_moe import gemm1_input
 
     LAUNCHES["decode"] += 1
     t, h = x.shape
@@ -533,31 +533,7 @@ def run_decode(
     )
     groups = (pairs, slot_info[0], slot_info[1], slot_info[2])
 
-    if fp8:
-        gk = block_shape[1]
-        a1 = torch.empty((t, h), dtype=torch.float8_e4m3fn, device=dev)
-        a1_s = torch.empty((t, h // gk), dtype=torch.float32, device=dev)
-        _launch_act(
-            x,
-            a1,
-            a1_s,
-            ids,
-            topk_w,
-            n_cols=h,
-            swiglu=False,
-            quant_fp8=True,
-            group=gk,
-            skip_invalid=False,
-            mul_weight=on_input,
-            limit=None,
-            alpha=1.0,
-            beta=0.0,
-            interleaved=False,
-            clamp_post=False,
-            interpret=interpret,
-        )
-    else:
-        a1, a1_s = x, None
+    a1, a1_s = gemm1_input(x, ids, topk_w, fp8, block_shape, on_input, interpret)
     group = tuple(block_shape) if fp8 else (1, 1)
     common = dict(
         quant=quant,
