@@ -59,6 +59,26 @@ def _e2m1_codes(v, inv):
 
 
 @triton.jit
+def _block_exponent(mb, CEIL: tl.constexpr):
+    """(e, nan, 2**-e) of blocks whose |x| bits have the maximum `mb` (see the module
+    docstring): e clamped to -127, inf counted as the float32 maximum, NaN blocks flagged."""
+    nan = mb > _F32_INF_BITS
+    mb = tl.minimum(mb, _F32_MAX_BITS)
+    e = (mb >> 23) - 129
+    if CEIL:
+        e += ((mb & 0x7FFFFF) > 0x400000).to(tl.int32)
+    e = tl.maximum(e, -127)
+    return e, nan, ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e, a normal float
+
+
+@triton.jit
+def _store_scales(s_ptr, row64, blk, NB, e, nan, m2):
+    """E8M0 scale codes e + 127 (255 for a NaN block) of [rows, blocks] into s [rows, NB]."""
+    scale = tl.where(nan, 255, e + 127).to(tl.uint8)
+    tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
+
+
+@triton.jit
 def _half_to_f32(h, BF16: tl.constexpr):
     """float32 of a 16-bit pattern held in the low half of int32 `h` (exact)."""
     if BF16:
@@ -92,19 +112,13 @@ def _mxfp4_quant_pairs_kernel(
     blo = lo.to(tl.int32, bitcast=True)
     bhi = hi.to(tl.int32, bitcast=True)
     mb = tl.max(tl.maximum(blo & 0x7FFFFFFF, bhi & 0x7FFFFFFF), axis=2)  # [BLOCK_R, BLOCK_B]
-    nan = mb > _F32_INF_BITS
-    mb = tl.minimum(mb, _F32_MAX_BITS)
-    e = (mb >> 23) - 129
-    if CEIL:
-        e += ((mb & 0x7FFFFF) > 0x400000).to(tl.int32)
-    e = tl.maximum(e, -127)
-    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]  # 2**-e, a normal float
+    e, nan, inv = _block_exponent(mb, CEIL)
+    inv = inv[:, :, None]
     clo = _e2m1_codes(lo, inv) | ((blo >> 28) & 8)  # arithmetic shift: bit 31 lands on bit 3
     chi = _e2m1_codes(hi, inv) | ((bhi >> 28) & 8)
     packed = tl.where(nan[:, :, None], 0, clo | (chi << 4)).to(tl.uint8)
     tl.store(p_ptr + offs, packed, mask=m2[:, :, None])
-    scale = tl.where(nan, 255, e + 127).to(tl.uint8)
-    tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
+    _store_scales(s_ptr, row64, blk, NB, e, nan, m2)
 
 
 @triton.jit
@@ -127,13 +141,7 @@ def _mxfp4_quant_kernel(
     v = to_f32(tl.load(x_ptr + offs, mask=m2[:, :, None], other=0.0))
     bits = v.to(tl.int32, bitcast=True)
     mb = tl.max(bits & 0x7FFFFFFF, axis=2)  # [BLOCK_R, BLOCK_B]
-    nan = mb > _F32_INF_BITS
-    mb = tl.minimum(mb, _F32_MAX_BITS)
-    e = (mb >> 23) - 129
-    if CEIL:
-        e += ((mb & 0x7FFFFF) > 0x400000).to(tl.int32)
-    e = tl.maximum(e, -127)
-    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e, a normal float
+    e, nan, inv = _block_exponent(mb, CEIL)
     # arithmetic shift: bit 31 lands on bit 3
     code = _e2m1_codes(v, inv[:, :, None]) | ((bits >> 28) & 8)
     code = tl.where(nan[:, :, None], 0, code)
@@ -143,8 +151,7 @@ def _mxfp4_quant_kernel(
         None, :, :
     ]
     tl.store(p_ptr + p_offs, packed, mask=m2[:, :, None])
-    scale = tl.where(nan, 255, e + 127).to(tl.uint8)
-    tl.store(s_ptr + row64[:, None] * NB + blk[None, :], scale, mask=m2)
+    _store_scales(s_ptr, row64, blk, NB, e, nan, m2)
 
 
 def launch_args(rows: int, k: int, ceil: bool, dtype=None) -> tuple:
