@@ -95,10 +95,9 @@ class ReproError(ValueError):
 # --- atomic writes -------------------------------------------------------------------------
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically: a temporary file in the same folder, fsync,
-    `os.replace`, then fsync of the folder. No temporary file is left behind on error."""
-    path = Path(path)
+def _synced_temp(path: Path, data: bytes) -> Path:
+    """A new temporary file beside `path` (O_EXCL) holding `data`, fsynced; removed again if
+    writing it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -107,6 +106,19 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically: a temporary file in the same folder, fsync,
+    `os.replace`, then fsync of the folder. No temporary file is left behind on error."""
+    path = Path(path)
+    tmp = _synced_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -131,14 +143,8 @@ def atomic_create(path: str | os.PathLike, data: bytes) -> Path:
     then hard-linked to `path`, which fails with FileExistsError if `path` exists. Readers see
     no file or the whole file; no temporary file is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = _synced_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.link(tmp, path)  # atomic, and refuses to replace: unlike os.replace
     finally:
         with contextlib.suppress(OSError):
