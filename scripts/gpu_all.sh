@@ -96,7 +96,7 @@ ls "$OUT"
 }
 trap finish EXIT
 trap 'exit 124' TERM INT
-PHASE="${1:-tests}"   # tests | bench | nightly | verify | recheck
+PHASE="${1:-tests}"   # tests | bench | nightly | verify | recheck | profile
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
 V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
@@ -141,6 +141,45 @@ if [ "$PHASE" = verify ]; then
     >"$LOG/launch_cost.log" 2>&1
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
+elif [ "$PHASE" = profile ]; then
+  # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by
+  # side (one process per quant mode), then alone on the GPU: their timings, the per-kernel
+  # profile (torch.profiler) at T 1, 16, 8192, Nsight Compute on the decode GEMMs at T 1, and
+  # the benchmarks owed since 2026-12-05 (route beside FlashInfer, fused_moe graph replay).
+  job warm_jit 200 python3 scripts/warm_jit.py
+  for q in none fp8_block mxfp4; do
+    job "swc_$q" 140 python3 scripts/profile_moe.py sweep --compile-only --quant "$q" --budget 120
+  done
+  wait
+  pt() {  # pt NAME LIMIT CMD...: alone on the GPU, output kept and shown
+    local name=$1 limit=$2; shift 2; t0=$SECONDS
+    timeout -k 5 "$limit" "$@" >"$LOG/$name.log" 2>&1
+    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+  }
+  pt sweep_decode 100 python3 scripts/profile_moe.py sweep --budget 90
+  grep -A6 "best decode" "$LOG/sweep_decode.log"
+  pt prof_kernels 90 python3 scripts/profile_moe.py kernels
+  grep "^==" "$LOG/prof_kernels.log"
+  for q in none mxfp4; do
+    pt "ncu_$q" 45 ncu --clock-control none --profile-from-start off -k regex:gemm \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section MemoryWorkloadAnalysis python3 scripts/profile_moe.py once --quant "$q" --tokens 1
+    grep -E "^  [a-z_]+gemm|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occ|Cycles Per Issued|Theoretical Occ|Block Limit Reg" \
+      "$LOG/ncu_$q.log" | head -40
+  done
+  bench() {  # bench NAME LIMIT ARGS...
+    local name=$1 limit=$2 left=$((575 - (SECONDS - T_START))); shift 2; t0=$SECONDS
+    [ "$left" -lt "$limit" ] && limit=$left
+    [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
+    timeout -k 5 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
+      2>"$LOG/$name.log"
+    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+  }
+  bench b_route 40 --op route --impl all --tokens 1,16,1024,8192
+  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
+  M='{"dims": {"quant": "mxfp4"}}'
+  bench b_fused_moe_graph 60 --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 \
+    --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
 elif [ "$PHASE" = recheck ]; then
   # A short call after kernel changes (2026-12-05: TileLang mHC grids, the fused_moe decode
   # path, division-free FP8, the word kernel of mxfp4_quant, the new route): the mHC golden
