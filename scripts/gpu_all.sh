@@ -144,8 +144,9 @@ if [ "$PHASE" = verify ]; then
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by
   # side (one process per quant mode), then alone on the GPU: their timings, the per-kernel
-  # profile (torch.profiler) at T 1, 16, 8192, Nsight Compute on the decode GEMMs at T 1, and
-  # the benchmarks owed since 2026-12-05 (route beside FlashInfer, fused_moe graph replay).
+  # profile (torch.profiler) at T 1, 16, 8192, the host's share of an eager call (cProfile),
+  # Nsight Compute on the decode GEMMs at T 1 (NCU_QUANTS), fused_moe eager beside graph
+  # replay, route beside FlashInfer (PROFILE_ROUTE=1).
   job warm_jit 200 python3 scripts/warm_jit.py
   for q in none fp8_block mxfp4; do
     job "swc_$q" 140 python3 scripts/profile_moe.py sweep --compile-only --quant "$q" --budget 120
@@ -160,7 +161,9 @@ elif [ "$PHASE" = profile ]; then
   grep -A6 "best decode" "$LOG/sweep_decode.log"
   pt prof_kernels 90 python3 scripts/profile_moe.py kernels
   grep "^==" "$LOG/prof_kernels.log"
-  for q in none mxfp4; do
+  pt prof_host 60 python3 scripts/profile_moe.py host --quant none --quant mxfp4
+  grep -A22 "^==" "$LOG/prof_host.log" | grep -v "^$" | head -60
+  for q in ${NCU_QUANTS:-fp8_block}; do
     pt "ncu_$q" 45 ncu --clock-control none --profile-from-start off -k regex:gemm \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       --section MemoryWorkloadAnalysis python3 scripts/profile_moe.py once --quant "$q" --tokens 1
@@ -175,7 +178,7 @@ elif [ "$PHASE" = profile ]; then
       2>"$LOG/$name.log"
     echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
   }
-  bench b_route 40 --op route --impl all --tokens 1,16,1024,8192
+  [ -n "${PROFILE_ROUTE:-}" ] && bench b_route 40 --op route --impl all --tokens 1,16,1024,8192
   Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
   M='{"dims": {"quant": "mxfp4"}}'
   bench b_fused_moe_graph 60 --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 \

@@ -10,6 +10,7 @@ over its own time (TB/s), and the share of a call the GPU spends idle (launch ga
 `sweep`: decode-path tile configs (`_moe_configs.override_config`) at T = 1 and 16, timed with
 `parity bench`'s timer, x the weight-read floor; each config's output beside the default's
 (max relative difference: split-K only reorders float32 sums, so a large one is a broken tile).
+`host`: the host time of an eager call and where it goes (cProfile).
 `once`: one warmed-up call, for Nsight Compute to profile.
 
 The layer is `parity bench`'s (the fused_moe OpSpec's bench case: DeepSeek-V4-like, H 7168,
@@ -36,6 +37,7 @@ from parity.tools.bench_cmd import (
     copy_ceiling,
     merge,
     time_calls,
+    time_graph,
 )
 
 QUANTS = ("none", "fp8_block", "mxfp4")
@@ -58,17 +60,24 @@ def wall_us(fn, cs) -> float:
     return sec * 1e6
 
 
+def graph_us(fn, cs, eager_us: float) -> float:
+    """us a call under CUDA-graph replay: the kernels alone, no host time (the eager timer
+    includes the host's share wherever a call waits on it)."""
+    runs = [SimpleNamespace(args=c.args, kwargs=c.kwargs) for c in cs]
+    return time_graph(fn, runs, eager_us / 1e6, 40.0) * 1e6
+
+
 def kernel_times(fn, cs, calls: int = 12) -> list[tuple[str, float]]:
     """(kernel, GPU us) for each launch of one call, in launch order (averaged over calls)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     for c in cs:
-        call(fn, c)
+        fn(*c.args, **c.kwargs)  # not Case.call: its input clones would be profiled too
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for i in range(calls):
-            call(fn, cs[i % len(cs)])
+            fn(*cs[i % len(cs)].args, **cs[i % len(cs)].kwargs)
         torch.cuda.synchronize()
     evs = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     evs.sort(key=lambda e: e.time_range.start)
@@ -103,10 +112,12 @@ def cmd_kernels(args) -> None:
             env = {"decode": "1", "sorted": "0"}[path]
             os.environ[mc.DECODE_ENV] = env
             wall = wall_us(fn, cs)
+            graph = graph_us(fn, cs, wall)
             rows = kernel_times(fn, cs)
             gpu = sum(r[1] for r in rows)
             print(
-                f"\n== {quant} T={t} {path}: {wall:.1f} us a call (x{wall / floor_us:.2f} floor "
+                f"\n== {quant} T={t} {path}: {wall:.1f} us eager, {graph:.1f} us graph "
+                f"(x{wall / floor_us:.2f}/x{graph / floor_us:.2f} floor "
                 f"{floor_us:.1f} us, {_fused_moe_flops(cs[0]) / wall / 1e6:.1f} TFLOP/s); kernels "
                 f"{gpu:.1f} us, GPU idle {max(0.0, 1 - gpu / wall):.0%}"
             )
@@ -170,8 +181,12 @@ def cmd_sweep(args) -> None:
                 except Exception as e:  # reported by the timed pass
                     print(f"compile {cfg}: {type(e).__name__}")
             continue
-        default = wall_us(fn, cs)
-        print(f"\n== {quant} T={t}: default {default:.1f} us (x{default / floor_us:.2f})")
+        eager = wall_us(fn, cs)
+        default = graph_us(fn, cs, eager)
+        print(
+            f"\n== {quant} T={t}: default {default:.1f} us under graph replay (x"
+            f"{default / floor_us:.2f}), {eager:.1f} us eager; each config under graph replay"
+        )
         for cfg in decode_grid(quant, t):
             if time.monotonic() > t_end:
                 print("  budget spent: the rest not run")
@@ -181,7 +196,7 @@ def cmd_sweep(args) -> None:
             try:
                 with mc.override_config(cfg):
                     out = call(fn, cs[0]).float()
-                    us = wall_us(fn, cs)
+                    us = graph_us(fn, cs, default)
             except Exception as e:  # a tile the compiler rejects (registers, shared memory)
                 print(f"  {tag}: {type(e).__name__}: {str(e)[:80]}")
                 continue
@@ -195,6 +210,33 @@ def cmd_sweep(args) -> None:
     print("\n== best decode config per case (us, x floor)")
     for (quant, t), (us, tag) in best.items():
         print(f"  {quant:10} T={t:<3} {us:8.1f} us  {tag}")
+
+
+def cmd_host(args) -> None:
+    """The host's share of an eager call: cProfile over 300 calls (the GPU keeps up or not;
+    the top functions by own time say where the host spends it)."""
+    import cProfile
+    import pstats
+
+    fn = get_impl("fused_moe", "triton").fn
+    for quant, t in itertools.product(args.quant, args.tokens):
+        cs = cases(quant, t, n=2)
+        for c in cs:
+            fn(*c.args, **c.kwargs)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(300):
+            fn(*cs[i % 2].args, **cs[i % 2].kwargs)
+        host = (time.perf_counter() - t0) / 300 * 1e6
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for i in range(300):
+            fn(*cs[i % 2].args, **cs[i % 2].kwargs)
+        prof.disable()
+        torch.cuda.synchronize()
+        print(f"\n== {quant} T={t}: {host:.1f} us of host time a call (300 calls, no profiler)")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
 
 def cmd_once(args) -> None:
@@ -211,7 +253,7 @@ def cmd_once(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("kernels", "sweep", "once"))
+    p.add_argument("what", choices=("kernels", "sweep", "host", "once"))
     p.add_argument("--quant", action="append", choices=QUANTS)
     p.add_argument("--tokens", default=None)
     p.add_argument("--budget", type=float, default=150.0, help="sweep: seconds at most")
@@ -221,9 +263,10 @@ def main(argv=None) -> int:
         print("NOT RUN: no CUDA device")
         return 3
     args.quant = args.quant or list(QUANTS)
-    default = {"kernels": "1,16,8192", "sweep": "1,16", "once": "1"}[args.what]
+    default = {"kernels": "1,16,8192", "sweep": "1,16", "host": "1,16", "once": "1"}[args.what]
     args.tokens = [int(x) for x in (args.tokens or default).split(",")]
-    {"kernels": cmd_kernels, "sweep": cmd_sweep, "once": cmd_once}[args.what](args)
+    cmds = {"kernels": cmd_kernels, "sweep": cmd_sweep, "host": cmd_host, "once": cmd_once}
+    cmds[args.what](args)
     return 0
 
 

@@ -786,16 +786,25 @@ def test_decode_skipped_rows_zero_and_switches(monkeypatch, decode_calls):
 
 def test_group_kernel_against_torch():
     g = torch.Generator().manual_seed(3)
-    for p, e in ((1, 1), (8, 32), (37, 5), (128, 16), (128, 256)):
-        ids = torch.randint(-1, e, (p,), generator=g, dtype=torch.int32)
-        ids[: p // 4] = ids[0]  # a hot expert (or -1)
+    for p, e, wild in ((1, 1, 0), (8, 32, 0), (37, 5, 3), (128, 16, 0), (128, 256, 9), (6, 4, 6)):
+        raw = torch.randint(-1, e, (p,), generator=g, dtype=torch.int32)
+        raw[: p // 4] = raw[0]  # a hot expert (or -1)
+        # `wild` ids outside [-1, E): skipped as -1, and the flag set
+        raw[torch.randperm(p, generator=g)[:wild]] = torch.tensor([e, -2, 2**31 - 1, -(2**31)])[
+            torch.arange(wild) % 4
+        ].int()
+        ids = torch.where((raw < -1) | (raw >= e), -1, raw)
         slots = min(e, p)
         pairs = torch.full((p,), -7, dtype=torch.int32, device=DEVICE)
         info = torch.full((3, slots), -7, dtype=torch.int32, device=DEVICE)
+        clean = torch.full((p,), -7, dtype=torch.int32, device=DEVICE)
+        bad = torch.full((1,), -7, dtype=torch.int32, device=DEVICE)
         dec._group_kernel[(1,)](
-            ids.to(DEVICE), pairs, info[0], info[1], info[2], p, slots, BLOCK_P=dec._next_pow2(p)
-        )
+            raw.to(DEVICE), pairs, info[0], info[1], info[2], clean, bad, p, slots, e,
+            BLOCK_P=dec._next_pow2(p),
+        )  # fmt: skip
         pairs, info = pairs.cpu(), info.cpu()
+        assert torch.equal(clean.cpu(), ids) and int(bad) == (1 if wild else 0)
         valid = ids >= 0
         order = torch.sort(ids[valid].long() * p + torch.arange(p)[valid]).values % p
         nv = int(valid.sum())
@@ -846,6 +855,31 @@ def test_ids_under_graph_capture_are_skipped_not_read(monkeypatch):
     monkeypatch.setattr(mod, "_capturing", lambda x: True)
     got = kernel(*args, bad.to(DEVICE)).cpu()
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("decode", ["1", "0"])
+def test_bad_ids_raise_after_the_launches_and_never_reach_a_kernel(monkeypatch, decode):
+    """Eager calls read the ids once, at their end (the kernels skip an out-of-range id as -1
+    meanwhile): the contract's ValueError, naming the first bad value, on both paths; a call
+    whose other input is unsupported still raises the id error first, as the reference's order
+    has it."""
+    monkeypatch.setenv("PARITY_MOE_DECODE", decode)
+    x, w13, w2, weights, ids = make(4, 64, 32, 3, 2, torch.bfloat16, minus_one=False)
+    args = [v.to(DEVICE) for v in (x, w13.bfloat16(), w2.bfloat16(), weights)]
+    reads = []
+    real = mod.check_topk_ids
+    monkeypatch.setattr(mod, "check_topk_ids", lambda *a: (reads.append(1), real(*a))[1])
+    kernel(*args, ids.to(DEVICE))
+    assert reads == []  # good ids: no host read of the ids at all, only the flag's
+    for value in (3, -2, 2**31 - 1):
+        bad = ids.clone()
+        bad[2, 1] = value
+        with pytest.raises(ValueError, match=f"topk_ids.*{value}"):
+            kernel(*args, bad.to(DEVICE))
+    bad = ids.clone()
+    bad[0, 0] = 7
+    with pytest.raises(ValueError, match="topk_ids"):  # not NotImplementedError for float32 x
+        kernel(*[v.float() for v in args], bad.to(DEVICE))
 
 
 # --- review findings (decode path): limits the interpreter does not enforce -----------------------
@@ -930,8 +964,11 @@ def test_decode_max_pairs_override_capped_by_group_kernel():
     ids = torch.zeros(p, dtype=torch.int32, device=DEVICE)
     pairs = torch.empty(p, dtype=torch.int32, device=DEVICE)
     info = torch.empty((3, 1), dtype=torch.int32, device=DEVICE)
+    clean, bad = torch.empty_like(ids), torch.empty(1, dtype=torch.int32, device=DEVICE)
     with pytest.raises(Exception, match="numel"):
-        dec._group_kernel[(1,)](ids, pairs, info[0], info[1], info[2], p, 1, BLOCK_P=p)
+        dec._group_kernel[(1,)](
+            ids, pairs, info[0], info[1], info[2], clean, bad, p, 1, 4, BLOCK_P=p
+        )
     with override_config({"DECODE_MAX_PAIRS": 4096}):
         assert decode_config(256, 8, 4, 32, 64, "none", (128, 128), True) is None
         assert decode_config(128, 8, 4, 32, 64, "none", (128, 128), True) is not None

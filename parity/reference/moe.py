@@ -151,12 +151,18 @@ def validate_fused_moe(
     if apply_router_weight_on_input and k != 1:
         fail(op, "apply_router_weight_on_input", "False when k != 1", f"True with k={k}")
     if check_ids:
-        ids = topk_ids.long()
-        bad = (ids < -1) | (ids >= e)
-        if bool(bad.any()):  # a device-to-host read
-            fail(op, "topk_ids", f"values in [-1, {e})", int(ids[bad][0]))
+        check_topk_ids(op, topk_ids, e)
 
     return t, h, e, n, (br, bc)
+
+
+def check_topk_ids(op: str, topk_ids: torch.Tensor, e: int) -> None:
+    """topk_ids values in [-1, E), else ValueError naming the first bad one: the one check of
+    fused_moe's input that reads device data (a device-to-host copy, so a sync)."""
+    ids = topk_ids.long()
+    bad = (ids < -1) | (ids >= e)
+    if bool(bad.any()):
+        fail(op, "topk_ids", f"values in [-1, {e})", int(ids[bad][0]))
 
 
 def fused_moe(

@@ -42,12 +42,29 @@ from parity.optimized.triton._kernels_swiglu import swiglu_f32
 
 @triton.jit
 def _group_kernel(
-    ids_ptr, pairs_ptr, slot_e_ptr, slot_start_ptr, slot_cnt_ptr, P, S, BLOCK_P: tl.constexpr
+    ids_ptr,
+    pairs_ptr,
+    slot_e_ptr,
+    slot_start_ptr,
+    slot_cnt_ptr,
+    clean_ptr,
+    bad_ptr,
+    P,
+    S,
+    E,
+    BLOCK_P: tl.constexpr,
 ):
     """Pairs grouped by expert (ascending id, pair order within an expert) and one slot per
-    distinct expert id, all from one [P, P] comparison. Skipped pairs (-1) are left out."""
+    distinct expert id, all from one [P, P] comparison. Skipped pairs (-1) are left out. An id
+    outside [-1, E) is skipped as -1 too: `clean` gets the ids every later kernel reads, and
+    `bad[0]` is 1 where any id was out of range (the host raises on it after the launches, so
+    the call reads the ids back once, at its end, instead of stalling before its first kernel)."""
     offs = tl.arange(0, BLOCK_P)
-    ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
+    raw = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
+    out_of_range = (raw < -1) | (raw >= E)
+    ids = tl.where(out_of_range, -1, raw)
+    tl.store(clean_ptr + offs, ids, mask=offs < P)
+    tl.store(bad_ptr, tl.max(out_of_range.to(tl.int32), axis=0))
     valid = ids >= 0
     a = ids[:, None]  # pair p (rows) against pair q (columns)
     b = ids[None, :]
@@ -499,8 +516,9 @@ def run_decode(
     interpret,
 ):
     """The decode pipeline on validated inputs with T > 0 (cfg: `decode_config`'s). Returns
-    `out [T, H]` in x.dtype. Launches: (fp8: the activation quantization,) grouping, GEMM1,
-    activation, GEMM2, output: no host sync."""
+    (`out [T, H]` in x.dtype, `bad`: a one-element int32 tensor, 1 where an id was outside
+    [-1, E) and skipped as -1; the caller raises on it). Launches: grouping, (fp8: the
+    activation quantization,) GEMM1, activation, GEMM2, output: no host sync."""
     import torch
 
     from parity.optimized.triton._kernels_fused_moe import gemm1_input
@@ -514,20 +532,26 @@ def run_decode(
     p = t * k
     fp8 = quant == "fp8_block"
     x = x.contiguous()
-    ids = topk_ids.contiguous()
     topk_w = topk_weights.contiguous()
 
     slots = min(e, p)
-    pairs = torch.empty(p, dtype=torch.int32, device=dev)
-    slot_info = torch.empty((3, slots), dtype=torch.int32, device=dev)
+    # one int32 buffer: pairs [p], slot (expert, start, count) [3, slots], clean ids [p], flag
+    scratch = torch.empty(2 * p + 3 * slots + 1, dtype=torch.int32, device=dev)
+    pairs = scratch[:p]
+    slot_info = scratch[p : p + 3 * slots].view(3, slots)
+    ids = scratch[p + 3 * slots : 2 * p + 3 * slots].view(t, k)
+    bad = scratch[2 * p + 3 * slots :]
     _group_kernel[(1,)](
-        ids,
+        topk_ids.contiguous(),
         pairs,
         slot_info[0],
         slot_info[1],
         slot_info[2],
+        ids,
+        bad,
         p,
         slots,
+        e,
         BLOCK_P=_next_pow2(p),
         num_warps=4,
     )
@@ -636,4 +660,4 @@ def run_decode(
         BLOCK_H=block_h,
         num_warps=4,
     )
-    return out
+    return out, bad

@@ -30,13 +30,19 @@ import torch
 
 from parity.optimized.triton._launch import check_f32_scalar, interpret, launch_context
 from parity.optimized.triton.moe_align import align_for_gemm
-from parity.reference.moe import validate_fused_moe
+from parity.reference.moe import check_topk_ids, validate_fused_moe
 from parity.registry import register
 
 OP = "fused_moe"
 
 
 # --- the op -------------------------------------------------------------------------------------
+
+
+def _check_ids(topk_ids: torch.Tensor, e: int, capturing: bool) -> None:
+    """The reference's id range check (a host read), where one is possible."""
+    if not capturing:
+        check_topk_ids(OP, topk_ids, e)
 
 
 def _capturing(x: torch.Tensor) -> bool:
@@ -71,8 +77,12 @@ def fused_moe(
     apply_router_weight_on_input: bool = False,
     block_shape=(128, 128),
 ) -> torch.Tensor:
-    # the reference's own checks, so the errors are the reference's; under CUDA-graph capture
-    # the ids cannot be read on the host (the check syncs, and capture forbids it)
+    # the reference's own checks, so the errors are the reference's, except the id range: it
+    # reads the ids on the host, a sync that stalled each eager call before its first kernel
+    # (2026-12-05, H100: 703 us eager against 256 us under graph replay at T 1). The kernels
+    # skip an out-of-range id as -1 and the host reads one flag after the last launch and
+    # raises the reference's ValueError; under CUDA-graph capture no read is possible, and
+    # such ids stay skipped (docs/contract-notes.md)
     capturing = _capturing(x)
     t, h, e, n, block_shape = validate_fused_moe(
         x,
@@ -90,13 +100,13 @@ def fused_moe(
         swiglu_clamp_mode=swiglu_clamp_mode,
         apply_router_weight_on_input=apply_router_weight_on_input,
         block_shape=block_shape,
-        check_ids=not capturing,
+        check_ids=False,
     )
-    if capturing:  # an out-of-range id cannot raise here: it is skipped, as -1 is
-        topk_ids = torch.where((topk_ids < -1) | (topk_ids >= e), -1, topk_ids)
     if x.dtype not in (torch.bfloat16, torch.float16):
+        _check_ids(topk_ids, e, capturing)  # a bad id is the contract's error, raised first
         raise NotImplementedError(f"fused_moe:triton: x dtype {x.dtype} (bf16 and fp16 only)")
     if quant == "fp8_block" and block_shape[1] % 16 != 0:
+        _check_ids(topk_ids, e, capturing)
         raise NotImplementedError(
             f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 16"
         )
@@ -111,6 +121,7 @@ def fused_moe(
     ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
+    topk_ids_in = topk_ids  # the caller's, for the error message
 
     from parity.optimized.triton._moe_configs import decode_config, get_config
 
@@ -130,6 +141,7 @@ def fused_moe(
     k = topk_ids.shape[1]
     dcfg = decode_config(t, k, e, n, h, quant, block_shape, interpreted)
     if dcfg is None and quant == "fp8_block" and block_shape[1] % 32 != 0:
+        _check_ids(topk_ids, e, capturing)
         raise NotImplementedError(
             f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 32 with "
             f"T*k={t * k} on the sorted path (an fp8 tl.dot needs K >= 32)"
@@ -140,9 +152,15 @@ def fused_moe(
         if dcfg is not None:  # few tokens: grouped pairs and split-K, no moe_align
             from parity.optimized.triton import _kernels_moe_decode as dec
 
-            return dec.run_decode(x, w13, w2, topk_weights, topk_ids, cfg=dcfg, **opts)
-        from parity.optimized.triton import _kernels_fused_moe as kern
+            out, bad = dec.run_decode(x, w13, w2, topk_weights, topk_ids, cfg=dcfg, **opts)
+        else:
+            from parity.optimized.triton import _kernels_fused_moe as kern
 
-        cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpreted)
-        align = align_for_gemm(topk_ids, e, cfg["BLOCK_SIZE_M"])
-        return kern.run_fused_moe(x, w13, w2, topk_weights, topk_ids, align, cfg=cfg, **opts)
+            bad = (topk_ids < -1) | (topk_ids >= e)
+            topk_ids = torch.where(bad, -1, topk_ids)
+            cfg = get_config(t, e, n, quant, x.dtype, block_shape, x.device, interpreted)
+            align = align_for_gemm(topk_ids, e, cfg["BLOCK_SIZE_M"])
+            out = kern.run_fused_moe(x, w13, w2, topk_weights, topk_ids, align, cfg=cfg, **opts)
+    if not capturing and bool(bad.any()):  # the call's one device-to-host read, at its end
+        _check_ids(topk_ids_in, e, False)
+    return out
