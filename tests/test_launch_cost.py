@@ -582,3 +582,34 @@ def test_direct_launch_with_empty_hook_chains(monkeypatch):
     run2 = _launch.Launch(k2, (5,), dict(B=2, A=1), num_warps=4)
     run2(a, b, 7, 0.5)
     assert run2.direct is None and run2.why == "a launch hook is set"
+
+
+def test_launch_sites_keep_one_launch_per_signature(monkeypatch):
+    """`_launch.launch` (fused_moe's decode path: five or six launches a call): one `Launch` per
+    site and signature. A float argument changes nothing (never specialised: the direct path
+    goes on); another integer, dtype, grid, constexpr or site is another signature, launched
+    normally first; an argument of any other type takes the normal launch and keeps nothing."""
+    hooks = type("R", (), {"launch_enter_hook": None, "launch_exit_hook": None})()
+    knobs = type("K", (), {"runtime": hooks})()
+    monkeypatch.setattr(_launch, "_triton_runtime", lambda: (knobs, lambda dev: f"S{dev}"))
+    monkeypatch.setattr(_launch, "_SITES", {})
+    k = FakeKernel()
+    a, b = torch.zeros(4), torch.zeros(4)
+
+    def go(site="s", grid=(5,), args=(a, b, 7, 0.5), consts=None):
+        _launch.launch(site, k, grid, args, consts or dict(B=2, A=1), num_warps=4)
+        return k.log[-1][0], len(_launch._SITES)
+
+    assert go() == ("normal", 1)
+    assert go(args=(a, b, 7, 0.25)) == ("direct", 1)
+    assert k.log[-1][1][-6:] == (a, b, 7, 0.25, 1, 2)  # runtime args, then constexprs in order
+    assert go(args=(a, b, 8, 0.25)) == ("normal", 2)
+    assert go(args=(a, b, 8, 0.5)) == ("direct", 2)
+    assert go(args=(a, b, True, 0.5)) == ("normal", 3)  # True is not 1
+    assert go(args=(a.double(), b, 8, 0.5)) == ("normal", 4)
+    assert go(grid=(6,)) == ("normal", 5)
+    assert go(consts=dict(B=3, A=1)) == ("normal", 6)
+    assert go(site="t") == ("normal", 7)
+    assert go(args=(a, b, None, 0.5)) == ("normal", 7)  # not a plain argument: nothing kept
+    assert go(args=(a, b, None, 0.5)) == ("normal", 7)
+    assert go() == ("direct", 7)

@@ -46,6 +46,7 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
+from parity.optimized.triton._launch import launch
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _E4M3_MAX = tl.constexpr(448.0)
@@ -544,7 +545,7 @@ def _launch_act(
     # Under the interpreter every program costs Python overhead: one program per row there.
     gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
     grid = (rows, triton.cdiv(n_groups, gpp))
-    _act_quant_kernel[grid](
+    args = (
         src,
         dst,
         scales if scales is not None else dst,
@@ -557,6 +558,8 @@ def _launch_act(
         float(limit) if limit is not None else 0.0,
         float(alpha),
         float(beta),
+    )
+    consts = dict(
         SWIGLU=swiglu,
         INTERLEAVED=interleaved,
         HAS_LIMIT=limit is not None,
@@ -567,8 +570,8 @@ def _launch_act(
         GROUP=group,
         BLOCK_G=block_g,
         GROUPS_PER_PROG=gpp,
-        num_warps=4,
     )
+    launch("act_quant", _act_quant_kernel, grid, args, consts, num_warps=4)
 
 
 def dequant_mxfp4(w, scale, dtype):

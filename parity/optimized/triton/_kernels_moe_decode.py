@@ -38,6 +38,7 @@ from parity.optimized.triton._kernels_fused_moe import (
     store_act,
 )
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
+from parity.optimized.triton._launch import launch
 
 
 @triton.jit
@@ -457,7 +458,7 @@ def _gemm(
     a_ss = a_s.stride() if a_s is not None else (0, 0)
     b_ss = b_s.stride() if b_s is not None else (0, 0, 0)
     grid = (slot_cnt.numel(), triton.cdiv(n_out, bn), split)
-    _gemm_kernel[grid](
+    args = (
         a,
         b,
         part,
@@ -484,15 +485,11 @@ def _gemm(
         b_ss[2],
         group[0],
         group[1],
-        A_ROW_DIV=row_div,
-        QUANT=qcode,
-        UPCAST_DOT=upcast,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        BLOCK_K=bk,
-        num_warps=warps,
-        num_stages=stages,
     )
+    consts = dict(
+        A_ROW_DIV=row_div, QUANT=qcode, UPCAST_DOT=upcast, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk
+    )
+    launch("gemm", _gemm_kernel, grid, args, consts, num_warps=warps, num_stages=stages)
 
 
 def run_decode(
@@ -541,20 +538,15 @@ def run_decode(
     slot_info = scratch[p : p + 3 * slots].view(3, slots)
     ids = scratch[p + 3 * slots : 2 * p + 3 * slots].view(t, k)
     bad = scratch[2 * p + 3 * slots :]
-    _group_kernel[(1,)](
-        topk_ids.contiguous(),
-        pairs,
-        slot_info[0],
-        slot_info[1],
-        slot_info[2],
-        ids,
-        bad,
-        p,
-        slots,
-        e,
-        BLOCK_P=_next_pow2(p),
+    launch(
+        "group",
+        _group_kernel,
+        (1,),
+        (topk_ids.contiguous(), pairs, slot_info[0], slot_info[1], slot_info[2], ids, bad, p,
+         slots, e),
+        dict(BLOCK_P=_next_pow2(p)),
         num_warps=4,
-    )
+    )  # fmt: skip
     groups = (pairs, slot_info[0], slot_info[1], slot_info[2])
 
     a1, a1_s = gemm1_input(x, ids, topk_w, fp8, block_shape, on_input, interpret)
@@ -598,7 +590,7 @@ def run_decode(
         a2_s = None
     n_groups = triton.cdiv(n, gk)
     gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
-    _act_kernel[(p, triton.cdiv(n_groups, gpp))](
+    args = (
         part1,
         a2,
         a2_s if a2_s is not None else a2,
@@ -612,6 +604,8 @@ def run_decode(
         float(limit) if limit is not None else 0.0,
         float(alpha),
         float(beta),
+    )
+    consts = dict(
         SPLIT=split1,
         INTERLEAVED=interleaved,
         HAS_LIMIT=limit is not None,
@@ -622,8 +616,8 @@ def run_decode(
         GROUP=gk,
         BLOCK_G=block_g,
         GROUPS_PER_PROG=gpp,
-        num_warps=4,
     )
+    launch("act", _act_kernel, (p, triton.cdiv(n_groups, gpp)), args, consts, num_warps=4)
 
     split2 = cfg["SPLIT2"]
     part2 = torch.empty((split2, p, h), dtype=torch.float32, device=dev)
@@ -645,19 +639,12 @@ def run_decode(
 
     out = torch.empty((t, h), dtype=dt, device=dev)
     block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
-    _out_kernel[(t, triton.cdiv(h, block_h))](
-        part2,
-        ids,
-        topk_w,
-        out,
-        h,
-        part2.stride(0),
-        part2.stride(1),
-        out.stride(0),
-        SPLIT=split2,
-        TOP_K=k,
-        MUL_WEIGHT=not on_input,
-        BLOCK_H=block_h,
+    launch(
+        "out",
+        _out_kernel,
+        (t, triton.cdiv(h, block_h)),
+        (part2, ids, topk_w, out, h, part2.stride(0), part2.stride(1), out.stride(0)),
+        dict(SPLIT=split2, TOP_K=k, MUL_WEIGHT=not on_input, BLOCK_H=block_h),
         num_warps=4,
     )
     return out, bad

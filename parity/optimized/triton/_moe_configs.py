@@ -280,16 +280,20 @@ def default_decode_config(t, k, e, n, h, quant, block_shape, interpret) -> dict:
         }
     # T = 1: one row per expert (repeats aside): a GEMV on CUDA cores, 1 FMA per weight element
     # read, far below the FP32 rate at copy bandwidth. More tokens: tl.dot on 16-row tiles.
-    # Weight bytes per K-loop iteration per CTA: 32 x 256 x 2 (bf16), 64 x 128 (fp8, one scale
-    # group per tile), 64 x 64 (mxfp4, two MX blocks, decoded on CUDA cores).
-    # PARITY_MOE_DECODE_GEMV=0: the 16-row dot tile at T = 1 too (to measure against the GEMV:
-    # on the H100 the GEMV streamed 1.05 TB/s at T 1, the dot tiles 2.46 TB/s at T 16)
+    # fp8: BLOCK_K 128, one scale group per tile. Nsight Compute on the H100 (2026-12-05):
+    # the bf16 GEMV streams 2.9-3.0 TB/s (87-89% of DRAM peak), the fp8 one 2.4-2.6 TB/s, the
+    # mxfp4 one 1.1 TB/s at 70% SM throughput (E2M1 decoded on CUDA cores: compute-bound).
+    # PARITY_MOE_DECODE_GEMV=0: the 16-row dot tile at T = 1 too.
+    # Tiles from `scripts/profile_moe.py sweep` under graph replay (H100, 2026-12-05 17:25,
+    # docs/gpu-results.md): fp8 dot BLOCK_N 128 (536 against 549 us at T 16), mxfp4 GEMV 32 x 256
+    # (166 against 178 us at T 1), mxfp4 dot 128 x 64 (918 against 1140 us at T 16); bf16
+    # unchanged (within 1% of the best there).
     gemv = t == 1 and os.environ.get(DECODE_GEMV_ENV, "1") != "0"
     bm = 1 if gemv else min(64, max(16, 1 << max(0, (t - 1).bit_length())))
     if quant == "fp8_block":
-        bn, bk = 64, 128
+        bn, bk = (64, 128) if gemv else (128, 128)
     elif quant == "mxfp4":
-        bn, bk = 64, 128
+        bn, bk = (32, 256) if gemv else (128, 64)
     else:
         bn, bk = (32, 256) if gemv else (64, 128)
     return {
