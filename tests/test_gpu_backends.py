@@ -201,8 +201,11 @@ def test_flashinfer_declares_what_it_does_not_support():
     "e,k,ng,tg,ok",
     [
         (256, 8, 8, 4, True),  # DeepSeek-V3/V4
-        (384, 8, 1, 1, True),  # Kimi-K2 single group
-        (385, 8, 1, 1, False),
+        (384, 1, 1, 1, True),  # one group: FlashInfer's check wants topk_group * n_group >= k
+        (384, 8, 1, 1, False),  # so Kimi-K2's single group with k 8 raises there
+        (4, 2, 1, 1, False),  # the H100 suite's counterexample (2026-12-05)
+        (64, 8, 2, 2, False),  # 4 < 8
+        (385, 1, 1, 1, False),
         (256, 9, 8, 4, False),
         (256, 8, 16, 4, False),  # 8 warps: one per group
         (128, 8, 8, 5, False),  # at most 4 kept groups

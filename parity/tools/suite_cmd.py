@@ -12,6 +12,7 @@ CI log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -234,7 +235,11 @@ def run(args) -> int:
             "seconds": 0.0,
         }
         for prop in get_spec(impl.op).all_properties():
-            d = results[(impl.op, impl.name, prop)]
+            d = results.get((impl.op, impl.name, prop))
+            if d is None:  # the suite was cut before this unit finished
+                agg["not_run"].append(prop)
+                agg["cut"] = True
+                continue
             agg["seconds"] += float(d.get("seconds") or 0.0)
             if "error" in d:
                 agg["errors"].append(prop)
@@ -267,10 +272,13 @@ def run(args) -> int:
     for r in rows:
         bad = [f"FAIL: {', '.join(r['failed'])}"] if r["failed"] else []
         bad += [f"ERROR: {', '.join(r['errors'])}"] if r["errors"] else []
+        skipped = "NOT RUN (cut by time): " if r.get("cut") else "NOT RUN: "
+        skipped += ", ".join(r["not_run"])
+        ran = len(r["not_run"]) < len(get_spec(r["op"]).all_properties())
         verdict = (
-            "; ".join(bad)
+            "; ".join(bad + ([skipped] if r["not_run"] else []))
             if bad
-            else (("pass; NOT RUN: " + ", ".join(r["not_run"])) if r["not_run"] else "pass")
+            else (("pass; " if ran else "") + skipped if r["not_run"] else "pass")
         )
         # ex/s: per second of the implementation's own (summed) process time
         rate = r["examples"] / r["seconds"] if r["seconds"] else 0.0
@@ -282,6 +290,10 @@ def run(args) -> int:
     print(f"{len(rows)} implementations ran; {len(not_run)} did NOT RUN here:")
     for key, why in not_run:
         print(f"  NOT RUN  {key}: {why}")
+    cut = results.get("_cut")
+    if cut is not None:
+        missing = sum(len(r["not_run"]) for r in rows if r.get("cut"))
+        print(f"CUT: {cut}; the units that had not finished are NOT RUN above ({missing})")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(
@@ -291,11 +303,14 @@ def run(args) -> int:
                     "jobs": jobs,
                     "rows": rows,
                     "not_run": [{"impl": k, "reason": w} for k, w in not_run],
+                    "cut": str(cut) if cut is not None else None,
                 },
                 fh,
                 indent=1,
             )
-    return 1 if (failures or errors or any(r["failed"] for r in rows)) else 0
+    if failures or errors or any(r["failed"] for r in rows):
+        return 1
+    return cut.code if cut is not None else 0  # a cut suite never exits 0
 
 
 def _run_units(units: list, device: str, args, n_impls: int) -> dict:
@@ -315,9 +330,14 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
         verdict = "ERROR" if "error" in d else d.get("verdict", "?")
         progress.update(f"{unit[0]}:{unit[1]} {unit[2]}", verdict, float(d.get("seconds") or 0))
 
+    from parity.campaign.worker import Terminated
+
     if jobs == 1:
-        for unit in units:
-            done(unit, run_unit(*unit, device, args.profile, args.max_examples))
+        try:
+            for unit in units:
+                done(unit, run_unit(*unit, device, args.profile, args.max_examples))
+        except Terminated as e:  # a time limit: report what finished, the rest NOT RUN
+            out["_cut"] = e
         return out
 
     import multiprocessing as mp
@@ -328,9 +348,10 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
     # spawn: a fresh interpreter per worker (forking a parent that has torch's thread pools
     # running is unsafe); the parent's environment (TRITON_INTERPRET) and path go along
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(sys.path, threads)
-    ) as pool:
+    )
+    try:
         futs = {
             pool.submit(run_unit, *u, device, args.profile, args.max_examples): u for u in units
         }
@@ -343,4 +364,12 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
             except Exception as e:  # the result could not come back
                 d = {"seconds": 0.0, "error": f"{type(e).__name__}: {e}"}
             done(unit, d)
+    except Terminated as e:  # a time limit: the running units are killed, not waited for
+        out["_cut"] = e
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(Exception):
+                proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        pool.shutdown(wait=True)
     return out

@@ -1,6 +1,13 @@
 """`parity list` and `parity suite`."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
 
 from parity.catalog import get_spec
 from parity.registry import OP_NAMES
@@ -87,3 +94,30 @@ def test_suite_runs_a_module_function_and_rejects_what_selects_nothing(capsys, m
     assert main([*argv, "--jobs", "1", "--impl", "parity_kernels_swiglu:correct"]) == 0
     assert main([*argv, "--impl", "nosuch"]) == 2
     assert main(["suite", "--impl", "parity_kernels_swiglu:broken"]) == 2  # needs --op
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_suite_cut_by_sigterm_reports_what_finished_and_never_exits_0(tmp_path, jobs):
+    """A suite stopped by its time limit (SIGTERM from `timeout`, as the GPU runner's jobs are)
+    prints the table and writes the JSON of the units that finished, the rest NOT RUN (cut by
+    time), and exits 143: on the H100 (2026-12-05) seven cut suites left no table at all, and
+    the one failure they had found was lost with them."""
+    out = tmp_path / "s.json"
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "parity", "suite", "--device", "cpu", "--op", "swiglu"]
+    cmd += ["--backend", "triton", "--max-examples", "300", "--jobs", jobs, "--json", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    err = []
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:  # wait for the first finished unit
+        err.append(line)
+        if "[1/8]" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    stdout, rest = proc.communicate(timeout=120)
+    assert any("[1/8]" in line for line in err), "".join(err)[-2000:]
+    assert proc.returncode == 143, (stdout, rest)
+    assert "CUT: terminated by signal 15" in stdout and "NOT RUN (cut by time)" in stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    done = 8 - len(row["not_run"])
+    assert row["cut"] and 1 <= done < 8 and not row["failed"]

@@ -19,7 +19,10 @@ not implement. What each supports, and why the others are left out:
   (clamp_mode is then ignored by the contract), bfloat16/float16 (FlashInfer's FP16 dispatch).
 - `route` -> `flashinfer.fused_topk_deepseek` (the NoAuxTc kernel): `method="dsv3"` with
   `renormalize=True` (the kernel always renormalizes) and the kernel's limits: k <= 8;
-  n_group == 1 with E <= 384, or 2 <= n_group <= 8 with E <= 256, 2 <= E / n_group <= 32,
+  topk_group * n_group >= k (the bundle's Python check raises ValueError otherwise, so a single
+  group serves k = 1 only: seen on the H100, 2026-12-05, where the suite drew E 4, k 2,
+  n_group 1 and FlashInfer raised on a case the contract allows); n_group == 1 with E <= 384,
+  or 2 <= n_group <= 8 with E <= 256, 2 <= E / n_group <= 32,
   topk_group <= 4 and (E / n_group) * topk_group <= 128. The kernel runs 256 threads (8 warps,
   one per group) and keeps at most 4 top groups (`MaxNumTopGroups`), although its Python check
   lets n_group go to 32 and topk_group to n_group; the former scripts/gpu_issue5.py probed
@@ -207,6 +210,8 @@ def route_support(e: int, k: int, n_group: int, topk_group: int) -> str | None:
     """Why fused_topk_deepseek cannot run this configuration (None: it can)."""
     if k > 8:
         return f"k={k} > 8"
+    if topk_group * n_group < k:  # its Python check (seen on the H100, 2026-12-05)
+        return f"topk_group*n_group={topk_group * n_group} < k={k} (FlashInfer's own check)"
     if n_group == 1:
         return None if e <= 384 else f"E={e} > 384 with n_group=1"
     size = e // n_group
