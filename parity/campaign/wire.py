@@ -53,19 +53,37 @@ def _dtypes() -> dict:
     }
 
 
+# A strided tensor travels as the span of storage it covers (its strides kept), unless that span
+# is more than this many times its elements (a huge gap): then its values travel contiguous and
+# the header says the strides were not kept.
+_SPAN_MAX = 4
+
+
 def tensor_to_wire(t, blobs: list) -> dict:
-    """Header of one tensor; its bytes are appended to `blobs` (copied to the CPU)."""
+    """Header of one tensor; its bytes are appended to `blobs` (copied to the CPU). A tensor
+    that is not contiguous keeps its strides: the bytes are the span of storage it covers, so
+    the receiver rebuilds the same view. A layout is part of some contracts (column-major FP8
+    scales): sent contiguous, every column-major output read as row-major, a false failure of
+    every implementation under `parity fuzz` (seen on the H100 and the CPU, 2026-12-05), and a
+    strided input reached an isolated kernel contiguous."""
     import torch
 
-    c = t.detach().to("cpu").contiguous()
+    d = t.detach()
+    head = {"dtype": str(d.dtype).replace("torch.", ""), "shape": list(d.shape)}
+    if not d.is_contiguous() and d.numel() > 1:
+        span = 1 + sum((n - 1) * st for n, st in zip(d.shape, d.stride()))
+        if span <= _SPAN_MAX * d.numel():
+            c = d.as_strided((span,), (1,)).to("cpu").contiguous()
+            head.update(stride=list(d.stride()), span=span)
+        else:
+            c = d.to("cpu").contiguous()
+            head.update(stride_lost=list(d.stride()))
+    else:
+        c = d.to("cpu").contiguous()
     raw = c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b""
     blobs.append(raw)
-    return {
-        "dtype": str(c.dtype).replace("torch.", ""),
-        "shape": list(c.shape),
-        "device": str(t.device),
-        "nbytes": len(raw),
-    }
+    head.update(device=str(t.device), nbytes=len(raw))
+    return head
 
 
 def tensor_from_wire(h: dict, raw: bytes, device: str | None = None):
@@ -80,6 +98,24 @@ def tensor_from_wire(h: dict, raw: bytes, device: str | None = None):
     ):
         raise BadReply(f"bad tensor header {h!r:.200}")
     numel = math.prod(shape)
+    stride, span = h.get("stride"), h.get("span")
+    if stride is not None:  # a strided view: `span` elements of storage, then the view on them
+        if (
+            not isinstance(stride, list)
+            or len(stride) != len(shape)
+            or not all(isinstance(x, int) and x >= 0 for x in stride)
+            or not isinstance(span, int)
+            or numel < 2
+            or span != 1 + sum((n - 1) * x for n, x in zip(shape, stride))
+            or span > _SPAN_MAX * numel
+        ):
+            raise BadReply(f"bad strided tensor header {h!r:.200}")
+        if span * dtype.itemsize != len(raw):
+            raise BadReply(f"strided tensor span of {span} {dtype} with {len(raw)} bytes")
+        flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+        if device is not None and torch.device(device).type != "cpu":
+            flat = flat.to(device)  # the storage moved first: `.to` would drop a gapped layout
+        return flat.as_strided(tuple(shape), tuple(stride))
     if numel * dtype.itemsize != len(raw):
         raise BadReply(f"tensor of {shape} {dtype} with {len(raw)} bytes")
     if numel == 0:
