@@ -9,6 +9,7 @@ element whose code differs: gate, up, the float32 SwiGLU on each device, the gro
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -25,6 +26,8 @@ META = json.loads(
 case = get_spec("silu_mul_fp8_quant").build(META, "cuda")
 x = case.args[0]
 opts = case.kwargs
+if os.environ.get("OUT"):  # the inputs (a CUDA generator drew them) for a CPU replay of the check
+    torch.save({"x": x.cpu(), "meta": META}, os.path.join(os.environ["OUT"], "smfq_case.pt"))
 qg, sg = silu_mul_fp8_quant(x, **opts)
 qc, sc = silu_mul_fp8_quant(x.cpu(), **opts)
 bg, bc = qg.cpu().view(torch.uint8), qc.view(torch.uint8)
