@@ -213,3 +213,24 @@ def test_callers_holding_only_the_function_prepare_through_its_attribute():
     assert evaluate(spec, "inputs_unchanged", prepared_kernel, case)[0] == "pass"
     st = run_property(spec, "matches_reference", prepared_kernel, impl_name="t", max_examples=2)
     assert st.verdict() == "pass" and CALLS["prepare"] == CALLS["kernel"] > 2
+
+
+def test_the_decoder_stack_refuses_an_op_with_a_prepare_step(monkeypatch):
+    """The stack calls each op's function on the layer's weights as they are: an implementation
+    that declares a prepare step would run without it there, so the stack says so instead."""
+    from parity import registry
+    from parity.optimized import stack
+    from parity.registry import register
+
+    monkeypatch.setattr(registry, "_IMPLS", dict(registry._IMPLS))
+    register("fused_moe", name="test_prepare_stack", backend="external", prepare=prepare)(kernel)
+    stack._table.cache_clear()
+    try:
+        with pytest.raises(NotImplementedError, match="prepare step"):
+            stack._table((("fused_moe", "test_prepare_stack"),))
+        from parity.catalog import get_impl
+
+        triton = get_impl("fused_moe", "triton")  # loads the catalog; no prepare: accepted
+        assert stack._table((("fused_moe", "triton"),))["fused_moe"] is triton.fn
+    finally:
+        stack._table.cache_clear()

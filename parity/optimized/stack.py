@@ -30,6 +30,11 @@ def _table(names: tuple[tuple[str, str], ...]) -> dict:
         impl = registered_impl(op, name)
         if impl is None:
             raise RuntimeError(f"decoder_stack: {op}:{name} is not registered")
+        if impl.prepare is not None:  # its weights would need re-laying out per layer first
+            raise NotImplementedError(
+                f"decoder_stack: {op}:{name} declares a prepare step, which the stack does not "
+                "apply to its layers' weights: calling it without one would be wrong"
+            )
         table[op] = impl.fn
     return table
 
