@@ -607,9 +607,12 @@ def test_launch_sites_keep_one_launch_per_signature(monkeypatch):
     assert go(args=(a, b, 8, 0.5)) == ("direct", 2)
     assert go(args=(a, b, True, 0.5)) == ("normal", 3)  # True is not 1
     assert go(args=(a.double(), b, 8, 0.5)) == ("normal", 4)
-    assert go(grid=(6,)) == ("normal", 5)
-    assert go(consts=dict(B=3, A=1)) == ("normal", 6)
-    assert go(site="t") == ("normal", 7)
-    assert go(args=(a, b, None, 0.5)) == ("normal", 7)  # not a plain argument: nothing kept
-    assert go(args=(a, b, None, 0.5)) == ("normal", 7)
-    assert go() == ("direct", 7)
+    meta = torch.zeros(4, device="meta")  # another device: another signature (its own function)
+    _launch.launch("s", k, (5,), (meta, b, 8, 0.5), dict(B=2, A=1), num_warps=4)
+    assert k.log[-1][0] == "normal" and len(_launch._SITES) == 5
+    assert go(grid=(6,)) == ("normal", 6)
+    assert go(consts=dict(B=3, A=1)) == ("normal", 7)
+    assert go(site="t") == ("normal", 8)
+    assert go(args=(a, b, None, 0.5)) == ("normal", 8)  # not a plain argument: nothing kept
+    assert go(args=(a, b, None, 0.5)) == ("normal", 8)
+    assert go() == ("direct", 8)

@@ -225,13 +225,14 @@ def launch(site: str, kernel, grid: tuple, args: tuple, consts: dict, **opts) ->
     wrappers with many launches a call (fused_moe's decode path: five or six), where triton's
     normal launch cost ~90 us of host time each on the H100's VM (2026-12-05, cProfile). The key
     holds every integer argument (so each one is a constant of its signature, as `Launch`
-    requires) and every tensor argument's dtype (the compiled signature's pointer types);
-    floats are never specialised and pointer alignment is checked by `Launch` on each call."""
+    requires) and every tensor argument's dtype and device (the compiled signature's pointer
+    types; a `Launch` keeps the function loaded on its first call's device); floats are never
+    specialised and pointer alignment is checked by `Launch` on each call."""
     key = [site, grid, tuple(consts.items()), tuple(opts.items())]
     for a in args:
         cls = a.__class__
         if cls is torch.Tensor:
-            key.append(a.dtype)
+            key.append((a.dtype, a.device))
         elif cls is int or cls is bool:
             key.append((cls, a))
         elif cls is not float:  # anything else: triton's normal launch, nothing kept
