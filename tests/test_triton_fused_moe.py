@@ -880,6 +880,10 @@ def test_bad_ids_raise_after_the_launches_and_never_reach_a_kernel(monkeypatch, 
     bad[0, 0] = 7
     with pytest.raises(ValueError, match="topk_ids"):  # not NotImplementedError for float32 x
         kernel(*[v.float() for v in args], bad.to(DEVICE))
+    with pytest.raises(ValueError, match="topk_ids"):  # nor Unsupported for a huge option
+        kernel(*args, bad.to(DEVICE), swiglu_limit=1e39)
+    with pytest.raises(NotImplementedError):  # the option alone: unsupported, as before
+        kernel(*args, ids.to(DEVICE), swiglu_limit=1e39)
 
 
 # --- review findings (decode path): limits the interpreter does not enforce -----------------------

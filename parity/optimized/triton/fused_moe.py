@@ -28,6 +28,7 @@ import warnings
 
 import torch
 
+from parity._errors import Unsupported
 from parity.optimized.triton._launch import check_f32_scalar, interpret, launch_context
 from parity.optimized.triton.moe_align import align_for_gemm
 from parity.reference.moe import check_topk_ids, validate_fused_moe
@@ -116,7 +117,11 @@ def fused_moe(
         ("swiglu_beta", swiglu_beta),
     ):
         if value is not None:
-            check_f32_scalar(OP, name, float(value))
+            try:
+                check_f32_scalar(OP, name, float(value))
+            except Unsupported:
+                _check_ids(topk_ids, e, capturing)  # the contract's error comes first
+                raise
     interpreted = interpret()
     ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
     if t == 0:
