@@ -857,6 +857,20 @@ def test_ids_under_graph_capture_are_skipped_not_read(monkeypatch):
     assert torch.equal(got, want)
 
 
+def test_bad_ids_raise_before_unsupported_on_a_cpu_without_the_interpreter(monkeypatch):
+    """Where Triton cannot run at all (a CPU tensor, no interpreter) a bad id is still the
+    contract's ValueError, as the reference raises it; good ids: Unsupported (review)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, w13, w2, weights, ids = make(4, 64, 32, 3, 2, torch.bfloat16, minus_one=False)
+    args = (x, w13.bfloat16(), w2.bfloat16(), weights)
+    bad = ids.clone()
+    bad[1, 1] = 9
+    with pytest.raises(ValueError, match=r"topk_ids.*9"):
+        kernel(*args, bad)
+    with pytest.raises(NotImplementedError, match="Triton runs on CUDA"):
+        kernel(*args, ids)
+
+
 @pytest.mark.parametrize("decode", ["1", "0"])
 def test_bad_ids_raise_after_the_launches_and_never_reach_a_kernel(monkeypatch, decode):
     """Eager calls read the ids once, at their end (the kernels skip an out-of-range id as -1

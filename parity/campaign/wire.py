@@ -53,10 +53,22 @@ def _dtypes() -> dict:
     }
 
 
-# A strided tensor travels as the span of storage it covers (its strides kept), unless that span
-# is more than this many times its elements (a huge gap): then its values travel contiguous and
-# the header says the strides were not kept.
+# A strided tensor travels as the span of storage it covers, its strides kept, where that span is
+# at most _SPAN_MAX times its elements or _SPAN_BYTES long (a gapped view), or, for an
+# overlapping view (stride 0), where its elements are at most _SPREAD_MAX times the span or
+# _SPREAD_ELEMS; beyond, its values travel contiguous and the header says `stride_lost`. The
+# receiver holds a reply to the same bounds: a worker's header must never make it build a tensor
+# of far more elements than the bytes it sent.
 _SPAN_MAX = 4
+_SPAN_BYTES = 64 << 20
+_SPREAD_MAX = 16
+_SPREAD_ELEMS = 1 << 24
+
+
+def _span_ok(numel: int, span: int, itemsize: int) -> bool:
+    if span >= numel:  # gapped (or dense): the bytes sent bound the elements
+        return span <= _SPAN_MAX * numel or span * itemsize <= _SPAN_BYTES
+    return numel <= _SPREAD_MAX * span or numel <= _SPREAD_ELEMS  # overlapping
 
 
 def tensor_to_wire(t, blobs: list) -> dict:
@@ -72,7 +84,7 @@ def tensor_to_wire(t, blobs: list) -> dict:
     head = {"dtype": str(d.dtype).replace("torch.", ""), "shape": list(d.shape)}
     if not d.is_contiguous() and d.numel() > 1:
         span = 1 + sum((n - 1) * st for n, st in zip(d.shape, d.stride()))
-        if span <= _SPAN_MAX * d.numel():
+        if _span_ok(d.numel(), span, d.element_size()):
             c = d.as_strided((span,), (1,)).to("cpu").contiguous()
             head.update(stride=list(d.stride()), span=span)
         else:
@@ -86,28 +98,31 @@ def tensor_to_wire(t, blobs: list) -> dict:
     return head
 
 
+def _ints(v, n: int | None = None) -> bool:
+    """A list of non-negative Python ints (bool is not one), of length n where given."""
+    return (
+        isinstance(v, list)
+        and (n is None or len(v) == n)
+        and all(type(x) is int and 0 <= x < 2**62 for x in v)
+    )
+
+
 def tensor_from_wire(h: dict, raw: bytes, device: str | None = None):
     import torch
 
     dtype = _dtypes().get(h.get("dtype"))
     shape = h.get("shape")
-    if (
-        dtype is None
-        or not isinstance(shape, list)
-        or not all(isinstance(n, int) and n >= 0 for n in shape)
-    ):
+    if dtype is None or not _ints(shape):
         raise BadReply(f"bad tensor header {h!r:.200}")
     numel = math.prod(shape)
     stride, span = h.get("stride"), h.get("span")
     if stride is not None:  # a strided view: `span` elements of storage, then the view on them
         if (
-            not isinstance(stride, list)
-            or len(stride) != len(shape)
-            or not all(isinstance(x, int) and x >= 0 for x in stride)
-            or not isinstance(span, int)
+            not _ints(stride, len(shape))
+            or type(span) is not int
             or numel < 2
             or span != 1 + sum((n - 1) * x for n, x in zip(shape, stride))
-            or span > _SPAN_MAX * numel
+            or not _span_ok(numel, span, dtype.itemsize)
         ):
             raise BadReply(f"bad strided tensor header {h!r:.200}")
         if span * dtype.itemsize != len(raw):

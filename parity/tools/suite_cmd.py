@@ -238,7 +238,7 @@ def run(args) -> int:
             d = results.get((impl.op, impl.name, prop))
             if d is None:  # the suite was cut before this unit finished
                 agg["not_run"].append(prop)
-                agg["cut"] = True
+                agg.setdefault("cut", []).append(prop)
                 continue
             agg["seconds"] += float(d.get("seconds") or 0.0)
             if "error" in d:
@@ -272,13 +272,18 @@ def run(args) -> int:
     for r in rows:
         bad = [f"FAIL: {', '.join(r['failed'])}"] if r["failed"] else []
         bad += [f"ERROR: {', '.join(r['errors'])}"] if r["errors"] else []
-        skipped = "NOT RUN (cut by time): " if r.get("cut") else "NOT RUN: "
-        skipped += ", ".join(r["not_run"])
+        cut = r.get("cut", [])
+        idle = [p for p in r["not_run"] if p not in cut]  # ran, but drew nothing it supports
+        skipped = ([f"NOT RUN: {', '.join(idle)}"] if idle else []) + (
+            [f"NOT RUN (cut by time): {', '.join(cut)}"] if cut else []
+        )
         ran = len(r["not_run"]) < len(get_spec(r["op"]).all_properties())
         verdict = (
-            "; ".join(bad + ([skipped] if r["not_run"] else []))
+            "; ".join(bad + skipped)
             if bad
-            else (("pass; " if ran else "") + skipped if r["not_run"] else "pass")
+            else "; ".join((["pass"] if ran else []) + skipped)
+            if skipped
+            else "pass"
         )
         # ex/s: per second of the implementation's own (summed) process time
         rate = r["examples"] / r["seconds"] if r["seconds"] else 0.0
@@ -292,7 +297,7 @@ def run(args) -> int:
         print(f"  NOT RUN  {key}: {why}")
     cut = results.get("_cut")
     if cut is not None:
-        missing = sum(len(r["not_run"]) for r in rows if r.get("cut"))
+        missing = sum(len(r.get("cut", [])) for r in rows)
         print(f"CUT: {cut}; the units that had not finished are NOT RUN above ({missing})")
     if args.json:
         with open(args.json, "w") as fh:

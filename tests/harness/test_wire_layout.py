@@ -44,7 +44,7 @@ def test_strided_views_keep_values_and_strides(name):
     h, back = _round_trip(t)
     assert back.stride() == t.stride() and back.shape == t.shape and back.dtype == t.dtype
     assert torch.equal(back, t), name
-    assert h["span"] <= 4 * t.numel()
+    assert h["span"] * t.element_size() == h["nbytes"]
 
 
 def test_contiguous_and_tiny_tensors_travel_as_before():
@@ -54,11 +54,31 @@ def test_contiguous_and_tiny_tensors_travel_as_before():
 
 
 def test_a_huge_gap_travels_contiguous_and_says_so():
-    big = torch.zeros(1000, 1000)
-    t = big[::999, ::999]  # 4 elements spread over a million
+    big = torch.zeros(70 << 20, dtype=torch.uint8)
+    big[69 << 20] = 7
+    t = big.as_strided((2, 2), (69 << 20, 1))  # 4 bytes spread over 69 MiB
     h, back = _round_trip(t)
-    assert h["stride_lost"] == [999000, 999] and back.is_contiguous() and torch.equal(back, t)
-    assert h["nbytes"] == 16
+    assert h["stride_lost"] == [69 << 20, 1] and back.is_contiguous() and torch.equal(back, t)
+    assert h["nbytes"] == 4
+    wide = torch.zeros(1000, 1000)[::999, ::999]  # 4 MB of span: under the byte bound, kept
+    assert _round_trip(wide)[1].stride() == (999000, 999)
+
+
+def test_hostile_headers_never_build_more_than_was_sent():
+    """A worker's reply is the candidate's: its header must not make the harness build a tensor
+    far larger than the bytes sent, nor fail with anything but BadReply (review, 2026-12-05)."""
+    one = bytes(4)
+    hostile = [
+        {"dtype": "float32", "shape": [10**6, 10**6], "stride": [0, 0], "span": 1},
+        {"dtype": "float32", "shape": [2, 2], "stride": [True, False], "span": 1},
+        {"dtype": "float32", "shape": [2**64, 2], "stride": [0, 0], "span": 1},
+        {"dtype": "float32", "shape": [2**62, 4], "stride": [0, 0], "span": 1},
+        {"dtype": "float32", "shape": [True, True]},
+        {"dtype": "float32", "shape": [2**64, 0]},
+    ]
+    for h in hostile:
+        with pytest.raises(BadReply):
+            tensor_from_wire(h, one)
 
 
 def test_bad_strided_headers_are_refused():

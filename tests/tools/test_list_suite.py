@@ -120,4 +120,6 @@ def test_suite_cut_by_sigterm_reports_what_finished_and_never_exits_0(tmp_path, 
     assert "CUT: terminated by signal 15" in stdout and "NOT RUN (cut by time)" in stdout
     (row,) = json.loads(out.read_text())["rows"]
     done = 8 - len(row["not_run"])
-    assert row["cut"] and 1 <= done < 8 and not row["failed"]
+    assert 1 <= done < 8 and not row["failed"]
+    assert row["cut"] and set(row["cut"]) <= set(row["not_run"])  # cut, not "drew nothing"
+    assert f"({len(row['cut'])})" in stdout

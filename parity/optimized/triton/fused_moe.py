@@ -123,7 +123,11 @@ def fused_moe(
                 _check_ids(topk_ids, e, capturing)  # the contract's error comes first
                 raise
     interpreted = interpret()
-    ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
+    try:
+        ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
+    except Unsupported:
+        _check_ids(topk_ids, e, capturing)
+        raise
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
     topk_ids_in = topk_ids  # the caller's, for the error message
