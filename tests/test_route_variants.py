@@ -143,3 +143,54 @@ def test_witness_fails_strict_is_diagnosed_and_accepted():
 
     check()
     assert found, "the variant never made the strict check fail"
+
+
+def test_a_relation_the_variant_breaks_is_diagnosed_as_the_variant():
+    """On the H100 (2026-12-05) FlashInfer's route failed token_permutation, batch_split and
+    expert_relabel by the same 1.002x of the weights' tolerance as matches_reference, whose
+    report named approx_tanh_sigmoid while theirs said nothing. A failing inexact relation is
+    now diagnosed too: here the witness, through the engine's own diagnosis."""
+    from types import SimpleNamespace
+
+    from parity.campaign.engine import diagnosis
+    from parity.properties.checks import judge, make_plan, outcome_of, relation_outputs
+    from parity.properties.variants import diagnose_relation
+
+    spec = get_spec("route")
+    found = {}
+
+    @settings(**SETTINGS)
+    @given(spec.strategy().filter(lambda m: m["T"] > 1).map(_route_tweak))
+    def check(meta):
+        case = spec.build(meta, "cpu")
+        for prop in ("token_permutation", "batch_split", "expert_relabel"):
+            plan = make_plan(spec, prop, case)
+            if plan is None:
+                continue
+            outs = [outcome_of(plan.cases[c.case].call(WITNESS)) for c in plan.calls]
+            status, _ = judge(spec, plan, outs)
+            if status != "fail":
+                continue
+            ev = SimpleNamespace(last_failed=(prop, case, outs))
+            got = diagnosis(spec, ev, prop)
+            assert got["variants"] == [[VARIANT]], (prop, got, case.describe())
+            assert judge(spec, plan, outs, accept=(VARIANT,))[0] == "pass"
+            found[prop] = case.describe()
+
+    check()
+    assert found, "the variant never made a relation fail"
+    # weights 1% off on the permuted run: beyond the variant, and said so
+    case = spec.build(next(iter(_META)), "cpu")
+    plan = make_plan(spec, "token_permutation", case)
+    outs = [outcome_of(plan.cases[c.case].call(WITNESS)) for c in plan.calls]
+    derived, base = relation_outputs(spec, plan, outs)
+    w, ids = derived
+    assert diagnose_relation(spec, case, (w * 1.01, ids), base, relation="token_permutation") == []
+
+
+WITNESS = route_approx_tanh_sigmoid
+_META = [
+    {"T": 4, "dtype": "float32", "regime": "normal", "bias_dtype": "float32",
+     "bias_regime": "random", "renormalize": True, "routed_scaling_factor": 1.0, "seed": 2,
+     "config": V3},
+]  # fmt: skip

@@ -609,14 +609,17 @@ def _accepted(spec, accept) -> tuple:
 
 
 def diagnosis(spec, evaluator, prop: str, meta=None) -> dict | None:
-    """For a failing matches_reference/nan_policy case of an op that declares variants: the
-    variant sets under which its outputs match the reference (`variants.diagnose`, judged here in
-    the harness), as {"variants": [[name, ...], ...], "text": the line to print}. The outputs are
-    the evaluator's last failing ones when they are this case's, else the case is run again.
-    None where it does not apply (another property, another kind of failure, no variants)."""
+    """For a failing matches_reference/nan_policy case (or inexact relation) of an op that
+    declares variants: the variant sets under which its outputs match the reference
+    (`variants.diagnose`, `variants.diagnose_relation`, judged here in the harness), as
+    {"variants": [[name, ...], ...], "text": the line to print}. The outputs are the
+    evaluator's last failing ones when they are this case's, else the case is run again. None
+    where it does not apply (another property, another kind of failure, no variants)."""
     from parity.properties import variants
 
-    if prop not in variants.PROPS or not getattr(spec, "variants", ()):
+    rel = next((r for r in getattr(spec, "relations", ()) if r.name == prop), None)
+    inexact = rel is not None and not rel.exact  # judged against the reference's model
+    if (prop not in variants.PROPS and not inexact) or not getattr(spec, "variants", ()):
         return None
     got = getattr(evaluator, "last_failed", None)
     if meta is None:  # the case the evaluator judged last (a repro file's)
@@ -631,8 +634,21 @@ def diagnosis(spec, evaluator, prop: str, meta=None) -> dict | None:
         if status != "fail" or got is None:
             return None
     _, case, outcomes = got
-    from parity.properties.checks import structure
+    from parity.properties.checks import make_plan, relation_outputs, structure
 
+    if inexact:  # the same plan the evaluator ran (deterministic in the case)
+        plan = make_plan(spec, prop, case)
+        if plan is None or len(outcomes) != len(plan.calls):
+            return None
+        for c, o in zip(plan.calls, outcomes):
+            if o.kind != "returned" or not structure(spec, plan.cases[c.case], o):
+                return None  # a wrong structure is no convention
+        try:
+            derived, base = relation_outputs(spec, plan, outcomes)
+            found = variants.diagnose_relation(spec, case, derived, base, relation=prop)
+        except Exception as e:  # parity's bug: said, never a verdict
+            return {"variants": [], "text": f"diagnosis failed: {type(e).__name__}: {e}"}
+        return {"variants": [list(f) for f in found], "text": variants.describe(spec, found)}
     if any(o.kind != "returned" or not structure(spec, case, o) for o in outcomes[:1]):
         return None  # a wrong structure is no convention
     try:

@@ -581,12 +581,19 @@ def _judge_error_parity(spec, case, o: Outcome) -> tuple[str, Verdict]:
     return "fail", Verdict(False, f"bad input ({what}) was accepted; the reference rejects it")
 
 
-def _relation(spec, plan, outcomes, accept=()) -> Verdict:
-    """`combine` maps the outputs on the derived cases back to what the implementation must
-    have returned on the case itself."""
-    case, rel = plan.cases[0], plan.relation
+def relation_outputs(spec, plan, outcomes) -> tuple[tuple, tuple]:
+    """(derived, base): the outputs on the derived cases mapped back by `combine` to what the
+    implementation must have returned on the case itself, and its outputs on the case, both in
+    the op's canonical form."""
+    case = plan.cases[0]
     base = canonical(spec, case, _outs(outcomes[0]))
     derived = canonical(spec, case, as_tuple(plan.combine([_outs(o) for o in outcomes[1:]])))
+    return derived, base
+
+
+def _relation(spec, plan, outcomes, accept=()) -> Verdict:
+    case, rel = plan.cases[0], plan.relation
+    derived, base = relation_outputs(spec, plan, outcomes)
     if not rel.exact:
         if accept:
             from parity.properties.variants import compare_pair_under

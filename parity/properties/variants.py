@@ -10,7 +10,8 @@ Pure functions (no I/O, no printing): the campaign engine calls
 - `diagnose(spec, case, outs, prop=...)` when `matches_reference` or `nan_policy` fails on a
   (shrunk) case: the variant sets under which `outs` matches the reference, single variants
   first, then pairs of which neither explains it alone; `[]` means "no known variant explains
-  it". `describe(spec, found)` gives the line to print.
+  it". `describe(spec, found)` gives the line to print. `diagnose_relation` does the same for a
+  failing inexact relation (token_permutation and the like): the sets under which it holds.
 
 The outputs must already have passed the structure check (a tuple of tensors as the contract
 wants); the judges never raise on wrong values, only on unknown variant names.
@@ -131,6 +132,26 @@ def diagnose(
     return singles + pairs
 
 
+def diagnose_relation(
+    spec: OpSpec, case: Case, derived: tuple, base: tuple, *, relation: str
+) -> list[tuple[str, ...]]:
+    """For a failing inexact relation: the variant sets under which it holds (the derived
+    outputs, mapped back, and the base outputs each match the reference under them:
+    `compare_pair_under`), single variants first, then pairs as `diagnose` does. A variant
+    under which the relation is void (`Variant.breaks`) explains nothing here."""
+    known = [n for n in names(spec) if relation not in relations_voided(spec, (n,))]
+    singles = [(n,) for n in known if compare_pair_under(spec, case, derived, base, (n,))]
+    alone = {s[0] for s in singles}
+    pairs = [
+        p
+        for p in itertools.combinations(known, 2)
+        if not (set(p) & alone)
+        and relation not in relations_voided(spec, p)
+        and compare_pair_under(spec, case, derived, base, p)
+    ]
+    return singles + pairs
+
+
 def describe(spec: OpSpec, found: list[tuple[str, ...]]) -> str:
     """The diagnosis line: what the engine prints under a failing matches_reference/nan_policy."""
     if not found:
@@ -143,6 +164,7 @@ __all__ = [
     "compare_pair_under",
     "describe",
     "diagnose",
+    "diagnose_relation",
     "judge_under",
     "names",
     "relations_voided",
