@@ -24,8 +24,14 @@ TOLERANCE = (
 )
 
 
+# The plain SiLU-and-mul (vLLM's and FlashInfer's silu_and_mul, SGLang's): a quarter of the
+# draws, where the full product of options gives it 1 in 32 and a kernel supporting only it
+# drew 27 cases of 462 on the H100 (2026-12-05; nan_policy and batch_split: none). Shrinks to it.
+PLAIN = {"limit": None, "alpha": 1.0, "beta": 0.0, "layout": "concat", "clamp_mode": "pre"}
+
+
 def _options() -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries(
+    full = st.fixed_dictionaries(
         {
             "limit": st.sampled_from([None, 10.0, 7.0, 0.5]),
             "alpha": st.sampled_from([1.0, 1.702]),
@@ -34,6 +40,7 @@ def _options() -> st.SearchStrategy[dict]:
             "clamp_mode": st.sampled_from(["pre", "post"]),
         }
     )
+    return st.sampled_from((0, 1, 2, 3)).flatmap(lambda i: st.just(dict(PLAIN)) if i == 0 else full)
 
 
 def strategy(*, size: str = "small", dtypes=None) -> st.SearchStrategy[dict]:
