@@ -167,6 +167,9 @@ class Impl:
     # time), outside the kernel's timing; every property calls it before the kernel. Default:
     # the function's `parity_prepare` attribute, if any (how `--impl module:function` finds it).
     prepare: Callable | None = None
+    # named variants of the op (`OpSpec.variants`) this implementation follows on purpose: every
+    # property judges it under them (as `--accept` does) and reports say so
+    accept: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.prepare is None:
@@ -240,12 +243,14 @@ def register(
     min_cc: tuple[int, int] | None = None,
     note: str = "",
     prepare: Callable | None = None,
+    accept: Iterable[str] = (),
 ) -> Callable:
     """Register a fast path for `op`. Importing the decorated module must not need `requires`:
     kernels import their backend lazily, inside the function. `prepare(args, kwargs) -> (args,
     kwargs)`: a step run once on a case's inputs before the kernel (weights re-laid out at load
     time); it becomes the function's `parity_prepare` too, so a worker importing the function by
-    name finds it."""
+    name finds it. `accept`: the op's named variants the implementation follows on purpose (a
+    library's convention, docs/contract-notes.md): it is judged under them everywhere."""
     if op not in OP_NAMES:
         raise ValueError(f"register: op: expected one of {', '.join(OP_NAMES)}, got {op!r}")
 
@@ -261,6 +266,7 @@ def register(
             min_cc=min_cc,
             note=note,
             prepare=prepare,
+            accept=tuple(accept),
         )
         if impl.key in _IMPLS and _IMPLS[impl.key].fn is not fn:
             raise ValueError(f"register: {impl.key} is registered twice")

@@ -194,3 +194,41 @@ _META = [
      "bias_regime": "random", "renormalize": True, "routed_scaling_factor": 1.0, "seed": 2,
      "config": V3},
 ]  # fmt: skip
+
+
+def test_a_registered_convention_is_judged_under_and_said(monkeypatch):
+    """`register(accept=...)`: an implementation that follows a library's convention on purpose
+    is judged under it by every property and every command, and the verdict says so (the suite
+    on the H100 read FlashInfer's route as FAIL on eight properties, its convention unnamed).
+    What the convention does not cover still fails; an unknown name is refused."""
+    from parity import registry
+    from parity.campaign.engine import InProcess, declared_accept
+    from parity.catalog import load_all
+    from parity.registry import register
+    from parity.tools import suite_cmd
+
+    load_all()
+    monkeypatch.setattr(registry, "_IMPLS", dict(registry._IMPLS))
+    assert registry.registered_impl("route", "flashinfer").accept == (VARIANT,)
+
+    def plain(*a, **k):
+        return route_approx_tanh_sigmoid(*a, **k)
+
+    def declared(*a, **k):
+        return route_approx_tanh_sigmoid(*a, **k)
+
+    register("route", name="t_plain", backend="external", devices=("cpu",))(plain)
+    register("route", name="t_declared", backend="external", devices=("cpu",), accept=[VARIANT])(
+        declared
+    )
+    assert declared_accept("route", "t_declared") == (VARIANT,)
+    assert declared_accept("route", "mod:fn") == ()  # never imported by the harness
+    spec = get_spec("route")
+    assert InProcess(spec, registry.registered_impl("route", "t_declared")).accept == (VARIANT,)
+    strict = suite_cmd.run_unit("route", "t_plain", "matches_reference", "cpu", "pr", 200)
+    under = suite_cmd.run_unit("route", "t_declared", "matches_reference", "cpu", "pr", 200)
+    assert strict["failure"] is not None and strict["accepted"] == []
+    assert under["failure"] is None and under["failed"] == 0 and under["accepted"] == [VARIANT]
+    with pytest.raises(ValueError, match="unknown variant"):
+        register("route", name="t_bad", backend="external", accept=["nope"])(plain)
+        InProcess(spec, registry.registered_impl("route", "t_bad"))

@@ -282,7 +282,7 @@ class InProcess:
         from parity.campaign.candidate import import_in_process
 
         self.spec, self.device = spec, device
-        self.accept = _accepted(spec, accept)
+        self.accept = _accepted(spec, tuple(accept) + tuple(getattr(impl, "accept", ()) or ()))
         self.impl = import_in_process(impl)  # a no-op when already imported
         self.last_describe = None
         self.last_failed = None  # (prop, case, outcomes) of the last failing judgement
@@ -353,7 +353,7 @@ class Isolated:
     ):
         self.spec, self.impl, self.device, self.timeout = spec, impl, device, timeout
         self.prepare = prepare  # `module:function` of a prepare step given apart from the impl
-        self.accept = _accepted(spec, accept)
+        self.accept = _accepted(spec, tuple(accept) + declared_accept(spec.name, impl))
         self.last_failed = None  # (prop, case, outcomes) of the last failing judgement
         self.env = env
         self.proc = None
@@ -597,6 +597,15 @@ def evaluator_for(
     if isolate:
         return Isolated(spec, impl.name, device, timeout=timeout, env=env, accept=accept)
     return InProcess(spec, impl, device, accept=accept)
+
+
+def declared_accept(op: str, impl_name: str) -> tuple:
+    """The variants a registered implementation declares it follows (`register(accept=)`); ()
+    for a `module:function` candidate, which the harness never imports (`--accept` names its)."""
+    from parity.registry import registered_impl
+
+    impl = registered_impl(op, impl_name) if ":" not in impl_name else None
+    return tuple(impl.accept) if impl is not None else ()
 
 
 def _accepted(spec, accept) -> tuple:
@@ -1123,16 +1132,17 @@ def run_property(
     seed: int | None = None,
     shrink: bool = True,
     prepare: Callable | None = None,
+    accept: tuple = (),
 ) -> Stats:
     """One property of `fn` (through `prepare`, default its `parity_prepare`), in this process,
-    no repro file; a parity error raises."""
+    no repro file, judged under the named variants `accept`; a parity error raises."""
     from parity.registry import Impl
 
     impl = Impl(op=spec.name, name=impl_name, backend="external", fn=fn, prepare=prepare)
     return drive(
         spec,
         prop,
-        InProcess(spec, impl, device),
+        InProcess(spec, impl, device, accept=accept),
         impl_name=impl_name,
         device=device,
         size=size,

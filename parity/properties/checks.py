@@ -640,11 +640,17 @@ PROPERTIES: dict[str, Property] = {
 
 
 def evaluate(
-    spec: OpSpec, prop: str, fn: Callable, case: Case, *, prepare: Callable | None = None
+    spec: OpSpec,
+    prop: str,
+    fn: Callable,
+    case: Case,
+    *,
+    prepare: Callable | None = None,
+    accept=(),
 ) -> tuple[str, Verdict | None]:
-    """One property on one case in this process (plan, execute, judge):
-    ("pass"|"fail"|"unsupported"|"n/a", verdict)."""
+    """One property on one case in this process (plan, execute, judge under the named variants
+    `accept`): ("pass"|"fail"|"unsupported"|"n/a", verdict)."""
     plan = make_plan(spec, prop, case)
     if plan is None:
         return "n/a", None
-    return judge(spec, plan, execute(fn, plan, prepare=prepare))
+    return judge(spec, plan, execute(fn, plan, prepare=prepare), accept)

@@ -58,7 +58,10 @@ def run(args) -> int:
     bad = bad or bad_numbers("case", [("--timeout", args.timeout, 0)])
     if bad is not None:
         return bad
-    accept = accepted("case", spec, args.accept)
+    from parity.campaign.engine import declared_accept
+
+    # --accept, and the variants a registered implementation declares it follows
+    accept = accepted("case", spec, [*args.accept, *declared_accept(spec.name, args.impl)])
     if isinstance(accept, int):
         return accept
     meta = read_meta("case", args.meta)  # @FILE read with limits: a FIFO is no hang

@@ -131,7 +131,10 @@ def run(args) -> int:
     )
     if bad is not None:
         return bad
-    accept = accepted("fuzz", spec, args.accept)
+    from parity.campaign.engine import declared_accept
+
+    # --accept, and the variants a registered implementation declares it follows
+    accept = accepted("fuzz", spec, [*args.accept, *declared_accept(spec.name, args.impl)])
     if isinstance(accept, int):
         return accept
     from parity.campaign.ledger import DEFAULT_FILE, load_ledger
@@ -275,7 +278,10 @@ def run(args) -> int:
     if args.skip_properties:
         print(f"skipped (--skip-property): {', '.join(args.skip_properties)}")
     if accept:
-        print(f"accepted variants (--accept): {', '.join(accept)} (judged under them)")
+        print(
+            f"accepted variants (--accept, or declared by the implementation): "
+            f"{', '.join(accept)} (judged under them)"
+        )
     for line in xpasses:
         print(line)
     if code == 3:

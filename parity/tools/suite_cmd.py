@@ -113,8 +113,9 @@ def run_unit(op: str, impl_name: str, prop: str, device: str, profile: str, max_
             dtypes=impl.dtypes,
             profile=profile,
             max_examples=max_examples,
+            accept=impl.accept,  # the variants it declares it follows: judged under them
         )
-        return st.as_dict()
+        return {**st.as_dict(), "accepted": list(impl.accept)}
     except Exception as e:  # parity itself broke on this unit: an error, never a pass
         import traceback
 
@@ -233,6 +234,7 @@ def run(args) -> int:
             "not_run": [],
             "errors": [],
             "seconds": 0.0,
+            "accepted": list(getattr(impl, "accept", ())),
         }
         for prop in get_spec(impl.op).all_properties():
             d = results.get((impl.op, impl.name, prop))
@@ -285,6 +287,8 @@ def run(args) -> int:
             if skipped
             else "pass"
         )
+        if r["accepted"]:  # a declared library convention: said with every verdict
+            verdict += f" (under {', '.join(r['accepted'])})"
         # ex/s: per second of the implementation's own (summed) process time
         rate = r["examples"] / r["seconds"] if r["seconds"] else 0.0
         table.add_row(

@@ -141,7 +141,9 @@ def test_a_crash_report_names_both_cases_and_keeps_the_kernels_frames(capsys, tm
 
     ev = Isolated(SPEC, "hostile_kernels:poisoned_by_t3", "cpu", timeout=60)
     try:
-        st = drive(SPEC, "matches_reference", ev, impl_name="x", max_examples=40, seed=3)
+        # a seed whose 40 draws hold a T = 3 case before others (seed 3 did until the swiglu
+        # strategy drew plain options more often, 2026-12-05)
+        st = drive(SPEC, "matches_reference", ev, impl_name="x", max_examples=40, seed=1)
     finally:
         ev.close()
     assert st.failure is not None and st.failure["kind"] == "crash", st

@@ -171,8 +171,8 @@ def test_always_unsupported_exits_3(capsys):
 
 
 def test_unsupported_cases_do_not_eat_the_budget():
-    """A broken kernel supporting only plain SiLU-and-mul (a few cases in 20 drawn) is caught
-    by parity.check's default budget: unsupported cases are rejected, not counted."""
+    """A broken kernel supporting only plain SiLU-and-mul (about a quarter of the draws) is
+    caught by parity.check's default budget: unsupported cases are rejected, not counted."""
     report = parity_api.check(
         "swiglu",
         f"{MODULE}:plain_only_broken",
@@ -184,7 +184,8 @@ def test_unsupported_cases_do_not_eat_the_budget():
     )
     st = report["matches_reference"]
     assert report.exit_code == 1 and st.failure is not None, report.text()
-    assert st.unsupported > 20, "the budget was not spent on supported cases"
+    assert st.unsupported > 5, "the budget was not spent on supported cases"
+    assert st.run >= st.passed + st.failed and st.failed >= 1
 
 
 def test_campaign_survives_a_segfaulting_kernel(tmp_path, capsys):

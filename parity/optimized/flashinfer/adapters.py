@@ -232,7 +232,11 @@ def route_support(e: int, k: int, n_group: int, topk_group: int) -> str | None:
     "route",
     name="flashinfer",
     min_cc=(9, 0),
-    note="flashinfer.fused_topk_deepseek: dsv3, renormalize=True, kernel limits (see module)",
+    note="flashinfer.fused_topk_deepseek: dsv3, renormalize=True, kernel limits (see module); "
+    "judged under its approx_tanh_sigmoid convention",
+    # its scores are 0.5 tanh(0.5 x) + 0.5 with tanh.approx.f32 (docs/contract-notes.md): a
+    # convention of the library, named, not a bug; what differs beyond it still fails
+    accept=("approx_tanh_sigmoid",),
     **_BASE,
 )
 def route(
