@@ -39,7 +39,9 @@ if rows:
 for r in rows:
     v = "FAIL " + ",".join(r["failed"]) if r["failed"] else "pass"
     if r["not_run"]:
-        v += " NOT RUN: " + ",".join(r["not_run"])
+        v += " NOT RUN: " + ",".join(r["not_run"]) + (" (cut by time)" if r.get("cut") else "")
+    if r.get("accepted"):
+        v += " (under " + ",".join(r["accepted"]) + ")"
     rate = r["examples"] / r["seconds"] if r.get("seconds") else 0.0
     print(f"{r['op']:20} {r['impl']:18} {r['examples']:8d} {rate:6.1f} {r['unsupported']:6d}  {v}")
 for log in sorted(glob.glob(sys.argv[1] + "/[sn]_*.log")):
