@@ -433,6 +433,7 @@ def run_row(row: Row, impl, device: str) -> list[Result]:
     if not ok:
         return [result(p, NOT_RUN, f"NOT RUN: {why}") for p in row.holds]
     spec = get_spec(row.op)
+    declared = tuple(getattr(impl, "accept", ()) or ())  # its named conventions, if any
     out = []
     try:
         cases = cases_of(row, spec, device)
@@ -448,7 +449,7 @@ def run_row(row: Row, impl, device: str) -> list[Result]:
         for prop in row.holds:
             t0 = time.perf_counter()
             try:
-                status, verdict = evaluate(spec, prop, impl.fn, case, accept=impl.accept)
+                status, verdict = evaluate(spec, prop, impl.fn, case, accept=declared)
             except AssertionError as e:  # the engine's own consistency checks
                 status, verdict = FAIL, None
                 msg = f"{type(e).__name__}: {e}"
@@ -460,8 +461,8 @@ def run_row(row: Row, impl, device: str) -> list[Result]:
                 status, msg = FAIL, f"the reference does not support the row: {msg}"
             elif status == "n/a":
                 status = NOT_RUN
-            if impl.accept:  # judged under the library conventions it declares: said so
-                msg = f"[under {', '.join(impl.accept)}] {msg}".rstrip()
+            if declared:  # judged under the library conventions it declares: said so
+                msg = f"[under {', '.join(declared)}] {msg}".rstrip()
             out.append(result(prop, status, msg, time.perf_counter() - t0, label))
     return out
 
