@@ -118,6 +118,7 @@ def listing(device: str | None = None) -> list[dict]:
                 "reason": why,
                 "reference": impl.reference,
                 "devices": list(impl.devices),
+                "accept": list(impl.accept),  # the named conventions it is judged under
             }
         )
     return rows

@@ -28,7 +28,9 @@ def run(args) -> int:
     for r in rows:
         t.add_row(
             r["op"],
-            r["impl"] + (" (ref)" if r["reference"] else ""),
+            r["impl"]
+            + (" (ref)" if r["reference"] else "")
+            + (f" (under {', '.join(r['accept'])})" if r["accept"] else ""),
             r["backend"],
             "yes" if r["available"] else "no",
             r["reason"],
