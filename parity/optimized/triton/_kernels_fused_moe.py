@@ -107,6 +107,41 @@ def _fp8_to_f32(v):
 
 
 @triton.jit
+def mx_block_dot(a_even, a_odd, packed, sc, UPCAST_DOT: tl.constexpr):
+    """One MX block of 32 along K as a tile product, its E8M0 scale applied after: the even
+    and odd activation columns against the low and high nibbles of the packed E2M1 codes
+    (exact in bf16 and fp16). Shared by the sorted and the decode path."""
+    lo = _e2m1_to(packed & 15, a_even.dtype)
+    hi = _e2m1_to(packed >> 4, a_even.dtype)
+    if UPCAST_DOT:
+        part = tl.dot(a_even.to(tl.float32), lo.to(tl.float32))
+        part = tl.dot(a_odd.to(tl.float32), hi.to(tl.float32), part)
+    else:
+        part = tl.dot(a_even, lo)
+        part = tl.dot(a_odd, hi, part)
+    return part * sc
+
+
+@triton.jit
+def dot_acc(acc, a, b, a_s, b_s, QUANT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """acc plus the tile product a . b: for block FP8 (QUANT 1) one scale group's product in
+    float32, times a_s per row then b_s per column (the per-group scales); else accumulated in
+    the dot itself. Shared by the sorted and the decode path."""
+    if QUANT == 1:
+        if UPCAST_DOT:
+            d = tl.dot(_fp8_to_f32(a), _fp8_to_f32(b), input_precision="ieee")
+        else:
+            d = tl.dot(a, b)
+        out = acc + d * a_s[:, None] * b_s[None, :]
+    else:
+        if UPCAST_DOT:
+            out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
 def _moe_gemm_kernel(
     a_ptr,
     b_ptr,
@@ -206,15 +241,7 @@ def _moe_gemm_kernel(
                     sc = _e8m0_to_f32(  # the interpreter rejects scalar masks
                         tl.load(s_cols + (kg // 32) * stride_bsk, mask=smask, other=0)
                     )
-                    lo = _e2m1_to(packed & 15, a_even.dtype)
-                    hi = _e2m1_to(packed >> 4, a_even.dtype)
-                    if UPCAST_DOT:
-                        part = tl.dot(a_even.to(tl.float32), lo.to(tl.float32))
-                        part = tl.dot(a_odd.to(tl.float32), hi.to(tl.float32), part)
-                    else:
-                        part = tl.dot(a_even, lo)
-                        part = tl.dot(a_odd, hi, part)
-                    acc += part * sc
+                    acc += mx_block_dot(a_even, a_odd, packed, sc, UPCAST_DOT)
         else:
             # Dequantize the weight tile (value times scale: exact in bf16 over the whole E8M0
             # range), one dot per K tile: the per-element multiply is amortized over BLOCK_M.
@@ -273,16 +300,9 @@ def _moe_gemm_kernel(
                     + (offs_n // group_n) * stride_bsn
                     + kg * stride_bsk
                 )
-                if UPCAST_DOT:
-                    d = tl.dot(_fp8_to_f32(a), _fp8_to_f32(b), input_precision="ieee")
-                else:
-                    d = tl.dot(a, b)
-                acc += d * a_s[:, None] * b_s[None, :]
+                acc = dot_acc(acc, a, b, a_s, b_s, QUANT, UPCAST_DOT)
             else:
-                if UPCAST_DOT:
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
+                acc = dot_acc(acc, a, b, 0.0, 0.0, QUANT, UPCAST_DOT)
 
     if MUL_WEIGHT:
         w = tl.load(topk_w_ptr + tok, mask=tok_mask, other=0.0)

@@ -31,10 +31,11 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import to_dtype_rne
 from parity.optimized.triton._kernels_fused_moe import (
-    _e2m1_to,
     _e2m1_to_f32,
     _e8m0_to_f32,
     _fp8_to_f32,
+    dot_acc,
+    mx_block_dot,
     store_act,
 )
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
@@ -258,15 +259,7 @@ def _gemm_kernel(
                                 other=0,
                             )
                         )
-                        lo = _e2m1_to(packed & 15, a_even.dtype)
-                        hi = _e2m1_to(packed >> 4, a_even.dtype)
-                        if UPCAST_DOT:
-                            part = tl.dot(a_even.to(tl.float32), lo.to(tl.float32))
-                            part = tl.dot(a_odd.to(tl.float32), hi.to(tl.float32), part)
-                        else:
-                            part = tl.dot(a_even, lo)
-                            part = tl.dot(a_odd, hi, part)
-                        acc += part * sc
+                        acc += mx_block_dot(a_even, a_odd, packed, sc, UPCAST_DOT)
             else:
                 offs_k = tl.arange(0, BLOCK_K)
                 for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -294,18 +287,9 @@ def _gemm_kernel(
                             + (offs_nw // group_n) * stride_bsn
                             + kg * stride_bsk
                         )
-                        if UPCAST_DOT:
-                            d = tl.dot(_fp8_to_f32(a), _fp8_to_f32(b), input_precision="ieee")
-                        else:
-                            d = tl.dot(a, b)
-                        acc += d * a_s[:, None] * b_s[None, :]
+                        acc = dot_acc(acc, a, b, a_s, b_s, QUANT, UPCAST_DOT)
                     else:
-                        if UPCAST_DOT:
-                            acc = tl.dot(
-                                a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee"
-                            )
-                        else:
-                            acc = tl.dot(a, b, acc)
+                        acc = dot_acc(acc, a, b, 0.0, 0.0, QUANT, UPCAST_DOT)
         dst = part_base + pair.to(tl.int64)[:, None] * stride_pm + offs_n[None, :]
         tl.store(dst, acc, mask=mmask[:, None] & nmask[None, :])
 
