@@ -117,6 +117,18 @@ suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
   job "$name" "$limit" python3 -m parity suite --device cuda --jobs 1 --max-examples "$ex" "$@" \
     --json "$LOG/$name.json"
 }
+bench() {  # bench NAME LIMIT ARGS...: parity bench rows as JSON in $LOG/NAME.json, alone on the
+  # GPU, ending by second 570 of the call (less time left: a shorter limit, or NOT RUN)
+  local name=$1 limit=$2 left=$((570 - (SECONDS - T_START))); shift 2; t0=$SECONDS
+  [ "$left" -lt "$limit" ] && limit=$left
+  [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
+  timeout -k 10 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
+    2>"$LOG/$name.log"
+  echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+}
+# fused_moe's three quant modes, as `parity bench --meta` variants
+Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
+M='{"dims": {"quant": "mxfp4"}}'
 if [ "$PHASE" = verify ]; then
   # One call for the Triton kernels a change touched (VERIFY_OPS): their suites and GPU tests
   # side by side, the scale regime alone after them, then the launch-cost diagnosis.
@@ -172,17 +184,7 @@ elif [ "$PHASE" = profile ]; then
     grep -E "^  [a-z_]+gemm|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occ|Cycles Per Issued|Theoretical Occ|Block Limit Reg" \
       "$LOG/ncu_$q.log" | head -40
   done
-  bench() {  # bench NAME LIMIT ARGS...
-    local name=$1 limit=$2 left=$((575 - (SECONDS - T_START))); shift 2; t0=$SECONDS
-    [ "$left" -lt "$limit" ] && limit=$left
-    [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
-    timeout -k 5 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
-      2>"$LOG/$name.log"
-    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
-  }
   [ -n "${PROFILE_ROUTE:-}" ] && bench b_route 40 --op route --impl all --tokens 1,16,1024,8192
-  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
-  M='{"dims": {"quant": "mxfp4"}}'
   bench b_fused_moe_graph 60 --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 \
     --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
 elif [ "$PHASE" = recheck ]; then
@@ -199,14 +201,6 @@ elif [ "$PHASE" = recheck ]; then
   job warm_jit 80 python3 scripts/warm_jit.py  # FlashInfer's JIT builds before route's bench
   wait
   tail -n 12 "$LOG/scale.log"
-  bench() {  # bench NAME LIMIT ARGS...
-    local name=$1 limit=$2; shift 2; t0=$SECONDS
-    timeout -k 5 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
-      2>"$LOG/$name.log"
-    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
-  }
-  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
-  M='{"dims": {"quant": "mxfp4"}}'
   for d in 1 0; do  # the decode path (T*k <= 128) and the sorted path, same process kind
     PARITY_MOE_DECODE=$d bench "b_fused_moe_decode$d" 70 --op fused_moe --impl triton \
       --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
@@ -326,17 +320,7 @@ else
   # parity bench, one op at a time alone on the GPU: every implementation and peer beside the
   # reference, the copy ceiling measured in each run, CUDA-graph replay beside eager
   TS=1,16,128,1024,8192
-  Q='{"dims": {"quant": "none"}}'; F='{"dims": {"quant": "fp8_block"}}'
-  M='{"dims": {"quant": "mxfp4"}}'
   H4='{"H": 4096}'; H7='{"H": 7168}'; PLAIN='{"options": {"limit": null}}'
-  bench() {  # bench NAME LIMIT ARGS...: rows as JSON in $LOG/NAME.json, within the call's time
-    local name=$1 limit=$2 left=$((570 - (SECONDS - T_START))); shift 2; t0=$SECONDS
-    [ "$left" -lt "$limit" ] && limit=$left
-    [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
-    timeout -k 10 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
-      2>"$LOG/$name.log"
-    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
-  }
   # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
   bench b_fused_moe 200 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
     --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
