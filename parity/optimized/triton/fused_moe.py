@@ -28,7 +28,6 @@ import warnings
 
 import torch
 
-from parity._errors import Unsupported
 from parity.optimized.triton._launch import check_f32_scalar, interpret, launch_context
 from parity.optimized.triton.moe_align import align_for_gemm
 from parity.reference.moe import check_topk_ids, validate_fused_moe
@@ -38,6 +37,35 @@ OP = "fused_moe"
 
 
 # --- the op -------------------------------------------------------------------------------------
+
+
+def _runnable(x, quant, block_shape, t, k, e, n, h, limit, alpha, beta):
+    """(launch context, interpreted, decode config or None) for a validated call, or
+    NotImplementedError (Unsupported) for what this path cannot run: x dtype, fp8 scale groups,
+    a float32 option out of range, a CPU tensor without the interpreter, fp8 groups of 16 on
+    the sorted path."""
+    from parity.optimized.triton._moe_configs import decode_config
+
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise NotImplementedError(f"fused_moe:triton: x dtype {x.dtype} (bf16 and fp16 only)")
+    if quant == "fp8_block" and block_shape[1] % 16 != 0:
+        raise NotImplementedError(
+            f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 16"
+        )
+    for name, value in (("swiglu_limit", limit), ("swiglu_alpha", alpha), ("swiglu_beta", beta)):
+        if value is not None:
+            check_f32_scalar(OP, name, float(value))
+    interpreted = interpret()
+    ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
+    if t == 0:
+        return ctx, interpreted, None
+    dcfg = decode_config(t, k, e, n, h, quant, block_shape, interpreted)
+    if dcfg is None and quant == "fp8_block" and block_shape[1] % 32 != 0:
+        raise NotImplementedError(
+            f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 32 with "
+            f"T*k={t * k} on the sorted path (an fp8 tl.dot needs K >= 32)"
+        )
+    return ctx, interpreted, dcfg
 
 
 def _check_ids(topk_ids: torch.Tensor, e: int, capturing: bool) -> None:
@@ -103,36 +131,19 @@ def fused_moe(
         block_shape=block_shape,
         check_ids=False,
     )
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        _check_ids(topk_ids, e, capturing)  # a bad id is the contract's error, raised first
-        raise NotImplementedError(f"fused_moe:triton: x dtype {x.dtype} (bf16 and fp16 only)")
-    if quant == "fp8_block" and block_shape[1] % 16 != 0:
-        _check_ids(topk_ids, e, capturing)
-        raise NotImplementedError(
-            f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 16"
-        )
-    for name, value in (
-        ("swiglu_limit", swiglu_limit),
-        ("swiglu_alpha", swiglu_alpha),
-        ("swiglu_beta", swiglu_beta),
-    ):
-        if value is not None:
-            try:
-                check_f32_scalar(OP, name, float(value))
-            except Unsupported:
-                _check_ids(topk_ids, e, capturing)  # the contract's error comes first
-                raise
-    interpreted = interpret()
     try:
-        ctx = launch_context(OP, x)  # Unsupported for a CPU tensor without the interpreter
-    except Unsupported:
+        ctx, interpreted, dcfg = _runnable(
+            x, quant, block_shape, t, topk_ids.shape[1], e, n, h, swiglu_limit, swiglu_alpha,
+            swiglu_beta,
+        )  # fmt: skip
+    except NotImplementedError:  # Unsupported too: a bad id is the contract's error, raised first
         _check_ids(topk_ids, e, capturing)
         raise
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
     topk_ids_in = topk_ids  # the caller's, for the error message
 
-    from parity.optimized.triton._moe_configs import decode_config, get_config
+    from parity.optimized.triton._moe_configs import get_config
 
     opts = dict(
         quant=quant,
@@ -147,14 +158,6 @@ def fused_moe(
         block_shape=block_shape,
         interpret=interpreted,
     )
-    k = topk_ids.shape[1]
-    dcfg = decode_config(t, k, e, n, h, quant, block_shape, interpreted)
-    if dcfg is None and quant == "fp8_block" and block_shape[1] % 32 != 0:
-        _check_ids(topk_ids, e, capturing)
-        raise NotImplementedError(
-            f"fused_moe:triton: block_shape[1]={block_shape[1]} is not a multiple of 32 with "
-            f"T*k={t * k} on the sorted path (an fp8 tl.dot needs K >= 32)"
-        )
     with ctx, warnings.catch_warnings():
         if interpreted:  # numpy's reductions warn on the NaN a NaN-policy case feeds them
             warnings.simplefilter("ignore", RuntimeWarning)
