@@ -112,6 +112,15 @@ def _explains(spec: OpSpec, case: Case, outs: tuple, chosen, prop: str) -> bool:
     return prop != "nan_policy" or bool(judge_under(spec, case, outs, chosen, prop="nan_policy"))
 
 
+def _explaining_sets(known, explains) -> list[tuple[str, ...]]:
+    """Each single variant of `known` that `explains`, then each pair that does of which
+    neither member does alone."""
+    singles = [(n,) for n in known if explains((n,))]
+    alone = {s[0] for s in singles}
+    pairs = [p for p in itertools.combinations(known, 2) if not (set(p) & alone) and explains(p)]
+    return singles + pairs
+
+
 def diagnose(
     spec: OpSpec, case: Case, outs: tuple, *, prop: str = "matches_reference"
 ) -> list[tuple[str, ...]]:
@@ -121,15 +130,7 @@ def diagnose(
     if prop not in PROPS:
         raise ValueError(f"diagnose: prop: expected one of {', '.join(PROPS)}, got {prop!r}")
     outs = as_tuple(outs)
-    known = names(spec)
-    singles = [(n,) for n in known if _explains(spec, case, outs, (n,), prop)]
-    alone = {s[0] for s in singles}
-    pairs = [
-        p
-        for p in itertools.combinations(known, 2)
-        if not (set(p) & alone) and _explains(spec, case, outs, p, prop)
-    ]
-    return singles + pairs
+    return _explaining_sets(names(spec), lambda c: _explains(spec, case, outs, c, prop))
 
 
 def diagnose_relation(
@@ -139,17 +140,13 @@ def diagnose_relation(
     outputs, mapped back, and the base outputs each match the reference under them:
     `compare_pair_under`), single variants first, then pairs as `diagnose` does. A variant
     under which the relation is void (`Variant.breaks`) explains nothing here."""
-    known = [n for n in names(spec) if relation not in relations_voided(spec, (n,))]
-    singles = [(n,) for n in known if compare_pair_under(spec, case, derived, base, (n,))]
-    alone = {s[0] for s in singles}
-    pairs = [
-        p
-        for p in itertools.combinations(known, 2)
-        if not (set(p) & alone)
-        and relation not in relations_voided(spec, p)
-        and compare_pair_under(spec, case, derived, base, p)
-    ]
-    return singles + pairs
+
+    def explains(chosen) -> bool:
+        return relation not in relations_voided(spec, chosen) and bool(
+            compare_pair_under(spec, case, derived, base, chosen)
+        )
+
+    return _explaining_sets(names(spec), explains)
 
 
 def describe(spec: OpSpec, found: list[tuple[str, ...]]) -> str:
