@@ -906,6 +906,9 @@ def drive(
             }
     finally:
         stats.seconds = time.perf_counter() - t0
+        from parity.campaign.worker import raise_if_terminated
+
+        raise_if_terminated()  # a cut whose exception was swallowed is still a cut, not a verdict
     if not stats.run and not stats.stopped and (stats.unsupported or stats.not_applicable):
         # Hypothesis ended its search on rejects alone (at most 10 calls per example)
         stats.stopped = _nothing_run(stats)

@@ -270,6 +270,24 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# The signal that asked this process to stop, kept after its `Terminated` was raised: a handler's
+# exception can be swallowed on its way up (TileLang's compiler calls back into Python through C++,
+# which hands the exception back as an ordinary error; Hypothesis can lose it mid-run), and a cut
+# must then never read as the unit's own failure (H100, 2026-12-05: a TileLang suite cut during a
+# compile reported nan_policy FAIL and ran on).
+_STOP: list[int] = []
+
+
+def note_terminated(signum: int) -> None:
+    _STOP.append(signum)
+
+
+def raise_if_terminated() -> None:
+    """Raise `Terminated` again if this process was told to stop, whatever became of the first."""
+    if _STOP:
+        raise Terminated(_STOP[0])
+
+
 class Terminated(BaseException):
     """SIGTERM/SIGHUP: unwinds through every `finally` (which kill the workers). Not a
     SystemExit, which Hypothesis would take for a failing case and run again."""
@@ -283,6 +301,7 @@ def terminate_on_sigterm() -> None:
     """SIGTERM (and SIGHUP) raise `Terminated`, so that `finally` blocks kill the workers."""
 
     def handler(signum, frame):
+        note_terminated(signum)
         raise Terminated(signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)
-    from parity.campaign.worker import Terminated
+    from parity.campaign.worker import Terminated, raise_if_terminated
 
     try:
         with _signals():
-            return int(args._run(args) or 0)
+            rc = int(args._run(args) or 0)
+        raise_if_terminated()  # stopped, even where a command swallowed the signal's exception
+        return rc
     except Terminated as e:
         print(f"parity: {e}", file=sys.stderr)
         return e.code
@@ -76,8 +78,9 @@ def _on_sigint(signum, frame):
 
 
 def _on_sigterm(signum, frame):
-    from parity.campaign.worker import Terminated
+    from parity.campaign.worker import Terminated, note_terminated
 
+    note_terminated(signum)  # kept: the exception may be swallowed on its way up
     raise Terminated(signum)  # `finally` blocks and atexit kill the workers
 
 

@@ -339,12 +339,14 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
         verdict = "ERROR" if "error" in d else d.get("verdict", "?")
         progress.update(f"{unit[0]}:{unit[1]} {unit[2]}", verdict, float(d.get("seconds") or 0))
 
-    from parity.campaign.worker import Terminated
+    from parity.campaign.worker import Terminated, raise_if_terminated
 
     if jobs == 1:
         try:
             for unit in units:
-                done(unit, run_unit(*unit, device, args.profile, args.max_examples))
+                d = run_unit(*unit, device, args.profile, args.max_examples)
+                raise_if_terminated()  # cut inside the unit: its result is not its verdict
+                done(unit, d)
         except Terminated as e:  # a time limit: report what finished, the rest NOT RUN
             out["_cut"] = e
         return out

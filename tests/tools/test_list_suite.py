@@ -127,3 +127,51 @@ def test_suite_cut_by_sigterm_reports_what_finished_and_never_exits_0(tmp_path, 
     assert 1 <= done < 8 and not row["failed"]
     assert row["cut"] and set(row["cut"]) <= set(row["not_run"])  # cut, not "drew nothing"
     assert f"({len(row['cut'])})" in stdout
+
+
+def test_a_cut_swallowed_inside_a_unit_is_still_a_cut_and_never_its_verdict(monkeypatch):
+    """H100, 2026-12-05: SIGTERM arrived while TileLang compiled (its compiler calls back into
+    Python through C++, which hands a Python exception back as an ordinary error): the unit read
+    nan_policy FAIL, the suite ran on and was killed without a table. The signal is kept, and a
+    unit that ends after it is cut, whatever it returned."""
+    from parity.campaign import worker
+    from parity.tools import cli, suite_cmd
+
+    monkeypatch.setattr(worker, "_STOP", [])
+
+    def swallowing_unit(op, impl, prop, *rest):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here and raises Terminated
+        except BaseException as e:  # as a C++ callback boundary does
+            return {"op": op, "impl": impl, "prop": prop, "seconds": 0.0, "error": repr(e)}
+        raise AssertionError("the handler did not run")
+
+    monkeypatch.setattr(suite_cmd, "run_unit", swallowing_unit)
+    args = type("A", (), {"jobs": 1, "profile": "pr", "max_examples": 1})()
+    units = [("swiglu", "reference", "matches_reference"), ("swiglu", "reference", "nan_policy")]
+    with cli._signals():
+        out = suite_cmd._run_units(units, "cpu", args, 1)
+    assert isinstance(out.get("_cut"), worker.Terminated) and out["_cut"].code == 143
+    assert not any(u in out for u in units)  # neither unit has a verdict: both NOT RUN (cut)
+
+
+def test_the_engine_turns_a_swallowed_cut_back_into_a_cut(monkeypatch):
+    """A property run that ends after this process was told to stop raises Terminated, so no
+    command reports its outcome as the kernel's."""
+    from parity.campaign import run_property, worker
+    from parity.catalog import get_impl, get_spec
+
+    monkeypatch.setattr(worker, "_STOP", [signal.SIGTERM])
+    impl = get_impl("swiglu", "reference")
+    with pytest.raises(worker.Terminated):
+        run_property(
+            get_spec("swiglu"),
+            "matches_reference",
+            impl.fn,
+            impl_name=impl.name,
+            device="cpu",
+            dtypes=impl.dtypes,
+            profile="pr",
+            max_examples=2,
+        )
