@@ -292,6 +292,30 @@ def test_silu_mul_fp8_quant_layout_options_and_empty():
     assert q.shape == (0, 256) and q.dtype == FP8 and s.shape == (0, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_fp8_quant_check_takes_up_minus_zero_as_plus_zero_where_gate_is_exact(dtype):
+    """The contract's up + beta turns an up of -0.0 into +0.0, so gate 21 (silu is exactly the
+    gate there) times up -0.0 is +0.0 and its code 0x00. The check's exact branch once kept -0.0
+    and failed the reference (H100 2026-12-05, regime zero_groups: 1 code in 11200 groups, on
+    CUDA and on the CPU for those inputs); a -0 code (0x80) still fails it."""
+    from parity.properties.case import Case
+    from parity.properties.specs import silu_mul_fp8_quant as spec
+
+    x = torch.zeros(2, 256, dtype=dtype)
+    x[0, 0], x[0, 128] = 21.0, -0.0  # gate 21, up -0.0
+    x[0, 1], x[0, 129] = 1.5, 2.0  # a nonzero in the group: a normal scale
+    x[1, 0], x[1, 128] = 21.0, -0.0  # an all-zero group: the floor scale
+    opts = dict(group_size=128, limit=None, clamp_mode="pre", scale_format="fp32")
+    case = Case("silu_mul_fp8_quant", (x,), {**opts, "column_major_scales": False}, {}, "cpu")
+    q, s = silu_mul_fp8_quant(x, **opts)
+    assert int(q[0, 0].view(torch.uint8)) == 0 and int(q[1, 0].view(torch.uint8)) == 0
+    assert spec.compare(case, (q, s))
+    for row in (0, 1):
+        bad = q.clone()
+        bad.view(torch.uint8)[row, 0] = 0x80
+        assert not spec.compare(case, (bad, s))
+
+
 # --- MXFP4 ----------------------------------------------------------------------------------------
 
 

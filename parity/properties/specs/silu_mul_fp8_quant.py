@@ -176,7 +176,9 @@ def _silu_intervals(x: torch.Tensor, o: dict, inter: torch.dtype):
             g = g.clamp(max=limit)
     exact = g >= _EXACT_GATE
     g_eff = g.clamp(max=limit) if limit is not None else g
-    y_exact = (g_eff * u).to(torch.float32).to(torch.float64)  # g * u is exact in float64
+    # g * u is exact in float64; up + beta (beta 0) makes an up of -0.0 a +0.0 (the contract's
+    # order), so g >= 20 times up -0.0 is +0.0: the reference's code, missed here until 2026-12-05
+    y_exact = (g_eff * (u + 0.0)).to(torch.float32).to(torch.float64)
     slack = SILU_F32_SLACK_U32 * _U32 * y64.abs() + _F32_TINY * g.abs() * u.abs()
     slack = torch.where(exact, 0.0, slack)
     # y -/+ 0.0 would turn -0.0 into +0.0: a point interval keeps y itself
