@@ -303,14 +303,14 @@ else
   CFG=parity/optimized/triton/configs
   for q in mxfp4 fp8_block none; do
     m=8192; [ "$q" = mxfp4 ] && m=1024,8192
-    job "tunecheck_$q" 80 python3 -m parity tune --check-only --config "$V4" --ep 8 \
+    job "tunecheck_$q" 150 python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
   for q in mxfp4 fp8_block none; do
     m=8192; [ "$q" = mxfp4 ] && m=1024,8192
     t0=$SECONDS
-    lim=35; [ "$q" = mxfp4 ] && lim=50
+    lim=45; [ "$q" = mxfp4 ] && lim=75
     timeout -k 10 "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
       --grid large --merge --out "$CFG" --device cuda >"$LOG/tune_$q.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
@@ -322,14 +322,14 @@ else
   TS=1,16,128,1024,8192
   H4='{"H": 4096}'; H7='{"H": 7168}'; PLAIN='{"options": {"limit": null}}'
   # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
-  bench b_fused_moe 200 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
+  bench b_fused_moe 150 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
     --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
-  # swiglu: DeepSeek-V4's clamp, and the plain SwiGLU where FlashInfer's silu_and_mul is a peer
-  bench b_swiglu 60 --op swiglu --impl reference --impl all --tokens "$TS" --meta '{}' \
+  bench b_route 40 --op route --impl reference --impl all --tokens "$TS"
+  # the memory-bound ops at the two ends (the % of copy target is at T 8192), then the rest
+  bench b_swiglu 30 --op swiglu --impl reference --impl all --tokens 1,8192 --meta '{}' \
     --meta "$PLAIN"
-  for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant route \
-      moe_align; do
-    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens "$TS"
+  for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant moe_align; do
+    bench "b_$op" 25 --op "$op" --impl reference --impl all --tokens 1,8192
   done
   for op in mhc_post mhc_pre mhc_fused_post_pre mhc_head; do  # hc 4, H 4096 and 7168
     bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens 1,4,16,128,1024,8192 \
