@@ -12,6 +12,7 @@
 # Logs go to $OUT (or ./gpu-out) as logs.tar.gz (the runner returns at most 8 files); a short
 # table is printed last.
 set -uo pipefail
+exec 3>&1 4>&2  # the call's own output, for finish() (a trap can run inside a redirected fg)
 OUT="${OUT:-$PWD/gpu-out}"; mkdir -p "$OUT"
 LOG="$(mktemp -d)"
 [ -f .gpu/activate.sh ] && source .gpu/activate.sh
@@ -27,6 +28,7 @@ T_START=$SECONDS
 # the table and the logs, also when the call is cut (SIGTERM from its limit): see finish()
 finish() {
 trap - EXIT TERM INT
+exec 1>&3 2>&4
 echo; echo "== jobs (exit code, seconds; 124 = hit its time limit)"
 for k in "${JOBS[@]}"; do printf '%-24s %s\n' "$k" "$(cat "$LOG/$k.rc" 2>/dev/null || echo '? not finished')"; done
 python3 - "$LOG" <<'PY' | tee "$LOG/summary.txt"
@@ -98,12 +100,19 @@ ls "$OUT"
 }
 trap finish EXIT
 trap 'exit 124' TERM INT
-PHASE="${1:-tests}"   # tests | bench | nightly | verify | recheck | profile
+PHASE="${1:-tests}"   # tests | bench | moe | nightly | verify | recheck | profile
+DEADLINE="${DEADLINE:-570}"  # the benchmarks end by this second of the call
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
 V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
 TUNE_M="${TUNE_M:-1,16,128,1024}"  # the bench phase tunes 8192 (and mxfp4 1024) on its grid
 export TRITON_CACHE_DIR="$PWD/.triton-cache"  # shared by the jobs; kept while the runner is warm
+fg() {  # fg CMD...: in the foreground, but as a waited child, so that the call's SIGTERM runs
+  # finish() at once (bash defers a trap until a foreground child ends: on 2026-12-05 a cut
+  # bench call was killed 5 s later with no logs written)
+  "$@" &
+  wait $!
+}
 job() {  # job NAME LIMIT CMD...: start in the background with a time limit; rc and seconds kept
   local name=$1 limit=$2; shift 2
   ( t0=$SECONDS; timeout -k 10 "$limit" "$@" >"$LOG/$name.log" 2>&1; echo "$? $((SECONDS - t0))s" \
@@ -119,10 +128,10 @@ suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
 }
 bench() {  # bench NAME LIMIT ARGS...: parity bench rows as JSON in $LOG/NAME.json, alone on the
   # GPU, ending by second 570 of the call (less time left: a shorter limit, or NOT RUN)
-  local name=$1 limit=$2 left=$((570 - (SECONDS - T_START))); shift 2; t0=$SECONDS
+  local name=$1 limit=$2 left=$((DEADLINE - (SECONDS - T_START))); shift 2; t0=$SECONDS
   [ "$left" -lt "$limit" ] && limit=$left
   [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }
-  timeout -k 10 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
+  fg timeout -k 10 "$limit" python3 -m parity bench --graph --json "$@" >"$LOG/$name.json" \
     2>"$LOG/$name.log"
   echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
 }
@@ -144,14 +153,14 @@ if [ "$PHASE" = verify ]; then
   left=$((500 - (SECONDS - T_START))); [ "$left" -gt "${SCALE_BUDGET:-200}" ] && left=${SCALE_BUDGET:-200}
   if [ "$left" -ge 40 ]; then
     t0=$SECONDS
-    timeout -k 10 $((left + 20)) python3 -m parity.properties.scale --device cuda \
+    fg timeout -k 10 $((left + 20)) python3 -m parity.properties.scale --device cuda \
       --budget "$left" --json "$LOG/scale.json" >"$LOG/scale.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/scale.rc"
   else
     echo "NOT RUN: time" >"$LOG/scale.rc"
   fi
   JOBS+=(scale); tail -n 45 "$LOG/scale.log" 2>/dev/null
-  timeout -k 5 45 python3 scripts/launch_cost.py --n 300 --repeats 5 --diagnose \
+  fg timeout -k 5 45 python3 scripts/launch_cost.py --n 300 --repeats 5 --diagnose \
     >"$LOG/launch_cost.log" 2>&1
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
@@ -168,7 +177,7 @@ elif [ "$PHASE" = profile ]; then
   wait
   pt() {  # pt NAME LIMIT CMD...: alone on the GPU, output kept and shown
     local name=$1 limit=$2; shift 2; t0=$SECONDS
-    timeout -k 5 "$limit" "$@" >"$LOG/$name.log" 2>&1
+    fg timeout -k 5 "$limit" "$@" >"$LOG/$name.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
   }
   pt sweep_decode 100 python3 scripts/profile_moe.py sweep --budget 90
@@ -212,7 +221,7 @@ elif [ "$PHASE" = recheck ]; then
   for op in fp8_quant silu_mul_fp8_quant fp8_block_quant mxfp4_quant; do
     bench "b_$op" 20 --op "$op" --impl triton --tokens 1,8192
   done
-  SWEEP_GRID=small timeout -k 5 35 python3 scripts/sweep_tiles.py new >"$LOG/sweep.log" 2>&1
+  SWEEP_GRID=small fg timeout -k 5 35 python3 scripts/sweep_tiles.py new >"$LOG/sweep.log" 2>&1
   echo "$? sweep" >"$LOG/sweep.rc"; JOBS+=(sweep); cat "$LOG/sweep.log"
 elif [ "$PHASE" = tests ]; then
   # the reference on CUDA in two jobs: one took more than 300 s for its 123 units (2026-12-05)
@@ -252,7 +261,7 @@ elif [ "$PHASE" = tests ]; then
   left=$((540 - (SECONDS - T_START))); [ "$left" -gt 230 ] && left=230
   if [ "$left" -ge 60 ]; then
     t0=$SECONDS
-    timeout -k 10 $((left + 20)) python3 -m parity.properties.scale --device cuda \
+    fg timeout -k 10 $((left + 20)) python3 -m parity.properties.scale --device cuda \
       --budget "$left" --json "$LOG/scale.json" >"$LOG/scale.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/scale.rc"
   else
@@ -265,7 +274,7 @@ elif [ "$PHASE" = tests ]; then
   for q in mxfp4 fp8_block none; do
     left=$((TUNE_LIMIT / 3)); t0=$SECONDS
     [ "$left" -lt 20 ] && { echo "NOT RUN: time" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q"); continue; }
-    timeout -k 10 "$left" python3 -m parity tune \
+    fg timeout -k 10 "$left" python3 -m parity tune \
       --config "$V4" --ep 8 --quant "$q" --batch-sizes "$TUNE_M" --grid small --merge \
       --out parity/optimized/triton/configs --device cuda >"$LOG/tune_$q.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
@@ -294,24 +303,25 @@ elif [ "$PHASE" = nightly ]; then
     *) echo "nightly shard must be 1, 2 or 3"; exit 2 ;;
   esac
   wait
-else
+elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
+  # moe: the tuner and fused_moe's benchmark alone (TS_MOE tokens), a short call
   # FlashInfer's JIT modules built while the tuner compiles (its first use of dsv3 routing took
   # more than a 35 s benchmark limit on the H100)
-  job warm_jit 200 python3 scripts/warm_jit.py
+  [ "$PHASE" = bench ] && job warm_jit 200 python3 scripts/warm_jit.py
   # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
   # benchmark below runs with them: compiled side by side first, then timed one mode at a time
   CFG=parity/optimized/triton/configs
   for q in mxfp4 fp8_block none; do
     m=8192; [ "$q" = mxfp4 ] && m=1024,8192
-    job "tunecheck_$q" 150 python3 -m parity tune --check-only --config "$V4" --ep 8 \
+    job "tunecheck_$q" 110 python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
   for q in mxfp4 fp8_block none; do
     m=8192; [ "$q" = mxfp4 ] && m=1024,8192
     t0=$SECONDS
-    lim=45; [ "$q" = mxfp4 ] && lim=75
-    timeout -k 10 "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
+    lim=40; [ "$q" = mxfp4 ] && lim=65
+    fg timeout -k 10 "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
       --grid large --merge --out "$CFG" --device cuda >"$LOG/tune_$q.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
     tail -n 3 "$LOG/tune_$q.log"
@@ -322,23 +332,30 @@ else
   TS=1,16,128,1024,8192
   H4='{"H": 4096}'; H7='{"H": 7168}'; PLAIN='{"options": {"limit": null}}'
   # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
-  bench b_fused_moe 150 --op fused_moe --impl torch_dequant_mm --impl triton --tokens "$TS" \
-    --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
-  bench b_route 40 --op route --impl reference --impl all --tokens "$TS"
-  # the memory-bound ops at the two ends (the % of copy target is at T 8192), then the rest
-  bench b_swiglu 30 --op swiglu --impl reference --impl all --tokens 1,8192 --meta '{}' \
-    --meta "$PLAIN"
-  for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant moe_align; do
-    bench "b_$op" 25 --op "$op" --impl reference --impl all --tokens 1,8192
-  done
-  for op in mhc_post mhc_pre mhc_fused_post_pre mhc_head; do  # hc 4, H 4096 and 7168
-    bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens 1,4,16,128,1024,8192 \
-      --meta "$H4" --meta "$H7"
-  done
-  bench b_sinkhorn 30 --op sinkhorn --impl reference --impl all --tokens "$TS"
-  # host time of one eager call at T=1 (the launch-cost target), beside FlashInfer's silu_and_mul
-  timeout -k 10 60 python3 scripts/launch_cost.py >"$LOG/launch_cost.log" 2>&1
-  echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost); tail -n 15 "$LOG/launch_cost.log"
+  bench b_fused_moe 150 --op fused_moe --impl torch_dequant_mm --impl triton \
+    --tokens "${TS_MOE:-$TS}" --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
+  if [ "$PHASE" = bench ]; then
+    bench b_route 40 --op route --impl reference --impl all --tokens "$TS"
+    # the memory-bound ops at the two ends (the % of copy target is at T 8192), then the rest
+    bench b_swiglu 30 --op swiglu --impl reference --impl all --tokens 1,8192 --meta '{}' \
+      --meta "$PLAIN"
+    for op in fp8_quant silu_mul_fp8_quant mxfp4_dequant fp8_block_quant mxfp4_quant moe_align; do
+      bench "b_$op" 25 --op "$op" --impl reference --impl all --tokens 1,8192
+    done
+    for op in mhc_post mhc_pre mhc_fused_post_pre mhc_head; do  # hc 4, H 4096 and 7168
+      bench "b_$op" 60 --op "$op" --impl reference --impl all --tokens 1,4,16,128,1024,8192 \
+        --meta "$H4" --meta "$H7"
+    done
+    bench b_sinkhorn 30 --op sinkhorn --impl reference --impl all --tokens "$TS"
+    # host time of one eager call at T=1 (the launch-cost target), beside FlashInfer's silu_and_mul
+    if [ $((DEADLINE - (SECONDS - T_START))) -ge 40 ]; then
+      fg timeout -k 10 40 python3 scripts/launch_cost.py >"$LOG/launch_cost.log" 2>&1
+      echo "$? launch_cost" >"$LOG/launch_cost.rc"; tail -n 15 "$LOG/launch_cost.log"
+    else
+      echo "NOT RUN: time" >"$LOG/launch_cost.rc"
+    fi
+    JOBS+=(launch_cost)
+  fi
   # one file (the runner returns at most 8): {"b_op": rows} of every run that printed rows
   python3 - "$LOG" "$OUT/bench.json" <<'PY'
 import glob, json, sys
@@ -350,4 +367,6 @@ for path in sorted(glob.glob(sys.argv[1] + "/b_*.json")):
         pass
 json.dump(out, open(sys.argv[2], "w"), indent=1)
 PY
+else
+  echo "unknown phase: $PHASE"; exit 2
 fi

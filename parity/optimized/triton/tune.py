@@ -141,9 +141,11 @@ def candidate_grid(grid: str, quant: str, block_shape, x_dtype) -> list[dict]:
     elif grid == "large":  # many tokens per expert: large M tiles only. 128x256 (8 warps, 3-4
         # stages) is what vLLM's H100 files pick at large M; 64x128, the default, was L2-bound
         # at T 8192 on the H100 (Nsight Compute: L2 90%, occupancy 18.75%; 2026-12-05)
+        # (128x256 with K 128 needs 384 KiB of shared memory at 4 stages: not on Hopper)
         space = [
-            *product([128], [128, 256], [64, 128], [8], [4, 8], [3, 4]),
-            *product([64], [128], [64, 128], [8], [4, 8], [3]),
+            *product([128], [256], [64], [8], [8], [3, 4]),
+            *product([128], [128], [64], [8], [4, 8], [3, 4]),
+            *product([128, 64], [128], [128], [8], [4, 8], [3]),
         ]
     else:
         space = product(
