@@ -312,15 +312,15 @@ elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   # benchmark below runs with them: compiled side by side first, then timed one mode at a time
   CFG=parity/optimized/triton/configs
   for q in mxfp4 fp8_block none; do
-    m=8192; [ "$q" = mxfp4 ] && m=1024,8192
-    job "tunecheck_$q" 110 python3 -m parity tune --check-only --config "$V4" --ep 8 \
+    m=8192; [ "$q" = mxfp4 ] && m="${TUNE_MX_M:-1024,8192}"
+    job "tunecheck_$q" "${TUNECHECK_LIMIT:-110}" python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
   for q in mxfp4 fp8_block none; do
-    m=8192; [ "$q" = mxfp4 ] && m=1024,8192
+    m=8192; [ "$q" = mxfp4 ] && m="${TUNE_MX_M:-1024,8192}"
     t0=$SECONDS
-    lim=40; [ "$q" = mxfp4 ] && lim=65
+    lim=${TUNE_LIM:-40}; [ "$q" = mxfp4 ] && lim=$((lim * 3 / 2))
     fg timeout -k 10 "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
       --grid large --merge --out "$CFG" --device cuda >"$LOG/tune_$q.log" 2>&1
     echo "$? $((SECONDS - t0))s" >"$LOG/tune_$q.rc"; JOBS+=("tune_$q")
