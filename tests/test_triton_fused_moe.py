@@ -24,6 +24,7 @@ from parity.optimized.triton import _kernels_fused_moe as kern
 from parity.optimized.triton import fused_moe as mod
 from parity.optimized.triton._moe_configs import (
     config_file_name,
+    default_config,
     get_config,
     override_config,
 )
@@ -591,6 +592,16 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     with override_config({**table["1"], "BLOCK_SIZE_K": 16}):
         mx = get_config(50, 8, 64, "mxfp4", torch.float16, None, "cpu", True)
     assert mx["BLOCK_SIZE_K"] == 32  # whole MX blocks
+    # a file tuned at large M only (the H100 files: M 8192) leaves small M to the default
+    (tmp_path / config_file_name(8, 64, "none", None, "cpu")).write_text(
+        json.dumps({"8192": {**table["64"], "BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 256}})
+    )
+    for m, want in ((1, None), (1000, None), (4095, None), (4096, 128), (65536, 128)):
+        got = get_config(m, 8, 64, "none", torch.bfloat16, None, "cpu", True)
+        if want is None:
+            want = default_config(m, 8, 64, "none", None, True)["BLOCK_SIZE_M"]
+            assert got["BLOCK_SIZE_N"] != 256, m
+        assert got["BLOCK_SIZE_M"] == want, m
 
 
 def test_unsupported_is_not_implemented():

@@ -7,7 +7,9 @@ intermediate size per expert after sharding (w2.shape[2]), device is
 dtype is `fp8_w8a8` (fp8_block), `mxfp4_w4a16` (mxfp4, SGLang's name) or absent (bf16/fp16).
 Each file maps a batch size M (tokens) to `{BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K,
 GROUP_SIZE_M, num_warps, num_stages}`, optionally with our `EXTRA_CONFIG_KEYS`; a
-`triton_version` key is ignored. The kernel takes the entry of the nearest M. Lookup order:
+`triton_version` key is ignored. The kernel takes the entry of the nearest M, or the default
+where M is less than half the file's smallest M (the H100 files were tuned at M 8192 alone: their
+128x256 tile is no choice for a few tokens per expert). Lookup order:
 `$PARITY_MOE_CONFIG_DIR`, then `configs/` next to this file, then a default. Pure Python: no
 triton import.
 """
@@ -214,9 +216,9 @@ def get_config(
     cfg = getattr(_state, "cfg", None)
     if cfg is None:
         table = load_configs(e, n, quant, block_shape, device_name(device))
-        if table:
+        if table and m * 2 >= min(table):
             cfg = table[min(table, key=lambda key: abs(key - m))]
-        else:
+        else:  # no file, or M far below every tuned M (a file tuned at large M only)
             cfg = default_config(m, e, n, quant, block_shape, interpret)
     return fit_config(cfg, quant, x_dtype, block_shape)
 
