@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value
+from parity.optimized.triton._launch import cdiv
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
@@ -175,7 +176,7 @@ def _warps(elems: int) -> int:
 def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native_fp8=False):
     """w [E, R, C] contiguous (E, R, C > 0); q like w, float8_e4m3fn; scales [E, nr, nc]."""
     br, bc = block_shape
-    nr, nc = triton.cdiv(rows, br), triton.cdiv(cols, bc)
+    nr, nc = cdiv(rows, br), cdiv(cols, bc)
     br_pad, bc_pad = triton.next_power_of_2(br), triton.next_power_of_2(bc)
     common = dict(UE8M0=ue8m0, NATIVE_FP8=native_fp8)
     if br_pad * bc_pad <= MAX_TILE:
@@ -183,7 +184,7 @@ def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native
         ncb = max(1, min(triton.next_power_of_2(nc), triton.next_power_of_2(per)))
         if ncb > per:
             ncb //= 2
-        grid = (experts * nr, triton.cdiv(nc, ncb))
+        grid = (experts * nr, cdiv(nc, ncb))
         _tile_kernel[grid](
             w, q, scales, rows, cols, nr, nc, eps,
             BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=ncb,

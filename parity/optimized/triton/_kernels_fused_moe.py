@@ -46,7 +46,7 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
-from parity.optimized.triton._launch import launch
+from parity.optimized.triton._launch import cdiv, launch
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _E4M3_MAX = tl.constexpr(448.0)
@@ -458,7 +458,7 @@ def _launch_gemm(
     b_s = b_scale if b_scale is not None else dummy
     a_ss = a_scale.stride() if a_scale is not None else (0, 0)
     b_ss = b_scale.stride() if b_scale is not None else (0, 0, 0)
-    grid = (num_pid_m * triton.cdiv(n, bn),)
+    grid = (num_pid_m * cdiv(n, bn),)
     _moe_gemm_kernel[grid](
         a,
         b,
@@ -561,10 +561,10 @@ def _launch_act(
         block_g = _next_pow2(group)
     else:
         group = block_g = min(_next_pow2(n_cols), 1024)
-    n_groups = triton.cdiv(n_cols, group)
+    n_groups = cdiv(n_cols, group)
     # Under the interpreter every program costs Python overhead: one program per row there.
     gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
-    grid = (rows, triton.cdiv(n_groups, gpp))
+    grid = (rows, cdiv(n_groups, gpp))
     args = (
         src,
         dst,
@@ -655,9 +655,7 @@ def run_fused_moe(
     num_valid = t * k
     bm = cfg["BLOCK_SIZE_M"]
     # every non-empty block holds at least one valid slot; each expert adds one partial block
-    num_pid_m = min(
-        triton.cdiv(align[0].numel(), bm), triton.cdiv(num_valid, bm) + min(e, num_valid)
-    )
+    num_pid_m = min(cdiv(align[0].numel(), bm), cdiv(num_valid, bm) + min(e, num_valid))
     topk_w = topk_weights.contiguous()
     ids = topk_ids.contiguous()
     x = x.contiguous()
@@ -765,7 +763,7 @@ def run_fused_moe(
         **common,
     )
     block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
-    _reduce_k_kernel[(t, triton.cdiv(h, block_h))](
+    _reduce_k_kernel[(t, cdiv(h, block_h))](
         c2, ids, out, h, c2.stride(0), out.stride(0), TOP_K=k, BLOCK_H=block_h, num_warps=4
     )
     return out

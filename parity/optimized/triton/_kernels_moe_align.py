@@ -20,6 +20,8 @@ sorted_ids is filled with the pad value T*k by the wrapper before step 3.
 import triton
 import triton.language as tl
 
+from parity.optimized.triton._launch import cdiv
+
 
 @triton.jit
 def _rank_kernel(ids_ptr, rank_ptr, counts_ptr, totals_ptr, n, E, CHUNK: tl.constexpr):
@@ -132,7 +134,7 @@ def launch_moe_align(
 
     n = flat_ids.numel()
     dev = flat_ids.device
-    num_chunks = triton.cdiv(n, chunk)
+    num_chunks = cdiv(n, chunk)
     # one zero fill: per-chunk counts, and the totals in the last row
     scratch = torch.zeros((num_chunks + 1, num_experts), dtype=torch.int32, device=dev)
     counts, totals = scratch[:num_chunks], scratch[num_chunks]
@@ -146,7 +148,7 @@ def launch_moe_align(
     e_pad = triton.next_power_of_2(num_experts)
     eb = min(e_pad, max(32, e_pad // 8))  # up to ~8 scan programs of at least 32 experts
     ct = max(1, min(triton.next_power_of_2(num_chunks), 4096 // eb))
-    _scan_kernel[(triton.cdiv(num_experts, eb),)](
+    _scan_kernel[(cdiv(num_experts, eb),)](
         counts,
         totals,
         offsets,
@@ -162,7 +164,7 @@ def launch_moe_align(
     n_blocks = expert_ids.numel()
     block_b = 128
     steps = max(1, num_experts.bit_length())  # ceil(log2(E + 1)) halvings of [0, E]
-    grid = (max(num_chunks, triton.cdiv(n_blocks, block_b)),)
+    grid = (max(num_chunks, cdiv(n_blocks, block_b)),)
     _place_kernel[grid](
         flat_ids,
         rank,

@@ -39,7 +39,7 @@ from parity.optimized.triton._kernels_fused_moe import (
     store_act,
 )
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
-from parity.optimized.triton._launch import launch
+from parity.optimized.triton._launch import cdiv, launch
 
 
 @triton.jit
@@ -441,7 +441,7 @@ def _gemm(
     qcode = {"none": 0, "fp8_block": 1, "mxfp4": 2}[quant]
     a_ss = a_s.stride() if a_s is not None else (0, 0)
     b_ss = b_s.stride() if b_s is not None else (0, 0, 0)
-    grid = (slot_cnt.numel(), triton.cdiv(n_out, bn), split)
+    grid = (slot_cnt.numel(), cdiv(n_out, bn), split)
     args = (
         a,
         b,
@@ -572,7 +572,7 @@ def run_decode(
         gk = block_g = min(_next_pow2(n), 1024)
         a2 = torch.empty((p, n), dtype=dt, device=dev)
         a2_s = None
-    n_groups = triton.cdiv(n, gk)
+    n_groups = cdiv(n, gk)
     gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
     args = (
         part1,
@@ -601,7 +601,7 @@ def run_decode(
         BLOCK_G=block_g,
         GROUPS_PER_PROG=gpp,
     )
-    launch("act", _act_kernel, (p, triton.cdiv(n_groups, gpp)), args, consts, num_warps=4)
+    launch("act", _act_kernel, (p, cdiv(n_groups, gpp)), args, consts, num_warps=4)
 
     split2 = cfg["SPLIT2"]
     part2 = torch.empty((split2, p, h), dtype=torch.float32, device=dev)
@@ -626,7 +626,7 @@ def run_decode(
     launch(
         "out",
         _out_kernel,
-        (t, triton.cdiv(h, block_h)),
+        (t, cdiv(h, block_h)),
         (part2, ids, topk_w, out, h, part2.stride(0), part2.stride(1), out.stride(0)),
         dict(SPLIT=split2, TOP_K=k, MUL_WEIGHT=not on_input, BLOCK_H=block_h),
         num_warps=4,

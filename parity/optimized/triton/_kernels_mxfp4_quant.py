@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from parity.optimized.triton._kernels_fp8_block_quant import to_f32
+from parity.optimized.triton._launch import cdiv
 
 _F32_MAX_BITS = tl.constexpr(0x7F7FFFFF)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
@@ -163,7 +164,7 @@ def launch_args(rows: int, k: int, ceil: bool, dtype=None) -> tuple:
     block_b = min(triton.next_power_of_2(nb), TILE["elems"] // 32)
     block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_b * 32)))
     warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(nb, block_b))
+    grid = (cdiv(rows, block_r), cdiv(nb, block_b))
     consts = dict(BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil)
     if reads_words(dtype):
         consts["BF16"] = dtype == torch.bfloat16

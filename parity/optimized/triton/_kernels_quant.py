@@ -21,6 +21,7 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
+from parity.optimized.triton._launch import cdiv
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
@@ -177,7 +178,7 @@ def launch_fp8_quant(x, q, scales, *, group_size, eps, ue8m0, column_major, nati
     groups_per_row = k // group_size
     n_groups = m * groups_per_row
     g_pad, block_g, warps = _group_blocks(n_groups, group_size)
-    _fp8_quant_kernel[(triton.cdiv(n_groups, block_g),)](
+    _fp8_quant_kernel[(cdiv(n_groups, block_g),)](
         x,
         q,
         scales,
@@ -204,7 +205,7 @@ def launch_silu_mul_fp8_quant(
     groups_per_row = n // group_size
     n_groups = m * groups_per_row
     g_pad, block_g, warps = _group_blocks(n_groups, group_size)
-    _silu_mul_fp8_quant_kernel[(triton.cdiv(n_groups, block_g),)](
+    _silu_mul_fp8_quant_kernel[(cdiv(n_groups, block_g),)](
         x,
         q,
         scales,
@@ -293,7 +294,7 @@ def launch_mxfp4_dequant(packed, scales, y, rows, k):
     block_s = min(triton.next_power_of_2(n_sb), 64)  # up to 2048 output elements a row
     block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_s * 32)))
     warps = TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(n_sb, block_s))
+    grid = (cdiv(rows, block_r), cdiv(n_sb, block_s))
     _mxfp4_dequant_kernel[grid](
         packed, scales, y, rows, p, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=warps
     )

@@ -15,6 +15,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from parity.optimized.triton._fp8 import to_dtype_rne
+from parity.optimized.triton._launch import cdiv
 
 # Chosen when this module is imported (after TRITON_INTERPRET is set, as triton.jit reads it).
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
@@ -108,7 +109,7 @@ def launch_swiglu(x2, y2, rows, n, *, limit, alpha, beta, interleaved, post):
     """x2 contiguous, read as [rows, 2n] -> y2 contiguous, written as [rows, n] (preallocated,
     rows and n > 0; any leading shape: only the data pointers are used)."""
     block_r, block_n, warps = _blocks(rows, n, 4096)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(n, block_n))
+    grid = (cdiv(rows, block_r), cdiv(n, block_n))
     _swiglu_kernel[grid](
         x2,
         y2,
