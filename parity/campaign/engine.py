@@ -908,7 +908,11 @@ def drive(
         stats.seconds = time.perf_counter() - t0
         from parity.campaign.worker import raise_if_terminated
 
-        raise_if_terminated()  # a cut whose exception was swallowed is still a cut, not a verdict
+        # a cut whose exception was swallowed is still a cut, not a verdict; what it had run is
+        # kept for the examples-a-second figure only
+        raise_if_terminated(
+            {"run": stats.run, "unsupported": stats.unsupported, "seconds": stats.seconds}
+        )
     if not stats.run and not stats.stopped and (stats.unsupported or stats.not_applicable):
         # Hypothesis ended its search on rejects alone (at most 10 calls per example)
         stats.stopped = _nothing_run(stats)

@@ -282,19 +282,21 @@ def note_terminated(signum: int) -> None:
     _STOP.append(signum)
 
 
-def raise_if_terminated() -> None:
-    """Raise `Terminated` again if this process was told to stop, whatever became of the first."""
+def raise_if_terminated(partial: dict | None = None) -> None:
+    """Raise `Terminated` again if this process was told to stop, whatever became of the first.
+    `partial`: what the cut unit had done (examples run, seconds), for throughput only."""
     if _STOP:
-        raise Terminated(_STOP[0])
+        raise Terminated(_STOP[0], partial=partial)
 
 
 class Terminated(BaseException):
     """SIGTERM/SIGHUP: unwinds through every `finally` (which kill the workers). Not a
     SystemExit, which Hypothesis would take for a failing case and run again."""
 
-    def __init__(self, signum: int = signal.SIGTERM):
+    def __init__(self, signum: int = signal.SIGTERM, *, partial: dict | None = None):
         super().__init__(f"terminated by signal {signum}")
         self.code = 128 + signum
+        self.partial = partial  # the cut unit's counts so far: never a verdict
 
 
 def terminate_on_sigterm() -> None:

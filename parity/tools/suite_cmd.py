@@ -241,6 +241,10 @@ def run(args) -> int:
             if d is None:  # the suite was cut before this unit finished
                 agg["not_run"].append(prop)
                 agg.setdefault("cut", []).append(prop)
+                part = results.get("_partial", {}).get((impl.op, impl.name, prop))
+                if part:  # examples it ran before the cut: counted for ex/s, never judged
+                    agg["cut_examples"] = agg.get("cut_examples", 0) + int(part["run"])
+                    agg["seconds"] += float(part.get("seconds") or 0.0)
                 continue
             agg["seconds"] += float(d.get("seconds") or 0.0)
             if "error" in d:
@@ -289,11 +293,12 @@ def run(args) -> int:
         )
         if r["accepted"]:  # a declared library convention: said with every verdict
             verdict += f" (under {', '.join(r['accepted'])})"
-        # ex/s: per second of the implementation's own (summed) process time
-        rate = r["examples"] / r["seconds"] if r["seconds"] else 0.0
-        table.add_row(
-            r["op"], r["impl"], str(r["examples"]), f"{rate:.1f}", str(r["unsupported"]), verdict
-        )
+        # ex/s: per second of the implementation's own (summed) process time, the examples a
+        # cut unit ran before the cut included (they count for speed, not for the verdict)
+        extra = r.get("cut_examples", 0)
+        rate = (r["examples"] + extra) / r["seconds"] if r["seconds"] else 0.0
+        shown = f"{r['examples']} (+{extra} cut)" if extra else str(r["examples"])
+        table.add_row(r["op"], r["impl"], shown, f"{rate:.1f}", str(r["unsupported"]), verdict)
     # a log (not a terminal) gets the whole table, not 80 columns of truncated names
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     print(f"{len(rows)} implementations ran; {len(not_run)} did NOT RUN here:")
@@ -342,6 +347,7 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
     from parity.campaign.worker import Terminated, raise_if_terminated
 
     if jobs == 1:
+        unit = None
         try:
             for unit in units:
                 d = run_unit(*unit, device, args.profile, args.max_examples)
@@ -349,6 +355,8 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
                 done(unit, d)
         except Terminated as e:  # a time limit: report what finished, the rest NOT RUN
             out["_cut"] = e
+            if e.partial and unit is not None:  # the cut unit's examples, for ex/s alone
+                out["_partial"] = {unit: e.partial}
         return out
 
     import multiprocessing as mp

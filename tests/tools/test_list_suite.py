@@ -117,6 +117,8 @@ def test_suite_cut_by_sigterm_reports_what_finished_and_never_exits_0(tmp_path, 
         err.append(line)
         if "[1/8]" in line or time.monotonic() > deadline:
             break
+    if jobs == "1":
+        time.sleep(1.5)  # inside the second unit (3-4 s here), not between two units
     proc.send_signal(signal.SIGTERM)
     stdout, rest = proc.communicate(timeout=120)
     assert any("[1/8]" in line for line in err), "".join(err)[-2000:]
@@ -127,6 +129,9 @@ def test_suite_cut_by_sigterm_reports_what_finished_and_never_exits_0(tmp_path, 
     assert 1 <= done < 8 and not row["failed"]
     assert row["cut"] and set(row["cut"]) <= set(row["not_run"])  # cut, not "drew nothing"
     assert f"({len(row['cut'])})" in stdout
+    if jobs == "1":  # the cut unit's examples count for ex/s (shown apart), never for a verdict
+        assert "cut_examples" in row, row
+        assert not row["cut_examples"] or f"(+{row['cut_examples']} cut)" in stdout
 
 
 def test_a_cut_swallowed_inside_a_unit_is_still_a_cut_and_never_its_verdict(monkeypatch):
@@ -164,7 +169,7 @@ def test_the_engine_turns_a_swallowed_cut_back_into_a_cut(monkeypatch):
 
     monkeypatch.setattr(worker, "_STOP", [signal.SIGTERM])
     impl = get_impl("swiglu", "reference")
-    with pytest.raises(worker.Terminated):
+    with pytest.raises(worker.Terminated) as cut:
         run_property(
             get_spec("swiglu"),
             "matches_reference",
@@ -175,3 +180,4 @@ def test_the_engine_turns_a_swallowed_cut_back_into_a_cut(monkeypatch):
             profile="pr",
             max_examples=2,
         )
+    assert cut.value.partial is not None and cut.value.partial["run"] >= 0  # counts, no verdict
