@@ -2,6 +2,7 @@
 # All GPU tests and benchmarks, in two calls of the GPU runner (one call holds at most 10 min):
 #   run(command="bash scripts/gpu_all.sh tests", carry=[".gpu"])  # suite, golden tables, tune
 #   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
+#   run(command="bash scripts/gpu_all.sh moe", carry=[".gpu"])  # short: tune large M, fused_moe
 #   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
 #     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls)
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
@@ -129,7 +130,7 @@ suite() {  # suite NAME LIMIT EXAMPLES SUITE-ARGS...
     --json "$LOG/$name.json"
 }
 bench() {  # bench NAME LIMIT ARGS...: parity bench rows as JSON in $LOG/NAME.json, alone on the
-  # GPU, ending by second 570 of the call (less time left: a shorter limit, or NOT RUN)
+  # GPU, ending by second DEADLINE (570) of the call (less time left: a shorter limit, or NOT RUN)
   local name=$1 limit=$2 left=$((DEADLINE - (SECONDS - T_START))); shift 2; t0=$SECONDS
   [ "$left" -lt "$limit" ] && limit=$left
   [ "$limit" -lt 15 ] && { echo "NOT RUN: time" >"$LOG/$name.rc"; JOBS+=("$name"); return; }

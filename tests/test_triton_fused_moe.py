@@ -1029,3 +1029,40 @@ def test_decode_gemv_switch(monkeypatch):
     assert default_decode_config(*args)["DECODE_BLOCK_M"] == 1
     monkeypatch.setenv("PARITY_MOE_DECODE_GEMV", "0")
     assert default_decode_config(*args)["DECODE_BLOCK_M"] == 16
+
+
+def test_validated_signatures_are_planned_and_bad_inputs_still_raise(monkeypatch):
+    """A call signature validates once (issue 11, section 3: eager T 1 was host-bound); only a
+    call that validated is stored, and what the key cannot hold is validated every time."""
+    x, w13, w2, weights, ids = make(1, 64, 32, 3, 2, torch.bfloat16, minus_one=False)
+    args = [v.to(DEVICE) for v in (x, w13.bfloat16(), w2.bfloat16(), weights)]
+    ids = ids.to(DEVICE)
+    mod._PLANS.clear()
+    calls = []
+    real = mod.validate_fused_moe
+    monkeypatch.setattr(
+        mod, "validate_fused_moe", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
+    first = kernel(*args, ids)
+    assert len(mod._PLANS) == 1 and len(calls) == 1
+    assert torch.equal(kernel(*args, ids), first) and len(calls) == 1  # the plan: no validation
+    bad = ids.clone()
+    bad[0, 1] = 3
+    with pytest.raises(ValueError, match="topk_ids"):  # a planned signature, a bad id: raised
+        kernel(*args, bad)
+    with pytest.raises(TypeError, match="topk_weights"):  # another dtype: another key, validated
+        kernel(*args[:3], args[3].double(), ids)
+    with pytest.raises(ValueError, match="swiglu_limit"):  # never stored, so always raised
+        kernel(*args, ids, swiglu_limit=-1.0)
+    with pytest.raises(ValueError, match="swiglu_limit"):
+        kernel(*args, ids, swiglu_limit=-1.0)
+    n_plans = len(mod._PLANS)
+    kernel(*args, ids, block_shape=[128, 128])  # a list block_shape validates as the tuple does
+    assert len(mod._PLANS) == n_plans
+    kernel(*args, ids, swiglu_alpha=1)  # an int option: its own key (validated, then planned)
+    assert len(mod._PLANS) == n_plans + 1
+    n_calls = len(calls)
+    cfg = default_config(1, 3, 32, "none", None, True)
+    with override_config(cfg):  # the tuner's override (the sorted path): read, not planned
+        kernel(*args, ids, swiglu_beta=0.5)
+    assert len(mod._PLANS) == n_plans + 1 and len(calls) == n_calls + 1

@@ -110,6 +110,11 @@ def override_config(cfg: dict | None) -> Iterator[None]:
         _state.cfg = old
 
 
+def override_active() -> bool:
+    """Whether `override_config` holds a config in this thread (the tuner's candidate)."""
+    return getattr(_state, "cfg", None) is not None
+
+
 def default_config(m: int, e: int, n: int, quant: str, block_shape, interpret: bool) -> dict:
     if interpret:
         # the interpreter pays per program and per op, not per FLOP: few, mid-sized tiles;
