@@ -153,6 +153,9 @@ def decode_grid(quant: str, t: int) -> list[dict]:
             out.append(cfg(1, bn, bk, split, warps, 1))
         bn, bk = tiles[1]
         out += [cfg(1, bn, bk, s, 4, 3) for s in (0, 16)]  # does the pipeliner help a GEMV?
+        if quant == "mxfp4":  # the GEMV on int32 words (DECODE_MX_WORDS) beside the byte one
+            for (bn, bk), split, warps in itertools.product(tiles, (0, 16), (4, 8)):
+                out.append({**cfg(1, bn, bk, split, warps, 1), "DECODE_MX_WORDS": 1})
         if quant != "mxfp4":  # the 16-row dot tile at T 1 too
             out += [cfg(16, bn, 128, s, 4, 4) for bn in (64, 128) for s in (0, 16)]
     else:

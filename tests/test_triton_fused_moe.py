@@ -926,6 +926,7 @@ sig = {n: "i32" for n in fn.arg_names}
 sig.update(a_ptr="*fp8e4nv", b_ptr="*fp8e4nv", part_ptr="*fp32", a_scale_ptr="*fp32",
            b_scale_ptr="*fp32", pairs_ptr="*i32", slot_e_ptr="*i32", slot_start_ptr="*i32",
            slot_cnt_ptr="*i32")
+sig.update(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
 const = {}
 for name, value in json.loads(sys.argv[1]).items():
     sig[name] = "constexpr"
@@ -939,19 +940,23 @@ print("OK")
 """
 
 
-def _compile_fp8_gemm_sm90(bm, bn, bk):
-    """Compile the decode GEMM (fp8_block, GEMM2 operands) for sm_90 without a GPU, in a child
-    process (this one runs Triton in the interpreter, which has no tl.dot shape limits). True if
-    it compiles; skips where the NVIDIA backend cannot run here."""
+def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0):
+    """Compile the decode GEMM (fp8_block, GEMM2 operands; quant 2: mxfp4 with bf16
+    activations) for sm_90 without a GPU, in a child process (this one runs Triton in the
+    interpreter, which has no tl.dot shape limits). True if it compiles; skips where the NVIDIA
+    backend cannot run here."""
     import json
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    consts = dict(A_ROW_DIV=1, QUANT=1, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    consts = dict(A_ROW_DIV=1, QUANT=quant, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    consts["MX_WORDS"] = mx_words
+    ptrs = {} if quant == 1 else dict(a_ptr="*bf16", b_ptr="*i32" if mx_words else "*u8")
+    ptrs.update({} if quant == 1 else dict(b_scale_ptr="*u8"))
     res = subprocess.run(
-        [sys.executable, "-c", _SM90_COMPILE, json.dumps(consts)],
+        [sys.executable, "-c", _SM90_COMPILE, json.dumps(consts), json.dumps(ptrs)],
         env=env,
         capture_output=True,
         text=True,
@@ -976,6 +981,50 @@ def test_decode_fp8_dot_tile_compiles_for_sm90_at_k16_groups():
                 cfg = decode_config(t, 8, 32, 2048, 7168, "fp8_block", (128, 48), False)
             assert cfg["DECODE_BLOCK_K"] == 16
             assert _compile_fp8_gemm_sm90(cfg["DECODE_BLOCK_M"], cfg["DECODE_BLOCK_N2"], 16)
+
+
+def test_decode_mxfp4_gemv_tiles_compile_for_sm90():
+    """The mxfp4 GEMV in both forms (bytes, the default; int32 words, DECODE_MX_WORDS)
+    compiles for sm_90 at the sweep's tiles (no GPU here to time them)."""
+    for bn, bk in ((32, 256), (64, 128)):
+        for words in (0, 1):
+            assert _compile_fp8_gemm_sm90(1, bn, bk, quant=2, mx_words=words), (bn, bk, words)
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls):
+    """DECODE_MX_WORDS: the same exact products and block sums in another order, so bitwise
+    equal to the sorted path where every float32 sum is exact, and close elsewhere; every code
+    (both signs, the subnormal 0.5) appears in the random weights."""
+    for exact in (True, False):
+        inputs = _mx_inputs(1, 96, 32, 3, 2, seed=11, exact=exact)
+        base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+        out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_WORDS": 1}, DSV4)
+        _mx_check(out, inputs, DSV4)
+        if exact:
+            assert torch.equal(_bits(out), _bits(base))
+        else:
+            torch.testing.assert_close(out.float(), base.float(), rtol=0.02, atol=0.02)
+    assert decode_calls() == 2
+
+
+def test_decode_mxfp4_words_need_a_word_view(decode_calls):
+    """Weights that cannot be viewed as int32 words (a 2-byte offset) take the byte GEMV, with
+    the same result."""
+    inputs = _mx_inputs(1, 96, 32, 3, 2, seed=12, exact=True)
+    cfg = {**_dcfg(1, 1, bk=64), "DECODE_MX_WORDS": 1}
+    base = _mx_run(inputs, cfg, DSV4)
+    x, w13, w2, weights, ids, s13, s2 = [v.to(DEVICE) for v in inputs[:7]]
+    pad = torch.zeros(w13.numel() + 2, dtype=torch.uint8, device=DEVICE)
+    w13_odd = pad[2:].view(w13.shape)
+    w13_odd.copy_(w13)
+    assert w13_odd.storage_offset() % 4 == 2
+    with override_config(cfg):
+        out = kernel(
+            x, w13_odd, w2, weights, ids, quant="mxfp4", w13_scale=s13, w2_scale=s2, **DSV4
+        )
+    assert torch.equal(_bits(out), _bits(base))
+    assert decode_calls() == 2
 
 
 @pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot-asked"])

@@ -26,11 +26,13 @@ codes), each expert's weighted output to x.dtype, the k-sum in float32.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from parity.optimized.triton._fp8 import to_dtype_rne
 from parity.optimized.triton._kernels_fused_moe import (
+    _TWO_126,
     _e2m1_to_f32,
     _e8m0_to_f32,
     _fp8_to_f32,
@@ -120,6 +122,7 @@ def _gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    MX_WORDS: tl.constexpr = 0,  # mxfp4 GEMV: 1 when B is the codes as int32 words
 ):
     """part[split, pair, n] = A[pair // A_ROW_DIV, K range of split] . B[e, n, same range] for
     the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
@@ -152,7 +155,51 @@ def _gemm_kernel(
             row = (tl.load(pairs_ptr + start + m0) // A_ROW_DIV).to(tl.int64)
             a0 = a_ptr + row * stride_am
             acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            if QUANT == 2:
+            if QUANT == 2 and MX_WORDS == 1:
+                # B is the packed codes viewed as int32 words: word w of a row holds elements
+                # 8w .. 8w + 7, element 8w + j in bits 4j .. 4j + 3 (little-endian bytes, low
+                # nibble first). Each nibble becomes its float32 pattern with two shifts, two
+                # masks and an or on the whole word (`_e2m1_f32_tiny`'s bits, in place), so a
+                # thread decodes 8 codes per 4-byte load instead of unpacking bytes first: the
+                # byte GEMV below issued ~22 PTX instructions a weight byte, compute-bound at 35%
+                # of the H100's bandwidth (2026-12-05). Products exact as below; each MX block's
+                # 32 products summed per word then over its 4 words, times the block's scale,
+                # kept per (row, block) to the end of K: another order of the same sums.
+                NGW: tl.constexpr = BLOCK_K // 32
+                offs_gw = tl.arange(0, NGW)
+                word = offs_gw[:, None] * 4 + tl.arange(0, 4)[None, :]  # [NGW, 4] in the tile
+                w_rows = b_base + offs_nw[:, None, None] * stride_bn
+                s_rows = s_base + offs_nw[:, None] * stride_bsn
+                accg = tl.zeros((BLOCK_N, NGW), dtype=tl.float32)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    wmask = word < (k_hi - k0) // 8
+                    wv = tl.load(
+                        w_rows + (k0 // 8 + word)[None, :, :] * stride_bk,
+                        mask=wmask[None, :, :],
+                        other=0,
+                    ).to(tl.uint32, bitcast=True)
+                    part = tl.zeros((BLOCK_N, NGW, 4), dtype=tl.float32)
+                    for j in tl.static_range(8):
+                        aj = tl.load(a0 + (k0 + 8 * word + j) * stride_ak, mask=wmask, other=0.0)
+                        if 4 * j <= 22:
+                            mag = (wv << (22 - 4 * j)) & 0x01C00000
+                        else:
+                            mag = (wv >> (4 * j - 22)) & 0x01C00000
+                        if 4 * j <= 28:
+                            sgn = (wv << (28 - 4 * j)) & 0x80000000
+                        else:
+                            sgn = wv & 0x80000000
+                        v = (mag | sgn).to(tl.float32, bitcast=True) * _TWO_126
+                        part += aj.to(tl.float32)[None, :, :] * v
+                    gmask = offs_gw < (k_hi - k0) // 32
+                    sc = tl.load(
+                        s_rows + (k0 // 32 + offs_gw)[None, :] * stride_bsk,
+                        mask=gmask[None, :],
+                        other=0,
+                    )
+                    accg += tl.sum(part, axis=2) * _e8m0_to_f32(sc)
+                acc1 = tl.sum(accg, axis=1)
+            elif QUANT == 2:
                 # byte i holds elements 2i (low nibble) and 2i + 1 (high nibble)
                 HALF_K: tl.constexpr = BLOCK_K // 2
                 NUM_G: tl.constexpr = BLOCK_K // 32
@@ -436,8 +483,22 @@ def _gemm(
     warps,
     stages,
     upcast,
+    mx_words=False,
 ):
     pairs, slot_e, slot_start, slot_cnt = groups
+    # mxfp4 GEMV on int32 words (DECODE_MX_WORDS), where the packed codes can be viewed so: the
+    # last dim contiguous, a multiple of 4 bytes, the other strides and the offset too
+    mx_words = int(
+        mx_words
+        and quant == "mxfp4"
+        and bm == 1
+        and b.stride(-1) == 1
+        and b.shape[-1] % 4 == 0
+        and all(st % 4 == 0 for st in b.stride()[:-1])
+        and b.storage_offset() % 4 == 0
+    )
+    if mx_words:
+        b = b.view(torch.int32)
     qcode = {"none": 0, "fp8_block": 1, "mxfp4": 2}[quant]
     a_ss = a_s.stride() if a_s is not None else (0, 0)
     b_ss = b_s.stride() if b_s is not None else (0, 0, 0)
@@ -471,7 +532,13 @@ def _gemm(
         group[1],
     )
     consts = dict(
-        A_ROW_DIV=row_div, QUANT=qcode, UPCAST_DOT=upcast, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk
+        A_ROW_DIV=row_div,
+        QUANT=qcode,
+        UPCAST_DOT=upcast,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        MX_WORDS=mx_words,
     )
     launch("gemm", _gemm_kernel, grid, args, consts, num_warps=warps, num_stages=stages)
 
@@ -543,6 +610,7 @@ def run_decode(
         warps=cfg["DECODE_NUM_WARPS"],
         stages=cfg["DECODE_NUM_STAGES"],
         upcast=interpret,
+        mx_words=bool(cfg.get("DECODE_MX_WORDS", 0)),
     )
 
     split1 = cfg["SPLIT1"]

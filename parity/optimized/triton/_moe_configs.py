@@ -239,12 +239,18 @@ def get_config(
 #   columns) and of K; DECODE_SPLIT_K1 / DECODE_SPLIT_K2: K splits (0: derived from the CTA
 #   target), each writing float32 partials that a reduce kernel sums in a fixed order.
 # - DECODE_NUM_WARPS / DECODE_NUM_STAGES.
+# - DECODE_MX_WORDS (mxfp4, T 1): 1 runs the GEMV on the packed codes viewed as int32 words
+#   (8 codes decoded per 4-byte load, no byte unpacking; ~half the PTX instructions a weight byte
+#   of the byte GEMV, which was compute-bound on the H100), where the weights allow the view;
+#   0, the default until it is timed on a GPU (`scripts/profile_moe.py sweep` times both;
+#   PARITY_MOE_MX_WORDS=1 makes it the default, for the property suite on a GPU).
 DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (T <= 16 at k 8)
 # an override's DECODE_MAX_PAIRS is capped here: the grouping kernel compares [P, P] pairs and a
 # Triton tensor holds at most 2**20 elements
 DECODE_PAIRS_CAP = 1024
 DECODE_ENV = "PARITY_MOE_DECODE"  # "0": never take the decode path (benchmark old vs new)
 DECODE_GEMV_ENV = "PARITY_MOE_DECODE_GEMV"  # "0": no GEMV at T = 1 (a 16-row dot tile instead)
+MX_WORDS_ENV = "PARITY_MOE_MX_WORDS"  # "1": the mxfp4 GEMV on int32 words (DECODE_MX_WORDS)
 # CTAs per GEMM the split-K derivation aims at: about 4 per SM of an H100/H200 (132 SMs), so
 # that every SM keeps several weight streams in flight and the last wave is short
 DECODE_TARGET_CTAS = 4 * 132
@@ -312,6 +318,8 @@ def default_decode_config(t, k, e, n, h, quant, block_shape, interpret) -> dict:
         "DECODE_SPLIT_K2": 0,
         "DECODE_NUM_WARPS": 4,
         "DECODE_NUM_STAGES": 3 if not gemv else 2,
+        # the word GEMV for mxfp4 (see DECODE_MX_WORDS above): off until timed on a GPU
+        "DECODE_MX_WORDS": int(quant == "mxfp4" and os.environ.get(MX_WORDS_ENV, "0") == "1"),
     }
 
 

@@ -80,7 +80,7 @@ def _runnable(x, quant, block_shape, t, k, e, n, h, limit, alpha, beta):
 # host time against 144-240 us of GPU time on the H100): signature -> (T, H, E, N, block_shape,
 # interpreted, decode config or None). The key holds everything validate_fused_moe and _runnable
 # read: each tensor's class, shape, dtype and device, every option by (type, value), the
-# interpreter flag and the decode path's two environment switches. Only a call that validated is
+# interpreter flag and the decode path's environment switches. Only a call that validated is
 # stored, so a bad input never finds a plan and raises from the validator as before.
 _PLANS: dict = {}
 
@@ -88,7 +88,7 @@ _PLANS: dict = {}
 def _signature(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options) -> tuple:
     """The plan key; TypeError where it cannot hold the call (a tensor subclass, an option of
     another type): that call is validated every time."""
-    from parity.optimized.triton._moe_configs import DECODE_ENV, DECODE_GEMV_ENV
+    from parity.optimized.triton._moe_configs import DECODE_ENV, DECODE_GEMV_ENV, MX_WORDS_ENV
 
     opts = []
     for v in options:
@@ -113,6 +113,7 @@ def _signature(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options)
         interpret(),
         env(DECODE_ENV),
         env(DECODE_GEMV_ENV),
+        env(MX_WORDS_ENV),
     )
 
 

@@ -1,0 +1,91 @@
+"""Instructions a weight byte in the inner loop of fused_moe's mxfp4 decode GEMV, compiled for
+sm_90 without a GPU (triton's ptxas and nvdisasm): the byte GEMV (the default) beside the word
+GEMV (DECODE_MX_WORDS). The H100 ran the byte GEMV compute-bound at 35% of its bandwidth
+(Nsight Compute, 2026-12-05), so fewer instructions a byte is the lead a timing must confirm.
+
+    env -u TRITON_INTERPRET python scripts/sass_gemv.py
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from parity.optimized.triton import _kernels_moe_decode as dec
+
+FN = dec._gemm_kernel
+NAMES = FN.arg_names
+STAGES = int(os.environ.get("STAGES", "2"))  # the default decode config: 2 for the GEMV
+NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
+
+
+def compile_gemv(words: int, bn: int, bk: int, warps: int):
+    """The GEMV as the launcher specialises it: unit strides constant, the rest multiples of 16."""
+    sig = {n: "i32" for n in NAMES}
+    sig.update(
+        a_ptr="*bf16", b_ptr="*i32" if words else "*u8", part_ptr="*fp32", a_scale_ptr="*fp32",
+        b_scale_ptr="*u8", pairs_ptr="*i32", slot_e_ptr="*i32", slot_start_ptr="*i32",
+        slot_cnt_ptr="*i32",
+    )  # fmt: skip
+    consts = dict(
+        A_ROW_DIV=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk,
+        MX_WORDS=words, stride_ak=1, stride_bk=1, stride_bsk=1, stride_pm=1,
+    )  # fmt: skip
+    const, attrs = {}, {}
+    for k, v in consts.items():
+        sig[k] = "constexpr"
+        const[(NAMES.index(k),)] = v
+    for n in NAMES:
+        if n not in consts and (n.endswith("_ptr") or n.startswith("stride") or n in "NK"):
+            attrs[(NAMES.index(n),)] = [["tt.divisibility", 16]]
+    src = ASTSource(FN, sig, const, attrs)
+    return triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=STAGES)
+    )
+
+
+def loop_sass(ck) -> list[str]:
+    """The SASS of the K loop: the shortest backward-branch span that loads from global memory
+    (the longest is the loop over an expert's rows, which holds the K loop and its reduction)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(ck.asm["cubin"])
+    text = subprocess.run([NVDISASM, "-c", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    lines = text.split("\n")
+    labels = {m.group(1): i for i, ln in enumerate(lines) if (m := re.match(r"^\.L_x_(\d+):", ln))}
+    spans = []
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA\s+`\(\.L_x_(\d+)\)", ln)
+        if m and labels.get(m.group(1), i) < i:
+            body = lines[labels[m.group(1)] : i + 1]
+            if any("LDG" in b for b in body):
+                spans.append(body)
+    body = min(spans, key=len)
+    return [ln for ln in body if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
+
+
+def main() -> None:
+    for bn, bk, warps in ((32, 256, 4), (64, 128, 4), (128, 128, 4)):
+        for words in (0, 1):
+            body = loop_sass(compile_gemv(words, bn, bk, warps))
+            ops = collections.Counter(
+                re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
+                for ln in body
+            )
+            per_thread = bn * bk // 2 // (32 * warps)  # weight bytes a thread an iteration
+            print(
+                f"{'words' if words else 'bytes'} {bn}x{bk} {warps} warps: {len(body)} SASS "
+                f"instructions a K step, {len(body) / per_thread:.1f} a weight byte; "
+                + ", ".join(f"{k} {v}" for k, v in ops.most_common(6))
+            )
+
+
+if __name__ == "__main__":
+    main()
