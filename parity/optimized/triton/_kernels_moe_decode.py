@@ -160,11 +160,13 @@ def _gemm_kernel(
                 # 8w .. 8w + 7, element 8w + j in bits 4j .. 4j + 3 (little-endian bytes, low
                 # nibble first). Each nibble becomes its float32 pattern with two shifts, two
                 # masks and an or on the whole word (`_e2m1_f32_tiny`'s bits, in place), so a
-                # thread decodes 8 codes per 4-byte load instead of unpacking bytes first: the
-                # byte GEMV below issued ~22 PTX instructions a weight byte, compute-bound at 35%
-                # of the H100's bandwidth (2026-12-05). Products exact as below; each MX block's
-                # 32 products summed per word then over its 4 words, times the block's scale,
-                # kept per (row, block) to the end of K: another order of the same sums.
+                # thread decodes 8 codes per 4-byte load instead of unpacking bytes, and a block's
+                # sum stays in its thread: the byte GEMV below issues 27.6 SASS instructions a
+                # weight byte (its block sums cross threads: 134 SHFL a K step), issue-bound at
+                # 1.17 TB/s on the H100 (2026-12-05); this one 16.6 (scripts/sass_gemv.py).
+                # Products exact as below; each MX block's 32 products summed per word then over
+                # its 4 words, times the block's scale, kept per (row, block) to the end of K:
+                # another order of the same sums.
                 NGW: tl.constexpr = BLOCK_K // 32
                 offs_gw = tl.arange(0, NGW)
                 word = offs_gw[:, None] * 4 + tl.arange(0, 4)[None, :]  # [NGW, 4] in the tile

@@ -240,8 +240,8 @@ def get_config(
 #   target), each writing float32 partials that a reduce kernel sums in a fixed order.
 # - DECODE_NUM_WARPS / DECODE_NUM_STAGES.
 # - DECODE_MX_WORDS (mxfp4, T 1): 1 runs the GEMV on the packed codes viewed as int32 words
-#   (8 codes decoded per 4-byte load, no byte unpacking; ~half the PTX instructions a weight byte
-#   of the byte GEMV, which was compute-bound on the H100), where the weights allow the view;
+#   (8 codes decoded per 4-byte load, block sums in-thread; 40% fewer SASS instructions a weight
+#   byte than the byte GEMV, which was issue-bound on the H100), where the weights allow the view;
 #   0, the default until it is timed on a GPU (`scripts/profile_moe.py sweep` times both;
 #   PARITY_MOE_MX_WORDS=1 makes it the default, for the property suite on a GPU).
 DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (T <= 16 at k 8)
