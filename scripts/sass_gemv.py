@@ -68,7 +68,7 @@ def loop_sass(ck) -> list[str]:
             if any("LDG" in b for b in body):
                 spans.append(body)
     body = min(spans, key=len)
-    return [ln for ln in body if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
+    return [ln for ln in body if re.search(r"/\*[0-9a-f]{4,}\*/", ln)]
 
 
 def main() -> None:
