@@ -799,10 +799,12 @@ def drive(
     db_key = key_for(spec.name, impl_name, prop, device)
     saved = database.fetch(db_key) if database is not None else []
     replay = {_key(m): m for m in saved}
+    from parity.campaign.worker import raise_if_terminated
 
     @s
     @given(strat)
     def body(meta):
+        raise_if_terminated()  # a SIGTERM since the last example: stop here, between cases
         now = time.monotonic()
         key = _key(meta)
         if state["shrink_until"] is not None and now > state["shrink_until"]:
@@ -906,8 +908,6 @@ def drive(
             }
     finally:
         stats.seconds = time.perf_counter() - t0
-        from parity.campaign.worker import raise_if_terminated
-
         # a cut whose exception was swallowed is still a cut, not a verdict; what it had run is
         # kept for the examples-a-second figure only
         raise_if_terminated(

@@ -278,8 +278,18 @@ def _die_with_parent() -> None:
 _STOP: list[int] = []
 
 
+# After SIGTERM a command stops where it is safe: the property engine at its next example (no
+# library mid-call there); anything not at such a point within GRACE_S seconds is interrupted
+# where it is (SIGALRM raises Terminated). Inside `timeout -k 10` that leaves time for the table.
+GRACE_S = 5.0
+
+
 def note_terminated(signum: int) -> None:
     _STOP.append(signum)
+
+
+def stop_requested() -> bool:
+    return bool(_STOP)
 
 
 def raise_if_terminated(partial: dict | None = None) -> None:

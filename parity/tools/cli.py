@@ -78,10 +78,26 @@ def _on_sigint(signum, frame):
 
 
 def _on_sigterm(signum, frame):
-    from parity.campaign.worker import Terminated, note_terminated
+    """The first SIGTERM asks the command to stop at its next safe point (the engine's next
+    example: raising inside a library can be swallowed or leave it broken, as TileLang's compiler
+    did on the H100, 2026-12-05) and arms GRACE_S seconds after which it is raised where the
+    command is; a second one raises at once."""
+    from parity.campaign.worker import GRACE_S, Terminated, note_terminated, stop_requested
 
-    note_terminated(signum)  # kept: the exception may be swallowed on its way up
+    again = stop_requested()
+    note_terminated(signum)  # kept: whatever becomes of an exception, the cut is known
+    if not again:
+        with contextlib.suppress(ValueError, OSError):
+            signal.setitimer(signal.ITIMER_REAL, GRACE_S)
+            return
     raise Terminated(signum)  # `finally` blocks and atexit kill the workers
+
+
+def _on_alarm(signum, frame):
+    """GRACE_S after SIGTERM: the command did not reach a safe point; stop it where it is."""
+    from parity.campaign.worker import raise_if_terminated
+
+    raise_if_terminated()
 
 
 @contextlib.contextmanager
@@ -89,12 +105,15 @@ def _signals():
     """SIGINT and SIGTERM unwind through the commands' `finally` blocks, which kill every
     worker's process group: no process outlives parity."""
     saved = {}
+    handlers = ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm))
     with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
-        for sig, fn in ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm)):
+        for sig, fn in (*handlers, (signal.SIGALRM, _on_alarm)):
             saved[sig] = signal.signal(sig, fn)
     try:
         yield
     finally:
+        if signal.SIGALRM in saved:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # the grace timer, if armed
         for sig, fn in saved.items():
             signal.signal(sig, fn)
         from parity.campaign.worker import kill_all
