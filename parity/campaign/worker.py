@@ -270,17 +270,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-# The signal that asked this process to stop, kept after its `Terminated` was raised: a handler's
-# exception can be swallowed on its way up (TileLang's compiler calls back into Python through C++,
-# which hands the exception back as an ordinary error; Hypothesis can lose it mid-run), and a cut
-# must then never read as the unit's own failure (H100, 2026-12-05: a TileLang suite cut during a
-# compile reported nan_policy FAIL and ran on).
+# The signal that asked this process to stop, kept whatever becomes of a `Terminated` raised for
+# it: an exception raised inside a library can be swallowed on its way up (TileLang's compiler
+# calls back into Python through C++, which hands the exception back as an ordinary error;
+# Hypothesis lost one mid-run), and a cut must never read as the unit's own failure (H100,
+# 2026-12-05: a TileLang suite cut during a compile reported nan_policy FAIL and ran on). So the
+# CLI stops where it is safe: the property engine before its next example; anything not at such
+# a point within GRACE_S seconds is interrupted where it is (SIGALRM raises Terminated). Inside
+# `timeout -k 10` that leaves time for the table.
 _STOP: list[int] = []
-
-
-# After SIGTERM a command stops where it is safe: the property engine at its next example (no
-# library mid-call there); anything not at such a point within GRACE_S seconds is interrupted
-# where it is (SIGALRM raises Terminated). Inside `timeout -k 10` that leaves time for the table.
 GRACE_S = 5.0
 
 

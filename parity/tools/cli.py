@@ -102,12 +102,17 @@ def _on_alarm(signum, frame):
 
 @contextlib.contextmanager
 def _signals():
-    """SIGINT and SIGTERM unwind through the commands' `finally` blocks, which kill every
-    worker's process group: no process outlives parity."""
+    """SIGINT and SIGTERM (at the next safe point, or GRACE_S later: SIGALRM) unwind through the
+    commands' `finally` blocks, which kill every worker's process group: no process outlives
+    parity."""
     saved = {}
-    handlers = ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm))
+    handlers = (
+        (signal.SIGINT, _on_sigint),
+        (signal.SIGTERM, _on_sigterm),
+        (signal.SIGALRM, _on_alarm),
+    )
     with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
-        for sig, fn in (*handlers, (signal.SIGALRM, _on_alarm)):
+        for sig, fn in handlers:
             saved[sig] = signal.signal(sig, fn)
     try:
         yield
