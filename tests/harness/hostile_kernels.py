@@ -107,7 +107,12 @@ def hangs(x, **kw):
 
 # --- processes left behind -----------------------------------------------------------------
 
-PIDS = __import__("os").path.join(__import__("tempfile").gettempdir(), "parity-harness-pids.txt")
+# one file per pytest-xdist worker (its id is in the environment of every process it starts,
+# the forkserver's workers included), so that two tests running side by side never share one
+PIDS = __import__("os").path.join(
+    __import__("tempfile").gettempdir(),
+    f"parity-harness-pids-{__import__('os').environ.get('PYTEST_XDIST_WORKER', 'main')}.txt",
+)
 
 
 def _spawn_sleeper() -> None:
