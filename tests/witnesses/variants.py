@@ -153,13 +153,14 @@ def deepgemm_per_block_cast(w, *, block_shape=(128, 128), scale_format="fp32"):
 # --- silu_mul_fp8_quant -----------------------------------------------------------------------
 
 
-def _silu_y(x, limit, clamp_mode, *, rounded_act=False):
+def _silu_y(x, limit, clamp_mode, *, rounded_act=False, keep_up_sign=False):
     n = x.shape[-1] // 2
     g, u = x[:, :n].float(), x[:, n:].float()
     if limit is not None:
         u = u.clamp(-limit, limit)
         g = g.clamp(max=limit) if clamp_mode == "pre" else g
-    u = u + 0.0  # the contract's up + beta (beta = 0): -0.0 becomes +0.0, as in the reference
+    if not keep_up_sign:  # vLLM's act_and_mul multiplies by y itself (no + beta)
+        u = u + 0.0  # the contract's up + beta (beta = 0): -0.0 becomes +0.0, as in the reference
     act = g * torch.sigmoid(g)
     if limit is not None and clamp_mode == "post":
         act = act.clamp(max=limit)
@@ -169,7 +170,13 @@ def _silu_y(x, limit, clamp_mode, *, rounded_act=False):
 
 
 def _silu_quant(x, group_size, limit, clamp_mode, scale_format, column_major_scales, **kw):
-    y = _silu_y(x, limit, clamp_mode, rounded_act=kw.pop("rounded_act", False))
+    y = _silu_y(
+        x,
+        limit,
+        clamp_mode,
+        rounded_act=kw.pop("rounded_act", False),
+        keep_up_sign=kw.pop("keep_up_sign", False),
+    )
     return _fp8_rows(y, group_size, scale_format, 1e-10, column_major_scales, **kw)
 
 
@@ -201,6 +208,7 @@ _silu_witness(
 )
 _silu_witness("eps_on_scale", tweak=lambda m: {**m, "regime": "zero_groups"}, eps_on_scale=True)
 _silu_witness("nan_dropped", prop="nan_policy", tweak=lambda m: {**m, "nan": True}, drop_nan=True)
+_silu_witness("up_sign_kept", tweak=lambda m: {**m, "regime": "zero_groups"}, keep_up_sign=True)
 _silu_witness(
     "rounded_act",
     tweak=lambda m: {**m, "dtype": "float32" and m["dtype"].replace("float32", "bfloat16")},

@@ -161,6 +161,23 @@ _EXACT_GATE = 20.0
 _U32 = 2.0**-24
 
 
+def _up_minus_zero(x: torch.Tensor) -> torch.Tensor:
+    """Where up is -0.0: the contract's `up + beta` (beta 0) makes those +0.0, a kernel that
+    multiplies by up itself keeps the sign (variant up_sign_kept), and the product is a zero
+    either way, of the opposite sign."""
+    u = x[..., x.shape[-1] // 2 :]
+    return (u == 0) & torch.signbit(u)
+
+
+def _keep_up_sign(x, lo, hi, names):
+    """Under up_sign_kept, the zero products of an up of -0.0 with their sign flipped (the
+    contract's interval there is the point +-0.0)."""
+    if "up_sign_kept" not in names:
+        return lo, hi
+    m = _up_minus_zero(x)
+    return torch.where(m, -lo, lo), torch.where(m, -hi, hi)
+
+
 def _silu_intervals(x: torch.Tensor, o: dict, inter: torch.dtype):
     """float64 (lo, hi) of the SwiGLU intermediate per element, rounded to `inter` (x.dtype:
     the unfused path; float32: the fused one)."""
@@ -306,6 +323,7 @@ def _judge(case: Case, outs: tuple, names: frozenset) -> Verdict:
             lo, hi = _rounded_act_intervals(x, o)
         else:
             lo, hi = _silu_intervals(x, o, inter)
+        lo, hi = _keep_up_sign(x, lo, hi, names)
         r = _interval_groups_ok(lo, hi, q, s, gs, fmt, 1e-10, names)
         ok = r[0] if ok is None else ok | r[0]
         first = first or (lo, hi, *r)
@@ -357,7 +375,15 @@ ROUNDED_ACT = Variant(
     "vllm model_executor/layers/quantization/utils/fp8_utils.py (silu_mul_per_token_group_"
     "quant_fp8_colmajor); csrc/activation_kernels.cu",
 )
-VARIANTS = (RECIP_SCALE, UE8M0_LOG2, EPS_ON_SCALE, NAN_DROPPED, ROUNDED_ACT)
+UP_SIGN_KEPT = Variant(
+    "up_sign_kept",
+    "SiLU-and-mul kernels that multiply by up without the contract's `+ beta` (beta 0): an up "
+    "of -0.0 keeps its sign, so silu(gate) * up is a zero of the other sign and its E4M3 code "
+    "0x80 where the contract's is 0x00 (or the reverse for a negative gate)",
+    "vllm csrc/activation_kernels.cu (act_and_mul_kernel: ACT_FN(x) * y); the fused "
+    "silu_mul_per_token_group_quant kernels built on it",
+)
+VARIANTS = (RECIP_SCALE, UE8M0_LOG2, EPS_ON_SCALE, NAN_DROPPED, ROUNDED_ACT, UP_SIGN_KEPT)
 _NAMES = [v.name for v in VARIANTS]
 
 
@@ -396,6 +422,8 @@ def reference_under(case: Case, names: frozenset) -> tuple:
             clamp_mode=o.get("clamp_mode", "pre"),
             dtype=torch.float32,
         )
+    if "up_sign_kept" in names:  # the zero products of an up of -0.0: the other sign
+        y = torch.where(_up_minus_zero(xc), -y, y)
     q, s, _ = fp8_rows_under(
         y, o.get("group_size", 128), o.get("scale_format", "fp32"), 1e-10, names
     )
