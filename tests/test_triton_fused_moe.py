@@ -1108,10 +1108,13 @@ def test_validated_signatures_are_planned_and_bad_inputs_still_raise(monkeypatch
     n_plans = len(mod._PLANS)
     kernel(*args, ids, block_shape=[128, 128])  # a list block_shape validates as the tuple does
     assert len(mod._PLANS) == n_plans
+    kernel(*args, ids, block_shape=(1, 128))  # planned (unused with quant none)
+    with pytest.raises(TypeError, match="block_shape"):  # True == 1, but never the int's plan
+        kernel(*args, ids, block_shape=(True, 128))
     kernel(*args, ids, swiglu_alpha=1)  # an int option: its own key (validated, then planned)
-    assert len(mod._PLANS) == n_plans + 1
+    assert len(mod._PLANS) == n_plans + 2
     n_calls = len(calls)
     cfg = default_config(1, 3, 32, "none", None, True)
     with override_config(cfg):  # the tuner's override (the sorted path): read, not planned
         kernel(*args, ids, swiglu_beta=0.5)
-    assert len(mod._PLANS) == n_plans + 1 and len(calls) == n_calls + 1
+    assert len(mod._PLANS) == n_plans + 2 and len(calls) == n_calls + 1

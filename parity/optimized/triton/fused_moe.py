@@ -93,10 +93,11 @@ def _signature(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options)
     opts = []
     for v in options:
         if v.__class__ in (list, tuple):
-            v = tuple(v)
             if not all(i.__class__ in PLAIN for i in v):
                 raise TypeError("not cached")
-            opts.append((list, v))  # a list and a tuple block_shape validate alike
+            # a list and a tuple block_shape validate alike; its items by (type, value), so
+            # (True, 128) never finds the plan of (1, 128)
+            opts.append((list, tuple((i.__class__, i) for i in v)))
         elif v.__class__ in PLAIN:
             opts.append((v.__class__, v))
         else:
