@@ -187,10 +187,7 @@ def _gemm_kernel(
                             mag = (wv << (22 - 4 * j)) & 0x01C00000
                         else:
                             mag = (wv >> (4 * j - 22)) & 0x01C00000
-                        if 4 * j <= 28:
-                            sgn = (wv << (28 - 4 * j)) & 0x80000000
-                        else:
-                            sgn = wv & 0x80000000
+                        sgn = (wv << (28 - 4 * j)) & 0x80000000  # bit 4j + 3 to 31 (j <= 7)
                         v = (mag | sgn).to(tl.float32, bitcast=True) * _TWO_126
                         part += aj.to(tl.float32)[None, :, :] * v
                     gmask = offs_gw < (k_hi - k0) // 32
