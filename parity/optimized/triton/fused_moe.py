@@ -29,11 +29,11 @@ import warnings
 import torch
 
 from parity.optimized.triton._launch import (
-    PLAIN,
     check_f32_scalar,
     env,
     interpret,
     launch_context,
+    plain,
     store,
     tensor_key,
 )
@@ -90,18 +90,15 @@ def _signature(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options)
     another type): that call is validated every time."""
     from parity.optimized.triton._moe_configs import DECODE_ENV, DECODE_GEMV_ENV, MX_WORDS_ENV
 
-    opts = []
-    for v in options:
-        if v.__class__ in (list, tuple):
-            if not all(i.__class__ in PLAIN for i in v):
-                raise TypeError("not cached")
-            # a list and a tuple block_shape validate alike; its items by (type, value), so
-            # (True, 128) never finds the plan of (1, 128)
-            opts.append((list, tuple((i.__class__, i) for i in v)))
-        elif v.__class__ in PLAIN:
-            opts.append((v.__class__, v))
-        else:
-            raise TypeError("not cached")
+    seq = (list, tuple)
+    if not plain(*(i for v in options for i in (v if v.__class__ in seq else (v,)))):
+        raise TypeError("not cached")
+    # a list and a tuple block_shape validate alike; every value by (type, value), so
+    # (True, 128) never finds the plan of (1, 128)
+    opts = [
+        (list, tuple((i.__class__, i) for i in v)) if v.__class__ in seq else (v.__class__, v)
+        for v in options
+    ]
     scales = tuple(None if s is None else tensor_key(s) for s in (w13_scale, w2_scale))
     return (
         tensor_key(x),
@@ -188,9 +185,8 @@ def fused_moe(
     if t == 0:
         return torch.empty((0, h), dtype=x.dtype, device=x.device)
     return _run(
-        x, w13, w2, topk_weights, topk_ids, ctx, interpreted, dcfg, capturing, t, e, n,
-        block_shape, quant, w13_scale, w2_scale, swiglu_limit, swiglu_alpha, swiglu_beta,
-        layout, swiglu_clamp_mode, apply_router_weight_on_input,
+        x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options, ctx, interpreted, dcfg,
+        capturing, t, e, n, block_shape,
     )  # fmt: skip
 
 
@@ -232,11 +228,12 @@ def _validate(x, w13, w2, topk_weights, topk_ids, capturing, options, w13_scale,
 
 
 def _run(
-    x, w13, w2, topk_weights, topk_ids, ctx, interpreted, dcfg, capturing, t, e, n, block_shape,
-    quant, w13_scale, w2_scale, swiglu_limit, swiglu_alpha, swiglu_beta, layout,
-    swiglu_clamp_mode, apply_router_weight_on_input,
+    x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options, ctx, interpreted, dcfg,
+    capturing, t, e, n, block_shape,
 ):  # fmt: skip
-    """The launches of a validated call with T > 0, and the id check after the last one."""
+    """The launches of a validated call with T > 0 (block_shape: the validated pair, not the
+    one in `options`), and the id check after the last one."""
+    quant, swiglu_limit, swiglu_alpha, swiglu_beta, layout, swiglu_clamp_mode, on_input, _ = options
     topk_ids_in = topk_ids  # the caller's, for the error message
 
     from parity.optimized.triton._moe_configs import get_config
@@ -250,7 +247,7 @@ def _run(
         beta=swiglu_beta,
         interleaved=layout == "interleaved",
         clamp_post=swiglu_clamp_mode == "post",
-        on_input=apply_router_weight_on_input,
+        on_input=on_input,
         block_shape=block_shape,
         interpret=interpreted,
     )
