@@ -314,14 +314,15 @@ elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
   # benchmark below runs with them: compiled side by side first, then timed one mode at a time
   CFG=parity/optimized/triton/configs
+  large_m() { if [ "$1" = mxfp4 ]; then echo "${TUNE_MX_M:-1024,8192}"; else echo 8192; fi; }
   for q in mxfp4 fp8_block none; do
-    m=8192; [ "$q" = mxfp4 ] && m="${TUNE_MX_M:-1024,8192}"
+    m=$(large_m "$q")
     job "tunecheck_$q" "${TUNECHECK_LIMIT:-110}" python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
   for q in mxfp4 fp8_block none; do
-    m=8192; [ "$q" = mxfp4 ] && m="${TUNE_MX_M:-1024,8192}"
+    m=$(large_m "$q")
     t0=$SECONDS
     lim=${TUNE_LIM:-40}; [ "$q" = mxfp4 ] && lim=$((lim * 3 / 2))
     fg timeout -k 10 "$lim" python3 -m parity tune --config "$V4" --ep 8 --quant "$q" --batch-sizes "$m" \
