@@ -81,7 +81,13 @@ def _codes(v, s, eps, UE8M0: tl.constexpr, NATIVE_FP8: tl.constexpr):
     return e4m3_store_value(q, NATIVE_FP8)
 
 
-@triton.jit
+# Compile keys (issue 11, section 4): R, nr and nc only bound and index the blocks, so they are
+# not specialised (a compile key each on a GPU); C is the row stride of the loads and is. NCB
+# depends on the block shape alone (`ncb`).
+_COUNTS = ["R", "nr", "nc"]
+
+
+@triton.jit(do_not_specialize=_COUNTS)
 def _tile_kernel(
     w_ptr,
     q_ptr,  # float8_e4m3fn output (or a uint8 view of it)
@@ -120,7 +126,7 @@ def _tile_kernel(
     tl.store(s_ptr + pid.to(tl.int64) * nc + cb, s, mask=cb < nc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_COUNTS)
 def _loop_kernel(
     w_ptr,
     q_ptr,
@@ -173,6 +179,13 @@ def _warps(elems: int) -> int:
     return TILE["warps"] or (4 if elems <= 2048 else 8 if elems <= 8192 else 16)
 
 
+def ncb(br_pad: int, bc_pad: int) -> int:
+    """Column blocks a `_tile_kernel` program: the most (a power of two) that fit TILE["elems"];
+    not fewer where a row has fewer blocks (masked), so the block shape alone fixes the tile."""
+    per = max(1, TILE["elems"] // (br_pad * bc_pad))
+    return 1 << (per.bit_length() - 1)
+
+
 def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native_fp8=False):
     """w [E, R, C] contiguous (E, R, C > 0); q like w, float8_e4m3fn; scales [E, nr, nc]."""
     br, bc = block_shape
@@ -180,15 +193,12 @@ def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native
     br_pad, bc_pad = triton.next_power_of_2(br), triton.next_power_of_2(bc)
     common = dict(UE8M0=ue8m0, NATIVE_FP8=native_fp8)
     if br_pad * bc_pad <= MAX_TILE:
-        per = max(1, TILE["elems"] // (br_pad * bc_pad))
-        ncb = max(1, min(triton.next_power_of_2(nc), triton.next_power_of_2(per)))
-        if ncb > per:
-            ncb //= 2
-        grid = (experts * nr, cdiv(nc, ncb))
+        n_cb = ncb(br_pad, bc_pad)
+        grid = (experts * nr, cdiv(nc, n_cb))
         _tile_kernel[grid](
             w, q, scales, rows, cols, nr, nc, eps,
-            BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=ncb,
-            num_warps=_warps(br_pad * bc_pad * ncb), **common,
+            BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=n_cb,
+            num_warps=_warps(br_pad * bc_pad * n_cb), **common,
         )  # fmt: skip
     else:
         tc = min(bc_pad, TILE["chunk"])

@@ -23,7 +23,11 @@ import triton.language as tl
 from parity.optimized.triton._launch import cdiv
 
 
-@triton.jit
+# Compile keys (issue 11, section 4): every integer argument is a count or bound, and the
+# totals row sits at an offset of the scratch that the chunk count decides, so none is
+# specialised (each would double the compiles of a GPU run); the binary search takes its step
+# count at run time and the scan tile depends on E alone.
+@triton.jit(do_not_specialize=["n", "E"], do_not_specialize_on_alignment=["totals_ptr"])
 def _rank_kernel(ids_ptr, rank_ptr, counts_ptr, totals_ptr, n, E, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     i = tl.arange(0, CHUNK)
@@ -40,7 +44,10 @@ def _rank_kernel(ids_ptr, rank_ptr, counts_ptr, totals_ptr, n, E, CHUNK: tl.cons
     tl.atomic_add(totals_ptr + e, total, mask=last)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["num_chunks", "E", "block_size"],
+    do_not_specialize_on_alignment=["totals_ptr"],
+)
 def _scan_kernel(
     counts_ptr,  # [num_chunks, E] int32, zero where an expert is absent from a chunk
     totals_ptr,  # [E] int32: tokens of each expert
@@ -84,7 +91,7 @@ def _scan_kernel(
         run += tl.sum(tile, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "E", "n_expert_ids", "search_steps"])
 def _place_kernel(
     ids_ptr,
     rank_ptr,
@@ -95,9 +102,9 @@ def _place_kernel(
     n,
     E,
     n_expert_ids,
+    search_steps,
     CHUNK: tl.constexpr,
     BLOCK_B: tl.constexpr,
-    SEARCH_STEPS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # this program's chunk of flat indices (none past the last chunk)
@@ -114,7 +121,7 @@ def _place_kernel(
     bmask = b < n_expert_ids
     lo = tl.zeros([BLOCK_B], dtype=tl.int32)
     hi = tl.zeros([BLOCK_B], dtype=tl.int32) + E
-    for _ in tl.static_range(SEARCH_STEPS):
+    for _ in range(search_steps):
         active = lo < hi
         mid = (lo + hi) // 2
         end = tl.load(cum_end_ptr + mid, mask=active & bmask, other=0)
@@ -146,8 +153,8 @@ def launch_moe_align(
         flat_ids, rank, counts, totals, n, num_experts, CHUNK=chunk, num_warps=4
     )
     e_pad = triton.next_power_of_2(num_experts)
-    eb = min(e_pad, max(32, e_pad // 8))  # up to ~8 scan programs of at least 32 experts
-    ct = max(1, min(triton.next_power_of_2(num_chunks), 4096 // eb))
+    eb = max(32, e_pad // 8)  # up to ~8 scan programs of 32 experts or more (masked past E)
+    ct = max(1, 4096 // eb)  # not shrunk for few chunks (masked): the tile follows E alone
     _scan_kernel[(cdiv(num_experts, eb),)](
         counts,
         totals,
@@ -175,8 +182,8 @@ def launch_moe_align(
         n,
         num_experts,
         n_blocks,
+        steps,
         CHUNK=chunk,
         BLOCK_B=block_b,
-        SEARCH_STEPS=steps,
         num_warps=4,
     )

@@ -43,8 +43,19 @@ from parity.optimized.triton._kernels_fused_moe import (
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
 from parity.optimized.triton._launch import cdiv, launch
 
+# Compile keys (issue 11, section 4; each new one compiles on a GPU): integer arguments that only
+# bound rows or index scalars are not specialised, nor the alignment of the scratch slices and
+# ids read a scalar at a time; a size that masks a vectorised access (N of the GEMM and the act
+# kernel, H of the output kernel) or enters an address of one (strides, K) keeps its
+# specialisation. Tiles
+# depend on the sizes through a few buckets.
+_SCRATCH = ["ids_ptr", "pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
 
-@triton.jit
+
+@triton.jit(
+    do_not_specialize=["P", "S", "E"],
+    do_not_specialize_on_alignment=[*_SCRATCH, "clean_ptr", "bad_ptr"],
+)
 def _group_kernel(
     ids_ptr,
     pairs_ptr,
@@ -88,7 +99,9 @@ def _group_kernel(
     tl.store(slot_cnt_ptr + offs, offs * 0, mask=(offs >= distinct) & (offs < S))
 
 
-@triton.jit
+# N masks the vectorised stores of the partial sums (16-byte stores at BLOCK_M 16 only where N is
+# a multiple of 16: scripts/compile_keys.py --detail), so it keeps its specialisation.
+@triton.jit(do_not_specialize_on_alignment=_SCRATCH)
 def _gemm_kernel(
     a_ptr,
     b_ptr,
@@ -340,7 +353,7 @@ def _gemm_kernel(
         tl.store(dst, acc, mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["ids_ptr", "w_ptr"])
 def _act_kernel(
     part_ptr,
     out_ptr,
@@ -352,12 +365,11 @@ def _act_kernel(
     stride_pm,
     stride_out,
     stride_sm,
-    limit,
+    limit,  # +inf without a limit: every clamp keeps its operand (as in _kernels_swiglu)
     alpha,
     beta,
     SPLIT: tl.constexpr,
     INTERLEAVED: tl.constexpr,
-    HAS_LIMIT: tl.constexpr,
     CLAMP_POST: tl.constexpr,
     QUANT_FP8: tl.constexpr,
     MUL_WEIGHT: tl.constexpr,
@@ -401,7 +413,7 @@ def _act_kernel(
     else:
         gate = to_dtype_rne(gate, tl.float16).to(tl.float32)
         up = to_dtype_rne(up, tl.float16).to(tl.float32)
-    y = swiglu_f32(gate, up, limit, alpha, beta, HAS_LIMIT, CLAMP_POST)
+    y = swiglu_f32(gate, up, limit, alpha, beta, True, CLAMP_POST)
     store_act(
         y,
         mask,
@@ -415,7 +427,7 @@ def _act_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["ids_ptr", "w_ptr"])
 def _out_kernel(
     part_ptr,
     ids_ptr,
@@ -594,7 +606,7 @@ def run_decode(
         (1,),
         (topk_ids.contiguous(), pairs, slot_info[0], slot_info[1], slot_info[2], ids, bad, p,
          slots, e),
-        dict(BLOCK_P=_next_pow2(p)),
+        dict(BLOCK_P=max(32, _next_pow2(p))),  # four tiles up to DECODE_MAX_PAIRS
         num_warps=4,
     )  # fmt: skip
     groups = (pairs, slot_info[0], slot_info[1], slot_info[2])
@@ -640,7 +652,8 @@ def run_decode(
         a2 = torch.empty((p, n), dtype=dt, device=dev)
         a2_s = None
     n_groups = cdiv(n, gk)
-    gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
+    # 2048 columns a program, not fewer for a narrow N (masked): the tile follows the group
+    gpp = _next_pow2(n_groups) if interpret else max(1, 2048 // block_g)
     args = (
         part1,
         a2,
@@ -652,14 +665,13 @@ def run_decode(
         part1.stride(1),
         a2.stride(0),
         a2_s.stride(0) if a2_s is not None else 0,
-        float(limit) if limit is not None else 0.0,
+        float(limit) if limit is not None else float("inf"),
         float(alpha),
         float(beta),
     )
     consts = dict(
         SPLIT=split1,
         INTERLEAVED=interleaved,
-        HAS_LIMIT=limit is not None,
         CLAMP_POST=clamp_post,
         QUANT_FP8=fp8,
         MUL_WEIGHT=on_input and not fp8,  # fp8 scaled x before quantizing it
@@ -689,7 +701,7 @@ def run_decode(
     )
 
     out = torch.empty((t, h), dtype=dt, device=dev)
-    block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
+    block_h = _next_pow2(h) if interpret else min(max(_next_pow2(h), 256), 1024)  # three tiles
     launch(
         "out",
         _out_kernel,

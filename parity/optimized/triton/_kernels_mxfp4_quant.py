@@ -88,7 +88,13 @@ def _half_to_f32(h, BF16: tl.constexpr):
         return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
 
 
-@triton.jit
+# Compile keys (issue 11, section 4): ROWS only bounds the rows and NB enters the addresses as
+# NB * 16 or NB * 32 (a multiple of 16 whatever NB), so neither is specialised (a compile key
+# each on a GPU); the tile depends on whether a row has more than 8 blocks (launch_args).
+_COUNTS = ["ROWS", "NB"]
+
+
+@triton.jit(do_not_specialize=_COUNTS)
 def _mxfp4_quant_pairs_kernel(
     x_ptr,  # int32 view of a bfloat16 / float16 [rows, K]: [rows, K/2] words
     p_ptr,  # uint8 [rows, K/2]
@@ -122,7 +128,7 @@ def _mxfp4_quant_pairs_kernel(
     _store_scales(s_ptr, row64, blk, NB, e, nan, m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_COUNTS)
 def _mxfp4_quant_kernel(
     x_ptr,
     p_ptr,  # uint8 [rows, K/2]
@@ -161,8 +167,11 @@ def launch_args(rows: int, k: int, ceil: bool, dtype=None) -> tuple:
     thing. With `TILE["pairs"]` a 16-bit x goes to the word kernel (the caller passes
     `x.view(torch.int32)`, see `reads_words`)."""
     nb = k // 32
-    block_b = min(triton.next_power_of_2(nb), TILE["elems"] // 32)
-    block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_b * 32)))
+    # 64 blocks of a row a program, or 8 of several rows where a row has at most 8; never shrunk
+    # for few rows (masked): two tiles whatever the shape
+    cap = max(1, TILE["elems"] // 32)
+    block_b = min(8, cap) if nb <= 8 else cap
+    block_r = max(1, TILE["elems"] // (block_b * 32))
     warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
     grid = (cdiv(rows, block_r), cdiv(nb, block_b))
     consts = dict(BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil)

@@ -89,7 +89,13 @@ def _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR: tl.constexp
     tl.store(s_ptr + idx, s, mask=gmask)
 
 
-@triton.jit
+# Compile keys (issue 11, section 4): the group counts and M only bound and index the groups and
+# scales (no vector access depends on them), so they are not specialised; N feeds the row
+# addresses of silu_mul_fp8_quant's loads and is. BLOCK_G depends on G alone (_group_blocks).
+_COUNTS = ["n_groups", "groups_per_row", "M"]
+
+
+@triton.jit(do_not_specialize=_COUNTS)
 def _fp8_quant_kernel(
     x_ptr,
     q_ptr,  # float8_e4m3fn output (or a uint8 view of it)
@@ -117,7 +123,7 @@ def _fp8_quant_kernel(
     _store_scales(s_ptr, s, gi, gmask, groups_per_row, M, COL_MAJOR)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_COUNTS)
 def _silu_mul_fp8_quant_kernel(
     x_ptr,  # [M, 2N]: gate = x[:, :N], up = x[:, N:]
     q_ptr,  # float8_e4m3fn [M, N] output (or a uint8 view of it)
@@ -126,12 +132,11 @@ def _silu_mul_fp8_quant_kernel(
     groups_per_row,
     M,
     N,
-    limit,
+    limit,  # +inf without a limit: every clamp keeps its operand (as in _kernels_swiglu)
     eps,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
     BLOCK_G: tl.constexpr,
-    HAS_LIMIT: tl.constexpr,
     POST: tl.constexpr,
     UE8M0: tl.constexpr,
     COL_MAJOR: tl.constexpr,
@@ -148,7 +153,7 @@ def _silu_mul_fp8_quant_kernel(
     g = tl.load(x_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + g_offs + N, mask=mask, other=0.0).to(tl.float32)
     # The SwiGLU result stays float32 (never rounded to x.dtype) up to the quantization.
-    y = swiglu_f32(g, u, limit, 1.0, 0.0, HAS_LIMIT, POST)
+    y = swiglu_f32(g, u, limit, 1.0, 0.0, True, POST)
     y = tl.where(mask, y, 0.0)
     codes, s = _quant_groups(y, eps, UE8M0, RECIP, NATIVE_FP8)
     q_offs = gi.to(tl.int64)[:, None] * G + c[None, :]
@@ -164,9 +169,10 @@ TILE = {"elems": 2048, "warps": None}
 
 def _group_blocks(n_groups: int, group_size: int) -> tuple[int, int, int]:
     """(G_PAD, BLOCK_G, num_warps): ~TILE["elems"] elements a program, in whole groups (one
-    group of up to 16384 when it is larger)."""
+    group of up to 16384 when it is larger). Not shrunk for few groups: one tile a group size
+    (a compile each on a GPU), some of it masked where the groups are fewer."""
     g_pad = triton.next_power_of_2(group_size)
-    block_g = max(1, min(triton.next_power_of_2(n_groups), TILE["elems"] // g_pad))
+    block_g = max(1, TILE["elems"] // g_pad)
     warps = TILE["warps"] or (4 if block_g * g_pad <= 2048 else 8)
     return g_pad, block_g, warps
 
@@ -213,12 +219,11 @@ def launch_silu_mul_fp8_quant(
         groups_per_row,
         m,
         n,
-        0.0 if limit is None else limit,
+        float("inf") if limit is None else limit,
         eps,
         G=group_size,
         G_PAD=g_pad,
         BLOCK_G=block_g,
-        HAS_LIMIT=limit is not None,
         POST=post,
         UE8M0=ue8m0,
         COL_MAJOR=column_major,
@@ -240,7 +245,9 @@ def _e2m1_scaled_bits(b, SHIFT: tl.constexpr):
     return ((b & (7 << SHIFT)) << (22 - SHIFT)) | ((b & (8 << SHIFT)) << (28 - SHIFT))
 
 
-@triton.jit
+# R only bounds the rows: not specialised (a compile key each on a GPU); P = K/2 is a multiple
+# of 16 whatever K, so its specialisation never splits a key.
+@triton.jit(do_not_specialize=["R"])
 def _mxfp4_dequant_kernel(
     p_ptr,  # uint8 [R, K/2]
     s_ptr,  # uint8 [R, K/32]
@@ -286,14 +293,21 @@ def _mxfp4_dequant_kernel(
     tl.store(y_ptr + row64[:, None] * (2 * P) + ycol[None, :], out, mask=ymask)
 
 
+def _dequant_blocks(n_sb: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_S, num_warps) for rows of `n_sb` scale blocks: 64 blocks (2048 outputs) of
+    a row a program, or 8 blocks of several rows where a row has at most 8; never shrunk for few
+    rows. Two tiles whatever the shape (each a compile on a GPU)."""
+    block_s = 8 if n_sb <= 8 else 64
+    block_r = max(1, TILE["elems"] // (block_s * 32))
+    return block_r, block_s, TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
+
+
 def launch_mxfp4_dequant(packed, scales, y, rows, k):
     """packed [..., K/2], scales [..., K/32] uint8 contiguous, read as `rows` rows; y [..., K]
     contiguous (rows, K > 0)."""
     p = k // 2
     n_sb = p // 16
-    block_s = min(triton.next_power_of_2(n_sb), 64)  # up to 2048 output elements a row
-    block_r = max(1, min(triton.next_power_of_2(rows), TILE["elems"] // (block_s * 32)))
-    warps = TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
+    block_r, block_s, warps = _dequant_blocks(n_sb)
     grid = (cdiv(rows, block_r), cdiv(n_sb, block_s))
     _mxfp4_dequant_kernel[grid](
         packed, scales, y, rows, p, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=warps

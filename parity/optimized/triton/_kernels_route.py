@@ -92,7 +92,9 @@ def _max2(v):
     return tl.max(tl.max(v, axis=1), axis=1)
 
 
-@triton.jit
+# T only bounds the tokens: not specialised (each specialisation is a compile on a GPU). The
+# constexprs are the routing problem itself (E, the groups, k: unrolled picks).
+@triton.jit(do_not_specialize=["T"])
 def _route_kernel(
     l_ptr,  # [T, E]
     b_ptr,  # [E] (unused for softmax)

@@ -57,7 +57,11 @@ def swiglu_f32(g, u, limit, alpha, beta, HAS_LIMIT: tl.constexpr, POST: tl.const
     return act * (u + beta)
 
 
-@triton.jit
+# Compile keys (issue 11, section 4: a GPU run compiles once per key): R only bounds the rows, so
+# it is not specialised; N feeds the row addresses (its divisibility by 16 lets loads vectorise)
+# and is. No limit is limit = +inf: every clamp compares false and keeps its operand, NaN and inf
+# included, so one compiled kernel serves both.
+@triton.jit(do_not_specialize=["R"])
 def _swiglu_kernel(
     x_ptr,
     y_ptr,
@@ -66,7 +70,6 @@ def _swiglu_kernel(
     limit,
     alpha,
     beta,
-    HAS_LIMIT: tl.constexpr,
     POST: tl.constexpr,
     INTERLEAVED: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -88,7 +91,7 @@ def _swiglu_kernel(
         mask = rmask[:, None] & (cols < N)[None, :]
         g = tl.load(x_row + cols[None, :], mask=mask).to(tl.float32)
         u = tl.load(x_row + N + cols[None, :], mask=mask).to(tl.float32)
-    y = swiglu_f32(g, u, limit, alpha, beta, HAS_LIMIT, POST)
+    y = swiglu_f32(g, u, limit, alpha, beta, True, POST)
     omask = rmask[:, None] & (cols < N)[None, :]
     tl.store(
         y_ptr + row64[:, None] * N + cols[None, :],
@@ -98,10 +101,12 @@ def _swiglu_kernel(
 
 
 def _blocks(rows: int, cols: int, target: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_N, num_warps) for a [rows, cols] output: ~`target` elements a program,
-    several rows per program when cols is small; 4 warps up to 2048 elements, else 8."""
-    block_n = min(triton.next_power_of_2(max(cols, 1)), 1024)
-    block_r = max(1, min(triton.next_power_of_2(max(rows, 1)), target // block_n))
+    """(BLOCK_R, BLOCK_N, num_warps) for a [rows, cols] output: `target` elements a program,
+    BLOCK_N the power of two >= cols within 256..1024 (three tiles, whatever the shape: each is
+    a compile on a GPU), several rows a program; 4 warps up to 2048 elements, else 8. The rows
+    do not change the tile (a few rows leave some of it masked)."""
+    block_n = min(max(triton.next_power_of_2(max(cols, 1)), 256), 1024)
+    block_r = max(1, target // block_n)
     return block_r, block_n, 4 if block_r * block_n <= 2048 else 8
 
 
@@ -115,10 +120,9 @@ def launch_swiglu(x2, y2, rows, n, *, limit, alpha, beta, interleaved, post):
         y2,
         rows,
         n,
-        0.0 if limit is None else limit,
+        float("inf") if limit is None else limit,
         alpha,
         beta,
-        HAS_LIMIT=limit is not None,
         POST=post,
         INTERLEAVED=interleaved,
         BLOCK_R=block_r,

@@ -48,10 +48,7 @@ def _launch_of(experts, rows, cols, br, bc, ue8m0, native) -> Launch:
     br_pad, bc_pad = 1 << (br - 1).bit_length(), 1 << (bc - 1).bit_length()
     common = dict(UE8M0=ue8m0, NATIVE_FP8=native)
     if br_pad * bc_pad <= k.MAX_TILE:
-        per = max(1, k.TILE["elems"] // (br_pad * bc_pad))
-        ncb = max(1, min(1 << (nc - 1).bit_length(), 1 << (per - 1).bit_length()))
-        if ncb > per:
-            ncb //= 2
+        ncb = k.ncb(br_pad, bc_pad)
         consts = dict(BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=ncb, **common)
         grid = (experts * nr, -(-nc // ncb))
         return Launch(k._tile_kernel, grid, consts, num_warps=k._warps(br_pad * bc_pad * ncb))

@@ -33,6 +33,7 @@ from parity.reference.quant import (
 )
 from parity.registry import register
 
+_INF = float("inf")
 _SILU_EPS = 1e-10  # silu_mul_fp8_quant quantizes with fp8_quant's default eps
 _MAX_GROUP = 16384  # one group is one row of a program's tile
 _kernels = None  # parity.optimized.triton._kernels_quant, imported on the first plan
@@ -154,7 +155,6 @@ def _silu_plan(x, group_size, limit, clamp_mode, scale_format, column_major_scal
             kq._silu_mul_fp8_quant_kernel,
             n_groups,
             group_size,
-            HAS_LIMIT=limit_f is not None,
             POST=clamp_mode == "post",
             UE8M0=ue8m0,
             COL_MAJOR=bool(column_major_scales),
@@ -194,9 +194,7 @@ def _dequant_plan(packed, scales, dtype):
         rows, p = numel // k, k // 2
         n_sb = p // 16
         # as `_kernels_quant.launch_mxfp4_dequant` (tests/test_launch_cost.py compares them)
-        block_s = min(1 << (n_sb - 1).bit_length(), 64)  # up to 2048 output elements a row
-        block_r = max(1, min(1 << (rows - 1).bit_length(), kq.TILE["elems"] // (block_s * 32)))
-        warps = kq.TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
+        block_r, block_s, warps = kq._dequant_blocks(n_sb)
         grid = (-(-rows // block_r), -(-n_sb // block_s))
         run = Launch(
             kq._mxfp4_dequant_kernel, grid, dict(BLOCK_R=block_r, BLOCK_S=block_s), num_warps=warps
@@ -283,7 +281,7 @@ def silu_mul_fp8_quant(
             gpr,
             m,
             n,
-            0.0 if limit is None else float(limit),
+            _INF if limit is None else float(limit),  # no limit: +inf (see the kernel)
             _SILU_EPS,
         )
     return q, s

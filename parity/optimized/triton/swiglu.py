@@ -25,6 +25,7 @@ from parity.reference.common import FLOAT_DTYPES
 from parity.reference.swiglu import validate_swiglu
 from parity.registry import register
 
+_INF = float("inf")
 _kernels = None  # parity.optimized.triton._kernels_swiglu, imported on the first plan
 _PLANS: dict = {}  # call signature -> (output shape, Launch or None for an empty output)
 
@@ -37,13 +38,11 @@ def _key(x, limit, alpha, beta, layout, clamp_mode):
     )  # fmt: skip
 
 
-def launch_args(rows: int, n: int, has_limit: bool, interleaved: bool, post: bool) -> Launch:
+def launch_args(rows: int, n: int, interleaved: bool, post: bool) -> Launch:
     """`_kernels_swiglu.launch_swiglu`'s launch as a `Launch` (the same tiles, grid and
     constexprs: tests/test_launch_cost.py compares the two)."""
     block_r, block_n, warps = _kernels._blocks(rows, n, 4096)
-    consts = dict(
-        HAS_LIMIT=has_limit, POST=post, INTERLEAVED=interleaved, BLOCK_R=block_r, BLOCK_N=block_n
-    )
+    consts = dict(POST=post, INTERLEAVED=interleaved, BLOCK_R=block_r, BLOCK_N=block_n)
     grid = (-(-rows // block_r), -(-n // block_n))
     return Launch(_kernels._swiglu_kernel, grid, consts, num_warps=warps)
 
@@ -73,9 +72,7 @@ def _plan(x, limit, alpha, beta, layout, clamp_mode):
     if numel:
         rows = numel // n
         launch = (
-            launch_args(
-                rows, n, limit_f is not None, layout == "interleaved", clamp_mode == "post"
-            ),
+            launch_args(rows, n, layout == "interleaved", clamp_mode == "post"),
             rows,
             n,
         )
@@ -118,7 +115,7 @@ def swiglu(
             y,
             rows,
             n,
-            0.0 if limit is None else float(limit),
+            _INF if limit is None else float(limit),  # no limit: +inf (see the kernel)
             float(alpha),
             float(beta),
         )

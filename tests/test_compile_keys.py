@@ -1,0 +1,115 @@
+"""Compile keys (issue 11, section 4): on a GPU every launch whose key is new compiles a kernel,
+and the property suites ran compile-bound there (fp8_quant: ~230 keys in 900 examples, 10
+examples a second). The element-wise kernels now take one key whatever the token count: the
+counts are not specialised and the tiles do not shrink for few rows. These tests hold that, with
+the key computed as triton computes it (`parity.optimized.triton._compile_keys`), and show the
+check catches a tile choice that follows the rows (the old one).
+
+The keys are recorded in the Triton interpreter (CPU tensors); on a CUDA machine the launches
+bypass it, so the tests there are NOT RUN (the key model does not depend on the device).
+"""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from parity.catalog import get_impl
+from parity.optimized.triton import _kernels_swiglu
+from parity.optimized.triton._compile_keys import record
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="NOT RUN: keys are recorded in the Triton interpreter (CPU)",
+)
+
+TOKENS = (1, 2, 3, 5, 8, 16, 17, 33, 100, 1000)
+
+
+def _x(t, k, dtype=torch.bfloat16):
+    return torch.randn(t, k, generator=torch.Generator().manual_seed(t)).to(dtype)
+
+
+def _calls(op):
+    """(args, kwargs) of one call of `op` at each token count, the other sizes fixed."""
+    if op == "swiglu":
+        return [((_x(t, 512),), {"limit": 7.0}) for t in TOKENS]
+    if op in ("fp8_quant", "fp8_block_quant", "mxfp4_quant"):
+        return [((_x(t, 256),), {}) for t in TOKENS]
+    if op == "silu_mul_fp8_quant":
+        return [((_x(t, 512),), {}) for t in TOKENS]
+    if op == "mxfp4_dequant":
+        return [
+            (
+                (
+                    torch.randint(0, 256, (t, 128), dtype=torch.uint8),
+                    torch.randint(100, 140, (t, 8), dtype=torch.uint8),
+                ),
+                {},
+            )
+            for t in TOKENS
+        ]
+    if op == "moe_align":
+        return [
+            (
+                (torch.randint(0, 16, (t, 4), dtype=torch.int32),),
+                {"num_experts": 16, "block_size": 16},
+            )
+            for t in TOKENS
+        ]
+    raise AssertionError(op)
+
+
+def _keys(op):
+    fn = get_impl(op, "triton").fn
+    with record(skip_run=True) as keys:  # the keys only: launches are not run
+        for args, kwargs in _calls(op):
+            fn(*args, **kwargs)
+    return {name: keys.distinct(name) for name in keys.launches}
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        "swiglu",
+        "fp8_quant",
+        "silu_mul_fp8_quant",
+        "mxfp4_dequant",
+        "fp8_block_quant",
+        "mxfp4_quant",
+        "moe_align",
+    ],
+)
+def test_one_compile_key_whatever_the_token_count(op):
+    keys = _keys(op)
+    assert keys, f"{op}: no launch recorded"
+    assert all(n == 1 for n in keys.values()), f"{op}: compile keys by kernel {keys}"
+
+
+def test_the_check_catches_tiles_that_follow_the_rows(monkeypatch):
+    """Witness: swiglu's former tile choice (BLOCK_R shrunk to the rows) gives a key per power
+    of two of the rows, and the check above sees it."""
+
+    def old_blocks(rows, cols, target):
+        block_n = min(1 << (max(cols, 1) - 1).bit_length(), 1024)
+        block_r = max(1, min(1 << (max(rows, 1) - 1).bit_length(), target // block_n))
+        return block_r, block_n, 4 if block_r * block_n <= 2048 else 8
+
+    from parity.optimized.triton import swiglu
+
+    monkeypatch.setattr(_kernels_swiglu, "_blocks", old_blocks)
+    monkeypatch.setattr(swiglu, "_PLANS", {})
+    keys = _keys("swiglu")
+    assert keys["_kernels_swiglu._swiglu_kernel"] > 1
+
+
+def test_the_key_counts_an_int_specialisation():
+    """The recorder keys an int as triton does: 1, a multiple of 16 and others apart, unless the
+    kernel declares it unspecialised (swiglu's R is, its N is not)."""
+    fn = get_impl("swiglu", "triton").fn
+    with record(skip_run=True) as keys:
+        for n in (1, 16, 17):
+            fn(_x(4, 2 * n))
+    assert keys.distinct("_kernels_swiglu._swiglu_kernel") == 3
