@@ -167,10 +167,11 @@ def launch_args(rows: int, k: int, ceil: bool, dtype=None) -> tuple:
     thing. With `TILE["pairs"]` a 16-bit x goes to the word kernel (the caller passes
     `x.view(torch.int32)`, see `reads_words`)."""
     nb = k // 32
-    # 64 blocks of a row a program, or 8 of several rows where a row has at most 8; never shrunk
-    # for few rows (masked): two tiles whatever the shape
+    # the blocks of a row a program in four buckets (8, 16, 32, 64: at most half of them masked
+    # below 64), several rows a program for fewer; never shrunk for few rows (masked): four tiles
+    # whatever the shape
     cap = max(1, TILE["elems"] // 32)
-    block_b = min(8, cap) if nb <= 8 else cap
+    block_b = min(max(8, 1 << (nb - 1).bit_length()), cap)
     block_r = max(1, TILE["elems"] // (block_b * 32))
     warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
     grid = (cdiv(rows, block_r), cdiv(nb, block_b))

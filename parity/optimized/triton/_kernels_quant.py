@@ -294,10 +294,11 @@ def _mxfp4_dequant_kernel(
 
 
 def _dequant_blocks(n_sb: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_S, num_warps) for rows of `n_sb` scale blocks: 64 blocks (2048 outputs) of
-    a row a program, or 8 blocks of several rows where a row has at most 8; never shrunk for few
-    rows. Two tiles whatever the shape (each a compile on a GPU)."""
-    block_s = 8 if n_sb <= 8 else 64
+    """(BLOCK_R, BLOCK_S, num_warps) for rows of `n_sb` scale blocks: the blocks of a row a
+    program in four buckets (8, 16, 32, 64; 64 is 2048 outputs), several rows a program for
+    fewer; never shrunk for few rows (masked). Four tiles whatever the shape (each a compile on
+    a GPU)."""
+    block_s = min(max(8, triton.next_power_of_2(n_sb)), 64)
     block_r = max(1, TILE["elems"] // (block_s * 32))
     return block_r, block_s, TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
 
