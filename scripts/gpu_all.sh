@@ -38,7 +38,8 @@ rows = []
 for path in sorted(glob.glob(sys.argv[1] + "/[sn]_*.json")):
     rows += json.load(open(path))["rows"]
 if rows:
-    print(f"{'op':20} {'impl':18} {'examples':>8} {'ex/s':>6} {'unsup':>6}  verdict")
+    # compiles: Triton compiles in the suite's process (count/seconds), where its time went
+    print(f"{'op':20} {'impl':18} {'examples':>8} {'ex/s':>6} {'compiles':>10} {'unsup':>6}  verdict")
 for r in rows:
     v = "FAIL " + ",".join(r["failed"]) if r["failed"] else "pass"
     if r["not_run"]:
@@ -48,7 +49,8 @@ for r in rows:
     extra = r.get("cut_examples", 0)  # run by a unit the cut stopped: for ex/s, not judged
     rate = (r["examples"] + extra) / r["seconds"] if r.get("seconds") else 0.0
     n = f"{r['examples']}+{extra}" if extra else str(r["examples"])
-    print(f"{r['op']:20} {r['impl']:18} {n:>8} {rate:6.1f} {r['unsupported']:6d}  {v}")
+    comp = f"{r.get('compiles', 0)}/{r.get('compile_seconds', 0.0):.0f}s"
+    print(f"{r['op']:20} {r['impl']:18} {n:>8} {rate:6.1f} {comp:>10} {r['unsupported']:6d}  {v}")
 for log in sorted(glob.glob(sys.argv[1] + "/[sn]_*.log")):
     name = log.rsplit("/", 1)[1][:-4]
     if not glob.glob(sys.argv[1] + f"/{name}.json"):

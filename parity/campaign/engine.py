@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, Phase, settings
 
+from parity import _compiles
 from parity.campaign.repro import repro_command
 from parity.campaign.wire import jsonable
 
@@ -124,6 +125,8 @@ class Stats:
     errors: int = 0
     xfailed: int = 0
     seconds: float = 0.0
+    compiles: int = 0  # Triton compiles in the unit's process during it (parity._compiles)
+    compile_seconds: float = 0.0
     # {"meta", "kind", "message", "ratio", "worst", "repro", "repro_file", "describe", "shrunk"}
     failure: dict | None = None
     last_unsupported: str = ""
@@ -192,6 +195,8 @@ def merge_stats(parts: list[Stats]) -> Stats:
         for k in _COUNTS:
             setattr(out, k, getattr(out, k) + getattr(p, k))
         out.seconds = max(out.seconds, p.seconds)
+        out.compiles += p.compiles
+        out.compile_seconds += p.compile_seconds
         out.max_ratio = max(out.max_ratio, p.max_ratio)
         out.last_unsupported = out.last_unsupported or p.last_unsupported
         out.stopped = out.stopped or p.stopped
@@ -778,6 +783,9 @@ def drive(
     nothing_cap = max(32, ALL_UNSUPPORTED_PER_EXAMPLE * s.max_examples)
     targeted = profile_name(profile) == "parity-nightly"
     fails: dict[str, tuple] = {}
+    if device == "cuda":  # where compiles happen: counted, so a slow unit can say why
+        _compiles.install()
+    c0, cs0 = _compiles.totals()
     t0 = time.perf_counter()
     state: dict = {"first": None, "shrink_until": None, "provisional": None, "last": None}
     state["after"] = None  # the earlier case a crash needs (it does not crash alone)
@@ -908,10 +916,18 @@ def drive(
             }
     finally:
         stats.seconds = time.perf_counter() - t0
+        c1, cs1 = _compiles.totals()
+        stats.compiles, stats.compile_seconds = c1 - c0, cs1 - cs0
         # a cut whose exception was swallowed is still a cut, not a verdict; what it had run is
         # kept for the examples-a-second figure only
         raise_if_terminated(
-            {"run": stats.run, "unsupported": stats.unsupported, "seconds": stats.seconds}
+            {
+                "run": stats.run,
+                "unsupported": stats.unsupported,
+                "seconds": stats.seconds,
+                "compiles": stats.compiles,
+                "compile_seconds": stats.compile_seconds,
+            }
         )
     if not stats.run and not stats.stopped and (stats.unsupported or stats.not_applicable):
         # Hypothesis ended its search on rejects alone (at most 10 calls per example)

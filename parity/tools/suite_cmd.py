@@ -234,6 +234,8 @@ def run(args) -> int:
             "not_run": [],
             "errors": [],
             "seconds": 0.0,
+            "compiles": 0,  # Triton compiles in the units' processes (on cuda; parity._compiles)
+            "compile_seconds": 0.0,
             "accepted": list(getattr(impl, "accept", ())),
         }
         for prop in get_spec(impl.op).all_properties():
@@ -245,8 +247,12 @@ def run(args) -> int:
                 if part:  # examples it ran before the cut: counted for ex/s, never judged
                     agg["cut_examples"] = agg.get("cut_examples", 0) + int(part["run"])
                     agg["seconds"] += float(part.get("seconds") or 0.0)
+                    agg["compiles"] += int(part.get("compiles") or 0)
+                    agg["compile_seconds"] += float(part.get("compile_seconds") or 0.0)
                 continue
             agg["seconds"] += float(d.get("seconds") or 0.0)
+            agg["compiles"] += int(d.get("compiles") or 0)
+            agg["compile_seconds"] += float(d.get("compile_seconds") or 0.0)
             if "error" in d:
                 agg["errors"].append(prop)
                 errors.append((impl.key, prop, d["error"]))
@@ -273,8 +279,11 @@ def run(args) -> int:
         title=f"parity suite on {device} ({args.profile} profile, {elapsed:.0f} s, "
         f"{jobs} process{'es' if jobs > 1 else ''})"
     )
-    for col in ("op", "impl", "examples", "ex/s", "unsupported", "verdict"):
-        table.add_column(col, justify="right" if col in ("examples", "ex/s") else "left")
+    # where the GPU's time went: Triton compiles (count, seconds) beside examples a second
+    compiled = any(r["compiles"] for r in rows)
+    cols = ("op", "impl", "examples", "ex/s", *(("compiles",) if compiled else ()))
+    for col in (*cols, "unsupported", "verdict"):
+        table.add_column(col, justify="right" if col in cols[2:] else "left")
     for r in rows:
         bad = [f"FAIL: {', '.join(r['failed'])}"] if r["failed"] else []
         bad += [f"ERROR: {', '.join(r['errors'])}"] if r["errors"] else []
@@ -298,7 +307,10 @@ def run(args) -> int:
         extra = r.get("cut_examples", 0)
         rate = (r["examples"] + extra) / r["seconds"] if r["seconds"] else 0.0
         shown = f"{r['examples']} (+{extra} cut)" if extra else str(r["examples"])
-        table.add_row(r["op"], r["impl"], shown, f"{rate:.1f}", str(r["unsupported"]), verdict)
+        comp = (f"{r['compiles']} ({r['compile_seconds']:.0f} s)",) if compiled else ()
+        table.add_row(
+            r["op"], r["impl"], shown, f"{rate:.1f}", *comp, str(r["unsupported"]), verdict
+        )
     # a log (not a terminal) gets the whole table, not 80 columns of truncated names
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     print(f"{len(rows)} implementations ran; {len(not_run)} did NOT RUN here:")
