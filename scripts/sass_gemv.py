@@ -35,7 +35,7 @@ def compile_gemv(words: int, bn: int, bk: int, warps: int):
         slot_cnt_ptr="*i32",
     )  # fmt: skip
     consts = dict(
-        A_ROW_DIV=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk,
+        a_row_div=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk,
         MX_WORDS=words, stride_ak=1, stride_bk=1, stride_bsk=1, stride_pm=1,
     )  # fmt: skip
     const, attrs = {}, {}

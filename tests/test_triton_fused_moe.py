@@ -940,7 +940,7 @@ def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    consts = dict(A_ROW_DIV=1, QUANT=quant, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    consts = dict(a_row_div=1, QUANT=quant, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     consts["MX_WORDS"] = mx_words
     ptrs = {} if quant == 1 else dict(a_ptr="*bf16", b_ptr="*i32" if mx_words else "*u8")
     ptrs.update({} if quant == 1 else dict(b_scale_ptr="*u8"))

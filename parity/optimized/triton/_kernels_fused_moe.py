@@ -141,7 +141,11 @@ def dot_acc(acc, a, b, a_s, b_s, QUANT: tl.constexpr, UPCAST_DOT: tl.constexpr):
     return out
 
 
-@triton.jit
+# Compile keys (issue 11, section 4): num_valid (T * k) and num_pid_m only bound rows and
+# programs, so they are not specialised; the row divisor (k for GEMM1, 1 for GEMM2) divides once
+# a row block, so it is a run-time int, not a constexpr: one compile serves every token count
+# and top-k (GEMM2's divisor 1 keeps triton's specialisation, a division-free kernel).
+@triton.jit(do_not_specialize=["num_valid", "num_pid_m"])
 def _moe_gemm_kernel(
     a_ptr,
     b_ptr,
@@ -170,7 +174,7 @@ def _moe_gemm_kernel(
     stride_bsk,
     group_n,
     group_k,
-    A_ROW_DIV: tl.constexpr,  # top_k for GEMM1 (row of x = flat index // k), 1 for GEMM2
+    a_row_div,  # top_k for GEMM1 (row of x = flat index // k), 1 for GEMM2
     MUL_WEIGHT: tl.constexpr,
     QUANT: tl.constexpr,  # 0 none, 1 fp8 block, 2 mxfp4
     MX_SCALE_AFTER_DOT: tl.constexpr,
@@ -181,7 +185,7 @@ def _moe_gemm_kernel(
     BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
 ):
-    """C[row] = A[row // A_ROW_DIV] @ B[e].T (times the router weight), for the rows of one
+    """C[row] = A[row // a_row_div] @ B[e].T (times the router weight), for the rows of one
     BLOCK_SIZE_M block of sorted flat indices (all of one expert e) and one BLOCK_SIZE_N block of
     output columns. B is `[E, N, K]` (mxfp4: `[E, N, K // 2]` packed)."""
     pid = tl.program_id(0)
@@ -202,7 +206,7 @@ def _moe_gemm_kernel(
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     tok = tl.load(sorted_ids_ptr + offs_m)
     tok_mask = tok < num_valid  # padding holds T*k
-    a_rows = (tok // A_ROW_DIV).to(tl.int64)
+    a_rows = (tok // a_row_div).to(tl.int64)
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
 
     # Wrapped column offsets keep the weight loads in bounds; the store masks the tail.
@@ -487,7 +491,7 @@ def _launch_gemm(
         b_ss[2],
         group[0],
         group[1],
-        A_ROW_DIV=row_div,
+        row_div,
         MUL_WEIGHT=mul_weight,
         QUANT=qcode,
         MX_SCALE_AFTER_DOT=mx_scale_after_dot,

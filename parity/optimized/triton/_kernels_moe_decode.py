@@ -129,7 +129,7 @@ def _gemm_kernel(
     stride_bsk,
     group_n,
     group_k,
-    A_ROW_DIV: tl.constexpr,  # k for GEMM1 (row of x = pair // k), 1 for GEMM2
+    a_row_div,  # k for GEMM1 (row of x = pair // k), 1 for GEMM2: run time (one key for any k)
     QUANT: tl.constexpr,  # 0 none, 1 fp8 block, 2 mxfp4
     UPCAST_DOT: tl.constexpr,  # the interpreter: dot operands in float32
     BLOCK_M: tl.constexpr,
@@ -137,7 +137,7 @@ def _gemm_kernel(
     BLOCK_K: tl.constexpr,
     MX_WORDS: tl.constexpr = 0,  # mxfp4 GEMV: 1 when B is the codes as int32 words
 ):
-    """part[split, pair, n] = A[pair // A_ROW_DIV, K range of split] . B[e, n, same range] for
+    """part[split, pair, n] = A[pair // a_row_div, K range of split] . B[e, n, same range] for
     the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
     (mxfp4: `[E, N, K // 2]` packed, scales `[E, N, K // 32]`)."""
     slot = tl.program_id(0)
@@ -161,11 +161,11 @@ def _gemm_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mmask = offs_m < cnt
         pair = tl.load(pairs_ptr + start + offs_m, mask=mmask, other=0)
-        a_rows = (pair // A_ROW_DIV).to(tl.int64)
+        a_rows = (pair // a_row_div).to(tl.int64)
         a_base = a_ptr + a_rows * stride_am  # [BLOCK_M]
         if BLOCK_M == 1:
             # a GEMV on CUDA cores: one row (a scalar pair), no padding, no tensor cores
-            row = (tl.load(pairs_ptr + start + m0) // A_ROW_DIV).to(tl.int64)
+            row = (tl.load(pairs_ptr + start + m0) // a_row_div).to(tl.int64)
             a0 = a_ptr + row * stride_am
             acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
             if QUANT == 2 and MX_WORDS == 1:
@@ -541,9 +541,9 @@ def _gemm(
         b_ss[2],
         group[0],
         group[1],
+        row_div,
     )
     consts = dict(
-        A_ROW_DIV=row_div,
         QUANT=qcode,
         UPCAST_DOT=upcast,
         BLOCK_M=bm,
