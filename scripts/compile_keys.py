@@ -3,6 +3,7 @@
     python scripts/compile_keys.py --op fp8_quant [--op ...] [--examples 100] [--profile nightly]
         [--dump keys.json]
     python scripts/compile_keys.py --bench 1,8192 --op swiglu --dump keys.json
+    python scripts/compile_keys.py --draw full --op swiglu --examples 300    # a GPU run's draws
     env -u TRITON_INTERPRET python scripts/compile_keys.py --compile keys.json [--sample 8]
 
 On the GPU the property suites ran at 2-10 examples a second where the Triton interpreter on
@@ -13,10 +14,12 @@ prints, per kernel, the launches, the distinct keys (the compiles of a GPU run w
 cache) and which parameters make them distinct.
 
 `--bench T,...` records instead the keys of each op's benchmark case (`OpSpec.bench`) at those
-token counts, kernels not run: the production keys. `--dump` writes the keys as JSON;
-`--compile` compiles a sample of them for sm_90 here (triton's own ptxas, no GPU) and prints the
-seconds a compile, and with `--detail` each key's SASS size, fingerprint and global loads and
-stores by width: two versions of a kernel compared without a GPU.
+token counts, kernels not run: the production keys. `--draw full` calls the implementation on
+cases drawn as a GPU run draws them (T up to 4097), kernels not run and nothing judged. `--dump`
+writes the keys as JSON; `--compile` compiles a sample of them for sm_90 here (triton's own
+ptxas, no GPU) and prints the seconds a compile, and with `--detail` each key's SASS size,
+fingerprint and global loads and stores by width: two versions of a kernel compared without a
+GPU.
 """
 
 from __future__ import annotations
@@ -202,6 +205,44 @@ def bench_keys(a) -> int:
     return 0
 
 
+def draw_keys(a) -> int:
+    """The keys of `--examples` cases drawn from each op's strategy at `--draw` size ("full" is
+    what a GPU run draws: T up to 4097), the implementation called on each with its kernels
+    not run and nothing judged: the compiles a GPU run's draws ask for, counted here."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from parity.catalog import get_spec, impls
+
+    KEYS.skip_run = True
+    for op in a.op:
+        spec = get_spec(op)
+        (impl,) = [i for i in impls() if i.op == op and i.name == a.impl]
+        n = {"called": 0, "raised": 0}
+
+        @settings(
+            max_examples=a.examples,
+            phases=[Phase.generate],
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(spec.strategy(size=a.draw, dtypes=impl.dtypes))
+        def one(meta):
+            case = spec.build(meta, "cpu")  # noqa: B023 (run before the loop moves on)
+            try:
+                impl.fn(*case.args, **case.kwargs)  # noqa: B023
+                n["called"] += 1  # noqa: B023
+            except Exception:  # unsupported, or a host check on an output no kernel wrote
+                n["raised"] += 1  # noqa: B023
+
+        one()
+        print(f"{op}: {n['called']} calls, {n['raised']} raised", file=sys.stderr)
+    report()
+    if a.dump:
+        dump(a.dump)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--op", action="append")
@@ -210,6 +251,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=8, help="keys a kernel to compile")
     ap.add_argument("--detail", action="store_true", help="--compile: each key's SASS")
     ap.add_argument("--bench", metavar="T,...", help="the ops' benchmark cases at these T")
+    ap.add_argument("--draw", choices=["small", "full"], help="cases drawn at this size, unjudged")
     ap.add_argument("--impl", default="triton")
     ap.add_argument("--examples", type=int, default=100, help="examples a property")
     ap.add_argument("--profile", default="nightly", choices=["pr", "nightly", "bisect"])
@@ -222,6 +264,8 @@ def main(argv=None) -> int:
     from parity.optimized.triton._compile_keys import record
 
     with record() as KEYS:
+        if a.draw:
+            return draw_keys(a)
         return bench_keys(a) if a.bench else suite_keys(a)
 
 
