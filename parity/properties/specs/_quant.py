@@ -339,7 +339,10 @@ def mutate_common(x: torch.Tensor, bad: str | None) -> torch.Tensor:
     if bad == "fp8_input":
         return x.float().clamp(-448, 448).to(FP8)
     if bad == "not_a_tensor":
-        return x.tolist()
+        # the same nesting, at most two entries a dimension: a full-size list (29M floats at
+        # T 4097 x 7168) cost the GPU's error_parity units 40 s of copying and printing a
+        # suite (cProfile, H100, 2026-12-05) and tests nothing more
+        return x[tuple(slice(0, 2) for _ in x.shape)].tolist()
     return x
 
 

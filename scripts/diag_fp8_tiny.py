@@ -1,0 +1,73 @@
+"""The fused_moe fp8_block counterexample of the 2026-12-05 H100 nightly (T 3, float16, x tiny):
+the same inputs through the Triton implementation on CUDA and in the interpreter (CPU), GEMM1's
+activation input (codes and scales) compared exactly, and each output against the float64
+reference. Run twice on the GPU runner:
+
+    python3 scripts/diag_fp8_tiny.py cuda /tmp/d_cuda.pt
+    TRITON_INTERPRET=1 python3 scripts/diag_fp8_tiny.py cpu /tmp/d_cpu.pt
+    python3 scripts/diag_fp8_tiny.py compare /tmp/d_cuda.pt /tmp/d_cpu.pt
+"""
+
+import json
+import sys
+
+import torch
+
+META = json.loads(
+    '{"T": 3, "dims": {"H": 96, "N": 32, "block_shape": [32, 32], "quant": "fp8_block"},'
+    ' "dtype": "float16", "options": {"layout": "concat", "swiglu_alpha": 1.0,'
+    ' "swiglu_beta": 0.0, "swiglu_clamp_mode": "pre", "swiglu_limit": null},'
+    ' "route": {"E": 1, "arwi": false, "k": 6, "routing": "all_neg_rows"}, "seed": 85770,'
+    ' "x_regime": "tiny"}'
+)
+
+
+def run(dev: str, path: str) -> None:
+    from parity.catalog import get_impl, get_spec
+    from parity.optimized.triton._kernels_fused_moe import gemm1_input
+
+    spec = get_spec("fused_moe")
+    case = spec.build(META, dev)
+    out = get_impl("fused_moe", "triton").fn(*case.args, **case.kwargs)
+    x, _, _, topk_w, ids = case.args[:5]
+    kw = case.kwargs
+    a1, a1_s = gemm1_input(
+        x, ids, topk_w, True, tuple(kw["block_shape"]), kw["apply_router_weight_on_input"],
+        dev == "cpu",
+    )  # fmt: skip
+    cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in case.args]
+    kwc = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    ref = get_impl("fused_moe", "reference").fn(*cpu, **kwc)
+    torch.save(
+        {"out": out.cpu(), "a1": a1.view(torch.uint8).cpu(), "a1_s": a1_s.cpu(), "ref": ref,
+         "x": x.cpu(), "ids": ids.cpu()},
+        path,
+    )  # fmt: skip
+    print(f"{dev}: saved {path}")
+
+
+def compare(p1: str, p2: str) -> None:
+    a, b = torch.load(p1), torch.load(p2)
+    print("x equal:", torch.equal(a["x"], b["x"]), "ids:", a["ids"].tolist())
+    print("x abs max:", a["x"].abs().max().item(), "x abs min nonzero:",
+          a["x"][a["x"] != 0].abs().min().item())  # fmt: skip
+    print("a1 codes equal:", torch.equal(a["a1"], b["a1"]),
+          "differing:", int((a["a1"] != b["a1"]).sum()))  # fmt: skip
+    print("a1 scales equal:", torch.equal(a["a1_s"], b["a1_s"]), a["a1_s"].flatten()[:6].tolist(),
+          b["a1_s"].flatten()[:6].tolist())  # fmt: skip
+    ref = a["ref"].double()
+    for name, d in (("cuda", a), ("cpu", b)):
+        err = (d["out"].double() - ref).norm() / ref.norm()
+        print(f"{name} out vs reference: relative Frobenius {err.item():.4g}")
+    print("cuda vs cpu out max abs diff:", (a["out"].double() - b["out"].double()).abs().max().item(),
+          "ref abs max:", ref.abs().max().item())  # fmt: skip
+    print("out cuda:", a["out"].flatten()[:8].tolist())
+    print("out cpu: ", b["out"].flatten()[:8].tolist())
+    print("ref:     ", ref.flatten()[:8].tolist())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "compare":
+        compare(sys.argv[2], sys.argv[3])
+    else:
+        run(sys.argv[1], sys.argv[2])
