@@ -59,8 +59,8 @@ def compare(p1: str, p2: str) -> None:
     for name, d in (("cuda", a), ("cpu", b)):
         err = (d["out"].double() - ref).norm() / ref.norm()
         print(f"{name} out vs reference: relative Frobenius {err.item():.4g}")
-    print("cuda vs cpu out max abs diff:", (a["out"].double() - b["out"].double()).abs().max().item(),
-          "ref abs max:", ref.abs().max().item())  # fmt: skip
+    diff = (a["out"].double() - b["out"].double()).abs().max().item()
+    print("cuda vs cpu out max abs diff:", diff, "ref abs max:", ref.abs().max().item())
     print("out cuda:", a["out"].flatten()[:8].tolist())
     print("out cpu: ", b["out"].flatten()[:8].tolist())
     print("ref:     ", ref.flatten()[:8].tolist())
