@@ -187,21 +187,16 @@ def compile_sample(path: str, sample: int, detail: bool = False) -> int:
 
 
 def bench_keys(a) -> int:
-    from parity.catalog import get_spec, impls
+    from parity.catalog import get_impl, get_spec
 
-    KEYS.skip_run = True
     for op in a.op:
-        spec = get_spec(op)
-        (impl,) = [i for i in impls() if i.op == op and i.name == a.impl]
+        spec, impl = get_spec(op), get_impl(op, a.impl)
         for t in (int(v) for v in a.bench.split(",")):
             case = spec.build({**spec.bench(t), "seed": 0}, "cpu")
             try:
                 impl.fn(*case.args, **case.kwargs)
             except Exception as exc:  # a host check on an output no kernel wrote: keys kept
                 print(f"{op} T={t}: {type(exc).__name__}: {exc}"[:160])
-    report()
-    if a.dump:
-        dump(a.dump)
     return 0
 
 
@@ -211,12 +206,10 @@ def draw_keys(a) -> int:
     not run and nothing judged: the compiles a GPU run's draws ask for, counted here."""
     from hypothesis import HealthCheck, Phase, given, settings
 
-    from parity.catalog import get_spec, impls
+    from parity.catalog import get_impl, get_spec
 
-    KEYS.skip_run = True
     for op in a.op:
-        spec = get_spec(op)
-        (impl,) = [i for i in impls() if i.op == op and i.name == a.impl]
+        spec, impl = get_spec(op), get_impl(op, a.impl)
         n = {"called": 0, "raised": 0}
 
         @settings(
@@ -237,9 +230,6 @@ def draw_keys(a) -> int:
 
         one()
         print(f"{op}: {n['called']} calls, {n['raised']} raised", file=sys.stderr)
-    report()
-    if a.dump:
-        dump(a.dump)
     return 0
 
 
@@ -263,10 +253,13 @@ def main(argv=None) -> int:
     global KEYS
     from parity.optimized.triton._compile_keys import record
 
-    with record() as KEYS:
-        if a.draw:
-            return draw_keys(a)
-        return bench_keys(a) if a.bench else suite_keys(a)
+    mode = draw_keys if a.draw else bench_keys if a.bench else suite_keys
+    with record(skip_run=mode is not suite_keys) as KEYS:  # only the suite runs the kernels
+        rc = mode(a)
+    report()
+    if a.dump:
+        dump(a.dump)
+    return rc
 
 
 def suite_keys(a) -> int:
@@ -276,11 +269,7 @@ def suite_keys(a) -> int:
     cmd += ["--max-examples", str(a.examples)]
     for op in a.op:
         cmd += ["--op", op]
-    rc = parity_main(cmd)
-    report()
-    if a.dump:
-        dump(a.dump)
-    return rc
+    return parity_main(cmd)
 
 
 if __name__ == "__main__":

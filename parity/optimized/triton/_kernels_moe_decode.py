@@ -49,12 +49,12 @@ from parity.optimized.triton._launch import cdiv, launch
 # kernel, H of the output kernel) or enters an address of one (strides, K) keeps its
 # specialisation. Tiles
 # depend on the sizes through a few buckets.
-_SCRATCH = ["ids_ptr", "pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
+_SCRATCH = ["pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
 
 
 @triton.jit(
     do_not_specialize=["P", "S", "E"],
-    do_not_specialize_on_alignment=[*_SCRATCH, "clean_ptr", "bad_ptr"],
+    do_not_specialize_on_alignment=["ids_ptr", *_SCRATCH, "clean_ptr", "bad_ptr"],
 )
 def _group_kernel(
     ids_ptr,

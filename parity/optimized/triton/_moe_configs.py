@@ -242,8 +242,8 @@ def get_config(
 # - DECODE_MX_WORDS (mxfp4, T 1): 1 runs the GEMV on the packed codes viewed as int32 words
 #   (8 codes decoded per 4-byte load, block sums in-thread; 40% fewer SASS instructions a weight
 #   byte than the byte GEMV, which was issue-bound on the H100), where the weights allow the view;
-#   0, the default until it is timed on a GPU (`scripts/profile_moe.py sweep` times both;
-#   PARITY_MOE_MX_WORDS=1 makes it the default, for the property suite on a GPU).
+#   0, the default: timed on the H100 it was slower (208.7 against 169.5 us at T 1 under graph
+#   replay, 2026-12-05; PARITY_MOE_MX_WORDS=1 makes it the default, for the property suite).
 DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (T <= 16 at k 8)
 # an override's DECODE_MAX_PAIRS is capped here: the grouping kernel compares [P, P] pairs and a
 # Triton tensor holds at most 2**20 elements
@@ -318,7 +318,7 @@ def default_decode_config(t, k, e, n, h, quant, block_shape, interpret) -> dict:
         "DECODE_SPLIT_K2": 0,
         "DECODE_NUM_WARPS": 4,
         "DECODE_NUM_STAGES": 3 if not gemv else 2,
-        # the word GEMV for mxfp4 (see DECODE_MX_WORDS above): off until timed on a GPU
+        # the word GEMV for mxfp4 (see DECODE_MX_WORDS above): off, slower on the H100
         "DECODE_MX_WORDS": int(quant == "mxfp4" and os.environ.get(MX_WORDS_ENV, "0") == "1"),
     }
 
