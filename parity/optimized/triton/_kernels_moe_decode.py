@@ -47,8 +47,7 @@ from parity.optimized.triton._launch import cdiv, launch
 # bound rows or index scalars are not specialised, nor the alignment of the scratch slices and
 # ids read a scalar at a time; a size that masks a vectorised access (N of the GEMM and the act
 # kernel, H of the output kernel) or enters an address of one (strides, K) keeps its
-# specialisation. Tiles
-# depend on the sizes through a few buckets.
+# specialisation. Tiles depend on the sizes through a few buckets.
 _SCRATCH = ["pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
 
 
