@@ -328,12 +328,11 @@ def _act_quant_kernel(
     stride_in,
     stride_out,
     stride_sm,
-    limit,
+    limit,  # +inf without a limit: every clamp keeps its operand (as in _kernels_swiglu)
     alpha,
     beta,
     SWIGLU: tl.constexpr,
     INTERLEAVED: tl.constexpr,
-    HAS_LIMIT: tl.constexpr,
     CLAMP_POST: tl.constexpr,
     QUANT_FP8: tl.constexpr,
     SKIP_INVALID: tl.constexpr,
@@ -363,7 +362,7 @@ def _act_quant_kernel(
         else:
             gate = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
             up = tl.load(src + n_cols + col, mask=mask, other=0.0).to(tl.float32)
-        y = swiglu_f32(gate, up, limit, alpha, beta, HAS_LIMIT, CLAMP_POST)
+        y = swiglu_f32(gate, up, limit, alpha, beta, True, CLAMP_POST)
     else:
         y = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
         if MUL_WEIGHT:
@@ -406,20 +405,25 @@ def store_act(
         tl.store(dst, to_dtype_rne(y, dst_row.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+# k is a run-time int under an unrolled bound K_PAD >= k (slots j >= k masked): k makes no
+# compile key below K_PAD (`k_pad`), as H makes none within a BLOCK_H bucket.
+@triton.jit(do_not_specialize=["top_k"])
 def _reduce_k_kernel(
-    in_ptr, ids_ptr, out_ptr, H, stride_in, stride_out, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr
-):
+    in_ptr, ids_ptr, out_ptr, H, stride_in, stride_out, top_k, K_PAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):  # fmt: skip
     """out[t] = sum_{j=0..k-1} in[t*k + j] in float32, in that order; slots with id -1 are
     masked (their rows were never written). Every output row is written (zeros if all -1)."""
     t = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = offs < H
     acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        flat = t.to(tl.int64) * TOP_K + j
+    for j in tl.static_range(K_PAD):
+        # a padding slot reads slot k-1's id (in bounds) and is masked
+        flat = t.to(tl.int64) * top_k + tl.minimum(j, top_k - 1)
         expert = tl.load(ids_ptr + flat)
         valid = (offs * 0 + expert) >= 0  # as a vector: the interpreter rejects scalar masks
+        valid = valid & ((offs * 0 + j) < top_k)
         v = tl.load(in_ptr + flat * stride_in + offs, mask=hmask & valid, other=0.0)
         acc += v.to(tl.float32)
     out = to_dtype_rne(acc, out_ptr.dtype.element_ty)
@@ -431,6 +435,17 @@ def _reduce_k_kernel(
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def k_pad(k: int) -> int:
+    """The unrolled bound of a k-sum: 8 (the DeepSeek top-k) or the next power of two above."""
+    return max(8, _next_pow2(k))
+
+
+def block_h(h: int, interpret: bool) -> int:
+    """The columns a program of a k-sum: the whole row in the interpreter (one program a row),
+    else three tiles (256, 512, 1024) so that H makes three compile keys at most."""
+    return _next_pow2(h) if interpret else min(max(_next_pow2(h), 256), 1024)
 
 
 def _launch_gemm(
@@ -561,13 +576,17 @@ def _launch_act(
     interpret,
 ):
     rows = src.shape[0]
+    # Under the interpreter every program costs Python overhead: one program per row there. On
+    # a GPU 2048 columns a program whatever N (a narrow N is masked), so that the tile follows
+    # the fp8 group alone and N makes no compile key (issue 11, section 4)
     if quant_fp8:
         block_g = _next_pow2(group)
-    else:
+    elif interpret:
         group = block_g = min(_next_pow2(n_cols), 1024)
+    else:
+        group = block_g = 1024
     n_groups = cdiv(n_cols, group)
-    # Under the interpreter every program costs Python overhead: one program per row there.
-    gpp = _next_pow2(n_groups) if interpret else max(1, min(_next_pow2(n_groups), 2048 // block_g))
+    gpp = _next_pow2(n_groups) if interpret else max(1, 2048 // block_g)
     grid = (rows, cdiv(n_groups, gpp))
     args = (
         src,
@@ -579,14 +598,13 @@ def _launch_act(
         src.stride(0),
         dst.stride(0),
         scales.stride(0) if scales is not None else 0,
-        float(limit) if limit is not None else 0.0,
+        float(limit) if limit is not None else float("inf"),
         float(alpha),
         float(beta),
     )
     consts = dict(
         SWIGLU=swiglu,
         INTERLEAVED=interleaved,
-        HAS_LIMIT=limit is not None,
         CLAMP_POST=clamp_post,
         QUANT_FP8=quant_fp8,
         SKIP_INVALID=skip_invalid,
@@ -766,8 +784,8 @@ def run_fused_moe(
         mul_weight=not on_input,
         **common,
     )
-    block_h = _next_pow2(h) if interpret else min(_next_pow2(h), 1024)
-    _reduce_k_kernel[(t, cdiv(h, block_h))](
-        c2, ids, out, h, c2.stride(0), out.stride(0), TOP_K=k, BLOCK_H=block_h, num_warps=4
+    bh = block_h(h, interpret)
+    _reduce_k_kernel[(t, cdiv(h, bh))](
+        c2, ids, out, h, c2.stride(0), out.stride(0), k, K_PAD=k_pad(k), BLOCK_H=bh, num_warps=4
     )
     return out

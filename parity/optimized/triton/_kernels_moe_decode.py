@@ -36,7 +36,9 @@ from parity.optimized.triton._kernels_fused_moe import (
     _e2m1_to_f32,
     _e8m0_to_f32,
     _fp8_to_f32,
+    block_h,
     dot_acc,
+    k_pad,
     mx_block_dot,
     store_act,
 )
@@ -426,7 +428,8 @@ def _act_kernel(
     )
 
 
-@triton.jit(do_not_specialize_on_alignment=["ids_ptr", "w_ptr"])
+# k: a run-time int under the unrolled bound K_PAD (`k_pad`), as in _reduce_k_kernel
+@triton.jit(do_not_specialize=["top_k"], do_not_specialize_on_alignment=["ids_ptr", "w_ptr"])
 def _out_kernel(
     part_ptr,
     ids_ptr,
@@ -436,8 +439,9 @@ def _out_kernel(
     stride_ps,
     stride_pm,
     stride_out,
+    top_k,
     SPLIT: tl.constexpr,
-    TOP_K: tl.constexpr,
+    K_PAD: tl.constexpr,
     MUL_WEIGHT: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -448,10 +452,11 @@ def _out_kernel(
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = offs < H
     acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        flat = t.to(tl.int64) * TOP_K + j
+    for j in tl.static_range(K_PAD):
+        # a padding slot reads slot k-1's id (in bounds) and is masked
+        flat = t.to(tl.int64) * top_k + tl.minimum(j, top_k - 1)
         valid = (offs * 0 + tl.load(ids_ptr + flat)) >= 0  # a vector: no scalar masks
-        m = hmask & valid
+        m = hmask & valid & ((offs * 0 + j) < top_k)
         y = tl.zeros((BLOCK_H,), dtype=tl.float32)
         for s in tl.static_range(SPLIT):
             y += tl.load(part_ptr + s * stride_ps + flat * stride_pm + offs, mask=m, other=0.0)
@@ -647,7 +652,8 @@ def run_decode(
         a2_s = torch.empty((p, n // gk), dtype=torch.float32, device=dev)
         block_g = _next_pow2(gk)
     else:
-        gk = block_g = min(_next_pow2(n), 1024)
+        # on a GPU one tile whatever N (masked): N makes no compile key
+        gk = block_g = min(_next_pow2(n), 1024) if interpret else 1024
         a2 = torch.empty((p, n), dtype=dt, device=dev)
         a2_s = None
     n_groups = cdiv(n, gk)
@@ -700,13 +706,13 @@ def run_decode(
     )
 
     out = torch.empty((t, h), dtype=dt, device=dev)
-    block_h = _next_pow2(h) if interpret else min(max(_next_pow2(h), 256), 1024)  # three tiles
+    bh = block_h(h, interpret)
     launch(
         "out",
         _out_kernel,
-        (t, cdiv(h, block_h)),
-        (part2, ids, topk_w, out, h, part2.stride(0), part2.stride(1), out.stride(0)),
-        dict(SPLIT=split2, TOP_K=k, MUL_WEIGHT=not on_input, BLOCK_H=block_h),
+        (t, cdiv(h, bh)),
+        (part2, ids, topk_w, out, h, part2.stride(0), part2.stride(1), out.stride(0), k),
+        dict(SPLIT=split2, K_PAD=k_pad(k), MUL_WEIGHT=not on_input, BLOCK_H=bh),
         num_warps=4,
     )
     return out, bad
