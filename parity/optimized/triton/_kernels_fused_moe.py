@@ -46,7 +46,8 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
-from parity.optimized.triton._launch import cdiv, launch
+from parity.optimized.triton._launch import cdiv, env, launch
+from parity.optimized.triton._moe_configs import UPCAST_ENV
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
 _E4M3_MAX = tl.constexpr(448.0)
@@ -698,7 +699,7 @@ def run_fused_moe(
     group = tuple(block_shape) if fp8 else (1, 1)
     common = dict(
         cfg=cfg,
-        upcast=interpret,
+        upcast=interpret or env(UPCAST_ENV) == "1",
         mx_scale_after_dot=mx_after,
         num_valid=num_valid,
         num_pid_m=num_pid_m,

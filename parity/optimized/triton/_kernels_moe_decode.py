@@ -43,7 +43,8 @@ from parity.optimized.triton._kernels_fused_moe import (
     store_act,
 )
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
-from parity.optimized.triton._launch import cdiv, launch
+from parity.optimized.triton._launch import cdiv, env, launch
+from parity.optimized.triton._moe_configs import UPCAST_ENV
 
 # Compile keys (issue 11, section 4; each new one compiles on a GPU): integer arguments that only
 # bound rows or index scalars are not specialised, nor the alignment of the scratch slices and
@@ -624,7 +625,7 @@ def run_decode(
         bk=cfg["DECODE_BLOCK_K"],
         warps=cfg["DECODE_NUM_WARPS"],
         stages=cfg["DECODE_NUM_STAGES"],
-        upcast=interpret,
+        upcast=interpret or env(UPCAST_ENV) == "1",
         mx_words=bool(cfg.get("DECODE_MX_WORDS", 0)),
     )
 

@@ -251,6 +251,9 @@ DECODE_PAIRS_CAP = 1024
 DECODE_ENV = "PARITY_MOE_DECODE"  # "0": never take the decode path (benchmark old vs new)
 DECODE_GEMV_ENV = "PARITY_MOE_DECODE_GEMV"  # "0": no GEMV at T = 1 (a 16-row dot tile instead)
 MX_WORDS_ENV = "PARITY_MOE_MX_WORDS"  # "1": the mxfp4 GEMV on int32 words (DECODE_MX_WORDS)
+# "1": GEMM operands upcast to float32 (ieee dot) on a GPU too, as in the interpreter: tells a
+# tensor-core rounding from a kernel bug (slow; a diagnosis switch, off by default)
+UPCAST_ENV = "PARITY_MOE_UPCAST"
 # CTAs per GEMM the split-K derivation aims at: about 4 per SM of an H100/H200 (132 SMs), so
 # that every SM keeps several weight streams in flight and the last wave is short
 DECODE_TARGET_CTAS = 4 * 132
