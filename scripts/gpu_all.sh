@@ -4,7 +4,8 @@
 #   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
 #   run(command="bash scripts/gpu_all.sh moe", carry=[".gpu"])  # short: tune large M, fused_moe
 #   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
-#     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls)
+#     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls);
+#     nightly 2,3: both side by side in one call
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
@@ -296,7 +297,8 @@ elif [ "$PHASE" = nightly ]; then
     local b=$1; shift
     for op in "$@"; do suite "n_${b}_$op" "$LIM" 1000 --profile nightly --backend "$b" --op "$op"; done
   }
-  case "$SHARD" in
+  for shard in ${SHARD//,/ }; do  # "2,3": two shards side by side in one call
+  case "$shard" in
     1) nsuite triton swiglu fp8_quant silu_mul_fp8_quant mxfp4_dequant moe_align fp8_block_quant \
          mxfp4_quant
        # route and fused_moe are compile-bound (566 and 511 Triton compiles, 256 s and 193 s of
@@ -312,8 +314,9 @@ elif [ "$PHASE" = nightly ]; then
        # no false alarm: every property on the reference itself at the nightly budget
        job nightly_ref "$LIM" env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
          tests/test_reference_nightly.py ;;
-    *) echo "nightly shard must be 1, 2 or 3"; exit 2 ;;
+    *) echo "nightly shard must be 1, 2 or 3 (or a list: 2,3)"; exit 2 ;;
   esac
+  done
   wait
 elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   # moe: the tuner and fused_moe's benchmark alone (TS_MOE tokens), a short call
