@@ -64,6 +64,18 @@ def compare(p1: str, p2: str) -> None:
     print("out cuda:", a["out"].flatten()[:8].tolist())
     print("out cpu: ", b["out"].flatten()[:8].tolist())
     print("ref:     ", ref.flatten()[:8].tolist())
+    for name, d in (("cuda", a), ("cpu", b)):
+        o = d["out"].double()
+        sub = (o != 0) & (o.abs() < 2.0**-14)
+        print(f"{name}: zeros {int((o == 0).sum())} (ref {int((ref == 0).sum())}), float16 "
+              f"subnormals {int(sub.sum())}, max |out - ref| {(o - ref).abs().max().item():.3g} "
+              f"at {int((o - ref).abs().argmax())}")  # fmt: skip
+    e = (a["out"].double() - ref).abs().flatten()
+    top = e.argsort(descending=True)[:8].tolist()
+    print("largest cuda errors (index, cuda, cpu, ref):")
+    for i in top:
+        print(f"  {i:4} {a['out'].flatten()[i].item():.6g} {b['out'].flatten()[i].item():.6g} "
+              f"{ref.flatten()[i].item():.6g}")  # fmt: skip
 
 
 if __name__ == "__main__":
