@@ -15,7 +15,9 @@ cache) and which parameters make them distinct.
 
 `--bench T,...` records instead the keys of each op's benchmark case (`OpSpec.bench`) at those
 token counts, kernels not run: the production keys. `--draw full` calls the implementation on
-cases drawn as a GPU run draws them (T up to 4097), kernels not run and nothing judged. `--dump`
+cases drawn as a GPU run draws them (T up to 4097), kernels not run and nothing judged. Both
+plan as on a GPU (`_launch.plan_as_gpu`: fused_moe's tiles and paths, which otherwise follow the
+interpreter); a suite run (neither flag) keys the interpreter's own plans. `--dump`
 writes the keys as JSON; `--compile` compiles a sample of them for sm_90 here (triton's own
 ptxas, no GPU) and prints the seconds a compile, and with `--detail` each key's SASS size,
 fingerprint and global loads and stores by width: two versions of a kernel compared without a
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -252,9 +255,13 @@ def main(argv=None) -> int:
         ap.error("--op is required (or --compile FILE)")
     global KEYS
     from parity.optimized.triton._compile_keys import record
+    from parity.optimized.triton._launch import plan_as_gpu
 
     mode = draw_keys if a.draw else bench_keys if a.bench else suite_keys
-    with record(skip_run=mode is not suite_keys) as KEYS:  # only the suite runs the kernels
+    # only the suite runs the kernels; the others plan as a GPU run does (fused_moe's tiles and
+    # paths follow the interpreter otherwise), kernels not run
+    gpu = plan_as_gpu() if mode is not suite_keys else contextlib.nullcontext()
+    with record(skip_run=mode is not suite_keys) as KEYS, gpu:
         rc = mode(a)
     report()
     if a.dump:

@@ -9,6 +9,7 @@ The keys are recorded in the Triton interpreter (CPU tensors); on a CUDA machine
 bypass it, so the tests there are NOT RUN (the key model does not depend on the device).
 """
 
+import contextlib
 import os
 
 import pytest
@@ -158,3 +159,43 @@ def test_fused_moe_elementwise_kernels_one_key_whatever_k_and_limit(monkeypatch,
     if path == "sorted":  # SwiGLU (and fp8: x's quantization, a second key)
         want = 2 if quant == "fp8_block" else 1
         assert keys["_kernels_fused_moe._act_quant_kernel"] == want, keys
+
+
+def test_plan_as_gpu_keys_the_gpu_plan():
+    """`plan_as_gpu()` (scripts/compile_keys.py --draw/--bench): fused_moe plans as on a GPU (the
+    dot operands not upcast, the k-sum's 1024-column tile) while its launches still go to the
+    interpreter's recorder; outside it, the interpreter's own plan (upcast, the whole row)."""
+    from parity.optimized.triton._launch import interpret, plan_as_gpu
+
+    fn = get_impl("fused_moe", "triton").fn
+    g = torch.Generator().manual_seed(0)
+    t, h, n, e, k = 2, 2048, 64, 4, 2
+    x = torch.randn(t, h, generator=g).to(torch.bfloat16)
+    w13 = torch.randn(e, 2 * n, h, generator=g).to(torch.bfloat16)
+    w2 = torch.randn(e, h, n, generator=g).to(torch.bfloat16)
+    ids = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
+    w = torch.ones(t, k)
+
+    def consts(as_gpu):
+        with record(skip_run=True) as keys:
+            with plan_as_gpu() if as_gpu else contextlib.nullcontext():
+                assert interpret() is not as_gpu
+                fn(x, w13, w2, w, ids, quant="none")
+        out = {}
+        for name, counter in keys.launches.items():
+            for parts, _ in counter:
+                out.setdefault(name, []).append(parts)
+        return keys, out
+
+    gpu, gparts = consts(True)
+    cpu, cparts = consts(False)
+    assert interpret()  # restored
+    assert gparts.keys() == cparts.keys()  # the same kernels, planned apart
+
+    def block_h(keys, parts):
+        name = "_kernels_moe_decode._out_kernel"
+        i = keys.params[name].index("BLOCK_H")
+        return {tuple(p[i]) for p in parts[name]}
+
+    assert block_h(gpu, gparts) == {("c", 1024)}  # a GPU's tile
+    assert block_h(cpu, cparts) == {("c", 2048)}  # the interpreter's: the whole row

@@ -40,10 +40,26 @@ def env(name: str) -> str | None:
     return None if value is None else os.environ.decodevalue(value)
 
 
+_AS_GPU = [False]  # plan_as_gpu(): wrappers choose as on a GPU while the interpreter records
+
+
 def interpret() -> bool:
     """True when Triton kernels run in the interpreter (TRITON_INTERPRET=1, read on each call:
-    the wrappers' choices must follow what triton read when it was imported)."""
-    return env("TRITON_INTERPRET") == "1"
+    the wrappers' choices must follow what triton read when it was imported); False inside
+    `plan_as_gpu()`."""
+    return env("TRITON_INTERPRET") == "1" and not _AS_GPU[0]
+
+
+@contextlib.contextmanager
+def plan_as_gpu():
+    """Wrappers plan tiles and paths as on a GPU (`interpret()` False) while CPU tensors still
+    launch into the interpreter: for `scripts/compile_keys.py`, which records the keys a GPU run
+    compiles with the kernels not run (their outputs are garbage: nothing may be judged)."""
+    _AS_GPU[0] = True
+    try:
+        yield
+    finally:
+        _AS_GPU[0] = False
 
 
 def launch_context(op: str, t: torch.Tensor):
@@ -56,7 +72,7 @@ def launch_context(op: str, t: torch.Tensor):
         if device.index == torch.cuda.current_device():
             return _NO_SWITCH  # already current: skip the two device exchanges
         return torch.cuda.device(device)
-    if device.type == "cpu" and interpret():
+    if device.type == "cpu" and env("TRITON_INTERPRET") == "1":  # also inside plan_as_gpu()
         global _np
         if _np is None:
             import numpy
