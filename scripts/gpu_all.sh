@@ -152,7 +152,7 @@ if [ "$PHASE" = verify ]; then
   for op in $OPS; do suite "s_tri_$op" "$VLIM" "$EX" --backend triton --op "$op"; done
   job g_route "$VLIM" python3 -m parity.properties.golden --device cuda --op route \
     --budget $((VLIM - 20)) --json "$LOG/g_route.json"
-  VTESTS="${VERIFY_TESTS:-tests/test_launch_cost.py tests/test_fp8_divfree.py tests/test_mxfp4_quant_words.py tests/test_triton_route.py tests/test_triton_fused_moe.py tests/test_triton_new_kernels.py tests/test_scale_regime.py tests/test_compiles.py}"
+  VTESTS="${VERIFY_TESTS:-tests/test_launch_cost.py tests/test_fp8_divfree.py tests/test_mxfp4_quant_words.py tests/test_triton_route.py tests/test_triton_fused_moe.py tests/test_triton_new_kernels.py tests/test_scale_regime.py tests/test_compiles.py tests/test_case_gen.py}"
   # shellcheck disable=SC2086  # VTESTS is a list of paths
   job pytest_gpu "$VLIM" python3 -m pytest -q -p no:cacheprovider -n 4 $VTESTS
   wait
@@ -255,7 +255,7 @@ elif [ "$PHASE" = tests ]; then
   done
   job pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_gpu_backends.py \
     tests/test_launch_cost.py tests/test_fp8_divfree.py \
-    tests/test_triton_kernels.py tests/test_triton_fused_moe.py tests/test_compiles.py tests/tools
+    tests/test_triton_kernels.py tests/test_triton_fused_moe.py tests/test_compiles.py tests/test_case_gen.py tests/tools
   # the tuner's candidates checked (so compiled into the shared Triton cache) meanwhile
   for q in mxfp4 fp8_block none; do
     job "tunecheck_$q" 300 python3 -m parity tune --check-only --config "$V4" --ep 8 \

@@ -94,28 +94,56 @@ def as_tuple(out: Any) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+# A draw of at most this many elements comes from a CPU generator whatever the device (then
+# copied there), so a case whose draws are all this small is the same case on the CPU and on a
+# GPU: a GPU failure replays on the CPU from its meta. A CUDA generator draws other numbers for
+# the same seed (the 2026-12-05 fused_moe counterexample was replayed on the CPU as another
+# case). Larger draws come from a second generator on the device itself (a CPU draw of a
+# GPU-size tensor would cost a GPU suite more than the kernel call); on the CPU that second
+# generator is a CPU one, so the small draws' stream is the same on every device.
+SMALL_DRAW = 1 << 16
+_CPU = torch.device("cpu")
+
+
+def _numel(shape) -> int:
+    return shape if isinstance(shape, int) else math.prod(shape)
+
+
 class Gen:
-    """Seeded tensor generation on a device; every draw advances one torch.Generator."""
+    """Seeded tensor generation for a device: draws of at most SMALL_DRAW elements advance one
+    CPU torch.Generator (the same numbers on every device), larger ones a generator on the
+    device."""
 
     def __init__(self, seed: int, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.g = torch.Generator(device=self.device)
-        self.g.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+        seed = int(seed) & 0x7FFF_FFFF_FFFF_FFFF
+        self.g = torch.Generator()
+        self.g.manual_seed(seed)
+        self.big = torch.Generator(device=self.device)
+        self.big.manual_seed(seed ^ 0x2545_F491_4F6C_DD1D)  # another stream than the small one
+
+    def _src(self, n: int):
+        """(generator, device) of a draw of n elements."""
+        return (self.g, _CPU) if n <= SMALL_DRAW else (self.big, self.device)
 
     def normal(self, shape, *, dtype=torch.float32, std: float = 1.0, mean: float = 0.0):
-        t = torch.randn(shape, generator=self.g, device=self.device, dtype=torch.float32)
+        g, dev = self._src(_numel(shape))
+        t = torch.randn(shape, generator=g, device=dev, dtype=torch.float32).to(self.device)
         return (t * std + mean).to(dtype)
 
     def uniform(self, shape, lo: float = 0.0, hi: float = 1.0, *, dtype=torch.float32):
-        t = torch.rand(shape, generator=self.g, device=self.device, dtype=torch.float32)
+        g, dev = self._src(_numel(shape))
+        t = torch.rand(shape, generator=g, device=dev, dtype=torch.float32).to(self.device)
         return (t * (hi - lo) + lo).to(dtype)
 
     def integers(self, shape, lo: int, hi: int, *, dtype=torch.int64):
         """Uniform in [lo, hi)."""
-        return torch.randint(lo, hi, shape, generator=self.g, device=self.device, dtype=dtype)
+        g, dev = self._src(_numel(shape))
+        return torch.randint(lo, hi, shape, generator=g, device=dev, dtype=dtype).to(self.device)
 
     def perm(self, n: int):
-        return torch.randperm(n, generator=self.g, device=self.device)
+        g, dev = self._src(n)
+        return torch.randperm(n, generator=g, device=dev).to(self.device)
 
     def mask(self, shape, p: float):
         return self.uniform(shape) < p
