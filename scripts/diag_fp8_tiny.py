@@ -1,10 +1,12 @@
 """The fused_moe fp8_block counterexample of the 2026-12-05 H100 nightly (T 3, float16, x tiny):
 the same inputs through the Triton implementation on CUDA and in the interpreter (CPU), GEMM1's
 activation input (codes and scales) compared exactly, and each output against the float64
-reference. Run twice on the GPU runner:
+oracle under the spec's aggregate gate. The meta was printed before 2026-12-06, when every draw
+came from the device's generator: PARITY_GEN_LEGACY=1 rebuilds that case on the GPU, and the CPU
+run takes the GPU's saved tensors (a CPU generator cannot draw CUDA's numbers):
 
-    python3 scripts/diag_fp8_tiny.py cuda /tmp/d_cuda.pt
-    TRITON_INTERPRET=1 python3 scripts/diag_fp8_tiny.py cpu /tmp/d_cpu.pt
+    PARITY_GEN_LEGACY=1 python3 scripts/diag_fp8_tiny.py cuda /tmp/d_cuda.pt     # GPU runner
+    TRITON_INTERPRET=1 python3 scripts/diag_fp8_tiny.py cpu /tmp/d_cpu.pt /tmp/d_cuda.pt
     python3 scripts/diag_fp8_tiny.py compare /tmp/d_cuda.pt /tmp/d_cpu.pt
 """
 
@@ -22,12 +24,23 @@ META = json.loads(
 )
 
 
-def run(dev: str, path: str) -> None:
+def _to(v, dev):
+    return v.to(dev) if isinstance(v, torch.Tensor) else v
+
+
+def run(dev: str, path: str, inputs: str | None = None) -> None:
     from parity.catalog import get_impl, get_spec
     from parity.optimized.triton._kernels_fused_moe import gemm1_input
+    from parity.properties.case import Case
 
     spec = get_spec("fused_moe")
-    case = spec.build(META, dev)
+    if inputs:  # the tensors another run saved (the GPU's case, on the CPU)
+        saved = torch.load(inputs)
+        args = tuple(_to(a, dev) for a in saved["args"])
+        kwargs = {k: _to(v, dev) for k, v in saved["kwargs"].items()}
+        case = Case("fused_moe", args, kwargs, META, dev)
+    else:
+        case = spec.build(META, dev)
     out = get_impl("fused_moe", "triton").fn(*case.args, **case.kwargs)
     x, _, _, topk_w, ids = case.args[:5]
     kw = case.kwargs
@@ -40,14 +53,23 @@ def run(dev: str, path: str) -> None:
     ref = get_impl("fused_moe", "reference").fn(*cpu, **kwc)
     torch.save(
         {"out": out.cpu(), "a1": a1.view(torch.uint8).cpu(), "a1_s": a1_s.cpu(), "ref": ref,
-         "x": x.cpu(), "ids": ids.cpu()},
+         "x": x.cpu(), "ids": ids.cpu(), "args": cpu, "kwargs": kwc},
         path,
     )  # fmt: skip
     print(f"{dev}: saved {path}")
 
 
 def compare(p1: str, p2: str) -> None:
+    import parity.properties.specs.fused_moe as fm
+    from parity.properties.case import Case
+
     a, b = torch.load(p1), torch.load(p2)
+    case = Case("fused_moe", tuple(a["args"]), a["kwargs"], META, "cpu")
+    want = fm._oracle(case)
+    for name, d in (("cuda", a), ("cpu", b)):
+        v = fm._gate(case, d["out"], want)
+        print(f"{name}: aggregate gate {'pass' if v.ok else 'FAIL'}, error / allowance "
+              f"{v.ratio:.4g} {v.message}")  # fmt: skip
     print("x equal:", torch.equal(a["x"], b["x"]), "ids:", a["ids"].tolist())
     print("x abs max:", a["x"].abs().max().item(), "x abs min nonzero:",
           a["x"][a["x"] != 0].abs().min().item())  # fmt: skip
@@ -82,4 +104,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "compare":
         compare(sys.argv[2], sys.argv[3])
     else:
-        run(sys.argv[1], sys.argv[2])
+        run(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,9 @@ def as_tuple(out: Any) -> tuple:
 # GPU-size tensor would cost a GPU suite more than the kernel call); on the CPU that second
 # generator is a CPU one, so the small draws' stream is the same on every device.
 SMALL_DRAW = 1 << 16
+# "1": every draw from one generator on the device, as before 2026-12-06 (rebuilds a GPU case
+# described before then: its meta drew other tensors than it draws now)
+LEGACY_ENV = "PARITY_GEN_LEGACY"
 _CPU = torch.device("cpu")
 
 
@@ -117,14 +121,20 @@ class Gen:
     def __init__(self, seed: int, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         seed = int(seed) & 0x7FFF_FFFF_FFFF_FFFF
+        if os.environ.get(LEGACY_ENV) == "1":  # every draw on the device, one stream
+            self.g = self.big = torch.Generator(device=self.device)
+            self.g.manual_seed(seed)
+            self._small_dev = self.device
+            return
         self.g = torch.Generator()
         self.g.manual_seed(seed)
+        self._small_dev = _CPU
         self.big = torch.Generator(device=self.device)
         self.big.manual_seed(seed ^ 0x2545_F491_4F6C_DD1D)  # another stream than the small one
 
     def _src(self, n: int):
         """(generator, device) of a draw of n elements."""
-        return (self.g, _CPU) if n <= SMALL_DRAW else (self.big, self.device)
+        return (self.g, self._small_dev) if n <= SMALL_DRAW else (self.big, self.device)
 
     def normal(self, shape, *, dtype=torch.float32, std: float = 1.0, mean: float = 0.0):
         g, dev = self._src(_numel(shape))
