@@ -355,7 +355,9 @@ def _gemm_kernel(
         tl.store(dst, acc, mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit(do_not_specialize_on_alignment=["ids_ptr", "w_ptr"])
+# split: GEMM1's K-split count, a run-time loop bound (it follows T and the shape: 3 values in
+# the GPU's draws, each a compile key as a constexpr); the partials are summed in the same order
+@triton.jit(do_not_specialize=["split"], do_not_specialize_on_alignment=["ids_ptr", "w_ptr"])
 def _act_kernel(
     part_ptr,
     out_ptr,
@@ -370,7 +372,7 @@ def _act_kernel(
     limit,  # +inf without a limit: every clamp keeps its operand (as in _kernels_swiglu)
     alpha,
     beta,
-    SPLIT: tl.constexpr,
+    split,
     INTERLEAVED: tl.constexpr,
     CLAMP_POST: tl.constexpr,
     QUANT_FP8: tl.constexpr,
@@ -401,7 +403,7 @@ def _act_kernel(
         up_col = n_cols + col
     gate = tl.zeros((GROUPS_PER_PROG, BLOCK_G), dtype=tl.float32)
     up = tl.zeros((GROUPS_PER_PROG, BLOCK_G), dtype=tl.float32)
-    for s in tl.static_range(SPLIT):
+    for s in range(split):
         gate += tl.load(src + s * stride_ps + gate_col, mask=mask, other=0.0)
         up += tl.load(src + s * stride_ps + up_col, mask=mask, other=0.0)
     if MUL_WEIGHT:
@@ -674,9 +676,9 @@ def run_decode(
         float(limit) if limit is not None else float("inf"),
         float(alpha),
         float(beta),
+        split1,
     )
     consts = dict(
-        SPLIT=split1,
         INTERLEAVED=interleaved,
         CLAMP_POST=clamp_post,
         QUANT_FP8=fp8,
