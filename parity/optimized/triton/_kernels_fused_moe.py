@@ -363,7 +363,7 @@ def _act_quant_kernel(
         else:
             gate = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
             up = tl.load(src + n_cols + col, mask=mask, other=0.0).to(tl.float32)
-        y = swiglu_f32(gate, up, limit, alpha, beta, True, CLAMP_POST)
+        y = swiglu_f32(gate, up, limit, alpha, beta, CLAMP_POST)
     else:
         y = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
         if MUL_WEIGHT:
@@ -441,6 +441,23 @@ def _next_pow2(n: int) -> int:
 def k_pad(k: int) -> int:
     """The unrolled bound of a k-sum: 8 (the DeepSeek top-k) or the next power of two above."""
     return max(8, _next_pow2(k))
+
+
+def act_tiles(n_cols: int, group: int | None, interpret: bool) -> tuple[int, int, int, int]:
+    """(GROUP, BLOCK_G, groups, GROUPS_PER_PROG) of an activation row of `n_cols` columns, fp8
+    groups of `group` (None: no quantization, the group is only a tile). Under the interpreter
+    every program costs Python overhead: one program a row there. On a GPU 2048 columns a program
+    whatever N (a narrow N is masked), so the tile follows the fp8 group alone and N makes no
+    compile key (issue 11, section 4)."""
+    if group is not None:
+        block_g = _next_pow2(group)
+    elif interpret:
+        group = block_g = min(_next_pow2(n_cols), 1024)
+    else:
+        group = block_g = 1024
+    n_groups = cdiv(n_cols, group)
+    gpp = _next_pow2(n_groups) if interpret else max(1, 2048 // block_g)
+    return group, block_g, n_groups, gpp
 
 
 def block_h(h: int, interpret: bool) -> int:
@@ -577,17 +594,7 @@ def _launch_act(
     interpret,
 ):
     rows = src.shape[0]
-    # Under the interpreter every program costs Python overhead: one program per row there. On
-    # a GPU 2048 columns a program whatever N (a narrow N is masked), so that the tile follows
-    # the fp8 group alone and N makes no compile key (issue 11, section 4)
-    if quant_fp8:
-        block_g = _next_pow2(group)
-    elif interpret:
-        group = block_g = min(_next_pow2(n_cols), 1024)
-    else:
-        group = block_g = 1024
-    n_groups = cdiv(n_cols, group)
-    gpp = _next_pow2(n_groups) if interpret else max(1, 2048 // block_g)
+    group, block_g, n_groups, gpp = act_tiles(n_cols, group if quant_fp8 else None, interpret)
     grid = (rows, cdiv(n_groups, gpp))
     args = (
         src,

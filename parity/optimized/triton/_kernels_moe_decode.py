@@ -36,6 +36,7 @@ from parity.optimized.triton._kernels_fused_moe import (
     _e2m1_to_f32,
     _e8m0_to_f32,
     _fp8_to_f32,
+    act_tiles,
     block_h,
     dot_acc,
     k_pad,
@@ -417,7 +418,7 @@ def _act_kernel(
     else:
         gate = to_dtype_rne(gate, tl.float16).to(tl.float32)
         up = to_dtype_rne(up, tl.float16).to(tl.float32)
-    y = swiglu_f32(gate, up, limit, alpha, beta, True, CLAMP_POST)
+    y = swiglu_f32(gate, up, limit, alpha, beta, CLAMP_POST)
     store_act(
         y,
         mask,
@@ -649,19 +650,13 @@ def run_decode(
         **common,
     )
 
+    gk, block_g, n_groups, gpp = act_tiles(n, block_shape[1] if fp8 else None, interpret)
     if fp8:
-        gk = block_shape[1]
         a2 = torch.empty((p, n), dtype=torch.float8_e4m3fn, device=dev)
         a2_s = torch.empty((p, n // gk), dtype=torch.float32, device=dev)
-        block_g = _next_pow2(gk)
     else:
-        # on a GPU one tile whatever N (masked): N makes no compile key
-        gk = block_g = min(_next_pow2(n), 1024) if interpret else 1024
         a2 = torch.empty((p, n), dtype=dt, device=dev)
         a2_s = None
-    n_groups = cdiv(n, gk)
-    # 2048 columns a program, not fewer for a narrow N (masked): the tile follows the group
-    gpp = _next_pow2(n_groups) if interpret else max(1, 2048 // block_g)
     args = (
         part1,
         a2,
