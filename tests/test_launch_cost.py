@@ -367,7 +367,9 @@ def test_launch_rejects_constexprs_before_runtime_args():
     rec = Recorder(_kernels_swiglu._swiglu_kernel)
     with pytest.raises(ValueError, match="last parameters"):
         _launch.Launch(
-            rec, (1,), dict(x_ptr=1, HAS_LIMIT=True, POST=False, INTERLEAVED=False, BLOCK_R=1)
+            rec,
+            (1,),
+            dict(x_ptr=1, POST=False, INTERLEAVED=False, BLOCK_R=1, BLOCK_N=1),
         )
 
 

@@ -153,7 +153,7 @@ def _silu_mul_fp8_quant_kernel(
     g = tl.load(x_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + g_offs + N, mask=mask, other=0.0).to(tl.float32)
     # The SwiGLU result stays float32 (never rounded to x.dtype) up to the quantization.
-    y = swiglu_f32(g, u, limit, 1.0, 0.0, True, POST)
+    y = swiglu_f32(g, u, limit, 1.0, 0.0, POST)
     y = tl.where(mask, y, 0.0)
     codes, s = _quant_groups(y, eps, UE8M0, RECIP, NATIVE_FP8)
     q_offs = gi.to(tl.int64)[:, None] * G + c[None, :]

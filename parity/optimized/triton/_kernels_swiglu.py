@@ -42,18 +42,17 @@ def sigmoid_f32(z):
 
 
 @triton.jit
-def swiglu_f32(g, u, limit, alpha, beta, HAS_LIMIT: tl.constexpr, POST: tl.constexpr):
+def swiglu_f32(g, u, limit, alpha, beta, POST: tl.constexpr):
     """The contract's SwiGLU on float32 halves: (g * sigmoid(alpha * g)) * (u + beta), with the
     "pre" (gate clamped above) or "post" (activation clamped above) limit; up clamped to
-    +-limit in both modes. `u + beta` is kept even for beta = 0: -0.0 + 0.0 is +0.0."""
-    if HAS_LIMIT:
-        u = tl.where(u > limit, limit, tl.where(u < -limit, -limit, u))
-        if not POST:
-            g = tl.where(g > limit, limit, g)
+    +-limit in both modes. No limit is limit = +inf: every clamp compares false and keeps its
+    operand, NaN and inf included. `u + beta` is kept even for beta = 0: -0.0 + 0.0 is +0.0."""
+    u = tl.where(u > limit, limit, tl.where(u < -limit, -limit, u))
+    if not POST:
+        g = tl.where(g > limit, limit, g)
     act = g * sigmoid_f32(alpha * g)
-    if HAS_LIMIT:
-        if POST:
-            act = tl.where(act > limit, limit, act)
+    if POST:
+        act = tl.where(act > limit, limit, act)
     return act * (u + beta)
 
 
@@ -91,7 +90,7 @@ def _swiglu_kernel(
         mask = rmask[:, None] & (cols < N)[None, :]
         g = tl.load(x_row + cols[None, :], mask=mask).to(tl.float32)
         u = tl.load(x_row + N + cols[None, :], mask=mask).to(tl.float32)
-    y = swiglu_f32(g, u, limit, alpha, beta, True, POST)
+    y = swiglu_f32(g, u, limit, alpha, beta, POST)
     omask = rmask[:, None] & (cols < N)[None, :]
     tl.store(
         y_ptr + row64[:, None] * N + cols[None, :],
