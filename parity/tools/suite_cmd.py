@@ -246,13 +246,9 @@ def run(args) -> int:
                 part = results.get("_partial", {}).get((impl.op, impl.name, prop))
                 if part:  # examples it ran before the cut: counted for ex/s, never judged
                     agg["cut_examples"] = agg.get("cut_examples", 0) + int(part["run"])
-                    agg["seconds"] += float(part.get("seconds") or 0.0)
-                    agg["compiles"] += int(part.get("compiles") or 0)
-                    agg["compile_seconds"] += float(part.get("compile_seconds") or 0.0)
+                    _add_time(agg, part)
                 continue
-            agg["seconds"] += float(d.get("seconds") or 0.0)
-            agg["compiles"] += int(d.get("compiles") or 0)
-            agg["compile_seconds"] += float(d.get("compile_seconds") or 0.0)
+            _add_time(agg, d)
             if "error" in d:
                 agg["errors"].append(prop)
                 errors.append((impl.key, prop, d["error"]))
@@ -337,6 +333,13 @@ def run(args) -> int:
     if failures or errors or any(r["failed"] for r in rows):
         return 1
     return cut.code if cut is not None else 0  # a cut suite never exits 0
+
+
+def _add_time(agg: dict, d: dict) -> None:
+    """A unit's (or a cut unit's partial) seconds and Triton compiles into its row."""
+    agg["seconds"] += float(d.get("seconds") or 0.0)
+    agg["compiles"] += int(d.get("compiles") or 0)
+    agg["compile_seconds"] += float(d.get("compile_seconds") or 0.0)
 
 
 def _run_units(units: list, device: str, args, n_impls: int) -> dict:
