@@ -2,12 +2,14 @@
 the same inputs through the Triton implementation on CUDA and in the interpreter (CPU), GEMM1's
 activation input (codes and scales) compared exactly, and each output against the float64
 oracle under the spec's aggregate gate. The meta was printed before 2026-12-06, when every draw
-came from the device's generator: PARITY_GEN_LEGACY=1 rebuilds that case on the GPU, and the CPU
-run takes the GPU's saved tensors (a CPU generator cannot draw CUDA's numbers):
+came from the device's generator: PARITY_GEN_LEGACY=1 rebuilds that case on the GPU, which saves
+it as a repro file (`parity.campaign.repro`); the CPU run takes the case from that file (a CPU
+generator cannot draw CUDA's numbers; `parity replay FILE --impl triton --device cpu` judges it
+the same way):
 
-    PARITY_GEN_LEGACY=1 python3 scripts/diag_fp8_tiny.py cuda /tmp/d_cuda.pt     # GPU runner
-    TRITON_INTERPRET=1 python3 scripts/diag_fp8_tiny.py cpu /tmp/d_cpu.pt /tmp/d_cuda.pt
-    python3 scripts/diag_fp8_tiny.py compare /tmp/d_cuda.pt /tmp/d_cpu.pt
+    PARITY_GEN_LEGACY=1 python3 scripts/diag_fp8_tiny.py cuda A.pt   # GPU runner; A.pt.repro/
+    TRITON_INTERPRET=1 python3 scripts/diag_fp8_tiny.py cpu B.pt A.pt.repro/*.json
+    python3 scripts/diag_fp8_tiny.py compare A.pt B.pt A.pt.repro/*.json
 """
 
 import json
@@ -24,23 +26,17 @@ META = json.loads(
 )
 
 
-def _to(v, dev):
-    return v.to(dev) if isinstance(v, torch.Tensor) else v
-
-
 def run(dev: str, path: str, inputs: str | None = None) -> None:
+    from parity.campaign import repro
     from parity.catalog import get_impl, get_spec
     from parity.optimized.triton._kernels_fused_moe import gemm1_input
-    from parity.properties.case import Case
 
-    spec = get_spec("fused_moe")
-    if inputs:  # the tensors another run saved (the GPU's case, on the CPU)
-        saved = torch.load(inputs)
-        args = tuple(_to(a, dev) for a in saved["args"])
-        kwargs = {k: _to(v, dev) for k, v in saved["kwargs"].items()}
-        case = Case("fused_moe", args, kwargs, META, dev)
+    if inputs:  # the case another run saved (the GPU's, on the CPU)
+        case = repro.load(inputs).case(dev)
     else:
-        case = spec.build(META, dev)
+        case = get_spec("fused_moe").build(META, dev)
+        saved = repro.save(case, f"{path}.repro", impl="triton", prop="matches_reference")
+        print(f"{dev}: the case saved as {saved}")
     out = get_impl("fused_moe", "triton").fn(*case.args, **case.kwargs)
     x, _, _, topk_w, ids = case.args[:5]
     kw = case.kwargs
@@ -53,18 +49,18 @@ def run(dev: str, path: str, inputs: str | None = None) -> None:
     ref = get_impl("fused_moe", "reference").fn(*cpu, **kwc)
     torch.save(
         {"out": out.cpu(), "a1": a1.view(torch.uint8).cpu(), "a1_s": a1_s.cpu(), "ref": ref,
-         "x": x.cpu(), "ids": ids.cpu(), "args": cpu, "kwargs": kwc},
+         "x": x.cpu(), "ids": ids.cpu()},
         path,
     )  # fmt: skip
     print(f"{dev}: saved {path}")
 
 
-def compare(p1: str, p2: str) -> None:
+def compare(p1: str, p2: str, case_file: str) -> None:
     import parity.properties.specs.fused_moe as fm
-    from parity.properties.case import Case
+    from parity.campaign import repro
 
     a, b = torch.load(p1), torch.load(p2)
-    case = Case("fused_moe", tuple(a["args"]), a["kwargs"], META, "cpu")
+    case = repro.load(case_file).case("cpu")
     want = fm._oracle(case)
     for name, d in (("cuda", a), ("cpu", b)):
         v = fm._gate(case, d["out"], want)
@@ -102,6 +98,6 @@ def compare(p1: str, p2: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "compare":
-        compare(sys.argv[2], sys.argv[3])
+        compare(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         run(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
