@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The open fused_moe fp8 counterexample on a GPU, in one runner call 
+# The open fused_moe fp8 counterexample on a GPU, in one runner call:
 # the fp8 tensor-core dot's behaviour, the original case saved with its outputs, and the verdict
 # of `parity case` with and without the operand upcast (logs and tensors: $OUT/diag.tar.gz).
 # Run beside `gpu_all.sh nightly 1`.

@@ -186,24 +186,29 @@ def ncb(br_pad: int, bc_pad: int) -> int:
     return 1 << (per.bit_length() - 1)
 
 
-def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native_fp8=False):
-    """w [E, R, C] contiguous (E, R, C > 0); q like w, float8_e4m3fn; scales [E, nr, nc]."""
+def plan(*, experts, rows, cols, block_shape, ue8m0, native_fp8):
+    """The launch of one quantization: (kernel, grid, constexprs, num_warps). One place for the
+    tile choice, so `launch` and the wrapper's cached plan cannot disagree."""
     br, bc = block_shape
     nr, nc = cdiv(rows, br), cdiv(cols, bc)
-    br_pad, bc_pad = triton.next_power_of_2(br), triton.next_power_of_2(bc)
+    br_pad, bc_pad = 1 << (br - 1).bit_length(), 1 << (bc - 1).bit_length()
     common = dict(UE8M0=ue8m0, NATIVE_FP8=native_fp8)
     if br_pad * bc_pad <= MAX_TILE:
         n_cb = ncb(br_pad, bc_pad)
+        consts = dict(BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=n_cb, **common)
         grid = (experts * nr, cdiv(nc, n_cb))
-        _tile_kernel[grid](
-            w, q, scales, rows, cols, nr, nc, eps,
-            BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=n_cb,
-            num_warps=_warps(br_pad * bc_pad * n_cb), **common,
-        )  # fmt: skip
-    else:
-        tc = min(bc_pad, TILE["chunk"])
-        tr = max(1, min(br_pad, TILE["chunk"] // tc))
-        _loop_kernel[(experts * nr * nc,)](
-            w, q, scales, rows, cols, nr, nc, eps,
-            BR=br, BC=bc, TR=tr, TC=tc, num_warps=_warps(tr * tc), **common,
-        )  # fmt: skip
+        return _tile_kernel, grid, consts, _warps(br_pad * bc_pad * n_cb)
+    tc = min(bc_pad, TILE["chunk"])
+    tr = max(1, min(br_pad, TILE["chunk"] // tc))
+    consts = dict(BR=br, BC=bc, TR=tr, TC=tc, **common)
+    return _loop_kernel, (experts * nr * nc,), consts, _warps(tr * tc)
+
+
+def launch(w, q, scales, *, experts, rows, cols, block_shape, eps, ue8m0, native_fp8=False):
+    """w [E, R, C] contiguous (E, R, C > 0); q like w, float8_e4m3fn; scales [E, nr, nc]."""
+    kernel, grid, consts, warps = plan(
+        experts=experts, rows=rows, cols=cols, block_shape=block_shape, ue8m0=ue8m0,
+        native_fp8=native_fp8,
+    )  # fmt: skip
+    nr, nc = cdiv(rows, block_shape[0]), cdiv(cols, block_shape[1])
+    kernel[grid](w, q, scales, rows, cols, nr, nc, eps, num_warps=warps, **consts)

@@ -41,21 +41,13 @@ def _key(w, block_shape, scale_format):
 
 
 def _launch_of(experts, rows, cols, br, bc, ue8m0, native) -> Launch:
-    """`_kernels_fp8_block_quant.launch`'s launch as a `Launch` (the same kernel, grid,
-    constexprs and warps: tests/test_launch_cost.py compares the two)."""
-    k = _k()
-    nr, nc = -(-rows // br), -(-cols // bc)
-    br_pad, bc_pad = 1 << (br - 1).bit_length(), 1 << (bc - 1).bit_length()
-    common = dict(UE8M0=ue8m0, NATIVE_FP8=native)
-    if br_pad * bc_pad <= k.MAX_TILE:
-        ncb = k.ncb(br_pad, bc_pad)
-        consts = dict(BR=br, BC=bc, BR_PAD=br_pad, BC_PAD=bc_pad, NCB=ncb, **common)
-        grid = (experts * nr, -(-nc // ncb))
-        return Launch(k._tile_kernel, grid, consts, num_warps=k._warps(br_pad * bc_pad * ncb))
-    tc = min(bc_pad, k.TILE["chunk"])
-    tr = max(1, min(br_pad, k.TILE["chunk"] // tc))
-    consts = dict(BR=br, BC=bc, TR=tr, TC=tc, **common)
-    return Launch(k._loop_kernel, (experts * nr * nc,), consts, num_warps=k._warps(tr * tc))
+    """`_kernels_fp8_block_quant.plan`'s launch as a `Launch` (tests/test_launch_cost.py
+    compares it with `launch`)."""
+    kernel, grid, consts, warps = _k().plan(
+        experts=experts, rows=rows, cols=cols, block_shape=(br, bc), ue8m0=ue8m0,
+        native_fp8=native,
+    )  # fmt: skip
+    return Launch(kernel, grid, consts, num_warps=warps)
 
 
 def _plan(w, block_shape, scale_format):
