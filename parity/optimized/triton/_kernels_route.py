@@ -92,9 +92,13 @@ def _max2(v):
     return tl.max(tl.max(v, axis=1), axis=1)
 
 
-# T only bounds the tokens: not specialised (each specialisation is a compile on a GPU). The
-# constexprs are the routing problem itself (E, the groups, k: unrolled picks).
-@triton.jit(do_not_specialize=["T"])
+# Only the tile shape, the score method and renormalisation are constexprs. T, E, the groups
+# and k are run-time ints (each distinct constexpr is a compile on a GPU, and the property
+# suites draw many E, n_group, topk_group and k): the masks follow them, the picks are a
+# run-time loop over k slots of a K_PAD-wide row (K_PAD = max(8, k rounded up to a power of
+# two), so k 1..8 share a compile). E and GS keep triton's divisibility specialisation (a few
+# keys): the logits' addresses t * E + g * GS + j need it for 16-byte loads.
+@triton.jit(do_not_specialize=["T", "NG", "TOPK_GROUP", "K"])
 def _route_kernel(
     l_ptr,  # [T, E]
     b_ptr,  # [E] (unused for softmax)
@@ -102,13 +106,13 @@ def _route_kernel(
     i_ptr,  # int32 [T, K]
     T,
     scale,
-    E: tl.constexpr,
-    GS: tl.constexpr,  # experts a group
-    NG: tl.constexpr,
+    E,
+    GS,  # experts a group
+    NG,
+    TOPK_GROUP,
+    K,
     NG_PAD: tl.constexpr,
     GS_PAD: tl.constexpr,
-    TOPK_GROUP: tl.constexpr,
-    K: tl.constexpr,
     K_PAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
     METHOD: tl.constexpr,  # 0 softmax, 1 dsv3, 2 sqrtsoftplus
@@ -133,12 +137,12 @@ def _route_kernel(
     hi = tl.where(emask, _sortable(key), _INT_MIN)  # INT_MIN: never picked
     lo = ids ^ _BIG  # INT32_MAX - id: the larger, the lower the id
 
-    if NG > 1:
+    if NG_PAD > 1:  # NG > 1 (NG_PAD is NG rounded up to a power of two)
         # Group score: the sum of the two largest keys (NaN as -inf), one float32 addition; the
         # second is the first again when two experts hold it.
         m1 = tl.max(hi, axis=2)  # [BLOCK_T, NG_PAD]
         gscore = _unsortable(m1)
-        if GS > 1:
+        if GS_PAD > 1:  # GS > 1
             top = hi == m1[:, :, None]
             m2 = tl.max(tl.where(top, _INT_MIN, hi), axis=2)
             m2 = tl.where(tl.sum(top.to(tl.int32), axis=2) > 1, m1, m2)
@@ -146,9 +150,9 @@ def _route_kernel(
         # The topk_group best groups, ties to the lower group id (in-thread: a thread holds
         # every group of its tokens); a kept group's key becomes _KEPT, below every real key.
         gk = tl.where((g < NG)[None, :], _sortable(gscore), _INT_MIN)
-        for _ in tl.static_range(TOPK_GROUP):
-            top = gk == tl.max(gk, axis=1)[:, None]
-            first = tl.min(tl.where(top, g[None, :], NG_PAD), axis=1)
+        for _ in range(TOPK_GROUP):
+            best = gk == tl.max(gk, axis=1)[:, None]
+            first = tl.min(tl.where(best, g[None, :], NG_PAD), axis=1)
             gk = tl.where(g[None, :] == first[:, None], _KEPT, gk)
         hi = tl.where((gk == _KEPT)[:, :, None], hi, _INT_MIN)
 
@@ -156,7 +160,7 @@ def _route_kernel(
     # reductions; the picked expert leaves by its id.
     kk = tl.arange(0, K_PAD)
     out_i = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)
-    for n in tl.static_range(K):
+    for n in range(K):
         m_hi = _max2(hi)
         m_lo = _max2(tl.where(hi == m_hi[:, None, None], lo, -1))
         hi = tl.where(lo == m_lo[:, None, None], _INT_MIN, hi)

@@ -20,9 +20,9 @@ from parity.reference.common import FLOAT_DTYPES
 from parity.registry import register
 
 _MAX_EXPERTS = 4096  # one token's experts are one tile in registers
-_MAX_K = 64  # k picks are unrolled in the kernel
+_MAX_K = 64  # k picks in a row of K_PAD slots in registers
 _kernels = None  # parity.optimized.triton._kernels_route, imported on the first plan
-_PLANS: dict = {}  # call signature -> (T, k, Launch or None for T == 0, scale)
+_PLANS: dict = {}  # call signature -> (T, k, (Launch, ints) or None for T == 0, scale)
 
 
 def _key(logits, k, method, bias, n_group, topk_group, renormalize, factor):
@@ -36,24 +36,26 @@ def _key(logits, k, method, bias, n_group, topk_group, renormalize, factor):
     )  # fmt: skip
 
 
-def launch_args(t: int, e: int, *, k, method, n_group, topk_group, renormalize) -> Launch:
-    """The kernel's launch for T > 0 tokens: grid, constexprs and num_warps
-    (`_kernels_route.config`)."""
+def k_pad(k: int) -> int:
+    """The kernel's pick-row width: k 1..8 share one compile (8), above a power of two."""
+    return max(8, 1 << (k - 1).bit_length())
+
+
+def launch_args(t: int, e: int, *, k, method, n_group, topk_group, renormalize):
+    """The kernel's launch for T > 0 tokens and its run-time ints after T and the scale:
+    grid, constexprs and num_warps (`_kernels_route.config`), (E, GS, NG, TOPK_GROUP, K)."""
     ng_pad, gs_pad, block_t, warps = _kernels.config(t, e, n_group)
     consts = dict(
-        E=e,
-        GS=e // n_group,
-        NG=n_group,
         NG_PAD=ng_pad,
         GS_PAD=gs_pad,
-        TOPK_GROUP=topk_group,
-        K=k,
-        K_PAD=1 << (k - 1).bit_length(),
+        K_PAD=k_pad(k),
         BLOCK_T=block_t,
         METHOD=_kernels.METHOD_CODES[method],
         RENORM=renormalize,
     )
-    return Launch(_kernels._route_kernel, (-(-t // block_t),), consts, num_warps=warps)
+    grid = (-(-t // block_t),)
+    ints = (e, e // n_group, n_group, topk_group, k)
+    return Launch(_kernels._route_kernel, grid, consts, num_warps=warps), ints
 
 
 def _plan(logits, k, method, bias, n_group, topk_group, renormalize, factor):
@@ -76,13 +78,13 @@ def _plan(logits, k, method, bias, n_group, topk_group, renormalize, factor):
     if e > _MAX_EXPERTS:
         raise Unsupported(f"{op}: E={e} above {_MAX_EXPERTS} (one tile a token)")
     if k > _MAX_K:
-        raise Unsupported(f"{op}: k={k} above {_MAX_K} (unrolled picks)")
+        raise Unsupported(f"{op}: k={k} above {_MAX_K} (the picks' row is held in registers)")
     if _kernels is None:
         from parity.optimized.triton import _kernels_route
 
         _kernels = _kernels_route
     launch = None
-    if t:
+    if t:  # (Launch, run-time ints)
         launch = launch_args(
             t, e, k=k, method=method, n_group=n_group, topk_group=topk_group,
             renormalize=renormalize,
@@ -119,13 +121,14 @@ def route(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     args = (logits, k, method, bias, n_group, topk_group, renormalize, routed_scaling_factor)
     try:
-        t, k_, launch, scale = _PLANS[_key(*args)]
+        t, k_, plan, scale = _PLANS[_key(*args)]
     except Exception:  # a new signature, or one the key cannot hold: validate
-        t, k_, launch, scale = _plan(*args)
+        t, k_, plan, scale = _plan(*args)
     weights = torch.empty((t, k_), dtype=torch.float32, device=logits.device)
     ids = torch.empty((t, k_), dtype=torch.int32, device=logits.device)
-    if launch is None:
+    if plan is None:
         return weights, ids
+    launch, ints = plan
     with launch_context("route", logits):
         launch(
             logits.contiguous(),
@@ -134,5 +137,6 @@ def route(
             ids,
             t,
             scale,
+            *ints,
         )
     return weights, ids
