@@ -9,8 +9,8 @@ O="${OUT:-$PWD/gpu-out}"; D=$(mktemp -d); mkdir -p "$O"
 Q='{"dims":{"quant":"none"}}'; F='{"dims":{"quant":"fp8_block"}}'
 M='{"dims":{"quant":"mxfp4"}}'
 BENCHES=(
-  "route|--op route --impl triton --tokens 1,16,128,1024,8192"
   "fused_moe|--op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 50 --meta $Q --meta $F --meta $M"
+  "route|--op route --impl triton --tokens 1,16,128,1024,8192"
   "swiglu|--op swiglu --impl triton --tokens 1,8192"
 )
 n=0
@@ -20,7 +20,7 @@ for b in "${BENCHES[@]}"; do
     [ $((SECONDS - T0)) -ge "$LIM" ] && { echo "NOT RUN: $name $side (time)"; continue; }
     dir=$OLD; [ "$side" = new ] && dir=$NEW
     # shellcheck disable=SC2086  # args split into words: the JSON metas hold no spaces
-    (cd "$dir" && PYTHONPATH="$dir" timeout -k 5 90 python3 -m parity bench --device cuda --graph \
+    (cd "$dir" && PYTHONPATH="$dir" timeout -k 5 "${AB_RUN_LIMIT:-75}" python3 -m parity bench --device cuda --graph \
       --json $args >"$D/$name.$side.json" 2>"$D/$name.$side.log")
     echo "$name $side rc $?"; n=$((n + 1))
   done
