@@ -200,3 +200,21 @@ def test_plan_as_gpu_keys_the_gpu_plan():
 
     assert block_h(gpu, gparts) == {("c", 1024)}  # a GPU's tile
     assert block_h(cpu, cparts) == {("c", 2048)}  # the interpreter's: the whole row
+
+
+def test_route_one_key_whatever_k_and_the_group_counts():
+    """route takes k, topk_group, n_group and E as run-time ints: k = 1..8 (a row of 8 slots),
+    topk_group 1..4 and two (n_group, E) with the same padded tile (8 x 32: 8 x 32 and 6 x 32
+    experts; E a multiple of 16 both) compile once a score method. Before, every k, topk_group,
+    n_group and E was a constexpr: 8 * 4 * 2 = 64 keys here."""
+    fn = get_impl("route", "triton").fn
+    g = torch.Generator().manual_seed(0)
+    with record(skip_run=True) as keys:
+        for n_group, e in ((8, 256), (6, 192)):
+            logits = torch.randn(3, e, generator=g)
+            bias = torch.randn(e, generator=g)
+            for k in range(1, 9):
+                for topk_group in range(1, 5):
+                    fn(logits, k=k, method="dsv3", bias=bias, n_group=n_group,
+                       topk_group=topk_group)  # fmt: skip
+    assert keys.distinct("_kernels_route._route_kernel") == 1, keys.launches
