@@ -400,7 +400,12 @@ def _model(case: Case, *, typical: bool = False) -> dict:
             m = act.shape[0]
             groups = a32.to(f64).abs().reshape(m, n // bc, bc)
             amax, at = groups.max(-1)
-            dgroups = dact.reshape(m, n // bc, bc)
+            # typical: the emulation rounds act to x.dtype as the kernel does, but a kernel whose
+            # sum differs from the emulation's by its accumulation error can round to the
+            # neighbouring x.dtype value: one ulp of act moves the amax and the codes (in float16's
+            # subnormal range, a tenth of a code step; worst case: rnd(act) is in dact already)
+            dq = dact + ulp(act, dt) if typical else dact
+            dgroups = dq.reshape(m, n // bc, bc)
             # the kernel's amax: down by at most the amax element's error, up by at most
             # max(|a| + dact) - amax; its scale moves by that and by its own rounding
             dmax = torch.maximum(
@@ -410,7 +415,7 @@ def _model(case: Case, *, typical: bool = False) -> dict:
             ds2 = (dmax / amax.clamp_min(1e-300) + 2 * _U32).repeat_interleave(bc, -1)
             degenerate = ds2 > 2.0**-5  # scale not pinned down: bound by both magnitudes
             v2 = a32.to(f64) / s2e
-            margin = dact / s2e + (ds2 + 4 * _U32) * v2.abs()
+            margin = dq / s2e + (ds2 + 4 * _U32) * v2.abs()
             steps = _e4m3_flip(v2, margin)
             e_a = a.abs() * ds2 + steps * s2e * (1 + ds2)
             loose = a.abs() + 1.07 * (act.abs() + dact) + s2e * 2.0**-9
@@ -424,6 +429,11 @@ def _model(case: Case, *, typical: bool = False) -> dict:
     wy = w.unsqueeze(-1) * Y
     sabs = wy.abs().sum(1)
     wd = w.abs().unsqueeze(-1) * DY
+    if typical:
+        # independent experts add in quadrature; slots of one token on the same expert compute
+        # the same rows, so their errors add linearly (sum onto the expert's first slot)
+        first = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(torch.int64).argmax(2)  # [T, k]
+        wd = torch.zeros_like(wd).scatter_add_(1, first.unsqueeze(-1).expand_as(wd), wd)
     tol = (wd * wd).sum(1).sqrt() if typical else wd.sum(1)
     tol = tol + 2 * _U32 * sabs
     tol = tol + rnd(wy).sum(1) + (k - 1) * rnd(sabs)
