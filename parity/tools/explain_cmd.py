@@ -388,6 +388,11 @@ MODELS: dict[str, Model] = {
             "The per-element bound is the sound worst case (K u, not sqrt K u), so an aggregate "
             "gate backs it: ||err||_F <= 4 ||err of a torch emulation of the vLLM path||_F + "
             "||ulp(out)||_F + ||typical accumulation||_F.",
+            "The typical term: the same model with errors of independent terms in quadrature "
+            "and K roundings worth 2 u_acc (a random walk); slots of one token on the same "
+            "expert add linearly (they compute the same rows); fp8_block's flip margin holds "
+            "one ulp of the activation in x.dtype (a kernel may round to the emulation's "
+            "neighbour).",
         ],
         sizes={
             "K": (0, "one accumulation length (default: H and N)"),
