@@ -46,7 +46,8 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
-from parity.optimized.triton._launch import cdiv, env, launch
+from parity.optimized.triton._launch import cdiv, env, k_pad, launch
+from parity.optimized.triton._launch import next_pow2 as _next_pow2
 from parity.optimized.triton._moe_configs import UPCAST_ENV
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
@@ -432,15 +433,6 @@ def _reduce_k_kernel(
 
 
 # --- launch ---------------------------------------------------------------------------------------
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def k_pad(k: int) -> int:
-    """The unrolled bound of a k-sum: 8 (the DeepSeek top-k) or the next power of two above."""
-    return max(8, _next_pow2(k))
 
 
 def act_tiles(n_cols: int, group: int | None, interpret: bool) -> tuple[int, int, int, int]:

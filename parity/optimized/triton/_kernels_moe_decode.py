@@ -39,12 +39,12 @@ from parity.optimized.triton._kernels_fused_moe import (
     act_tiles,
     block_h,
     dot_acc,
-    k_pad,
     mx_block_dot,
     store_act,
 )
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
-from parity.optimized.triton._launch import cdiv, env, launch
+from parity.optimized.triton._launch import cdiv, env, k_pad, launch
+from parity.optimized.triton._launch import next_pow2 as _next_pow2
 from parity.optimized.triton._moe_configs import UPCAST_ENV
 
 # Compile keys (issue 11, section 4; each new one compiles on a GPU): integer arguments that only
@@ -475,10 +475,6 @@ def _out_kernel(
 # --- launch ---------------------------------------------------------------------------------------
 
 LAUNCHES = {"decode": 0}  # calls of run_decode (tests assert the path was taken)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def _gemm(

@@ -88,6 +88,18 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def next_pow2(n: int) -> int:
+    """The least power of two >= n (1 for n <= 1), for tiles: plain ints, as `cdiv`."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def k_pad(k: int) -> int:
+    """The row width of the kernels indexed by the top-k slot (fused_moe's k-sums, route's
+    picks): 8 (the DeepSeek top-k), so k = 1..8 share one compile, or the next power of two
+    above; slots past k are masked."""
+    return max(8, next_pow2(k))
+
+
 def check_f32_scalar(op: str, name: str, value: float) -> float:
     """Kernel float arguments are float32: a finite option beyond its range is not supported."""
     if abs(value) > _F32_MAX:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 
 from parity._errors import Unsupported
-from parity.optimized.triton._launch import Launch, check_f32_scalar, launch_context, plain, store
+from parity.optimized.triton._launch import (
+    Launch,
+    check_f32_scalar,
+    k_pad,
+    launch_context,
+    plain,
+    store,
+)
 from parity.reference import validate_route
 from parity.reference.common import FLOAT_DTYPES
 from parity.registry import register
@@ -34,11 +41,6 @@ def _key(logits, k, method, bias, n_group, topk_group, renormalize, factor):
         renormalize.__class__, renormalize, factor.__class__, factor,
         _kernels.TILE["slots"], _kernels.TILE["wide_t"],
     )  # fmt: skip
-
-
-def k_pad(k: int) -> int:
-    """The kernel's pick-row width: k 1..8 share one compile (8), above a power of two."""
-    return max(8, 1 << (k - 1).bit_length())
 
 
 def launch_args(t: int, e: int, *, k, method, n_group, topk_group, renormalize):
