@@ -6,9 +6,9 @@ kernel for `parity fuzz`: does the spec's tolerance model hold for what the hard
     HOPPER_F=10 parity fuzz ...          # a coarser alignment window (a witness: must fail)
     HOPPER_FTZ=1 parity fuzz ...         # E4M3 subnormal operands flushed to zero
 
-The vLLM Triton path (as `specs.fused_moe.emulate_vllm`: GEMM outputs, SwiGLU and weighted
-outputs rounded to x.dtype, activations quantized per group of block_shape[1]) with each
-block-FP8 GEMM done as Hopper does it (DeepSeek-V3 report 3.3.2; Fasi et al., "Numerical
+The vLLM Triton path (`specs.fused_moe.emulate_vllm`: GEMM outputs, SwiGLU and weighted outputs
+rounded to x.dtype, activations quantized per group of block_shape[1]) with each block-FP8 GEMM
+done as Hopper does it (DeepSeek-V3 report 3.3.2; Fasi et al., "Numerical
 behavior of NVIDIA tensor cores"): per K block of the scales, the FP8 products are exact, each
 MMA step of 32 products is summed with its products and the running block sum aligned to the
 largest exponent among them and truncated to HOPPER_F (default 13) bits below it, the step's
@@ -23,8 +23,8 @@ import os
 import torch
 
 from parity._errors import Unsupported
-from parity.reference.quant import _fp8_quant_f32
-from parity.reference.swiglu import swiglu_math
+from parity.properties.case import Case
+from parity.properties.specs.fused_moe import emulate_vllm
 
 F = int(os.environ.get("HOPPER_F", "13"))
 FTZ = os.environ.get("HOPPER_FTZ", "0") == "1"  # E4M3 subnormal operands read as zero
@@ -62,6 +62,7 @@ def _gemm(a_q, a_s, w_q, w_s, block_shape) -> torch.Tensor:
     br, bc = block_shape
     m, k = a_q.shape
     n = w_q.shape[0]
+    w_q = w_q.float()
     out = torch.zeros(m, n, dtype=torch.float32)
     ws = w_s.float().repeat_interleave(br, dim=0)[:n]  # [N, K/bc]
     for j, k0 in enumerate(range(0, k, bc)):
@@ -70,37 +71,8 @@ def _gemm(a_q, a_s, w_q, w_s, block_shape) -> torch.Tensor:
     return out
 
 
-def fused_moe(x, w13, w2, topk_weights, topk_ids, *, quant="none", w13_scale=None,
-              w2_scale=None, swiglu_limit=None, swiglu_alpha=1.0, swiglu_beta=0.0,
-              layout="concat", swiglu_clamp_mode="pre", block_shape=(128, 128),
-              apply_router_weight_on_input=False, **_):  # fmt: skip
-    if quant != "fp8_block" or x.device.type != "cpu":
+def fused_moe(x, w13, w2, topk_weights, topk_ids, **kwargs):
+    if kwargs.get("quant") != "fp8_block" or x.device.type != "cpu":
         raise Unsupported("hopper_fp8_emul: fp8_block on the CPU only")
-    dt, f32 = x.dtype, torch.float32
-    bs = tuple(block_shape)
-    bc = bs[1]
-    t, h = x.shape
-    k = topk_ids.shape[1]
-    ids = topk_ids.long()
-    valid = ids >= 0
-    w = torch.where(valid, topk_weights.float(), 0.0)
-    xin = x.to(f32)
-    if apply_router_weight_on_input:
-        xin = (xin * w).to(dt).to(f32)
-        w = valid.to(f32)
-    y = torch.zeros(t, k, h, dtype=f32)
-    for i in torch.unique(ids[valid]).tolist():
-        rows, slots = (ids == i).nonzero(as_tuple=True)
-        aq, as_ = _fp8_quant_f32(xin[rows], bc, "fp32", 1e-10)
-        h1 = _gemm(aq, as_, w13[i].float(), w13_scale[i], bs).to(dt).to(f32)
-        act = swiglu_math(
-            h1, limit=swiglu_limit, alpha=swiglu_alpha, beta=swiglu_beta, layout=layout,
-            clamp_mode=swiglu_clamp_mode, dtype=f32,
-        ).to(dt)  # fmt: skip
-        aq, as_ = _fp8_quant_f32(act.to(f32), bc, "fp32", 1e-10)
-        y[rows, slots] = _gemm(aq, as_, w2[i].float(), w2_scale[i], bs)
-    wy = (w.unsqueeze(-1) * y).to(dt)
-    out = wy[:, 0]
-    for j in range(1, k):
-        out = (out.to(f32) + wy[:, j].to(f32)).to(dt)
-    return out
+    case = Case("fused_moe", (x, w13, w2, topk_weights, topk_ids), kwargs, {}, "cpu")
+    return emulate_vllm(case, fp8_gemm=_gemm)

@@ -440,15 +440,20 @@ def _model(case: Case, *, typical: bool = False) -> dict:
     return {"y": wy.sum(1), "tol": tol}
 
 
-def emulate_vllm(case: Case) -> torch.Tensor:
+def emulate_vllm(case: Case, *, fp8_gemm=None) -> torch.Tensor:
     """The vLLM Triton path in torch: float32 GEMMs, the first GEMM output, the SwiGLU output and
     each expert's weighted output rounded to x.dtype, the k-sum accumulated in x.dtype (moe_sum);
-    fp8: activations quantized per group (float32 scales) from the x.dtype values."""
-    x, _, _, tw, tid = case.args
+    fp8: activations quantized per group (float32 scales) from the x.dtype values.
+
+    fp8_gemm(a_codes, a_scales, w_codes, w_scales, block_shape) -> float32 [M, N]: the block-FP8
+    GEMM to use instead of the dequantized operands' float32 product (a hardware emulation:
+    scripts/hopper_fp8_emul.py)."""
+    x, w13, w2, tw, tid = case.args
     o = case.kwargs
     dt, f32 = x.dtype, torch.float32
     quant = o.get("quant", "none")
-    bc = tuple(o.get("block_shape", (128, 128)))[1]
+    bs = tuple(o.get("block_shape", (128, 128)))
+    bc = bs[1]
     t, h = x.shape
     k = tid.shape[1]
     W13, W2 = dequant_weights(case, f32)
@@ -459,13 +464,20 @@ def emulate_vllm(case: Case) -> torch.Tensor:
     if o.get("apply_router_weight_on_input", False):
         xin = (xin * w).to(dt).to(f32)
         w = valid.to(f32)
+
+    def gemm(a, i, W, q, scales):  # float32 a [M, K] (x.dtype values) times expert i's weights
+        if quant != "fp8_block":
+            return a @ W[i].T
+        if fp8_gemm is None:
+            return _fake_quant_fp8(a, bc, f32) @ W[i].T
+        a_codes, a_scales = _fp8_quant_f32(a, bc, "fp32", 1e-10)
+        return fp8_gemm(a_codes, a_scales, q[i], scales[i], bs)
+
+    s13, s2 = o.get("w13_scale"), o.get("w2_scale")
     Y = torch.zeros(t, k, h, dtype=f32, device=x.device)
     for i in torch.unique(ids[valid]).tolist():
         rows, slots = (ids == i).nonzero(as_tuple=True)
-        xr = xin[rows]
-        if quant == "fp8_block":
-            xr = _fake_quant_fp8(xr, bc, f32)
-        h1 = (xr @ W13[i].T).to(dt).to(f32)
+        h1 = gemm(xin[rows], i, W13, w13, s13).to(dt).to(f32)
         act = swiglu_math(
             h1,
             limit=o.get("swiglu_limit"),
@@ -475,8 +487,7 @@ def emulate_vllm(case: Case) -> torch.Tensor:
             clamp_mode=o.get("swiglu_clamp_mode", "pre"),
             dtype=f32,
         ).to(dt)
-        act = _fake_quant_fp8(act, bc, f32) if quant == "fp8_block" else act.to(f32)
-        Y[rows, slots] = act @ W2[i].T
+        Y[rows, slots] = gemm(act.to(f32), i, W2, w2, s2)
     wy = (w.unsqueeze(-1) * Y).to(dt)
     out = wy[:, 0]
     for j in range(1, k):
