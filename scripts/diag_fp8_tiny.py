@@ -14,16 +14,12 @@ the same way):
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-META = json.loads(
-    '{"T": 3, "dims": {"H": 96, "N": 32, "block_shape": [32, 32], "quant": "fp8_block"},'
-    ' "dtype": "float16", "options": {"layout": "concat", "swiglu_alpha": 1.0,'
-    ' "swiglu_beta": 0.0, "swiglu_clamp_mode": "pre", "swiglu_limit": null},'
-    ' "route": {"E": 1, "arwi": false, "k": 6, "routing": "all_neg_rows"}, "seed": 85770,'
-    ' "x_regime": "tiny"}'
-)
+# the meta as the H100 printed it (also `parity case --meta @scripts/diag_fp8_tiny.meta.json`)
+META = json.loads(Path(__file__).with_name("diag_fp8_tiny.meta.json").read_text())
 
 
 def run(dev: str, path: str, inputs: str | None = None) -> None:

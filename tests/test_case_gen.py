@@ -4,27 +4,18 @@ from its meta and diagnosed there for two sessions, but a CUDA generator draws o
 a seed than a CPU one: the CPU ran another case. Draws of at most `SMALL_DRAW` elements now come
 from a CPU generator on every device."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from parity.catalog import get_spec
 from parity.properties.case import SMALL_DRAW, Gen
 
-META = {
-    "T": 3,
-    "dims": {"H": 96, "N": 32, "block_shape": [32, 32], "quant": "fp8_block"},
-    "dtype": "float16",
-    "options": {
-        "layout": "concat",
-        "swiglu_alpha": 1.0,
-        "swiglu_beta": 0.0,
-        "swiglu_clamp_mode": "pre",
-        "swiglu_limit": None,
-    },
-    "route": {"E": 1, "arwi": False, "k": 6, "routing": "all_neg_rows"},
-    "seed": 85770,
-    "x_regime": "tiny",
-}
+# the counterexample's meta (scripts/diag_fp8_gpu.sh and test_fp8_mma_model read the same file)
+META_FILE = Path(__file__).resolve().parents[1] / "scripts" / "diag_fp8_tiny.meta.json"
+META = json.loads(META_FILE.read_text())
 
 
 def test_a_large_draw_does_not_move_the_small_stream():
