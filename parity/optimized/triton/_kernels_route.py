@@ -75,14 +75,16 @@ def _log1p_small(u):
 
 
 @triton.jit
-def _score(x, METHOD: tl.constexpr):
-    """dsv3 (1): sigmoid(x); sqrtsoftplus (2): sqrt(log(1 + exp(x)))."""
-    if METHOD == 1:
-        return 1.0 / (1.0 + tl.exp(-x))
+def _score(x, method):
+    """dsv3 (1): sigmoid(x); sqrtsoftplus (2): sqrt(log(1 + exp(x))). `method` may be a
+    run-time int (a uniform branch)."""
+    if method == 1:
+        s = 1.0 / (1.0 + tl.exp(-x))
     else:
         sp = tl.maximum(x, 0.0) + _log1p_small(tl.exp(-tl.abs(x)))
         sp = tl.where(x == float("inf"), float("inf"), sp)
-        return tl.sqrt_rn(sp)
+        s = tl.sqrt_rn(sp)
+    return s
 
 
 @triton.jit
@@ -92,13 +94,15 @@ def _max2(v):
     return tl.max(tl.max(v, axis=1), axis=1)
 
 
-# Only the tile shape, the score method and renormalisation are constexprs. T, E, the groups
-# and k are run-time ints (each distinct constexpr is a compile on a GPU, and the property
-# suites draw many E, n_group, topk_group and k): the masks follow them, the picks are a
-# run-time loop over k slots of a K_PAD-wide row (K_PAD = max(8, k rounded up to a power of
-# two), so k 1..8 share a compile). E and GS keep triton's divisibility specialisation (a few
-# keys): the logits' addresses t * E + g * GS + j need it for 16-byte loads.
-@triton.jit(do_not_specialize=["T", "NG", "TOPK_GROUP", "K"])
+# Only the tile shape is constexpr. T, E, the groups, k, the score method and renormalisation
+# are run-time ints (each distinct constexpr is a compile on a GPU, and the property suites
+# draw many E, n_group, topk_group, k, methods and renormalize; the method and renormalisation
+# were a factor 6 of the nightly's route keys): the masks follow them, the picks are a run-time
+# loop over k slots of a K_PAD-wide row (K_PAD = max(8, k rounded up to a power of two), so k
+# 1..8 share a compile), the method and renormalisation are uniform branches. E and GS keep
+# triton's divisibility specialisation (a few keys): the logits' addresses t * E + g * GS + j
+# need it for 16-byte loads.
+@triton.jit(do_not_specialize=["T", "NG", "TOPK_GROUP", "K", "method", "renorm"])
 def _route_kernel(
     l_ptr,  # [T, E]
     b_ptr,  # [E] (unused for softmax)
@@ -111,12 +115,12 @@ def _route_kernel(
     NG,
     TOPK_GROUP,
     K,
+    method,  # 0 softmax, 1 dsv3, 2 sqrtsoftplus
+    renorm,  # 1: weights divided by their sum
     NG_PAD: tl.constexpr,
     GS_PAD: tl.constexpr,
     K_PAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    METHOD: tl.constexpr,  # 0 softmax, 1 dsv3, 2 sqrtsoftplus
-    RENORM: tl.constexpr,
 ):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     g = tl.arange(0, NG_PAD)
@@ -127,10 +131,13 @@ def _route_kernel(
     row = t.to(tl.int64) * E  # int64: T * E may pass 2**31
     x = tl.load(l_ptr + row[:, None, None] + ids, mask=tmask[:, None, None] & emask, other=0.0)
     x = to_f32(x)
-    if METHOD == 0:
+    # the bias is loaded before the method's branch, beside the logits (its latency overlaps
+    # theirs); softmax's mask loads nothing
+    bias = tl.load(b_ptr + ids, mask=emask & (method != 0), other=0.0)
+    if method == 0:
         key = x
     else:
-        key = _score(x, METHOD) + to_f32(tl.load(b_ptr + ids, mask=emask, other=0.0))
+        key = _score(x, method) + to_f32(bias)
     # a NaN key (NaN logit, NaN bias, or +inf score with a -inf bias) makes the row NaN, as in
     # the reference (both scores are NaN at a NaN logit)
     nan_row = _max2((emask & (key != key)).to(tl.int32)) > 0
@@ -168,14 +175,14 @@ def _route_kernel(
 
     omask = tmask[:, None] & (kk < K)[None, :]
     xs = to_f32(tl.load(l_ptr + row[:, None] + out_i, mask=omask, other=0.0))
-    if METHOD == 0:
+    if method == 0:
         mx = _max2(tl.where(x != x, float("-inf"), tl.where(emask, x, float("-inf"))))
         ex = tl.where(emask, tl.exp(x - mx[:, None, None]), 0.0)
         out_w = tl.exp(xs - mx[:, None]) / tl.sum(tl.sum(ex, axis=1), axis=1)[:, None]
     else:
-        out_w = _score(xs, METHOD)
+        out_w = _score(xs, method)
     out_w = tl.where(omask, out_w, 0.0)
-    if RENORM:
+    if renorm:
         out_w = out_w / tl.sum(out_w, axis=1)[:, None]
     out_w = out_w * scale
     out_w = tl.where(nan_row[:, None], float("nan"), out_w)
@@ -188,12 +195,15 @@ METHOD_CODES = {"softmax": 0, "dsv3": 1, "sqrtsoftplus": 2}
 
 
 def config(t: int, e: int, n_group: int) -> tuple[int, int, int, int]:
-    """(NG_PAD, GS_PAD, BLOCK_T, num_warps) of a launch: one warp up to 512 padded experts,
+    """(NG_PAD, GS_PAD, BLOCK_T, num_warps) of a launch: one warp up to 512 padded experts
+    (at least 32 but where a group is one expert: the group score's second key needs GS > 1),
     more for wider tiles (TILE["slots"] expert slots a thread and token at most); one token a
     program up to TILE["wide_t"] tokens (the time of a program is the latency of its chain of
     reductions: more programs in flight), as many as fit TILE["slots"] above (fewer programs)."""
     ng_pad = triton.next_power_of_2(n_group)
     gs_pad = triton.next_power_of_2(e // n_group)
+    if gs_pad > 1:  # at least a warp's 32 lanes a token: small E share one tile shape (keys)
+        gs_pad = max(gs_pad, 32 // ng_pad)
     width = ng_pad * gs_pad
     warps = min(8, max(1, width // 512))
     block_t = 1 if t <= TILE["wide_t"] else max(1, TILE["slots"] * 32 * warps // width)
