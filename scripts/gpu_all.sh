@@ -43,6 +43,8 @@ if rows:
     print(f"{'op':20} {'impl':18} {'examples':>8} {'ex/s':>6} {'compiles':>10} {'unsup':>6}  verdict")
 for r in rows:
     v = "FAIL " + ",".join(r["failed"]) if r["failed"] else "pass"
+    if r.get("errors"):  # parity itself failed on a unit (a worker died): never a pass
+        v = ("FAIL " + ",".join(r["failed"]) + " " if r["failed"] else "") + "ERROR " + ",".join(r["errors"])
     if r["not_run"]:
         v += " NOT RUN: " + ",".join(r["not_run"]) + (" (cut by time)" if r.get("cut") else "")
     if r.get("accepted"):

@@ -342,6 +342,24 @@ def _add_time(agg: dict, d: dict) -> None:
     agg["compile_seconds"] += float(d.get("compile_seconds") or 0.0)
 
 
+_STOP_WAIT_S = 2.0  # how long a dead pool waits for this process's own stop signal
+
+
+def _told_to_stop_too(wait_s: float) -> bool:
+    """Whether this process was told to stop as well, waited for once, briefly: `timeout`
+    signals the whole process group, so the pool's workers die of the limit's SIGTERM and
+    the pool can break before this process's own handler has run (H100, 2026-12-06: fused_moe's
+    nightly, cut at its limit, read as five units' "the worker process died" ERRORs instead of
+    NOT RUN (cut)). A worker that died while this process was not told to stop is the unit's
+    crash, as before."""
+    from parity.campaign.worker import stop_requested
+
+    deadline = time.monotonic() + wait_s
+    while not stop_requested() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stop_requested()
+
+
 def _run_units(units: list, device: str, args, n_impls: int) -> dict:
     """{(op, impl, prop): stats dict} for every unit, plus "_t0" and "_jobs"."""
     jobs = args.jobs or _default_jobs(device)
@@ -385,6 +403,7 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
     pool = ProcessPoolExecutor(
         max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(sys.path, threads)
     )
+    wait = _STOP_WAIT_S
     try:
         futs = {
             pool.submit(run_unit, *u, device, args.profile, args.max_examples): u for u in units
@@ -394,6 +413,9 @@ def _run_units(units: list, device: str, args, n_impls: int) -> dict:
             try:
                 d = f.result()
             except BrokenProcessPool as e:  # a worker died (a crashing kernel): never a pass
+                if _told_to_stop_too(wait):  # the limit's SIGTERM killed the workers: a cut
+                    raise_if_terminated()
+                wait = 0.0  # waited once: the other broken futures follow at once
                 d = {"seconds": 0.0, "error": f"the worker process died: {e}"}
             except Exception as e:  # the result could not come back
                 d = {"seconds": 0.0, "error": f"{type(e).__name__}: {e}"}
