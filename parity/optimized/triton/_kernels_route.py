@@ -133,7 +133,8 @@ def _route_kernel(
     x = to_f32(x)
     # the bias is loaded before the method's branch, beside the logits (its latency overlaps
     # theirs); softmax's mask loads nothing
-    bias = tl.load(b_ptr + ids, mask=emask & (method != 0), other=0.0)
+    biased = tl.full((1, 1, 1), method, tl.int32) != 0  # a tensor: the interpreter too
+    bias = tl.load(b_ptr + ids, mask=emask & biased, other=0.0)
     if method == 0:
         key = x
     else:
