@@ -180,7 +180,12 @@ def mhc_pre(
     "swiglu",
     name="flashinfer",
     dtypes=(torch.bfloat16, torch.float16),
-    note="flashinfer.silu_and_mul: limit=None, alpha=1, beta=0, concat only",
+    note="flashinfer.silu_and_mul: limit=None, alpha=1, beta=0, concat only; judged under its "
+    "fast_math convention",
+    # built with --use_fast_math: div.approx gives silu 0 for gates below -87.34 and float32
+    # subnormals flush to zero (H100 nightly, 2026-12-06; docs/contract-notes.md): a build
+    # convention of the library, named, not a bug; what differs beyond it still fails
+    accept=("fast_math",),
     **_BASE,
 )
 def swiglu(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="pre"):

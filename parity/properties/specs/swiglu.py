@@ -174,7 +174,20 @@ CLAMP_DROPS_NAN = Variant(
     "which drop NaN: with a limit, a NaN gate acts as +inf (clamped), a NaN up as -inf (-limit)",
     "vllm SwigluStepAndMul Triton kernel; sglang silu_and_mul_clamp (research notes, 2026-12)",
 )
-VARIANTS = (ROUNDED_ACT, DTYPE_MATH, CLAMP_DROPS_NAN)
+FAST_MATH = Variant(
+    "fast_math",
+    "FlashInfer's silu_and_mul, built with --use_fast_math: silu as g / (1 + __expf(-g)) with "
+    "the approximate division (0 once the divisor reaches 2**126: g below -87.3365, so 0 * inf "
+    "= NaN where up is infinite) and float32 subnormals flushed to zero (subnormal inputs, silu "
+    "and product are 0: a bfloat16 output below 2**-126 is 0)",
+    "flashinfer csrc/activation.cu (silu: val / (1.0f + __expf(-val))), JIT nvcc flags "
+    "(-use_fast_math); seen on the H100, 2026-12-06 (docs/contract-notes.md)",
+)
+VARIANTS = (ROUNDED_ACT, DTYPE_MATH, CLAMP_DROPS_NAN, FAST_MATH)
+# fast_math: where 1 + exp(-z) reaches 2**126 in float32 (div.approx gives 0 above it):
+# -126 ln 2 = -87.33654; __expf's error (the rounded z log2(e), ex2.approx) moves the edge by
+# about 1e-5, so within _FM_BAND of it a silu of 0 and the true one are both allowed
+_FM_EDGE, _FM_BAND = -87.33654475, 1e-4
 _NAMES = [v.name for v in VARIANTS]
 
 
@@ -205,15 +218,29 @@ def _imul(a_lo, a_hi, b_lo, b_hi):
     return torch.where(nan, float("nan"), lo), torch.where(nan, float("nan"), hi)
 
 
+def _ftz(lo, hi, tiny):
+    """The bracket after a float32 flush-to-zero: 0 where every value is subnormal, 0 added
+    where some are."""
+    under_lo, under_hi = lo.abs() < tiny, hi.abs() < tiny
+    both = under_lo & under_hi & (torch.sign(lo) * torch.sign(hi) >= 0)
+    lo = torch.where(both, 0.0, torch.where(under_lo | under_hi, torch.fmin(lo, 0.0 * lo), lo))
+    hi = torch.where(both, 0.0, torch.where(under_lo | under_hi, torch.fmax(hi, 0.0 * hi), hi))
+    return lo, hi
+
+
 def _variant_bounds(case: Case, names) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 [lo, hi] per element that the output (in x.dtype) must lie in, under rounded_act
-    or dtype_math. Each float32 elementary step is a bracket (the op's 16 u32 for sigmoid, u32
-    per product or sum, tiny32 where sigmoid underflows); each rounding to x.dtype rounds both
-    ends (monotone, so the rounded ends bound every value a kernel can produce)."""
+    """float64 [lo, hi] per element that the output (in x.dtype) must lie in, under rounded_act,
+    dtype_math or fast_math. Each float32 elementary step is a bracket (the op's 16 u32 for
+    sigmoid, u32 per product or sum, tiny32 where sigmoid underflows); each rounding to x.dtype
+    rounds both ends (monotone, so the rounded ends bound every value a kernel can produce).
+    fast_math: the inputs, silu and product flushed where subnormal in float32, silu 0 below
+    the approximate division's edge, __expf's error (2 + 2|z| u32) on top of sigmoid's."""
     (x,) = case.args
     o = case.kwargs
     dt, f64 = x.dtype, torch.float64
     u32, tiny = eps_of(torch.float32), torch.finfo(torch.float32).tiny
+    fast = "fast_math" in names
+    round_act = bool(names & {"rounded_act", "dtype_math"})
 
     def rnd(t):
         return t.to(dt).to(f64)
@@ -231,6 +258,9 @@ def _variant_bounds(case: Case, names) -> tuple[torch.Tensor, torch.Tensor]:
         g, u = x64[..., :n], x64[..., n:]
     else:
         g, u = x64[..., 0::2], x64[..., 1::2]
+    if fast:  # FTZ: a subnormal input reads as zero (sign kept)
+        g = torch.where(g.abs() < tiny, 0.0 * g, g)
+        u = torch.where(u.abs() < tiny, 0.0 * u, u)
     limit, mode = o.get("limit"), o.get("clamp_mode", "pre")
     alpha, beta = float(o.get("alpha", 1.0)), float(o.get("beta", 0.0))
     if limit is not None:
@@ -241,8 +271,9 @@ def _variant_bounds(case: Case, names) -> tuple[torch.Tensor, torch.Tensor]:
     z_lo, z_hi = (g, g) if alpha == 1.0 else widen(alpha * g, alpha * g, 2 * u32)
     if native:
         z_lo, z_hi = rnd(z_lo), rnd(z_hi)
-    s_lo = (torch.sigmoid(z_lo) * (1 - 16 * u32) - tiny).clamp(min=0.0)
-    s_hi = (torch.sigmoid(z_hi) * (1 + 16 * u32) + tiny).clamp(max=1.0)
+    rel = 16 * u32 + (2 * u32 + 2 * u32 * torch.fmax(z_lo.abs(), z_hi.abs()) if fast else 0.0)
+    s_lo = (torch.sigmoid(z_lo) * (1 - rel) - tiny).clamp(min=0.0)
+    s_hi = (torch.sigmoid(z_hi) * (1 + rel) + tiny).clamp(max=1.0)
     # at z = +-inf the float32 sigmoid is exact (exp gives inf or 0, 1/(1+inf) = 0): no
     # bracket, so silu(-inf) = -inf * 0 is NaN as in every kernel (and the float64 oracle)
     s_lo = torch.where(torch.isinf(z_lo), torch.sigmoid(z_lo), s_lo)
@@ -252,24 +283,36 @@ def _variant_bounds(case: Case, names) -> tuple[torch.Tensor, torch.Tensor]:
     a_lo, a_hi = _imul(g, g, s_lo, s_hi)
     if not native:
         a_lo, a_hi = widen(a_lo, a_hi, u32)
-    a_lo, a_hi = rnd(a_lo), rnd(a_hi)  # rounded_act and dtype_math alike
+    if fast:  # silu 0 past the division's edge (a finite g; -inf gives NaN as before)
+        past = torch.isfinite(g) & (z_hi < _FM_EDGE - _FM_BAND)
+        near = torch.isfinite(g) & ~past & (z_lo < _FM_EDGE + _FM_BAND)
+        a_lo = torch.where(past, 0.0, torch.where(near, torch.fmin(a_lo, 0.0 * a_lo), a_lo))
+        a_hi = torch.where(past, 0.0, torch.where(near, torch.fmax(a_hi, 0.0 * a_hi), a_hi))
+        a_lo, a_hi = _ftz(a_lo, a_hi, tiny)
+    if round_act:  # rounded_act and dtype_math alike
+        a_lo, a_hi = rnd(a_lo), rnd(a_hi)
     if limit is not None and mode == "post":
         a_lo, a_hi = a_lo.clamp(max=lim), a_hi.clamp(max=lim)
     ub = u + beta  # exact in float64 for the strategy's values
     b_lo, b_hi = (rnd(ub), rnd(ub)) if native else widen(ub, ub, u32 if beta else 0.0)
     p_lo, p_hi = _imul(a_lo, a_hi, b_lo, b_hi)
+    if not round_act:  # the product in float32, rounded once to x.dtype
+        p_lo, p_hi = widen(p_lo, p_hi, u32)
+    if fast:
+        p_lo, p_hi = _ftz(p_lo, p_hi, tiny)
     return rnd(p_lo), rnd(p_hi)
 
 
 def compare_variants(case: Case, outs: tuple, names: frozenset) -> Verdict:
     """`compare` with the reference computed under the variants `names`: clamp_drops_nan
-    rewrites the NaN inputs; rounded_act and dtype_math bound the output by intervals."""
+    rewrites the NaN inputs; rounded_act, dtype_math and fast_math bound the output by
+    intervals."""
     names = check_variant_names(names)
     if not names:
         return compare(case, outs)
     if "clamp_drops_nan" in names:
         case = _nan_dropped_case(case)
-    if not names & {"rounded_act", "dtype_math"}:
+    if not names & {"rounded_act", "dtype_math", "fast_math"}:
         return compare(case, outs)
     (x,) = case.args
     if len(outs) != 1:
@@ -304,7 +347,7 @@ def reference_under(case: Case, names: frozenset) -> tuple:
     if "clamp_drops_nan" in names:
         case = _nan_dropped_case(case)
     (x,) = case.args
-    if not names & {"rounded_act", "dtype_math"}:
+    if not names & {"rounded_act", "dtype_math", "fast_math"}:
         return (ref.swiglu(*case.clone().args, **case.kwargs),)
     lo, hi = _variant_bounds(case, names)
     return (torch.where(torch.isnan(hi), hi, lo).to(x.dtype),)
