@@ -45,13 +45,20 @@ def _key(logits, k, method, bias, n_group, topk_group, renormalize, factor):
 
 def launch_args(t: int, e: int, *, k, method, n_group, topk_group, renormalize):
     """The kernel's launch for T > 0 tokens and its run-time ints after T and the scale:
-    grid, constexprs (the tile) and num_warps (`_kernels_route.config`), (E, GS, NG,
-    TOPK_GROUP, K, method code, renormalize as 0 / 1)."""
+    grid, constexprs and num_warps (`_kernels_route.config`), (E, GS, NG)."""
     ng_pad, gs_pad, block_t, warps = _kernels.config(t, e, n_group)
-    consts = dict(NG_PAD=ng_pad, GS_PAD=gs_pad, K_PAD=k_pad(k), BLOCK_T=block_t)
+    consts = dict(
+        NG_PAD=ng_pad,
+        GS_PAD=gs_pad,
+        K_PAD=k_pad(k),
+        TOPK_GROUP=topk_group,
+        K=k,
+        BLOCK_T=block_t,
+        METHOD=_kernels.METHOD_CODES[method],
+        RENORM=renormalize,
+    )
     grid = (-(-t // block_t),)
-    code = _kernels.METHOD_CODES[method]
-    ints = (e, e // n_group, n_group, topk_group, k, code, int(renormalize))
+    ints = (e, e // n_group, n_group)
     return Launch(_kernels._route_kernel, grid, consts, num_warps=warps), ints
 
 
