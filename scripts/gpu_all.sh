@@ -314,7 +314,8 @@ elif [ "$PHASE" = nightly ]; then
        nsuite stack decoder_stack ;;
     3) nsuite flashinfer swiglu route mhc_pre mhc_post
        # no false alarm: every property on the reference itself at the nightly budget
-       job nightly_ref "$LIM" env PARITY_NIGHTLY=1 python3 -m pytest -q -p no:cacheprovider -n 8 \
+       job nightly_ref "$LIM" env PARITY_NIGHTLY=1 PARITY_FAIL_LOG="$LOG/nightly_ref_failures.txt" \
+         python3 -m pytest -q -p no:cacheprovider -n 8 \
          tests/test_reference_nightly.py ;;
     *) echo "nightly shard must be 1, 2 or 3 (or a list: 2,3)"; exit 2 ;;
   esac
