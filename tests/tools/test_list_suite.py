@@ -143,6 +143,16 @@ def test_suite_cut_by_sigterm_reports_what_finished_and_never_exits_0(tmp_path, 
     if jobs == "1":  # the cut unit's examples count for ex/s (shown apart), never for a verdict
         assert "cut_examples" in row, row
         assert not row["cut_examples"] or f"(+{row['cut_examples']} cut)" in stdout
+    if group:  # nothing of the cut suite outlives it: its process group is empty
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("a process of the cut suite's group outlived it")
 
 
 def test_a_cut_swallowed_inside_a_unit_is_still_a_cut_and_never_its_verdict(monkeypatch):

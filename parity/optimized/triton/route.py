@@ -16,6 +16,7 @@ import torch
 from parity._errors import Unsupported
 from parity.optimized.triton._launch import (
     Launch,
+    cdiv,
     check_f32_scalar,
     k_pad,
     launch_context,
@@ -57,7 +58,7 @@ def launch_args(t: int, e: int, *, k, method, n_group, topk_group, renormalize):
         METHOD=_kernels.METHOD_CODES[method],
         RENORM=renormalize,
     )
-    grid = (-(-t // block_t),)
+    grid = (cdiv(t, block_t),)
     ints = (e, e // n_group, n_group)
     return Launch(_kernels._route_kernel, grid, consts, num_warps=warps), ints
 
