@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from parity import reference
+from parity.properties.specs.swiglu import PLAIN as SWIGLU_PLAIN
 from parity.reference import swiglu as ref_swiglu
 from parity.reference.numerics import round_to_e4m3, ue8m0_pow2_ceil
 from parity.reference.quant import BLOCK_QUANT_EPS, _expand_blocks
@@ -279,9 +280,8 @@ def swiglu_clamp_drops_nan(
 def _plain_wide(meta):
     """What silu_and_mul takes (no clamp, alpha 1, beta 0, concat) on the wide regime (gates
     past -87, subnormal products), bfloat16: where FlashInfer's fast math shows."""
-    plain = {"limit": None, "alpha": 1.0, "beta": 0.0, "layout": "concat", "clamp_mode": "pre"}
     size = {"T": max(meta["T"], 48), "N": max(meta["N"], 64)}  # the H100 saw it at 48 x 7
-    return {**_low_precision(meta), **size, "options": plain, "regime": "wide"}
+    return {**_low_precision(meta), **size, "options": dict(SWIGLU_PLAIN), "regime": "wide"}
 
 
 @variant_witness("swiglu", "fast_math", tweak=_plain_wide)
