@@ -67,3 +67,28 @@ def default_device(device: str | None = None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# A suite runs many processes side by side on one GPU (`parity suite --jobs`, gpu_all.sh's
+# nightly: 19 on the H100 on 2026-12-06), each with torch's caching allocator holding what its
+# largest case needed (5-11 GiB a process there): the GPU ran out of memory though no case needed
+# more than 2 GiB. Each process gives back its idle blocks past this much after a case.
+TRIM_BYTES = 1 << 30
+_OOM_RE = re.compile(  # torch's, the driver's, and cuBLAS's failing to create its handle
+    r"CUDA out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY|CUBLAS_STATUS_ALLOC_FAILED"
+)
+
+
+def is_oom(text: str) -> bool:
+    """Whether an error text is the GPU running out of memory (a shared GPU's, not a verdict)."""
+    return bool(_OOM_RE.search(text or ""))
+
+
+def trim_cache(device: str, above: int = TRIM_BYTES) -> None:
+    """Give the caching allocator's idle blocks back to the driver when it holds more than
+    `above` bytes (torch is imported by then on any CUDA path)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cuda") or not torch.cuda.is_initialized():
+        return
+    if torch.cuda.memory_reserved() - torch.cuda.memory_allocated() > above:
+        torch.cuda.empty_cache()

@@ -5,7 +5,7 @@
 #   run(command="bash scripts/gpu_all.sh moe", carry=[".gpu"])  # short: tune large M, fused_moe
 #   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
 #     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls);
-#     nightly 2,3: both side by side in one call
+#     nightly 2,3: both side by side in one call; NIGHTLY_ONLY="triton:fused_moe flashinfer reference": those
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
@@ -115,6 +115,8 @@ JOBS=()
 V4=parity/optimized/triton/configs/models/DeepSeek-V4-Flash.config.json
 TUNE_M="${TUNE_M:-1,16,128,1024}"  # the bench phase tunes 8192 (and mxfp4 1024) on its grid
 export TRITON_CACHE_DIR="$PWD/.triton-cache"  # shared by the jobs; kept while the runner is warm
+# many processes on one GPU: blocks given back (parity._gpu.trim_cache) return whole segments
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 fg() {  # fg CMD...: in the foreground, but as a waited child, so that the call's SIGTERM runs
   # finish() at once (bash defers a trap until a foreground child ends: on 2026-12-05 a cut
   # bench call was killed 5 s later with no logs written)
@@ -295,9 +297,15 @@ elif [ "$PHASE" = nightly ]; then
   # `nightly 3` FlashInfer and the reference's own nightly test. One suite job per (backend,
   # op), so a job cut at its limit loses only its own rows; the table prints examples/s.
   SHARD="${2:-1}"; LIM="${NIGHTLY_LIMIT:-540}"
+  only() {  # only BACKEND OP; NIGHTLY_ONLY="op backend backend:op ...": those alone (a rerun)
+    local o=" ${NIGHTLY_ONLY:-} "
+    [ -z "${NIGHTLY_ONLY:-}" ] || [[ $o == *" $2 "* || $o == *" $1 "* || $o == *" $1:$2 "* ]]
+  }
   nsuite() {  # nsuite BACKEND OP...
     local b=$1; shift
-    for op in "$@"; do suite "n_${b}_$op" "$LIM" 1000 --profile nightly --backend "$b" --op "$op"; done
+    for op in "$@"; do
+      only "$b" "$op" && suite "n_${b}_$op" "$LIM" 1000 --profile nightly --backend "$b" --op "$op"
+    done
   }
   for shard in ${SHARD//,/ }; do  # "2,3": two shards side by side in one call
   case "$shard" in
@@ -307,14 +315,14 @@ elif [ "$PHASE" = nightly ]; then
        # a 380 s call on the H100, 2026-12-05): their properties in NIGHTLY_SPLIT processes each
        # (`suite --jobs`; the last of suite()'s --jobs wins), so their compiles use more cores
        for op in route fused_moe; do
-         suite "n_triton_$op" "$LIM" 1000 --profile nightly --backend triton --op "$op" \
+         only triton "$op" && suite "n_triton_$op" "$LIM" 1000 --profile nightly --backend triton --op "$op" \
            --jobs "${NIGHTLY_SPLIT:-4}"
        done ;;
     2) nsuite tilelang sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head
        nsuite stack decoder_stack ;;
     3) nsuite flashinfer swiglu route mhc_pre mhc_post
        # no false alarm: every property on the reference itself at the nightly budget
-       job nightly_ref "$LIM" env PARITY_NIGHTLY=1 PARITY_FAIL_LOG="$LOG/nightly_ref_failures.txt" \
+       only pytest reference && job nightly_ref "$LIM" env PARITY_NIGHTLY=1 PARITY_FAIL_LOG="$LOG/nightly_ref_failures.txt" \
          python3 -m pytest -q -p no:cacheprovider -n 8 \
          tests/test_reference_nightly.py ;;
     *) echo "nightly shard must be 1, 2 or 3 (or a list: 2,3)"; exit 2 ;;

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, Phase, settings
 
-from parity import _compiles
+from parity import _compiles, _gpu
 from parity.campaign.repro import repro_command
 from parity.campaign.wire import jsonable
 
@@ -127,6 +127,7 @@ class Stats:
     seconds: float = 0.0
     compiles: int = 0  # Triton compiles in the unit's process during it (parity._compiles)
     compile_seconds: float = 0.0
+    oom_retries: int = 0  # cases run again after the (shared) GPU ran out of memory
     # {"meta", "kind", "message", "ratio", "worst", "repro", "repro_file", "describe", "shrunk"}
     failure: dict | None = None
     last_unsupported: str = ""
@@ -183,7 +184,7 @@ class Stats:
 
 
 _COUNTS = ("run", "passed", "failed", "unsupported", "not_applicable", "crashes", "hangs")
-_COUNTS += ("errors", "xfailed")
+_COUNTS += ("errors", "xfailed", "oom_retries")
 
 
 def merge_stats(parts: list[Stats]) -> Stats:
@@ -712,6 +713,31 @@ def _remove_repro(path: str | None) -> None:
 # --- the driver ----------------------------------------------------------------------------
 
 
+# A case that ran the GPU out of memory, in the harness or in the worker, runs again after the
+# caches are given back: on a GPU shared by a suite's processes that is the others' memory, not
+# the case's verdict. The last try's result stands whatever it is (a kernel that allocates
+# without bound still fails), and `Stats.oom_retries` counts the retries.
+OOM_TRIES = 3
+
+
+def _evaluate(evaluator, prop: str, meta: dict, device: str, stats: Stats):
+    from parity.properties.tolerance import Verdict
+
+    for attempt in range(OOM_TRIES):
+        try:
+            status, v = evaluator.evaluate(prop, meta)
+        except Exception as e:  # a bad description: parity's bug
+            status, v = "error", Verdict(False, f"parity error: {type(e).__name__}: {e}")
+        _gpu.trim_cache(device)  # this process's idle cache back to the shared GPU
+        oom = status in FAILING and v is not None and _gpu.is_oom(v.message)
+        if not oom or attempt == OOM_TRIES - 1 or not device.startswith("cuda"):
+            return status, v
+        stats.oom_retries += 1
+        _gpu.trim_cache(device, 0)
+        time.sleep(1.0 + 2.0 * attempt)  # the other processes' peaks pass
+    raise AssertionError("unreachable")
+
+
 def _key(meta: dict) -> str:
     return json.dumps(meta, sort_keys=True, default=repr)
 
@@ -755,8 +781,6 @@ def drive(
     import hypothesis
     from hypothesis import Verbosity, given
     from hypothesis.errors import Unsatisfiable
-
-    from parity.properties.tolerance import Verdict
 
     size = size or ("small" if device == "cpu" else "full")
     stats = Stats(spec.name, impl_name, prop, device)
@@ -824,10 +848,7 @@ def drive(
         else:
             if on_start:
                 on_start(prop, meta)
-            try:
-                status, v = evaluator.evaluate(prop, meta)
-            except Exception as e:  # a bad description: parity's bug
-                status, v = "error", Verdict(False, f"parity error: {type(e).__name__}: {e}")
+            status, v = _evaluate(evaluator, prop, meta, device, stats)
             if status == "error" and raise_errors:
                 raise ParityError(v.message)
             entry = ledger.match(spec.name, impl_name, prop, meta) if ledger else None

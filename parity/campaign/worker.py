@@ -30,6 +30,8 @@ import signal
 import sys
 import traceback
 
+from parity._gpu import trim_cache
+
 CUDA_ERROR_RE = re.compile(
     r"CUDA error|CUDA_ERROR|cudaError|Triton Error \[CUDA\]|illegal memory access|"
     r"illegal address|unspecified launch failure|device-side assert|misaligned address",
@@ -337,6 +339,8 @@ def _child_main(conn, log_path: str, env: dict | None) -> None:
         _reply(conn, header, blobs)
         if done:
             break
+        del header, blobs  # the case's tensors are garbage now: idle cache back to a shared GPU
+        trim_cache(st.device)
     conn.close()
 
 

@@ -309,6 +309,12 @@ def run(args) -> int:
         )
     # a log (not a terminal) gets the whole table, not 80 columns of truncated names
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+    for r in rows:  # the verdicts stand; said so a crowded GPU is seen for what it was
+        if r.get("oom_retries"):
+            print(
+                f"{r['op']}:{r['impl']}: {r['oom_retries']} case runs repeated after the GPU "
+                "ran out of memory (engine.OOM_TRIES)"
+            )
     print(f"{len(rows)} implementations ran; {len(not_run)} did NOT RUN here:")
     for key, why in not_run:
         print(f"  NOT RUN  {key}: {why}")
@@ -340,6 +346,7 @@ def _add_time(agg: dict, d: dict) -> None:
     agg["seconds"] += float(d.get("seconds") or 0.0)
     agg["compiles"] += int(d.get("compiles") or 0)
     agg["compile_seconds"] += float(d.get("compile_seconds") or 0.0)
+    agg["oom_retries"] = agg.get("oom_retries", 0) + int(d.get("oom_retries") or 0)
 
 
 _STOP_WAIT_S = 2.0  # how long a dead pool waits for this process's own stop signal
