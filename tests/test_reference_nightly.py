@@ -2,8 +2,9 @@
 nightly budget (1000 examples per property), on the CPU and on the GPU.
 
 Too long for CI on 2 cores (15 ops x about 9 properties x 1000 examples): it runs when
-PARITY_NIGHTLY=1 is set (`scripts/gpu_all.sh nightly` sets it, on cuda and on the CPU) and is
-reported NOT RUN otherwise. The relations that are exact only where the op is (route and
+PARITY_NIGHTLY=1 is set and is reported NOT RUN otherwise: `scripts/gpu_all.sh nightly 3` runs
+the cuda half (`-k cuda`), a CPU machine the cpu half (`PARITY_NIGHTLY=1 pytest -n auto -k cpu
+tests/test_reference_nightly.py`). The relations that are exact only where the op is (route and
 silu_mul_fp8_quant's token relations compare through compare_pair) were found this way.
 """
 
