@@ -614,6 +614,27 @@ def declared_accept(op: str, impl_name: str) -> tuple:
     return tuple(impl.accept) if impl is not None else ()
 
 
+def declared_supports(op: str, impl_name: str):
+    """A registered implementation's `supports(meta)` predicate (`register(supports=)`); None
+    for a `module:function` candidate, whose code the harness never runs."""
+    from parity.registry import registered_impl
+
+    impl = registered_impl(op, impl_name) if ":" not in impl_name else None
+    return impl.supports if impl is not None else None
+
+
+def _declared_out(supports, meta: dict) -> str | None:
+    """Why the implementation declares `meta` unsupported; None: run it. A bad input (its error
+    is checked whatever the options) and a predicate that raises run as before."""
+    if supports is None or meta.get("invalid") is not None:
+        return None
+    try:
+        why = supports(meta)
+    except Exception:
+        return None
+    return f"declared: {why}" if why else None
+
+
 def _accepted(spec, accept) -> tuple:
     """`accept` as the op's variant names in declaration order; ValueError names the op's
     variants for an unknown one."""
@@ -782,6 +803,8 @@ def drive(
     from hypothesis import Verbosity, given
     from hypothesis.errors import Unsatisfiable
 
+    from parity.properties.tolerance import Verdict
+
     size = size or ("small" if device == "cpu" else "full")
     stats = Stats(spec.name, impl_name, prop, device)
     strat = strategy_for(spec, prop, size=size, dtypes=dtypes)
@@ -815,6 +838,7 @@ def drive(
     state["after"] = None  # the earlier case a crash needs (it does not crash alone)
     if hasattr(evaluator, "hard_deadline"):  # a hanging case is cut off at the budget's end
         evaluator.hard_deadline = hard_deadline
+    supports = declared_supports(spec.name, impl_name)
 
     def save(meta, status, v):
         if out_dir is None:
@@ -848,7 +872,11 @@ def drive(
         else:
             if on_start:
                 on_start(prop, meta)
-            status, v = _evaluate(evaluator, prop, meta, device, stats)
+            out = _declared_out(supports, meta)
+            if out is not None:  # left out by the registration: no case built, no worker call
+                status, v = "unsupported", Verdict(True, out)
+            else:
+                status, v = _evaluate(evaluator, prop, meta, device, stats)
             if status == "error" and raise_errors:
                 raise ParityError(v.message)
             entry = ledger.match(spec.name, impl_name, prop, meta) if ledger else None

@@ -62,22 +62,40 @@ _F32_MAX = torch.finfo(torch.float32).max
 _BASE = dict(backend="flashinfer", devices=("cuda",), requires=("flashinfer",))
 
 
+def _dtypes(meta: dict) -> tuple[torch.dtype, torch.dtype]:
+    """A case description's (dtype, x_dtype): torch dtype names (the mHC specs' "same" x_dtype)."""
+    dtype = getattr(torch, meta["dtype"])
+    xd = meta.get("x_dtype", "same")
+    return dtype, (dtype if xd == "same" else getattr(torch, xd))
+
+
 def _cuda(op: str, t: torch.Tensor) -> None:
     if t.device.type != "cuda":
         raise Unsupported(f"{op}: FlashInfer runs on CUDA tensors, got {t.device}")
 
 
-def _bf16(op: str, name: str, t: torch.Tensor) -> None:
-    if t.dtype != torch.bfloat16:
-        raise Unsupported(f"{op}: FlashInfer takes bfloat16 {name}, got {t.dtype}")
-
-
 # --- mHC ------------------------------------------------------------------------------------------
+
+
+def mhc_post_support(dtype: torch.dtype, x_dtype: torch.dtype, hc: int) -> str | None:
+    """Why flashinfer.mhc.mhc_post cannot run this case (None: it can)."""
+    for name, dt in (("residual", dtype), ("x", x_dtype)):
+        if dt != torch.bfloat16:
+            return f"FlashInfer takes bfloat16 {name}, got {dt}"
+    if hc != 4:
+        return f"FlashInfer's mHC kernels are hard-wired to hc=4, got {hc}"
+    return None
+
+
+def _mhc_post_meta(meta: dict) -> str | None:
+    dtype, x_dtype = _dtypes(meta)
+    return mhc_post_support(dtype, x_dtype, meta["hc"])
 
 
 @register(
     "mhc_post",
     name="flashinfer",
+    supports=_mhc_post_meta,
     dtypes=(torch.bfloat16,),
     min_cc=(9, 0),
     note="flashinfer.mhc.mhc_post (bf16, hc=4); comb indexed [old, new] as the contract",
@@ -86,12 +104,11 @@ def _bf16(op: str, name: str, t: torch.Tensor) -> None:
 def mhc_post(x, residual, post_mix, comb_res_mix):
     op = "mhc_post"
     validate_mhc_post(x, residual, post_mix, comb_res_mix)
-    _cuda(op, residual)
-    _bf16(op, "residual", residual)
-    _bf16(op, "x", x)
     t, hc, h = residual.shape
-    if hc != 4:
-        raise Unsupported(f"{op}: FlashInfer's mHC kernels are hard-wired to hc=4, got {hc}")
+    why = mhc_post_support(residual.dtype, x.dtype, hc)
+    if why:
+        raise Unsupported(f"{op}: {why}")
+    _cuda(op, residual)
     if t == 0:
         return torch.empty((0, hc, h), dtype=residual.dtype, device=residual.device)
     from flashinfer.mhc import mhc_post as fi_mhc_post
@@ -105,9 +122,36 @@ def mhc_post(x, residual, post_mix, comb_res_mix):
     return out.contiguous()
 
 
+def mhc_pre_support(
+    dtype: torch.dtype, hc: int, h: int, *, rms_eps, pre_eps, sinkhorn_eps, post_mult
+) -> str | None:
+    """Why mhc_pre_big_fuse_with_prenorm cannot run this case (None: it can)."""
+    if dtype != torch.bfloat16:
+        return f"FlashInfer takes bfloat16 residual, got {dtype}"
+    if hc != 4:
+        return f"FlashInfer's mHC kernels are hard-wired to hc=4, got {hc}"
+    if h % 8:
+        return f"FlashInfer's mhc_pre needs H % 8 == 0, got H={h}"
+    for name, v in (("rms_eps", rms_eps), ("pre_eps", pre_eps), ("sinkhorn_eps", sinkhorn_eps)):
+        if not float(v) > 0.0 or float(v) < torch.finfo(torch.float32).tiny:
+            return f"FlashInfer needs {name} > 0 in float32, got {v}"
+    if abs(float(post_mult)) > _F32_MAX:  # sinkhorn_iters: bounded by the reference
+        return f"post_mult={post_mult} does not fit a float32 kernel argument"
+    return None
+
+
+_PRE_DEFAULTS = dict(rms_eps=1e-6, pre_eps=1e-6, sinkhorn_eps=1e-6, post_mult=1.0)
+
+
+def _mhc_pre_meta(meta: dict) -> str | None:
+    kw = {k: meta["options"].get(k, v) for k, v in _PRE_DEFAULTS.items()}
+    return mhc_pre_support(_dtypes(meta)[0], meta["hc"], meta["H"], **kw)
+
+
 @register(
     "mhc_pre",
     name="flashinfer",
+    supports=_mhc_pre_meta,
     dtypes=(torch.bfloat16,),
     min_cc=(9, 0),
     note="torch fp32 GEMM (dot_mix) + flashinfer.mhc.mhc_pre_big_fuse_with_prenorm (bf16, hc=4)",
@@ -137,17 +181,13 @@ def mhc_pre(
         post_mult=post_mult,
         sinkhorn_iters=sinkhorn_iters,
     )
+    why = mhc_pre_support(
+        residual.dtype, hc, h, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps,
+        post_mult=post_mult,
+    )  # fmt: skip
+    if why:
+        raise Unsupported(f"{op}: {why}")
     _cuda(op, residual)
-    _bf16(op, "residual", residual)
-    if hc != 4:
-        raise Unsupported(f"{op}: FlashInfer's mHC kernels are hard-wired to hc=4, got {hc}")
-    if h % 8:
-        raise Unsupported(f"{op}: FlashInfer's mhc_pre needs H % 8 == 0, got H={h}")
-    for name, v in (("rms_eps", rms_eps), ("pre_eps", pre_eps), ("sinkhorn_eps", sinkhorn_eps)):
-        if not float(v) > 0.0 or float(v) < torch.finfo(torch.float32).tiny:
-            raise Unsupported(f"{op}: FlashInfer needs {name} > 0 in float32, got {v}")
-    if abs(float(post_mult)) > _F32_MAX:  # sinkhorn_iters: bounded by the reference
-        raise Unsupported(f"{op}: post_mult={post_mult} does not fit a float32 kernel argument")
     dev = residual.device
     if t == 0:
         return (
@@ -176,9 +216,30 @@ def mhc_pre(
 # --- swiglu ---------------------------------------------------------------------------------------
 
 
+def swiglu_support(dtype: torch.dtype, *, limit, alpha, beta, layout) -> str | None:
+    """Why flashinfer.silu_and_mul cannot run this case (None: it can)."""
+    if limit is not None or float(alpha) != 1.0 or float(beta) != 0.0 or layout != "concat":
+        return (
+            "flashinfer.silu_and_mul is plain SiLU-and-mul on the concat layout (limit=None, "
+            f"alpha=1, beta=0); got limit={limit}, alpha={alpha}, beta={beta}, layout={layout!r}"
+        )
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"flashinfer.silu_and_mul takes bfloat16/float16, got {dtype}"
+    return None
+
+
+_SWIGLU_DEFAULTS = dict(limit=None, alpha=1.0, beta=0.0, layout="concat")
+
+
+def _swiglu_meta(meta: dict) -> str | None:
+    kw = {k: meta["options"].get(k, v) for k, v in _SWIGLU_DEFAULTS.items()}
+    return swiglu_support(_dtypes(meta)[0], **kw)
+
+
 @register(
     "swiglu",
     name="flashinfer",
+    supports=_swiglu_meta,
     dtypes=(torch.bfloat16, torch.float16),
     note="flashinfer.silu_and_mul: limit=None, alpha=1, beta=0, concat only; judged under its "
     "fast_math convention",
@@ -191,15 +252,10 @@ def mhc_pre(
 def swiglu(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="pre"):
     op = "swiglu"
     validate_swiglu(x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode)
-    if limit is not None or float(alpha) != 1.0 or float(beta) != 0.0 or layout != "concat":
-        raise Unsupported(
-            f"{op}: flashinfer.silu_and_mul is plain SiLU-and-mul on the concat layout "
-            f"(limit=None, alpha=1, beta=0); got limit={limit}, alpha={alpha}, beta={beta}, "
-            f"layout={layout!r}"
-        )
+    why = swiglu_support(x.dtype, limit=limit, alpha=alpha, beta=beta, layout=layout)
+    if why:
+        raise Unsupported(f"{op}: {why}")
     _cuda(op, x)
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        raise Unsupported(f"{op}: flashinfer.silu_and_mul takes bfloat16/float16, got {x.dtype}")
     n = x.shape[-1] // 2
     if x.numel() == 0 or n == 0:
         return torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
@@ -233,9 +289,29 @@ def route_support(e: int, k: int, n_group: int, topk_group: int) -> str | None:
     return None
 
 
+def route_options_support(method: str, renormalize: bool, scale: float) -> str | None:
+    """Why fused_topk_deepseek cannot take these options (None: it can)."""
+    if method != "dsv3":
+        return "it implements method='dsv3' only"
+    if not renormalize:
+        return "it always renormalizes"
+    if scale > _F32_MAX:
+        return f"routed_scaling_factor={scale} beyond float32"
+    return None
+
+
+def _route_meta(meta: dict) -> str | None:
+    c = meta["config"]
+    scale = float(meta["routed_scaling_factor"])  # as validate_route returns it
+    return route_options_support(c["method"], meta["renormalize"], scale) or route_support(
+        c["E"], c["k"], c["n_group"], c["topk_group"]
+    )
+
+
 @register(
     "route",
     name="flashinfer",
+    supports=_route_meta,
     min_cc=(9, 0),
     note="flashinfer.fused_topk_deepseek: dsv3, renormalize=True, kernel limits (see module); "
     "judged under its approx_tanh_sigmoid convention",
@@ -266,17 +342,13 @@ def route(
         renormalize=renormalize,
         routed_scaling_factor=routed_scaling_factor,
     )
-    if method != "dsv3":
-        raise Unsupported(f"{op}: fused_topk_deepseek implements method='dsv3' only")
-    if not renormalize:
-        raise Unsupported(f"{op}: fused_topk_deepseek always renormalizes")
-    if scale > _F32_MAX:
-        raise Unsupported(f"{op}: routed_scaling_factor={scale} beyond float32")
-    _cuda(op, logits)
     t, e = logits.shape
-    why = route_support(e, k, n_group, topk_group)
+    why = route_options_support(method, renormalize, scale) or route_support(
+        e, k, n_group, topk_group
+    )
     if why:
-        raise Unsupported(f"{op}: fused_topk_deepseek limit: {why}")
+        raise Unsupported(f"{op}: fused_topk_deepseek: {why}")
+    _cuda(op, logits)
     weights = torch.empty((t, k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((t, k), dtype=torch.int32, device=logits.device)
     if t == 0:
