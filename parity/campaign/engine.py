@@ -608,8 +608,10 @@ def evaluator_for(
 def declared_accept(op: str, impl_name: str) -> tuple:
     """The variants a registered implementation declares it follows (`register(accept=)`); ()
     for a `module:function` candidate, which the harness never imports (`--accept` names its)."""
+    from parity.catalog import load_all
     from parity.registry import registered_impl
 
+    load_all()  # the registrations are the catalog's to load
     impl = registered_impl(op, impl_name) if ":" not in impl_name else None
     return tuple(impl.accept) if impl is not None else ()
 
@@ -617,8 +619,10 @@ def declared_accept(op: str, impl_name: str) -> tuple:
 def declared_supports(op: str, impl_name: str):
     """A registered implementation's `supports(meta)` predicate (`register(supports=)`); None
     for a `module:function` candidate, whose code the harness never runs."""
+    from parity.catalog import load_all
     from parity.registry import registered_impl
 
+    load_all()  # the registrations are the catalog's to load
     impl = registered_impl(op, impl_name) if ":" not in impl_name else None
     return impl.supports if impl is not None else None
 
