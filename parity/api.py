@@ -248,7 +248,12 @@ def check(
     else:
         name = _importable_name(fn)
         label = name or getattr(fn, "__qualname__", type(fn).__name__)
-        impl = Impl(op=op, name=label, backend="external", fn=fn, devices=("cpu", "cuda"))
+        reg = getattr(fn, "parity_impl", None)  # a registered function's declared support
+        supports = reg.supports if isinstance(reg, Impl) and reg.op == op else None
+        impl = Impl(
+            op=op, name=label, backend="external", fn=fn, devices=("cpu", "cuda"),
+            supports=supports,
+        )  # fmt: skip
     from parity._gpu import default_device
 
     device = default_device(device)
@@ -342,6 +347,7 @@ def check(
             seed=seed,
             out_dir=out_dir,
             dtypes=impl.dtypes,
+            supports=impl.supports,  # its registration's, whatever its label
             on_prop_start=bar.start,
             on_prop_done=bar.done,
             on_example=bar.example,

@@ -112,3 +112,35 @@ def test_a_predicate_that_raises_leaves_the_case_to_the_implementation(monkeypat
     ev = Counting()
     st_ = drive(get_spec("swiglu"), "matches_reference", ev, impl_name="x", max_examples=10)
     assert len(ev.metas) == st_.run > 0 and st_.unsupported == 0
+
+
+CALLS: list = []
+
+
+def _swiglu_no_limits(x, *, limit=None, alpha=1.0, beta=0.0, layout="concat", clamp_mode="pre"):
+    """The reference, leaving limits out by its own NotImplementedError too."""
+    from parity.reference import swiglu
+
+    CALLS.append(limit)
+    if limit is not None:
+        raise NotImplementedError("no limits")
+    return swiglu(x, limit=limit, alpha=alpha, beta=beta, layout=layout, clamp_mode=clamp_mode)
+
+
+def test_parity_check_reads_a_registered_functions_own_declaration():
+    """The API goes by the function's registration, not by a name (which might be another's)."""
+    import parity
+
+    fn = parity.register(
+        "swiglu", name="declared_no_limits", backend="torch", devices=("cpu",),
+        supports=lambda m: "no limits" if m["options"]["limit"] is not None else None,
+    )(_swiglu_no_limits)  # fmt: skip
+    CALLS.clear()
+    report = parity.check(
+        "swiglu", fn, device="cpu", properties=["matches_reference"], max_examples=30,
+        isolate=False,
+    )  # fmt: skip
+    st = report["matches_reference"]
+    assert st.passed == st.run > 0 and st.unsupported > 0, st
+    assert CALLS and all(lim is None for lim in CALLS)  # the declared draws never reached it
+    assert st.last_unsupported == "declared: no limits"

@@ -616,6 +616,9 @@ def declared_accept(op: str, impl_name: str) -> tuple:
     return tuple(impl.accept) if impl is not None else ()
 
 
+BY_NAME = object()  # drive(supports=): look the registration up by the implementation's name
+
+
 def declared_supports(op: str, impl_name: str):
     """A registered implementation's `supports(meta)` predicate (`register(supports=)`); None
     for a `module:function` candidate, whose code the harness never runs."""
@@ -790,6 +793,7 @@ def drive(
     on_start: Callable[[str, dict], None] | None = None,
     on_example: Callable[[Stats, str], None] | None = None,
     database=None,
+    supports=BY_NAME,
 ) -> Stats:
     """Run `prop` with Hypothesis, each case through `evaluator.evaluate(prop, meta)`.
 
@@ -801,7 +805,8 @@ def drive(
     parity error raises `ParityError` instead of counting as a failure (tests of parity).
     `database`: an `exampledb.ExampleStore`: its saved failing cases of this (op, impl, prop,
     device) run first (explicit examples; those that pass now are deleted), and the final
-    failing case is saved there.
+    failing case is saved there. `supports`: the implementation's declared support
+    (`register(supports=)`, None: none); by default the registration of `impl_name`.
     """
     import hypothesis
     from hypothesis import Verbosity, given
@@ -842,7 +847,8 @@ def drive(
     state["after"] = None  # the earlier case a crash needs (it does not crash alone)
     if hasattr(evaluator, "hard_deadline"):  # a hanging case is cut off at the budget's end
         evaluator.hard_deadline = hard_deadline
-    supports = declared_supports(spec.name, impl_name)
+    if supports is BY_NAME:
+        supports = declared_supports(spec.name, impl_name)
 
     def save(meta, status, v):
         if out_dir is None:
@@ -1220,6 +1226,7 @@ def run_property(
         prop,
         InProcess(spec, impl, device, accept=accept),
         impl_name=impl_name,
+        supports=getattr(getattr(fn, "parity_impl", None), "supports", None),
         device=device,
         size=size,
         dtypes=dtypes,

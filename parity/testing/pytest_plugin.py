@@ -197,6 +197,7 @@ class Target:
                 impl_name=name,
                 device=self.device,
                 dtypes=impl.dtypes,
+                supports=impl.supports,
                 profile=_profile(self.profile),
                 max_examples=self._max_examples(impl),
                 raise_errors=True,
