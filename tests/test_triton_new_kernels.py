@@ -105,6 +105,22 @@ def test_fp8_block_quant_two_pass_path_equals_tile_path(block_shape, monkeypatch
         assert _same_f32(got[1].cpu(), want[1])
 
 
+@pytest.mark.parametrize("block_shape", [(128, 128), (48, 80), (16, 16)])
+def test_fp8_block_quant_column_first_grid_is_the_same_quantization(block_shape, monkeypatch):
+    """`TILE["cols_first"]` (one flat grid, a block row's column groups fastest; 16 x 16 blocks
+    put 32 of them in a program) only reorders the programs: codes and scales bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(3, 70, 300, generator=g) * 3).to(torch.bfloat16).to(DEV)
+    want = ref.fp8_block_quant(w.cpu(), block_shape=block_shape, scale_format="ue8m0")
+    monkeypatch.setitem(kb.TILE, "cols_first", True)
+    assert kb.plan(
+        experts=3, rows=70, cols=300, block_shape=block_shape, ue8m0=True, native_fp8=False
+    )[2]["COLS_FIRST"]  # fmt: skip
+    got = fp8_block_quant(w, block_shape=block_shape, scale_format="ue8m0")
+    assert _same_fp8(got[0].cpu(), want[0])
+    assert _same_f32(got[1].cpu(), want[1])
+
+
 # --- route --------------------------------------------------------------------------------------
 
 
