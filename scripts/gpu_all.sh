@@ -5,7 +5,8 @@
 #   run(command="bash scripts/gpu_all.sh moe", carry=[".gpu"])  # short: tune large M, fused_moe
 #   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
 #     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls);
-#     nightly 2,3: both side by side in one call; NIGHTLY_ONLY="triton:fused_moe flashinfer reference": those
+#     nightly 2,3: both side by side in one call; NIGHTLY_ONLY="triton:fused_moe flashinfer
+#     reference" runs those suites of the shards alone (an op, a backend or backend:op)
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
