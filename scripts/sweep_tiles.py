@@ -102,8 +102,8 @@ def sweep_quant() -> None:
 
 def sweep_new() -> None:
     """mxfp4_quant [8192, 7168] and fp8_block_quant [7168, 7168] weights (128 x 128 blocks):
-    `TILE` of their kernel modules (elements a program, warps; mxfp4's element or word kernel,
-    fp8_block's grid order)."""
+    `TILE` of their kernel modules (elements a program, warps) and the kernel variants it names
+    (mxfp4's element or word kernel and E2M1 encoder, fp8_block's grid order)."""
     from parity.optimized.triton import _kernels_fp8_block_quant as kb
     from parity.optimized.triton import _kernels_mxfp4_quant as km
 
@@ -116,24 +116,25 @@ def sweep_new() -> None:
     }
     for op, (mod, fn, sets, moved) in cases.items():
         old = dict(mod.TILE)
-        # mxfp4: element / word kernel; fp8_block: the 2-D grid / column groups first
-        flag = next((f for f in ("pairs", "cols_first") if f in mod.TILE), None)
-        kinds = (False, True) if flag else (None,)
-        small = os.environ.get("SWEEP_GRID") == "small"  # 4 tiles: a call short of time
-        elems_grid = (4096, 8192) if small else (2048, 4096, 8192, 16384)
-        warps_grid = (4, 8) if small else (4, 8, 16)
-        for pairs, elems, warps in itertools.product(kinds, elems_grid, warps_grid):
-            mod.TILE.update(elems=elems, warps=warps)
-            if pairs is not None:
-                mod.TILE[flag] = pairs
-            ms = timed(fn, sets)
-            tags = {"pairs": (" elems", " words"), "cols_first": (" rows", " cols")}
-            tag = "" if pairs is None else tags[flag][pairs]
-            print(
-                f"{op + tag:20} elems {elems:5d} warps {warps:2d} {ms * 1e3:7.1f} us"
-                f" {pct(moved, ms)}",
-                flush=True,
-            )
+        # the kernel variants a TILE names: mxfp4's element or word kernel and its E2M1
+        # encoder (compares or bits), fp8_block's grid order (rows or column groups first)
+        flags = [f for f in ("pairs", "bits", "cols_first") if f in mod.TILE]
+        small = os.environ.get("SWEEP_GRID") == "small"  # a call short of time: the shipped
+        # tile with every variant
+        elems_grid = (old["elems"],) if small else (2048, 4096, 8192, 16384)
+        warps_grid = (old["warps"],) if small else (4, 8, 16)
+        names = {"pairs": ("elems", "words"), "bits": ("compares", "bits")}
+        names["cols_first"] = ("rows", "cols")
+        for combo in itertools.product(*[(False, True)] * len(flags)):
+            for elems, warps in itertools.product(elems_grid, warps_grid):
+                mod.TILE.update(elems=elems, warps=warps, **dict(zip(flags, combo)))
+                ms = timed(fn, sets)
+                tag = " ".join(names[f][v] for f, v in zip(flags, combo))
+                print(
+                    f"{op:16} {tag:16} elems {elems:5d} warps {warps!s:4} {ms * 1e3:7.1f} us"
+                    f" {pct(moved, ms)}",
+                    flush=True,
+                )
         mod.TILE.clear()
         mod.TILE.update(old)
 

@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 
 from parity import reference as ref
 from parity.optimized.triton import _kernels_fp8_block_quant as kb
+from parity.optimized.triton import _kernels_mxfp4_quant as km
 from parity.optimized.triton.fp8_block_quant import fp8_block_quant
 from parity.optimized.triton.mxfp4_quant import mxfp4_quant
 from parity.optimized.triton.route import route
@@ -44,8 +45,15 @@ def _same_f32(a: torch.Tensor, b: torch.Tensor) -> bool:
 # --- mxfp4_quant --------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=[False, True], ids=["compares", "bits"])
+def mx_codes(request, monkeypatch):
+    """Both E2M1 encoders of the mxfp4_quant kernels (`TILE["bits"]`)."""
+    monkeypatch.setitem(km.TILE, "bits", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("rounding", ["floor", "ceil"])
-def test_mxfp4_quant_every_bf16_value(rounding):
+def test_mxfp4_quant_every_bf16_value(rounding, mx_codes):
     # each block of 32 consecutive patterns, then the same values shuffled into other blocks
     x = _all_bf16()
     perm = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))
@@ -59,7 +67,7 @@ def test_mxfp4_quant_every_bf16_value(rounding):
         assert not got[0].cpu()[nan_block].any()  # NaN blocks: codes 0
 
 
-def test_mxfp4_quant_nibble_order_and_midpoints():
+def test_mxfp4_quant_nibble_order_and_midpoints(mx_codes):
     # element 2i in the low nibble; midpoints go to the even code: 0.25 -> 0, 0.75 -> 2 (1.0),
     # 1.25 -> 2, 1.75 -> 4 (2.0), 2.5 -> 4, 3.5 -> 6 (4.0), 5 -> 6, 7 -> 7 (saturates at 6)
     vals = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, -0.0, -6.0]
@@ -70,6 +78,25 @@ def test_mxfp4_quant_nibble_order_and_midpoints():
     assert int(s) == 127
     codes = torch.stack((p.cpu() & 15, p.cpu() >> 4), -1).flatten()
     assert codes[:10].tolist() == [0, 2, 2, 4, 4, 6, 6, 7, 8, 15]
+
+
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+def test_mxfp4_quant_float32_around_every_midpoint(rounding, mx_codes):
+    """float32 y one ulp either side of each E2M1 midpoint, of 1 and of 6, 7 and 8, in blocks
+    whose scale exponents differ (amax 6 * 2**s): the bits encoder's rounding edges."""
+    edges = torch.tensor([0.25, 0.75, 1.0, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 7.0, 8.0])
+    up, down = torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)
+    vals = torch.cat((edges, up, down, torch.tensor([0.0, 1e-40, 2.0**-126])))
+    rows = []
+    for s_exp in (-130, -20, 0, 5, 120):
+        row = torch.cat((vals, -vals))[:64].reshape(2, 32).clone()
+        row[:, 31] = 6.0  # amax 6: floor and ceil give the same e (log2 6 - 2 rounds down)
+        rows.append(row * 2.0**s_exp)
+    x = torch.cat(rows).to(DEV)
+    got = mxfp4_quant(x, scale_rounding=rounding)
+    want = ref.mxfp4_quant(x.cpu(), scale_rounding=rounding)
+    assert torch.equal(got[1].cpu(), want[1])
+    assert torch.equal(got[0].cpu(), want[0])
 
 
 # --- fp8_block_quant ----------------------------------------------------------------------------

@@ -40,7 +40,11 @@ _F32_INF_BITS = tl.constexpr(0x7F800000)
 # elements (`_mxfp4_quant_pairs_kernel`). Chosen by the tile sweep (scripts/sweep_tiles.py new,
 # H100, 2026-12-05, x [8192, 7168] bf16): words 4096/4 warps 80.0 us (61% of copy), the element
 # kernel's best 86.7 us (56%), the old default (element kernel, 4096/8 warps) 96.3 us (51%)
-TILE = {"elems": 4096, "warps": 4, "pairs": True}
+TILE = {"elems": 4096, "warps": 4, "pairs": True, "bits": False}
+# bits: E2M1 codes from the float32 bits of |y| (`_e2m1_codes_bits`) instead of seven compares
+# summed (offline sm_90 SASS of the word kernel at the bench shape: fewer instructions, see
+# docs/gpu-results.md); the same codes (tests/test_triton_new_kernels.py, every bfloat16 value).
+# Not yet timed on a GPU, hence off.
 
 
 @triton.jit
@@ -57,6 +61,29 @@ def _e2m1_codes(v, inv):
         + (mag >= 3.5).to(tl.int32)
         + (mag > 5.0).to(tl.int32)
     )
+
+
+@triton.jit
+def _e2m1_codes_bits(v, inv):
+    """`_e2m1_codes` from the bits of y = |v * inv|: for y >= 1, y rounded to one mantissa bit
+    with ties to even by integer arithmetic on its float32 bits (add 2**21 - 1 plus the kept
+    bit, drop the 22 bits below it: exact, a carry moves the exponent), whose exponent and
+    kept bit are the code: 2 (E - 126) + m, 8 and above (y >= 7, inf) saturating to 7; below 1
+    the two midpoints 0.25 (to 0) and 0.75 (to 1.0, code 2), ties even. No rounding of y
+    itself: every y in [1, 8) is a normal float, its bits exact."""
+    mag = tl.abs(v * inv)
+    b = mag.to(tl.int32, bitcast=True)
+    top = tl.minimum(((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252, 7)
+    low = (mag > 0.25).to(tl.int32) + (mag >= 0.75).to(tl.int32)
+    return tl.where(mag >= 1.0, top, low)
+
+
+@triton.jit
+def _codes(v, inv, BITS: tl.constexpr):
+    if BITS:
+        return _e2m1_codes_bits(v, inv)
+    else:
+        return _e2m1_codes(v, inv)
 
 
 @triton.jit
@@ -105,6 +132,7 @@ def _mxfp4_quant_pairs_kernel(
     BLOCK_B: tl.constexpr,
     CEIL: tl.constexpr,
     BF16: tl.constexpr,
+    BITS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     blk = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -121,8 +149,8 @@ def _mxfp4_quant_pairs_kernel(
     mb = tl.max(tl.maximum(blo & 0x7FFFFFFF, bhi & 0x7FFFFFFF), axis=2)  # [BLOCK_R, BLOCK_B]
     e, nan, inv = _block_exponent(mb, CEIL)
     inv = inv[:, :, None]
-    clo = _e2m1_codes(lo, inv) | ((blo >> 28) & 8)  # arithmetic shift: bit 31 lands on bit 3
-    chi = _e2m1_codes(hi, inv) | ((bhi >> 28) & 8)
+    clo = _codes(lo, inv, BITS) | ((blo >> 28) & 8)  # arithmetic shift: bit 31 lands on bit 3
+    chi = _codes(hi, inv, BITS) | ((bhi >> 28) & 8)
     packed = tl.where(nan[:, :, None], 0, clo | (chi << 4)).to(tl.uint8)
     tl.store(p_ptr + offs, packed, mask=m2[:, :, None])
     _store_scales(s_ptr, row64, blk, NB, e, nan, m2)
@@ -138,6 +166,7 @@ def _mxfp4_quant_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_B: tl.constexpr,
     CEIL: tl.constexpr,
+    BITS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     blk = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -150,7 +179,7 @@ def _mxfp4_quant_kernel(
     mb = tl.max(bits & 0x7FFFFFFF, axis=2)  # [BLOCK_R, BLOCK_B]
     e, nan, inv = _block_exponent(mb, CEIL)
     # arithmetic shift: bit 31 lands on bit 3
-    code = _e2m1_codes(v, inv[:, :, None]) | ((bits >> 28) & 8)
+    code = _codes(v, inv[:, :, None], BITS) | ((bits >> 28) & 8)
     code = tl.where(nan[:, :, None], 0, code)
     lo, hi = tl.split(tl.reshape(code, (BLOCK_R, BLOCK_B, 16, 2)))
     packed = (lo | (hi << 4)).to(tl.uint8)
@@ -175,7 +204,7 @@ def launch_args(rows: int, k: int, ceil: bool, dtype=None) -> tuple:
     block_r = max(1, TILE["elems"] // (block_b * 32))
     warps = TILE["warps"] or (4 if block_r * block_b * 32 <= 2048 else 8)
     grid = (cdiv(rows, block_r), cdiv(nb, block_b))
-    consts = dict(BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil)
+    consts = dict(BLOCK_R=block_r, BLOCK_B=block_b, CEIL=ceil, BITS=bool(TILE.get("bits")))
     if reads_words(dtype):
         consts["BF16"] = dtype == torch.bfloat16
         return _mxfp4_quant_pairs_kernel, grid, consts, dict(num_warps=warps)

@@ -35,7 +35,8 @@ def _key(w, block_shape, scale_format):
     return (
         w.__class__, w.shape, w.dtype, w.device, block_shape.__class__,
         tuple((v.__class__, v) for v in block_shape),  # True and 1 stay apart
-        scale_format.__class__, scale_format, tile["elems"], tile["chunk"], tile["warps"], tile.get("cols_first"),
+        scale_format.__class__, scale_format, tile["elems"], tile["chunk"], tile["warps"],
+        tile.get("cols_first"),
         env(_FP8_ENV), env("TRITON_INTERPRET"),
     )  # fmt: skip
 

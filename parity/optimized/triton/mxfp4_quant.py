@@ -62,6 +62,7 @@ def _key(x, block, scale_rounding):
     return (
         x.__class__, x.shape, x.dtype, x.device, block.__class__, block,
         scale_rounding.__class__, scale_rounding, tile["elems"], tile["warps"], tile["pairs"],
+        tile.get("bits"),
     )  # fmt: skip
 
 
