@@ -1,9 +1,11 @@
 """Sweep the tiles (elements a program, warps) of the memory-bound Triton kernels on the GPU:
 swiglu at T = 1024 and 8192, N = 2048, against FlashInfer's silu_and_mul, and fp8_quant,
 silu_mul_fp8_quant and mxfp4_dequant at T = 8192 (`_kernels_quant.TILE`): which default to
-ship. The kernels and their math are unchanged; only the tile choice is replaced.
+ship. The kernels and their math are unchanged; only the tile choice is replaced. `new` and
+`sigmoid` also time the kernel variants that stay options until a GPU has timed them
+(mxfp4_quant's E2M1 encoder, fp8_block_quant's grid order, the fast sigmoid).
 
-    source .gpu/activate.sh && python3 scripts/sweep_tiles.py [swiglu] [quant] [new]
+    source .gpu/activate.sh && python3 scripts/sweep_tiles.py [swiglu] [quant] [new] [sigmoid]
 
 Times with `parity bench`'s timer (inputs rotated past L2, the GPU asleep while a chunk is
 enqueued) and reports the percentage of the copy ceiling measured in the same run.
@@ -139,13 +141,35 @@ def sweep_new() -> None:
         mod.TILE.update(old)
 
 
+def sweep_sigmoid() -> None:
+    """swiglu [8192, 2 x 2048] and silu_mul_fp8_quant [8192, 2 x 2048] bf16 with the sigmoid's
+    reciprocal correctly rounded and by div.full.f32 (`_kernels_swiglu.SIGMOID`)."""
+    from parity.optimized.triton import _kernels_swiglu as ksw
+
+    t, n = 8192, 2048
+    sets = [torch.randn(t, 2 * n, device="cuda").bfloat16() for _ in range(8)]
+    cases = {
+        "swiglu": (get_impl("swiglu", "triton").fn, t * n * 6),
+        "silu_mul_fp8_quant": (get_impl("silu_mul_fp8_quant", "triton").fn, t * n * 5),
+    }
+    for op, (fn, moved) in cases.items():
+        for fast in (False, True):
+            ksw.SIGMOID["fast"] = fast
+            ms = timed(fn, sets)
+            tag = "div.full" if fast else "div.rn"
+            print(f"{op:20} sigmoid {tag:8} {ms * 1e3:7.1f} us {pct(moved, ms)}", flush=True)
+        ksw.SIGMOID["fast"] = False
+
+
 if __name__ == "__main__":
     import sys
 
-    which = sys.argv[1:] or ["swiglu", "quant", "new"]
+    which = sys.argv[1:] or ["swiglu", "quant", "new", "sigmoid"]
     if "swiglu" in which:
         main()
     if "quant" in which:
         sweep_quant()
     if "new" in which:
         sweep_new()
+    if "sigmoid" in which:
+        sweep_sigmoid()

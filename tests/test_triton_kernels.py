@@ -266,6 +266,32 @@ def _swiglu_close(y, x, **kw):
     assert ok[~nan].all(), (y64[~nan][~ok[~nan]][:5], want[~nan][~ok[~nan]][:5])
 
 
+def test_fast_sigmoid_reaches_both_kernels_and_their_plans(monkeypatch):
+    """`_kernels_swiglu.SIGMOID["fast"]` (div.full.f32 for the sigmoid's reciprocal) becomes the
+    FAST constexpr of swiglu's and silu_mul_fp8_quant's launches, and a plan made without it is
+    not reused with it (their keys hold it). The interpreter divides exactly either way (the
+    outputs are equal there); on a GPU the two stay within 4 float32 ulps (div.full: 2)."""
+    import parity.optimized.triton.quant as q
+    import parity.optimized.triton.swiglu as sw
+    from parity.optimized.triton import _kernels_swiglu as ksw
+
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(0)).to(DEV)
+    exact = swiglu(x)
+    codes = silu_mul_fp8_quant(x)[0].view(torch.uint8)
+    monkeypatch.setitem(ksw.SIGMOID, "fast", True)
+    fast = swiglu(x)
+    torch.testing.assert_close(fast, exact, rtol=2.0**-21, atol=1e-37)
+    if DEV == "cpu":
+        assert torch.equal(fast, exact)
+        assert torch.equal(silu_mul_fp8_quant(x)[0].view(torch.uint8), codes)
+    else:
+        silu_mul_fp8_quant(x)
+    consts = [p[1][0].consts for p in sw._PLANS.values() if p[1] is not None]
+    assert {c["FAST"] for c in consts} == {False, True}
+    consts = [p[-1][0].consts for p in q._PLANS.values() if p[-1] is not None]
+    assert {c.get("FAST") for c in consts} >= {False, True}
+
+
 @pytest.mark.parametrize(
     "shape", [(1, 2), (3, 2, 2 * 65), (2, 3, 4, 2 * 7), (2 * 5,), (17, 2 * 1025), (1, 2 * 2049)]
 )

@@ -364,7 +364,7 @@ def _act_quant_kernel(
         else:
             gate = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
             up = tl.load(src + n_cols + col, mask=mask, other=0.0).to(tl.float32)
-        y = swiglu_f32(gate, up, limit, alpha, beta, CLAMP_POST)
+        y = swiglu_f32(gate, up, limit, alpha, beta, CLAMP_POST, False)
     else:
         y = tl.load(src + col, mask=mask, other=0.0).to(tl.float32)
         if MUL_WEIGHT:

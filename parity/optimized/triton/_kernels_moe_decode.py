@@ -418,7 +418,7 @@ def _act_kernel(
     else:
         gate = to_dtype_rne(gate, tl.float16).to(tl.float32)
         up = to_dtype_rne(up, tl.float16).to(tl.float32)
-    y = swiglu_f32(gate, up, limit, alpha, beta, CLAMP_POST)
+    y = swiglu_f32(gate, up, limit, alpha, beta, CLAMP_POST, False)
     store_act(
         y,
         mask,

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value, to_dtype_rne
-from parity.optimized.triton._kernels_swiglu import swiglu_f32
+from parity.optimized.triton._kernels_swiglu import SIGMOID, swiglu_f32
 from parity.optimized.triton._launch import cdiv
 
 _F32_MAX = tl.constexpr(3.4028234663852886e38)
@@ -138,6 +138,7 @@ def _silu_mul_fp8_quant_kernel(
     G_PAD: tl.constexpr,
     BLOCK_G: tl.constexpr,
     POST: tl.constexpr,
+    FAST: tl.constexpr,
     UE8M0: tl.constexpr,
     COL_MAJOR: tl.constexpr,
     RECIP: tl.constexpr,
@@ -153,7 +154,7 @@ def _silu_mul_fp8_quant_kernel(
     g = tl.load(x_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + g_offs + N, mask=mask, other=0.0).to(tl.float32)
     # The SwiGLU result stays float32 (never rounded to x.dtype) up to the quantization.
-    y = swiglu_f32(g, u, limit, 1.0, 0.0, POST)
+    y = swiglu_f32(g, u, limit, 1.0, 0.0, POST, FAST)
     y = tl.where(mask, y, 0.0)
     codes, s = _quant_groups(y, eps, UE8M0, RECIP, NATIVE_FP8)
     q_offs = gi.to(tl.int64)[:, None] * G + c[None, :]
@@ -225,6 +226,7 @@ def launch_silu_mul_fp8_quant(
         G_PAD=g_pad,
         BLOCK_G=block_g,
         POST=post,
+        FAST=SIGMOID["fast"],
         UE8M0=ue8m0,
         COL_MAJOR=column_major,
         RECIP=ue8m0 and eps >= RECIP_MIN_EPS,

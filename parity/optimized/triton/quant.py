@@ -50,9 +50,10 @@ def _kq():
 
 
 def _tiles():
-    """What a plan's tiles depend on: `_kernels_quant.TILE` (a tile sweep changes it)."""
+    """What a plan's tiles depend on: `_kernels_quant.TILE` (a tile sweep changes it), and the
+    sigmoid's division (`_kernels_swiglu.SIGMOID`) for silu_mul_fp8_quant."""
     tile = _kernels.TILE
-    return tile["elems"], tile["warps"]
+    return tile["elems"], tile["warps"], _kernels.SIGMOID["fast"]
 
 
 def _fp8_env():
@@ -156,6 +157,7 @@ def _silu_plan(x, group_size, limit, clamp_mode, scale_format, column_major_scal
             n_groups,
             group_size,
             POST=clamp_mode == "post",
+            FAST=kq.SIGMOID["fast"],
             UE8M0=ue8m0,
             COL_MAJOR=bool(column_major_scales),
             RECIP=ue8m0 and _SILU_EPS >= kq.RECIP_MIN_EPS,

@@ -35,6 +35,7 @@ def _key(x, limit, alpha, beta, layout, clamp_mode):
     return (
         x.__class__, x.shape, x.dtype, x.device, layout, clamp_mode,
         limit.__class__, limit, alpha.__class__, alpha, beta.__class__, beta, _kernels._blocks,
+        _kernels.SIGMOID["fast"],
     )  # fmt: skip
 
 
@@ -43,6 +44,7 @@ def launch_args(rows: int, n: int, interleaved: bool, post: bool) -> Launch:
     constexprs: tests/test_launch_cost.py compares the two)."""
     block_r, block_n, warps = _kernels._blocks(rows, n, 4096)
     consts = dict(POST=post, INTERLEAVED=interleaved, BLOCK_R=block_r, BLOCK_N=block_n)
+    consts["FAST"] = _kernels.SIGMOID["fast"]
     grid = (-(-rows // block_r), -(-n // block_n))
     return Launch(_kernels._swiglu_kernel, grid, consts, num_warps=warps)
 
