@@ -9,6 +9,8 @@
 #     reference" runs those suites of the shards alone (an op, a backend or backend:op)
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
+#   run(command="bash scripts/gpu_all.sh quantprof", carry=[".gpu"])  # short: Nsight Compute of
+#     the memory-bound kernels and the tile/variant sweep
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
 # shape and FlashInfer JIT-builds its modules, both CPU-bound, so serial runs hit the limit).
 # The tuner runs after them, alone on the GPU, so its timings are not shared with other jobs.
@@ -109,7 +111,7 @@ ls "$OUT"
 }
 trap finish EXIT
 trap 'exit 124' TERM INT
-PHASE="${1:-tests}"   # tests | bench | moe | nightly | verify | recheck | profile
+PHASE="${1:-tests}"   # tests | bench | moe | nightly | verify | recheck | profile | quantprof
 DEADLINE="${DEADLINE:-570}"  # the benchmarks end by this second of the call
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
@@ -207,6 +209,21 @@ elif [ "$PHASE" = profile ]; then
   [ -n "${PROFILE_ROUTE:-}" ] && bench b_route 40 --op route --impl all --tokens 1,16,1024,8192
   bench b_fused_moe_graph 60 --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 \
     --rep-ms 40 --meta "$Q" --meta "$F" --meta "$M"
+elif [ "$PHASE" = quantprof ]; then
+  # Where the memory-bound kernels' time goes (issue 11, "Done when"; a short call): Nsight
+  # Compute on one call of each at its benchmark shape, the CPU-prepared variants beside the
+  # shipped kernels (scripts/profile_quant.py names the launches in order), then the sweep that
+  # times those variants with the copy ceiling of the same run
+  t0=$SECONDS
+  fg timeout -k 5 240 ncu --clock-control none --profile-from-start off --section SpeedOfLight \
+    --section WarpStateStats --section InstructionStats --section Occupancy \
+    python3 scripts/profile_quant.py >"$LOG/ncu_quant.log" 2>&1
+  echo "$? $((SECONDS - t0))s" >"$LOG/ncu_quant.rc"; JOBS+=(ncu_quant)
+  grep -E "^launch|^  [_a-z0-9]+_kernel|Duration|DRAM Throughput|Compute \(SM\) Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Executed Instructions " \
+    "$LOG/ncu_quant.log" | head -150
+  t0=$SECONDS
+  SWEEP_GRID=small fg timeout -k 5 90 python3 scripts/sweep_tiles.py new sigmoid >"$LOG/sweep.log" 2>&1
+  echo "$? $((SECONDS - t0))s" >"$LOG/sweep.rc"; JOBS+=(sweep); cat "$LOG/sweep.log"
 elif [ "$PHASE" = recheck ]; then
   # A short call after kernel changes (2026-12-05: TileLang mHC grids, the fused_moe decode
   # path, division-free FP8, the word kernel of mxfp4_quant, the new route): the mHC golden
