@@ -262,6 +262,28 @@ def test_mhc_post_gpu(impl, t, h):
     assert _ulps(out, _exact(ref.mhc_post, x, res, post, comb), mag) <= 1.0
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("h", [4096, 7170, 7172, 201])  # vector width 8, 2, 4, 1
+def test_mhc_post_dynamic_hidden_size_gpu(h, monkeypatch):
+    """PARITY_TILELANG_DYN_H's kernel (`post_dyn`: the hidden size dynamic, one compile a
+    vector width) gives the per-H kernel's output bit for bit, on the same compile for two
+    hidden sizes of one vector width."""
+    need("tilelang")
+    from parity.optimized.tilelang import _kernels_mhc as km
+    from parity.optimized.tilelang import mhc
+
+    x, res, post, comb = _cuda(*_post_args(t=9, h=h))
+    want = mhc.mhc_post(x, res, post, comb)
+    monkeypatch.setitem(mhc.DYN_H, 0, True)
+    monkeypatch.setattr(mhc, "_POST_PLANS", {})
+    got = mhc.mhc_post(x, res, post, comb)
+    assert torch.equal(got, want)
+    n = km.cache_size()
+    x2, res2, post2, comb2 = _cuda(*_post_args(t=3, h=h + 8 * (h % 8 == 0) + 64 * (h % 8 != 0)))
+    mhc.mhc_post(x2, res2, post2, comb2)
+    assert km.cache_size() == n  # no new compile for another H of the same vector width
+
+
 def _module(impl):
     if impl == "tilelang":
         from parity.optimized.tilelang import mhc

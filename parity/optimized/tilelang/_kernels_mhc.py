@@ -101,6 +101,54 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
     return mhc_post
 
 
+def post_dyn_kernel(hc: int, vec: int, xdt: str, rdt: str, threads: int = 128):
+    """`post` with the hidden size dynamic (issue 11, section 4: one compile per (hc, vector
+    width, dtypes) instead of per H; off unless PARITY_TILELANG_DYN_H=1, not yet run on a GPU).
+    The tensors come as views [.., H / vec, vec] with `vec` (H's largest power-of-two divisor up
+    to 8) static, so the 16-byte accesses stay provably aligned: declared `(N, H)` with H
+    dynamic, TileLang 0.1.15 lowered every access to a scalar load behind a bounds check
+    (offline, `scripts/tilelang_lower.py`). Grid (tokens, hidden tiles): the token index on x
+    (up to 2**31 - 1 blocks), no division to recover it."""
+    N = T.dynamic("N")
+    HV = T.dynamic("HV")  # H / vec
+
+    @T.prim_func
+    def mhc_post_dyn(
+        x: T.Tensor((N, HV, vec), xdt),
+        res: T.Tensor((N, hc, HV, vec), rdt),
+        post: T.Tensor((N, hc), F32),
+        comb: T.Tensor((N, hc, hc), F32),
+        out: T.Tensor((N, hc, HV, vec), rdt),
+    ):
+        with T.Kernel(N, T.ceildiv(HV, threads), threads=threads) as (t, bh):
+            tx = T.get_thread_binding()
+            hv = bh * threads + tx
+            xl = T.alloc_local((vec,), F32)
+            rl = T.alloc_local((hc, vec), F32)
+            ol = T.alloc_local((vec,), F32)
+            pl = T.alloc_local((hc,), F32)
+            cl = T.alloc_local((hc, hc), F32)
+            for i in T.unroll(hc):
+                pl[i] = post[t, i]
+                for j in T.unroll(hc):
+                    cl[i, j] = comb[t, i, j]
+            if hv < HV:
+                for v in T.vectorized(vec):
+                    xl[v] = T.cast(x[t, hv, v], F32)
+                for i in T.unroll(hc):
+                    for v in T.vectorized(vec):
+                        rl[i, v] = T.cast(res[t, i, hv, v], F32)
+                for j in T.unroll(hc):
+                    for v in T.unroll(vec):
+                        ol[v] = xl[v] * pl[j]
+                        for i in T.unroll(hc):
+                            ol[v] = ol[v] + cl[i, j] * rl[i, v]
+                    for v in T.vectorized(vec):
+                        out[t, j, hv, v] = T.cast(ol[v], rdt)
+
+    return mhc_post_dyn
+
+
 def fma_splits(hc: int, H: int, threads: int = 128) -> int:
     """Split count of `fma_partials`: one split per (stream, threads*vec hidden elements)."""
     return hc * _ceildiv(H, threads * _vec_for(H, 4))
@@ -521,6 +569,7 @@ def sinkhorn_kernel(n: int, threads: int = 128):
 
 _BUILDERS = {
     "post": post_kernel,
+    "post_dyn": post_dyn_kernel,
     "fma_partials": fma_partials_kernel,
     "tc_partials": tc_partials_kernel,
     "finalize_pre": finalize_pre_kernel,

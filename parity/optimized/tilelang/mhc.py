@@ -22,6 +22,8 @@ else raises `NotImplementedError` (`parity.Unsupported`).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from parity._errors import Unsupported
@@ -196,20 +198,46 @@ def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> tor
     return out
 
 
+# PARITY_TILELANG_DYN_H=1: mhc_post through `post_dyn` (the hidden size dynamic, one compile a
+# (hc, vector width, dtypes); issue 11, section 4), read once at import (so the per-call plan
+# key need not hold it). Off: not yet run on a GPU (lowered offline only).
+DYN_H_ENV = "PARITY_TILELANG_DYN_H"
+DYN_H = [os.environ.get(DYN_H_ENV) == "1"]  # a list: a test may flip it (and clear the plans)
+
+
+def _dyn_h() -> bool:
+    return DYN_H[0]
+
+
+def _post_kernel(hc: int, h: int, x_dtype, r_dtype):
+    """(compiled kernel, vector width of its [.., H / vec, vec] views or None: plain shapes)."""
+    xdt, rdt = _DT[x_dtype], _DT[r_dtype]
+    if _dyn_h():
+        vec = 8
+        while h % vec:
+            vec //= 2
+        return _km().get("post_dyn", hc=hc, vec=vec, xdt=xdt, rdt=rdt), vec
+    return _km().get("post", hc=hc, H=h, xdt=xdt, rdt=rdt), None
+
+
+def _launch_post(kern, vec, x, residual, post_mix, comb_res_mix, out) -> None:
+    t, hc, h = out.shape
+    x, residual = x.contiguous(), residual.contiguous()
+    if vec is not None:  # post_dyn takes the hidden dim as [H / vec, vec]
+        x, residual = x.view(t, h // vec, vec), residual.view(t, hc, h // vec, vec)
+        out = out.view(t, hc, h // vec, vec)
+    kern(x, residual, post_mix.reshape(t, hc).contiguous(), comb_res_mix.contiguous(), out)
+
+
 def _post(x, residual, post_mix, comb_res_mix):
-    """mhc_post on validated inputs: the new residual."""
+    """mhc_post on validated inputs: the new residual (the unfused chain of mhc_fused_post_pre
+    calls it too)."""
     t, hc, h = residual.shape
     out = torch.empty((t, hc, h), dtype=residual.dtype, device=residual.device)
     if t == 0:
         return out
-    kern = _km().get("post", hc=hc, H=h, xdt=_DT[x.dtype], rdt=_DT[residual.dtype])
-    kern(
-        x.contiguous(),
-        residual.contiguous(),
-        post_mix.reshape(t, hc).contiguous(),
-        comb_res_mix.contiguous(),
-        out,
-    )
+    kern, vec = _post_kernel(hc, h, x.dtype, residual.dtype)
+    _launch_post(kern, vec, x, residual, post_mix, comb_res_mix, out)
     return out
 
 
@@ -241,7 +269,7 @@ def _post_plan(x, residual, post_mix, comb_res_mix):
         raise Unsupported(f"{op}: hc={hc} > 16 (streams unrolled in registers)")
     kern = None
     if t:
-        kern = _km().get("post", hc=hc, H=h, xdt=_DT[x.dtype], rdt=_DT[residual.dtype])
+        kern = _post_kernel(hc, h, x.dtype, residual.dtype)
     plan = ((t, hc, h), kern)
     if all(a.__class__ is torch.Tensor for a in (x, residual, post_mix, comb_res_mix)):
         if len(_POST_PLANS) >= _PLANS_MAX:
@@ -270,13 +298,7 @@ def mhc_post(
     out = torch.empty(shape, dtype=residual.dtype, device=residual.device)
     if kern is None:
         return out
-    kern(
-        x.contiguous(),
-        residual.contiguous(),
-        post_mix.reshape(shape[0], shape[1]).contiguous(),
-        comb_res_mix.contiguous(),
-        out,
-    )
+    _launch_post(*kern, x, residual, post_mix, comb_res_mix, out)
     return out
 
 
