@@ -82,21 +82,31 @@ def test_mxfp4_quant_nibble_order_and_midpoints(mx_codes):
 
 @pytest.mark.parametrize("rounding", ["floor", "ceil"])
 def test_mxfp4_quant_float32_around_every_midpoint(rounding, mx_codes):
-    """float32 y one ulp either side of each E2M1 midpoint, of 1 and of 6, 7 and 8, in blocks
-    whose scale exponents differ (amax 6 * 2**s): the bits encoder's rounding edges."""
-    edges = torch.tensor([0.25, 0.75, 1.0, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 7.0, 8.0])
-    up, down = torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)
-    vals = torch.cat((edges, up, down, torch.tensor([0.0, 1e-40, 2.0**-126])))
+    """float32 y one ulp either side of each E2M1 midpoint and of 1 (blocks with amax 6: e = 0
+    under both roundings, y = x), and of 6 and 7 up to just below 8 (amax 8 - ulp: e = 0 under
+    floor, 1 under ceil), at several block exponents: the bits encoder's rounding edges."""
+
+    def around(edges):
+        e = torch.tensor(edges)
+        return torch.cat((e, torch.nextafter(e, e + 1), torch.nextafter(e, e - 1)))
+
+    low = torch.cat((around([0.25, 0.75, 1.0, 1.25, 1.75, 2.5, 3.5, 5.0]), torch.tensor([0.0])))
+    high = around([6.0, 7.0])
+    below8 = torch.nextafter(torch.tensor(8.0), torch.tensor(0.0))
     rows = []
-    for s_exp in (-130, -20, 0, 5, 120):
-        row = torch.cat((vals, -vals))[:64].reshape(2, 32).clone()
-        row[:, 31] = 6.0  # amax 6: floor and ceil give the same e (log2 6 - 2 rounds down)
-        rows.append(row * 2.0**s_exp)
+    for vals, amax in ((low, 6.0), (high, float(below8))):
+        row = torch.zeros(2, 32)
+        row[0, : len(vals)], row[1, : len(vals)] = vals, -vals
+        row[:, 31] = amax
+        for s_exp in (-130, -20, 0, 5, 120):
+            rows.append(row * 2.0**s_exp)
     x = torch.cat(rows).to(DEV)
     got = mxfp4_quant(x, scale_rounding=rounding)
     want = ref.mxfp4_quant(x.cpu(), scale_rounding=rounding)
     assert torch.equal(got[1].cpu(), want[1])
     assert torch.equal(got[0].cpu(), want[0])
+    if rounding == "floor":  # the blocks at 2**0 have e = 0 (scale code 127): y is x itself
+        assert int(want[1][4]) == 127 and int(want[1][14]) == 127
 
 
 # --- fp8_block_quant ----------------------------------------------------------------------------
