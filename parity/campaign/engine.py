@@ -605,14 +605,20 @@ def evaluator_for(
     return InProcess(spec, impl, device, accept=accept)
 
 
-def declared_accept(op: str, impl_name: str) -> tuple:
-    """The variants a registered implementation declares it follows (`register(accept=)`); ()
-    for a `module:function` candidate, which the harness never imports (`--accept` names its)."""
+def _registration(op: str, impl_name: str):
+    """The registered `Impl` of a name; None for a `module:function` candidate, whose code the
+    harness never imports."""
     from parity.catalog import load_all
     from parity.registry import registered_impl
 
     load_all()  # the registrations are the catalog's to load
-    impl = registered_impl(op, impl_name) if ":" not in impl_name else None
+    return registered_impl(op, impl_name) if ":" not in impl_name else None
+
+
+def declared_accept(op: str, impl_name: str) -> tuple:
+    """The variants a registered implementation declares it follows (`register(accept=)`); ()
+    for a `module:function` candidate (`--accept` names its)."""
+    impl = _registration(op, impl_name)
     return tuple(impl.accept) if impl is not None else ()
 
 
@@ -621,12 +627,8 @@ BY_NAME = object()  # drive(supports=): look the registration up by the implemen
 
 def declared_supports(op: str, impl_name: str):
     """A registered implementation's `supports(meta)` predicate (`register(supports=)`); None
-    for a `module:function` candidate, whose code the harness never runs."""
-    from parity.catalog import load_all
-    from parity.registry import registered_impl
-
-    load_all()  # the registrations are the catalog's to load
-    impl = registered_impl(op, impl_name) if ":" not in impl_name else None
+    for a `module:function` candidate."""
+    impl = _registration(op, impl_name)
     return impl.supports if impl is not None else None
 
 

@@ -213,9 +213,7 @@ def _post_kernel(hc: int, h: int, x_dtype, r_dtype):
     """(compiled kernel, vector width of its [.., H / vec, vec] views or None: plain shapes)."""
     xdt, rdt = _DT[x_dtype], _DT[r_dtype]
     if _dyn_h():
-        vec = 8
-        while h % vec:
-            vec //= 2
+        vec = _km()._vec_for(h, 8)  # the per-H kernel's width
         return _km().get("post_dyn", hc=hc, vec=vec, xdt=xdt, rdt=rdt), vec
     return _km().get("post", hc=hc, H=h, xdt=xdt, rdt=rdt), None
 
