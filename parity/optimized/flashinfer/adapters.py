@@ -140,11 +140,9 @@ def mhc_pre_support(
     return None
 
 
-_PRE_DEFAULTS = dict(rms_eps=1e-6, pre_eps=1e-6, sinkhorn_eps=1e-6, post_mult=1.0)
-
-
 def _mhc_pre_meta(meta: dict) -> str | None:
-    kw = {k: meta["options"].get(k, v) for k, v in _PRE_DEFAULTS.items()}
+    o = meta["options"]  # the strategy names every option (a missing one: the adapter decides)
+    kw = {k: o[k] for k in ("rms_eps", "pre_eps", "sinkhorn_eps", "post_mult")}
     return mhc_pre_support(_dtypes(meta)[0], meta["hc"], meta["H"], **kw)
 
 
@@ -228,11 +226,9 @@ def swiglu_support(dtype: torch.dtype, *, limit, alpha, beta, layout) -> str | N
     return None
 
 
-_SWIGLU_DEFAULTS = dict(limit=None, alpha=1.0, beta=0.0, layout="concat")
-
-
 def _swiglu_meta(meta: dict) -> str | None:
-    kw = {k: meta["options"].get(k, v) for k, v in _SWIGLU_DEFAULTS.items()}
+    o = meta["options"]  # the strategy names every option (a missing one: the adapter decides)
+    kw = {k: o[k] for k in ("limit", "alpha", "beta", "layout")}
     return swiglu_support(_dtypes(meta)[0], **kw)
 
 
