@@ -53,6 +53,25 @@ def _ceildiv(a: int, b: int) -> int:
 # --- mhc_post -----------------------------------------------------------------------------------
 
 
+@T.macro
+def _load_mixes(post, comb, pl, cl, t, hc: int):
+    """Token t's post_mix and comb_res_mix into the locals pl [hc], cl [hc, hc]."""
+    for i in T.unroll(hc):
+        pl[i] = post[t, i]
+        for j in T.unroll(hc):
+            cl[i, j] = comb[t, i, j]
+
+
+@T.macro
+def _new_stream(ol, xl, rl, pl, cl, j, hc: int, vec: int):
+    """ol = new stream j over a thread's vec elements: x * post[j] + sum_i comb[i, j] res[i],
+    float32, in this order (the one rounding is the caller's store)."""
+    for v in T.unroll(vec):
+        ol[v] = xl[v] * pl[j]
+        for i in T.unroll(hc):
+            ol[v] = ol[v] + cl[i, j] * rl[i, v]
+
+
 def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
     vec = _vec_for(H, 8)
     blk = threads * vec
@@ -80,10 +99,7 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
             ol = T.alloc_local((vec,), F32)
             pl = T.alloc_local((hc,), F32)
             cl = T.alloc_local((hc, hc), F32)
-            for i in T.unroll(hc):
-                pl[i] = post[t, i]
-                for j in T.unroll(hc):
-                    cl[i, j] = comb[t, i, j]
+            _load_mixes(post, comb, pl, cl, t, hc)
             if exact or h0 < H:
                 for v in T.vectorized(vec):
                     xl[v] = T.cast(x[t, h0 + v], F32)
@@ -91,10 +107,7 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
                     for v in T.vectorized(vec):
                         rl[i, v] = T.cast(res[t, i, h0 + v], F32)
                 for j in T.unroll(hc):
-                    for v in T.unroll(vec):
-                        ol[v] = xl[v] * pl[j]
-                        for i in T.unroll(hc):
-                            ol[v] = ol[v] + cl[i, j] * rl[i, v]
+                    _new_stream(ol, xl, rl, pl, cl, j, hc, vec)
                     for v in T.vectorized(vec):
                         out[t, j, h0 + v] = T.cast(ol[v], rdt)
 
@@ -128,10 +141,7 @@ def post_dyn_kernel(hc: int, vec: int, xdt: str, rdt: str, threads: int = 128):
             ol = T.alloc_local((vec,), F32)
             pl = T.alloc_local((hc,), F32)
             cl = T.alloc_local((hc, hc), F32)
-            for i in T.unroll(hc):
-                pl[i] = post[t, i]
-                for j in T.unroll(hc):
-                    cl[i, j] = comb[t, i, j]
+            _load_mixes(post, comb, pl, cl, t, hc)
             if hv < HV:
                 for v in T.vectorized(vec):
                     xl[v] = T.cast(x[t, hv, v], F32)
@@ -139,10 +149,7 @@ def post_dyn_kernel(hc: int, vec: int, xdt: str, rdt: str, threads: int = 128):
                     for v in T.vectorized(vec):
                         rl[i, v] = T.cast(res[t, i, hv, v], F32)
                 for j in T.unroll(hc):
-                    for v in T.unroll(vec):
-                        ol[v] = xl[v] * pl[j]
-                        for i in T.unroll(hc):
-                            ol[v] = ol[v] + cl[i, j] * rl[i, v]
+                    _new_stream(ol, xl, rl, pl, cl, j, hc, vec)
                     for v in T.vectorized(vec):
                         out[t, j, hv, v] = T.cast(ol[v], rdt)
 
