@@ -126,6 +126,11 @@ fg() {  # fg CMD...: in the foreground, but as a waited child, so that the call'
   "$@" &
   wait $!
 }
+pt() {  # pt NAME LIMIT CMD...: in the foreground, alone on the GPU; log, rc and seconds kept
+  local name=$1 limit=$2 t0=$SECONDS; shift 2
+  fg timeout -k 5 "$limit" "$@" >"$LOG/$name.log" 2>&1
+  echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
+}
 job() {  # job NAME LIMIT CMD...: start in the background with a time limit; rc and seconds kept
   local name=$1 limit=$2; shift 2
   ( t0=$SECONDS; timeout -k 10 "$limit" "$@" >"$LOG/$name.log" 2>&1; echo "$? $((SECONDS - t0))s" \
@@ -188,11 +193,6 @@ elif [ "$PHASE" = profile ]; then
     job "swc_$q" 140 python3 scripts/profile_moe.py sweep --compile-only --quant "$q" --budget 120
   done
   wait
-  pt() {  # pt NAME LIMIT CMD...: alone on the GPU, output kept and shown
-    local name=$1 limit=$2; shift 2; t0=$SECONDS
-    fg timeout -k 5 "$limit" "$@" >"$LOG/$name.log" 2>&1
-    echo "$? $((SECONDS - t0))s" >"$LOG/$name.rc"; JOBS+=("$name")
-  }
   pt sweep_decode 100 python3 scripts/profile_moe.py sweep --budget 90
   grep -A6 "best decode" "$LOG/sweep_decode.log"
   pt prof_kernels 90 python3 scripts/profile_moe.py kernels
@@ -214,16 +214,12 @@ elif [ "$PHASE" = quantprof ]; then
   # Compute on one call of each at its benchmark shape, the CPU-prepared variants beside the
   # shipped kernels (scripts/profile_quant.py names the launches in order), then the sweep that
   # times those variants with the copy ceiling of the same run
-  t0=$SECONDS
-  fg timeout -k 5 240 ncu --clock-control none --profile-from-start off --section SpeedOfLight \
+  pt ncu_quant 240 ncu --clock-control none --profile-from-start off --section SpeedOfLight \
     --section WarpStateStats --section InstructionStats --section Occupancy \
-    python3 scripts/profile_quant.py >"$LOG/ncu_quant.log" 2>&1
-  echo "$? $((SECONDS - t0))s" >"$LOG/ncu_quant.rc"; JOBS+=(ncu_quant)
+    python3 scripts/profile_quant.py
   grep -E "^launch|^  [_a-z0-9]+_kernel|Duration|DRAM Throughput|Compute \(SM\) Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Executed Instructions " \
     "$LOG/ncu_quant.log" | head -150
-  t0=$SECONDS
-  SWEEP_GRID=small fg timeout -k 5 90 python3 scripts/sweep_tiles.py new sigmoid >"$LOG/sweep.log" 2>&1
-  echo "$? $((SECONDS - t0))s" >"$LOG/sweep.rc"; JOBS+=(sweep); cat "$LOG/sweep.log"
+  SWEEP_GRID=small pt sweep 90 python3 scripts/sweep_tiles.py new sigmoid; cat "$LOG/sweep.log"
 elif [ "$PHASE" = recheck ]; then
   # A short call after kernel changes (2026-12-05: TileLang mHC grids, the fused_moe decode
   # path, division-free FP8, the word kernel of mxfp4_quant, the new route): the mHC golden
@@ -251,9 +247,7 @@ elif [ "$PHASE" = recheck ]; then
   done
   # the kernel variants that are options until timed: mxfp4_quant's encoder and word kernel,
   # fp8_block_quant's grid order, the fast sigmoid of swiglu and silu_mul_fp8_quant
-  SWEEP_GRID=small fg timeout -k 5 60 python3 scripts/sweep_tiles.py new sigmoid \
-    >"$LOG/sweep.log" 2>&1
-  echo "$? sweep" >"$LOG/sweep.rc"; JOBS+=(sweep); cat "$LOG/sweep.log"
+  SWEEP_GRID=small pt sweep 60 python3 scripts/sweep_tiles.py new sigmoid; cat "$LOG/sweep.log"
 elif [ "$PHASE" = tests ]; then
   # the reference on CUDA in two jobs: one took more than 300 s for its 123 units (2026-12-05)
   suite s_ref_a 300 "$EX" --backend torch --op swiglu --op fp8_quant --op silu_mul_fp8_quant \
