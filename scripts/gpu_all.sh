@@ -28,6 +28,8 @@ python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . >"$LOG/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$LOG/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
   | tee -a "$LOG/device.txt"
+# kernel variants on for this call (parity/optimized/triton/_caps.py): named in the logs and table
+echo "PARITY_TRITON_VARIANTS=${PARITY_TRITON_VARIANTS:-}" | tee -a "$LOG/device.txt"
 python3 -m parity list >"$LOG/list.txt" 2>&1
 T_START=$SECONDS
 # the table and the logs, also when the call is cut (SIGTERM from its limit): see finish()

@@ -212,3 +212,22 @@ def test_route_grouped_matches_reference_ids(e, n_group, topk_group, k):
     assert torch.equal(ids, ids2)
     # weights: a few float32 roundings of sigmoid and the renormalization (route tolerance)
     assert torch.allclose(w, w2, rtol=64 * 2.0**-24, atol=0)
+
+
+def test_variants_env_names_each_variant_and_refuses_unknown_names(monkeypatch):
+    """PARITY_TRITON_VARIANTS turns the timed-before-default kernel variants on (a GPU suite
+    runs with them); a misspelt name raises rather than run the shipped kernels as the variant."""
+    from parity.optimized.triton import _caps
+
+    monkeypatch.delenv(_caps.VARIANTS_ENV, raising=False)
+    assert not any(_caps.variant_on(v) for v in _caps.VARIANTS)
+    monkeypatch.setenv(_caps.VARIANTS_ENV, "mxfp4_bits, fast_sigmoid")
+    assert _caps.variant_on("mxfp4_bits") and _caps.variant_on("fast_sigmoid")
+    assert not _caps.variant_on("fp8_block_cols_first")
+    monkeypatch.setenv(_caps.VARIANTS_ENV, "all")
+    assert all(_caps.variant_on(v) for v in _caps.VARIANTS)
+    monkeypatch.setenv(_caps.VARIANTS_ENV, "mxfp4_bit")
+    with pytest.raises(ValueError, match="mxfp4_bit"):
+        _caps.variant_on("mxfp4_bits")
+    with pytest.raises(ValueError, match="unknown kernel variant"):
+        _caps.variant_on("nope")

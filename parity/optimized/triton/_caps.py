@@ -42,3 +42,24 @@ def native_fp8_ok(device) -> bool:
         if device.index is not None:
             _MAJOR[device.index] = major
     return major == 9
+
+
+# Kernel variants that stay options until a GPU has timed them (docs/gpu-results.md):
+# PARITY_TRITON_VARIANTS="mxfp4_bits,fast_sigmoid,fp8_block_cols_first" (or "all") turns them on
+# at import, so a whole GPU suite can run with them before one becomes a default. Unknown names
+# raise: a misspelt variant must not run the shipped kernels and read as the variant's pass.
+VARIANTS_ENV = "PARITY_TRITON_VARIANTS"
+VARIANTS = ("mxfp4_bits", "fast_sigmoid", "fp8_block_cols_first")
+
+
+def variant_on(name: str) -> bool:
+    """True when PARITY_TRITON_VARIANTS names `name` (or says "all")."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {name!r}; known: {', '.join(VARIANTS)}")
+    asked = {v.strip() for v in os.environ.get(VARIANTS_ENV, "").split(",") if v.strip()}
+    bad = asked - set(VARIANTS) - {"all"}
+    if bad:
+        raise ValueError(
+            f"{VARIANTS_ENV}: unknown {', '.join(sorted(bad))}; known: {', '.join(VARIANTS)}"
+        )
+    return name in asked or "all" in asked

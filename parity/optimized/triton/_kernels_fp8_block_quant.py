@@ -24,6 +24,7 @@ the product is the true quotient rounded once; for fp32 scales one multiply and 
 import triton
 import triton.language as tl
 
+from parity.optimized.triton._caps import variant_on
 from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value
 from parity.optimized.triton._launch import cdiv
 
@@ -33,7 +34,12 @@ _F32_INF_BITS = tl.constexpr(0x7F800000)
 MAX_TILE = 16384  # padded block elements a program may hold in registers
 # elements a program (tile path), a chunk (loop path); warps None: by elements. A dict so a
 # benchmark can try others without editing the kernels.
-TILE = {"elems": 8192, "chunk": 4096, "warps": None, "cols_first": False}
+TILE = {
+    "elems": 8192,
+    "chunk": 4096,
+    "warps": None,
+    "cols_first": variant_on("fp8_block_cols_first"),
+}
 # cols_first (tile path): one flat grid axis with the column blocks of a block row fastest, so
 # programs that run side by side read neighbouring 256-byte pieces of the same 128 rows (one
 # DRAM page) rather than the same columns of 128 different block rows (the 2-D grid's order:

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from parity.optimized.triton._caps import variant_on
 from parity.optimized.triton._fp8 import to_dtype_rne
 from parity.optimized.triton._launch import cdiv
 
@@ -28,7 +29,7 @@ _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 # silu_mul_fp8_quant. The interpreter divides exactly either way: only a GPU run judges it, and
 # none has yet, hence off. Read by the swiglu and silu_mul_fp8_quant wrappers' plans (their
 # keys hold it); fused_moe keeps the correctly rounded one.
-SIGMOID = {"fast": False}
+SIGMOID = {"fast": variant_on("fast_sigmoid")}
 
 
 @triton.jit
