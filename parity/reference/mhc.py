@@ -117,7 +117,13 @@ def _post_math(x, residual, post_mix, comb_res_mix, dt) -> torch.Tensor:
     """new[:, j] = x * post[:, j] + sum_i comb[:, i, j] * residual[:, i], unrounded in `dt`."""
     t, hc, _ = residual.shape
     post = post_mix.to(dt).reshape(t, hc, 1)  # [T, hc] and [T, hc, 1] alike
-    mixed = torch.einsum("tij,tih->tjh", comb_res_mix.to(dt), residual.to(dt))
+    comb, res = comb_res_mix.to(dt), residual.to(dt)
+    # The stream sum element by element, i = 0, 1, ... in order, not an einsum: a batched
+    # matmul's kernel, and so its summation order, follows T on CUDA, which broke the
+    # reference's own batch invariance (H100, 2026-12-06: 1 of 916 bfloat16 values after a split)
+    mixed = comb[:, 0, :, None] * res[:, 0, None, :]  # hc >= 1 (validated); no 0 + a: -0 stays
+    for i in range(1, hc):
+        mixed = mixed + comb[:, i, :, None] * res[:, i, None, :]
     return x.to(dt).unsqueeze(1) * post + mixed
 
 

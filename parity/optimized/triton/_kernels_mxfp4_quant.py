@@ -30,7 +30,6 @@ import torch
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._caps import variant_on
 from parity.optimized.triton._kernels_fp8_block_quant import to_f32
 from parity.optimized.triton._launch import cdiv
 
@@ -38,14 +37,13 @@ _F32_MAX_BITS = tl.constexpr(0x7F7FFFFF)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
 
 # elements a program; warps None: by elements; pairs: 16-bit inputs read as int32 words of two
-# elements (`_mxfp4_quant_pairs_kernel`). Chosen by the tile sweep (scripts/sweep_tiles.py new,
-# H100, 2026-12-05, x [8192, 7168] bf16): words 4096/4 warps 80.0 us (61% of copy), the element
-# kernel's best 86.7 us (56%), the old default (element kernel, 4096/8 warps) 96.3 us (51%)
-TILE = {"elems": 4096, "warps": 4, "pairs": True, "bits": variant_on("mxfp4_bits")}
-# bits: E2M1 codes from the float32 bits of |y| (`_e2m1_codes_bits`) instead of seven compares
-# summed (offline sm_90 SASS of the word kernel at the bench shape: fewer instructions, see
-# docs/gpu-results.md); the same codes (tests/test_triton_new_kernels.py, every bfloat16 value).
-# Not yet timed on a GPU, hence off.
+# elements (`_mxfp4_quant_pairs_kernel`); bits: E2M1 codes from the float32 bits of |y|
+# (`_e2m1_codes_bits`) instead of seven compares summed, the same codes (every bfloat16 value,
+# tests/test_triton_new_kernels.py). Chosen by the tile sweep (scripts/sweep_tiles.py new, H100,
+# 2026-12-06, x [8192, 7168] bf16, copy measured in the same run): words + bits 72.7 us (67.2%
+# of copy), words + compares 80.1 us (61.0%), element kernel 78.6 / 87.0 us; sm_90 SASS 1088 ->
+# 792 instructions a program. Its nightly (9000 examples) passed on the H100 with bits on.
+TILE = {"elems": 4096, "warps": 4, "pairs": True, "bits": True}
 
 
 @triton.jit
