@@ -49,13 +49,14 @@ def main() -> int:
             rows(c)
     # scan: how often FlashInfer's top-1 / top-k differs from the float64 keys' top, by config
     print("== scan: rows whose FlashInfer ids are not the float64 top-k (any tie aside)")
-    configs = [(256, 1, "negative"), (256, 2, "negative"), (256, 8, "negative")]
-    configs += [(256, 1, "random"), (64, 1, "negative"), (384, 1, "negative")]
-    for e, k, bias_regime in configs:
+    # (E, k, n_group, topk_group, bias regime); FlashInfer takes k <= topk_group * n_group
+    configs = [(256, 1, 1, 1, "negative"), (256, 1, 1, 1, "random"), (64, 1, 1, 1, "negative")]
+    configs += [(384, 1, 1, 1, "negative"), (256, 8, 8, 4, "negative"), (256, 1, 8, 1, "negative")]
+    for e, k, n_group, topk_group, bias_regime in configs:
         bad = total = 0
         for seed in range(200):
             meta = dict(CASES[0][1], T=8, seed=seed, bias_regime=bias_regime)
-            meta["config"] = dict(meta["config"], E=e, k=k)
+            meta["config"] = dict(meta["config"], E=e, k=k, n_group=n_group, topk_group=topk_group)
             c = spec.build(meta, "cuda")
             _, ids = adapters.route(c.args[0], **c.kwargs)
             key = torch.sigmoid(c.args[0].double()) + c.kwargs["bias"].double()
@@ -63,7 +64,8 @@ def main() -> int:
             got = key.gather(1, ids.long().clamp(0, e - 1))
             bad += int(((got < kth) | (ids < 0) | (ids >= e)).any(1).sum())
             total += key.shape[0]
-        print(f"  E={e} k={k} bias={bias_regime}: {bad} of {total} rows off the top-k")
+        cfg = f"E={e} k={k} n_group={n_group} topk_group={topk_group} bias={bias_regime}"
+        print(f"  {cfg}: {bad} of {total} rows off the top-k")
     return 0
 
 

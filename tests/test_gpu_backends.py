@@ -265,7 +265,7 @@ def test_mhc_post_gpu(impl, t, h):
 @pytest.mark.gpu
 @pytest.mark.parametrize("h", [4096, 7170, 7172, 201])  # vector width 8, 2, 4, 1
 def test_mhc_post_dynamic_hidden_size_gpu(h, monkeypatch):
-    """PARITY_TILELANG_DYN_H's kernel (`post_dyn`: the hidden size dynamic, one compile a
+    """The default mhc_post kernel (`post_dyn`: the hidden size dynamic, one compile a
     vector width) gives the per-H kernel's output bit for bit, on the same compile for two
     hidden sizes of one vector width."""
     need("tilelang")
@@ -273,8 +273,10 @@ def test_mhc_post_dynamic_hidden_size_gpu(h, monkeypatch):
     from parity.optimized.tilelang import mhc
 
     x, res, post, comb = _cuda(*_post_args(t=9, h=h))
+    monkeypatch.setattr(mhc, "DYN_H", [False])  # the per-H kernel
+    monkeypatch.setattr(mhc, "_POST_PLANS", {})
     want = mhc.mhc_post(x, res, post, comb)
-    monkeypatch.setitem(mhc.DYN_H, 0, True)
+    monkeypatch.setattr(mhc, "DYN_H", [True])
     monkeypatch.setattr(mhc, "_POST_PLANS", {})
     got = mhc.mhc_post(x, res, post, comb)
     assert torch.equal(got, want)

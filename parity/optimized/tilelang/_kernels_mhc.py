@@ -116,7 +116,7 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
 
 def post_dyn_kernel(hc: int, vec: int, xdt: str, rdt: str, threads: int = 128):
     """`post` with the hidden size dynamic (issue 11, section 4: one compile per (hc, vector
-    width, dtypes) instead of per H; off unless PARITY_TILELANG_DYN_H=1, not yet run on a GPU).
+    width, dtypes) instead of per H; the default, PARITY_TILELANG_DYN_H=0 turns it off).
     The tensors come as views [.., H / vec, vec] with `vec` (H's largest power-of-two divisor up
     to 8) static, so the 16-byte accesses stay provably aligned: declared `(N, H)` with H
     dynamic, TileLang 0.1.15 lowered every access to a scalar load behind a bounds check
