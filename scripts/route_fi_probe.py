@@ -49,9 +49,10 @@ def main() -> int:
             rows(c)
     # scan: how often FlashInfer's top-1 / top-k differs from the float64 keys' top, by config
     print("== scan: rows whose FlashInfer ids are not the float64 top-k (any tie aside)")
-    # (E, k, n_group, topk_group, bias regime); FlashInfer takes k <= topk_group * n_group
+    # (E, k, n_group, topk_group, bias regime) without groups (FlashInfer takes k <= topk_group *
+    # n_group, so k = 1 there): the plain top-k of the keys is the contract's choice
     configs = [(256, 1, 1, 1, "negative"), (256, 1, 1, 1, "random"), (64, 1, 1, 1, "negative")]
-    configs += [(384, 1, 1, 1, "negative"), (256, 8, 8, 4, "negative"), (256, 1, 8, 1, "negative")]
+    configs += [(384, 1, 1, 1, "negative"), (256, 1, 1, 1, "zero")]
     for e, k, n_group, topk_group, bias_regime in configs:
         bad = total = 0
         for seed in range(200):
