@@ -4,6 +4,9 @@ bundle's 0.1.15 installs from the registry: `pip install tilelang==0.1.15`).
 
     python3 scripts/tilelang_lower.py post_dyn hc=4 vec=8 xdt=bfloat16 rdt=bfloat16 [--source]
     python3 scripts/tilelang_lower.py post hc=4 H=4096 xdt=bfloat16 rdt=bfloat16
+    python3 scripts/tilelang_lower.py fma_partials_dyn hc=4 M=24 vec=4 rdt=bfloat16 fused=True \
+        xdt=bfloat16
+    python3 scripts/tilelang_lower.py finalize_pre_dyn hc=4 vec=8 rdt=bfloat16
 
 Prints the kernel's global accesses by width (16-byte `uint4` / `float4`, 8-byte `uint2` /
 `float2`, scalar) and its size in lines; `--source` prints the CUDA source too.

@@ -381,3 +381,95 @@ def test_flashinfer_swiglu_and_route_gpu():
         s = torch.sigmoid(lg.double()).gather(1, ids.long())
         assert math.isclose(float(w.sum(-1).mean()), 2.5, rel_tol=1e-5)
         assert torch.allclose(w.double(), s / s.sum(-1, keepdim=True) * 2.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("h", [4096, 7170, 7172, 201])  # vector widths (4, 8), (2, 2), (4, 4), 1
+def test_dynamic_h_pre_wrappers_pass_views_the_kernels_declare(h, monkeypatch):
+    """PARITY_TILELANG_DYN_H_PRE's plumbing, on the CPU with a stand-in kernel module: each
+    wrapper asks for the dynamic-H kernel of its vector width (no H in the key) and hands it
+    [.., H / vec, vec] views of the same storage, as the kernels declare them."""
+    from parity.optimized.tilelang import mhc
+
+    calls = []
+
+    def vec_for(n, cap):  # `_kernels_mhc._vec_for` (that module needs tilelang to import)
+        v = cap
+        while v > 1 and n % v:
+            v //= 2
+        return v
+
+    class Fake:
+        _vec_for = staticmethod(vec_for)
+
+        @staticmethod
+        def fma_splits(hc, hh):
+            return hc * -(-hh // (128 * vec_for(hh, 4)))
+
+        @staticmethod
+        def get(name, **spec):
+            def kern(*args):
+                calls.append((name, spec, [tuple(a.shape) for a in args if hasattr(a, "shape")]))
+
+            return kern
+
+    monkeypatch.setattr(mhc, "_km", lambda: Fake)
+    monkeypatch.setattr(mhc, "DYN_H_PRE", [True])
+    t, hc = 3, 4
+    m = hc * (2 + hc)
+    res, fn, scale, base = _pre_args(t=t, hc=hc, h=h)
+    v4, v8 = vec_for(h, 4), vec_for(h, 8)
+    opts = (1e-6, 1e-6, 1e-6, 1.0, 20)
+    mhc.pre_impl(res, fn, scale, base, opts, path="fma")
+    x = torch.zeros(t, h, dtype=res.dtype)
+    post, comb = torch.rand(t, hc, 1), torch.rand(t, hc, hc)
+    mhc.fused_impl(x, res, post, comb, fn, scale, base, opts, path="fused")
+    mhc.head_impl(res, fn[:hc], scale[:1], base[:hc], 1e-6, 1e-6, path="fma")
+    names = [c[0] for c in calls]
+    assert names == ["fma_partials_dyn", "finalize_pre_dyn"] * 2 + [
+        "fma_partials_dyn",
+        "finalize_head_dyn",
+    ]
+    for name, spec, shapes in calls:
+        assert "H" not in spec
+        if name == "fma_partials_dyn":
+            assert spec["vec"] == v4
+            assert (t, hc, h // v4, v4) in shapes and (spec["M"], hc, h // v4, v4) in shapes
+        else:
+            assert spec["vec"] == v8 and (t, hc, h // v8, v8) in shapes
+            assert (t, h // v8, v8) in shapes  # layer_input / out
+    fused = calls[2]
+    assert fused[1]["fused"] and (t, h // v4, v4) in fused[2]  # x
+    assert fused[2].count((t, hc, h // v4, v4)) == 2  # residual and the new residual
+    assert m == calls[0][1]["M"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h", [4096, 7170, 7172, 201])
+def test_mhc_pre_family_dynamic_hidden_size_gpu(h, monkeypatch):
+    """PARITY_TILELANG_DYN_H_PRE's kernels (FMA partials, fused post + partials, both
+    finalisations with the hidden size dynamic) against the per-H kernels: bit for bit (the
+    same CTAs sum the same elements in the same order), and no new compile for a second H of
+    the same vector widths."""
+    need("tilelang")
+    from parity.optimized.tilelang import _kernels_mhc as km
+    from parity.optimized.tilelang import mhc
+
+    def run(t, hh):
+        res, fn, scale, base = _cuda(*_pre_args(t=t, hc=4, h=hh))
+        x, _, post, comb = _cuda(*_post_args(t=t, hc=4, h=hh))
+        opts = (1e-6, 1e-6, 1e-6, 2.0, 20)
+        return (
+            *mhc.pre_impl(res, fn, scale, base, opts, path="fma"),
+            *mhc.fused_impl(x, res, post, comb, fn, scale, base, opts, path="fused"),
+            mhc.head_impl(res, fn[:4], scale[:1], base[:4], 1e-6, 1e-6, path="fma"),
+        )
+
+    monkeypatch.setattr(mhc, "DYN_H_PRE", [False])
+    want = run(9, h)
+    monkeypatch.setattr(mhc, "DYN_H_PRE", [True])
+    got = run(9, h)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    n = km.cache_size()
+    run(3, h + 8 * (h % 8 == 0) + 64 * (h % 8 != 0))
+    assert km.cache_size() == n

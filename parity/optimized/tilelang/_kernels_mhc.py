@@ -292,6 +292,111 @@ def fma_partials_kernel(
     return partials
 
 
+def fma_partials_dyn_kernel(
+    hc: int, M: int, vec: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
+):
+    """`fma_partials` with the hidden size dynamic (issue 11, section 4: one compile a (hc, M,
+    vector width, dtypes) instead of one a hidden size; off unless PARITY_TILELANG_DYN_H_PRE=1,
+    not yet run on a GPU). As `post_dyn`: every hidden-size tensor comes as a view [.., H / vec,
+    vec] (`fn` as [M, hc, H / vec, vec]), `vec` = `_vec_for(H, 4)` static, so a CTA covers the
+    same elements as the per-H kernel's and sums them in the same order; the split count S = hc
+    * ceil(H / (threads * vec)) is bound from `part` (the wrapper allocates it by `fma_splits`)."""
+    N = T.dynamic("N")
+    HV = T.dynamic("HV")  # H / vec
+    S = T.dynamic("S")
+    NH = T.ceildiv(HV, threads)  # hidden tiles of `threads` vectors
+    R = M + 1
+    NW = threads // 32
+
+    if fused:
+
+        @T.prim_func
+        def fused_partials_dyn(
+            x: T.Tensor((N, HV, vec), xdt),
+            res: T.Tensor((N, hc, HV, vec), rdt),
+            post: T.Tensor((N, hc), F32),
+            comb: T.Tensor((N, hc, hc), F32),
+            fn: T.Tensor((M, hc, HV, vec), F32),
+            out: T.Tensor((N, hc, HV, vec), rdt),
+            part: T.Tensor((S, N, M), F32),
+            sq: T.Tensor((S, N), F32),
+        ):
+            with T.Kernel(NH * hc * N, threads=threads) as bid:
+                hb = bid % NH
+                j = (bid // NH) % hc
+                t = bid // (NH * hc)
+                tx = T.get_thread_binding()
+                hv = hb * threads + tx
+                acc = T.alloc_local((R,), F32)
+                xl = T.alloc_local((vec,), F32)
+                rl = T.alloc_local((hc, vec), F32)
+                nl = T.alloc_local((vec,), F32)
+                fl = T.alloc_local((vec,), F32)
+                cl = T.alloc_local((hc,), F32)
+                red = T.alloc_shared((NW, R), F32)
+                for m in T.unroll(R):
+                    acc[m] = 0.0
+                pj = post[t, j]
+                for i in T.unroll(hc):
+                    cl[i] = comb[t, i, j]
+                if hv < HV:
+                    for v in T.vectorized(vec):
+                        xl[v] = T.cast(x[t, hv, v], F32)
+                    for i in T.unroll(hc):
+                        for v in T.vectorized(vec):
+                            rl[i, v] = T.cast(res[t, i, hv, v], F32)
+                    for v in T.unroll(vec):
+                        nl[v] = xl[v] * pj
+                        for i in T.unroll(hc):
+                            nl[v] = nl[v] + cl[i] * rl[i, v]
+                    for v in T.vectorized(vec):
+                        out[t, j, hv, v] = T.cast(nl[v], rdt)
+                    for v in T.unroll(vec):
+                        nl[v] = T.cast(T.cast(nl[v], rdt), F32)
+                        acc[M] = acc[M] + nl[v] * nl[v]
+                    for m in T.unroll(M):
+                        for v in T.vectorized(vec):
+                            fl[v] = fn[m, j, hv, v]
+                        for v in T.unroll(vec):
+                            acc[m] = acc[m] + nl[v] * fl[v]
+                _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
+
+        return fused_partials_dyn
+
+    @T.prim_func
+    def partials_dyn(
+        res: T.Tensor((N, hc, HV, vec), rdt),
+        fn: T.Tensor((M, hc, HV, vec), F32),
+        part: T.Tensor((S, N, M), F32),
+        sq: T.Tensor((S, N), F32),
+    ):
+        with T.Kernel(NH * hc * N, threads=threads) as bid:
+            hb = bid % NH
+            j = (bid // NH) % hc
+            t = bid // (NH * hc)
+            tx = T.get_thread_binding()
+            hv = hb * threads + tx
+            acc = T.alloc_local((R,), F32)
+            rl = T.alloc_local((vec,), F32)
+            fl = T.alloc_local((vec,), F32)
+            red = T.alloc_shared((NW, R), F32)
+            for m in T.unroll(R):
+                acc[m] = 0.0
+            if hv < HV:
+                for v in T.vectorized(vec):
+                    rl[v] = T.cast(res[t, j, hv, v], F32)
+                for v in T.unroll(vec):
+                    acc[M] = acc[M] + rl[v] * rl[v]
+                for m in T.unroll(M):
+                    for v in T.vectorized(vec):
+                        fl[v] = fn[m, j, hv, v]
+                    for v in T.unroll(vec):
+                        acc[m] = acc[m] + rl[v] * fl[v]
+            _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
+
+    return partials_dyn
+
+
 # --- split-k partial dot products (tensor cores, bf16 3-way split of fn) --------------------------
 
 
@@ -405,6 +510,45 @@ def _sinkhorn_inplace(cm, n: int, iters, eps, rs):
                 cm[i, j] = cm[i, j] * rs[j]
 
 
+@T.macro
+def _sum_mixes(part, sq, mix_s, S, t, tx, M: int):
+    """mix_s[m] = sum over the S splits of part[:, t, m] (m < M), mix_s[M] = of sq[:, t]; one
+    thread each, splits in order."""
+    if tx < M + 1:
+        total = T.alloc_var(F32, init=0.0)
+        if tx < M:
+            for s in T.serial(S):
+                total = total + part[s, t, tx]
+        else:
+            for s in T.serial(S):
+                total = total + sq[s, t]
+        mix_s[tx] = total
+
+
+@T.macro
+def _pre_mixes(
+    mix_s, pre_s, cm, rs, hc_scale, hc_base, post_out, comb_out, rstd, t, tx, hc: int, sk_t: int,
+    pre_eps, post_mult, sk_eps, iters,
+):  # fmt: skip
+    """pre (threads < hc), post_mix and the Sinkhorn-normalised comb_res_mix (thread sk_t)."""
+    if tx < hc:
+        pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + pre_eps
+    if tx == sk_t:
+        for i in T.unroll(hc):
+            post_out[t, i] = (
+                T.sigmoid(mix_s[hc + i] * rstd * hc_scale[1] + hc_base[hc + i]) * post_mult
+            )
+        for i in T.unroll(hc):
+            for j in T.unroll(hc):
+                cm[i, j] = (
+                    mix_s[2 * hc + i * hc + j] * rstd * hc_scale[2] + hc_base[2 * hc + i * hc + j]
+                )
+        _sinkhorn_inplace(cm, hc, iters, sk_eps, rs)
+        for i in T.unroll(hc):
+            for j in T.unroll(hc):
+                comb_out[t, i, j] = cm[i, j]
+
+
 def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
     """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input.
     The split count S is a runtime dimension."""
@@ -441,34 +585,13 @@ def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
             rs = T.alloc_local((hc,), F32)
             ol = T.alloc_local((vec,), F32)
             rl = T.alloc_local((vec,), F32)
-            if tx < M + 1:
-                total = T.alloc_var(F32, init=0.0)
-                if tx < M:
-                    for s in T.serial(S):
-                        total = total + part[s, t, tx]
-                else:
-                    for s in T.serial(S):
-                        total = total + sq[s, t]
-                mix_s[tx] = total
+            _sum_mixes(part, sq, mix_s, S, t, tx, M)
             T.sync_threads()
             rstd = T.rsqrt(mix_s[M] / T.float32(K) + rms_eps)
-            if tx < hc:
-                pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + pre_eps
-            if tx == SK_T:
-                for i in T.unroll(hc):
-                    post_out[t, i] = (
-                        T.sigmoid(mix_s[hc + i] * rstd * hc_scale[1] + hc_base[hc + i]) * post_mult
-                    )
-                for i in T.unroll(hc):
-                    for j in T.unroll(hc):
-                        cm[i, j] = (
-                            mix_s[2 * hc + i * hc + j] * rstd * hc_scale[2]
-                            + hc_base[2 * hc + i * hc + j]
-                        )
-                _sinkhorn_inplace(cm, hc, iters, sk_eps, rs)
-                for i in T.unroll(hc):
-                    for j in T.unroll(hc):
-                        comb_out[t, i, j] = cm[i, j]
+            _pre_mixes(
+                mix_s, pre_s, cm, rs, hc_scale, hc_base, post_out, comb_out, rstd, t, tx, hc, SK_T,
+                pre_eps, post_mult, sk_eps, iters,
+            )  # fmt: skip
             T.sync_threads()
             for c in T.serial(nchunk):
                 h0 = c * step + tx * vec
@@ -512,15 +635,7 @@ def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
             pre_s = T.alloc_shared((hc,), F32)
             ol = T.alloc_local((vec,), F32)
             rl = T.alloc_local((vec,), F32)
-            if tx < hc + 1:
-                total = T.alloc_var(F32, init=0.0)
-                if tx < hc:
-                    for s in T.serial(S):
-                        total = total + part[s, t, tx]
-                else:
-                    for s in T.serial(S):
-                        total = total + sq[s, t]
-                mix_s[tx] = total
+            _sum_mixes(part, sq, mix_s, S, t, tx, hc)
             T.sync_threads()
             rstd = T.rsqrt(mix_s[hc] / T.float32(K) + rms_eps)
             if tx < hc:
@@ -540,6 +655,107 @@ def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
                         out[t, h0 + v] = T.cast(ol[v], rdt)
 
     return finalize_head
+
+
+@T.macro
+def _weighted_streams_dyn(res, pre_s, out, ol, rl, t, tx, HV, hc: int, vec: int, threads: int):
+    """out[t, hv, :] = sum_i pre[i] res[t, i, hv, :] over the token's H / vec vectors, in the
+    per-H kernels' chunks of `threads` vectors (the same sums in the same order)."""
+    for c in T.serial(T.ceildiv(HV, threads)):
+        hv = c * threads + tx
+        if hv < HV:
+            for v in T.unroll(vec):
+                ol[v] = 0.0
+            for i in T.unroll(hc):
+                for v in T.vectorized(vec):
+                    rl[v] = T.cast(res[t, i, hv, v], F32)
+                for v in T.unroll(vec):
+                    ol[v] = ol[v] + pre_s[i] * rl[v]
+            for v in T.vectorized(vec):
+                out[t, hv, v] = T.cast(ol[v], out.dtype)
+
+
+def finalize_pre_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
+    """`finalize_pre` with the hidden size dynamic (PARITY_TILELANG_DYN_H_PRE=1, not yet run on
+    a GPU): `res` and `li` as views [.., H / vec, vec], vec = `_vec_for(H, 8)`; the RMS divides
+    by hc * H as the per-H kernel's constant (the same float32 value)."""
+    M = hc * (2 + hc)
+    S = T.dynamic("S")
+    N = T.dynamic("N")
+    HV = T.dynamic("HV")
+    KF = T.cast(HV * (hc * vec), F32)
+    SK_T = 32
+
+    @T.prim_func
+    def finalize_pre_dyn(
+        part: T.Tensor((S, N, M), F32),
+        sq: T.Tensor((S, N), F32),
+        hc_scale: T.Tensor((3,), F32),
+        hc_base: T.Tensor((M,), F32),
+        res: T.Tensor((N, hc, HV, vec), rdt),
+        post_out: T.Tensor((N, hc), F32),
+        comb_out: T.Tensor((N, hc, hc), F32),
+        li: T.Tensor((N, HV, vec), rdt),
+        rms_eps: T.float32,
+        pre_eps: T.float32,
+        sk_eps: T.float32,
+        post_mult: T.float32,
+        iters: T.int32,
+    ):
+        with T.Kernel(N, threads=threads) as t:
+            tx = T.get_thread_binding()
+            mix_s = T.alloc_shared((M + 1,), F32)
+            pre_s = T.alloc_shared((hc,), F32)
+            cm = T.alloc_local((hc, hc), F32)
+            rs = T.alloc_local((hc,), F32)
+            ol = T.alloc_local((vec,), F32)
+            rl = T.alloc_local((vec,), F32)
+            _sum_mixes(part, sq, mix_s, S, t, tx, M)
+            T.sync_threads()
+            rstd = T.rsqrt(mix_s[M] / KF + rms_eps)
+            _pre_mixes(
+                mix_s, pre_s, cm, rs, hc_scale, hc_base, post_out, comb_out, rstd, t, tx, hc, SK_T,
+                pre_eps, post_mult, sk_eps, iters,
+            )  # fmt: skip
+            T.sync_threads()
+            _weighted_streams_dyn(res, pre_s, li, ol, rl, t, tx, HV, hc, vec, threads)
+
+    return finalize_pre_dyn
+
+
+def finalize_head_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
+    """`finalize_head` with the hidden size dynamic (as `finalize_pre_dyn`)."""
+    S = T.dynamic("S")
+    N = T.dynamic("N")
+    HV = T.dynamic("HV")
+    KF = T.cast(HV * (hc * vec), F32)
+
+    @T.prim_func
+    def finalize_head_dyn(
+        part: T.Tensor((S, N, hc), F32),
+        sq: T.Tensor((S, N), F32),
+        hc_scale: T.Tensor((1,), F32),
+        hc_base: T.Tensor((hc,), F32),
+        res: T.Tensor((N, hc, HV, vec), rdt),
+        out: T.Tensor((N, HV, vec), rdt),
+        rms_eps: T.float32,
+        hc_eps: T.float32,
+    ):
+        with T.Kernel(N, threads=threads) as t:
+            tx = T.get_thread_binding()
+            mix_s = T.alloc_shared((hc + 1,), F32)
+            pre_s = T.alloc_shared((hc,), F32)
+            ol = T.alloc_local((vec,), F32)
+            rl = T.alloc_local((vec,), F32)
+            _sum_mixes(part, sq, mix_s, S, t, tx, hc)
+            T.sync_threads()
+            rstd = T.rsqrt(mix_s[hc] / KF + rms_eps)
+            if tx < hc:
+                pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + hc_eps
+            T.sync_threads()
+            _weighted_streams_dyn(res, pre_s, out, ol, rl, t, tx, HV, hc, vec, threads)
+
+    return finalize_head_dyn
 
 
 # --- sinkhorn -------------------------------------------------------------------------------------
@@ -578,9 +794,12 @@ _BUILDERS = {
     "post": post_kernel,
     "post_dyn": post_dyn_kernel,
     "fma_partials": fma_partials_kernel,
+    "fma_partials_dyn": fma_partials_dyn_kernel,
     "tc_partials": tc_partials_kernel,
     "finalize_pre": finalize_pre_kernel,
     "finalize_head": finalize_head_kernel,
+    "finalize_pre_dyn": finalize_pre_dyn_kernel,
+    "finalize_head_dyn": finalize_head_dyn_kernel,
     "sinkhorn": sinkhorn_kernel,
 }
 _CACHE = {}

@@ -82,6 +82,20 @@ def _max_hc(op: str, hc: int) -> None:
         raise Unsupported(f"{op}: hc={hc} > {MAX_HC} (the Sinkhorn runs in registers)")
 
 
+# PARITY_TILELANG_DYN_H_PRE=1: mhc_pre, mhc_head and mhc_fused_post_pre through the kernels with
+# the hidden size dynamic (`fma_partials_dyn`, `finalize_pre_dyn`, `finalize_head_dyn`: one
+# compile a (hc, M, vector width, dtypes) instead of one a hidden size; issue 11, section 4).
+# Off: lowered offline only (scripts/tilelang_lower.py), not yet run on a GPU. The tensor-core
+# partials (T >= PRE_TC_MIN_TOKENS) stay per H either way. Read once at import.
+DYN_H_PRE_ENV = "PARITY_TILELANG_DYN_H_PRE"
+DYN_H_PRE = [os.environ.get(DYN_H_PRE_ENV) == "1"]  # a list: a test may flip it
+
+
+def _hv(t: torch.Tensor, vec: int) -> torch.Tensor:
+    """A contiguous tensor [..., H] as the dynamic-H kernels take it: [..., H / vec, vec]."""
+    return t.view(*t.shape[:-1], t.shape[-1] // vec, vec)
+
+
 # --- partial dot products -------------------------------------------------------------------------
 
 
@@ -120,6 +134,11 @@ def partials(residual: torch.Tensor, fn: torch.Tensor, path: str | None = None):
     s = km.fma_splits(hc, h)
     part = torch.empty((s, t, m), dtype=torch.float32, device=residual.device)
     sq = torch.empty((s, t), dtype=torch.float32, device=residual.device)
+    if DYN_H_PRE[0]:
+        vec = km._vec_for(h, 4)  # the per-H kernel's width: the same CTAs, the same sums
+        kern = km.get("fma_partials_dyn", hc=hc, M=m, vec=vec, rdt=_DT[residual.dtype], fused=False)
+        kern(_hv(residual, vec), fn.view(m, hc, h // vec, vec), part, sq)
+        return part, sq, path
     kern = km.get("fma_partials", hc=hc, M=m, H=h, rdt=_DT[residual.dtype], fused=False)
     kern(residual, fn, part, sq)
     return part, sq, path
@@ -131,16 +150,22 @@ def _finalize_pre(part, sq, hc_scale, hc_base, residual, opts):
     post = torch.empty((t, hc, 1), dtype=torch.float32, device=residual.device)
     comb = torch.empty((t, hc, hc), dtype=torch.float32, device=residual.device)
     li = torch.empty((t, h), dtype=residual.dtype, device=residual.device)
-    kern = _km().get("finalize_pre", hc=hc, H=h, rdt=_DT[residual.dtype])
+    if DYN_H_PRE[0]:
+        vec = _km()._vec_for(h, 8)
+        kern = _km().get("finalize_pre_dyn", hc=hc, vec=vec, rdt=_DT[residual.dtype])
+        res_in, li_out = _hv(residual, vec), _hv(li, vec)
+    else:
+        kern = _km().get("finalize_pre", hc=hc, H=h, rdt=_DT[residual.dtype])
+        res_in, li_out = residual, li
     kern(
         part,
         sq,
         hc_scale,
         hc_base,
-        residual,
+        res_in,
         post.view(t, hc),
         comb,
-        li,
+        li_out,
         rms_eps,
         pre_eps,
         sinkhorn_eps,
@@ -355,22 +380,33 @@ def fused_impl(x, residual, post_mix, comb_res_mix, fn, hc_scale, hc_base, opts,
     s = km.fma_splits(hc, h)
     part = torch.empty((s, t, fn.shape[0]), dtype=torch.float32, device=residual.device)
     sq = torch.empty((s, t), dtype=torch.float32, device=residual.device)
-    kern = km.get(
-        "fma_partials",
-        hc=hc,
-        M=fn.shape[0],
-        H=h,
-        rdt=_DT[residual.dtype],
-        fused=True,
-        xdt=_DT[x.dtype],
-    )
+    m = fn.shape[0]
+    x, residual, fn = x.contiguous(), residual.contiguous(), fn.contiguous()
+    if DYN_H_PRE[0]:
+        vec = km._vec_for(h, 4)
+        kern = km.get(
+            "fma_partials_dyn",
+            hc=hc,
+            M=m,
+            vec=vec,
+            rdt=_DT[residual.dtype],
+            fused=True,
+            xdt=_DT[x.dtype],
+        )
+        args = (_hv(x, vec), _hv(residual, vec), fn.view(m, hc, h // vec, vec))
+        new_out = _hv(new, vec)
+    else:
+        kern = km.get(
+            "fma_partials", hc=hc, M=m, H=h, rdt=_DT[residual.dtype], fused=True, xdt=_DT[x.dtype]
+        )
+        args, new_out = (x, residual, fn), new
     kern(
-        x.contiguous(),
-        residual.contiguous(),
+        args[0],
+        args[1],
         post_mix.reshape(t, hc).contiguous(),
         comb_res_mix.contiguous(),
-        fn.contiguous(),
-        new,
+        args[2],
+        new_out,
         part,
         sq,
     )
@@ -427,8 +463,14 @@ def head_impl(residual, fn, hc_scale, hc_base, rms_eps, hc_eps, path=None):
     residual = residual.contiguous()
     part, sq, _ = partials(residual, fn.contiguous(), path)
     out = torch.empty((t, h), dtype=residual.dtype, device=residual.device)
-    kern = _km().get("finalize_head", hc=hc, H=h, rdt=_DT[residual.dtype])
-    kern(part, sq, hc_scale.contiguous(), hc_base.contiguous(), residual, out, rms_eps, hc_eps)
+    if DYN_H_PRE[0]:
+        vec = _km()._vec_for(h, 8)
+        kern = _km().get("finalize_head_dyn", hc=hc, vec=vec, rdt=_DT[residual.dtype])
+        res_in, out_v = _hv(residual, vec), _hv(out, vec)
+    else:
+        kern = _km().get("finalize_head", hc=hc, H=h, rdt=_DT[residual.dtype])
+        res_in, out_v = residual, out
+    kern(part, sq, hc_scale.contiguous(), hc_base.contiguous(), res_in, out_v, rms_eps, hc_eps)
     return out
 
 
