@@ -338,7 +338,13 @@ elif [ "$PHASE" = nightly ]; then
          --op route --jobs "${NIGHTLY_SPLIT_ROUTE:-4}"
        only triton fused_moe && suite n_triton_fused_moe "$LIM" 1000 --profile nightly \
          --backend triton --op fused_moe --jobs "${NIGHTLY_SPLIT:-9}" ;;
-    2) nsuite tilelang sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head
+    2) # TileLang's suites are compile-bound (one TileLang compile a new key, in every process):
+       # their properties in several processes each (H100 2026-12-06: mhc_post's nightly with
+       # the hidden size dynamic in 8 processes, 51 s)
+       for op in sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head; do
+         only tilelang "$op" && suite "n_tilelang_$op" "$LIM" 1000 --profile nightly \
+           --backend tilelang --op "$op" --jobs "${NIGHTLY_SPLIT_TL:-3}"
+       done
        nsuite stack decoder_stack ;;
     3) nsuite flashinfer swiglu route mhc_pre mhc_post
        # no false alarm: every property on the reference itself at the nightly budget, its cuda
