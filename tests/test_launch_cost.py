@@ -439,8 +439,11 @@ def test_direct_launch_unaligned_input_takes_normal_launch():
 # --- TileLang mhc_post: the same cache (its kernel stubbed: TileLang runs on CUDA only) ----------
 
 
-def test_mhc_post_validates_once_and_never_caches_a_bad_input(monkeypatch):
+@pytest.mark.parametrize("dyn", [True, False], ids=["dynamic_h", "per_h"])
+def test_mhc_post_validates_once_and_never_caches_a_bad_input(dyn, monkeypatch):
     from parity.optimized.tilelang import mhc
+
+    monkeypatch.setattr(mhc, "DYN_H", [dyn])  # the default kernel, and PARITY_TILELANG_DYN_H=0's
 
     launched = []
 
@@ -448,6 +451,13 @@ def test_mhc_post_validates_once_and_never_caches_a_bad_input(monkeypatch):
         @staticmethod
         def get(name, **spec):
             return lambda *args: launched.append((name, spec, args))
+
+        @staticmethod
+        def _vec_for(n, cap):  # `_kernels_mhc._vec_for` (that module needs tilelang)
+            v = cap
+            while v > 1 and n % v:
+                v //= 2
+            return v
 
     monkeypatch.setattr(mhc, "_POST_PLANS", {})
     monkeypatch.setattr(mhc, "_km", lambda: KM)
@@ -459,7 +469,12 @@ def test_mhc_post_validates_once_and_never_caches_a_bad_input(monkeypatch):
     for _ in range(3):
         out = mhc.mhc_post(x, res, post, comb)
     assert len(calls) == 1 and len(launched) == 3 and out.shape == (t, hc, h)
-    assert launched[0][1] == dict(hc=hc, H=h, xdt="bfloat16", rdt="bfloat16")
+    if dyn:  # the hidden size dynamic, keyed by its vector width (64: 8)
+        assert launched[0][:2] == ("post_dyn", dict(hc=hc, vec=8, xdt="bfloat16", rdt="bfloat16"))
+        assert launched[0][2][0].shape == (t, h // 8, 8)  # x as [T, H / vec, vec]
+    else:
+        assert launched[0][:2] == ("post", dict(hc=hc, H=h, xdt="bfloat16", rdt="bfloat16"))
+        assert launched[0][2][0].shape == (t, h)
     assert launched[0][2][2].shape == (t, hc)  # post_mix as [T, hc]
     bad = [
         ((x, res, post, comb.double()), TypeError),
