@@ -89,6 +89,20 @@ def _renorm_plus_1e20(logits, *, k, routed_scaling_factor=1.0, renormalize=True,
     return w * routed_scaling_factor, ids
 
 
+def _stale_candidate_slots(logits, *, k, bias=None, n_group=1, **kw):
+    """route as FlashInfer's single-group kernel for 128 < E <= 384 computed it (flashinfer
+    `noAuxTcKernels.cu` before the fix): 8 candidate slots a warp, only k of them written, all
+    8 read; an unwritten slot (key 0, expert 0) outranks every negative key."""
+    w, ids = ref.route(logits, k=k, bias=bias, n_group=n_group, **kw)
+    e = logits.shape[1]
+    if n_group == 1 and 128 < e <= 384 and k < 8 and bias is not None:
+        key = torch.sigmoid(logits.double()) + bias.double()
+        stale = key.max(-1).values < 0  # the slot's 0 wins: expert 0, the whole weight
+        ids = torch.where(stale[:, None], torch.zeros_like(ids), ids)
+        w = torch.where(stale[:, None], torch.full_like(w, kw.get("routed_scaling_factor", 1.0)), w)
+    return w, ids
+
+
 def _witness(op, fn):
     return Impl(op=op, name=fn.__name__, backend="external", fn=fn, devices=("cpu", "cuda"))
 
@@ -135,3 +149,20 @@ def test_cli_runs_a_table_and_writes_json(tmp_path, capsys):
     tl = [r for r in results if r["impl"] == "tilelang"]
     assert tl and all(r["status"] == "not run" and r["message"].startswith("NOT RUN") for r in tl)
     assert golden.main(["--op", "no_such_op"]) == 2
+
+
+def test_witness_stale_candidate_slots_caught_by_the_single_group_row():
+    """The bug FlashInfer's route had (H100 nightly, 2026-12-06): caught by the row of no groups,
+    top-1 and every key negative, and by no other row of the table."""
+    w = _witness("route", _stale_candidate_slots)
+    table = [
+        r
+        for r in golden.TABLE
+        if r.op == "route" and not r.gpu_only and r.holds == ("matches_reference",)
+    ]
+    res = golden.run_table("cpu", impls=[w], table=table)
+    failed = {r.row for r in res if r.status == golden.FAIL}
+    assert failed == {
+        r.row for r in res if "n_group=1,topk_group=1,k=1" in r.row and "dsv3" in r.row
+    }
+    assert failed and any(r.status == golden.PASS for r in res)

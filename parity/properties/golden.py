@@ -356,6 +356,14 @@ def _route_rows() -> list[Row]:
         _route(
             33,
             F32,
+            {"E": 256, "method": "dsv3", "n_group": 1, "topk_group": 1, "k": 1},
+            bias_regime="negative",
+            why="no groups, top-1, every key negative: candidate slots beyond k must not take part "
+            "(FlashInfer's single-group kernel returned expert 0, H100 2026-12-06)",
+        ),
+        _route(
+            33,
+            F32,
             {"E": 256, "method": "sqrtsoftplus", "n_group": 1, "topk_group": 1, "k": 6},
             bias_regime="dsv4",
             why="DeepSeek-V4-Flash router",
