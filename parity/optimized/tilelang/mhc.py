@@ -229,6 +229,7 @@ def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> tor
 # dtypes); issue 11, section 4), read once at import (so the per-call plan key need not hold
 # it). The default since the H100 run of 2026-12-06: bit for bit the per-H kernel, and its whole
 # nightly (8000 examples) in 51 s where the per-H kernel finished no unit in a call.
+# mhc_fused_post_pre's unfused path (T > FUSED_MAX_TOKENS) runs it too, through `_post`.
 # PARITY_TILELANG_DYN_H=0: the per-H kernel (one compile a hidden size).
 DYN_H_ENV = "PARITY_TILELANG_DYN_H"
 DYN_H = [os.environ.get(DYN_H_ENV, "1") != "0"]  # a list: a test may flip it (and clear plans)
