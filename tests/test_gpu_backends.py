@@ -473,3 +473,24 @@ def test_mhc_pre_family_dynamic_hidden_size_gpu(h, monkeypatch):
     n = km.cache_size()
     run(3, h + 8 * (h % 8 == 0) + 64 * (h % 8 != 0))
     assert km.cache_size() == n
+
+
+def test_tilelang_keys_script_counts_one_compile_a_width_with_h_dynamic():
+    """scripts/tilelang_keys.py (how docs/gpu-results.md counts §4's TileLang compiles): two
+    hidden sizes of the same vector widths are two per-H compiles and one dynamic-H compile, for
+    every op and both partials paths; the tensor-core partials stay per H."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tilelang_keys.py"
+    spec = importlib.util.spec_from_file_location("tilelang_keys", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for op in mod.OPS:
+        for t in (1, 300):
+            a = mod.keys(op, {"T": t, "hc": 4, "H": 4096, "dtype": "bfloat16"})
+            b = mod.keys(op, {"T": t, "hc": 4, "H": 4160, "dtype": "bfloat16"})  # widths 8 / 4
+            per, dyn = a[0] | b[0], a[1] | b[1]
+            tc = {k for k in dyn if k[0] == "tc_partials"}
+            assert len(dyn - tc) == len(a[1] - tc) and len(per) > len(a[0]), (op, t)
+            assert len(tc) == (2 if op != "mhc_post" and t >= 128 else 0), (op, t, tc)
