@@ -123,14 +123,18 @@ def test_witness_path_switch_bug_caught_only_past_the_threshold():
     assert all(s == {golden.PASS} for t, s in by_t.items() if t < 128), by_t
 
 
-def test_witness_renormalisation_constant_caught_by_the_underflow_row():
-    w = _witness("route", _renorm_plus_1e20)
-    table = [
+def _route_value_rows():
+    """The CPU route rows that compare values against the reference."""
+    return [
         r
         for r in golden.TABLE
         if r.op == "route" and not r.gpu_only and r.holds == ("matches_reference",)
     ]
-    res = golden.run_table("cpu", impls=[w], table=table)
+
+
+def test_witness_renormalisation_constant_caught_by_the_underflow_row():
+    w = _witness("route", _renorm_plus_1e20)
+    res = golden.run_table("cpu", impls=[w], table=_route_value_rows())
     failed = {r.row for r in res if r.status == golden.FAIL}
     assert failed and all("logits~-60" in r for r in failed), failed
     assert any(r.status == golden.PASS for r in res)
@@ -155,12 +159,7 @@ def test_witness_stale_candidate_slots_caught_by_the_single_group_row():
     """The bug FlashInfer's route had (H100 nightly, 2026-12-06): caught by the row of no groups,
     top-1 and every key negative, and by no other row of the table."""
     w = _witness("route", _stale_candidate_slots)
-    table = [
-        r
-        for r in golden.TABLE
-        if r.op == "route" and not r.gpu_only and r.holds == ("matches_reference",)
-    ]
-    res = golden.run_table("cpu", impls=[w], table=table)
+    res = golden.run_table("cpu", impls=[w], table=_route_value_rows())
     failed = {r.row for r in res if r.status == golden.FAIL}
     assert failed == {
         r.row for r in res if "n_group=1,topk_group=1,k=1" in r.row and "dsv3" in r.row

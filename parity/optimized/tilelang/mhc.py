@@ -98,6 +98,16 @@ def _hv(t: torch.Tensor, vec: int) -> torch.Tensor:
     return t.view(*t.shape[:-1], t.shape[-1] // vec, vec)
 
 
+def _finalize_kernel(name: str, hc: int, h: int, dtype: torch.dtype, *streams: torch.Tensor):
+    """The finalize kernel `name` (its dynamic-H twin under DYN_H_PRE) and `streams` [..., H]
+    viewed as that kernel takes them."""
+    if DYN_H_PRE[0]:
+        vec = _km()._vec_for(h, 8)
+        kern = _km().get(f"{name}_dyn", hc=hc, vec=vec, rdt=_DT[dtype])
+        return kern, [_hv(s, vec) for s in streams]
+    return _km().get(name, hc=hc, H=h, rdt=_DT[dtype]), list(streams)
+
+
 # --- partial dot products -------------------------------------------------------------------------
 
 
@@ -152,13 +162,7 @@ def _finalize_pre(part, sq, hc_scale, hc_base, residual, opts):
     post = torch.empty((t, hc, 1), dtype=torch.float32, device=residual.device)
     comb = torch.empty((t, hc, hc), dtype=torch.float32, device=residual.device)
     li = torch.empty((t, h), dtype=residual.dtype, device=residual.device)
-    if DYN_H_PRE[0]:
-        vec = _km()._vec_for(h, 8)
-        kern = _km().get("finalize_pre_dyn", hc=hc, vec=vec, rdt=_DT[residual.dtype])
-        res_in, li_out = _hv(residual, vec), _hv(li, vec)
-    else:
-        kern = _km().get("finalize_pre", hc=hc, H=h, rdt=_DT[residual.dtype])
-        res_in, li_out = residual, li
+    kern, (res_in, li_out) = _finalize_kernel("finalize_pre", hc, h, residual.dtype, residual, li)
     kern(
         part,
         sq,
@@ -466,13 +470,7 @@ def head_impl(residual, fn, hc_scale, hc_base, rms_eps, hc_eps, path=None):
     residual = residual.contiguous()
     part, sq, _ = partials(residual, fn.contiguous(), path)
     out = torch.empty((t, h), dtype=residual.dtype, device=residual.device)
-    if DYN_H_PRE[0]:
-        vec = _km()._vec_for(h, 8)
-        kern = _km().get("finalize_head_dyn", hc=hc, vec=vec, rdt=_DT[residual.dtype])
-        res_in, out_v = _hv(residual, vec), _hv(out, vec)
-    else:
-        kern = _km().get("finalize_head", hc=hc, H=h, rdt=_DT[residual.dtype])
-        res_in, out_v = residual, out
+    kern, (res_in, out_v) = _finalize_kernel("finalize_head", hc, h, residual.dtype, residual, out)
     kern(part, sq, hc_scale.contiguous(), hc_base.contiguous(), res_in, out_v, rms_eps, hc_eps)
     return out
 
