@@ -549,6 +549,25 @@ def _pre_mixes(
                 comb_out[t, i, j] = cm[i, j]
 
 
+@T.macro
+def _weighted_streams(res, pre_s, out, ol, rl, t, tx, H: int, hc: int, vec: int, threads: int):
+    """out[t, :] = sum_i pre[i] res[t, i, :] in chunks of `threads` vectors of `vec` (the per-H
+    finalisations; `_weighted_streams_dyn` is the same sums on the [.., H / vec, vec] views)."""
+    step = threads * vec
+    for c in T.serial(_ceildiv(H, step)):
+        h0 = c * step + tx * vec
+        if h0 < H:
+            for v in T.unroll(vec):
+                ol[v] = 0.0
+            for i in T.unroll(hc):
+                for v in T.vectorized(vec):
+                    rl[v] = T.cast(res[t, i, h0 + v], F32)
+                for v in T.unroll(vec):
+                    ol[v] = ol[v] + pre_s[i] * rl[v]
+            for v in T.vectorized(vec):
+                out[t, h0 + v] = T.cast(ol[v], out.dtype)
+
+
 def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
     """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input.
     The split count S is a runtime dimension."""
@@ -556,8 +575,6 @@ def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
     S = T.dynamic("S")
     K = hc * H
     vec = _vec_for(H, 8)
-    step = threads * vec
-    nchunk = _ceildiv(H, step)
     N = T.dynamic("N")
     SK_T = 32  # the thread (warp 1) that runs Sinkhorn while warp 0 forms `pre`
 
@@ -593,18 +610,7 @@ def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
                 pre_eps, post_mult, sk_eps, iters,
             )  # fmt: skip
             T.sync_threads()
-            for c in T.serial(nchunk):
-                h0 = c * step + tx * vec
-                if h0 < H:
-                    for v in T.unroll(vec):
-                        ol[v] = 0.0
-                    for i in T.unroll(hc):
-                        for v in T.vectorized(vec):
-                            rl[v] = T.cast(res[t, i, h0 + v], F32)
-                        for v in T.unroll(vec):
-                            ol[v] = ol[v] + pre_s[i] * rl[v]
-                    for v in T.vectorized(vec):
-                        li[t, h0 + v] = T.cast(ol[v], rdt)
+            _weighted_streams(res, pre_s, li, ol, rl, t, tx, H, hc, vec, threads)
 
     return finalize_pre
 
@@ -614,8 +620,6 @@ def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
     K = hc * H
     S = T.dynamic("S")
     vec = _vec_for(H, 8)
-    step = threads * vec
-    nchunk = _ceildiv(H, step)
     N = T.dynamic("N")
 
     @T.prim_func
@@ -641,18 +645,7 @@ def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
             if tx < hc:
                 pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + hc_eps
             T.sync_threads()
-            for c in T.serial(nchunk):
-                h0 = c * step + tx * vec
-                if h0 < H:
-                    for v in T.unroll(vec):
-                        ol[v] = 0.0
-                    for i in T.unroll(hc):
-                        for v in T.vectorized(vec):
-                            rl[v] = T.cast(res[t, i, h0 + v], F32)
-                        for v in T.unroll(vec):
-                            ol[v] = ol[v] + pre_s[i] * rl[v]
-                    for v in T.vectorized(vec):
-                        out[t, h0 + v] = T.cast(ol[v], rdt)
+            _weighted_streams(res, pre_s, out, ol, rl, t, tx, H, hc, vec, threads)
 
     return finalize_head
 
