@@ -568,88 +568,6 @@ def _weighted_streams(res, pre_s, out, ol, rl, t, tx, H: int, hc: int, vec: int,
                 out[t, h0 + v] = T.cast(ol[v], out.dtype)
 
 
-def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
-    """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input.
-    The split count S is a runtime dimension."""
-    M = hc * (2 + hc)
-    S = T.dynamic("S")
-    K = hc * H
-    vec = _vec_for(H, 8)
-    N = T.dynamic("N")
-    SK_T = 32  # the thread (warp 1) that runs Sinkhorn while warp 0 forms `pre`
-
-    @T.prim_func
-    def finalize_pre(
-        part: T.Tensor((S, N, M), F32),
-        sq: T.Tensor((S, N), F32),
-        hc_scale: T.Tensor((3,), F32),
-        hc_base: T.Tensor((M,), F32),
-        res: T.Tensor((N, hc, H), rdt),
-        post_out: T.Tensor((N, hc), F32),
-        comb_out: T.Tensor((N, hc, hc), F32),
-        li: T.Tensor((N, H), rdt),
-        rms_eps: T.float32,
-        pre_eps: T.float32,
-        sk_eps: T.float32,
-        post_mult: T.float32,
-        iters: T.int32,
-    ):
-        with T.Kernel(N, threads=threads) as t:
-            tx = T.get_thread_binding()
-            mix_s = T.alloc_shared((M + 1,), F32)
-            pre_s = T.alloc_shared((hc,), F32)
-            cm = T.alloc_local((hc, hc), F32)
-            rs = T.alloc_local((hc,), F32)
-            ol = T.alloc_local((vec,), F32)
-            rl = T.alloc_local((vec,), F32)
-            _sum_mixes(part, sq, mix_s, S, t, tx, M)
-            T.sync_threads()
-            rstd = T.rsqrt(mix_s[M] / T.float32(K) + rms_eps)
-            _pre_mixes(
-                mix_s, pre_s, cm, rs, hc_scale, hc_base, post_out, comb_out, rstd, t, tx, hc, SK_T,
-                pre_eps, post_mult, sk_eps, iters,
-            )  # fmt: skip
-            T.sync_threads()
-            _weighted_streams(res, pre_s, li, ol, rl, t, tx, H, hc, vec, threads)
-
-    return finalize_pre
-
-
-def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
-    """Per token: pre = sigmoid(mix * rstd * scale + base) + eps; out = sum_i pre[i] res[i]."""
-    K = hc * H
-    S = T.dynamic("S")
-    vec = _vec_for(H, 8)
-    N = T.dynamic("N")
-
-    @T.prim_func
-    def finalize_head(
-        part: T.Tensor((S, N, hc), F32),
-        sq: T.Tensor((S, N), F32),
-        hc_scale: T.Tensor((1,), F32),
-        hc_base: T.Tensor((hc,), F32),
-        res: T.Tensor((N, hc, H), rdt),
-        out: T.Tensor((N, H), rdt),
-        rms_eps: T.float32,
-        hc_eps: T.float32,
-    ):
-        with T.Kernel(N, threads=threads) as t:
-            tx = T.get_thread_binding()
-            mix_s = T.alloc_shared((hc + 1,), F32)
-            pre_s = T.alloc_shared((hc,), F32)
-            ol = T.alloc_local((vec,), F32)
-            rl = T.alloc_local((vec,), F32)
-            _sum_mixes(part, sq, mix_s, S, t, tx, hc)
-            T.sync_threads()
-            rstd = T.rsqrt(mix_s[hc] / T.float32(K) + rms_eps)
-            if tx < hc:
-                pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + hc_eps
-            T.sync_threads()
-            _weighted_streams(res, pre_s, out, ol, rl, t, tx, H, hc, vec, threads)
-
-    return finalize_head
-
-
 @T.macro
 def _weighted_streams_dyn(res, pre_s, out, ol, rl, t, tx, HV, hc: int, vec: int, threads: int):
     """out[t, hv, :] = sum_i pre[i] res[t, i, hv, :] over the token's H / vec vectors, in the
@@ -668,27 +586,37 @@ def _weighted_streams_dyn(res, pre_s, out, ol, rl, t, tx, HV, hc: int, vec: int,
                 out[t, hv, v] = T.cast(ol[v], out.dtype)
 
 
-def finalize_pre_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
-    """`finalize_pre` with the hidden size dynamic (PARITY_TILELANG_DYN_H_PRE=1, not yet run on
-    a GPU): `res` and `li` as views [.., H / vec, vec], vec = `_vec_for(H, 8)`; the RMS divides
-    by hc * H as the per-H kernel's constant (the same float32 value)."""
+def _hidden(hc: int, H: int | None, vec: int | None):
+    """How a finalisation sees the hidden size: (is it dynamic, H / vec as a dynamic var or
+    None, vec, the shape of one token's stream after its token and stream dims, hc * H as a
+    float32). Per H: [H], the vector width `_vec_for(H, 8)`, hc * H a literal. Dynamic (`H`
+    None, `vec` given): [H / vec, vec] views, hc * H formed from the run-time H / vec (the
+    same float32 value)."""
+    if H is None:
+        hv = T.dynamic("HV")
+        return True, hv, vec, (hv, vec), T.cast(hv * (hc * vec), F32)
+    return False, None, _vec_for(H, 8), (H,), T.float32(hc * H)
+
+
+def _finalize_pre(hc: int, rdt: str, threads: int, name: str, H=None, vec=None):
+    """Per token: mixes from the S partials -> post_mix, comb_res_mix (Sinkhorn), layer_input.
+    The split count S is a runtime dimension."""
     M = hc * (2 + hc)
     S = T.dynamic("S")
     N = T.dynamic("N")
-    HV = T.dynamic("HV")
-    KF = T.cast(HV * (hc * vec), F32)
-    SK_T = 32
+    dyn, HV, vec, stream, KF = _hidden(hc, H, vec)
+    SK_T = 32  # the thread (warp 1) that runs Sinkhorn while warp 0 forms `pre`
 
     @T.prim_func
-    def finalize_pre_dyn(
+    def finalize_pre(
         part: T.Tensor((S, N, M), F32),
         sq: T.Tensor((S, N), F32),
         hc_scale: T.Tensor((3,), F32),
         hc_base: T.Tensor((M,), F32),
-        res: T.Tensor((N, hc, HV, vec), rdt),
+        res: T.Tensor((N, hc, *stream), rdt),
         post_out: T.Tensor((N, hc), F32),
         comb_out: T.Tensor((N, hc, hc), F32),
-        li: T.Tensor((N, HV, vec), rdt),
+        li: T.Tensor((N, *stream), rdt),
         rms_eps: T.float32,
         pre_eps: T.float32,
         sk_eps: T.float32,
@@ -711,26 +639,28 @@ def finalize_pre_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
                 pre_eps, post_mult, sk_eps, iters,
             )  # fmt: skip
             T.sync_threads()
-            _weighted_streams_dyn(res, pre_s, li, ol, rl, t, tx, HV, hc, vec, threads)
+            if dyn:
+                _weighted_streams_dyn(res, pre_s, li, ol, rl, t, tx, HV, hc, vec, threads)
+            else:
+                _weighted_streams(res, pre_s, li, ol, rl, t, tx, H, hc, vec, threads)
 
-    return finalize_pre_dyn
+    return finalize_pre.with_attr("global_symbol", name)
 
 
-def finalize_head_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
-    """`finalize_head` with the hidden size dynamic (as `finalize_pre_dyn`)."""
+def _finalize_head(hc: int, rdt: str, threads: int, name: str, H=None, vec=None):
+    """Per token: pre = sigmoid(mix * rstd * scale + base) + eps; out = sum_i pre[i] res[i]."""
     S = T.dynamic("S")
     N = T.dynamic("N")
-    HV = T.dynamic("HV")
-    KF = T.cast(HV * (hc * vec), F32)
+    dyn, HV, vec, stream, KF = _hidden(hc, H, vec)
 
     @T.prim_func
-    def finalize_head_dyn(
+    def finalize_head(
         part: T.Tensor((S, N, hc), F32),
         sq: T.Tensor((S, N), F32),
         hc_scale: T.Tensor((1,), F32),
         hc_base: T.Tensor((hc,), F32),
-        res: T.Tensor((N, hc, HV, vec), rdt),
-        out: T.Tensor((N, HV, vec), rdt),
+        res: T.Tensor((N, hc, *stream), rdt),
+        out: T.Tensor((N, *stream), rdt),
         rms_eps: T.float32,
         hc_eps: T.float32,
     ):
@@ -746,9 +676,31 @@ def finalize_head_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
             if tx < hc:
                 pre_s[tx] = T.sigmoid(mix_s[tx] * rstd * hc_scale[0] + hc_base[tx]) + hc_eps
             T.sync_threads()
-            _weighted_streams_dyn(res, pre_s, out, ol, rl, t, tx, HV, hc, vec, threads)
+            if dyn:
+                _weighted_streams_dyn(res, pre_s, out, ol, rl, t, tx, HV, hc, vec, threads)
+            else:
+                _weighted_streams(res, pre_s, out, ol, rl, t, tx, H, hc, vec, threads)
 
-    return finalize_head_dyn
+    return finalize_head.with_attr("global_symbol", name)
+
+
+def finalize_pre_kernel(hc: int, H: int, rdt: str, threads: int = 128):
+    return _finalize_pre(hc, rdt, threads, "finalize_pre", H=H)
+
+
+def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
+    return _finalize_head(hc, rdt, threads, "finalize_head", H=H)
+
+
+def finalize_pre_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
+    """`finalize_pre` with the hidden size dynamic (PARITY_TILELANG_DYN_H_PRE=1, not yet run on
+    a GPU): `res` and `li` as views [.., H / vec, vec], vec = `_vec_for(H, 8)`."""
+    return _finalize_pre(hc, rdt, threads, "finalize_pre_dyn", vec=vec)
+
+
+def finalize_head_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
+    """`finalize_head` with the hidden size dynamic (as `finalize_pre_dyn`)."""
+    return _finalize_head(hc, rdt, threads, "finalize_head_dyn", vec=vec)
 
 
 # --- sinkhorn -------------------------------------------------------------------------------------
