@@ -184,20 +184,48 @@ def _block_reduce_store(acc, red, part, sq, s, t, tx, M: int, R: int, nwarps: in
             sq[s, t] = total
 
 
-def fma_partials_kernel(
-    hc: int, M: int, H: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
-):
-    """Grid NH * hc * N (flat, hb fastest): CTA (hb, j, t) covers stream j, hidden range
-    [hb*HS, (hb+1)*HS) of token t (split s = j*NH + hb): each CTA reads an M x HS slice of fn,
-    so a single token
-    already spreads fn over hc*NH CTAs. With `fused`, the CTA first forms new stream j (which
-    needs all hc old streams at its h), stores it and dots its rounded value."""
-    vec = _vec_for(H, 4)
-    HS = threads * vec
-    NH = _ceildiv(H, HS)
-    S = hc * NH
-    K = hc * H
+def _fma_partials(hc, M, rdt, fused, xdt, threads, name, H=None, vec=None):
+    """Grid NH * hc * N (flat, hb fastest): CTA (hb, j, t) covers stream j, hidden tile hb of
+    token t (split s = j*NH + hb): each CTA reads an M x (threads * vec) slice of fn, so a
+    single token already spreads fn over hc*NH CTAs. With `fused`, the CTA first forms new
+    stream j (which needs all hc old streams at its h), stores it and dots its rounded value.
+
+    Per H (`H` given): hidden-size tensors [.., H], fn [M, hc * H], vec `_vec_for(H, 4)`, S and
+    NH literals. Dynamic (`H` None, `vec` given): every hidden-size tensor a view [.., H / vec,
+    vec] (fn [M, hc, H / vec, vec]), so a CTA covers the same elements as the per-H kernel's
+    and sums them in the same order; S = hc * ceil(H / (threads * vec)) is bound from `part`
+    (the wrapper allocates it by `fma_splits`)."""
     N = T.dynamic("N")
+    if H is None:
+        HV = T.dynamic("HV")  # H / vec
+        S = T.dynamic("S")
+        NH = T.ceildiv(HV, threads)  # hidden tiles of `threads` vectors
+        lim, stream, fn_shape = HV, (HV, vec), (M, hc, HV, vec)
+
+        def first(hb, tx):  # the thread's first vector: its index in the views
+            return hb * threads + tx
+
+        def at(*idx):  # element v of the vector at p: [.., p, v]
+            return idx
+
+        def fn_at(m, j, p, v):
+            return (m, j, p, v)
+    else:
+        vec = _vec_for(H, 4)
+        HS = threads * vec
+        NH = _ceildiv(H, HS)
+        S = hc * NH
+        lim, stream, fn_shape = H, (H,), (M, hc * H)
+
+        def first(hb, tx):  # the thread's first element
+            return hb * HS + tx * vec
+
+        def at(*idx):  # [.., p + v]
+            return (*idx[:-2], idx[-2] + idx[-1])
+
+        def fn_at(m, j, p, v):
+            return (m, j * H + p + v)
+
     R = M + 1  # M dot products and the square sum
     NW = threads // 32
 
@@ -205,12 +233,12 @@ def fma_partials_kernel(
 
         @T.prim_func
         def fused_partials(
-            x: T.Tensor((N, H), xdt),
-            res: T.Tensor((N, hc, H), rdt),
+            x: T.Tensor((N, *stream), xdt),
+            res: T.Tensor((N, hc, *stream), rdt),
             post: T.Tensor((N, hc), F32),
             comb: T.Tensor((N, hc, hc), F32),
-            fn: T.Tensor((M, K), F32),
-            out: T.Tensor((N, hc, H), rdt),
+            fn: T.Tensor(fn_shape, F32),
+            out: T.Tensor((N, hc, *stream), rdt),
             part: T.Tensor((S, N, M), F32),
             sq: T.Tensor((S, N), F32),
         ):
@@ -220,7 +248,7 @@ def fma_partials_kernel(
                 j = (bid // NH) % hc
                 t = bid // (NH * hc)
                 tx = T.get_thread_binding()
-                h0 = hb * HS + tx * vec
+                p = first(hb, tx)
                 acc = T.alloc_local((R,), F32)
                 xl = T.alloc_local((vec,), F32)
                 rl = T.alloc_local((hc, vec), F32)
@@ -233,35 +261,35 @@ def fma_partials_kernel(
                 pj = post[t, j]
                 for i in T.unroll(hc):
                     cl[i] = comb[t, i, j]
-                if h0 < H:
+                if p < lim:
                     for v in T.vectorized(vec):
-                        xl[v] = T.cast(x[t, h0 + v], F32)
+                        xl[v] = T.cast(x[at(t, p, v)], F32)
                     for i in T.unroll(hc):
                         for v in T.vectorized(vec):
-                            rl[i, v] = T.cast(res[t, i, h0 + v], F32)
+                            rl[i, v] = T.cast(res[at(t, i, p, v)], F32)
                     for v in T.unroll(vec):
                         nl[v] = xl[v] * pj
                         for i in T.unroll(hc):
                             nl[v] = nl[v] + cl[i] * rl[i, v]
                     for v in T.vectorized(vec):
-                        out[t, j, h0 + v] = T.cast(nl[v], rdt)
+                        out[at(t, j, p, v)] = T.cast(nl[v], rdt)
                     for v in T.unroll(vec):
                         # the pre reads the stored (rounded) stream, as the unfused chain
                         nl[v] = T.cast(T.cast(nl[v], rdt), F32)
                         acc[M] = acc[M] + nl[v] * nl[v]
                     for m in T.unroll(M):
                         for v in T.vectorized(vec):
-                            fl[v] = fn[m, j * H + h0 + v]
+                            fl[v] = fn[fn_at(m, j, p, v)]
                         for v in T.unroll(vec):
                             acc[m] = acc[m] + nl[v] * fl[v]
                 _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
 
-        return fused_partials
+        return fused_partials.with_attr("global_symbol", f"fused_{name}")
 
     @T.prim_func
     def partials(
-        res: T.Tensor((N, hc, H), rdt),
-        fn: T.Tensor((M, K), F32),
+        res: T.Tensor((N, hc, *stream), rdt),
+        fn: T.Tensor(fn_shape, F32),
         part: T.Tensor((S, N, M), F32),
         sq: T.Tensor((S, N), F32),
     ):
@@ -270,26 +298,33 @@ def fma_partials_kernel(
             j = (bid // NH) % hc
             t = bid // (NH * hc)
             tx = T.get_thread_binding()
-            h0 = hb * HS + tx * vec
+            p = first(hb, tx)
             acc = T.alloc_local((R,), F32)
             rl = T.alloc_local((vec,), F32)
             fl = T.alloc_local((vec,), F32)
             red = T.alloc_shared((NW, R), F32)
             for m in T.unroll(R):
                 acc[m] = 0.0
-            if h0 < H:
+            if p < lim:
                 for v in T.vectorized(vec):
-                    rl[v] = T.cast(res[t, j, h0 + v], F32)
+                    rl[v] = T.cast(res[at(t, j, p, v)], F32)
                 for v in T.unroll(vec):
                     acc[M] = acc[M] + rl[v] * rl[v]
                 for m in T.unroll(M):
                     for v in T.vectorized(vec):
-                        fl[v] = fn[m, j * H + h0 + v]
+                        fl[v] = fn[fn_at(m, j, p, v)]
                     for v in T.unroll(vec):
                         acc[m] = acc[m] + rl[v] * fl[v]
             _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
 
-    return partials
+    return partials.with_attr("global_symbol", name)
+
+
+def fma_partials_kernel(
+    hc: int, M: int, H: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
+):
+    """Split-K partial dot products on CUDA cores, one compile a hidden size."""
+    return _fma_partials(hc, M, rdt, fused, xdt, threads, "partials", H=H)
 
 
 def fma_partials_dyn_kernel(
@@ -297,104 +332,8 @@ def fma_partials_dyn_kernel(
 ):
     """`fma_partials` with the hidden size dynamic (issue 11, section 4: one compile a (hc, M,
     vector width, dtypes) instead of one a hidden size; off unless PARITY_TILELANG_DYN_H_PRE=1,
-    not yet run on a GPU). As `post_dyn`: every hidden-size tensor comes as a view [.., H / vec,
-    vec] (`fn` as [M, hc, H / vec, vec]), `vec` = `_vec_for(H, 4)` static, so a CTA covers the
-    same elements as the per-H kernel's and sums them in the same order; the split count S = hc
-    * ceil(H / (threads * vec)) is bound from `part` (the wrapper allocates it by `fma_splits`)."""
-    N = T.dynamic("N")
-    HV = T.dynamic("HV")  # H / vec
-    S = T.dynamic("S")
-    NH = T.ceildiv(HV, threads)  # hidden tiles of `threads` vectors
-    R = M + 1
-    NW = threads // 32
-
-    if fused:
-
-        @T.prim_func
-        def fused_partials_dyn(
-            x: T.Tensor((N, HV, vec), xdt),
-            res: T.Tensor((N, hc, HV, vec), rdt),
-            post: T.Tensor((N, hc), F32),
-            comb: T.Tensor((N, hc, hc), F32),
-            fn: T.Tensor((M, hc, HV, vec), F32),
-            out: T.Tensor((N, hc, HV, vec), rdt),
-            part: T.Tensor((S, N, M), F32),
-            sq: T.Tensor((S, N), F32),
-        ):
-            with T.Kernel(NH * hc * N, threads=threads) as bid:
-                hb = bid % NH
-                j = (bid // NH) % hc
-                t = bid // (NH * hc)
-                tx = T.get_thread_binding()
-                hv = hb * threads + tx
-                acc = T.alloc_local((R,), F32)
-                xl = T.alloc_local((vec,), F32)
-                rl = T.alloc_local((hc, vec), F32)
-                nl = T.alloc_local((vec,), F32)
-                fl = T.alloc_local((vec,), F32)
-                cl = T.alloc_local((hc,), F32)
-                red = T.alloc_shared((NW, R), F32)
-                for m in T.unroll(R):
-                    acc[m] = 0.0
-                pj = post[t, j]
-                for i in T.unroll(hc):
-                    cl[i] = comb[t, i, j]
-                if hv < HV:
-                    for v in T.vectorized(vec):
-                        xl[v] = T.cast(x[t, hv, v], F32)
-                    for i in T.unroll(hc):
-                        for v in T.vectorized(vec):
-                            rl[i, v] = T.cast(res[t, i, hv, v], F32)
-                    for v in T.unroll(vec):
-                        nl[v] = xl[v] * pj
-                        for i in T.unroll(hc):
-                            nl[v] = nl[v] + cl[i] * rl[i, v]
-                    for v in T.vectorized(vec):
-                        out[t, j, hv, v] = T.cast(nl[v], rdt)
-                    for v in T.unroll(vec):
-                        nl[v] = T.cast(T.cast(nl[v], rdt), F32)
-                        acc[M] = acc[M] + nl[v] * nl[v]
-                    for m in T.unroll(M):
-                        for v in T.vectorized(vec):
-                            fl[v] = fn[m, j, hv, v]
-                        for v in T.unroll(vec):
-                            acc[m] = acc[m] + nl[v] * fl[v]
-                _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
-
-        return fused_partials_dyn
-
-    @T.prim_func
-    def partials_dyn(
-        res: T.Tensor((N, hc, HV, vec), rdt),
-        fn: T.Tensor((M, hc, HV, vec), F32),
-        part: T.Tensor((S, N, M), F32),
-        sq: T.Tensor((S, N), F32),
-    ):
-        with T.Kernel(NH * hc * N, threads=threads) as bid:
-            hb = bid % NH
-            j = (bid // NH) % hc
-            t = bid // (NH * hc)
-            tx = T.get_thread_binding()
-            hv = hb * threads + tx
-            acc = T.alloc_local((R,), F32)
-            rl = T.alloc_local((vec,), F32)
-            fl = T.alloc_local((vec,), F32)
-            red = T.alloc_shared((NW, R), F32)
-            for m in T.unroll(R):
-                acc[m] = 0.0
-            if hv < HV:
-                for v in T.vectorized(vec):
-                    rl[v] = T.cast(res[t, j, hv, v], F32)
-                for v in T.unroll(vec):
-                    acc[M] = acc[M] + rl[v] * rl[v]
-                for m in T.unroll(M):
-                    for v in T.vectorized(vec):
-                        fl[v] = fn[m, j, hv, v]
-                    for v in T.unroll(vec):
-                        acc[m] = acc[m] + rl[v] * fl[v]
-            _block_reduce_store(acc, red, part, sq, j * NH + hb, t, tx, M, R, NW)
-
-    return partials_dyn
+    not yet run on a GPU); `vec` = `_vec_for(H, 4)` of the per-H kernel."""
+    return _fma_partials(hc, M, rdt, fused, xdt, threads, "partials_dyn", vec=vec)
 
 
 # --- split-k partial dot products (tensor cores, bf16 3-way split of fn) --------------------------
