@@ -72,88 +72,81 @@ def _new_stream(ol, xl, rl, pl, cl, j, hc: int, vec: int):
             ol[v] = ol[v] + cl[i, j] * rl[i, v]
 
 
-def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
-    vec = _vec_for(H, 8)
-    blk = threads * vec
-    nb = _ceildiv(H, blk)
-    exact = H % blk == 0
+def _post(hc: int, xdt: str, rdt: str, threads: int, name: str, H=None, vec=None):
+    """new[t, j] = post[t, j] * x[t] + sum_i comb[t, i, j] * res[t, i], one thread `vec`
+    elements of every stream.
+
+    Per H (`H` given): [.., H] tensors, vec `_vec_for(H, 8)`, one flat grid axis (x: up to
+    2**31 - 1 blocks) in the old order, bh fastest: with T on grid y, T > 65535 failed to launch
+    (the scale regime, H100, 2026-12-05). Dynamic (`H` None, `vec` given; the default,
+    PARITY_TILELANG_DYN_H=0 turns it off): one compile per (hc, vector width, dtypes) instead of
+    per H (issue 11, section 4). The tensors come as views [.., H / vec, vec] with `vec` (H's
+    largest power-of-two divisor up to 8) static, so the 16-byte accesses stay provably aligned:
+    declared `(N, H)` with H dynamic, TileLang 0.1.15 lowered every access to a scalar load
+    behind a bounds check (offline, `scripts/tilelang_lower.py`). Grid (tokens, hidden tiles):
+    the token index on x (up to 2**31 - 1 blocks), no division to recover it."""
     N = T.dynamic("N")
+    if H is None:
+        HV = T.dynamic("HV")  # H / vec
+        lim, stream, exact = HV, (HV, vec), False
+        grid = (N, T.ceildiv(HV, threads))
+
+        def place(ids, tx):  # (token, the thread's first vector in the views)
+            return ids[0], ids[1] * threads + tx
+
+        def at(*idx):  # element v of the vector at p: [.., p, v]
+            return idx
+    else:
+        vec = _vec_for(H, 8)
+        blk = threads * vec
+        nb = _ceildiv(H, blk)
+        lim, stream, exact = H, (H,), H % blk == 0
+        grid = (nb * N,)
+
+        def place(bid, tx):  # (token, the thread's first element)
+            return bid // nb, bid % nb * blk + tx * vec
+
+        def at(*idx):  # [.., p + v]
+            return (*idx[:-2], idx[-2] + idx[-1])
 
     @T.prim_func
     def mhc_post(
-        x: T.Tensor((N, H), xdt),
-        res: T.Tensor((N, hc, H), rdt),
+        x: T.Tensor((N, *stream), xdt),
+        res: T.Tensor((N, hc, *stream), rdt),
         post: T.Tensor((N, hc), F32),
         comb: T.Tensor((N, hc, hc), F32),
-        out: T.Tensor((N, hc, H), rdt),
+        out: T.Tensor((N, hc, *stream), rdt),
     ):
-        # one flat grid axis (x: up to 2**31 - 1 blocks) in the old order, bh fastest: with
-        # T on grid y, T > 65535 failed to launch (the scale regime, H100, 2026-12-05)
-        with T.Kernel(nb * N, threads=threads) as bid:
-            bh = bid % nb
-            t = bid // nb
+        with T.Kernel(*grid, threads=threads) as ids:
             tx = T.get_thread_binding()
-            h0 = bh * blk + tx * vec
+            t, p = place(ids, tx)
             xl = T.alloc_local((vec,), F32)
             rl = T.alloc_local((hc, vec), F32)
             ol = T.alloc_local((vec,), F32)
             pl = T.alloc_local((hc,), F32)
             cl = T.alloc_local((hc, hc), F32)
             _load_mixes(post, comb, pl, cl, t, hc)
-            if exact or h0 < H:
+            if exact or p < lim:
                 for v in T.vectorized(vec):
-                    xl[v] = T.cast(x[t, h0 + v], F32)
+                    xl[v] = T.cast(x[at(t, p, v)], F32)
                 for i in T.unroll(hc):
                     for v in T.vectorized(vec):
-                        rl[i, v] = T.cast(res[t, i, h0 + v], F32)
+                        rl[i, v] = T.cast(res[at(t, i, p, v)], F32)
                 for j in T.unroll(hc):
                     _new_stream(ol, xl, rl, pl, cl, j, hc, vec)
                     for v in T.vectorized(vec):
-                        out[t, j, h0 + v] = T.cast(ol[v], rdt)
+                        out[at(t, j, p, v)] = T.cast(ol[v], rdt)
 
-    return mhc_post
+    return mhc_post.with_attr("global_symbol", name)
+
+
+def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
+    return _post(hc, xdt, rdt, threads, "mhc_post", H=H)
 
 
 def post_dyn_kernel(hc: int, vec: int, xdt: str, rdt: str, threads: int = 128):
-    """`post` with the hidden size dynamic (issue 11, section 4: one compile per (hc, vector
-    width, dtypes) instead of per H; the default, PARITY_TILELANG_DYN_H=0 turns it off).
-    The tensors come as views [.., H / vec, vec] with `vec` (H's largest power-of-two divisor up
-    to 8) static, so the 16-byte accesses stay provably aligned: declared `(N, H)` with H
-    dynamic, TileLang 0.1.15 lowered every access to a scalar load behind a bounds check
-    (offline, `scripts/tilelang_lower.py`). Grid (tokens, hidden tiles): the token index on x
-    (up to 2**31 - 1 blocks), no division to recover it."""
-    N = T.dynamic("N")
-    HV = T.dynamic("HV")  # H / vec
-
-    @T.prim_func
-    def mhc_post_dyn(
-        x: T.Tensor((N, HV, vec), xdt),
-        res: T.Tensor((N, hc, HV, vec), rdt),
-        post: T.Tensor((N, hc), F32),
-        comb: T.Tensor((N, hc, hc), F32),
-        out: T.Tensor((N, hc, HV, vec), rdt),
-    ):
-        with T.Kernel(N, T.ceildiv(HV, threads), threads=threads) as (t, bh):
-            tx = T.get_thread_binding()
-            hv = bh * threads + tx
-            xl = T.alloc_local((vec,), F32)
-            rl = T.alloc_local((hc, vec), F32)
-            ol = T.alloc_local((vec,), F32)
-            pl = T.alloc_local((hc,), F32)
-            cl = T.alloc_local((hc, hc), F32)
-            _load_mixes(post, comb, pl, cl, t, hc)
-            if hv < HV:
-                for v in T.vectorized(vec):
-                    xl[v] = T.cast(x[t, hv, v], F32)
-                for i in T.unroll(hc):
-                    for v in T.vectorized(vec):
-                        rl[i, v] = T.cast(res[t, i, hv, v], F32)
-                for j in T.unroll(hc):
-                    _new_stream(ol, xl, rl, pl, cl, j, hc, vec)
-                    for v in T.vectorized(vec):
-                        out[t, j, hv, v] = T.cast(ol[v], rdt)
-
-    return mhc_post_dyn
+    """`post` with the hidden size dynamic (see `_post`)."""
+    return _post(hc, xdt, rdt, threads, "mhc_post_dyn", vec=vec)
 
 
 def fma_splits(hc: int, H: int, threads: int = 128) -> int:

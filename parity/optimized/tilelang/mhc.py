@@ -88,10 +88,8 @@ def _max_hc(op: str, hc: int) -> None:
 # the hidden size dynamic (`fma_partials_dyn`, `finalize_pre_dyn`, `finalize_head_dyn`: one
 # compile a (hc, M, vector width, dtypes) instead of one a hidden size; issue 11, section 4).
 # Off: lowered offline only (scripts/tilelang_lower.py), not yet run on a GPU. The tensor-core
-# partials (T >= PRE_TC_MIN_TOKENS) stay per H either way. Read once at import. Once the GPU
-# test holds them bitwise to the per-H FMA and finalize kernels, those go (their bodies are the
-# dynamic ones' with other index forms: shared as macros only where the lowered CUDA of the
-# GPU-checked per-H kernels stays byte-identical).
+# partials (T >= PRE_TC_MIN_TOKENS) stay per H either way. Read once at import. Each dynamic
+# kernel and its per-H twin come from one builder (`_kernels_mhc._hidden`, `_fma_partials`).
 DYN_H_PRE_ENV = "PARITY_TILELANG_DYN_H_PRE"
 DYN_H_PRE = [os.environ.get(DYN_H_PRE_ENV) == "1"]  # a list: a test may flip it
 
