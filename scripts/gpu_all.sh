@@ -388,6 +388,9 @@ elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
   bench b_fused_moe 150 --op fused_moe --impl torch_dequant_mm --impl triton \
     --tokens "${TS_MOE:-$TS}" --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
+  # the mxfp4 decode GEMMs on whole MX blocks (a variant until timed) beside the run above
+  PARITY_TRITON_VARIANTS=mxfp4_decode_vec bench b_fused_moe_mxvec 60 --op fused_moe \
+    --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 50 --meta "$M"
   if [ "$PHASE" = bench ]; then
     bench b_route 40 --op route --impl reference --impl all --tokens "$TS"
     # the memory-bound ops at the two ends (the % of copy target is at T 8192), then the rest

@@ -1,7 +1,9 @@
-"""Instructions a weight byte in the inner loop of fused_moe's mxfp4 decode GEMV, compiled for
+"""Instructions a weight byte in the inner loop of fused_moe's mxfp4 decode GEMMs, compiled for
 sm_90 without a GPU (triton's ptxas and nvdisasm): the byte GEMV (the default) beside the word
-GEMV (DECODE_MX_WORDS). The H100 ran the byte GEMV compute-bound at 35% of its bandwidth
-(Nsight Compute, 2026-12-05), so fewer instructions a byte is the lead a timing must confirm.
+GEMV (DECODE_MX_WORDS) and the variant mxfp4_decode_vec (whole MX blocks), and the 16-row dot
+tile with and without that variant. The H100 ran the byte GEMV compute-bound at 35% of its
+bandwidth (Nsight Compute, 2026-12-05), so fewer instructions a byte is the lead a timing must
+confirm (the word GEMV had 40% fewer and was slower: a lead, not a result).
 
     env -u TRITON_INTERPRET python scripts/sass_gemv.py
 """
@@ -26,8 +28,9 @@ STAGES = int(os.environ.get("STAGES", "2"))  # the default decode config: 2 for 
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
 
 
-def compile_gemv(words: int, bn: int, bk: int, warps: int):
-    """The GEMV as the launcher specialises it: unit strides constant, the rest multiples of 16."""
+def compile_gemv(words: int, bn: int, bk: int, warps: int, vec: int = 0, bm: int = 1):
+    """The GEMM as the launcher specialises it: unit strides constant, the rest multiples of 16
+    (bm 1: the GEMV; 16: the dot tile)."""
     sig = {n: "i32" for n in NAMES}
     sig.update(
         a_ptr="*bf16", b_ptr="*i32" if words else "*u8", part_ptr="*fp32", a_scale_ptr="*fp32",
@@ -35,8 +38,8 @@ def compile_gemv(words: int, bn: int, bk: int, warps: int):
         slot_cnt_ptr="*i32",
     )  # fmt: skip
     consts = dict(
-        a_row_div=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk,
-        MX_WORDS=words, stride_ak=1, stride_bk=1, stride_bsk=1, stride_pm=1,
+        a_row_div=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        MX_WORDS=words, MX_VEC=vec, stride_ak=1, stride_bk=1, stride_bsk=1, stride_pm=1,
     )  # fmt: skip
     const, attrs = {}, {}
     for k, v in consts.items():
@@ -46,8 +49,9 @@ def compile_gemv(words: int, bn: int, bk: int, warps: int):
         if n not in consts and (n.endswith("_ptr") or n.startswith("stride") or n in "NK"):
             attrs[(NAMES.index(n),)] = [["tt.divisibility", 16]]
     src = ASTSource(FN, sig, const, attrs)
+    stages = STAGES if bm == 1 else 3  # the default decode configs
     return triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=STAGES)
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages)
     )
 
 
@@ -72,19 +76,22 @@ def loop_sass(ck) -> list[str]:
 
 
 def main() -> None:
-    for bn, bk, warps in ((32, 256, 4), (64, 128, 4), (128, 128, 4)):
-        for words in (0, 1):
-            body = loop_sass(compile_gemv(words, bn, bk, warps))
-            ops = collections.Counter(
-                re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
-                for ln in body
-            )
-            per_thread = bn * bk // 2 // (32 * warps)  # weight bytes a thread an iteration
-            print(
-                f"{'words' if words else 'bytes'} {bn}x{bk} {warps} warps: {len(body)} SASS "
-                f"instructions a K step, {len(body) / per_thread:.1f} a weight byte; "
-                + ", ".join(f"{k} {v}" for k, v in ops.most_common(6))
-            )
+    rows = [(1, bn, bk, w, v) for bn, bk in ((32, 256), (64, 128), (128, 128)) for w, v in
+            ((0, 0), (0, 1), (1, 0))]  # fmt: skip
+    rows += [(16, 128, 64, 0, 0), (16, 128, 64, 0, 1)]  # the T 16 dot tile
+    for bm, bn, bk, words, vec in rows:
+        body = loop_sass(compile_gemv(words, bn, bk, 4, vec=vec, bm=bm))
+        ops = collections.Counter(
+            re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
+            for ln in body
+        )
+        per_thread = bn * bk // 2 // (32 * 4)  # weight bytes a thread an iteration
+        kind = ("gemv " if bm == 1 else "dot  ") + ("words" if words else "bytes")
+        print(
+            f"{kind}{' vec' if vec else '    '} {bn}x{bk}: {len(body)} SASS instructions a K "
+            f"step, {len(body) / per_thread:.1f} a weight byte; "
+            + ", ".join(f"{k} {v}" for k, v in ops.most_common(6))
+        )
 
 
 if __name__ == "__main__":

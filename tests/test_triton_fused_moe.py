@@ -929,7 +929,7 @@ print("OK")
 """
 
 
-def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0):
+def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0, mx_vec=0):
     """Compile the decode GEMM (fp8_block, GEMM2 operands; quant 2: mxfp4 with bf16
     activations) for sm_90 without a GPU, in a child process (this one runs Triton in the
     interpreter, which has no tl.dot shape limits). True if it compiles; skips where the NVIDIA
@@ -942,6 +942,7 @@ def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     consts = dict(a_row_div=1, QUANT=quant, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     consts["MX_WORDS"] = mx_words
+    consts["MX_VEC"] = mx_vec
     ptrs = {} if quant == 1 else dict(a_ptr="*bf16", b_ptr="*i32" if mx_words else "*u8")
     ptrs.update({} if quant == 1 else dict(b_scale_ptr="*u8"))
     res = subprocess.run(
@@ -992,6 +993,55 @@ def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls):
         _mx_check(out, inputs, DSV4)
         _same_sums(out, base, exact)
     assert decode_calls() == 2
+
+
+def test_decode_mxfp4_vec_variant_compiles_for_sm90():
+    """The variant mxfp4_decode_vec (whole MX blocks: 16-byte weight loads, one K-32 dot a
+    block) compiles for sm_90 at the shipped decode tiles: GEMV 32 x 256, dot 128 x 64."""
+    assert _compile_fp8_gemm_sm90(1, 32, 256, quant=2, mx_vec=1)
+    assert _compile_fp8_gemm_sm90(16, 128, 64, quant=2, mx_vec=1)
+
+
+@pytest.fixture
+def mx_vec_launches(monkeypatch):
+    """The variant mxfp4_decode_vec on for one test; returns the MX_VEC of each GEMM launch."""
+    seen = []
+    real = dec.launch
+
+    def spy(name, fn, grid, args, consts, **kw):
+        if name == "gemm":
+            seen.append(consts["MX_VEC"])
+        return real(name, fn, grid, args, consts, **kw)
+
+    monkeypatch.setattr(dec, "_MX_VEC", True)
+    monkeypatch.setattr(dec, "launch", spy)
+    return seen
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_decode_mxfp4_vec_variant_matches_the_sorted_path(split, decode_calls, mx_vec_launches):
+    """mxfp4_decode_vec: the same exact products (the GEMV's block sums as before; the dot
+    tile's one K-32 dot a block for two K-16 ones), so bitwise equal to the sorted path where
+    every float32 sum is exact and close elsewhere; K 96 with 64-wide tiles leaves a half tile
+    (one whole MX block masked), T 7 with repeated experts runs the dot tile."""
+    for t, bm in ((1, 1), (7, 16)):
+        for exact in (True, False):
+            inputs = _mx_inputs(t, 96, 32, 3, 2, seed=13 + t, exact=exact)
+            base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+            out = _mx_run(inputs, _dcfg(bm, split, bk=64), DSV4)
+            _mx_check(out, inputs, DSV4)
+            _same_sums(out, base, exact)
+    assert decode_calls() == 4
+    assert mx_vec_launches == [1] * 8  # two GEMMs a decode call, every one the variant's
+
+
+def test_decode_vec_variant_leaves_other_quant_modes(decode_calls, mx_vec_launches):
+    """The variant is for mxfp4 weights only: bf16 and fp8 decode GEMMs launch without it."""
+    decode_case(1, 80, 48, 3, 1, torch.bfloat16, "none", DSV4, _dcfg(1, 1))
+    decode_case(
+        5, 96, 64, 4, 3, torch.bfloat16, "fp8_block", {}, _dcfg(16, 2), block_shape=(48, 32)
+    )
+    assert decode_calls() == 4 and mx_vec_launches == [0] * 8  # decode_case calls twice
 
 
 def test_decode_mxfp4_words_need_a_word_view(decode_calls):
