@@ -1035,6 +1035,16 @@ def test_decode_mxfp4_vec_variant_matches_the_sorted_path(split, decode_calls, m
     assert mx_vec_launches == [1] * 8  # two GEMMs a decode call, every one the variant's
 
 
+@pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
+def test_decode_mxfp4_vec_variant_float16(bm, decode_calls, mx_vec_launches):
+    """mxfp4_decode_vec with float16 activations (the E2M1 values as float16, the scale after
+    each block's dot as before): within the reference's tolerance, GPT-OSS options, K tiles with
+    a masked half."""
+    t = 1 if bm == 1 else 5
+    decode_case(t, 96, 64, 4, 3, torch.float16, "mxfp4", GPT_OSS, _dcfg(bm, 2, bk=64))
+    assert decode_calls() == 2 and mx_vec_launches == [1] * 4
+
+
 def test_decode_vec_variant_leaves_other_quant_modes(decode_calls, mx_vec_launches):
     """The variant is for mxfp4 weights only: bf16 and fp8 decode GEMMs launch without it."""
     decode_case(1, 80, 48, 3, 1, torch.bfloat16, "none", DSV4, _dcfg(1, 1))
