@@ -21,16 +21,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from parity.catalog import get_spec  # noqa: E402
 from parity.optimized.tilelang import mhc  # noqa: E402  (no tilelang import until a call)
+from parity.optimized.tilelang._shapes import vec_for  # noqa: E402  (the kernels' own rule)
 
 OPS = ("mhc_post", "mhc_pre", "mhc_head", "mhc_fused_post_pre")
-
-
-def vec_for(n: int, cap: int) -> int:
-    """`_kernels_mhc._vec_for` (that module imports tilelang)."""
-    v = cap
-    while v > 1 and n % v:
-        v //= 2
-    return v
 
 
 def keys(op: str, meta: dict) -> tuple[set, set]:

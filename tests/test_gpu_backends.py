@@ -389,22 +389,11 @@ def test_dynamic_h_pre_wrappers_pass_views_the_kernels_declare(h, monkeypatch):
     wrapper asks for the dynamic-H kernel of its vector width (no H in the key) and hands it
     [.., H / vec, vec] views of the same storage, as the kernels declare them."""
     from parity.optimized.tilelang import mhc
+    from parity.optimized.tilelang._shapes import vec_for  # the kernels' own rule
 
     calls = []
 
-    def vec_for(n, cap):  # `_kernels_mhc._vec_for` (that module needs tilelang to import)
-        v = cap
-        while v > 1 and n % v:
-            v //= 2
-        return v
-
     class Fake:
-        _vec_for = staticmethod(vec_for)
-
-        @staticmethod
-        def fma_splits(hc, hh):
-            return hc * -(-hh // (128 * vec_for(hh, 4)))
-
         @staticmethod
         def get(name, **spec):
             def kern(*args):

@@ -452,13 +452,6 @@ def test_mhc_post_validates_once_and_never_caches_a_bad_input(dyn, monkeypatch):
         def get(name, **spec):
             return lambda *args: launched.append((name, spec, args))
 
-        @staticmethod
-        def _vec_for(n, cap):  # `_kernels_mhc._vec_for` (that module needs tilelang)
-            v = cap
-            while v > 1 and n % v:
-                v //= 2
-            return v
-
     monkeypatch.setattr(mhc, "_POST_PLANS", {})
     monkeypatch.setattr(mhc, "_km", lambda: KM)
     monkeypatch.setattr(mhc, "_cuda", lambda op, t: None)

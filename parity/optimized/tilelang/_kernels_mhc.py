@@ -34,20 +34,12 @@ import threading
 import tilelang
 import tilelang.language as T
 
+from parity.optimized.tilelang._shapes import ceildiv as _ceildiv
+from parity.optimized.tilelang._shapes import vec_for as _vec_for
+
 F32 = "float32"
 MAX_HC = 8  # Sinkhorn of hc x hc mixes lives in one thread's registers
 MAX_SINKHORN_N = 8
-
-
-def _vec_for(h: int, cap: int) -> int:
-    v = cap
-    while v > 1 and h % v:
-        v //= 2
-    return v
-
-
-def _ceildiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # --- mhc_post -----------------------------------------------------------------------------------
@@ -147,11 +139,6 @@ def post_kernel(hc: int, H: int, xdt: str, rdt: str, threads: int = 128):
 def post_dyn_kernel(hc: int, vec: int, xdt: str, rdt: str, threads: int = 128):
     """`post` with the hidden size dynamic (see `_post`)."""
     return _post(hc, xdt, rdt, threads, "mhc_post_dyn", vec=vec)
-
-
-def fma_splits(hc: int, H: int, threads: int = 128) -> int:
-    """Split count of `fma_partials`: one split per (stream, threads*vec hidden elements)."""
-    return hc * _ceildiv(H, threads * _vec_for(H, 4))
 
 
 # --- split-k partial dot products (CUDA cores) ----------------------------------------------------

@@ -29,6 +29,7 @@ import os
 import torch
 
 from parity._errors import Unsupported
+from parity.optimized.tilelang._shapes import fma_splits, vec_for
 from parity.reference.common import FLOAT_DTYPES
 from parity.reference.mhc import (
     validate_mhc_fused_post_pre,
@@ -99,11 +100,25 @@ def _hv(t: torch.Tensor, vec: int) -> torch.Tensor:
     return t.view(*t.shape[:-1], t.shape[-1] // vec, vec)
 
 
+def _fma_kernel(hc: int, h: int, dtype, fn: torch.Tensor, *streams, x_dtype=None):
+    """The FMA partials kernel (fused with the post when `x_dtype` is given; its dynamic-H twin
+    under DYN_H_PRE), `fn [M, hc*H]` and `streams` [..., H] viewed as that kernel takes them."""
+    m = fn.shape[0]
+    spec = dict(hc=hc, M=m, rdt=_DT[dtype], fused=x_dtype is not None)
+    if x_dtype is not None:
+        spec["xdt"] = _DT[x_dtype]
+    if DYN_H_PRE[0]:
+        vec = vec_for(h, 4)  # the per-H kernel's width: the same CTAs, the same sums
+        kern = _km().get("fma_partials_dyn", vec=vec, **spec)
+        return kern, fn.view(m, hc, h // vec, vec), [_hv(s, vec) for s in streams]
+    return _km().get("fma_partials", H=h, **spec), fn, list(streams)
+
+
 def _finalize_kernel(name: str, hc: int, h: int, dtype: torch.dtype, *streams: torch.Tensor):
     """The finalize kernel `name` (its dynamic-H twin under DYN_H_PRE) and `streams` [..., H]
     viewed as that kernel takes them."""
     if DYN_H_PRE[0]:
-        vec = _km()._vec_for(h, 8)
+        vec = vec_for(h, 8)
         kern = _km().get(f"{name}_dyn", hc=hc, vec=vec, rdt=_DT[dtype])
         return kern, [_hv(s, vec) for s in streams]
     return _km().get(name, hc=hc, H=h, rdt=_DT[dtype]), list(streams)
@@ -144,16 +159,11 @@ def partials(residual: torch.Tensor, fn: torch.Tensor, path: str | None = None):
         kern = km.get("tc_partials", hc=hc, M=m, H=h, S=s_tc, BK=TC_BK)
         kern(residual.view(t, k), fn, part, sq)
         return part, sq, path
-    s = km.fma_splits(hc, h)
+    s = fma_splits(hc, h)
     part = torch.empty((s, t, m), dtype=torch.float32, device=residual.device)
     sq = torch.empty((s, t), dtype=torch.float32, device=residual.device)
-    if DYN_H_PRE[0]:
-        vec = km._vec_for(h, 4)  # the per-H kernel's width: the same CTAs, the same sums
-        kern = km.get("fma_partials_dyn", hc=hc, M=m, vec=vec, rdt=_DT[residual.dtype], fused=False)
-        kern(_hv(residual, vec), fn.view(m, hc, h // vec, vec), part, sq)
-        return part, sq, path
-    kern = km.get("fma_partials", hc=hc, M=m, H=h, rdt=_DT[residual.dtype], fused=False)
-    kern(residual, fn, part, sq)
+    kern, fn_in, (res_in,) = _fma_kernel(hc, h, residual.dtype, fn, residual)
+    kern(res_in, fn_in, part, sq)
     return part, sq, path
 
 
@@ -248,7 +258,7 @@ def _post_kernel(hc: int, h: int, x_dtype, r_dtype):
     """(compiled kernel, vector width of its [.., H / vec, vec] views or None: plain shapes)."""
     xdt, rdt = _DT[x_dtype], _DT[r_dtype]
     if _dyn_h():
-        vec = _km()._vec_for(h, 8)  # the per-H kernel's width
+        vec = vec_for(h, 8)  # the per-H kernel's width
         return _km().get("post_dyn", hc=hc, vec=vec, xdt=xdt, rdt=rdt), vec
     return _km().get("post", hc=hc, H=h, xdt=xdt, rdt=rdt), None
 
@@ -383,37 +393,20 @@ def fused_impl(x, residual, post_mix, comb_res_mix, fn, hc_scale, hc_base, opts,
     if path == "unfused":
         new = _post(x, residual, post_mix, comb_res_mix)
         return (new, *pre_impl(new, fn, hc_scale, hc_base, opts))
-    km = _km()
     new = torch.empty((t, hc, h), dtype=residual.dtype, device=residual.device)
-    s = km.fma_splits(hc, h)
+    s = fma_splits(hc, h)
     part = torch.empty((s, t, fn.shape[0]), dtype=torch.float32, device=residual.device)
     sq = torch.empty((s, t), dtype=torch.float32, device=residual.device)
-    m = fn.shape[0]
-    x, residual, fn = x.contiguous(), residual.contiguous(), fn.contiguous()
-    if DYN_H_PRE[0]:
-        vec = km._vec_for(h, 4)
-        kern = km.get(
-            "fma_partials_dyn",
-            hc=hc,
-            M=m,
-            vec=vec,
-            rdt=_DT[residual.dtype],
-            fused=True,
-            xdt=_DT[x.dtype],
-        )
-        args = (_hv(x, vec), _hv(residual, vec), fn.view(m, hc, h // vec, vec))
-        new_out = _hv(new, vec)
-    else:
-        kern = km.get(
-            "fma_partials", hc=hc, M=m, H=h, rdt=_DT[residual.dtype], fused=True, xdt=_DT[x.dtype]
-        )
-        args, new_out = (x, residual, fn), new
+    kern, fn_in, (x_in, res_in, new_out) = _fma_kernel(
+        hc, h, residual.dtype, fn.contiguous(), x.contiguous(), residual.contiguous(), new,
+        x_dtype=x.dtype,
+    )  # fmt: skip
     kern(
-        args[0],
-        args[1],
+        x_in,
+        res_in,
         post_mix.reshape(t, hc).contiguous(),
         comb_res_mix.contiguous(),
-        args[2],
+        fn_in,
         new_out,
         part,
         sq,
