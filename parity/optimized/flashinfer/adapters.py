@@ -285,22 +285,25 @@ def route_support(e: int, k: int, n_group: int, topk_group: int) -> str | None:
     return None
 
 
-def route_options_support(method: str, renormalize: bool, scale: float) -> str | None:
-    """Why fused_topk_deepseek cannot take these options (None: it can)."""
+def route_case_support(
+    method: str, renormalize: bool, scale: float, e: int, k: int, n_group: int, topk_group: int
+) -> str | None:
+    """Why fused_topk_deepseek cannot run this case: its options, then `route_support`'s
+    kernel limits (None: it can)."""
     if method != "dsv3":
         return "it implements method='dsv3' only"
     if not renormalize:
         return "it always renormalizes"
     if scale > _F32_MAX:
         return f"routed_scaling_factor={scale} beyond float32"
-    return None
+    return route_support(e, k, n_group, topk_group)
 
 
 def _route_meta(meta: dict) -> str | None:
     c = meta["config"]
     scale = float(meta["routed_scaling_factor"])  # as validate_route returns it
-    return route_options_support(c["method"], meta["renormalize"], scale) or route_support(
-        c["E"], c["k"], c["n_group"], c["topk_group"]
+    return route_case_support(
+        c["method"], meta["renormalize"], scale, c["E"], c["k"], c["n_group"], c["topk_group"]
     )
 
 
@@ -339,9 +342,7 @@ def route(
         routed_scaling_factor=routed_scaling_factor,
     )
     t, e = logits.shape
-    why = route_options_support(method, renormalize, scale) or route_support(
-        e, k, n_group, topk_group
-    )
+    why = route_case_support(method, renormalize, scale, e, k, n_group, topk_group)
     if why:
         raise Unsupported(f"{op}: fused_topk_deepseek: {why}")
     _cuda(op, logits)
