@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -26,16 +27,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from parity.catalog import get_impl, get_spec  # noqa: E402
-
-
-@contextlib.contextmanager
-def option(table: dict, key: str, value):
-    old = table[key]
-    table[key] = value
-    try:
-        yield
-    finally:
-        table[key] = old
 
 
 def cases():
@@ -47,24 +38,24 @@ def cases():
     off = contextlib.nullcontext
     return [
         ("swiglu", "swiglu", 8192, off),
-        ("swiglu fast sigmoid", "swiglu", 8192, lambda: option(ks.SIGMOID, "fast", True)),
+        ("swiglu fast sigmoid", "swiglu", 8192, lambda: mock.patch.dict(ks.SIGMOID, fast=True)),
         ("fp8_quant", "fp8_quant", 8192, off),
         ("silu_mul_fp8_quant", "silu_mul_fp8_quant", 8192, off),
         (
             "silu_mul_fp8_quant fast sigmoid",
             "silu_mul_fp8_quant",
             8192,
-            lambda: option(ks.SIGMOID, "fast", True),
+            lambda: mock.patch.dict(ks.SIGMOID, fast=True),
         ),
         ("fp8_block_quant", "fp8_block_quant", 8192, off),
         (
             "fp8_block_quant cols first",
             "fp8_block_quant",
             8192,
-            lambda: option(kb.TILE, "cols_first", True),
+            lambda: mock.patch.dict(kb.TILE, cols_first=True),
         ),
         ("mxfp4_quant (bits encoder)", "mxfp4_quant", 8192, off),  # the default since 2026-12-06
-        ("mxfp4_quant compares", "mxfp4_quant", 8192, lambda: option(km.TILE, "bits", False)),
+        ("mxfp4_quant compares", "mxfp4_quant", 8192, lambda: mock.patch.dict(km.TILE, bits=False)),
         ("mxfp4_dequant", "mxfp4_dequant", 8192, off),
         ("route", "route", 1, off),
     ]
