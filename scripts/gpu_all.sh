@@ -318,10 +318,11 @@ elif [ "$PHASE" = nightly ]; then
     local o=" ${NIGHTLY_ONLY:-} "
     [ -z "${NIGHTLY_ONLY:-}" ] || [[ $o == *" $2 "* || $o == *" $1 "* || $o == *" $1:$2 "* ]]
   }
-  nsuite() {  # nsuite BACKEND OP...
-    local b=$1; shift
+  nsuite() {  # nsuite BACKEND OP...; NJOBS=N: each suite's properties in N processes
+    local b=$1; shift  # (`suite --jobs`; the last of suite()'s --jobs wins)
     for op in "$@"; do
-      only "$b" "$op" && suite "n_${b}_$op" "$LIM" 1000 --profile nightly --backend "$b" --op "$op"
+      only "$b" "$op" && suite "n_${b}_$op" "$LIM" 1000 --profile nightly --backend "$b" \
+        --op "$op" ${NJOBS:+--jobs "$NJOBS"}
     done
   }
   for shard in ${SHARD//,/ }; do  # "2,3": two shards side by side in one call
@@ -329,22 +330,17 @@ elif [ "$PHASE" = nightly ]; then
     1) nsuite triton swiglu fp8_quant silu_mul_fp8_quant mxfp4_dequant moe_align fp8_block_quant \
          mxfp4_quant
        # route and fused_moe are compile-bound (566 and 511 Triton compiles, 256 s and 193 s of
-       # a 380 s call on the H100, 2026-12-05): their properties in several processes each
-       # (`suite --jobs`; the last of suite()'s --jobs wins), so their compiles use more cores.
-       # H100 2026-12-06: route's nightly in 4 took 420 s beside the others; fused_moe's in 9
-       # (one a property) 291 s alone; in 8 beside the others (before parity._gpu.trim_cache)
-       # the GPU ran out of memory
-       only triton route && suite n_triton_route "$LIM" 1000 --profile nightly --backend triton \
-         --op route --jobs "${NIGHTLY_SPLIT_ROUTE:-4}"
-       only triton fused_moe && suite n_triton_fused_moe "$LIM" 1000 --profile nightly \
-         --backend triton --op fused_moe --jobs "${NIGHTLY_SPLIT:-9}" ;;
+       # a 380 s call on the H100, 2026-12-05): their properties in several processes each,
+       # so their compiles use more cores. H100 2026-12-06: route's nightly in 4 took 420 s
+       # beside the others; fused_moe's in 9 (one a property) 291 s alone; in 8 beside the
+       # others (before parity._gpu.trim_cache) the GPU ran out of memory
+       NJOBS="${NIGHTLY_SPLIT_ROUTE:-4}" nsuite triton route
+       NJOBS="${NIGHTLY_SPLIT:-9}" nsuite triton fused_moe ;;
     2) # TileLang's suites are compile-bound (one TileLang compile a new key, in every process):
        # their properties in several processes each (H100 2026-12-06: mhc_post's nightly with
        # the hidden size dynamic in 8 processes, 51 s)
-       for op in sinkhorn mhc_pre mhc_post mhc_fused_post_pre mhc_head; do
-         only tilelang "$op" && suite "n_tilelang_$op" "$LIM" 1000 --profile nightly \
-           --backend tilelang --op "$op" --jobs "${NIGHTLY_SPLIT_TL:-3}"
-       done
+       NJOBS="${NIGHTLY_SPLIT_TL:-3}" nsuite tilelang sinkhorn mhc_pre mhc_post \
+         mhc_fused_post_pre mhc_head
        nsuite stack decoder_stack ;;
     3) nsuite flashinfer swiglu route mhc_pre mhc_post
        # no false alarm: every property on the reference itself at the nightly budget, its cuda
