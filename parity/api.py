@@ -206,7 +206,7 @@ def check(
     Unknown op, property, profile or variant names raise ValueError.
     """
     from parity.catalog import get_impl, get_spec
-    from parity.registry import OP_NAMES, Impl
+    from parity.registry import OP_NAMES, Impl, declared_support_of
 
     if op not in OP_NAMES:
         raise ValueError(f"unknown op {op!r}; ops: {', '.join(OP_NAMES)}")
@@ -248,11 +248,9 @@ def check(
     else:
         name = _importable_name(fn)
         label = name or getattr(fn, "__qualname__", type(fn).__name__)
-        reg = getattr(fn, "parity_impl", None)  # a registered function's declared support
-        supports = reg.supports if isinstance(reg, Impl) and reg.op == op else None
         impl = Impl(
             op=op, name=label, backend="external", fn=fn, devices=("cpu", "cuda"),
-            supports=supports,
+            supports=declared_support_of(fn, op),  # a registered function's own declaration
         )  # fmt: skip
     from parity._gpu import default_device
 

@@ -299,6 +299,13 @@ def registered_impl(op: str, name: str) -> Impl | None:
     return _IMPLS.get(f"{op}:{name}")
 
 
+def declared_support_of(fn, op: str):
+    """The `supports` predicate of `fn`'s own registration for `op` (`register(supports=)`),
+    whatever name it is checked under; None where `fn` is not registered for `op`."""
+    reg = getattr(fn, "parity_impl", None)
+    return reg.supports if isinstance(reg, Impl) and reg.op == op else None
+
+
 def registered_impls() -> list[Impl]:
     return list(_IMPLS.values())
 

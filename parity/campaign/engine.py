@@ -1220,7 +1220,7 @@ def run_property(
 ) -> Stats:
     """One property of `fn` (through `prepare`, default its `parity_prepare`), in this process,
     no repro file, judged under the named variants `accept`; a parity error raises."""
-    from parity.registry import Impl
+    from parity.registry import Impl, declared_support_of
 
     impl = Impl(op=spec.name, name=impl_name, backend="external", fn=fn, prepare=prepare)
     return drive(
@@ -1228,7 +1228,7 @@ def run_property(
         prop,
         InProcess(spec, impl, device, accept=accept),
         impl_name=impl_name,
-        supports=getattr(getattr(fn, "parity_impl", None), "supports", None),
+        supports=declared_support_of(fn, spec.name),
         device=device,
         size=size,
         dtypes=dtypes,
