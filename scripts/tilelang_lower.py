@@ -30,8 +30,6 @@ def lower(name: str, spec: dict) -> str:
     from parity.optimized.tilelang import _kernels_mhc as km
 
     func = km.build(name, **spec)
-    if isinstance(func, tuple):
-        func = func[0]
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
     with tvm.transform.PassContext(config=km.PASS_CONFIGS), target:
         return str(tilelang.lower(func, target=target).kernel_source)

@@ -675,7 +675,7 @@ PASS_CONFIGS = {
 
 
 def build(name: str, **spec):
-    """The prim_func (and, for fma_partials, the split count) of one specialisation."""
+    """The prim_func of one specialisation."""
     return _BUILDERS[name](**spec)
 
 
@@ -690,8 +690,6 @@ def get(name: str, **spec):
             kern = _CACHE.get(key)
             if kern is None:
                 func = build(name, **spec)
-                if isinstance(func, tuple):
-                    func = func[0]
                 kern = tilelang.compile(func, target="cuda", pass_configs=PASS_CONFIGS)
                 _CACHE[key] = kern
     return kern
