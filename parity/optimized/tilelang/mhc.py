@@ -250,14 +250,10 @@ DYN_H_ENV = "PARITY_TILELANG_DYN_H"
 DYN_H = [os.environ.get(DYN_H_ENV, "1") != "0"]  # a list: a test may flip it (and clear plans)
 
 
-def _dyn_h() -> bool:
-    return DYN_H[0]
-
-
 def _post_kernel(hc: int, h: int, x_dtype, r_dtype):
     """(compiled kernel, vector width of its [.., H / vec, vec] views or None: plain shapes)."""
     xdt, rdt = _DT[x_dtype], _DT[r_dtype]
-    if _dyn_h():
+    if DYN_H[0]:
         vec = vec_for(h, 8)  # the per-H kernel's width
         return _km().get("post_dyn", hc=hc, vec=vec, xdt=xdt, rdt=rdt), vec
     return _km().get("post", hc=hc, H=h, xdt=xdt, rdt=rdt), None
