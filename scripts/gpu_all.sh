@@ -3,6 +3,7 @@
 #   run(command="bash scripts/gpu_all.sh tests", carry=[".gpu"])  # suite, golden tables, tune
 #   run(command="bash scripts/gpu_all.sh bench", carry=[".gpu"])  # tune large M, parity bench
 #   run(command="bash scripts/gpu_all.sh moe", carry=[".gpu"])  # short: tune large M, fused_moe
+#     (TUNE_SKIP=1 TS_MOE=1,16: the shipped configs at decode sizes only, about a minute)
 #   run(command="bash scripts/gpu_all.sh nightly 1", carry=[".gpu"])  # 1000 ex.: Triton;
 #     nightly 2: TileLang + stack; nightly 3: FlashInfer + the reference (three calls);
 #     nightly 2,3: both side by side in one call; NIGHTLY_ONLY="triton:fused_moe flashinfer
@@ -359,15 +360,18 @@ elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   [ "$PHASE" = bench ] && job warm_jit 200 python3 scripts/warm_jit.py
   # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
   # benchmark below runs with them: compiled side by side first, then timed one mode at a time
+  # TUNE_SKIP=1: time the shipped configs as they are (a short call after a kernel change)
   CFG=parity/optimized/triton/configs
   large_m() { if [ "$1" = mxfp4 ]; then echo "${TUNE_MX_M:-1024,8192}"; else echo 8192; fi; }
   for q in mxfp4 fp8_block none; do
+    [ -n "${TUNE_SKIP:-}" ] && break
     m=$(large_m "$q")
     job "tunecheck_$q" "${TUNECHECK_LIMIT:-110}" python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
   for q in mxfp4 fp8_block none; do
+    [ -n "${TUNE_SKIP:-}" ] && break
     m=$(large_m "$q")
     t0=$SECONDS
     lim=${TUNE_LIM:-40}; [ "$q" = mxfp4 ] && lim=$((lim * 3 / 2))
@@ -384,8 +388,8 @@ elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   # DeepSeek-V4-like layer (H 7168, N 2048, 32 experts, top-8), three quant modes
   bench b_fused_moe 150 --op fused_moe --impl torch_dequant_mm --impl triton \
     --tokens "${TS_MOE:-$TS}" --warmup-ms 10 --rep-ms 50 --meta "$Q" --meta "$F" --meta "$M"
-  # the mxfp4 decode GEMMs on whole MX blocks (a variant until timed) beside the run above
-  PARITY_TRITON_VARIANTS=mxfp4_decode_vec bench b_fused_moe_mxvec 60 --op fused_moe \
+  # the mxfp4 decode GEMMs' byte-wise loads (the default until 2026-12-06) beside the run above
+  PARITY_MOE_MX_VEC=0 bench b_fused_moe_mxbyte 60 --op fused_moe \
     --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 50 --meta "$M"
   if [ "$PHASE" = bench ]; then
     bench b_route 40 --op route --impl reference --impl all --tokens "$TS"

@@ -1004,7 +1004,8 @@ def test_decode_mxfp4_vec_variant_compiles_for_sm90():
 
 @pytest.fixture
 def mx_vec_launches(monkeypatch):
-    """The variant mxfp4_decode_vec on for one test; returns the MX_VEC of each GEMM launch."""
+    """The whole-MX-block loads on (the default; PARITY_MOE_MX_VEC=0 turns them off) for one
+    test; returns the MX_VEC of each GEMM launch."""
     seen = []
     real = dec.launch
 
@@ -1043,6 +1044,20 @@ def test_decode_mxfp4_vec_variant_float16(bm, decode_calls, mx_vec_launches):
     t = 1 if bm == 1 else 5
     decode_case(t, 96, 64, 4, 3, torch.float16, "mxfp4", GPT_OSS, _dcfg(bm, 2, bk=64))
     assert decode_calls() == 2 and mx_vec_launches == [1] * 4
+
+
+@pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
+def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, mx_vec_launches, monkeypatch):
+    """PARITY_MOE_MX_VEC=0 (the byte-wise weight loads, the default until 2026-12-06) still
+    launches without the flag and gives the sorted path's sums bit for bit where they are exact."""
+    monkeypatch.setattr(dec, "_MX_VEC", False)
+    t = 1 if bm == 1 else 7
+    inputs = _mx_inputs(t, 96, 32, 3, 2, seed=21 + t, exact=True)
+    base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+    out = _mx_run(inputs, _dcfg(bm, 2, bk=64), DSV4)
+    _mx_check(out, inputs, DSV4)
+    _same_sums(out, base, True)
+    assert decode_calls() == 1 and mx_vec_launches == [0] * 2
 
 
 def test_decode_vec_variant_leaves_other_quant_modes(decode_calls, mx_vec_launches):

@@ -311,8 +311,8 @@ def fma_partials_dyn_kernel(
     hc: int, M: int, vec: int, rdt: str, fused: bool, xdt: str = F32, threads: int = 128
 ):
     """`fma_partials` with the hidden size dynamic (issue 11, section 4: one compile a (hc, M,
-    vector width, dtypes) instead of one a hidden size; off unless PARITY_TILELANG_DYN_H_PRE=1,
-    not yet run on a GPU); `vec` = `_vec_for(H, 4)` of the per-H kernel."""
+    vector width, dtypes) instead of one a hidden size; the default, PARITY_TILELANG_DYN_H_PRE=0
+    turns it off); `vec` = `_vec_for(H, 4)` of the per-H kernel."""
     return _fma_partials(hc, M, rdt, fused, xdt, threads, "partials_dyn", vec=vec)
 
 
@@ -612,8 +612,8 @@ def finalize_head_kernel(hc: int, H: int, rdt: str, threads: int = 128):
 
 
 def finalize_pre_dyn_kernel(hc: int, vec: int, rdt: str, threads: int = 128):
-    """`finalize_pre` with the hidden size dynamic (PARITY_TILELANG_DYN_H_PRE=1, not yet run on
-    a GPU): `res` and `li` as views [.., H / vec, vec], vec = `_vec_for(H, 8)`."""
+    """`finalize_pre` with the hidden size dynamic (the default; PARITY_TILELANG_DYN_H_PRE=0
+    the per-H kernel): `res` and `li` as views [.., H / vec, vec], vec = `_vec_for(H, 8)`."""
     return _finalize_pre(hc, rdt, threads, "finalize_pre_dyn", vec=vec)
 
 

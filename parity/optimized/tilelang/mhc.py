@@ -85,14 +85,16 @@ def _max_hc(op: str, hc: int) -> None:
         raise Unsupported(f"{op}: hc={hc} > {MAX_HC} (the Sinkhorn runs in registers)")
 
 
-# PARITY_TILELANG_DYN_H_PRE=1: mhc_pre, mhc_head and mhc_fused_post_pre through the kernels with
-# the hidden size dynamic (`fma_partials_dyn`, `finalize_pre_dyn`, `finalize_head_dyn`: one
-# compile a (hc, M, vector width, dtypes) instead of one a hidden size; issue 11, section 4).
-# Off: lowered offline only (scripts/tilelang_lower.py), not yet run on a GPU. The tensor-core
-# partials (T >= PRE_TC_MIN_TOKENS) stay per H either way. Read once at import. Each dynamic
-# kernel and its per-H twin come from one builder (`_kernels_mhc._hidden`, `_fma_partials`).
+# mhc_pre, mhc_head and mhc_fused_post_pre through the kernels with the hidden size dynamic
+# (`fma_partials_dyn`, `finalize_pre_dyn`, `finalize_head_dyn`: one compile a (hc, M, vector
+# width, dtypes) instead of one a hidden size; issue 11, section 4). The default since H100
+# 2026-12-06: bit for bit the per-H kernels, golden 52 / 31 / 44, each nightly (8000 examples) in
+# 220-327 s where the per-H kernels finished no property in 380 s. PARITY_TILELANG_DYN_H_PRE=0
+# keeps the per-H kernels. The tensor-core partials (T >= PRE_TC_MIN_TOKENS) stay per H either
+# way. Read once at import. Each dynamic kernel and its per-H twin come from one builder
+# (`_kernels_mhc._hidden`, `_fma_partials`).
 DYN_H_PRE_ENV = "PARITY_TILELANG_DYN_H_PRE"
-DYN_H_PRE = [os.environ.get(DYN_H_PRE_ENV) == "1"]  # a list: a test may flip it
+DYN_H_PRE = [os.environ.get(DYN_H_PRE_ENV, "1") != "0"]  # a list: a test may flip it
 
 
 def _hv(t: torch.Tensor, vec: int) -> torch.Tensor:

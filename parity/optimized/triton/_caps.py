@@ -49,8 +49,9 @@ def native_fp8_ok(device) -> bool:
 # at import, so a whole GPU suite can run with them before one becomes a default. Unknown names
 # raise: a misspelt variant must not run the shipped kernels and read as the variant's pass.
 VARIANTS_ENV = "PARITY_TRITON_VARIANTS"
-# (mxfp4_quant's E2M1 bits encoder was one: now the default)
-VARIANTS = ("fast_sigmoid", "fp8_block_cols_first", "mxfp4_decode_vec")
+# (mxfp4_quant's E2M1 bits encoder and the mxfp4 decode GEMMs on whole MX blocks were ones:
+# now the defaults)
+VARIANTS = ("fast_sigmoid", "fp8_block_cols_first")
 
 
 def variant_on(name: str) -> bool:

@@ -26,11 +26,12 @@ codes), each expert's weighted output to x.dtype, the k-sum in float32.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._caps import variant_on
 from parity.optimized.triton._fp8 import to_dtype_rne
 from parity.optimized.triton._kernels_fused_moe import (
     _TWO_126,
@@ -56,8 +57,11 @@ from parity.optimized.triton._moe_configs import UPCAST_ENV
 # specialisation. Tiles depend on the sizes through a few buckets.
 _SCRATCH = ["pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
 # mxfp4 decode GEMMs on whole MX blocks (16-byte weight loads; the dot tile's one K-32 dot a
-# block): a variant until a GPU has timed it and run the suite with it (PARITY_TRITON_VARIANTS)
-_MX_VEC = variant_on("mxfp4_decode_vec")
+# block). The default since H100 2026-12-06 (graph replay, T 1 172.0 -> 168.8 us, T 16 901.0 ->
+# 806.4 us; fused_moe's nightly, 9000 examples, passed with it); PARITY_MOE_MX_VEC=0 keeps the
+# byte-wise loads. Read once at import.
+MX_VEC_ENV = "PARITY_MOE_MX_VEC"
+_MX_VEC = os.environ.get(MX_VEC_ENV, "1") != "0"
 
 
 @triton.jit(
