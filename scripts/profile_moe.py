@@ -147,15 +147,16 @@ def decode_grid(quant: str, t: int) -> list[dict]:
         tiles = {
             "none": [(16, 512), (32, 256), (64, 128), (32, 512)],
             "fp8_block": [(32, 128), (64, 128), (128, 128), (256, 128)],
-            "mxfp4": [(32, 128), (64, 128), (32, 256), (128, 128)],
+            # mxfp4: the whole-MX-block loads (the default since 2026-12-06) left registers
+            # for more bytes in flight a thread: longer K tiles beside the old ones
+            "mxfp4": [(32, 128), (32, 256), (32, 512), (64, 256), (16, 512), (16, 1024)],
         }[quant]
         for (bn, bk), split, warps in itertools.product(tiles, (0, 16, 28), (4, 8)):
             out.append(cfg(1, bn, bk, split, warps, 1))
         bn, bk = tiles[1]
         out += [cfg(1, bn, bk, s, 4, 3) for s in (0, 16)]  # does the pipeliner help a GEMV?
-        if quant == "mxfp4":  # the GEMV on int32 words (DECODE_MX_WORDS) beside the byte one
-            for (bn, bk), split, warps in itertools.product(tiles, (0, 16), (4, 8)):
-                out.append({**cfg(1, bn, bk, split, warps, 1), "DECODE_MX_WORDS": 1})
+        if quant == "mxfp4":  # the GEMV on int32 words (DECODE_MX_WORDS) at the old best tile
+            out += [{**cfg(1, 32, 256, s, 4, 1), "DECODE_MX_WORDS": 1} for s in (0, 16)]
         if quant != "mxfp4":  # the 16-row dot tile at T 1 too
             out += [cfg(16, bn, 128, s, 4, 4) for bn in (64, 128) for s in (0, 16)]
     else:

@@ -1,11 +1,13 @@
 """Instructions a weight byte in the inner loop of fused_moe's mxfp4 decode GEMMs, compiled for
-sm_90 without a GPU (triton's ptxas and nvdisasm): the byte GEMV (the default) beside the word
-GEMV (DECODE_MX_WORDS) and the variant mxfp4_decode_vec (whole MX blocks), and the 16-row dot
-tile with and without that variant. The H100 ran the byte GEMV compute-bound at 35% of its
-bandwidth (Nsight Compute, 2026-12-05), so fewer instructions a byte is the lead a timing must
-confirm (the word GEMV had 40% fewer and was slower: a lead, not a result).
+sm_90 without a GPU (triton's ptxas and nvdisasm): the byte GEMV beside the word GEMV
+(DECODE_MX_WORDS) and the whole-MX-block loads (`MX_VEC`, the default since 2026-12-06), and the
+16-row dot tile with and without them. The H100 ran the GEMV issue-bound (Nsight Compute: SM
+70%, DRAM 35%), so fewer instructions a byte is the lead a timing must confirm.
 
-    env -u TRITON_INTERPRET python scripts/sass_gemv.py
+Use the runner's triton (3.6: `pip install triton==3.6.0` in a separate venv): triton 3.9 gave
+the GEMV 90 and 168 registers where 3.6 and the H100 give 64 and 79, and other counts.
+
+    env -u TRITON_INTERPRET PYTHONPATH=$PWD python scripts/sass_gemv.py
 """
 
 from __future__ import annotations

@@ -1179,3 +1179,39 @@ def test_validated_signatures_are_planned_and_bad_inputs_still_raise(monkeypatch
     with override_config(cfg):  # the tuner's override (the sorted path): read, not planned
         kernel(*args, ids, swiglu_beta=0.5)
     assert len(mod._PLANS) == n_plans + 2 and len(calls) == n_calls + 1
+
+
+@triton.jit
+def _e2m1_decoders_kernel(p_ptr, f_ptr, h_ptr, DT: tl.constexpr):
+    offs = tl.arange(0, 256)
+    packed = tl.load(p_ptr + offs)
+    lo, hi = kern._e2m1_pair_f32(packed)
+    tl.store(f_ptr + offs, lo)
+    tl.store(f_ptr + 256 + offs, hi)
+    tl.store(f_ptr + 512 + offs, kern._e2m1_to_f32(packed & 15))
+    tl.store(f_ptr + 768 + offs, kern._e2m1_to_f32(packed >> 4))
+    lo, hi = kern._e2m1_pair_to(packed, DT)
+    tl.store(h_ptr + offs, lo)
+    tl.store(h_ptr + 256 + offs, hi)
+    tl.store(h_ptr + 512 + offs, kern._e2m1_to(packed & 15, DT))
+    tl.store(h_ptr + 768 + offs, kern._e2m1_to(packed >> 4, DT))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_e2m1_pair_decoders_every_byte(dtype):
+    """The pair decoders (both nibbles from the whole byte: fewer SASS instructions a code) on
+    all 256 bytes: bitwise the one-nibble decoders, and the contract's E2M1 values (bit 3 the
+    sign, -0 for code 8) in float32 and in `dtype`."""
+    from parity.reference.numerics import E2M1_VALUES
+
+    p = torch.arange(256, dtype=torch.uint8, device=DEVICE)
+    f = torch.empty(1024, dtype=torch.float32, device=DEVICE)
+    h = torch.empty(1024, dtype=dtype, device=DEVICE)
+    _e2m1_decoders_kernel[(1,)](p, f, h, tl.bfloat16 if dtype == torch.bfloat16 else tl.float16)
+    fb, hb = f.view(torch.int32).cpu(), h.view(torch.int16).cpu()
+    assert torch.equal(fb[:512], fb[512:]) and torch.equal(hb[:512], hb[512:])
+    codes = torch.cat([p.cpu() & 15, p.cpu() >> 4]).long()
+    mag = torch.tensor(E2M1_VALUES, dtype=torch.float32)[codes & 7]
+    want = torch.where(codes >= 8, -mag, mag)  # -0.0 for code 8
+    assert torch.equal(f[:512].cpu().view(torch.int32), want.view(torch.int32))
+    assert torch.equal(h[:512].cpu().view(torch.int16), want.to(dtype).view(torch.int16))

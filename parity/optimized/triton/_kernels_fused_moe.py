@@ -93,6 +93,38 @@ def _e2m1_to(nib, dtype: tl.constexpr):
 
 
 @triton.jit
+def _e2m1_pair_f32(packed):
+    """(low, high) nibbles of packed E2M1 bytes as float32 values: bitwise `_e2m1_to_f32(packed
+    & 15)` and `_e2m1_to_f32(packed >> 4)`, each code's magnitude bits shifted from the
+    zero-extended byte straight to the float32 exponent's low bits and its sign bit to bit 31
+    (two shifts and a masked or a code; bits a shift carries past 31 fall off). Extracting the
+    nibble first cost 3-4 more integer instructions a code on sm_90 (triton 3.6)."""
+    p = packed.to(tl.uint32)
+    lo = ((p << 22) & 0x01C00000) | ((p << 28) & 0x80000000)
+    hi = ((p << 18) & 0x01C00000) | ((p << 24) & 0x80000000)
+    return lo.to(tl.float32, bitcast=True) * _TWO_126, hi.to(tl.float32, bitcast=True) * _TWO_126
+
+
+@triton.jit
+def _e2m1_pair_to(packed, dtype: tl.constexpr):
+    """(low, high) nibbles of packed E2M1 bytes as `dtype` (bfloat16 or float16) values, bitwise
+    `_e2m1_to(packed & 15, dtype)` and `_e2m1_to(packed >> 4, dtype)`, from the whole byte as in
+    `_e2m1_pair_f32`."""
+    if dtype == tl.bfloat16:
+        lo, hi = _e2m1_pair_f32(packed)
+        lo = (lo.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(dtype, bitcast=True)
+        hi = (hi.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(dtype, bitcast=True)
+        return lo, hi
+    else:
+        p = packed.to(tl.uint32)
+        lo = (((p << 9) & 0x0E00) | ((p << 12) & 0x8000)).to(tl.uint16)
+        hi = (((p << 5) & 0x0E00) | ((p << 8) & 0x8000)).to(tl.uint16)
+        lo = (lo.to(tl.float16, bitcast=True) * _TWO_14).to(tl.float16)
+        hi = (hi.to(tl.float16, bitcast=True) * _TWO_14).to(tl.float16)
+        return lo, hi
+
+
+@triton.jit
 def _e8m0_to_f32(code):
     """float32 `2 ** (code - 127)` of uint8 E8M0 codes; code 0 is the subnormal 2**-127, 255 NaN."""
     c = code.to(tl.int32)
@@ -113,8 +145,7 @@ def mx_block_dot(a_even, a_odd, packed, sc, UPCAST_DOT: tl.constexpr):
     """One MX block of 32 along K as a tile product, its E8M0 scale applied after: the even
     and odd activation columns against the low and high nibbles of the packed E2M1 codes
     (exact in bf16 and fp16). Shared by the sorted and the decode path."""
-    lo = _e2m1_to(packed & 15, a_even.dtype)
-    hi = _e2m1_to(packed >> 4, a_even.dtype)
+    lo, hi = _e2m1_pair_to(packed, a_even.dtype)
     if UPCAST_DOT:
         part = tl.dot(a_even.to(tl.float32), lo.to(tl.float32))
         part = tl.dot(a_odd.to(tl.float32), hi.to(tl.float32), part)
@@ -275,8 +306,9 @@ def _moe_gemm_kernel(
                 )
                 sc = tl.broadcast_to(_e8m0_to_f32(sc)[:, None, :], (NUM_G, 16, BLOCK_SIZE_N))
                 sc = tl.reshape(sc, (HALF_K, BLOCK_SIZE_N))
-                w_lo = _e2m1_to_f32(packed & 15) * sc  # exact: <= 2 significant bits * 2**e
-                w_hi = _e2m1_to_f32(packed >> 4) * sc
+                w_lo, w_hi = _e2m1_pair_f32(packed)
+                w_lo = w_lo * sc  # exact: <= 2 significant bits * 2**e
+                w_hi = w_hi * sc
                 if UPCAST_DOT:
                     acc = tl.dot(a_even.to(tl.float32), w_lo, acc, input_precision="ieee")
                     acc = tl.dot(a_odd.to(tl.float32), w_hi, acc, input_precision="ieee")

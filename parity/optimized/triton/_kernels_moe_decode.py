@@ -35,8 +35,8 @@ import triton.language as tl
 from parity.optimized.triton._fp8 import to_dtype_rne
 from parity.optimized.triton._kernels_fused_moe import (
     _TWO_126,
-    _e2m1_to,
-    _e2m1_to_f32,
+    _e2m1_pair_f32,
+    _e2m1_pair_to,
     _e8m0_to_f32,
     _fp8_to_f32,
     act_tiles,
@@ -244,8 +244,18 @@ def _gemm_kernel(
                     else:
                         hmask = offs_h < (k_hi - k0) // 2
                         kb = k0 // 2
-                    a_even = tl.load(a0 + (k0 + 2 * offs_h) * stride_ak, mask=hmask, other=0.0)
-                    a_odd = tl.load(a0 + (k0 + 2 * offs_h + 1) * stride_ak, mask=hmask, other=0.0)
+                    # the activations as [1, HALF_K] tiles: triton 3.6 then hands them to the
+                    # weights' layout with stmatrix and 16-byte shared loads, where a 1-D load
+                    # broadcast after took 2-byte ones (sm_90 SASS, vec GEMV 32 x 256: 17.6 ->
+                    # 15.3 instructions a weight byte with the pair decoder)
+                    a_even = tl.load(
+                        a0 + (k0 + 2 * offs_h)[None, :] * stride_ak, mask=hmask[None, :], other=0.0
+                    )
+                    a_odd = tl.load(
+                        a0 + (k0 + 2 * offs_h + 1)[None, :] * stride_ak,
+                        mask=hmask[None, :],
+                        other=0.0,
+                    )
                     packed = tl.load(
                         w_rows + (kb + offs_h)[None, :] * stride_bk,
                         mask=hmask[None, :],
@@ -254,8 +264,9 @@ def _gemm_kernel(
                     # exact products (at most 11 significant bits); each MX block's 32 summed
                     # in float32, then times the block's scale (the sorted path's scale after
                     # the dot)
-                    prod = a_even.to(tl.float32)[None, :] * _e2m1_to_f32(packed & 15)
-                    prod += a_odd.to(tl.float32)[None, :] * _e2m1_to_f32(packed >> 4)
+                    w_lo, w_hi = _e2m1_pair_f32(packed)
+                    prod = a_even.to(tl.float32) * w_lo
+                    prod += a_odd.to(tl.float32) * w_hi
                     blk = tl.sum(tl.reshape(prod, (BLOCK_N, NUM_G, 16)), axis=2)
                     gmask = offs_g < (k_hi - k0) // 32
                     sc = tl.load(
@@ -348,8 +359,7 @@ def _gemm_kernel(
                                 mask=mmask[:, None] & ((offs32 * 0 + kg) < k_hi)[None, :],
                                 other=0.0,
                             )
-                            lo = _e2m1_to(packed & 15, a_blk.dtype)
-                            hi = _e2m1_to(packed >> 4, a_blk.dtype)
+                            lo, hi = _e2m1_pair_to(packed, a_blk.dtype)
                             w = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (32, BLOCK_N))
                             if UPCAST_DOT:
                                 part = tl.dot(a_blk.to(tl.float32), w.to(tl.float32))
