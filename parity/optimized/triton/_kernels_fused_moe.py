@@ -34,7 +34,7 @@ Exactness of the quantized GEMMs:
   the `mxfp4_dequant` kernel writes every expert's weights in bf16 (the exact value * scale),
   then the quant "none" GEMMs run on them: the decode happens once per weight element instead
   of once per element and M block. All three give every product exactly and differ only in
-  the float32 summation order; the E2M1 decode is pure bit construction (`_e2m1_f32_tiny`).
+  the float32 summation order; the E2M1 decode is pure bit construction (`_e2m1_pair_f32`).
 - Under the interpreter, bf16 `tl.dot` multiplies the raw bit patterns (triton 3.9), so every
   dot operand is upcast to float32 there (exact: bf16/fp16 products fit in float32).
 """
@@ -60,45 +60,15 @@ _TWO_14 = tl.constexpr(2.0**14)
 
 
 @triton.jit
-def _e2m1_f32_tiny(nib):
-    """E2M1 codes (int, low 4 bits; bit 3 the sign) as float32 `value * 2**-126`, exactly: the
-    code's 3 magnitude bits are the float32 exponent's low 2 bits and the top mantissa bit, so
-    the normal codes come out as (1 + m/2) * 2**(e - 127) and code 1 (0.5) as the subnormal
-    2**-127. Five integer ops, no compare or select."""
-    c = nib.to(tl.int32)
-    bits = ((c & 7) << 22) | ((c & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _e2m1_to_f32(nib):
-    """float32 value of E2M1 codes: `_e2m1_f32_tiny * 2**126`, an exact multiply by a power of
-    two (the result is in [0.5, 6] or +-0: normal), so bitwise the E2M1 value, -0 for code 8."""
-    return _e2m1_f32_tiny(nib) * _TWO_126
-
-
-@triton.jit
-def _e2m1_to(nib, dtype: tl.constexpr):
-    """E2M1 codes as `dtype` (bfloat16 or float16) values, exactly. bfloat16: the top half of
-    the float32 value (its low 16 bits are zero: at most 2 significant bits). float16: the
-    float16 pattern `((c & 7) << 9) | ((c & 8) << 12)` is value * 2**-14 (code 1 the float16
-    subnormal 2**-15), times 2**14 in float16: exact."""
-    if dtype == tl.bfloat16:
-        bits = _e2m1_to_f32(nib).to(tl.int32, bitcast=True) >> 16
-        return bits.to(tl.int16).to(dtype, bitcast=True)
-    else:
-        c = nib.to(tl.int32)
-        bits = ((c & 7) << 9) | ((c & 8) << 12)
-        return (bits.to(tl.int16).to(tl.float16, bitcast=True) * _TWO_14).to(tl.float16)
-
-
-@triton.jit
 def _e2m1_pair_f32(packed):
-    """(low, high) nibbles of packed E2M1 bytes as float32 values: bitwise `_e2m1_to_f32(packed
-    & 15)` and `_e2m1_to_f32(packed >> 4)`, each code's magnitude bits shifted from the
-    zero-extended byte straight to the float32 exponent's low bits and its sign bit to bit 31
-    (two shifts and a masked or a code; bits a shift carries past 31 fall off). Extracting the
-    nibble first cost 3-4 more integer instructions a code on sm_90 (triton 3.6)."""
+    """(low, high) nibbles of packed E2M1 bytes (bit 3 of a code the sign) as float32 values,
+    exactly: each code's 3 magnitude bits go to the float32 exponent's low 2 bits and the top
+    mantissa bit, its sign to bit 31, which is `value * 2**-126` (normal codes (1 + m/2) *
+    2**(e - 127), code 1 (0.5) the subnormal 2**-127); times 2**126, an exact multiply by a power
+    of two, is the value (-0 for code 8). Shifted from the zero-extended byte and masked, two
+    shifts and a masked or a code (bits a shift carries past 31 fall off); extracting the
+    nibble first (`packed & 15`, `packed >> 4`) cost 3-4 more integer instructions a code on
+    sm_90 (triton 3.6)."""
     p = packed.to(tl.uint32)
     lo = ((p << 22) & 0x01C00000) | ((p << 28) & 0x80000000)
     hi = ((p << 18) & 0x01C00000) | ((p << 24) & 0x80000000)
@@ -107,9 +77,10 @@ def _e2m1_pair_f32(packed):
 
 @triton.jit
 def _e2m1_pair_to(packed, dtype: tl.constexpr):
-    """(low, high) nibbles of packed E2M1 bytes as `dtype` (bfloat16 or float16) values, bitwise
-    `_e2m1_to(packed & 15, dtype)` and `_e2m1_to(packed >> 4, dtype)`, from the whole byte as in
-    `_e2m1_pair_f32`."""
+    """(low, high) nibbles of packed E2M1 bytes as `dtype` (bfloat16 or float16) values,
+    exactly. bfloat16: the top half of the float32 value (its low 16 bits are zero: at most 2
+    significant bits). float16: the pattern with the magnitude bits at 11..9 and the sign at 15
+    is value * 2**-14 (code 1 the float16 subnormal 2**-15), times 2**14 in float16: exact."""
     if dtype == tl.bfloat16:
         lo, hi = _e2m1_pair_f32(packed)
         lo = (lo.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(dtype, bitcast=True)

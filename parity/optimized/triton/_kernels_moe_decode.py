@@ -185,7 +185,7 @@ def _gemm_kernel(
                 # B is the packed codes viewed as int32 words: word w of a row holds elements
                 # 8w .. 8w + 7, element 8w + j in bits 4j .. 4j + 3 (little-endian bytes, low
                 # nibble first). Each nibble becomes its float32 pattern with two shifts, two
-                # masks and an or on the whole word (`_e2m1_f32_tiny`'s bits, in place), so a
+                # masks and an or on the whole word (`_e2m1_pair_f32`'s bits, in place), so a
                 # thread decodes 8 codes per 4-byte load instead of unpacking bytes, and a block's
                 # sum stays in its thread: the byte GEMV below issues 27.6 SASS instructions a
                 # weight byte (its block sums cross threads: 134 SHFL a K step), issue-bound at
@@ -247,7 +247,7 @@ def _gemm_kernel(
                     # the activations as [1, HALF_K] tiles: triton 3.6 then hands them to the
                     # weights' layout with stmatrix and 16-byte shared loads, where a 1-D load
                     # broadcast after took 2-byte ones (sm_90 SASS, vec GEMV 32 x 256: 17.6 ->
-                    # 15.3 instructions a weight byte with the pair decoder)
+                    # 15.9 instructions a weight byte with the pair decoder)
                     a_even = tl.load(
                         a0 + (k0 + 2 * offs_h)[None, :] * stride_ak, mask=hmask[None, :], other=0.0
                     )
