@@ -976,8 +976,8 @@ def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls):
     assert decode_calls() == 2
 
 
-def test_decode_mxfp4_vec_variant_compiles_for_sm90():
-    """The variant mxfp4_decode_vec (whole MX blocks: 16-byte weight loads, one K-32 dot a
+def test_decode_mxfp4_vec_compiles_for_sm90():
+    """The whole-MX-block decode GEMMs (16-byte weight loads, one K-32 dot a
     block) compiles for sm_90 at the shipped decode tiles: GEMV 32 x 256, dot 128 x 64."""
     assert _compile_fp8_gemm_sm90(1, 32, 256, quant=2, mx_vec=1)
     assert _compile_fp8_gemm_sm90(16, 128, 64, quant=2, mx_vec=1)
@@ -1001,8 +1001,8 @@ def mx_vec_launches(monkeypatch):
 
 
 @pytest.mark.parametrize("split", [1, 3])
-def test_decode_mxfp4_vec_variant_matches_the_sorted_path(split, decode_calls, mx_vec_launches):
-    """mxfp4_decode_vec: the same exact products (the GEMV's block sums as before; the dot
+def test_decode_mxfp4_vec_matches_the_sorted_path(split, decode_calls, mx_vec_launches):
+    """The whole-MX-block loads: the same exact products (the GEMV's block sums as before; the dot
     tile's one K-32 dot a block for two K-16 ones), so bitwise equal to the sorted path where
     every float32 sum is exact and close elsewhere; K 96 with 64-wide tiles leaves a half tile
     (one whole MX block masked), T 7 with repeated experts runs the dot tile."""
@@ -1018,10 +1018,10 @@ def test_decode_mxfp4_vec_variant_matches_the_sorted_path(split, decode_calls, m
 
 
 @pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
-def test_decode_mxfp4_vec_variant_float16(bm, decode_calls, mx_vec_launches):
-    """mxfp4_decode_vec with float16 activations (the E2M1 values as float16, the scale after
-    each block's dot as before): within the reference's tolerance, GPT-OSS options, K tiles with
-    a masked half."""
+def test_decode_mxfp4_vec_float16(bm, decode_calls, mx_vec_launches):
+    """The whole-MX-block loads with float16 activations (the E2M1 values as float16, the
+    scale after each block's dot as before): within the reference's tolerance, GPT-OSS
+    options, K tiles with a masked half."""
     t = 1 if bm == 1 else 5
     decode_case(t, 96, 64, 4, 3, torch.float16, "mxfp4", GPT_OSS, _dcfg(bm, 2, bk=64))
     assert decode_calls() == 2 and mx_vec_launches == [1] * 4
@@ -1041,8 +1041,9 @@ def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, mx_vec_launche
     assert decode_calls() == 1 and mx_vec_launches == [0] * 2
 
 
-def test_decode_vec_variant_leaves_other_quant_modes(decode_calls, mx_vec_launches):
-    """The variant is for mxfp4 weights only: bf16 and fp8 decode GEMMs launch without it."""
+def test_decode_vec_leaves_other_quant_modes(decode_calls, mx_vec_launches):
+    """The whole-MX-block loads are for mxfp4 weights only: bf16 and fp8 decode GEMMs launch
+    without them."""
     decode_case(1, 80, 48, 3, 1, torch.bfloat16, "none", DSV4, _dcfg(1, 1))
     decode_case(
         5, 96, 64, 4, 3, torch.bfloat16, "fp8_block", {}, _dcfg(16, 2), block_shape=(48, 32)

@@ -1,8 +1,9 @@
 """TileLang hyper-connection ops (`docs/ops.md`, "Hyper-connections"): registrations and
 wrappers. The kernels live in `_kernels_mhc.py`, imported (with tilelang) on the first call and
 compiled once per specialisation, then cached: mhc_post's once per (hc, vector width, dtypes)
-with the hidden size dynamic; the others' once per (hc, H, dtypes, split count), or per vector
-width under `PARITY_TILELANG_DYN_H_PRE=1` (below).
+with the hidden size dynamic, the others' FMA partials and finalisations likewise (per (hc, H,
+dtypes, split count) under `PARITY_TILELANG_DYN_H_PRE=0`, below); the tensor-core partials
+once per (H, split).
 
 Paths:
 

@@ -148,7 +148,7 @@ def _gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     MX_WORDS: tl.constexpr = 0,  # mxfp4 GEMV: 1 when B is the codes as int32 words
-    MX_VEC: tl.constexpr = 0,  # mxfp4: 1 loads whole MX blocks (variant mxfp4_decode_vec)
+    MX_VEC: tl.constexpr = 0,  # mxfp4: 1 loads whole MX blocks (PARITY_MOE_MX_VEC)
 ):
     """part[split, pair, n] = A[pair // a_row_div, K range of split] . B[e, n, same range] for
     the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
