@@ -157,6 +157,9 @@ def decode_grid(quant: str, t: int) -> list[dict]:
         out += [cfg(1, bn, bk, s, 4, 3) for s in (0, 16)]  # does the pipeliner help a GEMV?
         if quant == "mxfp4":  # the GEMV on int32 words (DECODE_MX_WORDS) at the old best tile
             out += [{**cfg(1, 32, 256, s, 4, 1), "DECODE_MX_WORDS": 1} for s in (0, 16)]
+            # activations as [1, K] tiles (DECODE_MX_ACT_2D: fewer instructions, 72 registers)
+            for (bn, bk), split in itertools.product(tiles[:4], (0, 16)):
+                out.append({**cfg(1, bn, bk, split, 4, 1), "DECODE_MX_ACT_2D": 1})
         if quant != "mxfp4":  # the 16-row dot tile at T 1 too
             out += [cfg(16, bn, 128, s, 4, 4) for bn in (64, 128) for s in (0, 16)]
     else:

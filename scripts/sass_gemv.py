@@ -30,9 +30,11 @@ STAGES = int(os.environ.get("STAGES", "2"))  # the default decode config: 2 for 
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
 
 
-def compile_gemv(words: int, bn: int, bk: int, warps: int, vec: int = 0, bm: int = 1):
+def compile_gemv(
+    words: int, bn: int, bk: int, warps: int, vec: int = 0, bm: int = 1, act2d: int = 0
+):
     """The GEMM as the launcher specialises it: unit strides constant, the rest multiples of 16
-    (bm 1: the GEMV; 16: the dot tile)."""
+    (bm 1: the GEMV; 16: the dot tile; act2d: MX_ACT_2D)."""
     sig = {n: "i32" for n in NAMES}
     sig.update(
         a_ptr="*bf16", b_ptr="*i32" if words else "*u8", part_ptr="*fp32", a_scale_ptr="*fp32",
@@ -41,7 +43,8 @@ def compile_gemv(words: int, bn: int, bk: int, warps: int, vec: int = 0, bm: int
     )  # fmt: skip
     consts = dict(
         a_row_div=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        MX_WORDS=words, MX_VEC=vec, stride_ak=1, stride_bk=1, stride_bsk=1, stride_pm=1,
+        MX_WORDS=words, MX_VEC=vec, MX_ACT_2D=act2d, stride_ak=1, stride_bk=1, stride_bsk=1,
+        stride_pm=1,
     )  # fmt: skip
     const, attrs = {}, {}
     for k, v in consts.items():
@@ -77,21 +80,36 @@ def loop_sass(ck) -> list[str]:
     return [ln for ln in body if re.search(r"/\*[0-9a-f]{4,}\*/", ln)]
 
 
+def registers(ck) -> str:
+    """The kernel's register count (cuobjdump -res-usage of the cubin)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(ck.asm["cubin"])
+    cuobjdump = os.path.join(os.path.dirname(NVDISASM), "cuobjdump")
+    out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    m = re.search(r"REG:(\d+)", out)
+    return m.group(1) if m else "?"
+
+
 def main() -> None:
-    rows = [(1, bn, bk, w, v) for bn, bk in ((32, 256), (64, 128), (128, 128)) for w, v in
+    rows = [(1, bn, bk, w, v, 0) for bn, bk in ((32, 256), (64, 128), (128, 128)) for w, v in
             ((0, 0), (0, 1), (1, 0))]  # fmt: skip
-    rows += [(16, 128, 64, 0, 0), (16, 128, 64, 0, 1)]  # the T 16 dot tile
-    for bm, bn, bk, words, vec in rows:
-        body = loop_sass(compile_gemv(words, bn, bk, 4, vec=vec, bm=bm))
+    # DECODE_MX_ACT_2D: the activations as [1, K] tiles
+    rows += [(1, bn, bk, 0, 1, 1) for bn, bk in ((32, 256), (16, 512), (32, 512))]
+    rows += [(16, 128, 64, 0, 0, 0), (16, 128, 64, 0, 1, 0)]  # the T 16 dot tile
+    for bm, bn, bk, words, vec, act2d in rows:
+        ck = compile_gemv(words, bn, bk, 4, vec=vec, bm=bm, act2d=act2d)
+        body = loop_sass(ck)
         ops = collections.Counter(
             re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
             for ln in body
         )
         per_thread = bn * bk // 2 // (32 * 4)  # weight bytes a thread an iteration
         kind = ("gemv " if bm == 1 else "dot  ") + ("words" if words else "bytes")
+        kind += (" vec" if vec else "    ") + (" 2d" if act2d else "   ")
         print(
-            f"{kind}{' vec' if vec else '    '} {bn}x{bk}: {len(body)} SASS instructions a K "
-            f"step, {len(body) / per_thread:.1f} a weight byte; "
+            f"{kind} {bn}x{bk}: {len(body)} SASS instructions a K step, "
+            f"{len(body) / per_thread:.1f} a weight byte, {registers(ck)} registers; "
             + ", ".join(f"{k} {v}" for k, v in ops.most_common(6))
         )
 

@@ -1041,6 +1041,31 @@ def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, mx_vec_launche
     assert decode_calls() == 1 and mx_vec_launches == [0] * 2
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_decode_mxfp4_gemv_act_2d(split, decode_calls, monkeypatch):
+    """DECODE_MX_ACT_2D (the GEMV's activations as [1, K] tiles, a config key until timed):
+    the same products and block sums, so bitwise the sorted path where every float32 sum is
+    exact and close elsewhere; its launches carry the flag, the default ones do not."""
+    seen = []
+    real = dec.launch
+
+    def spy(name, fn, grid, args, consts, **kw):
+        if name == "gemm":
+            seen.append(consts["MX_ACT_2D"])
+        return real(name, fn, grid, args, consts, **kw)
+
+    monkeypatch.setattr(dec, "_MX_VEC", True)
+    monkeypatch.setattr(dec, "launch", spy)
+    for exact in (True, False):
+        inputs = _mx_inputs(1, 96, 32, 3, 2, seed=31 + split, exact=exact)
+        base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+        out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 1}, DSV4)
+        _mx_check(out, inputs, DSV4)
+        _same_sums(out, base, exact)
+    _mx_run(inputs, _dcfg(1, split, bk=64), DSV4)
+    assert decode_calls() == 3 and seen == [1, 1, 1, 1, 0, 0]
+
+
 def test_decode_vec_leaves_other_quant_modes(decode_calls, mx_vec_launches):
     """The whole-MX-block loads are for mxfp4 weights only: bf16 and fp8 decode GEMMs launch
     without them."""

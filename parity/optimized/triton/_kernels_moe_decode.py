@@ -149,6 +149,7 @@ def _gemm_kernel(
     BLOCK_K: tl.constexpr,
     MX_WORDS: tl.constexpr = 0,  # mxfp4 GEMV: 1 when B is the codes as int32 words
     MX_VEC: tl.constexpr = 0,  # mxfp4: 1 loads whole MX blocks (PARITY_MOE_MX_VEC)
+    MX_ACT_2D: tl.constexpr = 0,  # mxfp4 GEMV with MX_VEC: activations as [1, K] tiles
 ):
     """part[split, pair, n] = A[pair // a_row_div, K range of split] . B[e, n, same range] for
     the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
@@ -244,18 +245,29 @@ def _gemm_kernel(
                     else:
                         hmask = offs_h < (k_hi - k0) // 2
                         kb = k0 // 2
-                    # the activations as [1, HALF_K] tiles: triton 3.6 then hands them to the
-                    # weights' layout with stmatrix and 16-byte shared loads, where a 1-D load
-                    # broadcast after took 2-byte ones (sm_90 SASS, vec GEMV 32 x 256: 17.6 ->
-                    # 15.9 instructions a weight byte with the pair decoder)
-                    a_even = tl.load(
-                        a0 + (k0 + 2 * offs_h)[None, :] * stride_ak, mask=hmask[None, :], other=0.0
-                    )
-                    a_odd = tl.load(
-                        a0 + (k0 + 2 * offs_h + 1)[None, :] * stride_ak,
-                        mask=hmask[None, :],
-                        other=0.0,
-                    )
+                    if MX_ACT_2D:
+                        # the activations loaded as [1, HALF_K] tiles: triton 3.6 then moves
+                        # them to the weights' layout with stmatrix and 16-byte shared loads
+                        # instead of 2-byte ones (sm_90 SASS, GEMV 32 x 256: 17.6 -> 15.9
+                        # instructions a weight byte, but 64 -> 72 registers, 7 CTAs an SM: a
+                        # config key until a GPU has timed it)
+                        a_even = tl.load(
+                            a0 + (k0 + 2 * offs_h)[None, :] * stride_ak,
+                            mask=hmask[None, :],
+                            other=0.0,
+                        ).to(tl.float32)
+                        a_odd = tl.load(
+                            a0 + (k0 + 2 * offs_h + 1)[None, :] * stride_ak,
+                            mask=hmask[None, :],
+                            other=0.0,
+                        ).to(tl.float32)
+                    else:
+                        a_even = tl.load(a0 + (k0 + 2 * offs_h) * stride_ak, mask=hmask, other=0.0)
+                        a_odd = tl.load(
+                            a0 + (k0 + 2 * offs_h + 1) * stride_ak, mask=hmask, other=0.0
+                        )
+                        a_even = a_even.to(tl.float32)[None, :]
+                        a_odd = a_odd.to(tl.float32)[None, :]
                     packed = tl.load(
                         w_rows + (kb + offs_h)[None, :] * stride_bk,
                         mask=hmask[None, :],
@@ -265,8 +277,8 @@ def _gemm_kernel(
                     # in float32, then times the block's scale (the sorted path's scale after
                     # the dot)
                     w_lo, w_hi = _e2m1_pair_f32(packed)
-                    prod = a_even.to(tl.float32) * w_lo
-                    prod += a_odd.to(tl.float32) * w_hi
+                    prod = a_even * w_lo
+                    prod += a_odd * w_hi
                     blk = tl.sum(tl.reshape(prod, (BLOCK_N, NUM_G, 16)), axis=2)
                     gmask = offs_g < (k_hi - k0) // 32
                     sc = tl.load(
@@ -556,6 +568,7 @@ def _gemm(
     stages,
     upcast,
     mx_words=False,
+    mx_act_2d=False,
 ):
     pairs, slot_e, slot_start, slot_cnt = groups
     # mxfp4 GEMV on int32 words (DECODE_MX_WORDS), where the packed codes can be viewed so: the
@@ -612,6 +625,7 @@ def _gemm(
         BLOCK_K=bk,
         MX_WORDS=mx_words,
         MX_VEC=int(qcode == 2 and _MX_VEC),
+        MX_ACT_2D=int(qcode == 2 and _MX_VEC and bm == 1 and not mx_words and mx_act_2d),
     )
     launch("gemm", _gemm_kernel, grid, args, consts, num_warps=warps, num_stages=stages)
 
@@ -684,6 +698,7 @@ def run_decode(
         stages=cfg["DECODE_NUM_STAGES"],
         upcast=interpret or env(UPCAST_ENV) == "1",
         mx_words=bool(cfg.get("DECODE_MX_WORDS", 0)),
+        mx_act_2d=bool(cfg.get("DECODE_MX_ACT_2D", 0)),
     )
 
     split1 = cfg["SPLIT1"]

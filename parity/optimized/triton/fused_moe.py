@@ -88,7 +88,12 @@ _PLANS: dict = {}
 def _signature(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options) -> tuple:
     """The plan key; TypeError where it cannot hold the call (a tensor subclass, an option of
     another type): that call is validated every time."""
-    from parity.optimized.triton._moe_configs import DECODE_ENV, DECODE_GEMV_ENV, MX_WORDS_ENV
+    from parity.optimized.triton._moe_configs import (
+        DECODE_ENV,
+        DECODE_GEMV_ENV,
+        MX_ACT_2D_ENV,
+        MX_WORDS_ENV,
+    )
 
     seq = (list, tuple)
     if not plain(*(i for v in options for i in (v if v.__class__ in seq else (v,)))):
@@ -112,6 +117,7 @@ def _signature(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, options)
         env(DECODE_ENV),
         env(DECODE_GEMV_ENV),
         env(MX_WORDS_ENV),
+        env(MX_ACT_2D_ENV),
     )
 
 
