@@ -48,6 +48,8 @@ GPT_OSS = dict(swiglu_limit=7.0, swiglu_alpha=1.702, swiglu_beta=1.0, layout="in
 DSV4 = dict(swiglu_limit=10.0)
 # small tiles so that every dimension has several blocks and a tail
 SMALL = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 2}
+# the sorted path with 64-deep K tiles, no dequantize-first: the decode tests' mxfp4 baseline
+SORTED_MX = dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0)
 
 
 @pytest.fixture(params=["decode", "sorted"])
@@ -730,7 +732,7 @@ def test_decode_matches_sorted_path(exact, decode_calls):
     for t in (1, 7):
         inputs = _mx_inputs(t, 96, 32, 3, 2, seed=4 + t, exact=exact)
         before = decode_calls()
-        base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+        base = _mx_run(inputs, SORTED_MX, DSV4)
         assert decode_calls() == before  # the tile-only override: the sorted path
         for bm, split in ((1, 1), (1, 3), (16, 2)):
             if t > 1 and bm == 1:
@@ -969,7 +971,7 @@ def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls):
     (both signs, the subnormal 0.5) appears in the random weights."""
     for exact in (True, False):
         inputs = _mx_inputs(1, 96, 32, 3, 2, seed=11, exact=exact)
-        base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+        base = _mx_run(inputs, SORTED_MX, DSV4)
         out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_WORDS": 1}, DSV4)
         _mx_check(out, inputs, DSV4)
         _same_sums(out, base, exact)
@@ -984,24 +986,24 @@ def test_decode_mxfp4_vec_compiles_for_sm90():
 
 
 @pytest.fixture
-def mx_vec_launches(monkeypatch):
+def gemm_flags(monkeypatch):
     """The whole-MX-block loads on (the default; PARITY_MOE_MX_VEC=0 turns them off) for one
-    test; returns the MX_VEC of each GEMM launch."""
+    test; returns `flags(name)`: that constexpr of each decode GEMM launch so far, in order."""
     seen = []
     real = dec.launch
 
     def spy(name, fn, grid, args, consts, **kw):
         if name == "gemm":
-            seen.append(consts["MX_VEC"])
+            seen.append(consts)
         return real(name, fn, grid, args, consts, **kw)
 
     monkeypatch.setattr(dec, "_MX_VEC", True)
     monkeypatch.setattr(dec, "launch", spy)
-    return seen
+    return lambda flag: [c[flag] for c in seen]
 
 
 @pytest.mark.parametrize("split", [1, 3])
-def test_decode_mxfp4_vec_matches_the_sorted_path(split, decode_calls, mx_vec_launches):
+def test_decode_mxfp4_vec_matches_the_sorted_path(split, decode_calls, gemm_flags):
     """The whole-MX-block loads: the same exact products (the GEMV's block sums as before; the dot
     tile's one K-32 dot a block for two K-16 ones), so bitwise equal to the sorted path where
     every float32 sum is exact and close elsewhere; K 96 with 64-wide tiles leaves a half tile
@@ -1009,71 +1011,61 @@ def test_decode_mxfp4_vec_matches_the_sorted_path(split, decode_calls, mx_vec_la
     for t, bm in ((1, 1), (7, 16)):
         for exact in (True, False):
             inputs = _mx_inputs(t, 96, 32, 3, 2, seed=13 + t, exact=exact)
-            base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+            base = _mx_run(inputs, SORTED_MX, DSV4)
             out = _mx_run(inputs, _dcfg(bm, split, bk=64), DSV4)
             _mx_check(out, inputs, DSV4)
             _same_sums(out, base, exact)
     assert decode_calls() == 4
-    assert mx_vec_launches == [1] * 8  # two GEMMs a decode call, every one the variant's
+    assert gemm_flags("MX_VEC") == [1] * 8  # two GEMMs a decode call, every one with the flag
 
 
 @pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
-def test_decode_mxfp4_vec_float16(bm, decode_calls, mx_vec_launches):
+def test_decode_mxfp4_vec_float16(bm, decode_calls, gemm_flags):
     """The whole-MX-block loads with float16 activations (the E2M1 values as float16, the
     scale after each block's dot as before): within the reference's tolerance, GPT-OSS
     options, K tiles with a masked half."""
     t = 1 if bm == 1 else 5
     decode_case(t, 96, 64, 4, 3, torch.float16, "mxfp4", GPT_OSS, _dcfg(bm, 2, bk=64))
-    assert decode_calls() == 2 and mx_vec_launches == [1] * 4
+    assert decode_calls() == 2 and gemm_flags("MX_VEC") == [1] * 4
 
 
 @pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
-def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, mx_vec_launches, monkeypatch):
+def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, gemm_flags, monkeypatch):
     """PARITY_MOE_MX_VEC=0 (the byte-wise weight loads, the default until 2026-12-06) still
     launches without the flag and gives the sorted path's sums bit for bit where they are exact."""
     monkeypatch.setattr(dec, "_MX_VEC", False)
     t = 1 if bm == 1 else 7
     inputs = _mx_inputs(t, 96, 32, 3, 2, seed=21 + t, exact=True)
-    base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+    base = _mx_run(inputs, SORTED_MX, DSV4)
     out = _mx_run(inputs, _dcfg(bm, 2, bk=64), DSV4)
     _mx_check(out, inputs, DSV4)
     _same_sums(out, base, True)
-    assert decode_calls() == 1 and mx_vec_launches == [0] * 2
+    assert decode_calls() == 1 and gemm_flags("MX_VEC") == [0] * 2
 
 
 @pytest.mark.parametrize("split", [1, 3])
-def test_decode_mxfp4_gemv_act_2d(split, decode_calls, monkeypatch):
+def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags):
     """DECODE_MX_ACT_2D (the GEMV's activations as [1, K] tiles, a config key until timed):
     the same products and block sums, so bitwise the sorted path where every float32 sum is
     exact and close elsewhere; its launches carry the flag, the default ones do not."""
-    seen = []
-    real = dec.launch
-
-    def spy(name, fn, grid, args, consts, **kw):
-        if name == "gemm":
-            seen.append(consts["MX_ACT_2D"])
-        return real(name, fn, grid, args, consts, **kw)
-
-    monkeypatch.setattr(dec, "_MX_VEC", True)
-    monkeypatch.setattr(dec, "launch", spy)
     for exact in (True, False):
         inputs = _mx_inputs(1, 96, 32, 3, 2, seed=31 + split, exact=exact)
-        base = _mx_run(inputs, dict(SMALL, BLOCK_SIZE_K=64, MX_DEQUANT_MIN_ROWS=0), DSV4)
+        base = _mx_run(inputs, SORTED_MX, DSV4)
         out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 1}, DSV4)
         _mx_check(out, inputs, DSV4)
         _same_sums(out, base, exact)
     _mx_run(inputs, _dcfg(1, split, bk=64), DSV4)
-    assert decode_calls() == 3 and seen == [1, 1, 1, 1, 0, 0]
+    assert decode_calls() == 3 and gemm_flags("MX_ACT_2D") == [1, 1, 1, 1, 0, 0]
 
 
-def test_decode_vec_leaves_other_quant_modes(decode_calls, mx_vec_launches):
+def test_decode_vec_leaves_other_quant_modes(decode_calls, gemm_flags):
     """The whole-MX-block loads are for mxfp4 weights only: bf16 and fp8 decode GEMMs launch
     without them."""
     decode_case(1, 80, 48, 3, 1, torch.bfloat16, "none", DSV4, _dcfg(1, 1))
     decode_case(
         5, 96, 64, 4, 3, torch.bfloat16, "fp8_block", {}, _dcfg(16, 2), block_shape=(48, 32)
     )
-    assert decode_calls() == 4 and mx_vec_launches == [0] * 8  # decode_case calls twice
+    assert decode_calls() == 4 and gemm_flags("MX_VEC") == [0] * 8  # decode_case calls twice
 
 
 def test_decode_mxfp4_words_need_a_word_view(decode_calls):
