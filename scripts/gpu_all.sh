@@ -362,18 +362,17 @@ elif [ "$PHASE" = bench ] || [ "$PHASE" = moe ]; then
   [ "$PHASE" = bench ] && job warm_jit 200 python3 scripts/warm_jit.py
   # large-M tuner entries merged into the shipped files (parity/optimized/triton/configs), so the
   # benchmark below runs with them: compiled side by side first, then timed one mode at a time
-  # TUNE_SKIP=1: time the shipped configs as they are (a short call after a kernel change)
+  # TUNE_SKIP=1: no mode tuned, the shipped configs timed as they are (after a kernel change)
+  TQ="mxfp4 fp8_block none"; [ -n "${TUNE_SKIP:-}" ] && TQ=""
   CFG=parity/optimized/triton/configs
   large_m() { if [ "$1" = mxfp4 ]; then echo "${TUNE_MX_M:-1024,8192}"; else echo 8192; fi; }
-  for q in mxfp4 fp8_block none; do
-    [ -n "${TUNE_SKIP:-}" ] && break
+  for q in $TQ; do
     m=$(large_m "$q")
     job "tunecheck_$q" "${TUNECHECK_LIMIT:-110}" python3 -m parity tune --check-only --config "$V4" --ep 8 \
       --quant "$q" --batch-sizes "$m" --grid large --device cuda
   done
   wait
-  for q in mxfp4 fp8_block none; do
-    [ -n "${TUNE_SKIP:-}" ] && break
+  for q in $TQ; do
     m=$(large_m "$q")
     t0=$SECONDS
     lim=${TUNE_LIM:-40}; [ "$q" = mxfp4 ] && lim=$((lim * 3 / 2))
