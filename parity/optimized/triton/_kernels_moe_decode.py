@@ -34,6 +34,7 @@ import triton.language as tl
 
 from parity.optimized.triton._fp8 import to_dtype_rne
 from parity.optimized.triton._kernels_fused_moe import (
+    _E2M1_F32_MASK,
     _TWO_126,
     _e2m1_pair_f32,
     _e2m1_pair_to,
@@ -185,8 +186,8 @@ def _gemm_kernel(
             if QUANT == 2 and MX_WORDS == 1:
                 # B is the packed codes viewed as int32 words: word w of a row holds elements
                 # 8w .. 8w + 7, element 8w + j in bits 4j .. 4j + 3 (little-endian bytes, low
-                # nibble first). Each nibble becomes its float32 pattern with two shifts, two
-                # masks and an or on the whole word (`_e2m1_pair_f32`'s bits, in place), so a
+                # nibble first). Each nibble becomes its float32 pattern with two shifts and a
+                # mask on the whole word (`_e2m1_pair_f32`'s bits, in place), so a
                 # thread decodes 8 codes per 4-byte load instead of unpacking bytes, and a block's
                 # sum stays in its thread: the byte GEMV below issues 27.6 SASS instructions a
                 # weight byte (its block sums cross threads: 134 SHFL a K step), issue-bound at
@@ -206,16 +207,14 @@ def _gemm_kernel(
                         w_rows + (k0 // 8 + word)[None, :, :] * stride_bk,
                         mask=wmask[None, :, :],
                         other=0,
-                    ).to(tl.uint32, bitcast=True)
+                    ).to(tl.int32, bitcast=True)
                     part = tl.zeros((BLOCK_N, NGW, 4), dtype=tl.float32)
                     for j in tl.static_range(8):
                         aj = tl.load(a0 + (k0 + 8 * word + j) * stride_ak, mask=wmask, other=0.0)
-                        if 4 * j <= 22:
-                            mag = (wv << (22 - 4 * j)) & 0x01C00000
-                        else:
-                            mag = (wv >> (4 * j - 22)) & 0x01C00000
-                        sgn = (wv << (28 - 4 * j)) & 0x80000000  # bit 4j + 3 to 31 (j <= 7)
-                        v = (mag | sgn).to(tl.float32, bitcast=True) * _TWO_126
+                        # nibble j to the top, then down 6 arithmetically: its sign (bit 4j + 3)
+                        # repeated into bit 31, its magnitude at 22..24
+                        bits = ((wv << (28 - 4 * j)) >> 6) & _E2M1_F32_MASK
+                        v = bits.to(tl.float32, bitcast=True) * _TWO_126
                         part += aj.to(tl.float32)[None, :, :] * v
                     gmask = offs_gw < (k_hi - k0) // 32
                     sc = tl.load(
