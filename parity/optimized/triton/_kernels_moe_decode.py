@@ -187,11 +187,11 @@ def _gemm_kernel(
                 # B is the packed codes viewed as int32 words: word w of a row holds elements
                 # 8w .. 8w + 7, element 8w + j in bits 4j .. 4j + 3 (little-endian bytes, low
                 # nibble first). Each nibble becomes its float32 pattern with two shifts and a
-                # mask on the whole word (`_e2m1_pair_f32`'s bits, in place), so a
-                # thread decodes 8 codes per 4-byte load instead of unpacking bytes, and a block's
-                # sum stays in its thread: the byte GEMV below issues 27.6 SASS instructions a
-                # weight byte (its block sums cross threads: 134 SHFL a K step), issue-bound at
-                # 1.17 TB/s on the H100 (2026-12-05); this one 16.6 (scripts/sass_gemv.py).
+                # mask on the whole word (`_e2m1_pair_f32`'s bits, in place), so a thread
+                # decodes 8 codes per 4-byte load instead of unpacking bytes, and a block's sum
+                # stays in its thread. sm_90 SASS (triton 3.6, scripts/sass_gemv.py) at 128 x
+                # 128: 15.8 instructions a weight byte against 25.8 for the byte loads below
+                # (their block sums cross threads: SHFL) and 16.7 for the whole-block loads.
                 # Products exact as below; each MX block's 32 products summed per word then over
                 # its 4 words, times the block's scale, kept per (row, block) to the end of K:
                 # another order of the same sums.
