@@ -1058,6 +1058,23 @@ def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags):
     assert decode_calls() == 3 and gemm_flags("MX_ACT_2D") == [1, 1, 1, 1, 0, 0]
 
 
+def test_decode_mxfp4_dot_bf16_mul(decode_calls, gemm_flags, monkeypatch):
+    """PARITY_MOE_MX_BF16_MUL (the dot tile's E2M1 values scaled in bfloat16, off until a GPU
+    has timed it): the same values, so bitwise the sorted path where every float32 sum is exact
+    and close elsewhere; on a GPU its dot-tile launches carry the flag, the GEMV's not, and
+    under the interpreter (whose bfloat16 arithmetic is on raw bit patterns) none does."""
+    monkeypatch.setattr(dec, "_MX_BF16_MUL", True)
+    for exact in (True, False):
+        inputs = _mx_inputs(7, 96, 32, 3, 2, seed=41, exact=exact)
+        base = _mx_run(inputs, SORTED_MX, DSV4)
+        out = _mx_run(inputs, _dcfg(16, 2, bk=64), DSV4)
+        _mx_check(out, inputs, DSV4)
+        _same_sums(out, base, exact)
+    _mx_run(_mx_inputs(1, 96, 32, 3, 2, seed=42, exact=True), _dcfg(1, 2, bk=64), DSV4)
+    on = int(DEVICE == "cuda")
+    assert decode_calls() == 3 and gemm_flags("MX_BF16_MUL") == [on] * 4 + [0, 0]
+
+
 def test_decode_vec_leaves_other_quant_modes(decode_calls, gemm_flags):
     """The whole-MX-block loads are for mxfp4 weights only: bf16 and fp8 decode GEMMs launch
     without them."""
@@ -1181,15 +1198,30 @@ def test_validated_signatures_are_planned_and_bad_inputs_still_raise(monkeypatch
 
 
 @triton.jit
-def _e2m1_decoders_kernel(p_ptr, f_ptr, h_ptr, DT: tl.constexpr):
+def _e2m1_decoders_kernel(p_ptr, f_ptr, h_ptr, DT: tl.constexpr, BF16_MUL: tl.constexpr = 0):
     offs = tl.arange(0, 256)
     packed = tl.load(p_ptr + offs)
     lo, hi = kern._e2m1_pair_f32(packed)
     tl.store(f_ptr + offs, lo)
     tl.store(f_ptr + 256 + offs, hi)
-    lo, hi = kern._e2m1_pair_to(packed, DT)
+    lo, hi = kern._e2m1_pair_to(packed, DT, BF16_MUL)
     tl.store(h_ptr + offs, lo)
     tl.store(h_ptr + 256 + offs, hi)
+
+
+def _every_byte(dtype, bf16_mul=0):
+    from parity.reference.numerics import E2M1_VALUES
+
+    p = torch.arange(256, dtype=torch.uint8, device=DEVICE)
+    f = torch.empty(512, dtype=torch.float32, device=DEVICE)
+    h = torch.empty(512, dtype=dtype, device=DEVICE)
+    dt = tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+    _e2m1_decoders_kernel[(1,)](p, f, h, dt, bf16_mul)
+    codes = torch.cat([p.cpu() & 15, p.cpu() >> 4]).long()
+    mag = torch.tensor(E2M1_VALUES, dtype=torch.float32)[codes & 7]
+    want = torch.where(codes >= 8, -mag, mag)  # -0.0 for code 8
+    assert torch.equal(_bits(f.cpu()), _bits(want))
+    assert torch.equal(_bits(h.cpu()), _bits(want.to(dtype)))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -1197,14 +1229,13 @@ def test_e2m1_pair_decoders_every_byte(dtype):
     """The kernels' E2M1 decoders (both nibbles from the whole byte) on all 256 bytes: bitwise
     the contract's E2M1 values (bit 3 the sign, -0 for code 8), low nibble then high nibble, in
     float32 and in `dtype`."""
-    from parity.reference.numerics import E2M1_VALUES
+    _every_byte(dtype)
 
-    p = torch.arange(256, dtype=torch.uint8, device=DEVICE)
-    f = torch.empty(512, dtype=torch.float32, device=DEVICE)
-    h = torch.empty(512, dtype=dtype, device=DEVICE)
-    _e2m1_decoders_kernel[(1,)](p, f, h, tl.bfloat16 if dtype == torch.bfloat16 else tl.float16)
-    codes = torch.cat([p.cpu() & 15, p.cpu() >> 4]).long()
-    mag = torch.tensor(E2M1_VALUES, dtype=torch.float32)[codes & 7]
-    want = torch.where(codes >= 8, -mag, mag)  # -0.0 for code 8
-    assert torch.equal(_bits(f.cpu()), _bits(want))
-    assert torch.equal(_bits(h.cpu()), _bits(want.to(dtype)))
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="NOT RUN: needs a CUDA GPU")
+def test_e2m1_pair_decoder_bf16_mul_every_byte():
+    """`_e2m1_pair_to`'s BF16_MUL (the 2**126 applied in bfloat16, two values an instruction;
+    PARITY_MOE_MX_BF16_MUL): the same bits on all 256 bytes, the subnormal code 1 and -0
+    included. A GPU only: the interpreter's bfloat16 arithmetic works on raw bit patterns."""
+    _every_byte(torch.bfloat16, bf16_mul=1)

@@ -83,13 +83,21 @@ def _e2m1_pair_f32(packed):
 
 
 @triton.jit
-def _e2m1_pair_to(packed, dtype: tl.constexpr):
+def _e2m1_pair_to(packed, dtype: tl.constexpr, BF16_MUL: tl.constexpr = 0):
     """(low, high) nibbles of packed E2M1 bytes as `dtype` (bfloat16 or float16) values,
     exactly. bfloat16: the top half of the float32 value (its low 16 bits are zero: at most 2
-    significant bits). float16: the pattern with the magnitude bits at 11..9 and the sign at 15
-    (`_e2m1_pair_f32`'s shifts, 16 bits lower) is value * 2**-14 (code 1 the float16 subnormal
-    2**-15), times 2**14 in float16: exact."""
-    if dtype == tl.bfloat16:
+    significant bits); BF16_MUL (a GPU only: the interpreter's bfloat16 arithmetic is on raw bit
+    patterns) builds `value * 2**-126` as a bfloat16 pattern (code 1 the bfloat16 subnormal
+    2**-127) and multiplies by 2**126 in bfloat16, two values an instruction (sm_90 HMUL2.BF16,
+    subnormals kept): the same values. float16: the pattern with the magnitude bits at 11..9
+    and the sign at 15 (`_e2m1_pair_f32`'s shifts, 16 bits lower) is value * 2**-14 (code 1 the
+    float16 subnormal 2**-15), times 2**14 in float16: exact."""
+    if dtype == tl.bfloat16 and BF16_MUL:
+        p = packed.to(tl.int8, bitcast=True).to(tl.int32)
+        lo = (((p << 28) >> 22) & 0x81C0).to(tl.uint16).to(dtype, bitcast=True)
+        hi = ((p << 2) & 0x81C0).to(tl.uint16).to(dtype, bitcast=True)
+        return lo * _TWO_126, hi * _TWO_126
+    elif dtype == tl.bfloat16:
         lo, hi = _e2m1_pair_f32(packed)
         lo = (lo.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(dtype, bitcast=True)
         hi = (hi.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(dtype, bitcast=True)

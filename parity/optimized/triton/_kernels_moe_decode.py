@@ -63,6 +63,11 @@ _SCRATCH = ["pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
 # byte-wise loads. Read once at import.
 MX_VEC_ENV = "PARITY_MOE_MX_VEC"
 _MX_VEC = os.environ.get(MX_VEC_ENV, "1") != "0"
+# The mxfp4 dot tile's E2M1 values scaled by 2**126 in bfloat16, two an instruction (sm_90 SASS
+# of the 128 x 64 tile, triton 3.6: 19.2 -> 17.2 instructions a weight byte): off until a GPU
+# has run its tests and timed it (the interpreter cannot run it: never under UPCAST_DOT).
+MX_BF16_MUL_ENV = "PARITY_MOE_MX_BF16_MUL"
+_MX_BF16_MUL = os.environ.get(MX_BF16_MUL_ENV, "0") == "1"
 
 
 @triton.jit(
@@ -151,6 +156,7 @@ def _gemm_kernel(
     MX_WORDS: tl.constexpr = 0,  # mxfp4 GEMV: 1 when B is the codes as int32 words
     MX_VEC: tl.constexpr = 0,  # mxfp4: 1 loads whole MX blocks (PARITY_MOE_MX_VEC)
     MX_ACT_2D: tl.constexpr = 0,  # mxfp4 GEMV with MX_VEC: activations as [1, K] tiles
+    MX_BF16_MUL: tl.constexpr = 0,  # mxfp4 dot tile with MX_VEC: `_e2m1_pair_to`'s BF16_MUL
 ):
     """part[split, pair, n] = A[pair // a_row_div, K range of split] . B[e, n, same range] for
     the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
@@ -372,7 +378,7 @@ def _gemm_kernel(
                                 mask=mmask[:, None] & ((offs32 * 0 + kg) < k_hi)[None, :],
                                 other=0.0,
                             )
-                            lo, hi = _e2m1_pair_to(packed, a_blk.dtype)
+                            lo, hi = _e2m1_pair_to(packed, a_blk.dtype, MX_BF16_MUL)
                             w = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (32, BLOCK_N))
                             if UPCAST_DOT:
                                 part = tl.dot(a_blk.to(tl.float32), w.to(tl.float32))
@@ -627,6 +633,7 @@ def _gemm(
         MX_WORDS=mx_words,
         MX_VEC=int(qcode == 2 and _MX_VEC),
         MX_ACT_2D=int(qcode == 2 and _MX_VEC and bm == 1 and not mx_words and mx_act_2d),
+        MX_BF16_MUL=int(qcode == 2 and _MX_VEC and bm > 1 and _MX_BF16_MUL and not upcast),
     )
     launch("gemm", _gemm_kernel, grid, args, consts, num_warps=warps, num_stages=stages)
 
