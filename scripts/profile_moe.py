@@ -165,6 +165,8 @@ def decode_grid(quant: str, t: int) -> list[dict]:
     else:
         for bn, bk, split, stages in itertools.product((64, 128), (64, 128), (0, 8), (3, 4)):
             out.append(cfg(16, bn, bk, split, 4, stages, split2=split // 2))
+    if quant == "mxfp4":  # [1, K] activations only where an entry asks (the GPU default is 1)
+        out = [{"DECODE_MX_ACT_2D": 0, **c} for c in out]
     return out
 
 

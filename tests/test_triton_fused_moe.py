@@ -12,6 +12,8 @@ tests/test_properties.py and are not repeated here.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -605,7 +607,9 @@ def test_unsupported_is_not_implemented():
 from parity.optimized.triton import _kernels_moe_decode as dec  # noqa: E402
 from parity.optimized.triton._moe_configs import (  # noqa: E402
     DECODE_ENV,
+    MX_ACT_2D_ENV,
     decode_config,
+    default_decode_config,
     fit_decode_config,
 )
 
@@ -1045,17 +1049,31 @@ def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, gemm_flags, mo
 
 @pytest.mark.parametrize("split", [1, 3])
 def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags):
-    """DECODE_MX_ACT_2D (the GEMV's activations as [1, K] tiles, a config key until timed):
-    the same products and block sums, so bitwise the sorted path where every float32 sum is
-    exact and close elsewhere; its launches carry the flag, the default ones do not."""
+    """DECODE_MX_ACT_2D (the GEMV's activations as [1, K] tiles, the default on a GPU): the
+    same products and block sums, so bitwise the sorted path where every float32 sum is exact
+    and close elsewhere; its launches carry the flag, those with the key 0 do not."""
     for exact in (True, False):
         inputs = _mx_inputs(1, 96, 32, 3, 2, seed=31 + split, exact=exact)
         base = _mx_run(inputs, SORTED_MX, DSV4)
         out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 1}, DSV4)
         _mx_check(out, inputs, DSV4)
         _same_sums(out, base, exact)
-    _mx_run(inputs, _dcfg(1, split, bk=64), DSV4)
+    _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 0}, DSV4)
     assert decode_calls() == 3 and gemm_flags("MX_ACT_2D") == [1, 1, 1, 1, 0, 0]
+
+
+def test_decode_mxfp4_defaults_on_a_gpu(monkeypatch):
+    """On a GPU the mxfp4 T 1 GEMV loads its activations as [1, K] tiles unless
+    PARITY_MOE_MX_ACT_2D=0 (the interpreter's defaults leave them off); the dot tile's bfloat16
+    scaling is on unless PARITY_MOE_MX_BF16_MUL=0 was set at import."""
+    args = (1, 8, 32, 2048, 7168, "mxfp4", None)
+    monkeypatch.delenv(MX_ACT_2D_ENV, raising=False)
+    assert default_decode_config(*args, False)["DECODE_MX_ACT_2D"] == 1
+    assert default_decode_config(*args, True).get("DECODE_MX_ACT_2D", 0) == 0
+    assert default_decode_config(*args[:5], "none", None, False)["DECODE_MX_ACT_2D"] == 0
+    monkeypatch.setenv(MX_ACT_2D_ENV, "0")
+    assert default_decode_config(*args, False)["DECODE_MX_ACT_2D"] == 0
+    assert dec._MX_BF16_MUL == (os.environ.get(dec.MX_BF16_MUL_ENV, "1") != "0")
 
 
 def test_decode_mxfp4_dot_bf16_mul(decode_calls, gemm_flags, monkeypatch):

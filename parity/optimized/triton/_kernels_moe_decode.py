@@ -64,10 +64,12 @@ _SCRATCH = ["pairs_ptr", "slot_e_ptr", "slot_start_ptr", "slot_cnt_ptr"]
 MX_VEC_ENV = "PARITY_MOE_MX_VEC"
 _MX_VEC = os.environ.get(MX_VEC_ENV, "1") != "0"
 # The mxfp4 dot tile's E2M1 values scaled by 2**126 in bfloat16, two an instruction (sm_90 SASS
-# of the 128 x 64 tile, triton 3.6: 19.2 -> 17.2 instructions a weight byte): off until a GPU
-# has run its tests and timed it (the interpreter cannot run it: never under UPCAST_DOT).
+# of the 128 x 64 tile, triton 3.6: 19.2 -> 17.2 instructions a weight byte; H100 2026-12-06,
+# graph replay, T 16 661.2 -> 627.5 us; its every-byte and decode tests passed there): the
+# default; PARITY_MOE_MX_BF16_MUL=0 scales in float32. Never under UPCAST_DOT (the
+# interpreter's bfloat16 arithmetic works on raw bit patterns). Read once at import.
 MX_BF16_MUL_ENV = "PARITY_MOE_MX_BF16_MUL"
-_MX_BF16_MUL = os.environ.get(MX_BF16_MUL_ENV, "0") == "1"
+_MX_BF16_MUL = os.environ.get(MX_BF16_MUL_ENV, "1") != "0"
 
 
 @triton.jit(

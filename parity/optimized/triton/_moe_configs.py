@@ -244,10 +244,11 @@ def get_config(
 #   byte than the byte GEMV, which was issue-bound on the H100), where the weights allow the view;
 #   0, the default: timed on the H100 it was slower (208.7 against 169.5 us at T 1 under graph
 #   replay, 2026-12-05; PARITY_MOE_MX_WORDS=1 makes it the default, for the property suite).
-# - DECODE_MX_ACT_2D (mxfp4, T 1, whole-MX-block loads): 1 loads the GEMV's activations as
-#   [1, K] tiles (sm_90 SASS with triton 3.6: 17.6 -> 15.9 instructions a weight byte at 32 x
-#   256, 64 -> 72 registers); 0, the default, until a GPU has timed it (PARITY_MOE_MX_ACT_2D=1
-#   makes it the default, for the property suite).
+# - DECODE_MX_ACT_2D (mxfp4, T 1, whole-MX-block loads): 1, the default on a GPU, loads the
+#   GEMV's activations as [1, K] tiles (sm_90 SASS with triton 3.6: 15.7 -> 14.0 instructions a
+#   weight byte at 32 x 256, 56 -> 61 registers; H100 2026-12-06, graph replay, T 1 135.2 ->
+#   122.7 us); PARITY_MOE_MX_ACT_2D=0 keeps the 1-D loads. The interpreter's defaults leave it
+#   off (its own test runs it there).
 DECODE_MAX_PAIRS = 128  # T * k: about one dot tile of rows per expert at most (T <= 16 at k 8)
 # an override's DECODE_MAX_PAIRS is capped here: the grouping kernel compares [P, P] pairs and a
 # Triton tensor holds at most 2**20 elements
@@ -255,7 +256,7 @@ DECODE_PAIRS_CAP = 1024
 DECODE_ENV = "PARITY_MOE_DECODE"  # "0": never take the decode path (benchmark old vs new)
 DECODE_GEMV_ENV = "PARITY_MOE_DECODE_GEMV"  # "0": no GEMV at T = 1 (a 16-row dot tile instead)
 MX_WORDS_ENV = "PARITY_MOE_MX_WORDS"  # "1": the mxfp4 GEMV on int32 words (DECODE_MX_WORDS)
-# "1": the mxfp4 GEMV's activations loaded as [1, K] tiles (DECODE_MX_ACT_2D)
+# "0": the mxfp4 GEMV's activations not loaded as [1, K] tiles (DECODE_MX_ACT_2D)
 MX_ACT_2D_ENV = "PARITY_MOE_MX_ACT_2D"
 # "1": GEMM operands upcast to float32 (ieee dot) on a GPU too, as in the interpreter: tells a
 # tensor-core rounding from a kernel bug (slow; a diagnosis switch, off by default)
@@ -329,8 +330,8 @@ def default_decode_config(t, k, e, n, h, quant, block_shape, interpret) -> dict:
         "DECODE_NUM_STAGES": 3 if not gemv else 2,
         # the word GEMV for mxfp4 (see DECODE_MX_WORDS above): off, slower on the H100
         "DECODE_MX_WORDS": int(quant == "mxfp4" and os.environ.get(MX_WORDS_ENV, "0") == "1"),
-        # the activations as [1, K] tiles (see DECODE_MX_ACT_2D above): off until timed
-        "DECODE_MX_ACT_2D": int(quant == "mxfp4" and os.environ.get(MX_ACT_2D_ENV, "0") == "1"),
+        # the activations as [1, K] tiles (see DECODE_MX_ACT_2D above)
+        "DECODE_MX_ACT_2D": int(quant == "mxfp4" and os.environ.get(MX_ACT_2D_ENV, "1") != "0"),
     }
 
 
