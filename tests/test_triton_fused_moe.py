@@ -1077,8 +1077,8 @@ def test_decode_mxfp4_defaults_on_a_gpu(monkeypatch):
 
 
 def test_decode_mxfp4_dot_bf16_mul(decode_calls, gemm_flags, monkeypatch):
-    """PARITY_MOE_MX_BF16_MUL (the dot tile's E2M1 values scaled in bfloat16, off until a GPU
-    has timed it): the same values, so bitwise the sorted path where every float32 sum is exact
+    """PARITY_MOE_MX_BF16_MUL (the dot tile's E2M1 values scaled in bfloat16, the default on a
+    GPU): the same values, so bitwise the sorted path where every float32 sum is exact
     and close elsewhere; on a GPU its dot-tile launches carry the flag, the GEMV's not, and
     under the interpreter (whose bfloat16 arithmetic is on raw bit patterns) none does."""
     monkeypatch.setattr(dec, "_MX_BF16_MUL", True)
