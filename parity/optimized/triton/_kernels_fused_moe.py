@@ -65,20 +65,27 @@ _E2M1_F32_MASK = tl.constexpr(-0x7E400000)
 
 
 @triton.jit
+def _e2m1_pair_bits(packed, SHIFT: tl.constexpr, MASK: tl.constexpr):
+    """(low, high) nibbles of packed E2M1 bytes as int32 bit patterns: each code's 3 magnitude
+    bits at 28 - SHIFT .. 30 - SHIFT and its sign wherever MASK keeps a bit above them. From the
+    sign-extended byte: the high nibble shifted left by 24 - SHIFT carries its sign (bit 7,
+    repeated above it) up; the low one shifted to the top and back down SHIFT arithmetically
+    repeats its sign (bit 3) above its magnitude. One shift pair or shift and one mask a code."""
+    p = packed.to(tl.int8, bitcast=True).to(tl.int32)
+    return ((p << 28) >> SHIFT) & MASK, (p << (24 - SHIFT)) & MASK
+
+
+@triton.jit
 def _e2m1_pair_f32(packed):
     """(low, high) nibbles of packed E2M1 bytes (bit 3 of a code the sign) as float32 values,
     exactly: each code's 3 magnitude bits go to the float32 exponent's low 2 bits and the top
     mantissa bit, its sign to bit 31, which is `value * 2**-126` (normal codes (1 + m/2) *
     2**(e - 127), code 1 (0.5) the subnormal 2**-127); times 2**126, an exact multiply by a power
-    of two, is the value (-0 for code 8). From the sign-extended byte, one mask a code puts both
-    in place: the high nibble shifted left by 18 carries its sign (bit 7, repeated above it) to
-    bit 31; the low one shifted to the top and back down 6 arithmetically repeats its sign
-    (bit 3) into bit 31. sm_90 SASS (triton 3.6): 16.6 instructions a weight byte in the GEMV
+    of two, is the value (-0 for code 8). The patterns: `_e2m1_pair_bits` with SHIFT 6 (sign to
+    bit 31). sm_90 SASS (triton 3.6): 16.6 instructions a weight byte in the GEMV
     against 17.6 for two shifts and a masked or a code from the zero-extended byte, and 21.1
     for extracting the nibble first (`packed & 15`, `packed >> 4`)."""
-    p = packed.to(tl.int8, bitcast=True).to(tl.int32)
-    lo = ((p << 28) >> 6) & _E2M1_F32_MASK
-    hi = (p << 18) & _E2M1_F32_MASK
+    lo, hi = _e2m1_pair_bits(packed, 6, _E2M1_F32_MASK)
     return lo.to(tl.float32, bitcast=True) * _TWO_126, hi.to(tl.float32, bitcast=True) * _TWO_126
 
 
@@ -90,12 +97,13 @@ def _e2m1_pair_to(packed, dtype: tl.constexpr, BF16_MUL: tl.constexpr = 0):
     patterns) builds `value * 2**-126` as a bfloat16 pattern (code 1 the bfloat16 subnormal
     2**-127) and multiplies by 2**126 in bfloat16, two values an instruction (sm_90 HMUL2.BF16,
     subnormals kept): the same values. float16: the pattern with the magnitude bits at 11..9
-    and the sign at 15 (`_e2m1_pair_f32`'s shifts, 16 bits lower) is value * 2**-14 (code 1 the
-    float16 subnormal 2**-15), times 2**14 in float16: exact."""
+    and the sign at 15 is value * 2**-14 (code 1 the float16 subnormal 2**-15), times 2**14 in
+    float16: exact. The 16-bit patterns: `_e2m1_pair_bits` with SHIFT 22 (bfloat16) and 19
+    (float16), the sign kept at bit 15."""
     if dtype == tl.bfloat16 and BF16_MUL:
-        p = packed.to(tl.int8, bitcast=True).to(tl.int32)
-        lo = (((p << 28) >> 22) & 0x81C0).to(tl.uint16).to(dtype, bitcast=True)
-        hi = ((p << 2) & 0x81C0).to(tl.uint16).to(dtype, bitcast=True)
+        lo, hi = _e2m1_pair_bits(packed, 22, 0x81C0)
+        lo = lo.to(tl.uint16).to(dtype, bitcast=True)
+        hi = hi.to(tl.uint16).to(dtype, bitcast=True)
         return lo * _TWO_126, hi * _TWO_126
     elif dtype == tl.bfloat16:
         lo, hi = _e2m1_pair_f32(packed)
@@ -103,9 +111,8 @@ def _e2m1_pair_to(packed, dtype: tl.constexpr, BF16_MUL: tl.constexpr = 0):
         hi = (hi.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(dtype, bitcast=True)
         return lo, hi
     else:
-        p = packed.to(tl.int8, bitcast=True).to(tl.int32)
-        lo = (((p << 28) >> 19) & 0x8E00).to(tl.uint16)
-        hi = ((p << 5) & 0x8E00).to(tl.uint16)
+        lo, hi = _e2m1_pair_bits(packed, 19, 0x8E00)
+        lo, hi = lo.to(tl.uint16), hi.to(tl.uint16)
         lo = (lo.to(tl.float16, bitcast=True) * _TWO_14).to(tl.float16)
         hi = (hi.to(tl.float16, bitcast=True) * _TWO_14).to(tl.float16)
         return lo, hi
