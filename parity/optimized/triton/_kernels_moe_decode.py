@@ -255,9 +255,9 @@ def _gemm_kernel(
                     if MX_ACT_2D:
                         # the activations loaded as [1, HALF_K] tiles: triton 3.6 then moves
                         # them to the weights' layout with stmatrix and 16-byte shared loads
-                        # instead of 2-byte ones (sm_90 SASS, GEMV 32 x 256: 17.6 -> 15.9
-                        # instructions a weight byte, but 64 -> 72 registers, 7 CTAs an SM: a
-                        # config key until a GPU has timed it)
+                        # instead of 2-byte ones (sm_90 SASS, GEMV 32 x 256: 15.7 -> 14.0
+                        # instructions a weight byte, 56 -> 61 registers; the GPU default, see
+                        # `_moe_configs` DECODE_MX_ACT_2D)
                         a_even = tl.load(
                             a0 + (k0 + 2 * offs_h)[None, :] * stride_ak,
                             mask=hmask[None, :],
@@ -280,15 +280,22 @@ def _gemm_kernel(
                         mask=hmask[None, :],
                         other=0,
                     )
-                    # exact products (at most 11 significant bits); each MX block's 16 even and
-                    # 16 odd products summed apart in float32 (a thread's own elements: a chain
-                    # of FFMAs, where one sum of the pairs' products cost an FMUL, an FFMA and an
-                    # FADD a pair; sm_90 SASS of the GEMV 32 x 256 16.6 -> 15.7 instructions a
-                    # weight byte, 64 -> 56 registers), then times the block's scale (the sorted
-                    # path's scale after the dot)
+                    # exact products (at most 11 significant bits); each MX block's 32 summed
+                    # in float32, then times the block's scale (the sorted path's scale after
+                    # the dot)
                     w_lo, w_hi = _e2m1_pair_f32(packed)
-                    blk = tl.sum(tl.reshape(a_even * w_lo, (BLOCK_N, NUM_G, 16)), axis=2)
-                    blk += tl.sum(tl.reshape(a_odd * w_hi, (BLOCK_N, NUM_G, 16)), axis=2)
+                    if MX_VEC:
+                        # a block is a thread's own 16 bytes: its 16 even and 16 odd products
+                        # summed apart, each a chain of FFMAs (one sum of the pairs' products
+                        # cost an FMUL, an FFMA and an FADD a pair; sm_90 SASS of the GEMV 32 x
+                        # 256 16.6 -> 15.7 instructions a weight byte, 64 -> 56 registers)
+                        blk = tl.sum(tl.reshape(a_even * w_lo, (BLOCK_N, NUM_G, 16)), axis=2)
+                        blk += tl.sum(tl.reshape(a_odd * w_hi, (BLOCK_N, NUM_G, 16)), axis=2)
+                    else:
+                        # byte loads: a block spans threads, so one sum (two would cross them
+                        # twice: 26.4 -> 35.0 instructions a weight byte)
+                        prod = a_even * w_lo + a_odd * w_hi
+                        blk = tl.sum(tl.reshape(prod, (BLOCK_N, NUM_G, 16)), axis=2)
                     gmask = offs_g < (k_hi - k0) // 32
                     sc = tl.load(
                         s_rows + (k0 // 32 + offs_g)[None, :] * stride_bsk,
