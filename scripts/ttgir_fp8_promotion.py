@@ -17,13 +17,11 @@ separate venv):
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import tempfile
 
 import triton
 import triton.language as tl
+from sass_gemv import registers  # this script's directory is on sys.path when it runs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -70,17 +68,6 @@ def _gemm(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, stride_am, stride_bn, num_k,
                 acc += d * s[:, None]
         acc += d_prev * s_prev[:, None]
     tl.store(c_ptr + offs_m[:, None] * BN + offs_n[None, :], acc.to(tl.bfloat16))  # fmt: skip
-
-
-def registers(ck) -> str:
-    """The kernel's register count (cuobjdump -res-usage of the cubin)."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(ck.asm["cubin"])
-    out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    os.unlink(f.name)
-    m = re.search(r"REG:(\d+)", out)
-    return m.group(1) if m else "?"
 
 
 def main() -> None:
