@@ -136,6 +136,17 @@ class Gen:
         """(generator, device) of a draw of n elements."""
         return (self.g, self._small_dev) if n <= SMALL_DRAW else (self.big, self.device)
 
+    def host(self, fn, t: torch.Tensor) -> torch.Tensor:
+        """`fn(t)` computed where the small draws come from (the CPU; the device under
+        PARITY_GEN_LEGACY) for a tensor of at most SMALL_DRAW elements, then moved to t's device:
+        torch's CUDA exp2 and sigmoid differ from the CPU's in the last bit for some inputs
+        (H100 2026-12-06: fused_moe's block factors 2**U, so other fp8 block scales), and a
+        GPU case must replay on the CPU as the same numbers. Larger tensors stay where they are
+        (their draws differ by device anyway)."""
+        if t.numel() > SMALL_DRAW:
+            return fn(t)
+        return fn(t.to(self._small_dev)).to(t.device)
+
     def normal(self, shape, *, dtype=torch.float32, std: float = 1.0, mean: float = 0.0):
         g, dev = self._src(_numel(shape))
         t = torch.randn(shape, generator=g, device=dev, dtype=torch.float32).to(self.device)

@@ -129,7 +129,7 @@ def _weights(g: Gen, e: int, rows: int, cols: int, quant: str, block) -> torch.T
     w = g.normal((e, rows, cols), std=1.0 / math.sqrt(cols))
     if quant == "fp8_block":
         br, bc = block
-        f = torch.exp2(g.uniform((e, -(-rows // br), -(-cols // bc)), -1.0, 1.0))
+        f = g.host(torch.exp2, g.uniform((e, -(-rows // br), -(-cols // bc)), -1.0, 1.0))
         w = w * _expand_blocks(f, (br, bc), rows, cols)
     return w
 
