@@ -39,6 +39,7 @@ def compile_gemv(
     bm: int = 1,
     act2d: int = 0,
     bf16mul: int = 0,
+    ptx: int = 0,
 ):
     """The GEMM as the launcher specialises it: unit strides constant, the rest multiples of 16
     (bm 1: the GEMV; 16: the dot tile; act2d: MX_ACT_2D; bf16mul: MX_BF16_MUL)."""
@@ -50,7 +51,7 @@ def compile_gemv(
     )  # fmt: skip
     consts = dict(
         a_row_div=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        MX_WORDS=words, MX_VEC=vec, MX_ACT_2D=act2d, MX_BF16_MUL=bf16mul, stride_ak=1,
+        MX_WORDS=words, MX_VEC=vec, MX_ACT_2D=act2d, MX_BF16_MUL=bf16mul, MX_PTX=ptx, stride_ak=1,
         stride_bk=1, stride_bsk=1, stride_pm=1,
     )  # fmt: skip
     const, attrs = {}, {}
@@ -99,15 +100,17 @@ def registers(ck) -> str:
 
 
 def main() -> None:
-    # (bm, bn, bk, words, vec, act2d, bf16mul)
-    rows = [(1, bn, bk, w, v, 0, 0) for bn, bk in ((32, 256), (64, 128), (128, 128)) for w, v in
-            ((0, 0), (0, 1), (1, 0))]  # fmt: skip
+    # (bm, bn, bk, words, vec, act2d, bf16mul, ptx)
+    rows = [(1, bn, bk, w, v, 0, 0, 0) for bn, bk in ((32, 256), (64, 128), (128, 128)) for w, v
+            in ((0, 0), (0, 1), (1, 0))]  # fmt: skip
     # DECODE_MX_ACT_2D: the activations as [1, K] tiles
-    rows += [(1, bn, bk, 0, 1, 1, 0) for bn, bk in ((32, 256), (16, 512), (32, 512))]
+    rows += [(1, bn, bk, 0, 1, 1, 0, 0) for bn, bk in ((32, 256), (16, 512), (32, 512))]
+    # PARITY_MOE_MX_PTX: the word GEMV decoded in PTX
+    rows += [(1, bn, bk, 1, 0, 0, 0, 1) for bn, bk in ((32, 256), (64, 128), (128, 128))]
     # the T 16 dot tile, and with PARITY_MOE_MX_BF16_MUL
-    rows += [(16, 128, 64, 0, 0, 0, 0), (16, 128, 64, 0, 1, 0, 0), (16, 128, 64, 0, 1, 0, 1)]
-    for bm, bn, bk, words, vec, act2d, bf16mul in rows:
-        ck = compile_gemv(words, bn, bk, 4, vec=vec, bm=bm, act2d=act2d, bf16mul=bf16mul)
+    rows += [(16, 128, 64, 0, v, 0, b, 0) for v, b in ((0, 0), (1, 0), (1, 1))]
+    for bm, bn, bk, words, vec, act2d, bf16mul, ptx in rows:
+        ck = compile_gemv(words, bn, bk, 4, vec=vec, bm=bm, act2d=act2d, bf16mul=bf16mul, ptx=ptx)
         body = loop_sass(ck)
         ops = collections.Counter(
             re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
@@ -117,6 +120,7 @@ def main() -> None:
         kind = ("gemv " if bm == 1 else "dot  ") + ("words" if words else "bytes")
         kind += (" vec" if vec else "    ") + (" 2d" if act2d else "   ")
         kind += " bf16mul" if bf16mul else ""
+        kind += " ptx" if ptx else ""
         print(
             f"{kind} {bn}x{bk}: {len(body)} SASS instructions a K step, "
             f"{len(body) / per_thread:.1f} a weight byte, {registers(ck)} registers; "

@@ -1257,3 +1257,49 @@ def test_e2m1_pair_decoder_bf16_mul_every_byte():
     PARITY_MOE_MX_BF16_MUL): the same bits on all 256 bytes, the subnormal code 1 and -0
     included. A GPU only: the interpreter's bfloat16 arithmetic works on raw bit patterns."""
     _every_byte(torch.bfloat16, bf16_mul=1)
+
+
+@triton.jit
+def _e2m1_word_kernel(w_ptr, f_ptr):
+    offs = tl.arange(0, 256)
+    w = tl.load(w_ptr + offs[:, None] + tl.zeros((1, 2), tl.int32))  # [256, 2]: 2-D words
+    v = tl.reshape(dec._e2m1_word_f32_ptx(w), (512, 8))  # each word twice
+    tl.store(f_ptr + tl.arange(0, 512)[:, None] * 8 + tl.arange(0, 8)[None, :], v)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="NOT RUN: needs a CUDA GPU (inline PTX)")
+def test_e2m1_word_decoder_ptx_every_byte():
+    """`_e2m1_word_f32_ptx` (PARITY_MOE_MX_PTX): 256 words whose four byte lanes each take all
+    256 values (four bijections of the byte) decode bitwise to the contract's E2M1 values in
+    element order (element j in bits 4j .. 4j + 3; the subnormal code 1 and -0 included)."""
+    from parity.reference.numerics import E2M1_VALUES
+
+    i = torch.arange(256)
+    lanes = [i, 255 - i, (i * 7) % 256, (i * 13 + 5) % 256]
+    words = sum(b << (8 * j) for j, b in enumerate(lanes))
+    w = (words - (words >= 2**31).long() * 2**32).to(torch.int32)  # the same bits as int32
+    f = torch.empty(512 * 8, dtype=torch.float32, device=DEVICE)
+    _e2m1_word_kernel[(1,)](w.to(DEVICE), f)
+    codes = torch.stack([(words >> (4 * j)) & 15 for j in range(8)], 1)  # [256, 8]
+    mag = torch.tensor(E2M1_VALUES, dtype=torch.float32)[codes & 7]
+    want = torch.where(codes >= 8, -mag, mag)
+    got = f.cpu().view(256, 2, 8)
+    assert torch.equal(_bits(got[:, 0]), _bits(want)) and torch.equal(_bits(got[:, 1]), _bits(want))
+
+
+def test_decode_mxfp4_ptx(decode_calls, gemm_flags, monkeypatch):
+    """PARITY_MOE_MX_PTX (the T 1 GEMV on words, decoded in PTX): the same exact products, so
+    bitwise the sorted path where every float32 sum is exact and close elsewhere; on a GPU its
+    GEMV launches carry the flag, the dot tile's not; under the interpreter (no inline
+    assembly) none does and the byte GEMV runs as before."""
+    monkeypatch.setattr(dec, "_MX_PTX", True)
+    for exact in (True, False):
+        inputs = _mx_inputs(1, 96, 32, 3, 2, seed=43, exact=exact)
+        base = _mx_run(inputs, SORTED_MX, DSV4)
+        out = _mx_run(inputs, _dcfg(1, 2, bk=64), DSV4)
+        _mx_check(out, inputs, DSV4)
+        _same_sums(out, base, exact)
+    _mx_run(_mx_inputs(5, 96, 32, 3, 2, seed=44, exact=True), _dcfg(16, 2, bk=64), DSV4)
+    on = int(DEVICE == "cuda")
+    assert decode_calls() == 3 and gemm_flags("MX_PTX") == [on] * 4 + [0, 0]

@@ -70,6 +70,13 @@ _MX_VEC = os.environ.get(MX_VEC_ENV, "1") != "0"
 # interpreter's bfloat16 arithmetic works on raw bit patterns). Read once at import.
 MX_BF16_MUL_ENV = "PARITY_MOE_MX_BF16_MUL"
 _MX_BF16_MUL = os.environ.get(MX_BF16_MUL_ENV, "1") != "0"
+# The mxfp4 T 1 GEMV on int32 words with the codes decoded in PTX (`_e2m1_word_f32_ptx`): sm_90
+# SASS (triton 3.6) of the GEMV 32 x 256 11.7 instructions a weight byte against 14.0 for the
+# default (the [1, K] activations), 10.3 at 128 x 128. Off until timed on a GPU
+# (PARITY_MOE_MX_PTX=1 turns it on); never under the interpreter, which runs no inline assembly.
+# Read once at import.
+MX_PTX_ENV = "PARITY_MOE_MX_PTX"
+_MX_PTX = os.environ.get(MX_PTX_ENV, "0") == "1"
 
 
 @triton.jit(
@@ -119,6 +126,75 @@ def _group_kernel(
     tl.store(slot_cnt_ptr + offs, offs * 0, mask=(offs >= distinct) & (offs < S))
 
 
+# E2M1 -> float32 for 8 codes of an int32 word in sm_90 PTX (a GPU only: the interpreter runs no
+# inline assembly). Each nibble (sign bit 3, magnitude e1 e0 m) is placed as the E4M3 byte
+# `sign << 7 | e1 e0 m << 2`: exponent field e, mantissa m << 2, which is `value * 2**-6` exactly
+# (codes e >= 1: 2**(e - 7) (1 + m/2) against 2**(e - 1) (1 + m/2); code 1, 0.5, the E4M3
+# subnormal 4/8 * 2**-6; code 0 zero, code 8 -0). Four bytes a 32-bit op: the low nibbles' signs
+# go up 4 and their magnitudes up 2, the high nibbles' magnitudes down 2. The hardware converts
+# two E4M3 bytes to two float16 values an instruction (exact: float16 holds every E4M3 value),
+# times 64 in float16 (two an instruction, exact: the result is the E2M1 value, at most 6), then
+# to float32 (exact). 17 + 4 instructions for 8 codes where `_e2m1_pair_f32` takes about 5 a
+# code (sm_90 SASS, scripts/sass_gemv.py).
+_E2M1_WORD_PTX = tl.constexpr(
+    """{
+.reg .b32 t0, t1, t2, t3, lo, hi, f0, f1, f2, f3, c64;
+.reg .b16 l0, l1, h0, h1, x0, x1, x2, x3, x4, x5, x6, x7;
+shl.b32 t0, $8, 4;
+shl.b32 t1, $8, 2;
+and.b32 t0, t0, 0x80808080;
+and.b32 t1, t1, 0x1C1C1C1C;
+or.b32 lo, t0, t1;
+shr.u32 t2, $8, 2;
+and.b32 t2, t2, 0x1C1C1C1C;
+and.b32 t3, $8, 0x80808080;
+or.b32 hi, t3, t2;
+mov.b32 {l0, l1}, lo;
+mov.b32 {h0, h1}, hi;
+cvt.rn.f16x2.e4m3x2 f0, l0;
+cvt.rn.f16x2.e4m3x2 f1, l1;
+cvt.rn.f16x2.e4m3x2 f2, h0;
+cvt.rn.f16x2.e4m3x2 f3, h1;
+mov.b32 c64, 0x54005400;
+mul.rn.f16x2 f0, f0, c64;
+mul.rn.f16x2 f1, f1, c64;
+mul.rn.f16x2 f2, f2, c64;
+mul.rn.f16x2 f3, f3, c64;
+mov.b32 {x0, x2}, f0;
+mov.b32 {x4, x6}, f1;
+mov.b32 {x1, x3}, f2;
+mov.b32 {x5, x7}, f3;
+cvt.f32.f16 $0, x0;
+cvt.f32.f16 $1, x1;
+cvt.f32.f16 $2, x2;
+cvt.f32.f16 $3, x3;
+cvt.f32.f16 $4, x4;
+cvt.f32.f16 $5, x5;
+cvt.f32.f16 $6, x6;
+cvt.f32.f16 $7, x7;
+}"""
+)
+
+
+@triton.jit
+def _e2m1_word_f32_ptx(words):
+    """The 8 E2M1 codes of 2-D int32 `words` (element j in bits 4j .. 4j + 3) as float32 values,
+    `[..., 8]` in element order (`_E2M1_WORD_PTX`)."""
+    e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
+        _E2M1_WORD_PTX,
+        "=r,=r,=r,=r,=r,=r,=r,=r,r",
+        [words],
+        dtype=(tl.float32,) * 8,
+        is_pure=True,
+        pack=1,
+    )
+    # join: the new last dim is a thread's own; [..., c, a, b] is element 4c + 2a + b
+    q0 = tl.join(tl.join(e0, e1), tl.join(e2, e3))
+    q1 = tl.join(tl.join(e4, e5), tl.join(e6, e7))
+    w = tl.join(q0, q1)
+    return tl.reshape(w, (words.shape[0], words.shape[1], 8))
+
+
 # N masks the vectorised stores of the partial sums (16-byte stores at BLOCK_M 16 only where N is
 # a multiple of 16: scripts/compile_keys.py --detail), so it keeps its specialisation.
 @triton.jit(do_not_specialize_on_alignment=_SCRATCH)
@@ -159,6 +235,7 @@ def _gemm_kernel(
     MX_VEC: tl.constexpr = 0,  # mxfp4: 1 loads whole MX blocks (PARITY_MOE_MX_VEC)
     MX_ACT_2D: tl.constexpr = 0,  # mxfp4 GEMV with MX_VEC: activations as [1, K] tiles
     MX_BF16_MUL: tl.constexpr = 0,  # mxfp4 dot tile with MX_VEC: `_e2m1_pair_to`'s BF16_MUL
+    MX_PTX: tl.constexpr = 0,  # mxfp4 GEMV with MX_WORDS: the codes decoded in PTX (a GPU only)
 ):
     """part[split, pair, n] = A[pair // a_row_div, K range of split] . B[e, n, same range] for
     the pairs of one slot's expert e and one BLOCK_N block of columns. B is `[E, N, K]`
@@ -191,7 +268,39 @@ def _gemm_kernel(
             row = (tl.load(pairs_ptr + start + m0) // a_row_div).to(tl.int64)
             a0 = a_ptr + row * stride_am
             acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            if QUANT == 2 and MX_WORDS == 1:
+            if QUANT == 2 and MX_WORDS == 1 and MX_PTX:
+                # the word GEMV with `_e2m1_word_f32_ptx`: a thread's 4 words are one MX block
+                # (K and BLOCK_K multiples of 32; one 16-byte load), its 32 activations in
+                # element order; the same exact products, each block's 32 summed in its thread,
+                # times the block's scale, kept per (row, block) to the end of K
+                NW: tl.constexpr = BLOCK_K // 8
+                NGW: tl.constexpr = BLOCK_K // 32
+                offs_w = tl.arange(0, NW)
+                offs_gw = tl.arange(0, NGW)
+                w_rows = b_base + offs_nw[:, None] * stride_bn
+                s_rows = s_base + offs_nw[:, None] * stride_bsn
+                elem = offs_w[:, None] * 8 + tl.arange(0, 8)[None, :]  # [NW, 8] in the tile
+                accg = tl.zeros((BLOCK_N, NGW), dtype=tl.float32)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    k0 = tl.multiple_of(k0, 32)
+                    wmask = offs_w // 4 < (k_hi - k0) // 32
+                    kw = tl.max_contiguous(tl.multiple_of(k0 // 8 + offs_w, 4), 4)
+                    wv = tl.load(w_rows + kw[None, :] * stride_bk, mask=wmask[None, :], other=0).to(
+                        tl.int32, bitcast=True
+                    )
+                    w = _e2m1_word_f32_ptx(wv)  # [BLOCK_N, NW, 8]
+                    av = tl.load(a0 + (k0 + elem) * stride_ak, mask=wmask[:, None], other=0.0)
+                    wsum = tl.sum(w * av.to(tl.float32)[None, :, :], axis=2)
+                    blk = tl.sum(tl.reshape(wsum, (BLOCK_N, NGW, 4)), axis=2)
+                    gmask = offs_gw < (k_hi - k0) // 32
+                    sc = tl.load(
+                        s_rows + (k0 // 32 + offs_gw)[None, :] * stride_bsk,
+                        mask=gmask[None, :],
+                        other=0,
+                    )
+                    accg += blk * _e8m0_to_f32(sc)
+                acc1 = tl.sum(accg, axis=1)
+            elif QUANT == 2 and MX_WORDS == 1:
                 # B is the packed codes viewed as int32 words: word w of a row holds elements
                 # 8w .. 8w + 7, element 8w + j in bits 4j .. 4j + 3 (little-endian bytes, low
                 # nibble first). Each nibble becomes its float32 pattern with two shifts and a
@@ -587,10 +696,12 @@ def _gemm(
     mx_act_2d=False,
 ):
     pairs, slot_e, slot_start, slot_cnt = groups
+    # the PTX decode (PARITY_MOE_MX_PTX) runs on the word GEMV, whole MX blocks a tile
+    mx_ptx = int(_MX_PTX and quant == "mxfp4" and bm == 1 and not upcast and bk % 32 == 0)
     # mxfp4 GEMV on int32 words (DECODE_MX_WORDS), where the packed codes can be viewed so: the
     # last dim contiguous, a multiple of 4 bytes, the other strides and the offset too
     mx_words = int(
-        mx_words
+        (mx_words or mx_ptx)
         and quant == "mxfp4"
         and bm == 1
         and b.stride(-1) == 1
@@ -643,6 +754,7 @@ def _gemm(
         MX_VEC=int(qcode == 2 and _MX_VEC),
         MX_ACT_2D=int(qcode == 2 and _MX_VEC and bm == 1 and not mx_words and mx_act_2d),
         MX_BF16_MUL=int(qcode == 2 and _MX_VEC and bm > 1 and _MX_BF16_MUL and not upcast),
+        MX_PTX=int(mx_ptx and mx_words),
     )
     launch("gemm", _gemm_kernel, grid, args, consts, num_warps=warps, num_stages=stages)
 
