@@ -890,7 +890,7 @@ def test_bad_ids_raise_after_the_launches_and_never_reach_a_kernel(monkeypatch, 
 # --- review findings (decode path): limits the interpreter does not enforce -----------------------
 
 _SM90_COMPILE = r"""
-import sys, json
+import re, sys, json
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -912,11 +912,16 @@ try:
 except CompilationError as err:
     print("COMPILE_ERROR", str(err).splitlines()[-1])
     sys.exit(3)
+except Exception as err:  # ptxas rejected our PTX (inline assembly): a failure, not a skip
+    if not re.search(r"\.ptx, line \d+; error", str(err)):
+        raise
+    print("PTXAS_ERROR", str(err).splitlines()[0])
+    sys.exit(3)
 print("OK")
 """
 
 
-def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0, mx_vec=0):
+def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0, mx_vec=0, mx_ptx=0):
     """Compile the decode GEMM (fp8_block, GEMM2 operands; quant 2: mxfp4 with bf16
     activations) for sm_90 without a GPU, in a child process (this one runs Triton in the
     interpreter, which has no tl.dot shape limits). True if it compiles; skips where the NVIDIA
@@ -930,6 +935,9 @@ def _compile_fp8_gemm_sm90(bm, bn, bk, quant=1, mx_words=0, mx_vec=0):
     consts = dict(a_row_div=1, QUANT=quant, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     consts["MX_WORDS"] = mx_words
     consts["MX_VEC"] = mx_vec
+    # every flag a constexpr, as the launcher passes it (a flag left out would be an i32
+    # argument here, and both sides of its branch would be compiled)
+    consts.update(MX_ACT_2D=0, MX_BF16_MUL=0, MX_PTX=mx_ptx)
     ptrs = {} if quant == 1 else dict(a_ptr="*bf16", b_ptr="*i32" if mx_words else "*u8")
     ptrs.update({} if quant == 1 else dict(b_scale_ptr="*u8"))
     res = subprocess.run(
@@ -961,11 +969,14 @@ def test_decode_fp8_dot_tile_compiles_for_sm90_at_k16_groups():
 
 
 def test_decode_mxfp4_gemv_tiles_compile_for_sm90():
-    """The mxfp4 GEMV in both forms (bytes, the default; int32 words, DECODE_MX_WORDS)
-    compiles for sm_90 at the sweep's tiles (no GPU here to time them)."""
+    """The mxfp4 GEMV in its forms (bytes, the default; int32 words, DECODE_MX_WORDS; words
+    decoded in PTX, PARITY_MOE_MX_PTX) compiles for sm_90 at the sweep's tiles (no GPU here to
+    time them)."""
     for bn, bk in ((32, 256), (64, 128)):
         for words in (0, 1):
             assert _compile_fp8_gemm_sm90(1, bn, bk, quant=2, mx_words=words), (bn, bk, words)
+        # PARITY_MOE_MX_PTX: its inline PTX assembles for sm_90 (ptxas checks it here)
+        assert _compile_fp8_gemm_sm90(1, bn, bk, quant=2, mx_words=1, mx_ptx=1), (bn, bk)
 
 
 @pytest.mark.parametrize("split", [1, 3])
