@@ -10,6 +10,7 @@
 #     reference" runs those suites of the shards alone (an op, a backend or backend:op)
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
+#   run(command="bash scripts/gpu_all.sh mxptx")  # the PTX E2M1 decode: tests, A/B, its suite
 #   run(command="bash scripts/gpu_all.sh quantprof", carry=[".gpu"])  # short: Nsight Compute of
 #     the memory-bound kernels and the tile/variant sweep
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
@@ -114,7 +115,7 @@ ls "$OUT"
 }
 trap finish EXIT
 trap 'exit 124' TERM INT
-PHASE="${1:-tests}"   # tests | bench | moe | nightly | verify | recheck | profile | quantprof
+PHASE="${1:-tests}"   # tests | bench | moe | nightly | verify | recheck | profile | quantprof | mxptx
 DEADLINE="${DEADLINE:-570}"  # the benchmarks end by this second of the call
 EX="${SUITE_EX:-20}"; EX_JIT="${SUITE_EX_JIT:-8}"
 JOBS=()
@@ -185,6 +186,22 @@ if [ "$PHASE" = verify ]; then
     >"$LOG/launch_cost.log" 2>&1
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
+elif [ "$PHASE" = mxptx ]; then
+  # One call for the mxfp4 GEMV decoded in PTX (PARITY_MOE_MX_PTX, off until timed) and the
+  # device-free case generation (Gen.host): their GPU tests, fused_moe mxfp4 at T 1 / 16 timed
+  # default, PTX, default again (drift shows as the two default rows disagreeing), then
+  # fused_moe's nightly with PTX on for the rest of the call (MXPTX_NIGHTLY seconds).
+  pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_case_gen.py \
+    tests/test_triton_fused_moe.py -k "ptx or every_byte or case or decode_mxfp4"
+  i=0
+  for v in 0 1 0; do
+    i=$((i + 1))
+    PARITY_MOE_MX_PTX=$v bench "b_mx_ptx${v}_$i" 60 --op fused_moe --impl triton --tokens 1,16 \
+      --warmup-ms 10 --rep-ms 40 --meta "$M"
+  done
+  PARITY_MOE_MX_PTX=1 suite n_triton_fused_moe_ptx "${MXPTX_NIGHTLY:-200}" 1000 \
+    --profile nightly --backend triton --op fused_moe
+  wait
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by
   # side (one process per quant mode), then alone on the GPU: their timings, the per-kernel
