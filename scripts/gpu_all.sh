@@ -10,7 +10,7 @@
 #     reference" runs those suites of the shards alone (an op, a backend or backend:op)
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
-#   run(command="bash scripts/gpu_all.sh mxptx")  # the PTX E2M1 decode: tests, A/B, its suite
+#   run(command="bash scripts/gpu_all.sh mxptx")  # mxfp4 decode variants: tests, A/B, suite
 #   run(command="bash scripts/gpu_all.sh quantprof", carry=[".gpu"])  # short: Nsight Compute of
 #     the memory-bound kernels and the tile/variant sweep
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
@@ -95,7 +95,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/b_*.json")):
 
     for r in rows:
         r["variant"] = ",".join(leaves(json.loads(r["variant"]))) if r["variant"] else ""
-    print(f"\nbench {ceiling['op']}: copy {ceiling['gbps']:.0f} GB/s; us eager/graph (rate)")
+    name = path.rsplit("/", 1)[1][:-5]
+    print(f"\nbench {ceiling['op']} ({name}): copy {ceiling['gbps']:.0f} GB/s; us eager/graph (rate)")
     for r in rows:
         if r["status"] != "ok":
             print(f"  {r['variant'][:30]:30} T={r['T']:<5} {r['impl']:24} {r['status']}")
@@ -187,20 +188,21 @@ if [ "$PHASE" = verify ]; then
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
 elif [ "$PHASE" = mxptx ]; then
-  # One call for the mxfp4 GEMV decoded in PTX (PARITY_MOE_MX_PTX, off until timed) and the
-  # device-free case generation (Gen.host): their GPU tests, fused_moe mxfp4 at T 1 / 16 timed
-  # default, PTX, default again (drift shows as the two default rows disagreeing), then
-  # fused_moe's nightly with PTX on for the rest of the call (MXPTX_NIGHTLY seconds).
+  # One call for the mxfp4 decode variants off until timed, the T 1 GEMV decoded in PTX
+  # (PARITY_MOE_MX_PTX=1) and the T 16 dot tile's bfloat16 patterns from multiplies
+  # (PARITY_MOE_MX_BF16_MUL=2; the two touch different launches, so one run times both), and
+  # the device-free case generation (Gen.host): their GPU tests, fused_moe mxfp4 at T 1 / 16
+  # timed default, variants, default again (drift shows as the two default rows disagreeing),
+  # then fused_moe's nightly with both on for the rest of the call (MXPTX_NIGHTLY seconds).
   pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_case_gen.py \
-    tests/test_triton_fused_moe.py -k "ptx or every_byte or case or decode_mxfp4"
-  i=0
+    tests/test_triton_fused_moe.py -k "ptx or every_byte or bf16 or case or decode_mxfp4"
   for v in 0 1 0; do
-    i=$((i + 1))
-    PARITY_MOE_MX_PTX=$v bench "b_mx_ptx${v}_$i" 60 --op fused_moe --impl triton --tokens 1,16 \
-      --warmup-ms 10 --rep-ms 40 --meta "$M"
+    mul=1; [ "$v" = 1 ] && mul=2
+    PARITY_MOE_MX_PTX=$v PARITY_MOE_MX_BF16_MUL=$mul bench "b_mx_${v}_$SECONDS" 60 \
+      --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$M"
   done
-  PARITY_MOE_MX_PTX=1 suite n_triton_fused_moe_ptx "${MXPTX_NIGHTLY:-200}" 1000 \
-    --profile nightly --backend triton --op fused_moe
+  PARITY_MOE_MX_PTX=1 PARITY_MOE_MX_BF16_MUL=2 suite n_triton_fused_moe_variants \
+    "${MXPTX_NIGHTLY:-200}" 1000 --profile nightly --backend triton --op fused_moe
   wait
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by

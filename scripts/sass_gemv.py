@@ -108,7 +108,7 @@ def main() -> None:
     # PARITY_MOE_MX_PTX: the word GEMV decoded in PTX
     rows += [(1, bn, bk, 1, 0, 0, 0, 1) for bn, bk in ((32, 256), (64, 128), (128, 128))]
     # the T 16 dot tile, and with PARITY_MOE_MX_BF16_MUL
-    rows += [(16, 128, 64, 0, v, 0, b, 0) for v, b in ((0, 0), (1, 0), (1, 1))]
+    rows += [(16, 128, 64, 0, v, 0, b, 0) for v, b in ((0, 0), (1, 0), (1, 1), (1, 2))]
     for bm, bn, bk, words, vec, act2d, bf16mul, ptx in rows:
         ck = compile_gemv(words, bn, bk, 4, vec=vec, bm=bm, act2d=act2d, bf16mul=bf16mul, ptx=ptx)
         body = loop_sass(ck)
@@ -119,7 +119,7 @@ def main() -> None:
         per_thread = bn * bk // 2 // (32 * 4)  # weight bytes a thread an iteration
         kind = ("gemv " if bm == 1 else "dot  ") + ("words" if words else "bytes")
         kind += (" vec" if vec else "    ") + (" 2d" if act2d else "   ")
-        kind += " bf16mul" if bf16mul else ""
+        kind += f" bf16mul{bf16mul}" if bf16mul else ""
         kind += " ptx" if ptx else ""
         print(
             f"{kind} {bn}x{bk}: {len(body)} SASS instructions a K step, "

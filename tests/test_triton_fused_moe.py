@@ -1084,15 +1084,17 @@ def test_decode_mxfp4_defaults_on_a_gpu(monkeypatch):
     assert default_decode_config(*args[:5], "none", None, False)["DECODE_MX_ACT_2D"] == 0
     monkeypatch.setenv(MX_ACT_2D_ENV, "0")
     assert default_decode_config(*args, False)["DECODE_MX_ACT_2D"] == 0
-    assert dec._MX_BF16_MUL == (os.environ.get(dec.MX_BF16_MUL_ENV, "1") != "0")
+    want = {"0": 0, "2": 2}.get(os.environ.get(dec.MX_BF16_MUL_ENV, "1"), 1)
+    assert dec._MX_BF16_MUL == want
 
 
-def test_decode_mxfp4_dot_bf16_mul(decode_calls, gemm_flags, monkeypatch):
+@pytest.mark.parametrize("mode", [1, 2], ids=["shifts", "multiplies"])
+def test_decode_mxfp4_dot_bf16_mul(mode, decode_calls, gemm_flags, monkeypatch):
     """PARITY_MOE_MX_BF16_MUL (the dot tile's E2M1 values scaled in bfloat16, the default on a
     GPU): the same values, so bitwise the sorted path where every float32 sum is exact
     and close elsewhere; on a GPU its dot-tile launches carry the flag, the GEMV's not, and
     under the interpreter (whose bfloat16 arithmetic is on raw bit patterns) none does."""
-    monkeypatch.setattr(dec, "_MX_BF16_MUL", True)
+    monkeypatch.setattr(dec, "_MX_BF16_MUL", mode)
     for exact in (True, False):
         inputs = _mx_inputs(7, 96, 32, 3, 2, seed=41, exact=exact)
         base = _mx_run(inputs, SORTED_MX, DSV4)
@@ -1100,7 +1102,7 @@ def test_decode_mxfp4_dot_bf16_mul(decode_calls, gemm_flags, monkeypatch):
         _mx_check(out, inputs, DSV4)
         _same_sums(out, base, exact)
     _mx_run(_mx_inputs(1, 96, 32, 3, 2, seed=42, exact=True), _dcfg(1, 2, bk=64), DSV4)
-    on = int(DEVICE == "cuda")
+    on = mode if DEVICE == "cuda" else 0
     assert decode_calls() == 3 and gemm_flags("MX_BF16_MUL") == [on] * 4 + [0, 0]
 
 
@@ -1263,11 +1265,12 @@ def test_e2m1_pair_decoders_every_byte(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="NOT RUN: needs a CUDA GPU")
-def test_e2m1_pair_decoder_bf16_mul_every_byte():
+@pytest.mark.parametrize("mode", [1, 2], ids=["shifts", "multiplies"])
+def test_e2m1_pair_decoder_bf16_mul_every_byte(mode):
     """`_e2m1_pair_to`'s BF16_MUL (the 2**126 applied in bfloat16, two values an instruction;
     PARITY_MOE_MX_BF16_MUL): the same bits on all 256 bytes, the subnormal code 1 and -0
     included. A GPU only: the interpreter's bfloat16 arithmetic works on raw bit patterns."""
-    _every_byte(torch.bfloat16, bf16_mul=1)
+    _every_byte(torch.bfloat16, bf16_mul=mode)
 
 
 @triton.jit
@@ -1314,3 +1317,25 @@ def test_decode_mxfp4_ptx(decode_calls, gemm_flags, monkeypatch):
     _mx_run(_mx_inputs(5, 96, 32, 3, 2, seed=44, exact=True), _dcfg(16, 2, bk=64), DSV4)
     on = int(DEVICE == "cuda")
     assert decode_calls() == 3 and gemm_flags("MX_PTX") == [on] * 4 + [0, 0]
+
+
+@triton.jit
+def _bf16_bits_kernel(p_ptr, out_ptr):
+    offs = tl.arange(0, 256)
+    packed = tl.load(p_ptr + offs)
+    lo, hi = kern._e2m1_pair_bits(packed, 22, 0x81C0)
+    tl.store(out_ptr + offs, (lo & 0xFFFF) | (hi << 16))
+    tl.store(out_ptr + 256 + offs, kern._e2m1_pair_bf16_bits(packed))
+
+
+def test_e2m1_pair_bf16_bits_every_byte():
+    """`_e2m1_pair_bf16_bits` (PARITY_MOE_MX_BF16_MUL=2): on all 256 bytes the same two
+    bfloat16 patterns as `_e2m1_pair_bits(packed, 22, 0x81C0)` (BF16_MUL 1, whose values the
+    GPU test above checks against the contract), low nibble in bits 0..15, high in 16..31.
+    Integer work only, so it runs in the interpreter too."""
+    p = torch.arange(256, dtype=torch.uint8, device=DEVICE)
+    out = torch.empty(512, dtype=torch.int32, device=DEVICE)
+    _bf16_bits_kernel[(1,)](p, out)
+    want, got = out[:256].cpu(), out[256:].cpu()
+    assert torch.equal(got, want)
+    assert int(want[1]) & 0xFFFF == 0x0040 and int(want[0x90]) >> 16 & 0xFFFF == 0x8040  # +-0.5

@@ -90,6 +90,19 @@ def _e2m1_pair_f32(packed):
 
 
 @triton.jit
+def _e2m1_pair_bf16_bits(packed):
+    """Both bfloat16 patterns of `_e2m1_pair_to`'s BF16_MUL (`value * 2**-126`, the sign at 15)
+    of uint8 `packed` in one int32, the low nibble's in bits 0..15 and the high one's in
+    16..31, from two multiplies of the zero-extended byte b: b * (2**6 + 2**18) puts the low
+    magnitude (bits 0..2) at 6..8 and the high one (4..6) at 22..24, b * (2**12 + 2**24) the
+    low sign (bit 3) at 15 and the high one (7) at 31; the two copies of b in each product do
+    not overlap, so no carries. The halves are the pair the dot's operand register holds: sm_90
+    SASS (triton 3.6) of the 128 x 64 tile 17.2 -> 15.2 instructions a weight byte."""
+    b = packed.to(tl.int32)
+    return ((b * 0x40040) & 0x01C001C0) | ((b * 0x1001000) & -0x7FFF8000)  # 0x80008000
+
+
+@triton.jit
 def _e2m1_pair_to(packed, dtype: tl.constexpr, BF16_MUL: tl.constexpr = 0):
     """(low, high) nibbles of packed E2M1 bytes as `dtype` (bfloat16 or float16) values,
     exactly. bfloat16: the top half of the float32 value (its low 16 bits are zero: at most 2
@@ -99,8 +112,14 @@ def _e2m1_pair_to(packed, dtype: tl.constexpr, BF16_MUL: tl.constexpr = 0):
     subnormals kept): the same values. float16: the pattern with the magnitude bits at 11..9
     and the sign at 15 is value * 2**-14 (code 1 the float16 subnormal 2**-15), times 2**14 in
     float16: exact. The 16-bit patterns: `_e2m1_pair_bits` with SHIFT 22 (bfloat16) and 19
-    (float16), the sign kept at bit 15."""
-    if dtype == tl.bfloat16 and BF16_MUL:
+    (float16), the sign kept at bit 15; BF16_MUL 2 builds the same bfloat16 patterns with
+    `_e2m1_pair_bf16_bits` (fewer instructions; PARITY_MOE_MX_BF16_MUL=2, off until timed)."""
+    if dtype == tl.bfloat16 and BF16_MUL == 2:
+        p = _e2m1_pair_bf16_bits(packed)
+        lo = p.to(tl.uint16).to(dtype, bitcast=True)
+        hi = (p >> 16).to(tl.uint16).to(dtype, bitcast=True)
+        return lo * _TWO_126, hi * _TWO_126
+    elif dtype == tl.bfloat16 and BF16_MUL:
         lo, hi = _e2m1_pair_bits(packed, 22, 0x81C0)
         lo = lo.to(tl.uint16).to(dtype, bitcast=True)
         hi = hi.to(tl.uint16).to(dtype, bitcast=True)

@@ -68,8 +68,10 @@ _MX_VEC = os.environ.get(MX_VEC_ENV, "1") != "0"
 # graph replay, T 16 661.2 -> 627.5 us; its every-byte and decode tests passed there): the
 # default; PARITY_MOE_MX_BF16_MUL=0 scales in float32. Never under UPCAST_DOT (the
 # interpreter's bfloat16 arithmetic works on raw bit patterns). Read once at import.
+# PARITY_MOE_MX_BF16_MUL=2: the same bfloat16 patterns from two multiplies a byte
+# (`_e2m1_pair_bf16_bits`; sm_90 SASS 17.2 -> 15.2 instructions a weight byte), off until timed.
 MX_BF16_MUL_ENV = "PARITY_MOE_MX_BF16_MUL"
-_MX_BF16_MUL = os.environ.get(MX_BF16_MUL_ENV, "1") != "0"
+_MX_BF16_MUL = {"0": 0, "2": 2}.get(os.environ.get(MX_BF16_MUL_ENV, "1"), 1)
 # The mxfp4 T 1 GEMV on int32 words with the codes decoded in PTX (`_e2m1_word_f32_ptx`): sm_90
 # SASS (triton 3.6) of the GEMV 32 x 256 11.7 instructions a weight byte against 14.0 for the
 # default (the [1, K] activations), 10.3 at 128 x 128. Off until timed on a GPU
@@ -753,7 +755,7 @@ def _gemm(
         MX_WORDS=mx_words,
         MX_VEC=int(qcode == 2 and _MX_VEC),
         MX_ACT_2D=int(qcode == 2 and _MX_VEC and bm == 1 and not mx_words and mx_act_2d),
-        MX_BF16_MUL=int(qcode == 2 and _MX_VEC and bm > 1 and _MX_BF16_MUL and not upcast),
+        MX_BF16_MUL=int(_MX_BF16_MUL) if qcode == 2 and _MX_VEC and bm > 1 and not upcast else 0,
         MX_PTX=int(mx_ptx and mx_words),
     )
     launch("gemm", _gemm_kernel, grid, args, consts, num_warps=warps, num_stages=stages)
