@@ -40,14 +40,16 @@ def compile_gemv(
     act2d: int = 0,
     bf16mul: int = 0,
     ptx: int = 0,
+    a32: int = 0,
 ):
     """The GEMM as the launcher specialises it: unit strides constant, the rest multiples of 16
-    (bm 1: the GEMV; 16: the dot tile; act2d: MX_ACT_2D; bf16mul: MX_BF16_MUL)."""
+    (bm 1: the GEMV; 16: the dot tile; act2d: MX_ACT_2D; bf16mul: MX_BF16_MUL; ptx: MX_PTX;
+    a32: float32 activations, as PARITY_MOE_MX_PTX=2 passes them)."""
     sig = {n: "i32" for n in NAMES}
     sig.update(
-        a_ptr="*bf16", b_ptr="*i32" if words else "*u8", part_ptr="*fp32", a_scale_ptr="*fp32",
-        b_scale_ptr="*u8", pairs_ptr="*i32", slot_e_ptr="*i32", slot_start_ptr="*i32",
-        slot_cnt_ptr="*i32",
+        a_ptr="*fp32" if a32 else "*bf16", b_ptr="*i32" if words else "*u8", part_ptr="*fp32",
+        a_scale_ptr="*fp32", b_scale_ptr="*u8", pairs_ptr="*i32", slot_e_ptr="*i32",
+        slot_start_ptr="*i32", slot_cnt_ptr="*i32",
     )  # fmt: skip
     consts = dict(
         a_row_div=1, QUANT=2, UPCAST_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
@@ -105,12 +107,15 @@ def main() -> None:
             in ((0, 0), (0, 1), (1, 0))]  # fmt: skip
     # DECODE_MX_ACT_2D: the activations as [1, K] tiles
     rows += [(1, bn, bk, 0, 1, 1, 0, 0) for bn, bk in ((32, 256), (16, 512), (32, 512))]
-    # PARITY_MOE_MX_PTX: the word GEMV decoded in PTX
-    rows += [(1, bn, bk, 1, 0, 0, 0, 1) for bn, bk in ((32, 256), (64, 128), (128, 128))]
+    # PARITY_MOE_MX_PTX: the word GEMV decoded in PTX (2: float32 activations)
+    rows += [(1, bn, bk, 1, 0, 0, 0, p) for p in (1, 2) for bn, bk in ((32, 256), (128, 128))]
     # the T 16 dot tile, and with PARITY_MOE_MX_BF16_MUL
     rows += [(16, 128, 64, 0, v, 0, b, 0) for v, b in ((0, 0), (1, 0), (1, 1), (1, 2))]
     for bm, bn, bk, words, vec, act2d, bf16mul, ptx in rows:
-        ck = compile_gemv(words, bn, bk, 4, vec=vec, bm=bm, act2d=act2d, bf16mul=bf16mul, ptx=ptx)
+        ck = compile_gemv(
+            words, bn, bk, 4, vec=vec, bm=bm, act2d=act2d, bf16mul=bf16mul, ptx=int(ptx > 0),
+            a32=int(ptx == 2),
+        )  # fmt: skip
         body = loop_sass(ck)
         ops = collections.Counter(
             re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
@@ -120,7 +125,7 @@ def main() -> None:
         kind = ("gemv " if bm == 1 else "dot  ") + ("words" if words else "bytes")
         kind += (" vec" if vec else "    ") + (" 2d" if act2d else "   ")
         kind += f" bf16mul{bf16mul}" if bf16mul else ""
-        kind += " ptx" if ptx else ""
+        kind += f" ptx{ptx}" if ptx else ""
         print(
             f"{kind} {bn}x{bk}: {len(body)} SASS instructions a K step, "
             f"{len(body) / per_thread:.1f} a weight byte, {registers(ck)} registers; "

@@ -1302,12 +1302,14 @@ def test_e2m1_word_decoder_ptx_every_byte():
     assert torch.equal(_bits(got[:, 0]), _bits(want)) and torch.equal(_bits(got[:, 1]), _bits(want))
 
 
-def test_decode_mxfp4_ptx(decode_calls, gemm_flags, monkeypatch):
+@pytest.mark.parametrize("mode", [1, 2], ids=["bf16-act", "f32-act"])
+def test_decode_mxfp4_ptx(mode, decode_calls, gemm_flags, monkeypatch):
     """PARITY_MOE_MX_PTX (the T 1 GEMV on words, decoded in PTX): the same exact products, so
     bitwise the sorted path where every float32 sum is exact and close elsewhere; on a GPU its
     GEMV launches carry the flag, the dot tile's not; under the interpreter (no inline
-    assembly) none does and the byte GEMV runs as before."""
-    monkeypatch.setattr(dec, "_MX_PTX", True)
+    assembly) none does and the byte GEMV runs as before. Mode 2 also hands the GEMV its
+    activations in float32 (an exact conversion): the same bits again."""
+    monkeypatch.setattr(dec, "_MX_PTX", mode)
     for exact in (True, False):
         inputs = _mx_inputs(1, 96, 32, 3, 2, seed=43, exact=exact)
         base = _mx_run(inputs, SORTED_MX, DSV4)

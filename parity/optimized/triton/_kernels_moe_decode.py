@@ -74,11 +74,12 @@ MX_BF16_MUL_ENV = "PARITY_MOE_MX_BF16_MUL"
 _MX_BF16_MUL = {"0": 0, "2": 2}.get(os.environ.get(MX_BF16_MUL_ENV, "1"), 1)
 # The mxfp4 T 1 GEMV on int32 words with the codes decoded in PTX (`_e2m1_word_f32_ptx`): sm_90
 # SASS (triton 3.6) of the GEMV 32 x 256 11.7 instructions a weight byte against 14.0 for the
-# default (the [1, K] activations), 10.3 at 128 x 128. Off until timed on a GPU
-# (PARITY_MOE_MX_PTX=1 turns it on); never under the interpreter, which runs no inline assembly.
-# Read once at import.
+# default (the [1, K] activations), 10.3 at 128 x 128; PARITY_MOE_MX_PTX=2 also hands it its
+# activations in float32 (converted once a GEMM): 10.2 at 32 x 256. Off until timed on a GPU
+# (PARITY_MOE_MX_PTX=1 or 2 turns it on); never under the interpreter, which runs no inline
+# assembly. Read once at import.
 MX_PTX_ENV = "PARITY_MOE_MX_PTX"
-_MX_PTX = os.environ.get(MX_PTX_ENV, "0") == "1"
+_MX_PTX = {"1": 1, "2": 2}.get(os.environ.get(MX_PTX_ENV, "0"), 0)
 
 
 @triton.jit(
@@ -713,6 +714,10 @@ def _gemm(
     )
     if mx_words:
         b = b.view(torch.int32)
+    if mx_ptx and mx_words and _MX_PTX == 2 and a.dtype != torch.float32:
+        # the activations converted once (exact) instead of in every N block's program: 11.7
+        # -> 10.2 instructions a weight byte (sm_90 SASS, 32 x 256), one small launch more
+        a = a.float()
     qcode = {"none": 0, "fp8_block": 1, "mxfp4": 2}[quant]
     a_ss = a_s.stride() if a_s is not None else (0, 0)
     b_ss = b_s.stride() if b_s is not None else (0, 0, 0)
