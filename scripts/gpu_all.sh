@@ -202,7 +202,7 @@ elif [ "$PHASE" = mxptx ]; then
       --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$M"
   done
   PARITY_MOE_MX_PTX=2 PARITY_MOE_MX_BF16_MUL=2 suite n_triton_fused_moe_variants \
-    "${MXPTX_NIGHTLY:-200}" 1000 --profile nightly --backend triton --op fused_moe
+    "${MXPTX_NIGHTLY:-180}" 1000 --profile nightly --backend triton --op fused_moe
   wait
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by
