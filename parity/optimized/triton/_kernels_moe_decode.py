@@ -137,8 +137,8 @@ def _group_kernel(
 # go up 4 and their magnitudes up 2, the high nibbles' magnitudes down 2. The hardware converts
 # two E4M3 bytes to two float16 values an instruction (exact: float16 holds every E4M3 value),
 # times 64 in float16 (two an instruction, exact: the result is the E2M1 value, at most 6), then
-# to float32 (exact). 17 + 4 instructions for 8 codes where `_e2m1_pair_f32` takes about 5 a
-# code (sm_90 SASS, scripts/sass_gemv.py).
+# to float32 (exact). About 21 sm_90 instructions for 8 codes (5 LOP3/SHF, 4 F2FP, 4 HMUL2, 8
+# HADD2.F32) where `_e2m1_pair_f32` takes about 5 a code (scripts/sass_gemv.py).
 _E2M1_WORD_PTX = tl.constexpr(
     """{
 .reg .b32 t0, t1, t2, t3, lo, hi, f0, f1, f2, f3, c64;
