@@ -165,6 +165,10 @@ def decode_grid(quant: str, t: int) -> list[dict]:
     else:
         for bn, bk, split, stages in itertools.product((64, 128), (64, 128), (0, 8), (3, 4)):
             out.append(cfg(16, bn, bk, split, 4, stages, split2=split // 2))
+        if quant == "mxfp4":  # wider N tiles spread a K step's fixed work over more bytes
+            # (sm_90 SASS with MX_BF16_MUL=2: 128 x 64 w4 15.2, 256 x 64 w8 14.5, 128 x 128 w4
+            # 13.8 instructions a weight byte, 156 registers)
+            out += [cfg(16, 256, 64, s, 8, 3, split2=s // 2) for s in (0, 8)]
     if quant == "mxfp4":  # [1, K] activations only where an entry asks (the GPU default is 1)
         out = [{"DECODE_MX_ACT_2D": 0, **c} for c in out]
     return out
