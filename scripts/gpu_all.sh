@@ -189,11 +189,12 @@ if [ "$PHASE" = verify ]; then
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
 elif [ "$PHASE" = mxptx ]; then
   # One call for the mxfp4 decode variants off until timed, the T 1 GEMV decoded in PTX
-  # (PARITY_MOE_MX_PTX=1; 2 with float32 activations) and the T 16 dot tile's bfloat16 patterns from multiplies
-  # (PARITY_MOE_MX_BF16_MUL=2; the two touch different launches, so one run times both), and
-  # the device-free case generation (Gen.host): their GPU tests, fused_moe mxfp4 at T 1 / 16
-  # timed default, variants, default again (drift shows as the two default rows disagreeing),
-  # then fused_moe's nightly with both on for the rest of the call (MXPTX_NIGHTLY seconds).
+  # (PARITY_MOE_MX_PTX=1; 2 with float32 activations) and the T 16 dot tile's bfloat16
+  # patterns from multiplies (PARITY_MOE_MX_BF16_MUL=2; the two touch different launches, so
+  # one run times both), and the device-free case generation (Gen.host): their GPU tests,
+  # fused_moe mxfp4 at T 1 / 16 timed default, variants, default again (drift shows as the two
+  # default rows disagreeing), then fused_moe's nightly with PTX 2 and the dot tile's variant on
+  # for the rest of the call (MXPTX_NIGHTLY seconds).
   pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_case_gen.py \
     tests/test_triton_fused_moe.py -k "ptx or every_byte or bf16 or case or decode_mxfp4"
   for v in 0 1 2 0; do  # PTX 1: bf16 activations, 2: float32 activations
