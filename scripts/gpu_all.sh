@@ -195,7 +195,7 @@ elif [ "$PHASE" = mxptx ]; then
   # fused_moe mxfp4 at T 1 / 16 timed default, variants, default again (drift shows as the two
   # default rows disagreeing), then fused_moe's nightly with PTX 2 and the dot tile's variant on
   # for the rest of the call (MXPTX_NIGHTLY seconds).
-  pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_case_gen.py \
+  pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_case_gen.py \
     tests/test_triton_fused_moe.py -k "ptx or every_byte or bf16 or case or decode_mxfp4"
   for v in 0 1 2 0; do  # PTX 1: bf16 activations, 2: float32 activations
     mul=1; [ "$v" != 0 ] && mul=2
