@@ -193,17 +193,27 @@ elif [ "$PHASE" = mxptx ]; then
   # patterns from multiplies (PARITY_MOE_MX_BF16_MUL=2; the two touch different launches, so
   # one run times both), and the device-free case generation (Gen.host): their GPU tests,
   # fused_moe mxfp4 at T 1 / 16 timed default, variants, default again (drift shows as the two
-  # default rows disagreeing), then fused_moe's nightly with PTX 2 and the dot tile's variant on
-  # for the rest of the call (MXPTX_NIGHTLY seconds).
+  # default rows disagreeing), mxfp4_dequant at T 8192 with and without its bfloat16 variant,
+  # then fused_moe's nightly with all three on and mxfp4_dequant's with its variant, side by
+  # side (MXPTX_NIGHTLY seconds).
   pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_case_gen.py \
-    tests/test_triton_fused_moe.py -k "ptx or every_byte or bf16 or case or decode_mxfp4"
+    tests/test_triton_fused_moe.py tests/test_triton_kernels.py \
+    -k "ptx or every_byte or bf16 or case or decode_mxfp4 or dequant"
   for v in 0 1 2 0; do  # PTX 1: bf16 activations, 2: float32 activations
     mul=1; [ "$v" != 0 ] && mul=2
     PARITY_MOE_MX_PTX=$v PARITY_MOE_MX_BF16_MUL=$mul bench "b_mx_ptx${v}_$SECONDS" 50 \
       --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$M"
   done
-  PARITY_MOE_MX_PTX=2 PARITY_MOE_MX_BF16_MUL=2 suite n_triton_fused_moe_variants \
-    "${MXPTX_NIGHTLY:-180}" 1000 --profile nightly --backend triton --op fused_moe
+  # mxfp4_dequant's bfloat16 variant (PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16) beside it
+  for v in "" mxfp4_dequant_bf16 ""; do
+    PARITY_TRITON_VARIANTS=$v bench "b_dequant_${v:-shipped}_$SECONDS" 25 --op mxfp4_dequant \
+      --impl triton --tokens 8192
+  done
+  PARITY_MOE_MX_PTX=2 PARITY_MOE_MX_BF16_MUL=2 PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16 \
+    suite n_triton_fused_moe_variants "${MXPTX_NIGHTLY:-150}" 1000 --profile nightly \
+    --backend triton --op fused_moe
+  PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16 suite n_triton_mxfp4_dequant_variant \
+    "${MXPTX_NIGHTLY:-150}" 1000 --profile nightly --backend triton --op mxfp4_dequant
   wait
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by

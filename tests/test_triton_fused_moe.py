@@ -278,9 +278,15 @@ def _bits(v):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # scale 254 -> inf
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 255: 0 * inf
-def test_mxfp4_dequant_kernel_every_code_and_scale():
+@pytest.mark.parametrize("variant", [False, True], ids=["shipped", "mxfp4_dequant_bf16"])
+def test_mxfp4_dequant_kernel_every_code_and_scale(variant, monkeypatch):
     # row r has scale code r in every MX block (0: 2**-127 subnormal, 254: overflow to inf for
-    # values above 1.99, 255: NaN); its 128 bytes hold every byte value, shifted per row
+    # values above 1.99, 255: NaN); its 128 bytes hold every byte value, shifted per row. The
+    # mxfp4_dequant_bf16 variant: 8192-element programs, and on a GPU the bfloat16 arithmetic
+    from parity.optimized.triton import _kernels_quant as kq
+
+    monkeypatch.setitem(kq.DEQUANT, "bf16", variant)
+    assert kq.dequant_bf16_mul(torch.bfloat16, DEVICE) == int(variant and DEVICE == "cuda")
     rows = torch.arange(256)
     packed = ((torch.arange(128)[None, :] * 2 + rows[:, None]) % 256).to(torch.uint8)
     packed = torch.cat([packed, packed.flip(1)], 1).reshape(2, 128, 256)  # [E=2, R=128, K/2]

@@ -490,9 +490,14 @@ def test_silu_mul_fp8_quant_nan_and_zero_groups():
 # --- mxfp4_dequant ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", [False, True], ids=["shipped", "mxfp4_dequant_bf16"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
-def test_mxfp4_dequant_every_code_and_scale(dtype):
-    # every byte (both nibbles) under the extreme and ordinary scale codes
+def test_mxfp4_dequant_every_code_and_scale(dtype, variant, monkeypatch):
+    # every byte (both nibbles) under the extreme and ordinary scale codes; the
+    # mxfp4_dequant_bf16 variant (8192-element programs; bfloat16 arithmetic on a GPU) too
+    from parity.optimized.triton import _kernels_quant as kq
+
+    monkeypatch.setitem(kq.DEQUANT, "bf16", variant)
     codes = torch.tensor([0, 1, 2, 100, 127, 128, 200, 253, 254, 255], dtype=torch.uint8)
     packed = torch.arange(256, dtype=torch.int32).to(torch.uint8).repeat(codes.numel(), 1)
     scales = codes[:, None].repeat(1, 256 // 16)
@@ -567,3 +572,24 @@ def test_property_suite_catches_the_naive_cast_under_the_interpreter():
     )
     assert stats.failure is not None, f"not caught in {stats.run} cases"
     assert stats.run > 0
+
+
+def test_mxfp4_dequant_bf16_variant_is_a_gpu_path(monkeypatch):
+    """The mxfp4_dequant_bf16 variant computes in bfloat16 only for a bfloat16 output on a GPU:
+    never under the interpreter (its bfloat16 arithmetic works on raw bit patterns), never for
+    another dtype or a CPU tensor, never unless PARITY_TRITON_VARIANTS names it."""
+    from parity.optimized.triton import _kernels_quant as kq
+
+    monkeypatch.setitem(kq.DEQUANT, "bf16", True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kq.dequant_bf16_mul(torch.bfloat16, "cuda") == 1
+    assert kq.dequant_bf16_mul(torch.float32, "cuda") == 0
+    assert kq.dequant_bf16_mul(torch.bfloat16, "cpu") == 0
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kq.dequant_bf16_mul(torch.bfloat16, "cuda") == 0
+    monkeypatch.setitem(kq.DEQUANT, "bf16", False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kq.dequant_bf16_mul(torch.bfloat16, "cuda") == 0
+    assert kq._dequant_blocks(448)[:2] == (1, 64)  # 2048 elements a program
+    monkeypatch.setitem(kq.DEQUANT, "bf16", True)
+    assert kq._dequant_blocks(448)[:2] == (4, 64)  # 8192

@@ -45,13 +45,14 @@ def native_fp8_ok(device) -> bool:
 
 
 # Kernel variants that stay options until a GPU has timed them (docs/gpu-results.md):
-# PARITY_TRITON_VARIANTS="fast_sigmoid,fp8_block_cols_first" (or "all") turns them on
-# at import, so a whole GPU suite can run with them before one becomes a default. Unknown names
-# raise: a misspelt variant must not run the shipped kernels and read as the variant's pass.
+# PARITY_TRITON_VARIANTS="fast_sigmoid,mxfp4_dequant_bf16" (a list of VARIANTS, or "all") turns
+# them on at import, so a whole GPU suite can run with them before one becomes a default.
+# Unknown names raise: a misspelt variant must not run the shipped kernels and read as the
+# variant's pass.
 VARIANTS_ENV = "PARITY_TRITON_VARIANTS"
 # (mxfp4_quant's E2M1 bits encoder and the mxfp4 decode GEMMs on whole MX blocks were ones:
 # now the defaults)
-VARIANTS = ("fast_sigmoid", "fp8_block_cols_first")
+VARIANTS = ("fast_sigmoid", "fp8_block_cols_first", "mxfp4_dequant_bf16")
 
 
 def variant_on(name: str) -> bool:

@@ -22,6 +22,8 @@ rounding is done once, exactly, on the float32 bit pattern:
   multiply and two fmas an element instead of a correctly rounded division (`div_rn`, ~10
   instructions and a range check); exact for a scale in the range `divfree_ok(eps)` promises
   (the proof is next to the code).
+- `e2m1_pair_bf16_bits(packed)`: both bfloat16 patterns of `value * 2**-126` of a byte's two
+  E2M1 codes in one int32 (two multiplies and two masks).
 - `f32_to_bf16(x)`, `to_dtype_rne(x, dtype)`: round-to-nearest-even output casts; the
   interpreter's float32 -> bfloat16 cast truncates, so kernels storing bf16 use these
   (`to_dtype_rne` uses the integer form under the interpreter only: on a GPU the native cast
@@ -173,6 +175,22 @@ def div_by_recip(v, s, r):
     q0 = vc * r
     t = tl.math.fma(q0, tl.broadcast_to(s, q0.shape), -vc)
     return tl.math.fma(t, tl.broadcast_to(-r, q0.shape), q0)
+
+
+@triton.jit
+def e2m1_pair_bf16_bits(packed):
+    """Both bfloat16 patterns of `value * 2**-126` (the sign at 15; code 1 the bfloat16
+    subnormal 2**-127) of the two E2M1 codes of uint8 `packed` in one int32, the low nibble's
+    in bits 0..15 and the high one's in 16..31. Two multiplies of the zero-extended byte b:
+    b * (2**6 + 2**18) puts the low magnitude (bits 0..2) at 6..8 and the high one (4..6) at
+    22..24, b * (2**12 + 2**24) the low sign (bit 3) at 15 and the high one (7) at 31; the two
+    copies of b in each product do not overlap, so no carries. Times 2**126 in bfloat16
+    (exact, subnormals kept on a GPU; the interpreter's bfloat16 arithmetic is on raw bit
+    patterns) they are the values. The halves are the pair a bfloat16x2 register holds:
+    fused_moe's dot tile (sm_90 SASS of its 128 x 64 tile 17.2 -> 15.2 instructions a weight
+    byte) and mxfp4_dequant's bfloat16 output."""
+    b = packed.to(tl.int32)
+    return ((b * 0x40040) & 0x01C001C0) | ((b * 0x1001000) & -0x7FFF8000)  # 0x80008000
 
 
 @triton.jit

@@ -44,6 +44,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from parity.optimized.triton._fp8 import e2m1_pair_bf16_bits as _e2m1_pair_bf16_bits
 from parity.optimized.triton._fp8 import e4m3_code, to_dtype_rne
 from parity.optimized.triton._kernels_swiglu import swiglu_f32
 from parity.optimized.triton._launch import cdiv, env, k_pad, launch
@@ -87,19 +88,6 @@ def _e2m1_pair_f32(packed):
     for extracting the nibble first (`packed & 15`, `packed >> 4`)."""
     lo, hi = _e2m1_pair_bits(packed, 6, _E2M1_F32_MASK)
     return lo.to(tl.float32, bitcast=True) * _TWO_126, hi.to(tl.float32, bitcast=True) * _TWO_126
-
-
-@triton.jit
-def _e2m1_pair_bf16_bits(packed):
-    """Both bfloat16 patterns of `_e2m1_pair_to`'s BF16_MUL (`value * 2**-126`, the sign at 15)
-    of uint8 `packed` in one int32, the low nibble's in bits 0..15 and the high one's in
-    16..31, from two multiplies of the zero-extended byte b: b * (2**6 + 2**18) puts the low
-    magnitude (bits 0..2) at 6..8 and the high one (4..6) at 22..24, b * (2**12 + 2**24) the
-    low sign (bit 3) at 15 and the high one (7) at 31; the two copies of b in each product do
-    not overlap, so no carries. The halves are the pair the dot's operand register holds: sm_90
-    SASS (triton 3.6) of the 128 x 64 tile 17.2 -> 15.2 instructions a weight byte."""
-    b = packed.to(tl.int32)
-    return ((b * 0x40040) & 0x01C001C0) | ((b * 0x1001000) & -0x7FFF8000)  # 0x80008000
 
 
 @triton.jit

@@ -16,10 +16,20 @@ exact for eps >= 2**-40; a smaller eps keeps the true division `div_rn`), then t
 (~7 ops native, ~18 explicit).
 """
 
+import os
+
+import torch
 import triton
 import triton.language as tl
 
-from parity.optimized.triton._fp8 import div_by_recip, divfree_ok, e4m3_store_value, to_dtype_rne
+from parity.optimized.triton._caps import variant_on
+from parity.optimized.triton._fp8 import (
+    div_by_recip,
+    divfree_ok,
+    e2m1_pair_bf16_bits,
+    e4m3_store_value,
+    to_dtype_rne,
+)
 from parity.optimized.triton._kernels_swiglu import SIGMOID, swiglu_f32
 from parity.optimized.triton._launch import cdiv
 
@@ -247,6 +257,15 @@ def _e2m1_scaled_bits(b, SHIFT: tl.constexpr):
     return ((b & (7 << SHIFT)) << (22 - SHIFT)) | ((b & (8 << SHIFT)) << (28 - SHIFT))
 
 
+# The `mxfp4_dequant_bf16` variant (PARITY_TRITON_VARIANTS; off until timed): bfloat16 output
+# computed in bfloat16 on a GPU (BF16_MUL) and 8192 elements a program instead of 2048. sm_90
+# SASS (triton 3.6): the kernel is short and a 2048-element program gives a thread 4 bytes, so
+# fixed work is most of it (36 instructions a byte a thread at 1 x 64 blocks; 24-26 at 4-8 rows
+# of 64 blocks); the bfloat16 form cuts the per-byte work of the float32 one (two FMUL, five
+# integer ops and a select a value) to two multiplies, two masks and two HMUL2 a byte.
+DEQUANT = {"bf16": variant_on("mxfp4_dequant_bf16")}
+
+
 # R only bounds the rows: not specialised (a compile key each on a GPU); P = K/2 is a multiple
 # of 16 whatever K, so its specialisation never splits a key.
 @triton.jit(do_not_specialize=["R"])
@@ -258,6 +277,7 @@ def _mxfp4_dequant_kernel(
     P,  # K / 2
     BLOCK_R: tl.constexpr,
     BLOCK_S: tl.constexpr,  # scale blocks (32 elements, 16 bytes) a program
+    BF16_MUL: tl.constexpr = 0,  # bfloat16 y on a GPU: the values computed in bfloat16
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     sb = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -272,20 +292,36 @@ def _mxfp4_dequant_kernel(
     pmask = smask[:, :, None]
     b = tl.load(p_ptr + row64[:, None, None] * P + pcol[None, :, :], mask=pmask, other=0)
     b = b.to(tl.int32)
+    ycol = tl.program_id(1) * (BLOCK_S * 32) + tl.arange(0, BLOCK_S * 32)
+    ymask = rmask[:, None] & (ycol < 2 * P)[None, :]
+    if BF16_MUL:
+        # value * 2**(code - 127) in bfloat16, exactly: the value (its pattern times 2**126),
+        # times the scale 2**(code - 127) as a bfloat16 (code 0 the subnormal 2**-127, code 255
+        # a NaN, so the block is NaN without a select): a power of two times at most 2
+        # significant bits, at least 2**-128 (a bfloat16 subnormal) and inf past the range as
+        # in float32. Two values an instruction (HMUL2.BF16).
+        pair = e2m1_pair_bf16_bits(b)
+        lo = pair.to(tl.uint16).to(tl.bfloat16, bitcast=True) * 2.0**126
+        hi = (pair >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True) * 2.0**126
+        sbits = tl.where(sc == 0, 0x40, tl.where(sc == 255, 0x7FC0, sc << 7))
+        sf = sbits.to(tl.uint16).to(tl.bfloat16, bitcast=True)[:, :, None]
+        lo = lo * sf
+        hi = hi * sf
+        out = tl.reshape(tl.join(lo, hi), (BLOCK_R, BLOCK_S * 32)).to(tl.bfloat16)
+        tl.store(y_ptr + row64[:, None] * (2 * P) + ycol[None, :], out, mask=ymask)
+        return
     # value * 2**(code - 127), exactly, as (value * 2**-126) * m1 * factor: m1 = 2**126 gives
     # the value (exact), factor = 2**(code - 127) is a normal power of two; code 0 (2**-127,
     # subnormal) takes m1 = 2**125 and factor 2**-126. Code 255 is NaN for the whole block.
+    nan = (sc == 255)[:, :, None]
     m1 = tl.where(sc == 0, 2.0**125, 2.0**126)[:, :, None]
     factor = (tl.maximum(sc, 1) << 23).to(tl.float32, bitcast=True)[:, :, None]
-    nan = (sc == 255)[:, :, None]
     lo = (_e2m1_scaled_bits(b, 0).to(tl.float32, bitcast=True) * m1) * factor
     hi = (_e2m1_scaled_bits(b, 4).to(tl.float32, bitcast=True) * m1) * factor
     lo = tl.where(nan, float("nan"), lo)
     hi = tl.where(nan, float("nan"), hi)
     # element 2i (low nibble) then 2i + 1 (high nibble): interleave, then store contiguously
     vals = tl.reshape(tl.join(lo, hi), (BLOCK_R, BLOCK_S * 32))
-    ycol = tl.program_id(1) * (BLOCK_S * 32) + tl.arange(0, BLOCK_S * 32)
-    ymask = rmask[:, None] & (ycol < 2 * P)[None, :]
     if y_ptr.dtype.element_ty == tl.bfloat16:
         # Every value (at most 2 significant bits, float32's exponent range, NaN 0x7FC00000) is
         # exact in bfloat16: the high half of its bits is the correctly rounded result.
@@ -299,10 +335,23 @@ def _dequant_blocks(n_sb: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_S, num_warps) for rows of `n_sb` scale blocks: the blocks of a row a
     program in four buckets (8, 16, 32, 64; 64 is 2048 outputs), several rows a program for
     fewer; never shrunk for few rows (masked). Four tiles whatever the shape (each a compile on
-    a GPU)."""
+    a GPU). The `mxfp4_dequant_bf16` variant: 8192 elements a program."""
+    elems = 8192 if DEQUANT["bf16"] else TILE["elems"]
     block_s = min(max(8, triton.next_power_of_2(n_sb)), 64)
-    block_r = max(1, TILE["elems"] // (block_s * 32))
+    block_r = max(1, elems // (block_s * 32))
     return block_r, block_s, TILE["warps"] or (4 if block_r * block_s * 32 <= 2048 else 8)
+
+
+def dequant_bf16_mul(dtype, device) -> int:
+    """BF16_MUL of `_mxfp4_dequant_kernel` for output `dtype` on `device`: the variant,
+    bfloat16 output, on a GPU (never the interpreter, whose bfloat16 arithmetic works on raw
+    bit patterns)."""
+    return int(
+        DEQUANT["bf16"]
+        and dtype == torch.bfloat16
+        and torch.device(device).type == "cuda"
+        and os.environ.get("TRITON_INTERPRET") != "1"
+    )
 
 
 def launch_mxfp4_dequant(packed, scales, y, rows, k):
@@ -313,5 +362,13 @@ def launch_mxfp4_dequant(packed, scales, y, rows, k):
     block_r, block_s, warps = _dequant_blocks(n_sb)
     grid = (cdiv(rows, block_r), cdiv(n_sb, block_s))
     _mxfp4_dequant_kernel[grid](
-        packed, scales, y, rows, p, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=warps
+        packed,
+        scales,
+        y,
+        rows,
+        p,
+        BLOCK_R=block_r,
+        BLOCK_S=block_s,
+        BF16_MUL=dequant_bf16_mul(y.dtype, y.device),
+        num_warps=warps,
     )

@@ -50,10 +50,11 @@ def _kq():
 
 
 def _tiles():
-    """What a plan's tiles depend on: `_kernels_quant.TILE` (a tile sweep changes it), and the
-    sigmoid's division (`_kernels_swiglu.SIGMOID`) for silu_mul_fp8_quant."""
+    """What a plan's tiles depend on: `_kernels_quant.TILE` (a tile sweep changes it), the
+    sigmoid's division (`_kernels_swiglu.SIGMOID`) for silu_mul_fp8_quant, and mxfp4_dequant's
+    `DEQUANT` variant."""
     tile = _kernels.TILE
-    return tile["elems"], tile["warps"], _kernels.SIGMOID["fast"]
+    return tile["elems"], tile["warps"], _kernels.SIGMOID["fast"], _kernels.DEQUANT["bf16"]
 
 
 def _fp8_env():
@@ -198,9 +199,10 @@ def _dequant_plan(packed, scales, dtype):
         # as `_kernels_quant.launch_mxfp4_dequant` (tests/test_launch_cost.py compares them)
         block_r, block_s, warps = kq._dequant_blocks(n_sb)
         grid = (-(-rows // block_r), -(-n_sb // block_s))
-        run = Launch(
-            kq._mxfp4_dequant_kernel, grid, dict(BLOCK_R=block_r, BLOCK_S=block_s), num_warps=warps
+        consts = dict(
+            BLOCK_R=block_r, BLOCK_S=block_s, BF16_MUL=kq.dequant_bf16_mul(dtype, packed.device)
         )
+        run = Launch(kq._mxfp4_dequant_kernel, grid, consts, num_warps=warps)
         launch = (run, rows, p)
     plan = (shape, launch)
     if packed.__class__ is scales.__class__ is torch.Tensor and plain(dtype):
