@@ -210,10 +210,10 @@ elif [ "$PHASE" = mxptx ]; then
       --impl triton --tokens 8192
   done
   PARITY_MOE_MX_PTX=2 PARITY_MOE_MX_BF16_MUL=2 PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16 \
-    suite n_triton_fused_moe_variants "${MXPTX_NIGHTLY:-150}" 1000 --profile nightly \
+    suite n_triton_fused_moe_variants "${MXPTX_NIGHTLY:-100}" 1000 --profile nightly \
     --backend triton --op fused_moe
   PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16 suite n_triton_mxfp4_dequant_variant \
-    "${MXPTX_NIGHTLY:-150}" 1000 --profile nightly --backend triton --op mxfp4_dequant
+    "${MXPTX_NIGHTLY:-100}" 1000 --profile nightly --backend triton --op mxfp4_dequant
   wait
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by
