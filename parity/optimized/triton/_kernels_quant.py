@@ -259,10 +259,11 @@ def _e2m1_scaled_bits(b, SHIFT: tl.constexpr):
 
 # The `mxfp4_dequant_bf16` variant (PARITY_TRITON_VARIANTS; off until timed): bfloat16 output
 # computed in bfloat16 on a GPU (BF16_MUL) and 8192 elements a program instead of 2048. sm_90
-# SASS (triton 3.6): the kernel is short and a 2048-element program gives a thread 4 bytes, so
-# fixed work is most of it (36 instructions a byte a thread at 1 x 64 blocks; 24-26 at 4-8 rows
-# of 64 blocks); the bfloat16 form cuts the per-byte work of the float32 one (two FMUL, five
-# integer ops and a select a value) to two multiplies, two masks and two HMUL2 a byte.
+# SASS (triton 3.6): the kernel is short and a 2048-element program (4 warps) gives a thread 8
+# bytes, so fixed work is much of it (31 instructions a byte a thread at 1 x 64 blocks; 24-26 at
+# 4-8 rows of 64 blocks, 8 warps); the bfloat16 form cuts the per-byte work of the float32 one
+# (two FMUL, five integer ops and a select a value) to two multiplies, two masks and two HMUL2
+# a byte: 15.5 at 4 x 64 blocks.
 DEQUANT = {"bf16": variant_on("mxfp4_dequant_bf16")}
 
 
