@@ -355,21 +355,19 @@ def dequant_bf16_mul(dtype, device) -> int:
     )
 
 
+def dequant_launch(rows: int, k: int, dtype, device) -> tuple[tuple, dict, int]:
+    """(grid, constexprs, num_warps) of `_mxfp4_dequant_kernel` for `rows` rows of K elements
+    into `dtype` on `device`: the one place that picks them (`launch_mxfp4_dequant` and
+    mxfp4_dequant's plan)."""
+    n_sb = k // 32
+    block_r, block_s, warps = _dequant_blocks(n_sb)
+    grid = (cdiv(rows, block_r), cdiv(n_sb, block_s))
+    consts = dict(BLOCK_R=block_r, BLOCK_S=block_s, BF16_MUL=dequant_bf16_mul(dtype, device))
+    return grid, consts, warps
+
+
 def launch_mxfp4_dequant(packed, scales, y, rows, k):
     """packed [..., K/2], scales [..., K/32] uint8 contiguous, read as `rows` rows; y [..., K]
     contiguous (rows, K > 0)."""
-    p = k // 2
-    n_sb = p // 16
-    block_r, block_s, warps = _dequant_blocks(n_sb)
-    grid = (cdiv(rows, block_r), cdiv(n_sb, block_s))
-    _mxfp4_dequant_kernel[grid](
-        packed,
-        scales,
-        y,
-        rows,
-        p,
-        BLOCK_R=block_r,
-        BLOCK_S=block_s,
-        BF16_MUL=dequant_bf16_mul(y.dtype, y.device),
-        num_warps=warps,
-    )
+    grid, consts, warps = dequant_launch(rows, k, y.dtype, y.device)
+    _mxfp4_dequant_kernel[grid](packed, scales, y, rows, k // 2, **consts, num_warps=warps)

@@ -195,13 +195,8 @@ def _dequant_plan(packed, scales, dtype):
     launch = None
     if numel:
         rows, p = numel // k, k // 2
-        n_sb = p // 16
         # as `_kernels_quant.launch_mxfp4_dequant` (tests/test_launch_cost.py compares them)
-        block_r, block_s, warps = kq._dequant_blocks(n_sb)
-        grid = (-(-rows // block_r), -(-n_sb // block_s))
-        consts = dict(
-            BLOCK_R=block_r, BLOCK_S=block_s, BF16_MUL=kq.dequant_bf16_mul(dtype, packed.device)
-        )
+        grid, consts, warps = kq.dequant_launch(rows, k, dtype, packed.device)
         run = Launch(kq._mxfp4_dequant_kernel, grid, consts, num_warps=warps)
         launch = (run, rows, p)
     plan = (shape, launch)
