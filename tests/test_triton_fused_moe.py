@@ -345,6 +345,19 @@ def _same_sums(out, base, exact):
         torch.testing.assert_close(out.float(), base.float(), rtol=0.02, atol=0.02)
 
 
+def _mx_like_sorted(t, seed, cfg):
+    """The decode config `cfg` against the sorted path on mxfp4 inputs of T `t` (H 96, N 32, 3
+    experts, top-2), built exact and then random from `seed`: each checked against the
+    reference and `_same_sums` with the sorted path. Returns the random inputs."""
+    for exact in (True, False):
+        inputs = _mx_inputs(t, 96, 32, 3, 2, seed=seed, exact=exact)
+        base = _mx_run(inputs, SORTED_MX, DSV4)
+        out = _mx_run(inputs, cfg, DSV4)
+        _mx_check(out, inputs, DSV4)
+        _same_sums(out, base, exact)
+    return inputs
+
+
 def _mx_check(out, inputs, opts):
     x, p13, p2, weights, ids, s13, s2, d13, d2 = inputs
     check(out, x, p13, p2, weights, ids, quant="mxfp4", s13=s13, s2=s2, d13=d13, d2=d2, opts=opts)
@@ -990,12 +1003,7 @@ def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls):
     """DECODE_MX_WORDS: the same exact products and block sums in another order, so bitwise
     equal to the sorted path where every float32 sum is exact, and close elsewhere; every code
     (both signs, the subnormal 0.5) appears in the random weights."""
-    for exact in (True, False):
-        inputs = _mx_inputs(1, 96, 32, 3, 2, seed=11, exact=exact)
-        base = _mx_run(inputs, SORTED_MX, DSV4)
-        out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_WORDS": 1}, DSV4)
-        _mx_check(out, inputs, DSV4)
-        _same_sums(out, base, exact)
+    _mx_like_sorted(1, 11, {**_dcfg(1, split, bk=64), "DECODE_MX_WORDS": 1})
     assert decode_calls() == 2
 
 
@@ -1030,12 +1038,7 @@ def test_decode_mxfp4_vec_matches_the_sorted_path(split, decode_calls, gemm_flag
     every float32 sum is exact and close elsewhere; K 96 with 64-wide tiles leaves a half tile
     (one whole MX block masked), T 7 with repeated experts runs the dot tile."""
     for t, bm in ((1, 1), (7, 16)):
-        for exact in (True, False):
-            inputs = _mx_inputs(t, 96, 32, 3, 2, seed=13 + t, exact=exact)
-            base = _mx_run(inputs, SORTED_MX, DSV4)
-            out = _mx_run(inputs, _dcfg(bm, split, bk=64), DSV4)
-            _mx_check(out, inputs, DSV4)
-            _same_sums(out, base, exact)
+        _mx_like_sorted(t, 13 + t, _dcfg(bm, split, bk=64))
     assert decode_calls() == 4
     assert gemm_flags("MX_VEC") == [1] * 8  # two GEMMs a decode call, every one with the flag
 
@@ -1069,12 +1072,7 @@ def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags):
     """DECODE_MX_ACT_2D (the GEMV's activations as [1, K] tiles, the default on a GPU): the
     same products and block sums, so bitwise the sorted path where every float32 sum is exact
     and close elsewhere; its launches carry the flag, those with the key 0 do not."""
-    for exact in (True, False):
-        inputs = _mx_inputs(1, 96, 32, 3, 2, seed=31 + split, exact=exact)
-        base = _mx_run(inputs, SORTED_MX, DSV4)
-        out = _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 1}, DSV4)
-        _mx_check(out, inputs, DSV4)
-        _same_sums(out, base, exact)
+    inputs = _mx_like_sorted(1, 31 + split, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 1})
     _mx_run(inputs, {**_dcfg(1, split, bk=64), "DECODE_MX_ACT_2D": 0}, DSV4)
     assert decode_calls() == 3 and gemm_flags("MX_ACT_2D") == [1, 1, 1, 1, 0, 0]
 
@@ -1101,12 +1099,7 @@ def test_decode_mxfp4_dot_bf16_mul(mode, decode_calls, gemm_flags, monkeypatch):
     and close elsewhere; on a GPU its dot-tile launches carry the flag, the GEMV's not, and
     under the interpreter (whose bfloat16 arithmetic is on raw bit patterns) none does."""
     monkeypatch.setattr(dec, "_MX_BF16_MUL", mode)
-    for exact in (True, False):
-        inputs = _mx_inputs(7, 96, 32, 3, 2, seed=41, exact=exact)
-        base = _mx_run(inputs, SORTED_MX, DSV4)
-        out = _mx_run(inputs, _dcfg(16, 2, bk=64), DSV4)
-        _mx_check(out, inputs, DSV4)
-        _same_sums(out, base, exact)
+    _mx_like_sorted(7, 41, _dcfg(16, 2, bk=64))
     _mx_run(_mx_inputs(1, 96, 32, 3, 2, seed=42, exact=True), _dcfg(1, 2, bk=64), DSV4)
     on = mode if DEVICE == "cuda" else 0
     assert decode_calls() == 3 and gemm_flags("MX_BF16_MUL") == [on] * 4 + [0, 0]
@@ -1316,12 +1309,7 @@ def test_decode_mxfp4_ptx(mode, decode_calls, gemm_flags, monkeypatch):
     assembly) none does and the byte GEMV runs as before. Mode 2 also hands the GEMV its
     activations in float32 (an exact conversion): the same bits again."""
     monkeypatch.setattr(dec, "_MX_PTX", mode)
-    for exact in (True, False):
-        inputs = _mx_inputs(1, 96, 32, 3, 2, seed=43, exact=exact)
-        base = _mx_run(inputs, SORTED_MX, DSV4)
-        out = _mx_run(inputs, _dcfg(1, 2, bk=64), DSV4)
-        _mx_check(out, inputs, DSV4)
-        _same_sums(out, base, exact)
+    _mx_like_sorted(1, 43, _dcfg(1, 2, bk=64))
     _mx_run(_mx_inputs(5, 96, 32, 3, 2, seed=44, exact=True), _dcfg(16, 2, bk=64), DSV4)
     on = int(DEVICE == "cuda")
     assert decode_calls() == 3 and gemm_flags("MX_PTX") == [on] * 4 + [0, 0]
