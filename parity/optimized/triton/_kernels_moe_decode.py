@@ -198,6 +198,16 @@ def _e2m1_word_f32_ptx(words):
     return tl.reshape(w, (words.shape[0], words.shape[1], 8))
 
 
+@triton.jit
+def _mx_block_scales(s_rows, k0, k_hi, offs_g, stride_bsk):
+    """float32 E8M0 scales `[BLOCK_N, NG]` of the MX blocks `offs_g` of a GEMV K tile from K
+    offset k0 (`s_rows` the rows' scale pointers `[BLOCK_N, 1]`; blocks at or past k_hi read
+    code 0: their products are all zero)."""
+    gmask = offs_g < (k_hi - k0) // 32
+    sc = tl.load(s_rows + (k0 // 32 + offs_g)[None, :] * stride_bsk, mask=gmask[None, :], other=0)
+    return _e8m0_to_f32(sc)
+
+
 # N masks the vectorised stores of the partial sums (16-byte stores at BLOCK_M 16 only where N is
 # a multiple of 16: scripts/compile_keys.py --detail), so it keeps its specialisation.
 @triton.jit(do_not_specialize_on_alignment=_SCRATCH)
@@ -295,13 +305,7 @@ def _gemm_kernel(
                     av = tl.load(a0 + (k0 + elem) * stride_ak, mask=wmask[:, None], other=0.0)
                     wsum = tl.sum(w * av.to(tl.float32)[None, :, :], axis=2)
                     blk = tl.sum(tl.reshape(wsum, (BLOCK_N, NGW, 4)), axis=2)
-                    gmask = offs_gw < (k_hi - k0) // 32
-                    sc = tl.load(
-                        s_rows + (k0 // 32 + offs_gw)[None, :] * stride_bsk,
-                        mask=gmask[None, :],
-                        other=0,
-                    )
-                    accg += blk * _e8m0_to_f32(sc)
+                    accg += blk * _mx_block_scales(s_rows, k0, k_hi, offs_gw, stride_bsk)
                 acc1 = tl.sum(accg, axis=1)
             elif QUANT == 2 and MX_WORDS == 1:
                 # B is the packed codes viewed as int32 words: word w of a row holds elements
@@ -336,13 +340,8 @@ def _gemm_kernel(
                         bits = ((wv << (28 - 4 * j)) >> 6) & _E2M1_F32_MASK
                         v = bits.to(tl.float32, bitcast=True) * _TWO_126
                         part += aj.to(tl.float32)[None, :, :] * v
-                    gmask = offs_gw < (k_hi - k0) // 32
-                    sc = tl.load(
-                        s_rows + (k0 // 32 + offs_gw)[None, :] * stride_bsk,
-                        mask=gmask[None, :],
-                        other=0,
-                    )
-                    accg += tl.sum(part, axis=2) * _e8m0_to_f32(sc)
+                    sc = _mx_block_scales(s_rows, k0, k_hi, offs_gw, stride_bsk)
+                    accg += tl.sum(part, axis=2) * sc
                 acc1 = tl.sum(accg, axis=1)
             elif QUANT == 2:
                 # byte i holds elements 2i (low nibble) and 2i + 1 (high nibble)
@@ -408,13 +407,8 @@ def _gemm_kernel(
                         # twice: 26.4 -> 35.0 instructions a weight byte)
                         prod = a_even * w_lo + a_odd * w_hi
                         blk = tl.sum(tl.reshape(prod, (BLOCK_N, NUM_G, 16)), axis=2)
-                    gmask = offs_g < (k_hi - k0) // 32
-                    sc = tl.load(
-                        s_rows + (k0 // 32 + offs_g)[None, :] * stride_bsk,
-                        mask=gmask[None, :],
-                        other=0,
-                    )
-                    acc1 += tl.sum(blk * _e8m0_to_f32(sc), axis=1)
+                    sc = _mx_block_scales(s_rows, k0, k_hi, offs_g, stride_bsk)
+                    acc1 += tl.sum(blk * sc, axis=1)
             elif QUANT == 0:
                 # products accumulated elementwise, reduced across K once at the end (no
                 # cross-thread reduction per K tile): a float32 sum in another order
