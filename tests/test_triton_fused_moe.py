@@ -1273,6 +1273,24 @@ def test_e2m1_pair_decoder_bf16_mul_every_byte(mode):
 
 
 @triton.jit
+def _join8_kernel(o_ptr):
+    r = tl.arange(0, 4)[:, None] * 100 + tl.zeros((1, 2), tl.int32)  # [4, 2]
+    w = dec._join8(r, r + 1, r + 2, r + 3, r + 4, r + 5, r + 6, r + 7)  # [4, 2, 8]
+    i = tl.arange(0, 4)[:, None, None] * 16 + tl.arange(0, 2)[None, :, None] * 8
+    tl.store(o_ptr + i + tl.arange(0, 8)[None, None, :], w)
+
+
+def test_join8_keeps_argument_order():
+    """`_join8` (the PTX decoder's eight results as one [..., 8] tensor) puts argument j at index
+    j: on the CPU too, where the PTX itself cannot run (its first version swapped elements 1 and
+    4, 3 and 6, caught only by the GPU's every-byte test)."""
+    o = torch.zeros(64, dtype=torch.int32, device=DEVICE)
+    _join8_kernel[(1,)](o)
+    want = (torch.arange(4)[:, None, None] * 100 + torch.arange(8)).expand(4, 2, 8)
+    assert torch.equal(o.cpu().view(4, 2, 8), want.to(torch.int32))
+
+
+@triton.jit
 def _e2m1_word_kernel(w_ptr, f_ptr):
     offs = tl.arange(0, 256)
     w = tl.load(w_ptr + offs[:, None] + tl.zeros((1, 2), tl.int32))  # [256, 2]: 2-D words

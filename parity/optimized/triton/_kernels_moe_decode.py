@@ -191,11 +191,18 @@ def _e2m1_word_f32_ptx(words):
         is_pure=True,
         pack=1,
     )
-    # join: the new last dim is a thread's own; [..., c, a, b] is element 4c + 2a + b
-    q0 = tl.join(tl.join(e0, e1), tl.join(e2, e3))
-    q1 = tl.join(tl.join(e4, e5), tl.join(e6, e7))
-    w = tl.join(q0, q1)
-    return tl.reshape(w, (words.shape[0], words.shape[1], 8))
+    return _join8(e0, e1, e2, e3, e4, e5, e6, e7)
+
+
+@triton.jit
+def _join8(e0, e1, e2, e3, e4, e5, e6, e7):
+    """Eight 2-D tensors as one `[..., 8]` tensor in argument order (the new dim a thread's own).
+    `tl.join` appends its new dim last, so the outermost join's pair is the lowest bit of the
+    flat index: the arguments go in bit-reversed order (joined 0..7 in order, elements 1 and 4,
+    3 and 6 swapped places: H100 2026-12-06, test_e2m1_word_decoder_ptx_every_byte)."""
+    q0 = tl.join(tl.join(e0, e4), tl.join(e2, e6))
+    q1 = tl.join(tl.join(e1, e5), tl.join(e3, e7))
+    return tl.reshape(tl.join(q0, q1), (e0.shape[0], e0.shape[1], 8))
 
 
 @triton.jit
