@@ -10,7 +10,7 @@
 #     reference" runs those suites of the shards alone (an op, a backend or backend:op)
 #   run(command="bash scripts/gpu_all.sh verify", carry=[".gpu"])  # after a Triton change
 #   run(command="bash scripts/gpu_all.sh recheck", carry=[".gpu"])  # short: mHC + benchmarks
-#   run(command="bash scripts/gpu_all.sh mxptx")  # mxfp4 decode variants: tests, A/B, suite
+#   run(command="bash scripts/gpu_all.sh mxptx")  # the PTX mxfp4 decode: tests, A/B, nightly
 #   run(command="bash scripts/gpu_all.sh quantprof", carry=[".gpu"])  # short: Nsight Compute of
 #     the memory-bound kernels and the tile/variant sweep
 # The test jobs run concurrently (one process per backend and op group: TileLang compiles per
@@ -188,32 +188,22 @@ if [ "$PHASE" = verify ]; then
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
 elif [ "$PHASE" = mxptx ]; then
-  # One call for the mxfp4 decode variants off until timed, the T 1 GEMV decoded in PTX
-  # (PARITY_MOE_MX_PTX=1; 2 with float32 activations) and the T 16 dot tile's bfloat16
-  # patterns from multiplies (PARITY_MOE_MX_BF16_MUL=2; the two touch different launches, so
-  # one run times both), and the device-free case generation (Gen.host): their GPU tests,
-  # fused_moe mxfp4 at T 1 / 16 timed default, variants, default again (drift shows as the two
-  # default rows disagreeing), mxfp4_dequant at T 8192 with and without its bfloat16 variant,
-  # then fused_moe's nightly with all three on and mxfp4_dequant's with its variant, side by
-  # side (MXPTX_NIGHTLY seconds).
+  # One call for the mxfp4 T 1 GEMV decoded in PTX (PARITY_MOE_MX_PTX=1), off until its whole
+  # nightly passes: its GPU tests and the device-free case generation's, fused_moe mxfp4 at
+  # T 1 / 16 timed default, PTX, default (drift shows as the two default rows disagreeing), then
+  # fused_moe's nightly with it on, split as `nightly 1` splits it. H100 2026-12-06, the decode's
+  # first version (elements 1<->4, 3<->6 swapped; the same instructions): graph T 1 120 -> 105
+  # us, T 16 591 -> 544 us; PTX 2 (float32 activations) and PARITY_MOE_MX_BF16_MUL=2 no faster,
+  # mxfp4_dequant_bf16 55.8 -> 55.9 us at T 8192 (both 84% of copy): those stay off.
   pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_case_gen.py \
     tests/test_triton_fused_moe.py tests/test_triton_kernels.py \
-    -k "ptx or every_byte or bf16 or case or decode_mxfp4 or dequant"
-  for v in 0 1 2 0; do  # PTX 1: bf16 activations, 2: float32 activations
-    mul=1; [ "$v" != 0 ] && mul=2
-    PARITY_MOE_MX_PTX=$v PARITY_MOE_MX_BF16_MUL=$mul bench "b_mx_ptx${v}_$SECONDS" 50 \
+    -k "ptx or every_byte or join8 or bf16 or case or decode_mxfp4 or dequant"
+  for v in 0 1 0; do
+    PARITY_MOE_MX_PTX=$v bench "b_mx_ptx${v}_$SECONDS" 50 \
       --op fused_moe --impl triton --tokens 1,16 --warmup-ms 10 --rep-ms 40 --meta "$M"
   done
-  # mxfp4_dequant's bfloat16 variant (PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16) beside it
-  for v in "" mxfp4_dequant_bf16 ""; do
-    PARITY_TRITON_VARIANTS=$v bench "b_dequant_${v:-shipped}_$SECONDS" 25 --op mxfp4_dequant \
-      --impl triton --tokens 8192
-  done
-  PARITY_MOE_MX_PTX=2 PARITY_MOE_MX_BF16_MUL=2 PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16 \
-    suite n_triton_fused_moe_variants "${MXPTX_NIGHTLY:-100}" 1000 --profile nightly \
-    --backend triton --op fused_moe
-  PARITY_TRITON_VARIANTS=mxfp4_dequant_bf16 suite n_triton_mxfp4_dequant_variant \
-    "${MXPTX_NIGHTLY:-100}" 1000 --profile nightly --backend triton --op mxfp4_dequant
+  PARITY_MOE_MX_PTX=1 suite n_triton_fused_moe_ptx1 "${MXPTX_NIGHTLY:-400}" 1000 \
+    --profile nightly --backend triton --op fused_moe --jobs "${NIGHTLY_SPLIT:-9}"
   wait
 elif [ "$PHASE" = profile ]; then
   # Where fused_moe's time goes (issue 11, "Done when"): decode tile configs compiled side by
