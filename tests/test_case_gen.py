@@ -156,6 +156,21 @@ _INEXACT = {
     ).split()
 }
 _EXACT_ON_INTEGERS = {_A.exp2, _A.sum, _A.cumsum}  # powers of two, sums below 2**52
+_TIE_ORDER = {_A.topk, _A.sort}  # which of equal values comes first: a CUDA sort's own choice
+
+
+def _ties(func, args, kwargs) -> bool:
+    """Whether a topk or unstable sort meets equal values along its dim."""
+    x = args[0]
+    if kwargs.get("stable") or not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return False
+    if func.overloadpacket is _A.topk:
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+    else:
+        dim = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("dim", -1)
+    v = x.sort(dim).values
+    n = v.shape[dim]
+    return n > 1 and bool((v.narrow(dim, 1, n - 1) == v.narrow(dim, 0, n - 1)).any())
 
 
 def _as_f64(o):
@@ -182,6 +197,8 @@ class _DeviceMath(torch.utils._python_dispatch.TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         op = func.overloadpacket
+        if self.active and op in _TIE_ORDER and _ties(func, args, kwargs):
+            self.moved.add(f"{op} of ties")  # no order to move to: reported, the test fails
         if not (self.active and op in _INEXACT and isinstance(out, torch.Tensor)):
             return out
         if not out.is_floating_point() or out.numel() == 0:
@@ -223,6 +240,7 @@ def _device_math_changes(op, large_draws, monkeypatch, *, host_on_cpu=True):
         case, moved = _build_with_device_math(build, meta, monkeypatch, host_on_cpu=host_on_cpu)
         b = _case_tensors(case)
         paths = [p for (p, x), (_, y) in zip(a, b, strict=True) if not _same_bits(x, y)]
+        paths += [o for o in moved if o.endswith("of ties")]
         if paths:
             changed.append((meta, paths, sorted(moved)))
     return changed
@@ -243,6 +261,18 @@ def test_device_math_witness(large_draws, monkeypatch):
         changed = _device_math_changes(op, large_draws, monkeypatch, host_on_cpu=False)
         assert changed, op
         assert any(o in ("aten.exp2", "aten._softmax") for _, _, ops in changed for o in ops)
+
+
+def test_device_math_flags_an_order_of_ties():
+    """A topk or unstable sort over equal values outside Gen.host is reported (a CUDA sort may
+    order the ties otherwise: mhc's exact_gemm positions, an argsort of thousands of uniform
+    draws, met ties); a stable sort and values without ties are not."""
+    mode = _DeviceMath()
+    with mode:
+        torch.tensor([1.0, 2.0, 1.0]).topk(2)
+        torch.tensor([3.0, 1.0, 2.0]).argsort()
+        torch.tensor([1.0, 1.0]).sort(stable=True)
+    assert mode.moved == {"aten.topk of ties"}
 
 
 def test_legacy_generation_is_one_stream_on_the_device(monkeypatch):

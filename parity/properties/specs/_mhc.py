@@ -313,7 +313,9 @@ def pre_weights(g: Gen, hc: int, h: int, regime: str, n_mix: int):
     if regime == "exact_gemm":
         # 12 significant bits, at most 256 nonzeros per row: |partial sums| < 2**23 grid steps.
         nnz = min(k, 256)
-        pos = g.uniform((n_mix, k)).argsort(-1)[:, :nnz]
+        # on the CPU for a small case: ties in the draw (likely at k in the thousands) order as
+        # the CPU's sort orders them, a CUDA sort may not
+        pos = g.host(lambda u: u.argsort(-1), g.uniform((n_mix, k)))[:, :nnz]
         vals = g.integers((n_mix, nnz), -4095, 4096).to(torch.float32)
         step = 2.0 ** (-12 - math.ceil(math.log2(math.sqrt(nnz))))
         fn = torch.zeros(n_mix, k, device=g.device).scatter_(1, pos, vals * step)

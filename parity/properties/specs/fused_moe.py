@@ -115,7 +115,7 @@ def _topk_ids(g: Gen, t: int, k: int, e: int, regime: str) -> torch.Tensor:
         elif regime == "sparse":  # only k experts (or a few more) get tokens: the rest are empty
             keep = g.perm(e)[: min(e, k + 1)]
             scores[:, keep] += 2.0
-        ids = torch.topk(scores, k, dim=-1).indices
+        ids = g.host(lambda sc: torch.topk(sc, k, dim=-1).indices, scores)  # ties: the CPU's order
     if regime == "some_neg":
         ids = torch.where(g.mask(shape, 0.3), -1, ids)
     elif regime == "all_neg_rows":  # tokens with no expert on this rank: zero rows
