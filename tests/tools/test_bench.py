@@ -128,6 +128,33 @@ def test_bench_usage_and_failures(tmp_path, monkeypatch, capsys):
     assert rows[2]["status"] == "unsupported"
 
 
+def test_bench_json_stdout_is_the_json_alone(tmp_path):
+    """What a kernel or a library writes to stdout while `bench --json` runs goes to stderr, at
+    the descriptor too (TileLang's compile log made the H100 bench's JSON files unreadable on
+    2026-12-06): stdout parses as the rows."""
+    import subprocess
+    import sys
+
+    (tmp_path / "chatty_kernel.py").write_text(
+        "import os\n"
+        "from parity.reference import swiglu as _ref\n"
+        "print('imported')\n"
+        "def swiglu(x, **kw):\n"
+        "    print('python print')\n"
+        "    os.write(1, b'fd 1 write\\n')\n"
+        "    return _ref(x, **kw)\n"
+    )
+    argv = ["bench", "--op", "swiglu", "--impl", "chatty_kernel:swiglu", "--device", "cpu"]
+    argv += ["--tokens", "2", "--meta", '{"N": 8}', "--warmup-ms", "1", "--rep-ms", "2", "--json"]
+    r = subprocess.run(
+        [sys.executable, "-m", "parity", *argv], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert rows[1]["impl"] == "chatty_kernel:swiglu" and rows[1]["status"] == "ok"
+    assert "imported" in r.stderr and "python print" in r.stderr and "fd 1 write" in r.stderr
+
+
 def test_bench_all_lists_reference_registered_and_peers(capsys):
     argv = [a for a in TINY if a != "reference" and a != "--impl"]
     rows = _json(capsys, [*argv, "--tokens", "1", "--impl", "reference", "--impl", "all"], rc=1)
