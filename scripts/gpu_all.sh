@@ -188,10 +188,10 @@ if [ "$PHASE" = verify ]; then
   echo "$? launch_cost" >"$LOG/launch_cost.rc"; JOBS+=(launch_cost)
   grep -v "^ \|^$\|Ordered\|List red" "$LOG/launch_cost.log" | head -40
 elif [ "$PHASE" = mxptx ]; then
-  # One call for the mxfp4 T 1 GEMV decoded in PTX (PARITY_MOE_MX_PTX=1), off until its whole
-  # nightly passes: its GPU tests and the device-free case generation's, fused_moe mxfp4 at
-  # T 1 / 16 timed default, PTX, default (drift shows as the two default rows disagreeing), then
-  # fused_moe's nightly with it on, split as `nightly 1` splits it. H100 2026-12-06, the decode's
+  # One call for the mxfp4 T 1 GEMV decoded in PTX (PARITY_MOE_MX_PTX=1, the GPU default since
+  # its nightly passed on the H100, 2026-12-06 17:12): its GPU tests and the device-free case
+  # generation's, fused_moe mxfp4 at T 1 / 16 timed off, on, off (drift shows as the two off
+  # rows disagreeing), then fused_moe's nightly with it on, split as `nightly 1` splits it. H100 2026-12-06, the decode's
   # first version (elements 1<->4, 3<->6 swapped; the same instructions): graph T 1 120 -> 105
   # us, T 16 591 -> 544 us; PTX 2 (float32 activations) and PARITY_MOE_MX_BF16_MUL=2 no faster,
   # mxfp4_dequant_bf16 55.8 -> 55.9 us at T 8192 (both 84% of copy): those stay off.

@@ -999,7 +999,7 @@ def test_decode_mxfp4_gemv_tiles_compile_for_sm90():
 
 
 @pytest.mark.parametrize("split", [1, 3])
-def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls):
+def test_decode_mxfp4_words_gemv_matches_the_sorted_path(split, decode_calls, no_ptx):
     """DECODE_MX_WORDS: the same exact products and block sums in another order, so bitwise
     equal to the sorted path where every float32 sum is exact, and close elsewhere; every code
     (both signs, the subnormal 0.5) appears in the random weights."""
@@ -1012,6 +1012,13 @@ def test_decode_mxfp4_vec_compiles_for_sm90():
     block) compiles for sm_90 at the shipped decode tiles: GEMV 32 x 256, dot 128 x 64."""
     assert _compile_fp8_gemm_sm90(1, 32, 256, quant=2, mx_vec=1)
     assert _compile_fp8_gemm_sm90(16, 128, 64, quant=2, mx_vec=1)
+
+
+@pytest.fixture
+def no_ptx(monkeypatch):
+    """The GEMV forms other than the PTX decode (on by default on a GPU since 2026-12-06, where it
+    takes every word GEMV): a test of them pins it off, so a GPU runs the form it names."""
+    monkeypatch.setattr(dec, "_MX_PTX", 0)
 
 
 @pytest.fixture
@@ -1054,7 +1061,7 @@ def test_decode_mxfp4_vec_float16(bm, decode_calls, gemm_flags):
 
 
 @pytest.mark.parametrize("bm", [1, 16], ids=["gemv", "dot"])
-def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, gemm_flags, monkeypatch):
+def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, gemm_flags, monkeypatch, no_ptx):
     """PARITY_MOE_MX_VEC=0 (the byte-wise weight loads, the default until 2026-12-06) still
     launches without the flag and gives the sorted path's sums bit for bit where they are exact."""
     monkeypatch.setattr(dec, "_MX_VEC", False)
@@ -1068,7 +1075,7 @@ def test_decode_mxfp4_byte_loads_stay_reachable(bm, decode_calls, gemm_flags, mo
 
 
 @pytest.mark.parametrize("split", [1, 3])
-def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags):
+def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags, no_ptx):
     """DECODE_MX_ACT_2D (the GEMV's activations as [1, K] tiles, the default on a GPU): the
     same products and block sums, so bitwise the sorted path where every float32 sum is exact
     and close elsewhere; its launches carry the flag, those with the key 0 do not."""
@@ -1080,7 +1087,8 @@ def test_decode_mxfp4_gemv_act_2d(split, decode_calls, gemm_flags):
 def test_decode_mxfp4_defaults_on_a_gpu(monkeypatch):
     """On a GPU the mxfp4 T 1 GEMV loads its activations as [1, K] tiles unless
     PARITY_MOE_MX_ACT_2D=0 (the interpreter's defaults leave them off); the dot tile's bfloat16
-    scaling is on unless PARITY_MOE_MX_BF16_MUL=0 was set at import."""
+    scaling is on unless PARITY_MOE_MX_BF16_MUL=0 was set at import, and so is the GEMV's PTX
+    decode unless PARITY_MOE_MX_PTX=0 was."""
     args = (1, 8, 32, 2048, 7168, "mxfp4", None)
     monkeypatch.delenv(MX_ACT_2D_ENV, raising=False)
     assert default_decode_config(*args, False)["DECODE_MX_ACT_2D"] == 1
@@ -1090,6 +1098,8 @@ def test_decode_mxfp4_defaults_on_a_gpu(monkeypatch):
     assert default_decode_config(*args, False)["DECODE_MX_ACT_2D"] == 0
     want = {"0": 0, "2": 2}.get(os.environ.get(dec.MX_BF16_MUL_ENV, "1"), 1)
     assert dec._MX_BF16_MUL == want
+    # the T 1 GEMV decoded in PTX: on unless PARITY_MOE_MX_PTX=0 (2: float32 activations)
+    assert dec._MX_PTX == {"0": 0, "2": 2}.get(os.environ.get(dec.MX_PTX_ENV, "1"), 1)
 
 
 @pytest.mark.parametrize("mode", [1, 2], ids=["shifts", "multiplies"])
@@ -1115,7 +1125,7 @@ def test_decode_vec_leaves_other_quant_modes(decode_calls, gemm_flags):
     assert decode_calls() == 4 and gemm_flags("MX_VEC") == [0] * 8  # decode_case calls twice
 
 
-def test_decode_mxfp4_words_need_a_word_view(decode_calls):
+def test_decode_mxfp4_words_need_a_word_view(decode_calls, no_ptx):
     """Weights that cannot be viewed as int32 words (a 2-byte offset) take the byte GEMV, with
     the same result."""
     inputs = _mx_inputs(1, 96, 32, 3, 2, seed=12, exact=True)

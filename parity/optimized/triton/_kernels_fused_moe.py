@@ -101,7 +101,8 @@ def _e2m1_pair_to(packed, dtype: tl.constexpr, BF16_MUL: tl.constexpr = 0):
     and the sign at 15 is value * 2**-14 (code 1 the float16 subnormal 2**-15), times 2**14 in
     float16: exact. The 16-bit patterns: `_e2m1_pair_bits` with SHIFT 22 (bfloat16) and 19
     (float16), the sign kept at bit 15; BF16_MUL 2 builds the same bfloat16 patterns with
-    `_e2m1_pair_bf16_bits` (fewer instructions; PARITY_MOE_MX_BF16_MUL=2, off until timed)."""
+    `_e2m1_pair_bf16_bits` (fewer instructions; PARITY_MOE_MX_BF16_MUL=2, off: no faster on the
+    H100)."""
     if dtype == tl.bfloat16 and BF16_MUL == 2:
         p = _e2m1_pair_bf16_bits(packed)
         lo = p.to(tl.uint16).to(dtype, bitcast=True)

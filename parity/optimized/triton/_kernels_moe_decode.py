@@ -69,17 +69,19 @@ _MX_VEC = os.environ.get(MX_VEC_ENV, "1") != "0"
 # default; PARITY_MOE_MX_BF16_MUL=0 scales in float32. Never under UPCAST_DOT (the
 # interpreter's bfloat16 arithmetic works on raw bit patterns). Read once at import.
 # PARITY_MOE_MX_BF16_MUL=2: the same bfloat16 patterns from two multiplies a byte
-# (`_e2m1_pair_bf16_bits`; sm_90 SASS 17.2 -> 15.2 instructions a weight byte), off until timed.
+# (`_e2m1_pair_bf16_bits`; sm_90 SASS 17.2 -> 15.2 instructions a weight byte), off: no faster
+# on the H100 (2026-12-06).
 MX_BF16_MUL_ENV = "PARITY_MOE_MX_BF16_MUL"
 _MX_BF16_MUL = {"0": 0, "2": 2}.get(os.environ.get(MX_BF16_MUL_ENV, "1"), 1)
 # The mxfp4 T 1 GEMV on int32 words with the codes decoded in PTX (`_e2m1_word_f32_ptx`): sm_90
 # SASS (triton 3.6) of the GEMV 32 x 256 11.7 instructions a weight byte against 14.0 for the
 # default (the [1, K] activations), 10.3 at 128 x 128; PARITY_MOE_MX_PTX=2 also hands it its
-# activations in float32 (converted once a GEMM): 10.2 at 32 x 256. Off until timed on a GPU
-# (PARITY_MOE_MX_PTX=1 or 2 turns it on); never under the interpreter, which runs no inline
-# assembly. Read once at import.
+# activations in float32 (converted once a GEMM): 10.2 at 32 x 256. The GPU default since H100
+# 2026-12-06 (graph replay at T 1 119.5 -> 107.3 us, fused_moe's nightly with it 9000 examples
+# pass); PARITY_MOE_MX_PTX=0 turns it off, =2 (no faster there) adds the float32 activations.
+# Never under the interpreter, which runs no inline assembly. Read once at import.
 MX_PTX_ENV = "PARITY_MOE_MX_PTX"
-_MX_PTX = {"1": 1, "2": 2}.get(os.environ.get(MX_PTX_ENV, "0"), 0)
+_MX_PTX = {"0": 0, "2": 2}.get(os.environ.get(MX_PTX_ENV, "1"), 1)
 
 
 @triton.jit(
