@@ -191,9 +191,9 @@ elif [ "$PHASE" = mxptx ]; then
   # One call for the mxfp4 T 1 GEMV decoded in PTX (PARITY_MOE_MX_PTX=1, the GPU default since
   # its nightly passed on the H100, 2026-12-06 17:12): its GPU tests and the device-free case
   # generation's, fused_moe mxfp4 at T 1 / 16 timed off, on, off (drift shows as the two off
-  # rows disagreeing), then fused_moe's nightly with it on, split as `nightly 1` splits it. H100 2026-12-06, the decode's
-  # first version (elements 1<->4, 3<->6 swapped; the same instructions): graph T 1 120 -> 105
-  # us, T 16 591 -> 544 us; PTX 2 (float32 activations) and PARITY_MOE_MX_BF16_MUL=2 no faster,
+  # rows disagreeing), then fused_moe's nightly with it on, split as `nightly 1` splits it.
+  # H100 2026-12-06: graph T 1 119.5 -> 107.3 us, T 16 unchanged (544 us once at 17:00, not
+  # since); PTX 2 (float32 activations) and PARITY_MOE_MX_BF16_MUL=2 no faster, and
   # mxfp4_dequant_bf16 55.8 -> 55.9 us at T 8192 (both 84% of copy): those stay off.
   pt pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_case_gen.py \
     tests/test_triton_fused_moe.py tests/test_triton_kernels.py \
@@ -372,7 +372,7 @@ elif [ "$PHASE" = nightly ]; then
        # NIGHTLY_REF_K="cuda and (decoder_stack or fused_moe or mhc)" and then "cuda and not
        # (decoder_stack or fused_moe or mhc)"; -v names each test's verdict in the log
        only pytest reference && job nightly_ref "$LIM" env PARITY_NIGHTLY=1 PARITY_FAIL_LOG="$LOG/nightly_ref_failures.txt" \
-         python3 -m pytest -q -v -p no:cacheprovider -n 8 -k "${NIGHTLY_REF_K:-cuda}" \
+         python3 -m pytest -v -p no:cacheprovider -n 8 -k "${NIGHTLY_REF_K:-cuda}" \
          tests/test_reference_nightly.py ;;
     *) echo "nightly shard must be 1, 2 or 3 (or a list: 2,3)"; exit 2 ;;
   esac
