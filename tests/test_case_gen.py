@@ -2,7 +2,9 @@
 the CPU as the same case. The 2026-12-05 fused_moe counterexample (H100) was replayed on the CPU
 from its meta and diagnosed there for two sessions, but a CUDA generator draws other numbers for
 a seed than a CPU one: the CPU ran another case. Draws of at most `SMALL_DRAW` elements now come
-from a CPU generator on every device."""
+from a CPU generator on every device, and the math a GPU rounds otherwise (transcendentals,
+reductions, sorts of ties) runs on the CPU for them (`Gen.host`): a GPU test compares the bits,
+and a CPU stand-in checks the same on every CI run."""
 
 import json
 from pathlib import Path
