@@ -39,10 +39,8 @@ Exit 0 every benchmark ran, 1 an implementation raised or was unavailable, 2 usa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -452,35 +450,7 @@ def _row(**kw) -> dict:
     return row
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Everything written to stdout meanwhile goes to stderr, at the descriptor too: libraries
-    log there (TileLang's compile messages made the H100 bench's --json files unreadable on
-    2026-12-06), and --json's stdout must be the JSON alone."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def run(args) -> int:
-    if not args.json:
-        return _run(args, None)
-    done: list = []  # the rows, once the run reached its end
-    with _stdout_to_stderr():
-        code = _run(args, done)
-    if done:
-        print(json.dumps(done[0], indent=1))
-    return code
-
-
-def _run(args, json_rows: list | None) -> int:
     from parity.campaign.candidate import CandidateFailed, ImportUsage
     from parity.catalog import get_spec
     from parity.properties.case import as_tuple
@@ -585,8 +555,10 @@ def _run(args, json_rows: list | None) -> int:
             del cases, first
             if device == "cuda":
                 torch.cuda.empty_cache()
-    if json_rows is not None:
-        json_rows.append(rows)
+    if args.json:
+        from parity.tools.common import json_out
+
+        print(json.dumps(rows, indent=1), file=json_out())
     else:
         _table(rows, spec.name, device, args.graph)
     return 1 if bad else 0

@@ -57,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)
     from parity.campaign.worker import Terminated, raise_if_terminated
+    from parity.tools.common import json_stdout
 
+    # --json as a flag (suite's --json names a file): stdout is the JSON alone
+    quiet = json_stdout() if getattr(args, "json", None) is True else contextlib.nullcontext()
     try:
-        with _signals():
+        with _signals(), quiet:
             rc = int(args._run(args) or 0)
         raise_if_terminated()  # stopped, even where a command swallowed the signal's exception
         return rc

@@ -3,6 +3,8 @@ errors (exit 2), the options of every campaign command, and printing."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -96,10 +98,42 @@ def accepted(cmd: str, spec, names) -> tuple | int:
     return tuple(n for n in variant_names(spec) if n in chosen)
 
 
+_JSON_BUF: io.StringIO | None = None
+
+
+@contextlib.contextmanager
+def json_stdout():
+    """A `--json` command's stdout is its JSON alone: whatever else is written to stdout
+    meanwhile (a kernel's prints, a library's log: TileLang logs its compiles there, which made
+    the H100 bench's JSON files unreadable on 2026-12-06) goes to stderr, at the descriptor too.
+    The JSON, written to `json_out()`, is printed to stdout once the command ends."""
+    global _JSON_BUF
+    sys.stdout.flush()
+    saved = os.dup(1)
+    _JSON_BUF = buf = io.StringIO()
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_BUF = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+
+
+def json_out():
+    """Where a command writes its JSON: kept for stdout under `json_stdout`, else stdout."""
+    return _JSON_BUF if _JSON_BUF is not None else sys.stdout
+
+
 def print_json(doc) -> None:
     from parity.campaign.wire import jsonable
 
-    print(json.dumps(jsonable(doc), indent=1))
+    print(json.dumps(jsonable(doc), indent=1), file=json_out())
 
 
 def unknown_properties(cmd: str, spec, props) -> int | None:

@@ -17,7 +17,9 @@ def run(args) -> int:
 
     rows = listing(args.device)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        from parity.tools.common import json_out
+
+        print(json.dumps(rows, indent=1), file=json_out())
         return 0
     from rich.console import Console
     from rich.table import Table

@@ -473,7 +473,7 @@ def _run_isolated(ops: str, params: dict, timeout: float) -> Localization:
 
 
 def run(args) -> int:
-    from parity.tools.common import bad_numbers, default_device
+    from parity.tools.common import bad_numbers, default_device, json_out
 
     device = default_device(args.device)
     if bad_numbers("localize", [("--timeout", args.timeout, 0)]) is not None:
@@ -489,12 +489,12 @@ def run(args) -> int:
         return 2
     if res.crashed and res.first_bad is None:  # the whole run crashed, hung or exited
         if args.json:
-            print(json.dumps(res.as_dict(), indent=1))
+            print(json.dumps(res.as_dict(), indent=1), file=json_out())
         else:
             print(f"parity localize: the candidate {args.ops} broke its process: {res.crashed}")
         return 1
     if args.json:
-        print(json.dumps(res.as_dict(), indent=1))
+        print(json.dumps(res.as_dict(), indent=1), file=json_out())
     else:
         _print(res, args.ops)
     return 1 if res.first_bad is not None else 0

@@ -128,30 +128,60 @@ def test_bench_usage_and_failures(tmp_path, monkeypatch, capsys):
     assert rows[2]["status"] == "unsupported"
 
 
-def test_bench_json_stdout_is_the_json_alone(tmp_path):
-    """What a kernel or a library writes to stdout while `bench --json` runs goes to stderr, at
-    the descriptor too (TileLang's compile log made the H100 bench's JSON files unreadable on
-    2026-12-06): stdout parses as the rows."""
+_CHATTY = (
+    "import os\n"
+    "from parity.reference import swiglu as _ref\n"
+    "print('imported')\n"
+    "def swiglu(x, **kw):\n"
+    "    print('python print')\n"
+    "    os.write(1, b'fd 1 write\\n')\n"
+    "    return _ref(x, **kw)\n"
+)
+_SWIGLU_META = (
+    '{"N": 8, "T": 2, "dtype": "bfloat16", "lead": [], "regime": "normal", "seed": 0, '
+    '"options": {"alpha": 1.0, "beta": 0.0, "clamp_mode": "pre", "layout": "concat", '
+    '"limit": null}}'
+)
+_RUN = ["--op", "swiglu", "--impl", "chatty_kernel:swiglu", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "bench",
+            *_RUN,
+            "--tokens",
+            "2",
+            "--meta",
+            '{"N": 8}',
+            "--warmup-ms",
+            "1",
+            "--rep-ms",
+            "2",
+        ],
+        ["fuzz", *_RUN, "--max-examples", "3", "--no-isolate"],
+        ["case", *_RUN, "--no-isolate", "--property", "matches_reference", "--meta", _SWIGLU_META],
+    ],
+    ids=["bench", "fuzz", "case"],
+)
+def test_json_stdout_is_the_json_alone(tmp_path, argv):
+    """What a kernel or a library writes to stdout while a `--json` command runs it in-process
+    goes to stderr, at the descriptor too (TileLang's compile log made the H100 bench's JSON
+    files unreadable on 2026-12-06): stdout parses as the command's JSON."""
     import subprocess
     import sys
 
-    (tmp_path / "chatty_kernel.py").write_text(
-        "import os\n"
-        "from parity.reference import swiglu as _ref\n"
-        "print('imported')\n"
-        "def swiglu(x, **kw):\n"
-        "    print('python print')\n"
-        "    os.write(1, b'fd 1 write\\n')\n"
-        "    return _ref(x, **kw)\n"
-    )
-    argv = ["bench", "--op", "swiglu", "--impl", "chatty_kernel:swiglu", "--device", "cpu"]
-    argv += ["--tokens", "2", "--meta", '{"N": 8}', "--warmup-ms", "1", "--rep-ms", "2", "--json"]
+    (tmp_path / "chatty_kernel.py").write_text(_CHATTY)
     r = subprocess.run(
-        [sys.executable, "-m", "parity", *argv], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-m", "parity", *argv, "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)
-    assert rows[1]["impl"] == "chatty_kernel:swiglu" and rows[1]["status"] == "ok"
+    doc = json.loads(r.stdout)
+    assert doc  # the command's own JSON, whole
     assert "imported" in r.stderr and "python print" in r.stderr and "fd 1 write" in r.stderr
 
 
