@@ -260,9 +260,10 @@ def _capped(v):
 
 
 @contextlib.contextmanager
-def _kernel_stdout_to_stderr():
-    """In-process calls: what the kernel prints (Python or C level) goes to stderr, so that
-    parity's stdout (`--json`) stays parity's."""
+def stdout_to_stderr():
+    """What is printed meanwhile (Python or C level) goes to stderr, so that parity's stdout
+    (`--json`) stays parity's: in-process kernel calls, and a whole `--json` command
+    (`tools.common.json_stdout`)."""
     sys.stdout.flush()
     saved = None
     with contextlib.suppress(OSError, ValueError):
@@ -302,7 +303,7 @@ class InProcess:
         if plan is None:
             return "n/a", None
         try:
-            with _kernel_stdout_to_stderr():
+            with stdout_to_stderr():
                 outcomes = execute(
                     self.impl.fn, plan, after=lambda: sync(self.device), prepare=self.impl.prepare
                 )

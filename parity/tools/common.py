@@ -108,19 +108,14 @@ def json_stdout():
     the H100 bench's JSON files unreadable on 2026-12-06) goes to stderr, at the descriptor too.
     The JSON, written to `json_out()`, is printed to stdout once the command ends."""
     global _JSON_BUF
-    sys.stdout.flush()
-    saved = os.dup(1)
+    from parity.campaign.engine import stdout_to_stderr
+
     _JSON_BUF = buf = io.StringIO()
     try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
+        with stdout_to_stderr():
             yield
     finally:
         _JSON_BUF = None
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
         sys.stdout.write(buf.getvalue())
         sys.stdout.flush()
 

@@ -414,9 +414,9 @@ def _run_here(ops: str, params: dict) -> Localization:
 
 
 def _quiet():
-    from parity.campaign.engine import _kernel_stdout_to_stderr
+    from parity.campaign.engine import stdout_to_stderr
 
-    return _kernel_stdout_to_stderr()
+    return stdout_to_stderr()
 
 
 def _worker_main(conn, log_path: str, env, ops: str, params: dict, sys_path) -> None:
