@@ -97,6 +97,10 @@ def test_bench_meta_comes_from_the_spec():
     assert tuple(case.args[0].shape) == (128, 4096)
 
 
+# one T, a small N, short timings: a bench run that only has to work
+_SMALL = ["--tokens", "2", "--meta", '{"N": 8}', "--warmup-ms", "1", "--rep-ms", "2"]
+
+
 def test_bench_usage_and_failures(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--op", "no_such_op", "--impl", "reference"]) == 2
     assert main(["bench", *TINY, "--meta", "[1]"]) == 2
@@ -106,22 +110,7 @@ def test_bench_usage_and_failures(tmp_path, monkeypatch, capsys):
         "def partial(x, **kw):\n    raise NotImplementedError('only T >= 8')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    base = [
-        "--op",
-        "swiglu",
-        "--impl",
-        "reference",
-        "--device",
-        "cpu",
-        "--tokens",
-        "2",
-        "--meta",
-        '{"N": 8}',
-        "--warmup-ms",
-        "1",
-        "--rep-ms",
-        "2",
-    ]
+    base = ["--op", "swiglu", "--impl", "reference", "--device", "cpu", *_SMALL]
     rows = _json(capsys, [*base, "--impl", "raising_kernel:swiglu"], rc=1)
     assert rows[2]["status"] == "error" and "boom" in rows[2]["note"]
     rows = _json(capsys, [*base, "--impl", "raising_kernel:partial"])
@@ -148,18 +137,7 @@ _RUN = ["--op", "swiglu", "--impl", "chatty_kernel:swiglu", "--device", "cpu"]
 @pytest.mark.parametrize(
     "argv",
     [
-        [
-            "bench",
-            *_RUN,
-            "--tokens",
-            "2",
-            "--meta",
-            '{"N": 8}',
-            "--warmup-ms",
-            "1",
-            "--rep-ms",
-            "2",
-        ],
+        ["bench", *_RUN, *_SMALL],
         ["fuzz", *_RUN, "--max-examples", "3", "--no-isolate"],
         ["case", *_RUN, "--no-isolate", "--property", "matches_reference", "--meta", _SWIGLU_META],
     ],
