@@ -112,15 +112,16 @@ def large_draws(monkeypatch):
 
 
 def _small_cases(op, large_draws, n=12, seed=5):
-    """(meta, build) of the op's small-size cases drawn without a large draw."""
+    """(meta, its case built on the CPU, build) of the op's small-size cases drawn without a
+    large draw."""
     from parity.tools.common import draw_metas
 
     spec = get_spec(op)
     for meta in draw_metas(spec.strategy(size="small"), n, seed=seed):
         del large_draws[:]
-        spec.build(meta, "cpu")
+        case = spec.build(meta, "cpu")
         if not large_draws:
-            yield meta, spec.build
+            yield meta, case, spec.build
 
 
 def _case_tensors(case):
@@ -136,8 +137,8 @@ def test_every_small_case_is_the_same_on_cuda_and_cpu(op, large_draws):
     fp8 block scales differed through CUDA's exp2; then swiglu's wide regime, Gen.values' exp2,
     and mhc's Sinkhorn-made comb mixes)."""
     compared = 0
-    for meta, build in _small_cases(op, large_draws):
-        a, b = _case_tensors(build(meta, "cpu")), _case_tensors(build(meta, "cuda"))
+    for meta, cpu, build in _small_cases(op, large_draws):
+        a, b = _case_tensors(cpu), _case_tensors(build(meta, "cuda"))
         assert [p for p, _ in a] == [p for p, _ in b], meta
         for (p, x), (_, y) in zip(a, b, strict=True):
             assert _same_bits(x, y.cpu()), (op, p, meta)
@@ -237,8 +238,8 @@ def _build_with_device_math(build, meta, monkeypatch, *, host_on_cpu=True):
 def _device_math_changes(op, large_draws, monkeypatch, *, host_on_cpu=True):
     """[(meta, paths of the tensors that changed, ops moved)] of the op's small cases."""
     changed = []
-    for meta, build in _small_cases(op, large_draws):
-        a = _case_tensors(build(meta, "cpu"))
+    for meta, cpu, build in _small_cases(op, large_draws):
+        a = _case_tensors(cpu)
         case, moved = _build_with_device_math(build, meta, monkeypatch, host_on_cpu=host_on_cpu)
         b = _case_tensors(case)
         paths = [p for (p, x), (_, y) in zip(a, b, strict=True) if not _same_bits(x, y)]
